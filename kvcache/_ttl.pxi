@@ -37,6 +37,7 @@ import copy as _copy
 
 from libc.stdint cimport int8_t
 from cpython.float cimport PyFloat_AS_DOUBLE
+from libc.math cimport NAN
 
 cdef extern from *:
     """
@@ -54,6 +55,16 @@ cdef extern from *:
     #if defined(__linux__)
     #include <time.h>
     #define KV_HAVE_CLOCK 1
+    static double kv_monotonic_coarse(void) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+        return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+    }
+    static double kv_coarse_resolution(void) {
+        struct timespec ts;
+        if (clock_getres(CLOCK_MONOTONIC_COARSE, &ts) != 0) return -1.0;
+        return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+    }
     static double kv_monotonic(void) {
         struct timespec ts;
         long long ns;
@@ -65,11 +76,15 @@ cdef extern from *:
     #else
     #define KV_HAVE_CLOCK 0
     static double kv_monotonic(void) { return 0.0; }
+    static double kv_monotonic_coarse(void) { return 0.0; }
+    static double kv_coarse_resolution(void) { return -1.0; }
     #endif
     """
     int kv_msb64(unsigned long long x) noexcept nogil
     int kv_lsb64(unsigned long long x) noexcept nogil
     double kv_monotonic() noexcept nogil
+    double kv_monotonic_coarse() noexcept nogil
+    double kv_coarse_resolution() noexcept nogil
     int KV_HAVE_CLOCK
 
 __all__ += ["TTLCache", "TLRUCache"]
@@ -81,6 +96,15 @@ cdef object _Real = _numbers.Real
 cdef object _ABSOLUTE = object()     # _export_state(ttl=_ABSOLUTE): absolute times (pickling)
 cdef int _NBUCKETS = 65
 cdef uint64_t _TOP = <uint64_t>1 << 63
+
+# A hit needs the time only to confirm that the entry has not expired.  With time.monotonic
+# on Linux, an entry whose expiry is more than _COARSE_MARGIN ahead of the kernel's coarse
+# clock (updated every tick, never more than a tick behind CLOCK_MONOTONIC: 1-10 ms) is
+# alive for certain, and the coarse clock costs a fifth of the precise one.  Only entries
+# that close to expiring read the precise clock.  (inf: no coarse clock, always precise.)
+cdef double _COARSE_MARGIN = INFINITY
+if KV_HAVE_CLOCK and kv_coarse_resolution() > 0:
+    _COARSE_MARGIN = max(0.05, 16 * kv_coarse_resolution())
 
 
 cdef inline uint64_t _tkey(double d) noexcept nogil:
@@ -105,8 +129,22 @@ cdef inline uint64_t _iter_version(Cache c) noexcept:
 
 
 cdef inline bint _dead(Cache c, Py_ssize_t e, double now) noexcept nogil:
-    """Has entry e expired at `now`?  (False for every entry of a cache without expiry.)"""
-    return c._exp != NULL and not (now < c._exp[e])
+    """Has entry e expired at `now` (NaN: the C clock, read when needed)?  False without expiry."""
+    return c._exp != NULL and _expired_at(c._exp[e], now)
+
+
+cdef inline bint _expired_at(double exp, double now) noexcept nogil:
+    if exp == INFINITY:
+        return False
+    if now != now:
+        if exp - kv_monotonic_coarse() > _COARSE_MARGIN:
+            return False
+        now = kv_monotonic()
+    return not (now < exp)
+
+
+cdef inline double _resolve(double now) noexcept nogil:
+    return kv_monotonic() if now != now else now
 
 
 # ---------------------------------------------------------------------------------------------
@@ -137,12 +175,12 @@ cdef class _Timer:
 
     def __call__(self):
         if self._nesting:
-            return self._time
+            return self._time_obj()
         return self._fn()
 
     def __enter__(self):
         self._freeze()
-        return self._time
+        return self._time_obj()
 
     def __exit__(self, *exc):
         self._thaw()
@@ -168,7 +206,7 @@ cdef class _Timer:
         if self._nesting == 0:
             if self._clock:
                 f = kv_monotonic()
-                self._time = f
+                self._time = None        # boxed only if asked for
             else:
                 t = self._fn()
                 f = self.to_f(t)
@@ -176,6 +214,11 @@ cdef class _Timer:
             self._time_f = f
         self._nesting += 1
         return self._time_f
+
+    cdef object _time_obj(self):
+        if self._time is None:
+            self._time = self._time_f
+        return self._time
 
     cdef void _thaw(self):
         if self._nesting > 0:
@@ -446,13 +489,19 @@ cdef void _ttl_need_buffers(Cache c) except *:
                 _ttl_alloc(c, c.t.capacity)
 
 
-cdef double _ttl_now(Cache c) except? -1:
-    return (<_Expiry>c._xp).timer.now_f()
+cdef inline double _ttl_now(Cache c) except? -1:
+    """The time for a lookup: NaN when it is the C clock, read later only if needed (see _dead)."""
+    cdef _Timer tm = (<_Expiry>c._xp).timer
+    if tm._nesting:
+        return tm._time_f
+    if tm._clock:
+        return NAN
+    return tm.to_f(tm._fn())
 
 
 cdef _ttl_expire_now(Cache c):
     """Remove what has expired by now (the pairs are released when this returns)."""
-    cdef double now = _ttl_now(c)
+    cdef double now = (<_Expiry>c._xp).timer.now_f()
     cdef list out
     with cython.critical_section(c):
         out = _ttl_expire_locked(c, now)
@@ -471,10 +520,10 @@ cdef double _ttl_expiry(_Expiry x, object key, object value, object ttl, double 
         if x.mode == 0:
             return INFINITY
         if x.mode == 2:
-            return tm.to_f(x.ttu(key, value, tm._time))
+            return tm.to_f(x.ttu(key, value, tm._time_obj()))
         if x.ttl_numeric and tm._kind == 1:
             return now + x.ttl_f            # as cachetools' float arithmetic `time + ttl`
-        return tm.to_f(tm._time + x.ttl)
+        return tm.to_f(tm._time_obj() + x.ttl)
     if isinstance(ttl, _Real) and not isinstance(ttl, bool):
         f = float(ttl)
         if f != f:
@@ -484,7 +533,7 @@ cdef double _ttl_expiry(_Expiry x, object key, object value, object ttl, double 
     elif not isinstance(ttl, _timedelta):
         raise TypeError("ttl must be a number of seconds, a timedelta or None, not %s"
                         % type(ttl).__name__)
-    return tm.to_f(tm._time + ttl)
+    return tm.to_f(tm._time_obj() + ttl)
 
 
 cdef _ttl_setitem(Cache c, object key, hash_t h, object value, object ttl):
@@ -508,9 +557,44 @@ cdef _ttl_setitem(Cache c, object key, hash_t h, object value, object ttl):
                     k = c._removed_key
                     c._removed_key = None
                 return
-        c._set_slow(key, h, value, exp)
+        if not _ttl_set_fast(c, key, h, value, exp):
+            c._set_slow(key, h, value, exp)
     finally:
         tm._thaw()
+
+
+cdef bint _ttl_set_fast(Cache c, object key, hash_t h, object value, double exp) except -1:
+    """Cache.__setitem__'s native path with the entry stamped; False where it does not apply."""
+    cdef Py_ssize_t slot, e
+    cdef object old = None, evk = None, evv = None
+    cdef bint evicted = False
+    if c._sizefn is not None or not c._native_evict:
+        return False
+    with cython.critical_section(c):
+        e = table_find(c, key, h, &slot)
+        if e >= 0:
+            old = c._kv[2 * e + 1]              # released after the update, not during it
+            c._kv[2 * e + 1] = value
+            order_update(&c.o, &c.t, <entry_t>e)
+            _ttl_stamp(c, <entry_t>e, exp)
+            return True
+        if c._max_entries < 1:
+            raise ValueError("value too large")
+        if c.t.count >= c._max_entries:
+            evv = c._remove(order_victim(&c.o, &c.t), -1)
+            evk = c._removed_key
+            c._removed_key = None
+            c._evictions += 1
+            evicted = True
+            slot = table_probe_free(&c.t, h)
+        elif c.t.free_head == ENTRY_NONE:
+            c._make_room_for_one()
+            slot = table_probe_free(&c.t, h)
+        e = c._insert_at(slot, h, key, value, None)
+        _ttl_stamp(c, <entry_t>e, exp)
+    if evicted and c._on_evict is not None:
+        c._on_evict(evk, evv)
+    return True
 
 
 cdef _ttl_set(Cache c, object key, object value, object ttl):
@@ -536,6 +620,7 @@ cdef object _ttl_of(Cache c, object key):
         exp = c._exp[e]
     if exp == INFINITY:
         return None
+    now = _resolve(now)
     tm = (<_Expiry>c._xp).timer
     if tm._kind == 2:
         return _timedelta(microseconds=exp - now)
@@ -590,6 +675,7 @@ cdef object _ttl_export(Cache c, object order, double now, object how):
     cdef double scale
     if c._exp == NULL:
         return out
+    now = _resolve(now)
     scale = (<_Expiry>c._xp).timer.scale()
     for i in range(n):
         if how is _ABSOLUTE:
