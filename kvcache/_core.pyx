@@ -729,7 +729,10 @@ cdef class Cache:
                 e = -1
             if e >= 0:
                 self._hits += 1
-                order_touch(&self.o, &self.t, <entry_t>e)
+                if self.o.policy == POLICY_LRU:
+                    _list_move_to_end(&self.o, &self.t, <entry_t>e)
+                else:
+                    order_touch(&self.o, &self.t, <entry_t>e)
                 return self._kv[2 * e + 1]
             self._misses += 1
         if self._native_missing:
@@ -754,7 +757,10 @@ cdef class Cache:
                 e = -1
             if e >= 0:
                 self._hits += 1
-                order_touch(&self.o, &self.t, <entry_t>e)
+                if self.o.policy == POLICY_LRU:
+                    _list_move_to_end(&self.o, &self.t, <entry_t>e)
+                else:
+                    order_touch(&self.o, &self.t, <entry_t>e)
                 return self._kv[2 * e + 1]
             self._misses += 1
             return default
@@ -931,7 +937,10 @@ cdef class Cache:
             e = table_find(self, key, h, &slot)
             if e >= 0 and not _dead(self, e, now):
                 self._hits += 1
-                order_touch(&self.o, &self.t, <entry_t>e)
+                if self.o.policy == POLICY_LRU:
+                    _list_move_to_end(&self.o, &self.t, <entry_t>e)
+                else:
+                    order_touch(&self.o, &self.t, <entry_t>e)
                 return self._kv[2 * e + 1]
         self[key] = default
         return default
