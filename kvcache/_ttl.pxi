@@ -690,7 +690,11 @@ cdef object _ttl_import_prepare(Cache self, Cache fresh, Py_ssize_t n, object tt
     cdef _Expiry x, fx
     if self._xp is None and ttl is None and expires is None:
         return None
-    x = _ttl_state(self)
+    if self._xp is None:                 # this cache keeps no state until the import succeeds
+        x = _Expiry()
+        x.timer = _Timer(_time_monotonic)
+    else:
+        x = <_Expiry>self._xp
     fx = _Expiry()
     fx.timer = x.timer
     fx.mode, fx.ttl, fx.ttu, fx.ttl_f = x.mode, x.ttl, x.ttu, x.ttl_f

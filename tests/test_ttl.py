@@ -636,3 +636,53 @@ def test_ttl_cache_forms():
 def test_public_names():
     assert {"TTLCache", "TLRUCache", "ttl_cache"} <= set(kvcache.__all__)
     assert issubclass(TTLCache, kvcache.Cache) and issubclass(TLRUCache, kvcache.Cache)
+
+
+# -- cost of having expiry ------------------------------------------------------------------------
+
+def test_no_expiry_memory_until_a_ttl_is_used(cache_cls):
+    cache = cache_cls(100)
+    for i in range(50):
+        cache[i] = i
+    before = cache._nbytes()
+    cache.timer = Timer()                      # a timer alone allocates no buffers either
+    cache[50] = 50
+    assert cache._nbytes() == before
+    cache.set(51, 51, ttl=5)
+    assert cache._nbytes() > before
+    assert cache.ttl_of(51) == 5 and cache.ttl_of(0) is None
+    cache._check()
+
+
+def test_threads_setting_and_reading_with_ttls():
+    import threading
+
+    cache = TTLCache(500, 0.05)
+    errors = []
+
+    def work(seed):
+        rnd = random.Random(seed)
+        try:
+            for _ in range(3000):
+                k = rnd.randrange(1000)
+                op = rnd.random()
+                if op < 0.4:
+                    cache.set(k, k, ttl=rnd.choice([None, 0.001, 0.02, 1]))
+                elif op < 0.8:
+                    v = cache.get(k)
+                    assert v is None or v == k
+                elif op < 0.9:
+                    cache.pop(k, None)
+                else:
+                    cache.expire()
+        except Exception as exc:               # reported below, with the thread's failure
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    cache._check()
+    assert len(cache) <= 500
