@@ -715,7 +715,7 @@ cdef class Cache:
                     _list_move_to_end(&self.o, &self.t, <entry_t>e)
                 else:
                     order_touch(&self.o, &self.t, <entry_t>e)
-                return self._kv[2 * e + 1]
+                return <object>PyList_GET_ITEM(self._kv, 2 * e + 1)
             self._misses += 1
         if self._native_missing:
             raise KeyError(key)
@@ -739,7 +739,7 @@ cdef class Cache:
                     _list_move_to_end(&self.o, &self.t, <entry_t>e)
                 else:
                     order_touch(&self.o, &self.t, <entry_t>e)
-                return self._kv[2 * e + 1]
+                return <object>PyList_GET_ITEM(self._kv, 2 * e + 1)
             self._misses += 1
             return default
 
@@ -904,7 +904,7 @@ cdef class Cache:
                     _list_move_to_end(&self.o, &self.t, <entry_t>e)
                 else:
                     order_touch(&self.o, &self.t, <entry_t>e)
-                return self._kv[2 * e + 1]
+                return <object>PyList_GET_ITEM(self._kv, 2 * e + 1)
         self[key] = default
         return default
 
@@ -1355,10 +1355,10 @@ cdef inline Py_ssize_t table_find(Cache self, object key, hash_t h, Py_ssize_t* 
                 if free_slot < 0:
                     free_slot = <Py_ssize_t>i
             elif self.t.ent[e].hash == h:
-                other = self._kv[2 * e]
-                if other is key:
-                    slot_out[0] = <Py_ssize_t>i
+                if PyList_GET_ITEM(self._kv, 2 * e) == <PyObject*>key:
+                    slot_out[0] = <Py_ssize_t>i     # identity: no reference taken, no Python code
                     return e
+                other = self._kv[2 * e]             # a strong reference: __eq__ may drop the entry
                 eq = PyObject_RichCompareBool(other, key, Py_EQ)
                 if self._version != version:
                     break                       # mutated by __eq__ (or another thread): restart
