@@ -2,12 +2,13 @@
 
 The default format is msgpack, extended with a fixed set of types that decode
 without running user code: tuples, sets, frozensets, complex, arbitrary-size
-ints, datetime/date/time/timedelta, Decimal, bytearray and numpy arrays and
-scalars (any non-object dtype).  Subclasses of supported types (namedtuples,
+ints, datetime/date/time/timedelta, Decimal and numpy arrays and scalars (any
+non-object, non-structured dtype).  Subclasses of supported types (namedtuples,
 ``IntEnum``, ``OrderedDict``, ...) come back as their plain base type, which
-compares equal.  Anything else is refused with :class:`TypeError` unless the
-caller opts into pickle by giving an HMAC key: pickled payloads are signed and
-a payload whose signature does not verify is rejected before it is unpickled.
+compares equal; ``bytearray`` and ``memoryview`` come back as ``bytes``.
+Anything else is refused with :class:`TypeError` unless the caller opts into
+pickle by giving an HMAC key: pickled payloads are signed and a payload whose
+signature does not verify is rejected before it is unpickled.
 
 Frames are ``format byte, flags byte, [32-byte HMAC-SHA256], payload``;
 payloads larger than ``compress_over`` bytes are zstd-compressed.
@@ -54,7 +55,7 @@ _EXT_DATE = 10
 _EXT_TIME = 11
 _EXT_TIMEDELTA = 12
 _EXT_DECIMAL = 13
-_EXT_BYTEARRAY = 14
+_EXT_BYTEARRAY = 14  # decoded only: msgpack packs bytearray as bin before we see it
 
 _INT64_MIN = -(1 << 63)
 _UINT64_MAX = (1 << 64) - 1
@@ -97,8 +98,6 @@ def _default(obj):
         return str(obj)
     if isinstance(obj, bytes):
         return bytes(obj)
-    if isinstance(obj, bytearray):
-        return msgpack.ExtType(_EXT_BYTEARRAY, bytes(obj))
     if isinstance(obj, (set, frozenset)):
         code = _EXT_FROZENSET if isinstance(obj, frozenset) else _EXT_SET
         return msgpack.ExtType(code, _packb(list(obj)))
@@ -117,7 +116,7 @@ def _default(obj):
         return msgpack.ExtType(_EXT_DECIMAL, str(obj).encode())
     raise TypeError(
         f"cannot serialize {type(obj).__qualname__!r} safely; supported: None, bool, int, float, "
-        "complex, str, bytes, bytearray, list, tuple, dict, set, frozenset, datetime types, "
+        "complex, str, bytes, list, tuple, dict, set, frozenset, datetime types, "
         "Decimal, numpy arrays/scalars (pass pickle_key=... to allow signed pickle)"
     )
 
@@ -256,6 +255,10 @@ class Serializer:
             if self._dctx is None:
                 self._dctx = zstandard.ZstdDecompressor()
             try:
+                # decompress() trusts a size written in the frame: check it first.
+                size = zstandard.frame_content_size(payload)
+                if size > self.max_size:
+                    raise SerializationError(f"payload expands to {size} bytes, over max_size={self.max_size}")
                 payload = self._dctx.decompress(payload, max_output_size=self.max_size)
             except zstandard.ZstdError as exc:
                 raise SerializationError(f"corrupt compressed payload: {exc}") from None
