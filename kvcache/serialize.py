@@ -250,7 +250,10 @@ class Serializer:
         else:
             raise SerializationError(f"unknown payload format {fmt:#x} (not written by kvcache?)")
         if flags & _FLAG_ZSTD:
-            import zstandard
+            try:
+                import zstandard
+            except ImportError:
+                raise SerializationError("payload is zstd-compressed: pip install zstandard") from None
 
             if self._dctx is None:
                 self._dctx = zstandard.ZstdDecompressor()

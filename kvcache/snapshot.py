@@ -56,14 +56,27 @@ def _norm_key(pickle_key):
     return pickle_key
 
 
-def save(cache, path, *, pickle_key=None, compress_over=4096):
+def _default_compress_over():
+    try:
+        import zstandard  # noqa: F401
+    except ImportError:
+        return None
+    return 4096
+
+
+def save(cache, path, *, pickle_key=None, compress_over=-1):
     """Write `cache` to `path` atomically (temporary file, fsync, rename).
+
+    The payload is zstd-compressed above `compress_over` bytes (default 4096
+    when zstandard is installed; None never compresses).
 
     Keys must be encodable by :func:`kvcache.serialize.encode_key` (or anything,
     with `pickle_key`); values as for :class:`kvcache.serialize.Serializer`.
     The file is created with mode 0600: it holds the cached data.
     """
     pickle_key = _norm_key(pickle_key)
+    if compress_over == -1:
+        compress_over = _default_compress_over()
     ser = Serializer(compress_over=compress_over, pickle_key=pickle_key)
     keys, values, aux = cache._export_state()
     try:

@@ -7,6 +7,7 @@ import struct
 import pytest
 
 pytest.importorskip("msgpack")
+pytest.importorskip("zstandard")
 
 import numpy as np  # noqa: E402
 
@@ -299,3 +300,15 @@ def test_read_header(tmp_path):
     c.save(pathlib.Path(tmp_path, "h"))
     h = snapshot.read_header(tmp_path / "h")
     assert h["class"] == "FIFOCache" and h["count"] == len(c) and h["maxsize"] == 32
+
+
+def test_large_snapshot_is_compressed(tmp_path):
+    c = kvcache.LRUCache(maxsize=100)
+    for i in range(50):
+        c[i] = "x" * 10_000
+    c.save(tmp_path / "big")
+    assert (tmp_path / "big").stat().st_size < 50 * 10_000 // 20
+    assert kvcache.LRUCache.load(tmp_path / "big") == c
+    snapshot.save(c, tmp_path / "raw", compress_over=None)
+    assert (tmp_path / "raw").stat().st_size > 50 * 10_000
+    assert kvcache.LRUCache.load(tmp_path / "raw") == c
