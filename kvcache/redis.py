@@ -203,6 +203,7 @@ class TieredCache(MutableMapping):
         if _connection_kwargs(client).get("decode_responses"):
             raise ValueError("the redis client must be created with decode_responses=False")
         self._local = local
+        self._local_get = local.get
         self._client = client
         self.namespace = namespace
         self.ttl = ttl
@@ -365,15 +366,15 @@ class TieredCache(MutableMapping):
     # --- the mapping -----------------------------------------------------------
 
     def __getitem__(self, key):
-        if self._live:
-            v = self._local.get(key, _MISSING)
-            if v is not _MISSING:
-                if type(v) is not _Expiring:
-                    self._local_hits += 1
-                    return v
-                if v.deadline > _monotonic():
-                    self._local_hits += 1
-                    return v.value
+        # The hot path: one local lookup, two cheap checks.
+        v = self._local_get(key, _MISSING)
+        if v is not _MISSING and self._live:
+            if type(v) is not _Expiring:
+                self._local_hits += 1
+                return v
+            if v.deadline > _monotonic():
+                self._local_hits += 1
+                return v.value
         v = self._fetch(key)
         if v is _MISSING:
             raise KeyError(key)
