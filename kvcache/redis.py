@@ -221,7 +221,9 @@ class TieredCache(MutableMapping):
 
         # Fill bookkeeping, guarded by _lock: a fill or write-through stores its
         # copy only if _epoch did not move and its name was not marked dirty.
-        self._lock = threading.Lock()
+        # Reentrant: storing into `local` may run the user's on_evict, which may
+        # call back into this tier.
+        self._lock = threading.RLock()
         self._epoch = 0
         self._inflight = {}  # Redis name -> [readers in flight, dirty]
         self._waiters = {}  # Redis name -> Event woken by any change of name or its lock

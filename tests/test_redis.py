@@ -166,6 +166,23 @@ def test_fill_racing_an_invalidation_is_not_stored(make_tier):
     assert "k" not in t.local
 
 
+def test_on_evict_may_call_back_into_the_tier(make_tier):
+    seen = []
+    holder = {}
+
+    def on_evict(key, value):
+        seen.append(key)
+        holder["t"].delete(("evicted", key))  # re-enters the tier from inside a local store
+
+    t = make_tier(local=kvcache.LRUCache(maxsize=2, on_evict=on_evict))
+    holder["t"] = t
+    for i in range(5):
+        t[i] = i
+        t[i]  # fills (or re-fills after our own write's notice) evict older entries
+    assert seen  # evictions happened and did not deadlock
+    assert all(t[i] == i for i in range(5))
+
+
 # --- TTL ----------------------------------------------------------------------------
 
 
