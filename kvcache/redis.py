@@ -170,6 +170,12 @@ class TieredCache(MutableMapping):
     instead.  Call :meth:`close` (or use ``with``) to stop the background
     invalidation threads.
 
+    Entries with a TTL sit in `local` wrapped together with their deadline (so
+    `local`'s getsizeof sees the wrapper).  A write drops this process's own
+    local copy when its notice comes back (a notice cannot tell our write from
+    a concurrent one); the next read refills it from Redis.  ``len()`` and
+    iteration SCAN the namespace in Redis and raise if it is unreachable.
+
     Thread-safety: all methods may be called from many threads at once.
     """
 
