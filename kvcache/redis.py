@@ -637,6 +637,9 @@ class TieredCache(MutableMapping):
                 t.join(timeout=2.0)
         self._live = False
 
+    def __reduce__(self):
+        raise TypeError("TieredCache cannot be pickled: it holds a Redis client and threads")
+
     def __enter__(self):
         return self
 

@@ -257,6 +257,21 @@ def test_pickle_opt_in_and_forged_payload_rejected(make_tier, redis_server):
         strict["evil"]
 
 
+def test_not_picklable_and_bad_arguments(make_tier, redis_server, ns):
+    import pickle
+
+    t = make_tier()
+    with pytest.raises(TypeError, match="cannot be pickled"):
+        pickle.dumps(t)
+    local, client = kvcache.LRUCache(maxsize=2), redis_server.client()
+    with pytest.raises(ValueError):
+        TieredCache(local, client, ns, ttl=0)
+    with pytest.raises(TypeError):
+        TieredCache(local, client, "")
+    with pytest.raises(ValueError):
+        TieredCache(local, client, ns, serializer=Serializer(), compress_over=10)
+
+
 def test_decode_responses_client_rejected(redis_server, ns):
     with pytest.raises(ValueError, match="decode_responses"):
         TieredCache(kvcache.LRUCache(maxsize=4), redis_server.client(decode_responses=True), ns)
