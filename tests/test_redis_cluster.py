@@ -52,7 +52,8 @@ def test_values_spread_over_nodes_roundtrip(tiers, redis_cluster):
     keys = [f"key{i}" for i in range(60)]
     for i, k in enumerate(keys):
         a[k] = (i, str(i))
-    nodes = {redis_cluster.client().get_node_from_key(a.namespace + b":v:" + encode_key(k)).name for k in keys}
+    raw = redis_cluster.client()
+    nodes = {raw.get_node_from_key(a.namespace + b":v:" + encode_key(k)).name for k in keys}
     assert len(nodes) == 3  # the namespace really spans the cluster
     assert all(b[k] == (i, str(i)) for i, k in enumerate(keys))
     assert len(a) == 60 and sorted(a) == sorted(keys)
