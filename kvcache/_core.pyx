@@ -404,6 +404,36 @@ cdef class _Buffers:
 # The native cache classes
 # ---------------------------------------------------------------------------------------------
 
+# ---------------------------------------------------------------------------------------------
+# Snapshots (issue 7): `Class.load(path)` builds a cache, `cache.load(path)` fills this one.
+# The format lives in kvcache.snapshot, imported lazily (the engine imports nothing of ours).
+# ---------------------------------------------------------------------------------------------
+
+class _ClassOrInstanceMethod:
+    """Bind to the class when looked up on the class, to the instance otherwise."""
+
+    def __init__(self, func):
+        self.__func__ = func
+        self.__doc__ = func.__doc__
+
+    def __get__(self, obj, objtype=None):
+        return types.MethodType(self.__func__, objtype if obj is None else obj)
+
+
+def _snapshot_load(target, path, *, pickle_key=None, **kwargs):
+    """Load the snapshot at `path`: ``Class.load(path, **ctor_kwargs)`` returns a new cache,
+    ``cache.load(path)`` replaces this cache's contents (left untouched if the file is bad).
+
+    Contents, order and frequencies are restored; nothing in the file is executed.
+    """
+    from kvcache import snapshot
+    if isinstance(target, type):
+        return snapshot.load(target, path, pickle_key=pickle_key, **kwargs)
+    if kwargs:
+        raise TypeError("constructor arguments only apply to Class.load(path, ...)")
+    return snapshot.load_into(target, path, pickle_key=pickle_key)
+
+
 cdef class Cache:
     """Mutable mapping to serve as a simple cache or cache base class (cachetools-compatible).
 
@@ -1306,6 +1336,19 @@ cdef class Cache:
         if self._sizes is not None:
             n += sys.getsizeof(self._sizes)
         return n
+
+    # -- snapshots (issue 7; format and checks in kvcache.snapshot) ---------------------------
+
+    def save(self, path, *, pickle_key=None):
+        """Write contents, order and frequencies to `path` atomically (temp file, fsync, rename).
+
+        Values must be msgpack-representable (see kvcache.serialize) unless `pickle_key`
+        enables signed pickle; the same key is then needed to load the file.
+        """
+        from kvcache import snapshot
+        snapshot.save(self, path, pickle_key=pickle_key)
+
+    load = _ClassOrInstanceMethod(_snapshot_load)
 
 
 cdef Py_ssize_t table_slot_of_checked(table_t* t, entry_t e) noexcept nogil:
