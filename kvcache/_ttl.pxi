@@ -270,6 +270,7 @@ cdef class _Expiry:
     cdef double ttl_f                # ttl as a double when it is a real number
     cdef bint ttl_numeric
     cdef bint drop_expired           # TLRU: setting an already expired item removes the key
+    cdef bint native_expire          # False when a subclass overrides expire(): call it instead
     cdef object exp_arr, link_arr, bkt_arr
     cdef double* exp                 # entry -> expiry time (+inf: never)
     cdef int32_t* link               # entry -> prev (2e), next (2e+1) in its bucket
@@ -463,18 +464,25 @@ cdef void _ttl_reset(Cache c):
     x._clear_heap()
 
 
+cdef _Expiry _new_expiry(Cache c, object timer):
+    cdef _Expiry x = _Expiry()
+    x.timer = timer if isinstance(timer, _Timer) else _Timer(timer)
+    # cachetools documents overriding expire() to see what expires: every implicit expiry
+    # (set, len, popitem, resize...) then goes through it
+    x.native_expire = type(c).expire is _CACHE_EXPIRE
+    return x
+
+
 cdef _Expiry _ttl_state(Cache c):
     """The cache's expiry state, created on first use with the default timer."""
     if c._xp is None:
-        c._xp = _Expiry()
-        (<_Expiry>c._xp).timer = _Timer(_time_monotonic)
+        c._xp = _new_expiry(c, _time_monotonic)
     return <_Expiry>c._xp
 
 
 cdef _ttl_enable(Cache c, object timer, int mode, object param):
     """Give a fresh cache its timer and default expiry and allocate the buffers (TTL/TLRU init)."""
-    cdef _Expiry x = _Expiry()
-    x.timer = _Timer(timer)
+    cdef _Expiry x = _new_expiry(c, timer)
     x.set_default(mode, param)
     with cython.critical_section(c):
         c._xp = x
@@ -501,8 +509,17 @@ cdef inline double _ttl_now(Cache c) except? -1:
 
 cdef _ttl_expire_now(Cache c):
     """Remove what has expired by now (the pairs are released when this returns)."""
-    cdef double now = (<_Expiry>c._xp).timer.now_f()
+    cdef _Timer tm = (<_Expiry>c._xp).timer
+    cdef double now
     cdef list out
+    if not (<_Expiry>c._xp).native_expire:
+        tm._freeze()
+        try:
+            c.expire(tm._time_obj())
+        finally:
+            tm._thaw()
+        return None
+    now = tm.now_f()
     with cython.critical_section(c):
         out = _ttl_expire_locked(c, now)
     return None
@@ -547,8 +564,11 @@ cdef _ttl_setitem(Cache c, object key, hash_t h, object value, object ttl):
     now = tm._freeze()
     try:
         exp = _ttl_expiry(x, key, value, ttl, now)
+        if not x.native_expire:
+            c.expire(tm._time_obj())
         with cython.critical_section(c):
-            expired = _ttl_expire_locked(c, now)
+            if x.native_expire:
+                expired = _ttl_expire_locked(c, now)
             if x.drop_expired and not (now < exp):
                 # an already expired item replaces nothing: the key goes (cachetools.TLRUCache)
                 e = table_find(c, key, h, &slot)
@@ -691,12 +711,10 @@ cdef object _ttl_import_prepare(Cache self, Cache fresh, Py_ssize_t n, object tt
     if self._xp is None and ttl is None and expires is None:
         return None
     if self._xp is None:                 # this cache keeps no state until the import succeeds
-        x = _Expiry()
-        x.timer = _Timer(_time_monotonic)
+        x = _new_expiry(self, _time_monotonic)
     else:
         x = <_Expiry>self._xp
-    fx = _Expiry()
-    fx.timer = x.timer
+    fx = _new_expiry(fresh, x.timer)
     fx.mode, fx.ttl, fx.ttu, fx.ttl_f = x.mode, x.ttl, x.ttu, x.ttl_f
     fx.ttl_numeric, fx.drop_expired = x.ttl_numeric, x.drop_expired
     fresh._xp = fx
@@ -722,9 +740,8 @@ cdef tuple _ttl_getstate(Cache c):
 
 
 cdef _ttl_setstate(Cache c, tuple st):
-    cdef _Expiry x = _Expiry()
     fn, kind, origin, mode, ttl, ttu = st
-    x.timer = _Timer(fn)
+    cdef _Expiry x = _new_expiry(c, fn)
     if not x.timer._clock:
         x.timer._kind = kind
     x.timer._origin = origin
@@ -780,6 +797,9 @@ def _ttl_iter(Cache c):
     for key in list(_CacheIterator(c, 0)):
         if Cache.__contains__(c, key):
             yield key
+
+
+cdef object _CACHE_EXPIRE = Cache.expire
 
 
 # ---------------------------------------------------------------------------------------------

@@ -686,3 +686,35 @@ def test_threads_setting_and_reading_with_ttls():
     assert errors == []
     cache._check()
     assert len(cache) <= 500
+
+
+@pytest.mark.parametrize("base", [TTLCache, TLRUCache, LRUCache])
+def test_overridden_expire_sees_every_implicit_expiry(base):
+    # cachetools documents this way of tracking expired items: every mutating operation
+    # calls expire(), and a subclass may override it
+    class Tracking(base):
+        def expire(self, time=None):
+            items = super().expire(time)
+            self.seen.extend(items)
+            return items
+
+    timer = Timer()
+    if base is TTLCache:
+        cache = Tracking(10, 10, timer=timer)
+    elif base is TLRUCache:
+        cache = Tracking(10, lambda k, v, t: t + 10, timer=timer)
+    else:
+        cache = Tracking(10)
+        cache.timer = timer
+    cache.seen = []
+    cache.set("a", 1, ttl=1)
+    cache.set("b", 2, ttl=2)
+    timer.tick()
+    cache["c"] = 3                             # a set expires first
+    assert cache.seen == [("a", 1)]
+    timer.tick()
+    assert len(cache) == 1 and cache.seen == [("a", 1), ("b", 2)]
+    cache.set("d", 4, ttl=1)
+    timer.tick(5)
+    cache.popitem()
+    assert ("d", 4) in cache.seen
