@@ -121,8 +121,8 @@ cdef inline uint64_t _tkey(double d) noexcept nogil:
 
 
 cdef inline uint64_t _iter_version(Cache c) noexcept:
-    # Iterators fail on any change but expiry: len() or a lookup may expire entries while a
-    # loop runs (list(cache) itself calls len()); the iterator skips those entries instead.
+    # Iterators fail on any change but expiry: len(), currsize or expire() may remove expired
+    # entries while a loop runs (list(cache) itself calls len()); the iterator skips them.
     if c._xp is None:
         return c._version
     return c._version - (<_Expiry>c._xp).bumps
