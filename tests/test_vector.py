@@ -11,7 +11,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from kvcache import VectorCache
 
-POLICIES = ["lru", "fifo", "lfu"]
+POLICIES = ["lru", "fifo", "lfu"]   # modelled exactly; "rr" is tested on its own
 
 
 class Model:
@@ -48,6 +48,8 @@ class Model:
     def set(self, k, row):
         if k in self.rows:
             self._touch(k)
+            if self.policy == "fifo":       # as FIFOCache: an assignment re-inserts
+                self.order.move_to_end(k)
         else:
             if len(self.rows) >= self.maxsize:
                 v = self._victim()
@@ -177,13 +179,26 @@ def test_lru_evicts_least_recently_used():
     assert 1 in c and 2 not in c and 3 in c
 
 
-def test_fifo_ignores_reads():
+def test_fifo_ignores_reads_and_reinserts_on_update():
     c = VectorCache(2, 1, policy="fifo")
     c[1] = [1.0]
     c[2] = [2.0]
     c[1]
     c[3] = [3.0]
     assert 1 not in c and 2 in c
+    c[2] = [2.5]              # 3 is now the oldest
+    c[4] = [4.0]
+    assert 3 not in c and 2 in c
+
+
+def test_rr_evicts_some_entry_and_keeps_the_rest_intact():
+    c = VectorCache(50, 2, policy="rr", seed=1)
+    keys = numpy.arange(500)
+    c.set_many(keys, numpy.repeat(keys[:, None], 2, 1).astype(numpy.float32))
+    rows, found = c.get_many(keys)
+    assert found.sum() == 50 == len(c) and c.stats().evictions == 450
+    assert (rows[found] == keys[found, None]).all()
+    assert found[-1]          # the newest key is never its own victim
 
 
 def test_lfu_evicts_least_frequent_then_least_recent():
@@ -228,7 +243,7 @@ def test_slab_is_preallocated_and_reused():
 def test_memory_overhead_is_small():
     c = VectorCache(1000, 4)
     per_entry = c.overhead_bytes / c.maxsize
-    assert 16 < per_entry <= 120
+    assert 16 < per_entry <= 80
 
 
 def test_out_parameter():
@@ -268,6 +283,19 @@ def test_key_forms():
     assert c[[5, 0]].tolist() == [2.0]                 # digest (5, 0) is key 5
     c[(5, 1)] = [3.0]                                  # same low word, different high word
     assert c[5].tolist() == [2.0] and c[(5, 1)].tolist() == [3.0] and len(c) == 3
+
+
+def test_high_words_that_differ_only_above_32_bits():
+    # The slot keeps 32 bits of the high word; the rest is confirmed against the full word.
+    c = VectorCache(8, 1)
+    c[7] = [1.0]
+    assert (7, 1 << 40) not in c and c.get((7, 1 << 40)) is None
+    c[(7, 1 << 40)] = [2.0]
+    c[(7, 2 << 40)] = [3.0]
+    assert [c[7][0], c[(7, 1 << 40)][0], c[(7, 2 << 40)][0]] == [1.0, 2.0, 3.0]
+    del c[(7, 1 << 40)]
+    del c[(7, 2 << 40)]
+    assert (7, 2 << 40) not in c and c[7][0] == 1.0
 
 
 def test_digest_keys_that_collide_on_64_bits_stay_distinct():
@@ -391,7 +419,7 @@ def test_constructor_checks():
         pickle.dumps(c)
 
 
-@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("policy", POLICIES + ["rr"])
 def test_threads_never_see_torn_or_foreign_rows(policy):
     # Each key's row is the key itself repeated: any race would show a row that is not.
     dim, n = 16, 2000
