@@ -436,6 +436,7 @@ cdef class Cache:
     cdef uint64_t _version           # bumped by every change to table_t (not by reordering)
     cdef Py_ssize_t _hits, _misses, _evictions
     cdef bint _native_popitem        # False when a subclass overrides popitem()
+    cdef bint _native_evict          # evict in C: popitem not overridden, no choice function
     cdef bint _native_missing        # False when a subclass defines __missing__
     cdef bint _native_getitem        # False when a subclass overrides __getitem__
     cdef dict __dict__
@@ -506,6 +507,7 @@ cdef class Cache:
         self.t.seed = _random_seed() if seed is None else seed
         self.o.rng = (self.t.seed * <uint64_t>0x9E3779B97F4A7C15) | 1
         self._native_popitem = cls.popitem in _NATIVE_POPITEMS
+        self._native_evict = self._native_popitem and self._choice is None
         self._native_missing = cls.__missing__ is Cache.__missing__
         self._native_getitem = cls.__getitem__ in _NATIVE_GETITEMS
         if self._sizefn is None:
@@ -748,7 +750,7 @@ cdef class Cache:
         cdef hash_t h = _key_hash(self, key)
         cdef object old = None, evk = None, evv = None
         cdef bint evicted = False
-        if self._sizefn is not None or not self._native_popitem:
+        if self._sizefn is not None or not self._native_evict:
             self._set_slow(key, h, value)
             return
         with cython.critical_section(self):
@@ -813,12 +815,13 @@ cdef class Cache:
                         slot = table_probe_free(&self.t, h)
                         self._insert_at(slot, h, key, value, size)
                     break
-                if self._native_popitem:
+                if self._native_evict:
                     if evicted is None:
                         evicted = []
                     evicted.append(self._evict_one())
                     continue
-            kv = tuple(self.popitem())           # a subclass hook: outside the critical section
+            # a subclass hook or a choice function: user code, outside the critical section
+            kv = tuple(self.popitem()) if not self._native_popitem else self._popitem()
             self._evictions += 1
             if self._on_evict is not None:
                 self._on_evict(kv[0], kv[1])
@@ -976,10 +979,10 @@ cdef class Cache:
                         break
                 elif not self._currsize > self._maxsize:
                     break
-                if self._native_popitem:
+                if self._native_evict:
                     evicted.append(self._evict_one())
                     continue
-            kv = tuple(self.popitem())
+            kv = tuple(self.popitem()) if not self._native_popitem else self._popitem()
             self._evictions += 1
             evicted.append(kv)
         if self._on_evict is not None:
