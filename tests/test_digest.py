@@ -106,7 +106,7 @@ def test_lone_surrogates_are_hashable_and_distinct():
     assert len({tuple(r) for r in got.tolist()}) == 3
 
 
-def test_same_across_processes_and_hash_seeds():
+def test_same_across_processes_and_hash_seeds(tmp_path):
     texts = ["hello", "naïve café", "", "x" * 1000]
     code = (
         "import kvcache, sys; "
@@ -116,8 +116,9 @@ def test_same_across_processes_and_hash_seeds():
     outs = set()
     for seed in ("0", "12345", "random"):
         env = dict(os.environ, PYTHONHASHSEED=seed)
+        # cwd away from a source checkout, so the child imports the same kvcache we test
         res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                             text=True, check=True)
+                             text=True, check=True, cwd=tmp_path)
         outs.add(res.stdout)
     here = (repr(kvcache.digest(texts).tolist()) + "|"
             + repr(kvcache.digest(texts, namespace="model").tolist()))
