@@ -12,6 +12,9 @@ dim-384 group, which needs about 4 * N * 1.5 KB of memory.
 
     pytest bench/bench_batch.py --benchmark-group-by=group --benchmark-columns=min,median,rounds
 
+On a machine shared with other work, add --benchmark-timer=time.process_time: the rates are
+then per core actually used (wall-clock time also counts the time the process waited).
+
 Under --benchmark-disable every function runs once, as a smoke test, on small sizes.
 """
 import os
