@@ -24,6 +24,7 @@
 
 from libc.stdint cimport uint8_t, int32_t, uint32_t, int64_t, uint64_t
 from libc.string cimport memcpy
+from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 from murmurhash.mrmr cimport hash128_x64
@@ -102,8 +103,9 @@ def digest(items, namespace=None):
     cdef Py_ssize_t n = len(seq), i, length, ns_len = 0
     cdef uint32_t seed = _DIGEST_SEED
     cdef bytes ns_bytes
-    cdef bytearray buf
-    cdef char *bufp
+    cdef char *buf = NULL
+    cdef char *grown
+    cdef Py_ssize_t bufsize = 0
     cdef const char *p
     cdef list keepalive = []
     out = _vnp.empty((n, 2), dtype=_vnp.uint64)
@@ -119,22 +121,32 @@ def digest(items, namespace=None):
         ns_len = len(ns_bytes)
         # Prefix = 8-byte little-endian length of the namespace, then the namespace: the pair
         # (namespace, item) is recoverable from the hashed bytes, so no choice of texts forges it.
-        buf = bytearray(ns_len.to_bytes(8, "little") + ns_bytes)
-    for i in range(n):
-        p = _digest_bytes(seq[i], &length, keepalive)
-        if namespace is None:
-            if length > _DIGEST_MAX_LEN:
-                raise ValueError(f"digest() item {i} is longer than 2 GiB")
-            hash128_x64(p, <int>length, seed, &o[i, 0])
-        else:
+        prefix = ns_len.to_bytes(8, "little") + ns_bytes
+        bufsize = 8 + ns_len + 256
+        buf = <char *>PyMem_Malloc(bufsize)
+        if buf == NULL:
+            raise MemoryError()
+        memcpy(buf, <const char *>prefix, 8 + ns_len)
+    try:
+        for i in range(n):
+            p = _digest_bytes(seq[i], &length, keepalive)
             if length + 8 + ns_len > _DIGEST_MAX_LEN:
                 raise ValueError(f"digest() item {i} is longer than 2 GiB")
-            del buf[8 + ns_len:]
-            buf += p[:length]
-            bufp = buf
-            hash128_x64(bufp, <int>(8 + ns_len + length), seed, &o[i, 0])
-        if _digest_truncate:
-            o[i, 0] = 0
+            if buf == NULL:
+                hash128_x64(p, <int>length, seed, &o[i, 0])
+            else:
+                if 8 + ns_len + length > bufsize:
+                    bufsize = 2 * (8 + ns_len + length)
+                    grown = <char *>PyMem_Realloc(buf, bufsize)
+                    if grown == NULL:
+                        raise MemoryError()
+                    buf = grown
+                memcpy(buf + 8 + ns_len, p, length)
+                hash128_x64(buf, <int>(8 + ns_len + length), seed, &o[i, 0])
+            if _digest_truncate:
+                o[i, 0] = 0
+    finally:
+        PyMem_Free(buf)
     return out
 
 

@@ -141,9 +141,13 @@ def test_namespace_separates_and_cannot_be_forged():
 
 
 def test_namespaced_digest_is_murmur_of_length_prefixed_bytes():
-    ns, text = b"model", b"text"
-    expect = murmur3_x64_128(len(ns).to_bytes(8, "little") + ns + text, seed=1)
-    assert tuple(map(int, kvcache.digest([text], namespace=ns)[0])) == expect
+    ns = b"model"
+    texts = [b"text", b"x" * 1000, b"", "é" * 300, b"y" * 5]   # grows and reuses the buffer
+    got = kvcache.digest(texts, namespace=ns)
+    for text, row in zip(texts, got):
+        data = text.encode() if isinstance(text, str) else text
+        expect = murmur3_x64_128(len(ns).to_bytes(8, "little") + ns + data, seed=1)
+        assert tuple(map(int, row)) == expect
 
 
 def test_accepts_any_iterable():
