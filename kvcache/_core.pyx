@@ -1700,3 +1700,7 @@ class _ItemsView(collections.abc.ItemsView):
 
 
 collections.abc.MutableMapping.register(Cache)
+
+
+# Batch numpy layer for inference: digest() and VectorCache (issue 6).
+include "_vector.pxi"
