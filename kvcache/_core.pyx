@@ -1541,3 +1541,6 @@ class _ItemsView(collections.abc.ItemsView):
 
 
 collections.abc.MutableMapping.register(Cache)
+
+
+include "_functools.pxi"

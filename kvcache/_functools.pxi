@@ -1,0 +1,528 @@
+# The compiled call paths of kvcache's memoizing decorators, included at the end of _core.pyx
+# so that they reach the engine's table directly (no Python-level cache protocol per call).
+#
+# _lru_cache_wrapper follows CPython's Modules/_functoolsmodule.c lru_cache:
+# - three paths chosen at construction: maxsize == 0 only counts misses, maxsize None never
+#   evicts, a positive maxsize evicts the least recently used entry;
+# - the key is built as functools builds it (a lone exact int or str is its own key), hashed
+#   exactly once per call; the stored hash serves the insertion and any later eviction;
+# - the user function runs outside any critical section; after it returns, the key is looked
+#   up again: if a recursive call or another thread stored it meanwhile, that entry is kept
+#   and nothing is stored (bpo-35780), so concurrent misses each call the function, exactly
+#   as functools does;
+# - exceptions from the function propagate untouched (no lookup exception is pending, so
+#   nothing is chained to them) and nothing is stored;
+# - evicted keys and values are released only once the table is consistent (rule 3 above).
+#
+# _memo_base gives kvcache.memoize the same hit path; a miss goes back to Python
+# (_miss, where the single-flight protocol lives).
+
+from cpython.dict cimport PyDict_Size
+from cpython.tuple cimport PyTuple_New, PyTuple_GET_SIZE, PyTuple_GET_ITEM, PyTuple_SET_ITEM
+from cpython.ref cimport Py_INCREF
+from cpython.object cimport PyObject_Hash
+from cpython.unicode cimport PyUnicode_CheckExact
+
+import operator
+
+cdef object _kwd_mark = object()   # separates positional from keyword arguments in a key
+
+
+# tp_call.  A Cython `def __call__(self, *args, **kwargs)` allocates a fresh kwargs dict on
+# every call, a cost CPython's C wrapper does not pay.  The wrappers keep their `def __call__`
+# (for introspection), but their type's tp_call slot points straight at the cdef
+# implementations below, which take (args, kwds-or-NULL) as CPython hands them over.
+cdef extern from *:
+    """
+    static void kv_install_tp_call(PyObject* type, void* fn) {
+        ((PyTypeObject*)type)->tp_call = (ternaryfunc)fn;
+        PyType_Modified((PyTypeObject*)type);
+    }
+    static PyObject* kv_call(PyObject* f, PyObject* a, PyObject* k) { return PyObject_Call(f, a, k); }
+
+    /* MurmurHash64A (what murmurhash's hash64 runs) for one 8-byte word, inlined: the hit
+       path hashes every call, and the library call is an indirect one. */
+    static inline uint64_t kv_murmur64a_word(uint64_t k, uint64_t seed) {
+        const uint64_t m = 0xc6a4a7935bd1e995ULL;
+        uint64_t h = seed ^ (8 * m);
+        k *= m; k ^= k >> 47; k *= m;
+        h ^= k; h *= m;
+        h ^= h >> 47; h *= m; h ^= h >> 47;
+        return h;
+    }
+    """
+    void kv_install_tp_call(object type, void* fn)
+    object kv_call(object f, object a, PyObject* k)
+    uint64_t kv_murmur64a_word(uint64_t k, uint64_t seed) nogil
+
+
+cdef bint _inline_mix_ok = False   # set below once checked against mix_hash
+
+
+cdef inline hash_t _mix(Py_hash_t h, uint64_t seed) noexcept nogil:
+    if _inline_mix_ok:
+        return kv_murmur64a_word(<uint64_t>h, seed)
+    return mix_hash(h, seed)
+
+
+def _check_inline_mix():
+    cdef uint64_t seed
+    cdef Py_hash_t h
+    for seed in (0, 1, 0x9E3779B97F4A7C15, 2**64 - 1):
+        for h in (0, 1, -1, -2, 2**61 - 1, -(2**63), 123456789):
+            if kv_murmur64a_word(<uint64_t>h, seed) != mix_hash(h, seed):
+                return False
+    return sizeof(Py_hash_t) == 8
+
+
+_inline_mix_ok = _check_inline_mix()
+
+
+cdef inline object _fast_key(tuple args, dict kwds, bint typed):
+    """Build functools' cache key for a call: args, kwd_mark, k1, v1, ..., then types if typed."""
+    cdef Py_ssize_t nargs = PyTuple_GET_SIZE(args)
+    cdef Py_ssize_t nkw = 0
+    if kwds is not None:
+        nkw = PyDict_Size(kwds)
+    if not typed and nkw == 0:
+        if nargs == 1:
+            a = <object>PyTuple_GET_ITEM(args, 0)
+            # common scalar keys stand for themselves, saving the tuple
+            if PyUnicode_CheckExact(a) or PyLong_CheckExact(a):
+                return a
+        return args
+    return _full_key(args, kwds, nargs, nkw, typed)
+
+
+cdef object _full_key(tuple args, dict kwds, Py_ssize_t nargs, Py_ssize_t nkw, bint typed):
+    cdef Py_ssize_t size = nargs, pos = 0, i
+    if nkw:
+        size += 2 * nkw + 1
+    if typed:
+        size += nargs + nkw
+    key = PyTuple_New(size)
+    for i in range(nargs):
+        item = <object>PyTuple_GET_ITEM(args, i)
+        Py_INCREF(item)
+        PyTuple_SET_ITEM(key, pos, item)
+        pos += 1
+    if nkw:
+        Py_INCREF(_kwd_mark)
+        PyTuple_SET_ITEM(key, pos, _kwd_mark)
+        pos += 1
+        # keyword order is significant, as in functools (PEP 468)
+        for k, v in kwds.items():
+            if pos + 2 > size:
+                raise RuntimeError("keyword arguments changed during the call")
+            Py_INCREF(k)
+            PyTuple_SET_ITEM(key, pos, k)
+            Py_INCREF(v)
+            PyTuple_SET_ITEM(key, pos + 1, v)
+            pos += 2
+    if typed:
+        for i in range(nargs):
+            t = type(<object>PyTuple_GET_ITEM(args, i))
+            Py_INCREF(t)
+            PyTuple_SET_ITEM(key, pos, t)
+            pos += 1
+        if nkw:
+            for v in kwds.values():
+                if pos >= size:
+                    raise RuntimeError("keyword arguments changed during the call")
+                t = type(v)
+                Py_INCREF(t)
+                PyTuple_SET_ITEM(key, pos, t)
+                pos += 1
+    if pos != size:
+        raise RuntimeError("keyword arguments changed during the call")
+    return key
+
+
+cdef inline Py_ssize_t _hit_find(Cache c, object key, hash_t h) except -2:
+    """Return key's entry or -1; the common hit (the very key object stored) costs no ==."""
+    cdef uint64_t i = h & c.t.mask
+    cdef int32_t e
+    cdef Py_ssize_t slot
+    while True:
+        e = c.t.index[i]
+        if e == SLOT_EMPTY:
+            return -1
+        if e >= 0 and c.t.hashes[e] == h:
+            if PyList_GET_ITEM(c._keys, e) == <PyObject*>key:
+                return e
+            break
+        i = (i + 1) & c.t.mask
+    return c._find(key, h, &slot)
+
+
+cdef inline void _hit_touch(Cache c, entry_t e) noexcept nogil:
+    if c.o.policy == POLICY_LRU:
+        _list_move_to_end(&c.o, &c.t, e)
+    else:
+        order_touch(&c.o, &c.t, e)
+
+
+cdef object _lru_call(_lru_cache_wrapper self, tuple args, dict kwds):
+    """The whole lru_cache call: key, one hash, lookup, call on a miss, store."""
+    cdef Cache c = self.cache
+    cdef Py_ssize_t slot, e
+    cdef hash_t h
+    cdef PyObject* kw = NULL if kwds is None else <PyObject*>kwds
+    if c is None:
+        self.misses += 1
+        return kv_call(self.func, args, kw)
+    key = _fast_key(args, kwds, self.typed)
+    h = _mix(PyObject_Hash(key), c.t.seed)
+    with cython.critical_section(c):
+        e = _hit_find(c, key, h)
+        if e >= 0:
+            _hit_touch(c, <entry_t>e)
+            self.hits += 1
+            return <object>PyList_GET_ITEM(c._values, e)
+        self.misses += 1
+    result = kv_call(self.func, args, kw)
+    evicted = _table_store(c, key, h, result)
+    return result
+
+
+cdef object _lru_tp_call(PyObject* self, PyObject* args, PyObject* kwds):
+    return _lru_call(<_lru_cache_wrapper>self, <tuple>args,
+                     None if kwds == NULL else <dict>kwds)
+
+
+cdef object _memo_tp_call(PyObject* self, PyObject* args, PyObject* kwds):
+    return _memo_invoke(<_memo_base>self, None, <tuple>args,
+                        None if kwds == NULL else <dict>kwds)
+
+
+cdef inline object _table_store(Cache c, object key, hash_t h, object value):
+    """Store value under key (hash h) unless the key is already there; evict one entry if full.
+
+    Return the previous value when the key was present (the caller keeps that entry), else
+    the evicted (key, value) pair or None.  Only key.__eq__ may run Python code here.
+    """
+    cdef Py_ssize_t slot, e
+    cdef object evicted = None
+    with cython.critical_section(c):
+        e = c._find(key, h, &slot)
+        if e >= 0:
+            return None
+        if c.t.count >= c._max_entries:
+            if c._max_entries < 1:
+                return None
+            evv = c._remove(order_victim(&c.o, &c.t), -1)
+            evicted = (c._removed_key, evv)
+            c._removed_key = None
+            c._evictions += 1
+            # the removal may turn a slot before ours back to empty: probe again
+            slot = table_probe_free(&c.t, h)
+        elif c.t.free_head == ENTRY_NONE:
+            c._make_room_for_one()
+            slot = table_probe_free(&c.t, h)
+        c._insert_at(slot, h, key, value, None)
+    return evicted   # released by the caller, after the table is consistent
+
+
+@cython.final
+@cython.auto_pickle(False)
+cdef class _lru_cache_wrapper:
+    """functools.lru_cache's wrapper, compiled over the engine's LRU table.
+
+    Thread-safety: as CPython's C version -- hit and miss counts are exact, the function runs
+    outside any lock, and concurrent misses on one key each call it.
+    """
+
+    cdef object func
+    cdef Cache cache              # None when nothing is cached (maxsize == 0)
+    cdef object maxsize
+    cdef bint typed
+    cdef Py_ssize_t hits, misses
+    cdef object cache_info_type
+    cdef dict __dict__
+    cdef object __weakref__
+
+    def __init__(self, func, maxsize, typed, cache_info_type):
+        if not callable(func):
+            raise TypeError("the first argument must be callable")
+        if maxsize is None:
+            self.cache = Cache(math.inf)
+        elif isinstance(maxsize, int):
+            if maxsize < 0:
+                maxsize = 0
+            self.cache = LRUCache(maxsize) if maxsize > 0 else None
+        else:
+            raise TypeError("maxsize should be integer or None")
+        self.func = func
+        self.maxsize = maxsize
+        self.typed = bool(typed)
+        self.cache_info_type = cache_info_type
+        self.hits = self.misses = 0
+
+    def __call__(self, *args, **kwargs):
+        return _lru_call(self, args, kwargs)
+
+    def cache_info(self):
+        """Report cache statistics."""
+        currsize = 0 if self.cache is None else len(self.cache)
+        return self.cache_info_type(self.hits, self.misses, self.maxsize, currsize)
+
+    def cache_clear(self):
+        """Clear the cache and cache statistics."""
+        self.hits = self.misses = 0
+        if self.cache is not None:
+            self.cache.clear()
+
+    def __get__(self, obj, objtype):
+        # bind like a function, so methods work
+        if obj is None:
+            return self
+        return types.MethodType(self, obj)
+
+    def __reduce__(self):
+        return self.__qualname__
+
+    def __copy__(self):
+        return self
+
+    def __deepcopy__(self, memo):
+        return self
+
+
+
+@cython.auto_pickle(False)
+cdef class _memo_base:
+    """The compiled hit path of kvcache.memoize; misses call self._miss (Python)."""
+
+    cdef readonly object func
+    cdef readonly Cache cache
+    cdef readonly Py_ssize_t hits, misses
+    cdef bint typed
+    cdef object keyfunc
+
+    def __init__(self, func, cache, typed, key):
+        if not isinstance(cache, Cache):
+            raise TypeError("memoize needs a kvcache cache")
+        self.func = func
+        self.cache = cache
+        self.typed = bool(typed)
+        self.keyfunc = key
+
+    def __call__(self, *args, **kwargs):
+        return _memo_invoke(self, None, args, kwargs)
+
+    def _invoke(self, owner, tuple args, dict kwargs):
+        """Call through the cache; `owner` (not None) is passed first to the function only."""
+        return _memo_invoke(self, owner, args, kwargs)
+
+    def _make_key(self, tuple args, dict kwargs):
+        if self.keyfunc is not None:
+            return kv_call(self.keyfunc, args, NULL if kwargs is None else <PyObject*>kwargs)
+        return _fast_key(args, kwargs, self.typed)
+
+    def _lookup(self, key):
+        """Return (True, value) on a hit, (False, None) on a miss; counts either."""
+        cdef Cache c = self.cache
+        cdef Py_ssize_t slot, e
+        cdef hash_t h = _mix(PyObject_Hash(key), c.t.seed)
+        with cython.critical_section(c):
+            e = c._find(key, h, &slot)
+            if e >= 0:
+                order_touch(&c.o, &c.t, <entry_t>e)
+                self.hits += 1
+                return True, c._values[e]
+            self.misses += 1
+        return False, None
+
+    def _peek(self, key):
+        """Return (found, value) without counting or touching."""
+        v = self.cache.peek(key, _MARKER)
+        if v is _MARKER:
+            return False, None
+        return True, v
+
+    def _store(self, key, value):
+        """Store value unless the key is present; raise ValueError if nothing fits (maxsize 0)."""
+        cdef Cache c = self.cache
+        if c._max_entries < 1:
+            raise ValueError("value too large")
+        evicted = _table_store(c, key, _mix(PyObject_Hash(key), c.t.seed), value)
+
+    def _call(self, owner, tuple args, dict kwargs):
+        if owner is not None:
+            args = (owner,) + args
+        return kv_call(self.func, args, NULL if kwargs is None else <PyObject*>kwargs)
+
+    def _reset_counts(self):
+        self.hits = self.misses = 0
+
+
+cdef object _memo_invoke(_memo_base self, object owner, tuple args, dict kwargs):
+    cdef Cache c = self.cache
+    cdef Py_ssize_t slot, e
+    cdef hash_t h
+    if self.keyfunc is None:
+        key = _fast_key(args, kwargs, self.typed)
+    else:
+        key = kv_call(self.keyfunc, args, NULL if kwargs is None else <PyObject*>kwargs)
+    h = _mix(PyObject_Hash(key), c.t.seed)
+    with cython.critical_section(c):
+        e = _hit_find(c, key, h)
+        if e >= 0:
+            _hit_touch(c, <entry_t>e)
+            self.hits += 1
+            return <object>PyList_GET_ITEM(c._values, e)
+        self.misses += 1
+    return self._miss(owner, key, args, kwargs)
+
+
+cdef class LRU(LRUCache):
+    """lru-dict's LRU: a dict of at most `size` items that evicts the least recently used.
+
+    `callback(key, value)` is called for each eviction (not for del, pop, popitem or clear).
+    `keys()`, `values()` and `items()` return lists, most recently used first; lookups
+    (`[]`, `get`, `pop`, `setdefault`) count in `get_stats()`; `in` and `has_key` do not.
+    """
+
+    def __init__(self, size, callback=None):
+        size = operator.index(size)
+        if size <= 0:
+            raise ValueError("Size should be a positive number")
+        if callback is not None and not callable(callback):
+            raise TypeError("parameter must be callable")
+        self._setup(size, None, callback, None, None, None)
+
+    def keys(self):
+        """Return the keys as a list, most recently used first."""
+        return list(_CacheIterator(self, 3))
+
+    def values(self):
+        """Return the values as a list, most recently used first."""
+        return [v for k, v in self.items()]
+
+    def items(self):
+        """Return the (key, value) pairs as a list, most recently used first."""
+        cdef Py_ssize_t i
+        with cython.critical_section(self):
+            order = self._order_array().tolist()
+            return [(self._keys[order[i]], self._values[order[i]])
+                    for i in range(len(order) - 1, -1, -1)]
+
+    def __iter__(self):
+        return _CacheIterator(self, 3)
+
+    def has_key(self, key):
+        """Return whether key is present (not counted as a use)."""
+        return key in self
+
+    def peek_first_item(self):
+        """Return the most recently used (key, value) pair without touching it, or None."""
+        with cython.critical_section(self):
+            if self.t.count == 0:
+                return None
+            return (self._keys[self.o.tail], self._values[self.o.tail])
+
+    def peek_last_item(self):
+        """Return the least recently used (key, value) pair without touching it, or None."""
+        with cython.critical_section(self):
+            if self.t.count == 0:
+                return None
+            return (self._keys[self.o.head], self._values[self.o.head])
+
+    def get_size(self):
+        """Return the maximum number of items."""
+        return self._maxsize
+
+    def set_size(self, size):
+        """Set the maximum number of items, evicting (with the callback) to fit."""
+        size = operator.index(size)
+        if size <= 0:
+            raise ValueError("Size should be a positive number")
+        self.resize(size)
+
+    def set_callback(self, callback):
+        """Set the function called with (key, value) for each eviction; None removes it."""
+        if callback is not None and not callable(callback):
+            raise TypeError("parameter must be callable")
+        self._on_evict = callback
+
+    def get_stats(self):
+        """Return (hits, misses) of the lookups so far."""
+        return (self._hits, self._misses)
+
+    def pop(self, key, default=_MARKER):
+        """Remove key and return its value (a counted lookup); default or KeyError if absent."""
+        cdef Py_ssize_t slot, e
+        cdef hash_t h = _key_hash(self, key)
+        cdef object k, v
+        with cython.critical_section(self):
+            e = self._find(key, h, &slot)
+            if e >= 0:
+                self._hits += 1
+                v = self._remove(<entry_t>e, slot)
+                k = self._removed_key
+                self._removed_key = None
+                return v
+            self._misses += 1
+        if default is _MARKER:
+            raise KeyError(key)
+        return default
+
+    def setdefault(self, key, default=None):
+        """Return key's value (a counted lookup); if absent, insert default and return it."""
+        cdef object v = self.get(key, _MARKER)
+        if v is not _MARKER:
+            return v
+        self[key] = default
+        return default
+
+    def popitem(self, least_recent=True):
+        """Remove and return the least (or, with least_recent=False, most) recently used pair."""
+        cdef entry_t e
+        with cython.critical_section(self):
+            if self.t.count == 0:
+                raise KeyError("popitem(): LRU dict is empty")
+            e = self.o.head if least_recent else self.o.tail
+            value = self._remove(e, -1)
+            key = self._removed_key
+            self._removed_key = None
+            return (key, value)
+
+    def clear(self):
+        """Remove every item and reset the statistics."""
+        LRUCache.clear(self)
+        self._hits = self._misses = 0
+
+    def __repr__(self):
+        if Py_ReprEnter(self) != 0:
+            return "{...}"
+        try:
+            return repr(dict(reversed(self.items())))
+        finally:
+            Py_ReprLeave(self)
+
+    def __reduce__(self):
+        fn, args, state = LRUCache.__reduce__(self)
+        return (_rebuild_lru, (self._maxsize, self._on_evict), state)
+
+
+def _rebuild_lru(size, callback):
+    return LRU(size, callback)
+
+
+kv_install_tp_call(_lru_cache_wrapper, <void*>_lru_tp_call)
+kv_install_tp_call(_memo_base, <void*>_memo_tp_call)
+
+
+def _install_fast_call(cls):
+    """Point a Python subclass of _memo_base that keeps the inherited __call__ at the fast path."""
+    if not (isinstance(cls, type) and issubclass(cls, _memo_base)):
+        raise TypeError("expected a subclass of _memo_base")
+    for klass in cls.__mro__:
+        if "__call__" in klass.__dict__:
+            if klass is _memo_base:
+                kv_install_tp_call(cls, <void*>_memo_tp_call)
+            return
+
+
+# LRU.popitem() without arguments evicts like the engine's own: keep the fast insertion path.
+_NATIVE_POPITEMS = _NATIVE_POPITEMS | frozenset([LRU.popitem])
