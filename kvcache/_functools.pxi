@@ -147,12 +147,12 @@ cdef inline Py_ssize_t _hit_find(Cache c, object key, hash_t h) except -2:
         e = c.t.index[i]
         if e == SLOT_EMPTY:
             return -1
-        if e >= 0 and c.t.hashes[e] == h:
-            if PyList_GET_ITEM(c._keys, e) == <PyObject*>key:
+        if e >= 0 and c.t.ent[e].hash == h:
+            if PyList_GET_ITEM(c._kv, 2 * e) == <PyObject*>key:
                 return e
             break
         i = (i + 1) & c.t.mask
-    return c._find(key, h, &slot)
+    return table_find(c, key, h, &slot)
 
 
 cdef inline void _hit_touch(Cache c, entry_t e) noexcept nogil:
@@ -178,7 +178,7 @@ cdef object _lru_call(_lru_cache_wrapper self, tuple args, dict kwds):
         if e >= 0:
             _hit_touch(c, <entry_t>e)
             self.hits += 1
-            return <object>PyList_GET_ITEM(c._values, e)
+            return <object>PyList_GET_ITEM(c._kv, 2 * e + 1)
         self.misses += 1
     result = kv_call(self.func, args, kw)
     evicted = _table_store(c, key, h, result)
@@ -203,8 +203,16 @@ cdef inline object _table_store(Cache c, object key, hash_t h, object value):
     """
     cdef Py_ssize_t slot, e
     cdef object evicted = None
+    if c._sizefn is not None or not c._native_evict:
+        # a subclass's popitem or a user choice function decides what goes: the mapping protocol
+        if key not in c:
+            try:
+                c[key] = value
+            except ValueError:
+                pass  # value too large
+        return None
     with cython.critical_section(c):
-        e = c._find(key, h, &slot)
+        e = table_find(c, key, h, &slot)
         if e >= 0:
             return None
         if c.t.count >= c._max_entries:
@@ -325,11 +333,11 @@ cdef class _memo_base:
         cdef Py_ssize_t slot, e
         cdef hash_t h = _mix(PyObject_Hash(key), c.t.seed)
         with cython.critical_section(c):
-            e = c._find(key, h, &slot)
+            e = table_find(c, key, h, &slot)
             if e >= 0:
                 order_touch(&c.o, &c.t, <entry_t>e)
                 self.hits += 1
-                return True, c._values[e]
+                return True, c._kv[2 * e + 1]
             self.misses += 1
         return False, None
 
@@ -370,7 +378,7 @@ cdef object _memo_invoke(_memo_base self, object owner, tuple args, dict kwargs)
         if e >= 0:
             _hit_touch(c, <entry_t>e)
             self.hits += 1
-            return <object>PyList_GET_ITEM(c._values, e)
+            return <object>PyList_GET_ITEM(c._kv, 2 * e + 1)
         self.misses += 1
     return self._miss(owner, key, args, kwargs)
 
@@ -404,7 +412,7 @@ cdef class LRU(LRUCache):
         cdef Py_ssize_t i
         with cython.critical_section(self):
             order = self._order_array().tolist()
-            return [(self._keys[order[i]], self._values[order[i]])
+            return [(self._kv[2 * order[i]], self._kv[2 * order[i] + 1])
                     for i in range(len(order) - 1, -1, -1)]
 
     def __iter__(self):
@@ -419,14 +427,14 @@ cdef class LRU(LRUCache):
         with cython.critical_section(self):
             if self.t.count == 0:
                 return None
-            return (self._keys[self.o.tail], self._values[self.o.tail])
+            return (self._kv[2 * self.o.tail], self._kv[2 * self.o.tail + 1])
 
     def peek_last_item(self):
         """Return the least recently used (key, value) pair without touching it, or None."""
         with cython.critical_section(self):
             if self.t.count == 0:
                 return None
-            return (self._keys[self.o.head], self._values[self.o.head])
+            return (self._kv[2 * self.o.head], self._kv[2 * self.o.head + 1])
 
     def get_size(self):
         """Return the maximum number of items."""
@@ -455,7 +463,7 @@ cdef class LRU(LRUCache):
         cdef hash_t h = _key_hash(self, key)
         cdef object k, v
         with cython.critical_section(self):
-            e = self._find(key, h, &slot)
+            e = table_find(self, key, h, &slot)
             if e >= 0:
                 self._hits += 1
                 v = self._remove(<entry_t>e, slot)
