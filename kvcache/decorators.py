@@ -20,6 +20,7 @@ from . import keys
 from ._core import (
     LRU,
     Cache,
+    CacheStats,
     FIFOCache,
     LFUCache,
     LRUCache,
@@ -810,8 +811,10 @@ class _Memo(_memo_base):
     # -- method mode ---------------------------------------------------------
 
     def __get__(self, obj, objtype=None):
-        if obj is None or self._attrname is None:
+        if self._attrname is None:
             return self
+        if obj is None:
+            return _MemoUnbound(self)
         return _MemoBound(obj, self._instance_memo(obj))
 
     def __set_name__(self, owner, name):
@@ -876,8 +879,14 @@ class _Memo(_memo_base):
         return dict(self._params, single_flight=self._single_flight)
 
     def stats(self):
-        """Return the cache's `stats()` named tuple (hits, misses, evictions, currsize, maxsize)."""
-        return self.cache.stats()
+        """Return CacheStats(hits, misses, evictions, currsize, maxsize) (summed over instances for methods)."""
+        hits = misses = evictions = currsize = 0
+        for memo in self._memos():
+            hits += memo.hits
+            misses += memo.misses
+            evictions += memo.cache.stats().evictions
+            currsize += len(memo.cache)
+        return CacheStats(hits, misses, evictions, currsize, self._params["maxsize"])
 
     def __reduce__(self):
         return self.__qualname__
@@ -985,12 +994,43 @@ class _MemoBound:
         return f"<memoize {self._memo.__wrapped__!r} of {object.__repr__(self.__self__)}>"
 
 
+class _MemoUnbound:
+    """A `@memoize` method reached through its class: call it with the instance first."""
+
+    __slots__ = ("_memo",)
+
+    def __init__(self, memo):
+        self._memo = memo
+
+    def __call__(self, obj, /, *args, **kwargs):
+        return self._memo.__get__(obj)(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._memo, name)
+
+    @property
+    def __doc__(self):
+        return self._memo.__doc__
+
+    def __repr__(self):
+        return repr(self._memo)
+
+
 def _mark_coroutine_function(obj):
     mark = getattr(inspect, "markcoroutinefunction", None)
     if mark is not None:  # Python >= 3.12
         mark(obj)
-    # asyncio.iscoroutinefunction (and inspect before 3.12) look for this.
-    obj._is_coroutine = asyncio.coroutines._is_coroutine
+    else:
+        # Before 3.12 inspect.iscoroutinefunction trusts an object that looks like a
+        # function (inspect._signature_is_functionlike): lend it the coroutine's code.
+        func = obj.__wrapped__
+        if not hasattr(func, "__code__"):
+            return
+        obj.__code__ = func.__code__
+        obj.__defaults__ = func.__defaults__
+        obj.__kwdefaults__ = func.__kwdefaults__
+    # asyncio.iscoroutinefunction looks for this marker.
+    obj._is_coroutine = getattr(asyncio.coroutines, "_is_coroutine", None)
 
 
 def memoize(maxsize=128, *, policy="lru", typed=False, key=None, single_flight=True):
