@@ -14,14 +14,21 @@
 #   nothing is chained to them) and nothing is stored;
 # - evicted keys and values are released only once the table is consistent (rule 3 above).
 #
-# _memo_base gives kvcache.memoize the same hit path; a miss goes back to Python
-# (_miss, where the single-flight protocol lives).
+# _memo_base gives kvcache.memoize the same hit path and a compiled miss path with single
+# flight: the first thread to miss a key (the leader) computes it; others that miss it
+# meanwhile wait for the leader's result or exception.  A thread that would wait for itself
+# (a recursive call on the key it computes) or for a thread that waits for it (a cycle
+# across threads) computes directly instead: a single-flight wait never deadlocks.
+# Coroutine functions take the Python path in decorators._AsyncMemo.
 
 from cpython.dict cimport PyDict_Size
 from cpython.tuple cimport PyTuple_New, PyTuple_GET_SIZE, PyTuple_GET_ITEM, PyTuple_SET_ITEM
 from cpython.ref cimport Py_INCREF
 from cpython.object cimport PyObject_Hash
 from cpython.unicode cimport PyUnicode_CheckExact
+from cpython.pythread cimport (PyThread_type_lock, PyThread_allocate_lock, PyThread_free_lock,
+                               PyThread_acquire_lock, PyThread_release_lock, PyThread_get_thread_ident,
+                               WAIT_LOCK, NOWAIT_LOCK)
 
 import operator
 
@@ -138,21 +145,26 @@ cdef object _full_key(tuple args, dict kwds, Py_ssize_t nargs, Py_ssize_t nkw, b
     return key
 
 
-cdef inline Py_ssize_t _hit_find(Cache c, object key, hash_t h) except -2:
-    """Return key's entry or -1; the common hit (the very key object stored) costs no ==."""
+cdef inline Py_ssize_t _hit_find(Cache c, object key, hash_t h, Py_ssize_t* slot_out) except -2:
+    """table_find, with the common cases inline: a hit on the very key object stored, and a
+    miss that meets no equal hash (no == runs; slot_out gets the insertion slot)."""
     cdef uint64_t i = h & c.t.mask
     cdef int32_t e
-    cdef Py_ssize_t slot
+    cdef Py_ssize_t free_slot = -1
     while True:
         e = c.t.index[i]
         if e == SLOT_EMPTY:
+            slot_out[0] = <Py_ssize_t>i if free_slot < 0 else free_slot
             return -1
-        if e >= 0 and c.t.ent[e].hash == h:
+        if e == SLOT_DELETED:
+            if free_slot < 0:
+                free_slot = <Py_ssize_t>i
+        elif c.t.ent[e].hash == h:
             if PyList_GET_ITEM(c._kv, 2 * e) == <PyObject*>key:
                 return e
             break
         i = (i + 1) & c.t.mask
-    return table_find(c, key, h, &slot)
+    return table_find(c, key, h, slot_out)
 
 
 cdef inline void _hit_touch(Cache c, entry_t e) noexcept nogil:
@@ -167,6 +179,7 @@ cdef object _lru_call(_lru_cache_wrapper self, tuple args, dict kwds):
     cdef Cache c = self.cache
     cdef Py_ssize_t slot, e
     cdef hash_t h
+    cdef uint64_t version
     cdef PyObject* kw = NULL if kwds is None else <PyObject*>kwds
     if c is None:
         self.misses += 1
@@ -174,14 +187,15 @@ cdef object _lru_call(_lru_cache_wrapper self, tuple args, dict kwds):
     key = _fast_key(args, kwds, self.typed)
     h = _mix(PyObject_Hash(key), c.t.seed)
     with cython.critical_section(c):
-        e = _hit_find(c, key, h)
+        e = _hit_find(c, key, h, &slot)
         if e >= 0:
             _hit_touch(c, <entry_t>e)
             self.hits += 1
             return <object>PyList_GET_ITEM(c._kv, 2 * e + 1)
         self.misses += 1
+        version = c._version
     result = kv_call(self.func, args, kw)
-    evicted = _table_store(c, key, h, result)
+    evicted = _table_store(c, key, h, result, version, slot)
     return result
 
 
@@ -195,11 +209,14 @@ cdef object _memo_tp_call(PyObject* self, PyObject* args, PyObject* kwds):
                         None if kwds == NULL else <dict>kwds)
 
 
-cdef inline object _table_store(Cache c, object key, hash_t h, object value):
+cdef inline object _table_store(Cache c, object key, hash_t h, object value,
+                                uint64_t version=0, Py_ssize_t known_slot=-1):
     """Store value under key (hash h) unless the key is already there; evict one entry if full.
 
-    Return the previous value when the key was present (the caller keeps that entry), else
-    the evicted (key, value) pair or None.  Only key.__eq__ may run Python code here.
+    `known_slot` is where the lookup made at `version` would insert the key: while the table
+    is unchanged (same version) the key is still absent and the slot still right.  Return the
+    evicted (key, value) pair or None, to be released by the caller once the table is
+    consistent.  Only key.__eq__ (when the table changed meanwhile) runs Python code here.
     """
     cdef Py_ssize_t slot, e
     cdef object evicted = None
@@ -212,9 +229,12 @@ cdef inline object _table_store(Cache c, object key, hash_t h, object value):
                 pass  # value too large
         return None
     with cython.critical_section(c):
-        e = table_find(c, key, h, &slot)
-        if e >= 0:
-            return None
+        if known_slot >= 0 and c._version == version:
+            slot = known_slot
+        else:
+            e = table_find(c, key, h, &slot)
+            if e >= 0:
+                return None       # stored meanwhile (recursion or another thread): keep it
         if c.t.count >= c._max_entries:
             if c._max_entries < 1:
                 return None
@@ -297,23 +317,56 @@ cdef class _lru_cache_wrapper:
 
 
 
+@cython.final
+@cython.auto_pickle(False)
+cdef class _Flight:
+    """One computation in progress: its leader thread, then its outcome."""
+    cdef unsigned long owner
+    cdef object result
+    cdef object error
+    cdef object event          # a threading.Event, made by the first waiter
+
+    def __cinit__(self, unsigned long owner):
+        self.owner = owner
+
+
+cdef object _threading_Event = None
+
+
 @cython.auto_pickle(False)
 cdef class _memo_base:
-    """The compiled hit path of kvcache.memoize; misses call self._miss (Python)."""
+    """The compiled call path of kvcache.memoize: hits, and misses with single flight."""
 
     cdef readonly object func
     cdef readonly Cache cache
     cdef readonly Py_ssize_t hits, misses
     cdef bint typed
+    cdef bint single_flight
     cdef object keyfunc
+    cdef dict pending            # key -> _Flight being computed
+    cdef dict waiting            # thread id -> _Flight it waits for
+    cdef PyThread_type_lock lock  # guards pending and waiting (never held across user code
+                                  # other than a key's __hash__/__eq__)
 
-    def __init__(self, func, cache, typed, key):
+    def __cinit__(self, *args, **kwargs):
+        self.lock = PyThread_allocate_lock()
+        if self.lock == NULL:
+            raise MemoryError("cannot allocate a lock")
+        self.pending = {}
+        self.waiting = {}
+
+    def __dealloc__(self):
+        if self.lock != NULL:
+            PyThread_free_lock(self.lock)
+
+    def __init__(self, func, cache, typed, key, single_flight=True):
         if not isinstance(cache, Cache):
             raise TypeError("memoize needs a kvcache cache")
         self.func = func
         self.cache = cache
         self.typed = bool(typed)
         self.keyfunc = key
+        self.single_flight = bool(single_flight)
 
     def __call__(self, *args, **kwargs):
         return _memo_invoke(self, None, args, kwargs)
@@ -335,18 +388,11 @@ cdef class _memo_base:
         with cython.critical_section(c):
             e = table_find(c, key, h, &slot)
             if e >= 0:
-                order_touch(&c.o, &c.t, <entry_t>e)
+                _hit_touch(c, <entry_t>e)
                 self.hits += 1
                 return True, c._kv[2 * e + 1]
             self.misses += 1
         return False, None
-
-    def _peek(self, key):
-        """Return (found, value) without counting or touching."""
-        v = self.cache.peek(key, _MARKER)
-        if v is _MARKER:
-            return False, None
-        return True, v
 
     def _store(self, key, value):
         """Store value unless the key is present; raise ValueError if nothing fits (maxsize 0)."""
@@ -363,24 +409,145 @@ cdef class _memo_base:
     def _reset_counts(self):
         self.hits = self.misses = 0
 
+    def _in_flight(self):
+        """Return the number of keys being computed right now."""
+        return len(self.pending)
+
+
+cdef inline int _memo_lock(_memo_base self) except -1:
+    # Never block while holding the GIL: the holder may need it to finish.
+    if not PyThread_acquire_lock(self.lock, NOWAIT_LOCK):
+        with nogil:
+            PyThread_acquire_lock(self.lock, WAIT_LOCK)
+    return 0
+
+
+cdef inline void _memo_unlock(_memo_base self) noexcept:
+    PyThread_release_lock(self.lock)
+
+
+cdef inline object _memo_compute(_memo_base self, object owner, tuple args, dict kwargs):
+    if owner is not None:
+        args = (owner,) + args
+    return kv_call(self.func, args, NULL if kwargs is None else <PyObject*>kwargs)
+
+
+cdef bint _memo_would_deadlock(_memo_base self, _Flight flight, unsigned long me) except -1:
+    """Does waiting for `flight` wait (through other waiting threads) for this thread?"""
+    cdef Py_ssize_t steps = 0
+    cdef object waited
+    while steps <= len(self.waiting) + 1:
+        if flight.owner == me:
+            return True
+        waited = self.waiting.get(flight.owner)
+        if waited is None:
+            return False
+        flight = <_Flight>waited
+        steps += 1
+    return False
+
 
 cdef object _memo_invoke(_memo_base self, object owner, tuple args, dict kwargs):
     cdef Cache c = self.cache
     cdef Py_ssize_t slot, e
     cdef hash_t h
+    cdef uint64_t version
     if self.keyfunc is None:
         key = _fast_key(args, kwargs, self.typed)
     else:
         key = kv_call(self.keyfunc, args, NULL if kwargs is None else <PyObject*>kwargs)
     h = _mix(PyObject_Hash(key), c.t.seed)
     with cython.critical_section(c):
-        e = _hit_find(c, key, h)
+        e = _hit_find(c, key, h, &slot)
         if e >= 0:
             _hit_touch(c, <entry_t>e)
             self.hits += 1
             return <object>PyList_GET_ITEM(c._kv, 2 * e + 1)
         self.misses += 1
-    return self._miss(owner, key, args, kwargs)
+        version = c._version
+    if not self.single_flight:
+        result = _memo_compute(self, owner, args, kwargs)
+        evicted = _table_store(c, key, h, result, version, slot)
+        return result
+    return _memo_single_flight(self, owner, key, h, version, slot, args, kwargs)
+
+
+cdef object _memo_single_flight(_memo_base self, object owner, object key, hash_t h,
+                                uint64_t version, Py_ssize_t known_slot, tuple args, dict kwargs):
+    cdef Cache c = self.cache
+    cdef Py_ssize_t slot, e
+    cdef _Flight flight
+    cdef unsigned long me = PyThread_get_thread_ident()
+    cdef int role              # 0 leader, 1 waiter, 2 compute directly
+    cdef object found = _MARKER
+    _memo_lock(self)
+    try:
+        if c._version != version:
+            # the table changed since our lookup: a leader may have stored the key
+            with cython.critical_section(c):
+                e = table_find(c, key, h, &slot)
+                if e >= 0:
+                    found = c._kv[2 * e + 1]
+        if found is _MARKER:
+            existing = self.pending.get(key) if self.pending else None
+            if existing is None:
+                flight = _Flight(me)
+                self.pending[key] = flight
+                role = 0
+            else:
+                flight = <_Flight>existing
+                if _memo_would_deadlock(self, flight, me):
+                    role = 2
+                else:
+                    if flight.event is None:
+                        flight.event = _threading_Event()
+                    self.waiting[me] = flight
+                    role = 1
+    finally:
+        _memo_unlock(self)
+    if found is not _MARKER:
+        return found
+    if role == 2:
+        return _memo_compute(self, owner, args, kwargs)
+    if role == 1:
+        try:
+            flight.event.wait()
+        finally:
+            _memo_lock(self)
+            try:
+                del self.waiting[me]
+            finally:
+                _memo_unlock(self)
+        if flight.error is not None:
+            raise flight.error
+        return flight.result
+    # the leader
+    try:
+        result = _memo_compute(self, owner, args, kwargs)
+    except BaseException as exc:
+        flight.error = exc
+        _memo_finish(self, key, flight)
+        raise
+    flight.result = result
+    try:
+        evicted = _table_store(c, key, h, result, version, known_slot)
+    finally:
+        _memo_finish(self, key, flight)
+    return result
+
+
+cdef int _memo_finish(_memo_base self, object key, _Flight flight) except -1:
+    """Retire the leader's flight and wake its waiters (outcome already recorded)."""
+    _memo_lock(self)
+    try:
+        if self.pending.get(key) is flight:
+            del self.pending[key]
+        event = flight.event
+    finally:
+        _memo_unlock(self)
+    if event is not None:
+        event.set()
+    return 0
 
 
 cdef class LRU(LRUCache):
@@ -530,6 +697,10 @@ def _install_fast_call(cls):
             if klass is _memo_base:
                 kv_install_tp_call(cls, <void*>_memo_tp_call)
             return
+
+
+import threading as _threading_module
+_threading_Event = _threading_module.Event
 
 
 # LRU.popitem() without arguments evicts like the engine's own: keep the fast insertion path.

@@ -697,9 +697,9 @@ def rr_cache(maxsize=128, choice=random.choice, typed=False):
 
 
 # ---------------------------------------------------------------------------
-# memoize: kvcache's decorator.  The hit path (key, lookup, count) is the
-# compiled _memo_base.__call__; only misses come back to Python, to
-# _Memo._miss, which runs the single-flight protocol.
+# memoize: kvcache's decorator.  Calls of plain functions run entirely in the
+# compiled _memo_base (hit path, and misses with single flight); this layer adds
+# the policies, method binding, coroutines and introspection.
 
 _POLICIES = {
     "lru": LRUCache,
@@ -709,104 +709,24 @@ _POLICIES = {
 }
 
 
-class _Flight:
-    """One computation in progress; waiters block on `event`."""
-
-    __slots__ = ("event", "owner", "result", "error")
-
-    def __init__(self, owner):
-        self.event = threading.Event()
-        self.owner = owner
-        self.result = None
-        self.error = None
-
-
 class _Memo(_memo_base):
     """A memoized function: call it; inspect or reset its cache."""
 
     def __init__(self, func, make_cache, maxsize, policy, typed, key, single_flight):
-        _memo_base.__init__(self, func, make_cache(), typed, key)
+        _memo_base.__init__(self, func, make_cache(), typed, key, single_flight)
         functools.update_wrapper(self, func)
         self._make_cache = make_cache
         self._params = {"maxsize": maxsize, "policy": policy, "typed": typed}
         self._single_flight = single_flight
-        self._lock = threading.Lock()
-        self._pending = {}
-        self._waiting = {}  # thread id -> _Flight it waits for (deadlock detection)
         self._attrname = None
         self._instances = None  # method mode: per-instance memos (weak)
         self._key_function = key
-
-    # -- calls ---------------------------------------------------------------
 
     def _store_quietly(self, key, val):
         try:
             self._store(key, val)
         except ValueError:
             pass  # too large for the cache (maxsize=0): return it uncached
-
-    def _miss(self, owner, key, args, kwargs):
-        if not self._single_flight:
-            val = self._call(owner, args, kwargs)
-            self._store_quietly(key, val)
-            return val
-        me = threading.get_ident()
-        with self._lock:
-            found, val = self._peek(key)
-            if found:
-                return val  # stored by another thread since our lookup
-            flight = self._pending.get(key)
-            if flight is None:
-                flight = self._pending[key] = _Flight(me)
-                leader = True
-            elif self._would_deadlock(flight, me):
-                leader = None
-            else:
-                self._waiting[me] = flight
-                leader = False
-        if leader is None:
-            # A recursive call on a key this thread (or a thread waiting
-            # on this one) is computing: waiting would never end, so
-            # compute directly, as functools.lru_cache does.
-            return self._call(owner, args, kwargs)
-        if not leader:
-            try:
-                flight.event.wait()
-            finally:
-                with self._lock:
-                    del self._waiting[me]
-            if flight.error is not None:
-                raise flight.error
-            return flight.result
-        try:
-            val = self._call(owner, args, kwargs)
-        except BaseException as exc:
-            flight.error = exc
-            raise
-        else:
-            flight.result = val
-            self._store_quietly(key, val)
-            return val
-        finally:
-            with self._lock:
-                del self._pending[key]
-            flight.event.set()
-            del flight  # no cycle through the traceback
-
-    def _would_deadlock(self, flight, me):
-        # Follow "owner waits for flight owned by ..." until it ends or
-        # comes back to this thread.  Called with self._lock held.
-        seen = set()
-        owner = flight.owner
-        while owner not in seen:
-            if owner == me:
-                return True
-            seen.add(owner)
-            waited = self._waiting.get(owner)
-            if waited is None:
-                return False
-            owner = waited.owner
-        return False
 
     # -- method mode ---------------------------------------------------------
 
