@@ -16,7 +16,9 @@
 #
 # _memo_base gives kvcache.memoize the same hit path and a compiled miss path with single
 # flight: the first thread to miss a key (the leader) computes it; others that miss it
-# meanwhile wait for the leader's result or exception.  A thread that would wait for itself
+# meanwhile wait for the leader's result or exception.  The leader claims the key by storing
+# a _Flight placeholder in the table itself (so claiming costs what storing costs, and the
+# result later replaces the placeholder in place); a lookup that finds a placeholder waits.  A thread that would wait for itself
 # (a recursive call on the key it computes) or for a thread that waits for it (a cycle
 # across threads) computes directly instead: a single-flight wait never deadlocks.
 # Coroutine functions take the Python path in decorators._AsyncMemo.
@@ -322,6 +324,7 @@ cdef class _lru_cache_wrapper:
 cdef class _Flight:
     """One computation in progress: its leader thread, then its outcome."""
     cdef unsigned long owner
+    cdef bint done
     cdef object result
     cdef object error
     cdef object event          # a threading.Event, made by the first waiter
@@ -409,10 +412,6 @@ cdef class _memo_base:
     def _reset_counts(self):
         self.hits = self.misses = 0
 
-    def _in_flight(self):
-        """Return the number of keys being computed right now."""
-        return len(self.pending)
-
 
 cdef inline int _memo_lock(_memo_base self) except -1:
     # Never block while holding the GIL: the holder may need it to finish.
@@ -460,25 +459,133 @@ cdef object _memo_invoke(_memo_base self, object owner, tuple args, dict kwargs)
     with cython.critical_section(c):
         e = _hit_find(c, key, h, &slot)
         if e >= 0:
+            value = <object>PyList_GET_ITEM(c._kv, 2 * e + 1)
+            if type(value) is _Flight:
+                self.misses += 1
+                return _memo_wait(self, owner, <_Flight>value, args, kwargs)
             _hit_touch(c, <entry_t>e)
             self.hits += 1
-            return <object>PyList_GET_ITEM(c._kv, 2 * e + 1)
+            return value
         self.misses += 1
         version = c._version
     if not self.single_flight:
         result = _memo_compute(self, owner, args, kwargs)
         evicted = _table_store(c, key, h, result, version, slot)
         return result
+    if c._max_entries >= 1 and c._native_evict and c._sizefn is None:
+        return _memo_claim_and_compute(self, owner, key, h, version, slot, args, kwargs)
     return _memo_single_flight(self, owner, key, h, version, slot, args, kwargs)
+
+
+cdef object _memo_claim_and_compute(_memo_base self, object owner, object key, hash_t h,
+                                    uint64_t version, Py_ssize_t slot, tuple args, dict kwargs):
+    """Single flight through a placeholder in the table: claim, compute, then replace."""
+    cdef Cache c = self.cache
+    cdef Py_ssize_t e
+    cdef entry_t claimed
+    cdef object evicted = None
+    cdef _Flight flight = _Flight(PyThread_get_thread_ident())   # may run the GC: check below
+    with cython.critical_section(c):
+        if c._version != version:
+            e = table_find(c, key, h, &slot)
+            if e >= 0:
+                value = c._kv[2 * e + 1]
+                if type(value) is _Flight:
+                    return _memo_wait(self, owner, <_Flight>value, args, kwargs)
+                return value          # stored meanwhile by another thread
+        if c.t.count >= c._max_entries:
+            evv = c._remove(order_victim(&c.o, &c.t), -1)
+            evicted = (c._removed_key, evv)
+            c._removed_key = None
+            c._evictions += 1
+            slot = table_probe_free(&c.t, h)
+        elif c.t.free_head == ENTRY_NONE:
+            c._make_room_for_one()
+            slot = table_probe_free(&c.t, h)
+        claimed = c._insert_at(slot, h, key, flight, None)
+    evicted = None                    # released now that the table is consistent
+    try:
+        result = _memo_compute(self, owner, args, kwargs)
+    except BaseException as exc:
+        flight.error = exc
+        _memo_settle(self, c, key, h, claimed, flight, None, True)
+        raise
+    _memo_settle(self, c, key, h, claimed, flight, result, False)
+    return result
+
+
+cdef int _memo_settle(_memo_base self, Cache c, object key, hash_t h, entry_t e, _Flight flight,
+                      object result, bint failed) except -1:
+    """Replace the placeholder with the result (or drop it on failure), then wake the waiters."""
+    cdef Py_ssize_t slot, found
+    cdef object old_key = None, old_value = None
+    with cython.critical_section(c):
+        if not (c._kv[2 * e] is key and c._kv[2 * e + 1] is flight):
+            # the entry moved (the table was rebuilt) or was evicted / invalidated meanwhile
+            found = table_find(c, key, h, &slot)
+            e = <entry_t>found if found >= 0 and c._kv[2 * found + 1] is flight else ENTRY_NONE
+        if e != ENTRY_NONE:
+            if failed:
+                old_value = c._remove(e, -1)
+                old_key = c._removed_key
+                c._removed_key = None
+            else:
+                c._kv[2 * e + 1] = result
+                if c.o.policy == POLICY_LRU:
+                    _list_move_to_end(&c.o, &c.t, e)
+    _memo_lock(self)
+    try:
+        flight.result = result
+        flight.done = True
+        event = flight.event
+    finally:
+        _memo_unlock(self)
+    if event is not None:
+        event.set()
+    return 0
+
+
+cdef object _memo_wait(_memo_base self, object owner, _Flight flight, tuple args, dict kwargs):
+    """Wait for another caller's computation of this key; compute directly if that would deadlock."""
+    cdef unsigned long me = PyThread_get_thread_ident()
+    cdef int role = 0          # 0 done already, 1 wait, 2 compute directly
+    _memo_lock(self)
+    try:
+        if not flight.done:
+            if _memo_would_deadlock(self, flight, me):
+                role = 2
+            else:
+                if flight.event is None:
+                    flight.event = _threading_Event()
+                self.waiting[me] = flight
+                role = 1
+    finally:
+        _memo_unlock(self)
+    if role == 2:
+        return _memo_compute(self, owner, args, kwargs)
+    if role == 1:
+        try:
+            flight.event.wait()
+        finally:
+            _memo_lock(self)
+            try:
+                del self.waiting[me]
+            finally:
+                _memo_unlock(self)
+    if flight.error is not None:
+        raise flight.error
+    return flight.result
 
 
 cdef object _memo_single_flight(_memo_base self, object owner, object key, hash_t h,
                                 uint64_t version, Py_ssize_t known_slot, tuple args, dict kwargs):
+    """Single flight through the `pending` dict, for caches that cannot hold a placeholder
+    (maxsize 0, sizes, user eviction hooks)."""
     cdef Cache c = self.cache
     cdef Py_ssize_t slot, e
     cdef _Flight flight
     cdef unsigned long me = PyThread_get_thread_ident()
-    cdef int role              # 0 leader, 1 waiter, 2 compute directly
+    cdef bint leader = False
     cdef object found = _MARKER
     _memo_lock(self)
     try:
@@ -493,35 +600,15 @@ cdef object _memo_single_flight(_memo_base self, object owner, object key, hash_
             if existing is None:
                 flight = _Flight(me)
                 self.pending[key] = flight
-                role = 0
+                leader = True
             else:
                 flight = <_Flight>existing
-                if _memo_would_deadlock(self, flight, me):
-                    role = 2
-                else:
-                    if flight.event is None:
-                        flight.event = _threading_Event()
-                    self.waiting[me] = flight
-                    role = 1
     finally:
         _memo_unlock(self)
     if found is not _MARKER:
         return found
-    if role == 2:
-        return _memo_compute(self, owner, args, kwargs)
-    if role == 1:
-        try:
-            flight.event.wait()
-        finally:
-            _memo_lock(self)
-            try:
-                del self.waiting[me]
-            finally:
-                _memo_unlock(self)
-        if flight.error is not None:
-            raise flight.error
-        return flight.result
-    # the leader
+    if not leader:
+        return _memo_wait(self, owner, flight, args, kwargs)
     try:
         result = _memo_compute(self, owner, args, kwargs)
     except BaseException as exc:
@@ -542,6 +629,7 @@ cdef int _memo_finish(_memo_base self, object key, _Flight flight) except -1:
     try:
         if self.pending.get(key) is flight:
             del self.pending[key]
+        flight.done = True
         event = flight.event
     finally:
         _memo_unlock(self)

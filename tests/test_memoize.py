@@ -571,3 +571,102 @@ def test_hit_path_is_compiled():
     f = memoize()(lambda x: x)
     assert isinstance(f, kvcache._core._memo_base)
     assert "__call__" not in type(f).__dict__
+
+
+# -- single flight: the placeholder protocol's edges ----------------------------------------------
+
+
+@pytest.mark.parametrize("maxsize", [0, 1, 128, None])
+def test_stampede_runs_once_for_every_size(maxsize):
+    n = 5
+    calls = []
+    release = threading.Event()
+
+    @memoize(maxsize)
+    def f(x):
+        calls.append(x)
+        release.wait(10)
+        return object()
+
+    results = []
+    threads = run_threads(n, lambda: results.append(f(1)))
+    wait_until(lambda: f.cache_info().misses == n)
+    release.set()
+    join_all(threads)
+    assert calls == [1]
+    assert all(r is results[0] for r in results)
+    assert f.cache_info().currsize == (0 if maxsize == 0 else 1)
+
+
+def test_placeholder_evicted_while_computing():
+    # maxsize 1: another key evicts the key being computed; its callers still get the result
+    release = threading.Event()
+    started = threading.Event()
+    calls = []
+
+    @memoize(1)
+    def f(x):
+        calls.append(x)
+        if x == "slow":
+            started.set()
+            release.wait(10)
+        return [x]
+
+    results = []
+    slow = run_threads(1, lambda: results.append(f("slow")))
+    started.wait(5)
+    assert f("other") == ["other"]  # evicts the placeholder of "slow"
+    release.set()
+    join_all(slow)
+    assert results == [["slow"]]
+    assert list(f.cache.keys()) == ["other"]  # "slow" was not stored over "other"
+    assert f("slow") == ["slow"] and calls.count("slow") == 2
+
+
+@pytest.mark.parametrize("action", ["invalidate", "clear"])
+def test_invalidated_while_computing(action):
+    release = threading.Event()
+    started = threading.Event()
+
+    @memoize()
+    def f(x):
+        started.set()
+        release.wait(10)
+        return x
+
+    results = []
+    t = run_threads(1, lambda: results.append(f(1)))
+    started.wait(5)
+    if action == "invalidate":
+        assert f.cache_invalidate(1) is True  # drops the computation's placeholder
+    else:
+        f.cache_clear()
+    release.set()
+    join_all(t)
+    assert results == [1]
+    assert f.cache_info().currsize == 0  # not stored: it was invalidated meanwhile
+
+
+def test_waiters_of_a_failing_leader_with_maxsize_zero():
+    release = threading.Event()
+    calls = []
+
+    @memoize(0)
+    def f(x):
+        calls.append(x)
+        release.wait(10)
+        raise RuntimeError("x")
+
+    errors = []
+
+    def worker():
+        try:
+            f(1)
+        except RuntimeError as exc:
+            errors.append(exc)
+
+    threads = run_threads(4, worker)
+    wait_until(lambda: f.cache_info().misses == 4)
+    release.set()
+    join_all(threads)
+    assert len(calls) == 1 and len(errors) == 4
