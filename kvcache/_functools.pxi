@@ -153,6 +153,7 @@ cdef inline Py_ssize_t _hit_find(Cache c, object key, hash_t h, Py_ssize_t* slot
     cdef uint64_t i = h & c.t.mask
     cdef int32_t e
     cdef Py_ssize_t free_slot = -1
+    cdef PyObject* other
     while True:
         e = c.t.index[i]
         if e == SLOT_EMPTY:
@@ -162,11 +163,33 @@ cdef inline Py_ssize_t _hit_find(Cache c, object key, hash_t h, Py_ssize_t* slot
             if free_slot < 0:
                 free_slot = <Py_ssize_t>i
         elif c.t.ent[e].hash == h:
-            if PyList_GET_ITEM(c._kv, 2 * e) == <PyObject*>key:
+            other = PyList_GET_ITEM(c._kv, 2 * e)
+            if other == <PyObject*>key:
                 return e
-            break
+            if not _plain_eq_safe(key) or not _plain_eq_safe(<object>other):
+                break                       # == may run Python code: the careful path
+            if PyObject_RichCompareBool(<object>other, key, Py_EQ):
+                return e
         i = (i + 1) & c.t.mask
     return table_find(c, key, h, slot_out)
+
+
+cdef inline bint _plain_eq_safe(object o) noexcept:
+    """Can == on o run Python code?  Not for exact ints and strs, nor tuples of at most four
+    of them (so no mutation can happen during the comparison, and no restart is needed)."""
+    cdef Py_ssize_t n, i
+    if PyLong_CheckExact(o) or PyUnicode_CheckExact(o):
+        return True
+    if type(o) is tuple:
+        n = PyTuple_GET_SIZE(o)
+        if n > 4:
+            return False
+        for i in range(n):
+            item = <object>PyTuple_GET_ITEM(o, i)
+            if not (PyLong_CheckExact(item) or PyUnicode_CheckExact(item)):
+                return False
+        return True
+    return False
 
 
 cdef inline void _hit_touch(Cache c, entry_t e) noexcept nogil:
@@ -197,7 +220,7 @@ cdef object _lru_call(_lru_cache_wrapper self, tuple args, dict kwds):
         self.misses += 1
         version = c._version
     result = kv_call(self.func, args, kw)
-    evicted = _table_store(c, key, h, result, version, slot)
+    _table_store(c, key, h, result, version, slot)
     return result
 
 
@@ -216,12 +239,12 @@ cdef inline object _table_store(Cache c, object key, hash_t h, object value,
     """Store value under key (hash h) unless the key is already there; evict one entry if full.
 
     `known_slot` is where the lookup made at `version` would insert the key: while the table
-    is unchanged (same version) the key is still absent and the slot still right.  Return the
-    evicted (key, value) pair or None, to be released by the caller once the table is
-    consistent.  Only key.__eq__ (when the table changed meanwhile) runs Python code here.
+    is unchanged (same version) the key is still absent and the slot still right.  Only
+    key.__eq__ (when the table changed meanwhile) runs Python code here.
     """
     cdef Py_ssize_t slot, e
-    cdef object evicted = None
+    cdef object evk = None, evv = None     # released when this function returns, after the
+                                           # table is consistent again
     if c._sizefn is not None or not c._native_evict:
         # a subclass's popitem or a user choice function decides what goes: the mapping protocol
         if key not in c:
@@ -241,7 +264,7 @@ cdef inline object _table_store(Cache c, object key, hash_t h, object value,
             if c._max_entries < 1:
                 return None
             evv = c._remove(order_victim(&c.o, &c.t), -1)
-            evicted = (c._removed_key, evv)
+            evk = c._removed_key
             c._removed_key = None
             c._evictions += 1
             # the removal may turn a slot before ours back to empty: probe again
@@ -250,7 +273,7 @@ cdef inline object _table_store(Cache c, object key, hash_t h, object value,
             c._make_room_for_one()
             slot = table_probe_free(&c.t, h)
         c._insert_at(slot, h, key, value, None)
-    return evicted   # released by the caller, after the table is consistent
+    return None
 
 
 @cython.final
@@ -320,17 +343,27 @@ cdef class _lru_cache_wrapper:
 
 
 @cython.final
+@cython.freelist(16)
 @cython.auto_pickle(False)
 cdef class _Flight:
-    """One computation in progress: its leader thread, then its outcome."""
+    """One computation in progress: its leader thread, then its outcome.
+
+    The leader records the outcome, sets `done`, then sets `event` if a waiter made one; a
+    waiter installs `event`, then checks `done` before waiting.  Each of these steps runs
+    without Python code in between, so under the GIL no wake-up is lost and the leader
+    needs no lock (the module is not declared free-threading compatible).
+    """
     cdef unsigned long owner
     cdef bint done
     cdef object result
     cdef object error
     cdef object event          # a threading.Event, made by the first waiter
 
-    def __cinit__(self, unsigned long owner):
-        self.owner = owner
+
+cdef inline _Flight _new_flight():
+    cdef _Flight f = _Flight.__new__(_Flight)
+    f.owner = PyThread_get_thread_ident()
+    return f
 
 
 cdef object _threading_Event = None
@@ -402,7 +435,7 @@ cdef class _memo_base:
         cdef Cache c = self.cache
         if c._max_entries < 1:
             raise ValueError("value too large")
-        evicted = _table_store(c, key, _mix(PyObject_Hash(key), c.t.seed), value)
+        _table_store(c, key, _mix(PyObject_Hash(key), c.t.seed), value)
 
     def _call(self, owner, tuple args, dict kwargs):
         if owner is not None:
@@ -448,7 +481,7 @@ cdef bint _memo_would_deadlock(_memo_base self, _Flight flight, unsigned long me
 
 cdef object _memo_invoke(_memo_base self, object owner, tuple args, dict kwargs):
     cdef Cache c = self.cache
-    cdef Py_ssize_t slot, e
+    cdef Py_ssize_t slot = -1, e
     cdef hash_t h
     cdef uint64_t version
     if self.keyfunc is None:
@@ -470,7 +503,7 @@ cdef object _memo_invoke(_memo_base self, object owner, tuple args, dict kwargs)
         version = c._version
     if not self.single_flight:
         result = _memo_compute(self, owner, args, kwargs)
-        evicted = _table_store(c, key, h, result, version, slot)
+        _table_store(c, key, h, result, version, slot)
         return result
     if c._max_entries >= 1 and c._native_evict and c._sizefn is None:
         return _memo_claim_and_compute(self, owner, key, h, version, slot, args, kwargs)
@@ -483,8 +516,8 @@ cdef object _memo_claim_and_compute(_memo_base self, object owner, object key, h
     cdef Cache c = self.cache
     cdef Py_ssize_t e
     cdef entry_t claimed
-    cdef object evicted = None
-    cdef _Flight flight = _Flight(PyThread_get_thread_ident())   # may run the GC: check below
+    cdef object evk = None, evv = None
+    cdef _Flight flight = _new_flight()       # may run the GC (and other threads): check below
     with cython.critical_section(c):
         if c._version != version:
             e = table_find(c, key, h, &slot)
@@ -495,7 +528,7 @@ cdef object _memo_claim_and_compute(_memo_base self, object owner, object key, h
                 return value          # stored meanwhile by another thread
         if c.t.count >= c._max_entries:
             evv = c._remove(order_victim(&c.o, &c.t), -1)
-            evicted = (c._removed_key, evv)
+            evk = c._removed_key
             c._removed_key = None
             c._evictions += 1
             slot = table_probe_free(&c.t, h)
@@ -503,7 +536,7 @@ cdef object _memo_claim_and_compute(_memo_base self, object owner, object key, h
             c._make_room_for_one()
             slot = table_probe_free(&c.t, h)
         claimed = c._insert_at(slot, h, key, flight, None)
-    evicted = None                    # released now that the table is consistent
+    evk = evv = None                  # released now that the table is consistent
     try:
         result = _memo_compute(self, owner, args, kwargs)
     except BaseException as exc:
@@ -533,13 +566,9 @@ cdef int _memo_settle(_memo_base self, Cache c, object key, hash_t h, entry_t e,
                 c._kv[2 * e + 1] = result
                 if c.o.policy == POLICY_LRU:
                     _list_move_to_end(&c.o, &c.t, e)
-    _memo_lock(self)
-    try:
-        flight.result = result
-        flight.done = True
-        event = flight.event
-    finally:
-        _memo_unlock(self)
+    flight.result = result
+    flight.done = True
+    event = flight.event
     if event is not None:
         event.set()
     return 0
@@ -555,8 +584,6 @@ cdef object _memo_wait(_memo_base self, object owner, _Flight flight, tuple args
             if _memo_would_deadlock(self, flight, me):
                 role = 2
             else:
-                if flight.event is None:
-                    flight.event = _threading_Event()
                 self.waiting[me] = flight
                 role = 1
     finally:
@@ -565,7 +592,12 @@ cdef object _memo_wait(_memo_base self, object owner, _Flight flight, tuple args
         return _memo_compute(self, owner, args, kwargs)
     if role == 1:
         try:
-            flight.event.wait()
+            if flight.event is None:
+                event = _threading_Event()      # Python code: the leader may finish meanwhile
+                if flight.event is None:
+                    flight.event = event
+            if not flight.done:
+                flight.event.wait()
         finally:
             _memo_lock(self)
             try:
@@ -598,7 +630,7 @@ cdef object _memo_single_flight(_memo_base self, object owner, object key, hash_
         if found is _MARKER:
             existing = self.pending.get(key) if self.pending else None
             if existing is None:
-                flight = _Flight(me)
+                flight = _new_flight()
                 self.pending[key] = flight
                 leader = True
             else:
@@ -617,7 +649,7 @@ cdef object _memo_single_flight(_memo_base self, object owner, object key, hash_
         raise
     flight.result = result
     try:
-        evicted = _table_store(c, key, h, result, version, known_slot)
+        _table_store(c, key, h, result, version, known_slot)
     finally:
         _memo_finish(self, key, flight)
     return result
@@ -629,10 +661,10 @@ cdef int _memo_finish(_memo_base self, object key, _Flight flight) except -1:
     try:
         if self.pending.get(key) is flight:
             del self.pending[key]
-        flight.done = True
-        event = flight.event
     finally:
         _memo_unlock(self)
+    flight.done = True
+    event = flight.event
     if event is not None:
         event.set()
     return 0
