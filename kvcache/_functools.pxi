@@ -670,6 +670,73 @@ cdef int _memo_finish(_memo_base self, object key, _Flight flight) except -1:
     return 0
 
 
+# -- cachetools.cached (no lock, no info): the call path of decorators._Cached ----------------
+
+cdef object _plain_keyfunc = None   # keys.hashkey: without keywords its key is the args tuple
+
+
+def _register_plain_keyfunc(fn):
+    """Tell the compiled path which key function builds (an equal of) the args tuple."""
+    global _plain_keyfunc
+    _plain_keyfunc = fn
+
+
+@cython.auto_pickle(False)
+cdef class _cached_base:
+    """Compiled call path of `cached(cache)` without lock or info (a Python subclass adds the rest)."""
+
+    cdef public object cache
+    cdef public object cache_key
+    cdef public object _func
+
+    def __call__(self, *args, **kwargs):
+        return _cached_tp_call(<PyObject*>self, <PyObject*>args, <PyObject*>kwargs)
+
+
+cdef object _cached_tp_call(PyObject* self, PyObject* args, PyObject* kwds):
+    cdef _cached_base w = <_cached_base>self
+    cdef Cache c
+    cdef Py_ssize_t slot = -1, e
+    cdef hash_t h
+    cdef uint64_t version
+    keyfunc = w.cache_key
+    if keyfunc is _plain_keyfunc and (kwds == NULL or PyDict_Size(<object>kwds) == 0):
+        key = <object>args      # what hashkey(*args) equals, hashes like, and cachetools 8 returns
+    else:
+        key = kv_call(keyfunc, <object>args, kwds)
+    cache = w.cache
+    if isinstance(cache, Cache) and (<Cache>cache)._native_getitem and (<Cache>cache)._native_missing:
+        c = <Cache>cache
+        h = _mix(PyObject_Hash(key), c.t.seed)
+        with cython.critical_section(c):
+            e = _hit_find(c, key, h, &slot)
+            if e >= 0:
+                c._hits += 1
+                order_touch(&c.o, &c.t, <entry_t>e)
+                return <object>PyList_GET_ITEM(c._kv, 2 * e + 1)
+            c._misses += 1
+            version = c._version
+        val = kv_call(w._func, <object>args, kwds)
+        if c._sizefn is None and c._native_evict and c._on_evict is None and c._max_entries >= 1:
+            _table_store(c, key, h, val, version, slot)
+        else:
+            try:
+                c[key] = val
+            except ValueError:
+                pass            # value too large
+        return val
+    try:
+        return cache[key]
+    except KeyError:
+        pass                    # leave the handler: the call must not chain to this KeyError
+    val = kv_call(w._func, <object>args, kwds)
+    try:
+        cache[key] = val
+    except ValueError:
+        pass
+    return val
+
+
 cdef class LRU(LRUCache):
     """lru-dict's LRU: a dict of at most `size` items that evicts the least recently used.
 
@@ -809,14 +876,21 @@ kv_install_tp_call(_memo_base, <void*>_memo_tp_call)
 
 
 def _install_fast_call(cls):
-    """Point a Python subclass of _memo_base that keeps the inherited __call__ at the fast path."""
-    if not (isinstance(cls, type) and issubclass(cls, _memo_base)):
-        raise TypeError("expected a subclass of _memo_base")
+    """Point a Python subclass of _memo_base or _cached_base at its compiled call path.
+
+    A subclass that defines __call__ itself keeps it.
+    """
+    cdef void* fn
+    if isinstance(cls, type) and issubclass(cls, _memo_base):
+        base, fn = _memo_base, <void*>_memo_tp_call
+    elif isinstance(cls, type) and issubclass(cls, _cached_base):
+        base, fn = _cached_base, <void*>_cached_tp_call
+    else:
+        raise TypeError("expected a subclass of _memo_base or _cached_base")
     for klass in cls.__mro__:
-        if "__call__" in klass.__dict__:
-            if klass is _memo_base:
-                kv_install_tp_call(cls, <void*>_memo_tp_call)
+        if "__call__" in klass.__dict__ and klass is not base:
             return
+    kv_install_tp_call(cls, fn)
 
 
 import threading as _threading_module

@@ -25,9 +25,11 @@ from ._core import (
     LFUCache,
     LRUCache,
     RRCache,
+    _cached_base,
     _install_fast_call,
     _lru_cache_wrapper,
     _memo_base,
+    _register_plain_keyfunc,
 )
 
 __all__ = (
@@ -86,23 +88,16 @@ class _CachedBase:
         return f"<cached {self.__wrapped__!r}>"
 
 
-class _Cached(_CachedBase):
-    def __call__(self, /, *args, **kwargs):
-        cache = self.cache
-        key = self.cache_key(*args, **kwargs)
-        try:
-            return cache[key]
-        except KeyError:
-            pass  # leave the except block, so the call is not chained to it
-        val = self._func(*args, **kwargs)
-        try:
-            cache[key] = val
-        except ValueError:
-            pass  # value too large
-        return val
-
+class _Cached(_cached_base, _CachedBase):
+    # The call path (key, lookup, call, store) is compiled: _core._cached_tp_call.  With the
+    # default key and no keyword arguments the key is the argument tuple itself, which
+    # equals (and hashes like) hashkey(*args), as cachetools 8's keys are plain tuples.
     def cache_clear(self):
         self.cache.clear()
+
+
+_register_plain_keyfunc(keys.hashkey)
+_install_fast_call(_Cached)
 
 
 class _CachedLocked(_CachedBase):
