@@ -28,6 +28,8 @@ from cpython.tuple cimport PyTuple_New, PyTuple_GET_SIZE, PyTuple_GET_ITEM, PyTu
 from cpython.ref cimport Py_INCREF
 from cpython.object cimport PyObject_Hash
 from cpython.unicode cimport PyUnicode_CheckExact
+cdef extern from "Python.h":
+    object PyMethod_New(object func, object self)
 from cpython.pythread cimport (PyThread_type_lock, PyThread_allocate_lock, PyThread_free_lock,
                                PyThread_acquire_lock, PyThread_release_lock, PyThread_get_thread_ident,
                                WAIT_LOCK, NOWAIT_LOCK)
@@ -154,6 +156,7 @@ cdef inline Py_ssize_t _hit_find(Cache c, object key, hash_t h, Py_ssize_t* slot
     cdef int32_t e
     cdef Py_ssize_t free_slot = -1
     cdef PyObject* other
+    cdef int eq
     while True:
         e = c.t.index[i]
         if e == SLOT_EMPTY:
@@ -166,30 +169,44 @@ cdef inline Py_ssize_t _hit_find(Cache c, object key, hash_t h, Py_ssize_t* slot
             other = PyList_GET_ITEM(c._kv, 2 * e)
             if other == <PyObject*>key:
                 return e
-            if not _plain_eq_safe(key) or not _plain_eq_safe(<object>other):
+            eq = _plain_eq(<object>other, key)
+            if eq < 0:
                 break                       # == may run Python code: the careful path
-            if PyObject_RichCompareBool(<object>other, key, Py_EQ):
+            if eq:
                 return e
         i = (i + 1) & c.t.mask
     return table_find(c, key, h, slot_out)
 
 
-cdef inline bint _plain_eq_safe(object o) noexcept:
-    """Can == on o run Python code?  Not for exact ints and strs, nor tuples of at most four
-    of them (so no mutation can happen during the comparison, and no restart is needed)."""
+cdef inline int _plain_eq(object a, object b) except -2:
+    """a == b when it provably runs no Python code (exact ints and strs, and tuples of up to
+    eight items that are identical or such scalars); -1 when it might."""
     cdef Py_ssize_t n, i
-    if PyLong_CheckExact(o) or PyUnicode_CheckExact(o):
-        return True
-    if type(o) is tuple:
-        n = PyTuple_GET_SIZE(o)
-        if n > 4:
-            return False
+    cdef PyObject* x
+    cdef PyObject* y
+    if PyLong_CheckExact(a) or PyUnicode_CheckExact(a):
+        if type(a) is type(b):
+            return PyObject_RichCompareBool(a, b, Py_EQ)
+        return -1
+    if type(a) is tuple and type(b) is tuple:
+        n = PyTuple_GET_SIZE(a)
+        if n != PyTuple_GET_SIZE(b):
+            return 0
+        if n > 8:
+            return -1
         for i in range(n):
-            item = <object>PyTuple_GET_ITEM(o, i)
-            if not (PyLong_CheckExact(item) or PyUnicode_CheckExact(item)):
-                return False
-        return True
-    return False
+            x = PyTuple_GET_ITEM(a, i)
+            y = PyTuple_GET_ITEM(b, i)
+            if x == y:
+                continue
+            if (PyLong_CheckExact(<object>x) or PyUnicode_CheckExact(<object>x)) and \
+                    type(<object>x) is type(<object>y):
+                if not PyObject_RichCompareBool(<object>x, <object>y, Py_EQ):
+                    return 0
+                continue
+            return -1
+        return 1
+    return -1
 
 
 cdef inline void _hit_touch(Cache c, entry_t e) noexcept nogil:
@@ -329,7 +346,7 @@ cdef class _lru_cache_wrapper:
         # bind like a function, so methods work
         if obj is None:
             return self
-        return types.MethodType(self, obj)
+        return PyMethod_New(self, obj)
 
     def __reduce__(self):
         return self.__qualname__
@@ -381,6 +398,8 @@ cdef class _memo_base:
     cdef object keyfunc
     cdef dict pending            # key -> _Flight being computed
     cdef dict waiting            # thread id -> _Flight it waits for
+    cdef public object _attrname  # method mode: the attribute name (set by __set_name__)
+    cdef public bint _is_async    # calls go through the Python-level _invoke
     cdef PyThread_type_lock lock  # guards pending and waiting (never held across user code
                                   # other than a key's __hash__/__eq__)
 
@@ -406,6 +425,15 @@ cdef class _memo_base:
 
     def __call__(self, *args, **kwargs):
         return _memo_invoke(self, None, args, kwargs)
+
+    def __get__(self, obj, objtype):
+        # Method mode (defined in a class body): each instance has its own memo, kept in the
+        # instance's __dict__; the bound object holds the instance only while it lives.
+        if self._attrname is None:
+            return self
+        if obj is None:
+            return self._unbound()
+        return _memo_bind(self, obj)
 
     def _invoke(self, owner, tuple args, dict kwargs):
         """Call through the cache; `owner` (not None) is passed first to the function only."""
@@ -444,6 +472,66 @@ cdef class _memo_base:
 
     def _reset_counts(self):
         self.hits = self.misses = 0
+
+
+cdef str _MEMO_ATTR = "__kvcache_memos"
+
+
+cdef object _memo_bind(_memo_base self, object obj):
+    cdef _memo_bound b
+    memo = None
+    d = getattr(obj, "__dict__", None)
+    if type(d) is dict:
+        memos = (<dict>d).get(_MEMO_ATTR)
+        if type(memos) is dict:
+            memo = (<dict>memos).get(self)
+    if memo is None:
+        memo = self._instance_memo(obj)      # first use on this instance (Python)
+    b = _memo_bound.__new__(_memo_bound)
+    b.__self__ = obj
+    b._memo = <_memo_base?>memo
+    return b
+
+
+@cython.final
+@cython.freelist(8)
+@cython.auto_pickle(False)
+cdef class _memo_bound:
+    """A `@memoize` method bound to an instance; the instance's own memo does the caching."""
+
+    cdef readonly object __self__
+    cdef _memo_base _memo
+
+    def __call__(self, *args, **kwargs):
+        return _memo_bound_call(self, args, kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._memo, name)
+
+    @property
+    def __func__(self):
+        return self._memo.func
+
+    @property
+    def __wrapped__(self):
+        return self._memo.func
+
+    @property
+    def __doc__(self):
+        return getattr(self._memo.func, "__doc__", None)
+
+    def __repr__(self):
+        return "<memoize %r of %s>" % (self._memo.func, object.__repr__(self.__self__))
+
+
+cdef object _memo_bound_call(_memo_bound self, tuple args, dict kwargs):
+    if self._memo._is_async:
+        return self._memo._invoke(self.__self__, args, kwargs)
+    return _memo_invoke(self._memo, self.__self__, args, kwargs)
+
+
+cdef object _memo_bound_tp_call(PyObject* self, PyObject* args, PyObject* kwds):
+    return _memo_bound_call(<_memo_bound>self, <tuple>args, None if kwds == NULL else <dict>kwds)
 
 
 cdef inline int _memo_lock(_memo_base self) except -1:
@@ -873,6 +961,7 @@ def _rebuild_lru(size, callback):
 
 kv_install_tp_call(_lru_cache_wrapper, <void*>_lru_tp_call)
 kv_install_tp_call(_memo_base, <void*>_memo_tp_call)
+kv_install_tp_call(_memo_bound, <void*>_memo_bound_tp_call)
 
 
 def _install_fast_call(cls):

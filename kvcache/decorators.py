@@ -725,12 +725,10 @@ class _Memo(_memo_base):
 
     # -- method mode ---------------------------------------------------------
 
-    def __get__(self, obj, objtype=None):
-        if self._attrname is None:
-            return self
-        if obj is None:
-            return _MemoUnbound(self)
-        return _MemoBound(obj, self._instance_memo(obj))
+    # __get__ is compiled (_memo_base.__get__): it finds the instance's memo and binds it
+
+    def _unbound(self):
+        return _MemoUnbound(self)
 
     def __set_name__(self, owner, name):
         # Defined in a class body: each instance gets its own cache, held
@@ -826,6 +824,7 @@ class _AsyncMemo(_Memo):
     def __init__(self, *args):
         _Memo.__init__(self, *args)
         self._tasks = {}
+        self._is_async = True
         _mark_coroutine_function(self)
 
     def __call__(self, /, *args, **kwargs):
@@ -872,41 +871,6 @@ class _AsyncMemo(_Memo):
 
 _MISSING = object()
 _MEMO_ATTR = "__kvcache_memos"
-
-
-class _MemoBound:
-    """A `@memoize` method bound to an instance; the instance holds the cache."""
-
-    __slots__ = ("__self__", "_memo")
-
-    def __init__(self, obj, memo):
-        self.__self__ = obj
-        self._memo = memo
-
-    def __call__(self, /, *args, **kwargs):
-        return self._memo._invoke(self.__self__, args, kwargs)
-
-    @property
-    def __func__(self):
-        return self._memo.__wrapped__
-
-    @property
-    def __doc__(self):
-        return self._memo.__doc__
-
-    @property
-    def __module__(self):
-        return self._memo.__module__
-
-    def __getattr__(self, name):
-        return getattr(self._memo, name)
-
-    def cache_info(self):
-        m = self._memo
-        return _CacheInfo(m.hits, m.misses, m._params["maxsize"], len(m.cache))
-
-    def __repr__(self):
-        return f"<memoize {self._memo.__wrapped__!r} of {object.__repr__(self.__self__)}>"
 
 
 class _MemoUnbound:
