@@ -783,16 +783,20 @@ cdef class _cached_base:
 
 cdef object _cached_tp_call(PyObject* self, PyObject* args, PyObject* kwds):
     cdef _cached_base w = <_cached_base>self
-    cdef Cache c
-    cdef Py_ssize_t slot = -1, e
-    cdef hash_t h
-    cdef uint64_t version
     keyfunc = w.cache_key
     if keyfunc is _plain_keyfunc and (kwds == NULL or PyDict_Size(<object>kwds) == 0):
         key = <object>args      # what hashkey(*args) equals, hashes like, and cachetools 8 returns
     else:
         key = kv_call(keyfunc, <object>args, kwds)
-    cache = w.cache
+    return _mapping_memo_call(w.cache, key, w._func, <tuple>args, kwds)
+
+
+cdef object _mapping_memo_call(object cache, object key, object func, tuple args, PyObject* kwds):
+    """cachetools' basic wrapper body: look key up in cache, else call func(*args) and store."""
+    cdef Cache c
+    cdef Py_ssize_t slot = -1, e
+    cdef hash_t h
+    cdef uint64_t version
     if isinstance(cache, Cache) and (<Cache>cache)._native_getitem and (<Cache>cache)._native_missing:
         c = <Cache>cache
         h = _mix(PyObject_Hash(key), c.t.seed)
@@ -804,7 +808,7 @@ cdef object _cached_tp_call(PyObject* self, PyObject* args, PyObject* kwds):
                 return <object>PyList_GET_ITEM(c._kv, 2 * e + 1)
             c._misses += 1
             version = c._version
-        val = kv_call(w._func, <object>args, kwds)
+        val = kv_call(func, args, kwds)
         if c._sizefn is None and c._native_evict and c._on_evict is None and c._max_entries >= 1:
             _table_store(c, key, h, val, version, slot)
         else:
@@ -817,12 +821,61 @@ cdef object _cached_tp_call(PyObject* self, PyObject* args, PyObject* kwds):
         return cache[key]
     except KeyError:
         pass                    # leave the handler: the call must not chain to this KeyError
-    val = kv_call(w._func, <object>args, kwds)
+    val = kv_call(func, args, kwds)
     try:
         cache[key] = val
     except ValueError:
         pass
     return val
+
+
+# -- cachetools.cachedmethod: the bound method's call path ---------------------------------------
+
+cdef object _plain_methodkey = None    # keys.methodkey: without keywords, the args tuple
+
+
+def _register_plain_methodkey(fn):
+    """Tell the compiled path which method key function builds (an equal of) the args tuple."""
+    global _plain_methodkey
+    _plain_methodkey = fn
+
+
+@cython.auto_pickle(False)
+cdef class _cm_bound:
+    """Base of a `@cachedmethod` bound to an instance (the Python subclass adds the API)."""
+
+    cdef readonly object __self__
+    cdef readonly object _desc
+
+    def __call__(self, *args, **kwargs):
+        return _cm_call(self, args, kwargs)
+
+
+def _cm_make(cls, obj, desc):
+    """Return a new bound `cls` (a subclass of _cm_bound) for obj and desc."""
+    cdef _cm_bound b = cls.__new__(cls)
+    b.__self__ = obj
+    b._desc = desc
+    return b
+
+
+cdef object _cm_call(_cm_bound b, tuple args, dict kwds):
+    desc = b._desc
+    obj = b.__self__
+    if not desc._plain:
+        return desc._call(obj, args, {} if kwds is None else kwds)   # lock, condition or info
+    cache = desc._cache(obj)
+    keyfunc = desc._key
+    if keyfunc is _plain_methodkey and (kwds is None or PyDict_Size(kwds) == 0):
+        key = args
+    else:
+        key = kv_call(keyfunc, (obj,) + args, NULL if kwds is None else <PyObject*>kwds)
+    return _mapping_memo_call(cache, key, desc._method, (obj,) + args,
+                              NULL if kwds is None else <PyObject*>kwds)
+
+
+cdef object _cm_tp_call(PyObject* self, PyObject* args, PyObject* kwds):
+    return _cm_call(<_cm_bound>self, <tuple>args, None if kwds == NULL else <dict>kwds)
 
 
 cdef class LRU(LRUCache):
@@ -974,8 +1027,10 @@ def _install_fast_call(cls):
         base, fn = _memo_base, <void*>_memo_tp_call
     elif isinstance(cls, type) and issubclass(cls, _cached_base):
         base, fn = _cached_base, <void*>_cached_tp_call
+    elif isinstance(cls, type) and issubclass(cls, _cm_bound):
+        base, fn = _cm_bound, <void*>_cm_tp_call
     else:
-        raise TypeError("expected a subclass of _memo_base or _cached_base")
+        raise TypeError("expected a subclass of _memo_base, _cached_base or _cm_bound")
     for klass in cls.__mro__:
         if "__call__" in klass.__dict__ and klass is not base:
             return

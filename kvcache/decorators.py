@@ -26,10 +26,13 @@ from ._core import (
     LRUCache,
     RRCache,
     _cached_base,
+    _cm_bound,
+    _cm_make,
     _install_fast_call,
     _lru_cache_wrapper,
     _memo_base,
     _register_plain_keyfunc,
+    _register_plain_methodkey,
 )
 
 __all__ = (
@@ -316,14 +319,11 @@ class _MethodState:
 _STATE_ATTR = "__kvcache_cachedmethods"
 
 
-class _BoundCachedMethod:
+class _BoundCachedMethod(_cm_bound):
     """A `@cachedmethod` bound to an instance: call it, or reach its cache."""
 
-    __slots__ = ("__self__", "_desc")
-
-    def __init__(self, obj, desc):
-        self.__self__ = obj
-        self._desc = desc
+    # __self__ and _desc are the compiled base's; so is the call path (_core._cm_call)
+    __slots__ = ()
 
     @property
     def cache(self):
@@ -375,9 +375,6 @@ class _BoundCachedMethod:
     def __repr__(self):
         return f"<cachedmethod {self._desc.__wrapped__!r} of {object.__repr__(self.__self__)}>"
 
-    def __call__(self, /, *args, **kwargs):
-        return self._desc._call(self.__self__, args, kwargs)
-
     def cache_clear(self):
         obj = self.__self__
         desc = self._desc
@@ -409,6 +406,11 @@ class _BoundCachedMethodInfo(_BoundCachedMethod):
             return _make_info(desc._cache(obj), state.hits, state.misses)
         with lock(obj):
             return _make_info(desc._cache(obj), state.hits, state.misses)
+
+
+_register_plain_methodkey(keys.methodkey)
+_install_fast_call(_BoundCachedMethod)
+_install_fast_call(_BoundCachedMethodInfo)
 
 
 class _UnboundCachedMethod:
@@ -466,6 +468,7 @@ class _CachedMethodDescriptor:
         self._attrname = None
         self._unbound = None
         self._bound = _BoundCachedMethodInfo if info else _BoundCachedMethod
+        self._plain = lock is None and cond is None and not info
 
     def __set_name__(self, owner, name):
         if self._attrname is None:
@@ -489,7 +492,7 @@ class _CachedMethodDescriptor:
             if self._unbound is None:
                 self._unbound = _UnboundCachedMethod(self)
             return self._unbound
-        return self._bound(obj, self)
+        return _cm_make(self._bound, obj, self)
 
     def __reduce__(self):
         return (_lookup_descriptor, (self._owner, self._attrname))
