@@ -841,30 +841,39 @@ def _register_plain_methodkey(fn):
 
 
 @cython.auto_pickle(False)
+cdef class _cm_desc_base:
+    """Base of the `@cachedmethod` descriptor: its fields and its (compiled) __get__."""
+
+    cdef public object _method, _cache, _key, _lock, _cond, _attrname, _bound
+    cdef public bint _info, _plain
+
+    def __get__(self, obj, objtype):
+        cdef _cm_bound b
+        if self._attrname is None or obj is None:
+            return self._get_slow(obj)
+        b = (<type>self._bound).__new__(self._bound)
+        b.__self__ = obj
+        b._desc = self
+        return b
+
+
+@cython.auto_pickle(False)
 cdef class _cm_bound:
     """Base of a `@cachedmethod` bound to an instance (the Python subclass adds the API)."""
 
     cdef readonly object __self__
-    cdef readonly object _desc
+    cdef readonly _cm_desc_base _desc
 
     def __call__(self, *args, **kwargs):
         return _cm_call(self, args, kwargs)
 
 
-def _cm_make(cls, obj, desc):
-    """Return a new bound `cls` (a subclass of _cm_bound) for obj and desc."""
-    cdef _cm_bound b = cls.__new__(cls)
-    b.__self__ = obj
-    b._desc = desc
-    return b
-
-
 cdef object _cm_call(_cm_bound b, tuple args, dict kwds):
-    desc = b._desc
+    cdef _cm_desc_base desc = b._desc
     obj = b.__self__
     if not desc._plain:
         return desc._call(obj, args, {} if kwds is None else kwds)   # lock, condition or info
-    cache = desc._cache(obj)
+    cache = kv_call(desc._cache, (obj,), NULL)
     keyfunc = desc._key
     if keyfunc is _plain_methodkey and (kwds is None or PyDict_Size(kwds) == 0):
         key = args

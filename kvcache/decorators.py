@@ -27,7 +27,7 @@ from ._core import (
     RRCache,
     _cached_base,
     _cm_bound,
-    _cm_make,
+    _cm_desc_base,
     _install_fast_call,
     _lru_cache_wrapper,
     _memo_base,
@@ -455,7 +455,8 @@ class _UnboundCachedMethod:
             ) from None
 
 
-class _CachedMethodDescriptor:
+class _CachedMethodDescriptor(_cm_desc_base):
+    # the fields and __get__ (instance access) are compiled: _core._cm_desc_base
     def __init__(self, method, cache, key, lock, cond, info):
         functools.update_wrapper(self, method)
         self._method = method
@@ -480,7 +481,7 @@ class _CachedMethodDescriptor:
                 f"({self._attrname!r} and {name!r})."
             )
 
-    def __get__(self, obj, objtype=None):
+    def _get_slow(self, obj):
         if self._attrname is None:
             if isinstance(obj, type):
                 # Before 3.13, @classmethod calls __get__(cls, type(cls)).
@@ -488,11 +489,9 @@ class _CachedMethodDescriptor:
             raise TypeError(
                 "Cannot use descriptor instance without calling __set_name__ on it"
             )
-        if obj is None:
-            if self._unbound is None:
-                self._unbound = _UnboundCachedMethod(self)
-            return self._unbound
-        return _cm_make(self._bound, obj, self)
+        if self._unbound is None:
+            self._unbound = _UnboundCachedMethod(self)
+        return self._unbound
 
     def __reduce__(self):
         return (_lookup_descriptor, (self._owner, self._attrname))
