@@ -809,9 +809,12 @@ cdef object _mapping_memo_call(object cache, object key, object func, tuple args
             c._misses += 1
             version = c._version
         val = kv_call(func, args, kwds)
-        if c._sizefn is None and c._native_evict and c._on_evict is None and c._max_entries >= 1:
-            _table_store(c, key, h, val, version, slot)
+        if c._version == version and c._sizefn is None and c._native_evict and \
+                c._on_evict is None and c._max_entries >= 1:
+            _table_store(c, key, h, val, version, slot)     # the key is still absent
         else:
+            # the table changed meanwhile (maybe the key was stored: cachetools overwrites
+            # it), or the cache has sizes, an eviction hook or callback: the mapping protocol
             try:
                 c[key] = val
             except ValueError:

@@ -707,3 +707,29 @@ def test_method_threads_share_one_computation(impl):
         t.join()
     assert calls == [7]
     assert all(r is results[0] for r in results) and len(results) == 6
+
+
+def test_recursive_store_overwrites_as_cachetools(impl):
+    # the outer call's value replaces what a recursive call stored meanwhile
+    cache = impl.LRUCache(maxsize=4)
+    depth = []
+
+    @impl.cached(cache)
+    def f(x):
+        depth.append(x)
+        if len(depth) == 1:
+            f(x)
+        return len(depth)
+
+    assert f(1) == 2
+    assert cache[impl.keys.hashkey(1)] == 2
+    assert f(1) == 2
+
+
+def test_on_evict_called_through_cached():
+    evicted = []
+    cache = kvcache.LRUCache(2, on_evict=lambda k, v: evicted.append((k, v)))
+    f = kvcache.cached(cache)(lambda x: x * 10)
+    for x in (1, 2, 3):
+        f(x)
+    assert evicted == [(kv_keys.hashkey(1), 10)]
