@@ -808,3 +808,35 @@ def test_func_stampede_runs_once():
         t.join()
     assert calls == [1]
     assert all(r is results[0] for r in results)
+
+
+def test_threads_with_evictions_keep_the_table_consistent():
+    import sys
+
+    @kvcache.lru_cache(maxsize=8)
+    def f(x):
+        return x * 3
+
+    errors = []
+
+    def worker(seed):
+        rng = random.Random(seed)
+        for _ in range(3000):
+            x = rng.randint(0, 40)
+            if f(x) != x * 3:
+                errors.append(x)
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=worker, args=(s,)) for s in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+    finally:
+        sys.setswitchinterval(old)
+    assert not errors
+    info = f.cache_info()
+    assert info.currsize == 8
+    assert info.hits + info.misses == 6 * 3000  # counts are exact under threads, as in CPython

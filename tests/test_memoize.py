@@ -670,3 +670,48 @@ def test_waiters_of_a_failing_leader_with_maxsize_zero():
     release.set()
     join_all(threads)
     assert len(calls) == 1 and len(errors) == 4
+
+
+@pytest.mark.parametrize("policy", ["lru", "lfu", "fifo", "rr"])
+def test_threads_with_evictions_and_a_tiny_switch_interval(policy):
+    # placeholders get evicted, replaced and invalidated while other threads wait on them
+    import random
+    import sys
+
+    @memoize(maxsize=4, policy=policy)
+    def f(x):
+        if x % 5 == 0:
+            time.sleep(0)  # let other threads in mid-computation
+        if x % 11 == 0:
+            raise ValueError(x)
+        return x * 7
+
+    errors = []
+
+    def worker(seed):
+        rng = random.Random(seed)
+        for _ in range(1500):
+            x = rng.randint(0, 30)
+            try:
+                if f(x) != x * 7:
+                    errors.append(("wrong", x))
+            except ValueError as exc:
+                if x % 11 or exc.args != (x,):
+                    errors.append(("raised", x))
+            if rng.random() < 0.01:
+                f.cache_invalidate(rng.randint(0, 30))
+            if rng.random() < 0.002:
+                f.cache_clear()
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=worker, args=(s,)) for s in range(6)]
+        for t in threads:
+            t.start()
+        join_all(threads, timeout=120)
+    finally:
+        sys.setswitchinterval(old)
+    assert not errors
+    f.cache._check()
+    assert len(f.cache) <= 4
