@@ -6,10 +6,11 @@
 #   evicts, a positive maxsize evicts the least recently used entry;
 # - the key is built as functools builds it (a lone exact int or str is its own key), hashed
 #   exactly once per call; the stored hash serves the insertion and any later eviction;
-# - the user function runs outside any critical section; after it returns, the key is looked
-#   up again: if a recursive call or another thread stored it meanwhile, that entry is kept
-#   and nothing is stored (bpo-35780), so concurrent misses each call the function, exactly
-#   as functools does;
+# - the user function runs outside any critical section; after it returns, if the table
+#   changed meanwhile (its version moved) the key is looked up again: if a recursive call or
+#   another thread stored it, that entry is kept and nothing is stored (bpo-35780), so
+#   concurrent misses each call the function, exactly as functools does; if the table did
+#   not change, the slot found by the first lookup is still the right one;
 # - exceptions from the function propagate untouched (no lookup exception is pending, so
 #   nothing is chained to them) and nothing is stored;
 # - evicted keys and values are released only once the table is consistent (rule 3 above).
@@ -18,9 +19,11 @@
 # flight: the first thread to miss a key (the leader) computes it; others that miss it
 # meanwhile wait for the leader's result or exception.  The leader claims the key by storing
 # a _Flight placeholder in the table itself (so claiming costs what storing costs, and the
-# result later replaces the placeholder in place); a lookup that finds a placeholder waits.  A thread that would wait for itself
-# (a recursive call on the key it computes) or for a thread that waits for it (a cycle
-# across threads) computes directly instead: a single-flight wait never deadlocks.
+# result later replaces the placeholder in place); a lookup that finds a placeholder waits.
+# A thread that would wait for itself (a recursive call on the key it computes) or for a
+# thread that waits for it (a cycle across threads) computes directly instead: a
+# single-flight wait never deadlocks.  A cache that cannot hold a placeholder (maxsize 0)
+# tracks its computations in the `pending` dict instead.
 # Coroutine functions take the Python path in decorators._AsyncMemo.
 
 from cpython.dict cimport PyDict_Size
@@ -28,11 +31,12 @@ from cpython.tuple cimport PyTuple_New, PyTuple_GET_SIZE, PyTuple_GET_ITEM, PyTu
 from cpython.ref cimport Py_INCREF
 from cpython.object cimport PyObject_Hash
 from cpython.unicode cimport PyUnicode_CheckExact
-cdef extern from "Python.h":
-    object PyMethod_New(object func, object self)
 from cpython.pythread cimport (PyThread_type_lock, PyThread_allocate_lock, PyThread_free_lock,
                                PyThread_acquire_lock, PyThread_release_lock, PyThread_get_thread_ident,
                                WAIT_LOCK, NOWAIT_LOCK)
+
+cdef extern from "Python.h":
+    object PyMethod_New(object func, object self)   # Cython's pxd still has the 3-argument form
 
 import operator
 
