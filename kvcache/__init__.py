@@ -1,5 +1,6 @@
 """kvcache: compiled drop-in caches (cachetools / functools / lru-dict compatible)."""
 
+from kvcache import keys
 from kvcache._core import (
     Cache,
     CacheStats,
@@ -12,12 +13,24 @@ from kvcache._core import (
     VectorCache,
     digest,
 )
-from kvcache._ttl_func import ttl_cache
+from kvcache.decorators import (
+    LRU,
+    cache,
+    cached,
+    cachedmethod,
+    fifo_cache,
+    lfu_cache,
+    lru_cache,
+    memoize,
+    rr_cache,
+    ttl_cache,
+)
 from kvcache.embeddings import CachedEmbedder
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "LRU",
     "Cache",
     "CacheStats",
     "CachedEmbedder",
@@ -28,6 +41,15 @@ __all__ = [
     "TLRUCache",
     "TTLCache",
     "VectorCache",
+    "cache",
+    "cached",
+    "cachedmethod",
     "digest",
+    "fifo_cache",
+    "keys",
+    "lfu_cache",
+    "lru_cache",
+    "memoize",
+    "rr_cache",
     "ttl_cache",
 ]

@@ -1704,3 +1704,5 @@ collections.abc.MutableMapping.register(Cache)
 
 # Batch numpy layer for inference: digest() and VectorCache (issue 6).
 include "_vector.pxi"
+# Compiled call paths of lru_cache, cached, cachedmethod, memoize; lru-dict's LRU (issue 3).
+include "_functools.pxi"

@@ -1,0 +1,1061 @@
+# The compiled call paths of kvcache's memoizing decorators, included at the end of _core.pyx
+# so that they reach the engine's table directly (no Python-level cache protocol per call).
+#
+# _lru_cache_wrapper follows CPython's Modules/_functoolsmodule.c lru_cache:
+# - three paths chosen at construction: maxsize == 0 only counts misses, maxsize None never
+#   evicts, a positive maxsize evicts the least recently used entry;
+# - the key is built as functools builds it (a lone exact int or str is its own key), hashed
+#   exactly once per call; the stored hash serves the insertion and any later eviction;
+# - the user function runs outside any critical section; after it returns, if the table
+#   changed meanwhile (its version moved) the key is looked up again: if a recursive call or
+#   another thread stored it, that entry is kept and nothing is stored (bpo-35780), so
+#   concurrent misses each call the function, exactly as functools does; if the table did
+#   not change, the slot found by the first lookup is still the right one;
+# - exceptions from the function propagate untouched (no lookup exception is pending, so
+#   nothing is chained to them) and nothing is stored;
+# - evicted keys and values are released only once the table is consistent (rule 3 above).
+#
+# _memo_base gives kvcache.memoize the same hit path and a compiled miss path with single
+# flight: the first thread to miss a key (the leader) computes it; others that miss it
+# meanwhile wait for the leader's result or exception.  The leader claims the key by storing
+# a _Flight placeholder in the table itself (so claiming costs what storing costs, and the
+# result later replaces the placeholder in place); a lookup that finds a placeholder waits.
+# A thread that would wait for itself (a recursive call on the key it computes) or for a
+# thread that waits for it (a cycle across threads) computes directly instead: a
+# single-flight wait never deadlocks.  A cache that cannot hold a placeholder (maxsize 0)
+# tracks its computations in the `pending` dict instead.
+# Coroutine functions take the Python path in decorators._AsyncMemo.
+
+from cpython.dict cimport PyDict_Size
+from cpython.tuple cimport PyTuple_New, PyTuple_GET_SIZE, PyTuple_GET_ITEM, PyTuple_SET_ITEM
+from cpython.ref cimport Py_INCREF
+from cpython.object cimport PyObject_Hash
+from cpython.unicode cimport PyUnicode_CheckExact
+from cpython.pythread cimport (PyThread_type_lock, PyThread_allocate_lock, PyThread_free_lock,
+                               PyThread_acquire_lock, PyThread_release_lock, PyThread_get_thread_ident,
+                               WAIT_LOCK, NOWAIT_LOCK)
+
+cdef extern from "Python.h":
+    object PyMethod_New(object func, object self)   # Cython's pxd still has the 3-argument form
+
+import operator
+
+cdef object _kwd_mark = object()   # separates positional from keyword arguments in a key
+
+
+# tp_call.  A Cython `def __call__(self, *args, **kwargs)` allocates a fresh kwargs dict on
+# every call, a cost CPython's C wrapper does not pay.  The wrappers keep their `def __call__`
+# (for introspection), but their type's tp_call slot points straight at the cdef
+# implementations below, which take (args, kwds-or-NULL) as CPython hands them over.
+cdef extern from *:
+    """
+    static void kv_install_tp_call(PyObject* type, void* fn) {
+        ((PyTypeObject*)type)->tp_call = (ternaryfunc)fn;
+        PyType_Modified((PyTypeObject*)type);
+    }
+    static PyObject* kv_call(PyObject* f, PyObject* a, PyObject* k) { return PyObject_Call(f, a, k); }
+
+    /* MurmurHash64A (what murmurhash's hash64 runs) for one 8-byte word, inlined: the hit
+       path hashes every call, and the library call is an indirect one. */
+    static inline uint64_t kv_murmur64a_word(uint64_t k, uint64_t seed) {
+        const uint64_t m = 0xc6a4a7935bd1e995ULL;
+        uint64_t h = seed ^ (8 * m);
+        k *= m; k ^= k >> 47; k *= m;
+        h ^= k; h *= m;
+        h ^= h >> 47; h *= m; h ^= h >> 47;
+        return h;
+    }
+    """
+    void kv_install_tp_call(object type, void* fn)
+    object kv_call(object f, object a, PyObject* k)
+    uint64_t kv_murmur64a_word(uint64_t k, uint64_t seed) nogil
+
+
+cdef bint _inline_mix_ok = False   # set below once checked against mix_hash
+
+
+cdef inline hash_t _mix(Py_hash_t h, uint64_t seed) noexcept nogil:
+    if _inline_mix_ok:
+        return kv_murmur64a_word(<uint64_t>h, seed)
+    return mix_hash(h, seed)
+
+
+def _check_inline_mix():
+    cdef uint64_t seed
+    cdef Py_hash_t h
+    for seed in (0, 1, 0x9E3779B97F4A7C15, 2**64 - 1):
+        for h in (0, 1, -1, -2, 2**61 - 1, -(2**63), 123456789):
+            if kv_murmur64a_word(<uint64_t>h, seed) != mix_hash(h, seed):
+                return False
+    return sizeof(Py_hash_t) == 8
+
+
+_inline_mix_ok = _check_inline_mix()
+
+
+cdef inline object _fast_key(tuple args, dict kwds, bint typed):
+    """Build functools' cache key for a call: args, kwd_mark, k1, v1, ..., then types if typed."""
+    cdef Py_ssize_t nargs = PyTuple_GET_SIZE(args)
+    cdef Py_ssize_t nkw = 0
+    if kwds is not None:
+        nkw = PyDict_Size(kwds)
+    if not typed and nkw == 0:
+        if nargs == 1:
+            a = <object>PyTuple_GET_ITEM(args, 0)
+            # common scalar keys stand for themselves, saving the tuple
+            if PyUnicode_CheckExact(a) or PyLong_CheckExact(a):
+                return a
+        return args
+    return _full_key(args, kwds, nargs, nkw, typed)
+
+
+cdef object _full_key(tuple args, dict kwds, Py_ssize_t nargs, Py_ssize_t nkw, bint typed):
+    cdef Py_ssize_t size = nargs, pos = 0, i
+    if nkw:
+        size += 2 * nkw + 1
+    if typed:
+        size += nargs + nkw
+    key = PyTuple_New(size)
+    for i in range(nargs):
+        item = <object>PyTuple_GET_ITEM(args, i)
+        Py_INCREF(item)
+        PyTuple_SET_ITEM(key, pos, item)
+        pos += 1
+    if nkw:
+        Py_INCREF(_kwd_mark)
+        PyTuple_SET_ITEM(key, pos, _kwd_mark)
+        pos += 1
+        # keyword order is significant, as in functools (PEP 468)
+        for k, v in kwds.items():
+            if pos + 2 > size:
+                raise RuntimeError("keyword arguments changed during the call")
+            Py_INCREF(k)
+            PyTuple_SET_ITEM(key, pos, k)
+            Py_INCREF(v)
+            PyTuple_SET_ITEM(key, pos + 1, v)
+            pos += 2
+    if typed:
+        for i in range(nargs):
+            t = type(<object>PyTuple_GET_ITEM(args, i))
+            Py_INCREF(t)
+            PyTuple_SET_ITEM(key, pos, t)
+            pos += 1
+        if nkw:
+            for v in kwds.values():
+                if pos >= size:
+                    raise RuntimeError("keyword arguments changed during the call")
+                t = type(v)
+                Py_INCREF(t)
+                PyTuple_SET_ITEM(key, pos, t)
+                pos += 1
+    if pos != size:
+        raise RuntimeError("keyword arguments changed during the call")
+    return key
+
+
+cdef inline Py_ssize_t _hit_find(Cache c, object key, hash_t h, Py_ssize_t* slot_out) except -2:
+    """table_find, with the common cases inline: a hit on the very key object stored, and a
+    miss that meets no equal hash (no == runs; slot_out gets the insertion slot)."""
+    cdef uint64_t i = h & c.t.mask
+    cdef int32_t e
+    cdef Py_ssize_t free_slot = -1
+    cdef PyObject* other
+    cdef int eq
+    while True:
+        e = c.t.index[i]
+        if e == SLOT_EMPTY:
+            slot_out[0] = <Py_ssize_t>i if free_slot < 0 else free_slot
+            return -1
+        if e == SLOT_DELETED:
+            if free_slot < 0:
+                free_slot = <Py_ssize_t>i
+        elif c.t.ent[e].hash == h:
+            other = PyList_GET_ITEM(c._kv, 2 * e)
+            if other == <PyObject*>key:
+                return e
+            eq = _plain_eq(<object>other, key)
+            if eq < 0:
+                break                       # == may run Python code: the careful path
+            if eq:
+                return e
+        i = (i + 1) & c.t.mask
+    return table_find(c, key, h, slot_out)
+
+
+cdef inline int _plain_eq(object a, object b) except -2:
+    """a == b when it provably runs no Python code (exact ints and strs, and tuples of up to
+    eight items that are identical or such scalars); -1 when it might."""
+    cdef Py_ssize_t n, i
+    cdef PyObject* x
+    cdef PyObject* y
+    if PyLong_CheckExact(a) or PyUnicode_CheckExact(a):
+        if type(a) is type(b):
+            return PyObject_RichCompareBool(a, b, Py_EQ)
+        return -1
+    if type(a) is tuple and type(b) is tuple:
+        n = PyTuple_GET_SIZE(a)
+        if n != PyTuple_GET_SIZE(b):
+            return 0
+        if n > 8:
+            return -1
+        for i in range(n):
+            x = PyTuple_GET_ITEM(a, i)
+            y = PyTuple_GET_ITEM(b, i)
+            if x == y:
+                continue
+            if (PyLong_CheckExact(<object>x) or PyUnicode_CheckExact(<object>x)) and \
+                    type(<object>x) is type(<object>y):
+                if not PyObject_RichCompareBool(<object>x, <object>y, Py_EQ):
+                    return 0
+                continue
+            return -1
+        return 1
+    return -1
+
+
+cdef inline void _hit_touch(Cache c, entry_t e) noexcept nogil:
+    if c.o.policy == POLICY_LRU:
+        _list_move_to_end(&c.o, &c.t, e)
+    else:
+        order_touch(&c.o, &c.t, e)
+
+
+cdef object _lru_call(_lru_cache_wrapper self, tuple args, dict kwds):
+    """The whole lru_cache call: key, one hash, lookup, call on a miss, store."""
+    cdef Cache c = self.cache
+    cdef Py_ssize_t slot, e
+    cdef hash_t h
+    cdef uint64_t version
+    cdef PyObject* kw = NULL if kwds is None else <PyObject*>kwds
+    if c is None:
+        self.misses += 1
+        return kv_call(self.func, args, kw)
+    key = _fast_key(args, kwds, self.typed)
+    h = _mix(PyObject_Hash(key), c.t.seed)
+    with cython.critical_section(c):
+        e = _hit_find(c, key, h, &slot)
+        if e >= 0:
+            _hit_touch(c, <entry_t>e)
+            self.hits += 1
+            return <object>PyList_GET_ITEM(c._kv, 2 * e + 1)
+        self.misses += 1
+        version = c._version
+    result = kv_call(self.func, args, kw)
+    _table_store(c, key, h, result, version, slot)
+    return result
+
+
+cdef object _lru_tp_call(PyObject* self, PyObject* args, PyObject* kwds):
+    return _lru_call(<_lru_cache_wrapper>self, <tuple>args,
+                     None if kwds == NULL else <dict>kwds)
+
+
+cdef object _memo_tp_call(PyObject* self, PyObject* args, PyObject* kwds):
+    return _memo_invoke(<_memo_base>self, None, <tuple>args,
+                        None if kwds == NULL else <dict>kwds)
+
+
+cdef inline object _table_store(Cache c, object key, hash_t h, object value,
+                                uint64_t version=0, Py_ssize_t known_slot=-1):
+    """Store value under key (hash h) unless the key is already there; evict one entry if full.
+
+    `known_slot` is where the lookup made at `version` would insert the key: while the table
+    is unchanged (same version) the key is still absent and the slot still right.  Only
+    key.__eq__ (when the table changed meanwhile) runs Python code here.
+    """
+    cdef Py_ssize_t slot, e
+    cdef object evk = None, evv = None     # released when this function returns, after the
+                                           # table is consistent again
+    if c._sizefn is not None or not c._native_evict:
+        # a subclass's popitem or a user choice function decides what goes: the mapping protocol
+        if key not in c:
+            try:
+                c[key] = value
+            except ValueError:
+                pass  # value too large
+        return None
+    with cython.critical_section(c):
+        if known_slot >= 0 and c._version == version:
+            slot = known_slot
+        else:
+            e = table_find(c, key, h, &slot)
+            if e >= 0:
+                return None       # stored meanwhile (recursion or another thread): keep it
+        if c.t.count >= c._max_entries:
+            if c._max_entries < 1:
+                return None
+            evv = c._remove(order_victim(&c.o, &c.t), -1)
+            evk = c._removed_key
+            c._removed_key = None
+            c._evictions += 1
+            # the removal may turn a slot before ours back to empty: probe again
+            slot = table_probe_free(&c.t, h)
+        elif c.t.free_head == ENTRY_NONE:
+            c._make_room_for_one()
+            slot = table_probe_free(&c.t, h)
+        c._insert_at(slot, h, key, value, None)
+    return None
+
+
+@cython.final
+@cython.auto_pickle(False)
+cdef class _lru_cache_wrapper:
+    """functools.lru_cache's wrapper, compiled over the engine's LRU table.
+
+    Thread-safety: as CPython's C version -- hit and miss counts are exact, the function runs
+    outside any lock, and concurrent misses on one key each call it.
+    """
+
+    cdef object func
+    cdef Cache cache              # None when nothing is cached (maxsize == 0)
+    cdef object maxsize
+    cdef bint typed
+    cdef Py_ssize_t hits, misses
+    cdef object cache_info_type
+    cdef dict __dict__
+    cdef object __weakref__
+
+    def __init__(self, func, maxsize, typed, cache_info_type):
+        if not callable(func):
+            raise TypeError("the first argument must be callable")
+        if maxsize is None:
+            self.cache = Cache(math.inf)
+        elif isinstance(maxsize, int):
+            if maxsize < 0:
+                maxsize = 0
+            self.cache = LRUCache(maxsize) if maxsize > 0 else None
+        else:
+            raise TypeError("maxsize should be integer or None")
+        self.func = func
+        self.maxsize = maxsize
+        self.typed = bool(typed)
+        self.cache_info_type = cache_info_type
+        self.hits = self.misses = 0
+
+    def __call__(self, *args, **kwargs):
+        return _lru_call(self, args, kwargs)
+
+    def cache_info(self):
+        """Report cache statistics."""
+        currsize = 0 if self.cache is None else len(self.cache)
+        return self.cache_info_type(self.hits, self.misses, self.maxsize, currsize)
+
+    def cache_clear(self):
+        """Clear the cache and cache statistics."""
+        self.hits = self.misses = 0
+        if self.cache is not None:
+            self.cache.clear()
+
+    def __get__(self, obj, objtype):
+        # bind like a function, so methods work
+        if obj is None:
+            return self
+        return PyMethod_New(self, obj)
+
+    def __reduce__(self):
+        return self.__qualname__
+
+    def __copy__(self):
+        return self
+
+    def __deepcopy__(self, memo):
+        return self
+
+
+
+@cython.final
+@cython.freelist(16)
+@cython.auto_pickle(False)
+cdef class _Flight:
+    """One computation in progress: its leader thread, then its outcome.
+
+    The leader records the outcome, sets `done`, then sets `event` if a waiter made one; a
+    waiter installs `event`, then checks `done` before waiting.  Each of these steps runs
+    without Python code in between, so under the GIL no wake-up is lost and the leader
+    needs no lock (the module is not declared free-threading compatible).
+    """
+    cdef unsigned long owner
+    cdef bint done
+    cdef object result
+    cdef object error
+    cdef object event          # a threading.Event, made by the first waiter
+
+
+cdef inline _Flight _new_flight():
+    cdef _Flight f = _Flight.__new__(_Flight)
+    f.owner = PyThread_get_thread_ident()
+    return f
+
+
+cdef object _threading_Event = None
+
+
+@cython.auto_pickle(False)
+cdef class _memo_base:
+    """The compiled call path of kvcache.memoize: hits, and misses with single flight."""
+
+    cdef readonly object func
+    cdef readonly Cache cache
+    cdef readonly Py_ssize_t hits, misses
+    cdef bint typed
+    cdef bint single_flight
+    cdef object keyfunc
+    cdef dict pending            # key -> _Flight being computed
+    cdef dict waiting            # thread id -> _Flight it waits for
+    cdef public object _attrname  # method mode: the attribute name (set by __set_name__)
+    cdef public bint _is_async    # calls go through the Python-level _invoke
+    cdef PyThread_type_lock lock  # guards pending and waiting (never held across user code
+                                  # other than a key's __hash__/__eq__)
+
+    def __cinit__(self, *args, **kwargs):
+        self.lock = PyThread_allocate_lock()
+        if self.lock == NULL:
+            raise MemoryError("cannot allocate a lock")
+        self.pending = {}
+        self.waiting = {}
+
+    def __dealloc__(self):
+        if self.lock != NULL:
+            PyThread_free_lock(self.lock)
+
+    def __init__(self, func, cache, typed, key, single_flight=True):
+        if not isinstance(cache, Cache):
+            raise TypeError("memoize needs a kvcache cache")
+        self.func = func
+        self.cache = cache
+        self.typed = bool(typed)
+        self.keyfunc = key
+        self.single_flight = bool(single_flight)
+
+    def __call__(self, *args, **kwargs):
+        return _memo_invoke(self, None, args, kwargs)
+
+    def __get__(self, obj, objtype):
+        # Method mode (defined in a class body): each instance has its own memo, kept in the
+        # instance's __dict__; the bound object holds the instance only while it lives.
+        if self._attrname is None:
+            return self
+        if obj is None:
+            return self._unbound()
+        return _memo_bind(self, obj)
+
+    def _invoke(self, owner, tuple args, dict kwargs):
+        """Call through the cache; `owner` (not None) is passed first to the function only."""
+        return _memo_invoke(self, owner, args, kwargs)
+
+    def _make_key(self, tuple args, dict kwargs):
+        if self.keyfunc is not None:
+            return kv_call(self.keyfunc, args, NULL if kwargs is None else <PyObject*>kwargs)
+        return _fast_key(args, kwargs, self.typed)
+
+    def _lookup(self, key):
+        """Return (True, value) on a hit, (False, None) on a miss; counts either."""
+        cdef Cache c = self.cache
+        cdef Py_ssize_t slot, e
+        cdef hash_t h = _mix(PyObject_Hash(key), c.t.seed)
+        with cython.critical_section(c):
+            e = table_find(c, key, h, &slot)
+            if e >= 0:
+                _hit_touch(c, <entry_t>e)
+                self.hits += 1
+                return True, c._kv[2 * e + 1]
+            self.misses += 1
+        return False, None
+
+    def _store(self, key, value):
+        """Store value unless the key is present; raise ValueError if nothing fits (maxsize 0)."""
+        cdef Cache c = self.cache
+        if c._max_entries < 1:
+            raise ValueError("value too large")
+        _table_store(c, key, _mix(PyObject_Hash(key), c.t.seed), value)
+
+    def _call(self, owner, tuple args, dict kwargs):
+        if owner is not None:
+            args = (owner,) + args
+        return kv_call(self.func, args, NULL if kwargs is None else <PyObject*>kwargs)
+
+    def _reset_counts(self):
+        self.hits = self.misses = 0
+
+
+cdef str _MEMO_ATTR = "__kvcache_memos"
+
+
+cdef object _memo_bind(_memo_base self, object obj):
+    cdef _memo_bound b
+    memo = None
+    d = getattr(obj, "__dict__", None)
+    if type(d) is dict:
+        memos = (<dict>d).get(_MEMO_ATTR)
+        if type(memos) is dict:
+            memo = (<dict>memos).get(self)
+    if memo is None:
+        memo = self._instance_memo(obj)      # first use on this instance (Python)
+    b = _memo_bound.__new__(_memo_bound)
+    b.__self__ = obj
+    b._memo = <_memo_base?>memo
+    return b
+
+
+@cython.final
+@cython.freelist(8)
+@cython.auto_pickle(False)
+cdef class _memo_bound:
+    """A `@memoize` method bound to an instance; the instance's own memo does the caching."""
+
+    cdef readonly object __self__
+    cdef _memo_base _memo
+
+    def __call__(self, *args, **kwargs):
+        return _memo_bound_call(self, args, kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._memo, name)
+
+    @property
+    def __func__(self):
+        return self._memo.func
+
+    @property
+    def __wrapped__(self):
+        return self._memo.func
+
+    @property
+    def __doc__(self):
+        return getattr(self._memo.func, "__doc__", None)
+
+    def __repr__(self):
+        return "<memoize %r of %s>" % (self._memo.func, object.__repr__(self.__self__))
+
+
+cdef object _memo_bound_call(_memo_bound self, tuple args, dict kwargs):
+    if self._memo._is_async:
+        return self._memo._invoke(self.__self__, args, kwargs)
+    return _memo_invoke(self._memo, self.__self__, args, kwargs)
+
+
+cdef object _memo_bound_tp_call(PyObject* self, PyObject* args, PyObject* kwds):
+    return _memo_bound_call(<_memo_bound>self, <tuple>args, None if kwds == NULL else <dict>kwds)
+
+
+cdef inline int _memo_lock(_memo_base self) except -1:
+    # Never block while holding the GIL: the holder may need it to finish.
+    if not PyThread_acquire_lock(self.lock, NOWAIT_LOCK):
+        with nogil:
+            PyThread_acquire_lock(self.lock, WAIT_LOCK)
+    return 0
+
+
+cdef inline void _memo_unlock(_memo_base self) noexcept:
+    PyThread_release_lock(self.lock)
+
+
+cdef inline object _memo_compute(_memo_base self, object owner, tuple args, dict kwargs):
+    if owner is not None:
+        args = (owner,) + args
+    return kv_call(self.func, args, NULL if kwargs is None else <PyObject*>kwargs)
+
+
+cdef bint _memo_would_deadlock(_memo_base self, _Flight flight, unsigned long me) except -1:
+    """Does waiting for `flight` wait (through other waiting threads) for this thread?"""
+    cdef Py_ssize_t steps = 0
+    cdef object waited
+    while steps <= len(self.waiting) + 1:
+        if flight.owner == me:
+            return True
+        waited = self.waiting.get(flight.owner)
+        if waited is None:
+            return False
+        flight = <_Flight>waited
+        steps += 1
+    return False
+
+
+cdef object _memo_invoke(_memo_base self, object owner, tuple args, dict kwargs):
+    cdef Cache c = self.cache
+    cdef Py_ssize_t slot = -1, e
+    cdef hash_t h
+    cdef uint64_t version
+    if self.keyfunc is None:
+        key = _fast_key(args, kwargs, self.typed)
+    else:
+        key = kv_call(self.keyfunc, args, NULL if kwargs is None else <PyObject*>kwargs)
+    h = _mix(PyObject_Hash(key), c.t.seed)
+    with cython.critical_section(c):
+        e = _hit_find(c, key, h, &slot)
+        if e >= 0:
+            value = <object>PyList_GET_ITEM(c._kv, 2 * e + 1)
+            if type(value) is _Flight:
+                self.misses += 1
+                return _memo_wait(self, owner, <_Flight>value, args, kwargs)
+            _hit_touch(c, <entry_t>e)
+            self.hits += 1
+            return value
+        self.misses += 1
+        version = c._version
+    if not self.single_flight:
+        result = _memo_compute(self, owner, args, kwargs)
+        _table_store(c, key, h, result, version, slot)
+        return result
+    if c._max_entries >= 1 and c._native_evict and c._sizefn is None:
+        return _memo_claim_and_compute(self, owner, key, h, version, slot, args, kwargs)
+    return _memo_single_flight(self, owner, key, h, version, slot, args, kwargs)
+
+
+cdef object _memo_claim_and_compute(_memo_base self, object owner, object key, hash_t h,
+                                    uint64_t version, Py_ssize_t slot, tuple args, dict kwargs):
+    """Single flight through a placeholder in the table: claim, compute, then replace."""
+    cdef Cache c = self.cache
+    cdef Py_ssize_t e
+    cdef entry_t claimed
+    cdef object evk = None, evv = None
+    cdef _Flight flight = _new_flight()       # may run the GC (and other threads): check below
+    with cython.critical_section(c):
+        if c._version != version:
+            e = table_find(c, key, h, &slot)
+            if e >= 0:
+                value = c._kv[2 * e + 1]
+                if type(value) is _Flight:
+                    return _memo_wait(self, owner, <_Flight>value, args, kwargs)
+                return value          # stored meanwhile by another thread
+        if c.t.count >= c._max_entries:
+            evv = c._remove(order_victim(&c.o, &c.t), -1)
+            evk = c._removed_key
+            c._removed_key = None
+            c._evictions += 1
+            slot = table_probe_free(&c.t, h)
+        elif c.t.free_head == ENTRY_NONE:
+            c._make_room_for_one()
+            slot = table_probe_free(&c.t, h)
+        claimed = c._insert_at(slot, h, key, flight, None)
+    evk = evv = None                  # released now that the table is consistent
+    try:
+        result = _memo_compute(self, owner, args, kwargs)
+    except BaseException as exc:
+        flight.error = exc
+        _memo_settle(self, c, key, h, claimed, flight, None, True)
+        raise
+    _memo_settle(self, c, key, h, claimed, flight, result, False)
+    return result
+
+
+cdef int _memo_settle(_memo_base self, Cache c, object key, hash_t h, entry_t e, _Flight flight,
+                      object result, bint failed) except -1:
+    """Replace the placeholder with the result (or drop it on failure), then wake the waiters."""
+    cdef Py_ssize_t slot, found
+    cdef object old_key = None, old_value = None
+    with cython.critical_section(c):
+        if not (c._kv[2 * e] is key and c._kv[2 * e + 1] is flight):
+            # the entry moved (the table was rebuilt) or was evicted / invalidated meanwhile
+            found = table_find(c, key, h, &slot)
+            e = <entry_t>found if found >= 0 and c._kv[2 * found + 1] is flight else ENTRY_NONE
+        if e != ENTRY_NONE:
+            if failed:
+                old_value = c._remove(e, -1)
+                old_key = c._removed_key
+                c._removed_key = None
+            else:
+                c._kv[2 * e + 1] = result
+                if c.o.policy == POLICY_LRU:
+                    _list_move_to_end(&c.o, &c.t, e)
+    flight.result = result
+    flight.done = True
+    event = flight.event
+    if event is not None:
+        event.set()
+    return 0
+
+
+cdef object _memo_wait(_memo_base self, object owner, _Flight flight, tuple args, dict kwargs):
+    """Wait for another caller's computation of this key; compute directly if that would deadlock."""
+    cdef unsigned long me = PyThread_get_thread_ident()
+    cdef int role = 0          # 0 done already, 1 wait, 2 compute directly
+    _memo_lock(self)
+    try:
+        if not flight.done:
+            if _memo_would_deadlock(self, flight, me):
+                role = 2
+            else:
+                self.waiting[me] = flight
+                role = 1
+    finally:
+        _memo_unlock(self)
+    if role == 2:
+        return _memo_compute(self, owner, args, kwargs)
+    if role == 1:
+        try:
+            if flight.event is None:
+                event = _threading_Event()      # Python code: the leader may finish meanwhile
+                if flight.event is None:
+                    flight.event = event
+            if not flight.done:
+                flight.event.wait()
+        finally:
+            _memo_lock(self)
+            try:
+                del self.waiting[me]
+            finally:
+                _memo_unlock(self)
+    if flight.error is not None:
+        raise flight.error
+    return flight.result
+
+
+cdef object _memo_single_flight(_memo_base self, object owner, object key, hash_t h,
+                                uint64_t version, Py_ssize_t known_slot, tuple args, dict kwargs):
+    """Single flight through the `pending` dict, for caches that cannot hold a placeholder
+    (maxsize 0, sizes, user eviction hooks)."""
+    cdef Cache c = self.cache
+    cdef Py_ssize_t slot, e
+    cdef _Flight flight
+    cdef unsigned long me = PyThread_get_thread_ident()
+    cdef bint leader = False
+    cdef object found = _MARKER
+    _memo_lock(self)
+    try:
+        if c._version != version:
+            # the table changed since our lookup: a leader may have stored the key
+            with cython.critical_section(c):
+                e = table_find(c, key, h, &slot)
+                if e >= 0:
+                    found = c._kv[2 * e + 1]
+        if found is _MARKER:
+            existing = self.pending.get(key) if self.pending else None
+            if existing is None:
+                flight = _new_flight()
+                self.pending[key] = flight
+                leader = True
+            else:
+                flight = <_Flight>existing
+    finally:
+        _memo_unlock(self)
+    if found is not _MARKER:
+        return found
+    if not leader:
+        return _memo_wait(self, owner, flight, args, kwargs)
+    try:
+        result = _memo_compute(self, owner, args, kwargs)
+    except BaseException as exc:
+        flight.error = exc
+        _memo_finish(self, key, flight)
+        raise
+    flight.result = result
+    try:
+        _table_store(c, key, h, result, version, known_slot)
+    finally:
+        _memo_finish(self, key, flight)
+    return result
+
+
+cdef int _memo_finish(_memo_base self, object key, _Flight flight) except -1:
+    """Retire the leader's flight and wake its waiters (outcome already recorded)."""
+    _memo_lock(self)
+    try:
+        if self.pending.get(key) is flight:
+            del self.pending[key]
+    finally:
+        _memo_unlock(self)
+    flight.done = True
+    event = flight.event
+    if event is not None:
+        event.set()
+    return 0
+
+
+# -- cachetools.cached (no lock, no info): the call path of decorators._Cached ----------------
+
+cdef object _plain_keyfunc = None   # keys.hashkey: without keywords its key is the args tuple
+
+
+def _register_plain_keyfunc(fn):
+    """Tell the compiled path which key function builds (an equal of) the args tuple."""
+    global _plain_keyfunc
+    _plain_keyfunc = fn
+
+
+@cython.auto_pickle(False)
+cdef class _cached_base:
+    """Compiled call path of `cached(cache)` without lock or info (a Python subclass adds the rest)."""
+
+    cdef public object cache
+    cdef public object cache_key
+    cdef public object _func
+
+    def __call__(self, *args, **kwargs):
+        return _cached_tp_call(<PyObject*>self, <PyObject*>args, <PyObject*>kwargs)
+
+
+cdef object _cached_tp_call(PyObject* self, PyObject* args, PyObject* kwds):
+    cdef _cached_base w = <_cached_base>self
+    keyfunc = w.cache_key
+    if keyfunc is _plain_keyfunc and (kwds == NULL or PyDict_Size(<object>kwds) == 0):
+        key = <object>args      # what hashkey(*args) equals, hashes like, and cachetools 8 returns
+    else:
+        key = kv_call(keyfunc, <object>args, kwds)
+    return _mapping_memo_call(w.cache, key, w._func, <tuple>args, kwds)
+
+
+cdef object _mapping_memo_call(object cache, object key, object func, tuple args, PyObject* kwds):
+    """cachetools' basic wrapper body: look key up in cache, else call func(*args) and store."""
+    cdef Cache c
+    cdef Py_ssize_t slot = -1, e
+    cdef hash_t h
+    cdef uint64_t version
+    if isinstance(cache, Cache) and (<Cache>cache)._native_getitem and (<Cache>cache)._native_missing:
+        c = <Cache>cache
+        h = _mix(PyObject_Hash(key), c.t.seed)
+        with cython.critical_section(c):
+            e = _hit_find(c, key, h, &slot)
+            if e >= 0:
+                c._hits += 1
+                order_touch(&c.o, &c.t, <entry_t>e)
+                return <object>PyList_GET_ITEM(c._kv, 2 * e + 1)
+            c._misses += 1
+            version = c._version
+        val = kv_call(func, args, kwds)
+        if c._version == version and c._sizefn is None and c._native_evict and \
+                c._on_evict is None and c._max_entries >= 1:
+            _table_store(c, key, h, val, version, slot)     # the key is still absent
+        else:
+            # the table changed meanwhile (maybe the key was stored: cachetools overwrites
+            # it), or the cache has sizes, an eviction hook or callback: the mapping protocol
+            try:
+                c[key] = val
+            except ValueError:
+                pass            # value too large
+        return val
+    try:
+        return cache[key]
+    except KeyError:
+        pass                    # leave the handler: the call must not chain to this KeyError
+    val = kv_call(func, args, kwds)
+    try:
+        cache[key] = val
+    except ValueError:
+        pass
+    return val
+
+
+# -- cachetools.cachedmethod: the bound method's call path ---------------------------------------
+
+cdef object _plain_methodkey = None    # keys.methodkey: without keywords, the args tuple
+
+
+def _register_plain_methodkey(fn):
+    """Tell the compiled path which method key function builds (an equal of) the args tuple."""
+    global _plain_methodkey
+    _plain_methodkey = fn
+
+
+@cython.auto_pickle(False)
+cdef class _cm_desc_base:
+    """Base of the `@cachedmethod` descriptor: its fields and its (compiled) __get__."""
+
+    cdef public object _method, _cache, _key, _lock, _cond, _attrname, _bound
+    cdef public bint _info, _plain
+
+    def __get__(self, obj, objtype):
+        cdef _cm_bound b
+        if self._attrname is None or obj is None:
+            return self._get_slow(obj)
+        b = (<type>self._bound).__new__(self._bound)
+        b.__self__ = obj
+        b._desc = self
+        return b
+
+
+@cython.auto_pickle(False)
+cdef class _cm_bound:
+    """Base of a `@cachedmethod` bound to an instance (the Python subclass adds the API)."""
+
+    cdef readonly object __self__
+    cdef readonly _cm_desc_base _desc
+
+    def __call__(self, *args, **kwargs):
+        return _cm_call(self, args, kwargs)
+
+
+cdef object _cm_call(_cm_bound b, tuple args, dict kwds):
+    cdef _cm_desc_base desc = b._desc
+    obj = b.__self__
+    if not desc._plain:
+        return desc._call(obj, args, {} if kwds is None else kwds)   # lock, condition or info
+    cache = kv_call(desc._cache, (obj,), NULL)
+    keyfunc = desc._key
+    if keyfunc is _plain_methodkey and (kwds is None or PyDict_Size(kwds) == 0):
+        key = args
+    else:
+        key = kv_call(keyfunc, (obj,) + args, NULL if kwds is None else <PyObject*>kwds)
+    return _mapping_memo_call(cache, key, desc._method, (obj,) + args,
+                              NULL if kwds is None else <PyObject*>kwds)
+
+
+cdef object _cm_tp_call(PyObject* self, PyObject* args, PyObject* kwds):
+    return _cm_call(<_cm_bound>self, <tuple>args, None if kwds == NULL else <dict>kwds)
+
+
+cdef class LRU(LRUCache):
+    """lru-dict's LRU: a dict of at most `size` items that evicts the least recently used.
+
+    `callback(key, value)` is called for each eviction (not for del, pop, popitem or clear).
+    `keys()`, `values()` and `items()` return lists, most recently used first; lookups
+    (`[]`, `get`, `pop`, `setdefault`) count in `get_stats()`; `in` and `has_key` do not.
+    """
+
+    def __init__(self, size, callback=None):
+        size = operator.index(size)
+        if size <= 0:
+            raise ValueError("Size should be a positive number")
+        if callback is not None and not callable(callback):
+            raise TypeError("parameter must be callable")
+        self._setup(size, None, callback, None, None, None)
+
+    def keys(self):
+        """Return the keys as a list, most recently used first."""
+        return list(_CacheIterator(self, 3))
+
+    def values(self):
+        """Return the values as a list, most recently used first."""
+        return [v for k, v in self.items()]
+
+    def items(self):
+        """Return the (key, value) pairs as a list, most recently used first."""
+        cdef Py_ssize_t i
+        with cython.critical_section(self):
+            order = self._order_array().tolist()
+            return [(self._kv[2 * order[i]], self._kv[2 * order[i] + 1])
+                    for i in range(len(order) - 1, -1, -1)]
+
+    def __iter__(self):
+        return _CacheIterator(self, 3)
+
+    def has_key(self, key):
+        """Return whether key is present (not counted as a use)."""
+        return key in self
+
+    def peek_first_item(self):
+        """Return the most recently used (key, value) pair without touching it, or None."""
+        with cython.critical_section(self):
+            if self.t.count == 0:
+                return None
+            return (self._kv[2 * self.o.tail], self._kv[2 * self.o.tail + 1])
+
+    def peek_last_item(self):
+        """Return the least recently used (key, value) pair without touching it, or None."""
+        with cython.critical_section(self):
+            if self.t.count == 0:
+                return None
+            return (self._kv[2 * self.o.head], self._kv[2 * self.o.head + 1])
+
+    def get_size(self):
+        """Return the maximum number of items."""
+        return self._maxsize
+
+    def set_size(self, size):
+        """Set the maximum number of items, evicting (with the callback) to fit."""
+        size = operator.index(size)
+        if size <= 0:
+            raise ValueError("Size should be a positive number")
+        self.resize(size)
+
+    def set_callback(self, callback):
+        """Set the function called with (key, value) for each eviction; None removes it."""
+        if callback is not None and not callable(callback):
+            raise TypeError("parameter must be callable")
+        self._on_evict = callback
+
+    def get_stats(self):
+        """Return (hits, misses) of the lookups so far."""
+        return (self._hits, self._misses)
+
+    def pop(self, key, default=_MARKER):
+        """Remove key and return its value (a counted lookup); default or KeyError if absent."""
+        cdef Py_ssize_t slot, e
+        cdef hash_t h = _key_hash(self, key)
+        cdef object k, v
+        with cython.critical_section(self):
+            e = table_find(self, key, h, &slot)
+            if e >= 0:
+                self._hits += 1
+                v = self._remove(<entry_t>e, slot)
+                k = self._removed_key
+                self._removed_key = None
+                return v
+            self._misses += 1
+        if default is _MARKER:
+            raise KeyError(key)
+        return default
+
+    def setdefault(self, key, default=None):
+        """Return key's value (a counted lookup); if absent, insert default and return it."""
+        cdef object v = self.get(key, _MARKER)
+        if v is not _MARKER:
+            return v
+        self[key] = default
+        return default
+
+    def popitem(self, least_recent=True):
+        """Remove and return the least (or, with least_recent=False, most) recently used pair."""
+        cdef entry_t e
+        with cython.critical_section(self):
+            if self.t.count == 0:
+                raise KeyError("popitem(): LRU dict is empty")
+            e = self.o.head if least_recent else self.o.tail
+            value = self._remove(e, -1)
+            key = self._removed_key
+            self._removed_key = None
+            return (key, value)
+
+    def clear(self):
+        """Remove every item and reset the statistics."""
+        LRUCache.clear(self)
+        self._hits = self._misses = 0
+
+    def __repr__(self):
+        if Py_ReprEnter(self) != 0:
+            return "{...}"
+        try:
+            return repr(dict(reversed(self.items())))
+        finally:
+            Py_ReprLeave(self)
+
+    def __reduce__(self):
+        fn, args, state = LRUCache.__reduce__(self)
+        return (_rebuild_lru, (self._maxsize, self._on_evict), state)
+
+
+def _rebuild_lru(size, callback):
+    return LRU(size, callback)
+
+
+kv_install_tp_call(_lru_cache_wrapper, <void*>_lru_tp_call)
+kv_install_tp_call(_memo_base, <void*>_memo_tp_call)
+kv_install_tp_call(_memo_bound, <void*>_memo_bound_tp_call)
+
+
+def _install_fast_call(cls):
+    """Point a Python subclass of _memo_base or _cached_base at its compiled call path.
+
+    A subclass that defines __call__ itself keeps it.
+    """
+    cdef void* fn
+    if isinstance(cls, type) and issubclass(cls, _memo_base):
+        base, fn = _memo_base, <void*>_memo_tp_call
+    elif isinstance(cls, type) and issubclass(cls, _cached_base):
+        base, fn = _cached_base, <void*>_cached_tp_call
+    elif isinstance(cls, type) and issubclass(cls, _cm_bound):
+        base, fn = _cm_bound, <void*>_cm_tp_call
+    else:
+        raise TypeError("expected a subclass of _memo_base, _cached_base or _cm_bound")
+    for klass in cls.__mro__:
+        if "__call__" in klass.__dict__ and klass is not base:
+            return
+    kv_install_tp_call(cls, fn)
+
+
+import threading as _threading_module
+_threading_Event = _threading_module.Event
+
+
+# LRU.popitem() without arguments evicts like the engine's own: keep the fast insertion path.
+_NATIVE_POPITEMS = _NATIVE_POPITEMS | frozenset([LRU.popitem])
