@@ -1,0 +1,584 @@
+# Paged KV-cache block manager: block ids, reference counts, the LRU of free cached
+# blocks and the prefix table keyed by chained 128-bit digests.
+#
+# Included at the end of _core.pyx (`include "_paged.pxi"`), so it shares the module's
+# directives (boundscheck/wraparound off): every index that comes from Python is
+# checked in the `_paged_*` conversion helpers or at the top of each method, before
+# any state changes.
+#
+# Layout (preshed style: flat C arrays, a thin class around them). Per block b:
+#   refcount[b]        int32, references held by requests
+#   free_stack[..]     int32, blocks that hold nothing (LIFO, top = n_free - 1)
+#   lru_prev/next[b]   int32, doubly linked LRU of blocks that are cached AND free
+#   registered[b]      1 while b is in the prefix table
+#   gen[b]             uint64, bumped every time b leaves the table (see below)
+#   dig[2b], dig[2b+1] the block's digest (low, high 64 bits)
+#   parent[b], parent_gen[b]   the block it was committed after, and that block's gen
+#   tokens[b*bs ..]    the block's token ids (int32), the ground truth of a match
+# The table `index` is open addressing with linear probing over int32 slots (-1 empty)
+# at load <= 1/2, deleted with backward shifting so no tombstones pile up.
+#
+# Why a match never trusts the digest: a candidate is accepted only when its stored
+# tokens equal the query's AND its stored parent is the block just matched for the
+# previous position with that block's current generation. By induction the whole
+# prefix is confirmed token for token, whatever the digest width (the test hook
+# `digest_bits` truncates digests to force collisions). The generation makes a
+# block that was evicted and reused for other tokens unusable as a parent for
+# the children it had before.
+#
+# Reentrancy: nothing here calls user Python code; inputs are converted to numpy
+# arrays before the critical section, and errors are raised before any mutation.
+
+cimport cython
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint64_t
+from libc.string cimport memcmp, memcpy
+from murmurhash.mrmr cimport hash128_x64
+
+import numpy as _paged_np
+from collections import namedtuple as _paged_namedtuple
+
+
+class PoolExhaustedError(RuntimeError):
+    """Raised when a block pool has no free or evictable block left; nothing was changed."""
+
+
+PrefixCacheStats = _paged_namedtuple(
+    "PrefixCacheStats",
+    ["queries", "hit_blocks", "hit_tokens", "committed", "evictions",
+     "cached", "free", "evictable", "in_use", "num_blocks"],
+)
+
+cdef int64_t _PAGED_MAX_TOKEN = 2147483647
+
+
+cdef object _paged_ids(object ids, int32_t num_blocks):
+    """Return `ids` as a contiguous int64 array of valid block ids, or raise."""
+    cdef int64_t[::1] v
+    cdef Py_ssize_t i
+    arr = _paged_np.ascontiguousarray(ids, dtype=_paged_np.int64)
+    if arr.ndim != 1:
+        raise ValueError("block ids must be a 1-d sequence of ints")
+    v = arr
+    for i in range(v.shape[0]):
+        if v[i] < 0 or v[i] >= num_blocks:
+            raise ValueError(f"block id {v[i]} out of range [0, {num_blocks})")
+    return arr
+
+
+cdef object _paged_tokens(object tokens):
+    """Return `tokens` as a contiguous int64 array of token ids in [0, 2**31), or raise."""
+    cdef int64_t[::1] v
+    cdef Py_ssize_t i
+    arr = _paged_np.ascontiguousarray(tokens, dtype=_paged_np.int64)
+    if arr.ndim != 1:
+        raise ValueError("tokens must be a 1-d sequence of ints")
+    v = arr
+    for i in range(v.shape[0]):
+        if v[i] < 0 or v[i] > _PAGED_MAX_TOKEN:
+            raise ValueError(f"token id {v[i]} out of range [0, 2**31)")
+    return arr
+
+
+@cython.final
+cdef class _PagedBlocks:
+    """Manage block ids of a KV pool: O(1) alloc/free, refcounts, prefix table, LRU.
+
+    Thread-safety: every public method runs inside a critical section on the
+    instance (the GIL on regular builds), so concurrent calls are serialised.
+    """
+    cdef readonly int32_t num_blocks
+    cdef readonly int32_t block_size
+    cdef readonly bint prefix_enabled
+    cdef readonly int digest_bits
+    cdef readonly bytes salt
+    cdef int32_t n_free, n_lru, lru_head, lru_tail, n_registered
+    cdef int64_t n_queries, n_hit_blocks, n_committed, n_evictions
+    cdef uint64_t mask_lo, mask_hi, index_mask, stamp
+    cdef int32_t* refcount
+    cdef int32_t* free_stack
+    cdef int32_t* lru_prev
+    cdef int32_t* lru_next
+    cdef uint8_t* registered
+    cdef uint64_t* gen
+    cdef uint64_t* mark
+    cdef int32_t* count
+    cdef uint64_t* dig
+    cdef int32_t* parent
+    cdef uint64_t* parent_gen
+    cdef int32_t* tokens
+    cdef int32_t* index
+    cdef int32_t* plan
+    cdef uint64_t* plan_dig
+    cdef int32_t* plan_parent
+    cdef uint64_t* plan_gen
+    cdef int32_t* plan_pos
+    cdef char* buf
+    cdef Py_ssize_t buf_len
+    # numpy arrays owning the memory behind the pointers above
+    cdef object _arrays
+    cdef object _buf
+
+    def __cinit__(self, Py_ssize_t num_blocks, Py_ssize_t block_size):
+        cdef Py_ssize_t i
+        if num_blocks < 1 or num_blocks > 2**30:
+            raise ValueError("num_blocks must be in [1, 2**30]")
+        if block_size < 1 or block_size > 2**20:
+            raise ValueError("block_size must be in [1, 2**20]")
+        self.num_blocks = <int32_t>num_blocks
+        self.block_size = <int32_t>block_size
+        self._arrays = []
+        self.refcount = <int32_t*>self._alloc(num_blocks, _paged_np.int32)
+        self.free_stack = <int32_t*>self._alloc(num_blocks, _paged_np.int32)
+        self.lru_prev = <int32_t*>self._alloc(num_blocks, _paged_np.int32)
+        self.lru_next = <int32_t*>self._alloc(num_blocks, _paged_np.int32)
+        self.registered = <uint8_t*>self._alloc(num_blocks, _paged_np.uint8)
+        self.gen = <uint64_t*>self._alloc(num_blocks, _paged_np.uint64)
+        self.mark = <uint64_t*>self._alloc(num_blocks, _paged_np.uint64)
+        self.count = <int32_t*>self._alloc(num_blocks, _paged_np.int32)
+        # First pop hands out block 0, then 1, ... (keeps tests and traces readable).
+        for i in range(num_blocks):
+            self.free_stack[i] = <int32_t>(num_blocks - 1 - i)
+            self.lru_prev[i] = -1
+            self.lru_next[i] = -1
+        self.n_free = self.num_blocks
+        self.lru_head = -1
+        self.lru_tail = -1
+        self.prefix_enabled = False
+        self.salt = b""
+
+    cdef void* _alloc(self, Py_ssize_t n, dtype) except NULL:
+        cdef Py_ssize_t nbytes
+        arr = _paged_np.zeros(max(n, 1), dtype=dtype)
+        self._arrays.append(arr)
+        return <void*><Py_ssize_t>arr.ctypes.data
+
+    def enable_prefix(self, salt=b"", int digest_bits=128):
+        """Allocate the prefix table; `digest_bits` < 128 truncates digests (test hook)."""
+        cdef Py_ssize_t cap, n = self.num_blocks, i
+        if self.prefix_enabled:
+            raise ValueError("this pool already has a PrefixCache attached")
+        if not isinstance(salt, (bytes, bytearray, memoryview)):
+            raise TypeError("salt must be bytes")
+        if digest_bits < 0 or digest_bits > 128:
+            raise ValueError("digest_bits must be in [0, 128]")
+        self.salt = bytes(salt)
+        self.digest_bits = digest_bits
+        if digest_bits >= 64:
+            self.mask_lo = <uint64_t>0xFFFFFFFFFFFFFFFF
+            self.mask_hi = (<uint64_t>0xFFFFFFFFFFFFFFFF) if digest_bits == 128 else \
+                ((<uint64_t>1 << (digest_bits - 64)) - 1)
+        else:
+            self.mask_lo = ((<uint64_t>1 << digest_bits) - 1) if digest_bits > 0 else 0
+            self.mask_hi = 0
+        cap = 16
+        while cap < 2 * n:
+            cap *= 2
+        self.index_mask = <uint64_t>(cap - 1)
+        self.dig = <uint64_t*>self._alloc(2 * n, _paged_np.uint64)
+        self.parent = <int32_t*>self._alloc(n, _paged_np.int32)
+        self.parent_gen = <uint64_t*>self._alloc(n, _paged_np.uint64)
+        self.tokens = <int32_t*>self._alloc(n * self.block_size, _paged_np.int32)
+        self.index = <int32_t*>self._alloc(cap, _paged_np.int32)
+        self.plan = <int32_t*>self._alloc(n, _paged_np.int32)
+        self.plan_dig = <uint64_t*>self._alloc(2 * n, _paged_np.uint64)
+        self.plan_parent = <int32_t*>self._alloc(n, _paged_np.int32)
+        self.plan_gen = <uint64_t*>self._alloc(n, _paged_np.uint64)
+        self.plan_pos = <int32_t*>self._alloc(n, _paged_np.int32)
+        for i in range(cap):
+            self.index[i] = -1
+        # Hash input: parent digest (16 bytes) | block tokens (int32, native order) | salt.
+        self.buf_len = 16 + 4 * self.block_size + len(self.salt)
+        self._buf = bytearray(self.buf_len)
+        self.buf = <char*>self._buf
+        memcpy(self.buf + 16 + 4 * self.block_size, <char*>self.salt, len(self.salt))
+        self.prefix_enabled = True
+
+    # ---- C-level helpers; all assume the critical section is held ----
+
+    cdef inline void _lru_unlink_locked(self, int32_t b) noexcept nogil:
+        cdef int32_t p = self.lru_prev[b], q = self.lru_next[b]
+        if p >= 0:
+            self.lru_next[p] = q
+        else:
+            self.lru_head = q
+        if q >= 0:
+            self.lru_prev[q] = p
+        else:
+            self.lru_tail = p
+        self.lru_prev[b] = -1
+        self.lru_next[b] = -1
+        self.n_lru -= 1
+
+    cdef inline void _lru_append_locked(self, int32_t b) noexcept nogil:
+        self.lru_prev[b] = self.lru_tail
+        self.lru_next[b] = -1
+        if self.lru_tail >= 0:
+            self.lru_next[self.lru_tail] = b
+        else:
+            self.lru_head = b
+        self.lru_tail = b
+        self.n_lru += 1
+
+    cdef inline void _pack_locked(self, const int64_t* toks) noexcept nogil:
+        cdef int32_t* dst = <int32_t*>(self.buf + 16)
+        cdef Py_ssize_t j
+        for j in range(self.block_size):
+            dst[j] = <int32_t>toks[j]
+
+    cdef inline void _digest_locked(self, uint64_t plo, uint64_t phi,
+                                    uint64_t* out) noexcept nogil:
+        # Tokens must already be packed into buf by _pack_locked.
+        cdef uint64_t* head = <uint64_t*>self.buf
+        head[0] = plo
+        head[1] = phi
+        hash128_x64(self.buf, <int>self.buf_len, 0, out)
+        out[0] &= self.mask_lo
+        out[1] &= self.mask_hi
+
+    cdef int32_t _find_locked(self, uint64_t lo, uint64_t hi, int32_t par,
+                              uint64_t pgen, const int32_t* toks) noexcept nogil:
+        cdef uint64_t i = lo & self.index_mask
+        cdef int32_t b
+        cdef size_t nbytes = 4 * <size_t>self.block_size
+        while True:
+            b = self.index[i]
+            if b < 0:
+                return -1
+            if (self.dig[2 * b] == lo and self.dig[2 * b + 1] == hi
+                    and self.parent[b] == par and self.parent_gen[b] == pgen
+                    and memcmp(self.tokens + <Py_ssize_t>b * self.block_size, toks, nbytes) == 0):
+                return b
+            i = (i + 1) & self.index_mask
+
+    cdef void _register_locked(self, int32_t b, uint64_t lo, uint64_t hi, int32_t par,
+                               uint64_t pgen, const int32_t* toks) noexcept nogil:
+        cdef uint64_t i = lo & self.index_mask
+        while self.index[i] >= 0:
+            i = (i + 1) & self.index_mask
+        self.index[i] = b
+        self.dig[2 * b] = lo
+        self.dig[2 * b + 1] = hi
+        self.parent[b] = par
+        self.parent_gen[b] = pgen
+        memcpy(self.tokens + <Py_ssize_t>b * self.block_size, toks, 4 * <size_t>self.block_size)
+        self.registered[b] = 1
+        self.n_registered += 1
+
+    cdef void _unregister_locked(self, int32_t b) noexcept nogil:
+        cdef uint64_t m = self.index_mask
+        cdef uint64_t i = self.dig[2 * b] & m, j
+        cdef int32_t e
+        while self.index[i] != b:
+            i = (i + 1) & m
+        # Backward-shift deletion: pull later entries of the probe run into the hole
+        # when the hole lies between their home slot and their current slot.
+        j = i
+        while True:
+            j = (j + 1) & m
+            e = self.index[j]
+            if e < 0:
+                break
+            if ((j - (self.dig[2 * e] & m)) & m) >= ((j - i) & m):
+                self.index[i] = e
+                i = j
+        self.index[i] = -1
+        self.registered[b] = 0
+        self.gen[b] += 1
+        self.n_registered -= 1
+
+    cdef int32_t _take_locked(self) noexcept nogil:
+        # Caller checked n_free + n_lru > 0. Free blocks first; evict only when needed.
+        cdef int32_t b
+        if self.n_free > 0:
+            self.n_free -= 1
+            b = self.free_stack[self.n_free]
+        else:
+            b = self.lru_head
+            self._lru_unlink_locked(b)
+            self._unregister_locked(b)
+            self.n_evictions += 1
+        self.refcount[b] = 1
+        return b
+
+    cdef inline void _decref_locked(self, int32_t b) noexcept nogil:
+        self.refcount[b] -= 1
+        if self.refcount[b] == 0:
+            if self.registered[b]:
+                self._lru_append_locked(b)
+            else:
+                self.free_stack[self.n_free] = b
+                self.n_free += 1
+
+    cdef int _check_held_locked(self, const int64_t* ids, Py_ssize_t n) except -1:
+        # Each id must be referenced at least as many times as it appears in `ids`.
+        cdef Py_ssize_t i
+        cdef int32_t b
+        self.stamp += 1
+        for i in range(n):
+            b = <int32_t>ids[i]
+            if self.mark[b] != self.stamp:
+                self.mark[b] = self.stamp
+                self.count[b] = 0
+            self.count[b] += 1
+            if self.count[b] > self.refcount[b]:
+                raise ValueError(
+                    f"block {b} is not referenced" if self.refcount[b] == 0 else
+                    f"block {b} appears {self.count[b]} times but has only "
+                    f"{self.refcount[b]} reference(s)")
+        return 0
+
+    cdef int _require_prefix(self) except -1:
+        if not self.prefix_enabled:
+            raise ValueError("no PrefixCache is attached to this pool")
+        return 0
+
+    # ---- public API ----
+
+    def allocate(self, Py_ssize_t n):
+        """Return `n` block ids with refcount 1, evicting LRU free cached blocks if needed."""
+        cdef Py_ssize_t i
+        cdef int32_t[::1] out
+        if n < 0:
+            raise ValueError("cannot allocate a negative number of blocks")
+        res = _paged_np.empty(n, dtype=_paged_np.int32)
+        out = res
+        with cython.critical_section(self):
+            if n > <Py_ssize_t>self.n_free + self.n_lru:
+                raise PoolExhaustedError(
+                    f"block pool exhausted: {n} block(s) requested, {self.n_free} free and "
+                    f"{self.n_lru} evictable of {self.num_blocks}; the rest are referenced")
+            for i in range(n):
+                out[i] = self._take_locked()
+        return res
+
+    def release(self, ids):
+        """Drop one reference per id (last to first, so a chain's tail is evicted first)."""
+        cdef int64_t[::1] v
+        cdef Py_ssize_t i
+        arr = _paged_ids(ids, self.num_blocks)
+        v = arr
+        with cython.critical_section(self):
+            self._check_held_locked(&v[0] if v.shape[0] else NULL, v.shape[0])
+            for i in range(v.shape[0] - 1, -1, -1):
+                self._decref_locked(<int32_t>v[i])
+
+    def incref(self, ids):
+        """Take one more reference on each (already referenced) block id."""
+        cdef int64_t[::1] v
+        cdef Py_ssize_t i
+        arr = _paged_ids(ids, self.num_blocks)
+        v = arr
+        with cython.critical_section(self):
+            for i in range(v.shape[0]):
+                if self.refcount[v[i]] <= 0:
+                    raise ValueError(f"block {v[i]} is not referenced; use match() to reuse a "
+                                     "cached block")
+            for i in range(v.shape[0]):
+                self.refcount[v[i]] += 1
+
+    def match(self, tokens):
+        """Reference the longest cached run of whole blocks prefixing `tokens`.
+
+        Return `(n_cached_tokens, block_ids)`.
+        """
+        cdef int64_t[::1] t
+        cdef int32_t[::1] out
+        cdef Py_ssize_t nfull, i, k = 0
+        cdef int32_t par = -1, b
+        cdef uint64_t pgen = 0
+        cdef uint64_t d[2]
+        cdef uint64_t plo = 0, phi = 0
+        self._require_prefix()
+        arr = _paged_tokens(tokens)
+        t = arr
+        nfull = t.shape[0] // self.block_size
+        res = _paged_np.empty(min(nfull, <Py_ssize_t>self.num_blocks), dtype=_paged_np.int32)
+        out = res
+        with cython.critical_section(self):
+            for i in range(min(nfull, <Py_ssize_t>self.num_blocks)):
+                self._pack_locked(&t[i * self.block_size])
+                self._digest_locked(plo, phi, d)
+                b = self._find_locked(d[0], d[1], par, pgen, <int32_t*>(self.buf + 16))
+                if b < 0:
+                    break
+                out[k] = b
+                k += 1
+                par = b
+                pgen = self.gen[b]
+                plo = d[0]
+                phi = d[1]
+            for i in range(k):
+                b = out[i]
+                if self.refcount[b] == 0:
+                    self._lru_unlink_locked(b)
+                self.refcount[b] += 1
+            self.n_queries += 1
+            self.n_hit_blocks += k
+        return k * self.block_size, res[:k]
+
+    def commit(self, tokens, ids):
+        """Register every full block of `tokens` held in `ids` (the request's block table).
+
+        Return the number of blocks newly added to the table; a block whose content is
+        already cached under another id stays private and is freed on release.
+        """
+        cdef int64_t[::1] t, v
+        cdef Py_ssize_t nfull, i, n_plan = 0
+        cdef int32_t par = -1, b, canon
+        cdef uint64_t pgen = 0, plo = 0, phi = 0
+        cdef uint64_t d[2]
+        cdef int32_t* packed
+        self._require_prefix()
+        tarr = _paged_tokens(tokens)
+        varr = _paged_ids(ids, self.num_blocks)
+        t = tarr
+        v = varr
+        nfull = t.shape[0] // self.block_size
+        if v.shape[0] < nfull:
+            raise ValueError(f"{nfull} full block(s) of tokens but only {v.shape[0]} block id(s)")
+        packed = <int32_t*>(self.buf + 16)
+        with cython.critical_section(self):
+            for i in range(nfull):
+                if self.refcount[v[i]] <= 0:
+                    raise ValueError(f"block {v[i]} is not referenced; commit only blocks you hold")
+            # Pass 1 decides everything and raises on bad input; pass 2 only writes.
+            self.stamp += 1
+            for i in range(nfull):
+                b = <int32_t>v[i]
+                self._pack_locked(&t[i * self.block_size])
+                self._digest_locked(plo, phi, d)
+                if self.registered[b]:
+                    if not (self.dig[2 * b] == d[0] and self.dig[2 * b + 1] == d[1]
+                            and self.parent[b] == par and self.parent_gen[b] == pgen
+                            and memcmp(self.tokens + <Py_ssize_t>b * self.block_size, packed,
+                                       4 * <size_t>self.block_size) == 0):
+                        raise ValueError(f"block {b} is cached for other tokens than position {i}")
+                    canon = b
+                else:
+                    canon = self._find_locked(d[0], d[1], par, pgen, packed)
+                    if canon < 0:
+                        if self.mark[b] == self.stamp:
+                            raise ValueError(f"block {b} appears twice in the block table")
+                        self.mark[b] = self.stamp
+                        self.plan[n_plan] = b
+                        self.plan_pos[n_plan] = <int32_t>i
+                        self.plan_dig[2 * n_plan] = d[0]
+                        self.plan_dig[2 * n_plan + 1] = d[1]
+                        self.plan_parent[n_plan] = par
+                        self.plan_gen[n_plan] = pgen
+                        n_plan += 1
+                        canon = b
+                par = canon
+                pgen = self.gen[canon]
+                plo = d[0]
+                phi = d[1]
+            for i in range(n_plan):
+                self._pack_locked(&t[<Py_ssize_t>self.plan_pos[i] * self.block_size])
+                self._register_locked(self.plan[i], self.plan_dig[2 * i], self.plan_dig[2 * i + 1],
+                                      self.plan_parent[i], self.plan_gen[i], packed)
+            self.n_committed += n_plan
+        return n_plan
+
+    def clear(self):
+        """Evict every free cached block (referenced blocks stay cached)."""
+        cdef int32_t b
+        with cython.critical_section(self):
+            while self.lru_head >= 0:
+                b = self.lru_head
+                self._lru_unlink_locked(b)
+                self._unregister_locked(b)
+                self.free_stack[self.n_free] = b
+                self.n_free += 1
+                self.n_evictions += 1
+
+    def digests(self, tokens):
+        """Return the chained digest (16 bytes) of every full block of `tokens`."""
+        cdef int64_t[::1] t
+        cdef Py_ssize_t i
+        cdef uint64_t d[2]
+        cdef uint64_t plo = 0, phi = 0
+        self._require_prefix()
+        arr = _paged_tokens(tokens)
+        t = arr
+        result = []
+        with cython.critical_section(self):
+            for i in range(t.shape[0] // self.block_size):
+                self._pack_locked(&t[i * self.block_size])
+                self._digest_locked(plo, phi, d)
+                result.append((<char*>d)[:16])
+                plo = d[0]
+                phi = d[1]
+        return result
+
+    def refcount_of(self, Py_ssize_t b):
+        """Return the reference count of block `b`."""
+        if b < 0 or b >= self.num_blocks:
+            raise ValueError(f"block id {b} out of range [0, {self.num_blocks})")
+        return self.refcount[b]
+
+    def is_cached(self, Py_ssize_t b):
+        """Return True if block `b` is in the prefix table."""
+        if b < 0 or b >= self.num_blocks:
+            raise ValueError(f"block id {b} out of range [0, {self.num_blocks})")
+        return bool(self.registered[b])
+
+    def refcounts(self):
+        """Return a copy of all reference counts."""
+        cdef int32_t[::1] out
+        cdef Py_ssize_t i
+        res = _paged_np.empty(self.num_blocks, dtype=_paged_np.int32)
+        out = res
+        with cython.critical_section(self):
+            for i in range(self.num_blocks):
+                out[i] = self.refcount[i]
+        return res
+
+    def lru_order(self):
+        """Return the free cached blocks, next to be evicted first."""
+        cdef int32_t[::1] out
+        cdef int32_t b
+        cdef Py_ssize_t k = 0
+        res = _paged_np.empty(self.num_blocks, dtype=_paged_np.int32)
+        out = res
+        with cython.critical_section(self):
+            b = self.lru_head
+            while b >= 0:
+                out[k] = b
+                k += 1
+                b = self.lru_next[b]
+        return res[:k].copy()
+
+    def free_blocks(self):
+        """Return the uncached free blocks, next to be handed out last."""
+        cdef int32_t[::1] out
+        cdef Py_ssize_t i, k = 0
+        res = _paged_np.empty(self.num_blocks, dtype=_paged_np.int32)
+        out = res
+        with cython.critical_section(self):
+            k = self.n_free
+            for i in range(k):
+                out[i] = self.free_stack[i]
+        return res[:k].copy()
+
+    @property
+    def num_free(self):
+        """Blocks that hold nothing."""
+        return self.n_free
+
+    @property
+    def num_evictable(self):
+        """Free blocks that are still cached (evicted in LRU order when needed)."""
+        return self.n_lru
+
+    @property
+    def num_cached(self):
+        """Blocks in the prefix table, referenced or not."""
+        return self.n_registered
+
+    def stats(self):
+        """Return a PrefixCacheStats snapshot."""
+        with cython.critical_section(self):
+            return PrefixCacheStats(
+                self.n_queries, self.n_hit_blocks, self.n_hit_blocks * self.block_size,
+                self.n_committed, self.n_evictions, self.n_registered, self.n_free,
+                self.n_lru, self.num_blocks - self.n_free - self.n_lru, self.num_blocks)
