@@ -33,6 +33,11 @@ cimport cython
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint64_t
 from libc.string cimport memcmp, memcpy
 from murmurhash.mrmr cimport hash128_x64
+cimport numpy as _cnp
+from cpython.long cimport PyLong_Check
+from cpython.number cimport PyNumber_Index
+
+_cnp.import_array()
 
 import numpy as _paged_np
 from collections import namedtuple as _paged_namedtuple
@@ -51,15 +56,71 @@ PrefixCacheStats = _paged_namedtuple(
 cdef int64_t _PAGED_MAX_TOKEN = 2147483647
 
 
+cdef inline int64_t* _paged_data(object arr) noexcept:
+    return <int64_t*>_cnp.PyArray_DATA(<_cnp.ndarray>arr)
+
+
+cdef inline Py_ssize_t _paged_len(object arr) noexcept:
+    return <Py_ssize_t>_cnp.PyArray_DIM(<_cnp.ndarray>arr, 0)
+
+
+cdef inline object _paged_new(Py_ssize_t n, int typenum):
+    cdef _cnp.npy_intp dim = n
+    return _cnp.PyArray_EMPTY(1, &dim, typenum, 0)
+
+
+cdef inline int64_t _paged_as_int64(object x) except? -1:
+    # Cython's own conversion would truncate a float; __index__ refuses it, like range().
+    if not PyLong_Check(x):
+        x = PyNumber_Index(x)
+    return <int64_t>x
+
+
+cdef object _paged_int64(object obj, str what):
+    """Return `obj` (1-d ints) as a contiguous int64 array; never truncates floats."""
+    cdef Py_ssize_t i, n
+    cdef int64_t* v
+    cdef list lst
+    cdef tuple tup
+    if _cnp.PyArray_Check(obj):
+        if _cnp.PyArray_NDIM(<_cnp.ndarray>obj) != 1:
+            raise ValueError(f"{what} must be 1-d, got shape {obj.shape}")
+        if (_cnp.PyArray_TYPE(<_cnp.ndarray>obj) == _cnp.NPY_INT64
+                and _cnp.PyArray_IS_C_CONTIGUOUS(<_cnp.ndarray>obj)):
+            return obj
+        if obj.dtype.kind not in "iu":
+            raise TypeError(f"{what} must hold integers, got dtype {obj.dtype}")
+        if obj.dtype.kind == "u" and obj.size and obj.max() > 0x7FFFFFFFFFFFFFFF:
+            raise ValueError(f"{what} out of range")
+        return _paged_np.ascontiguousarray(obj, dtype=_paged_np.int64)
+    if isinstance(obj, (str, bytes, bytearray)):
+        raise TypeError(f"{what} must be a sequence of ints, not {type(obj).__name__}")
+    # Lists and tuples are read item by item in C: several times faster than numpy's
+    # generic conversion for the short sequences of a request.
+    if type(obj) is tuple:
+        tup = <tuple>obj
+        n = len(tup)
+        arr = _paged_new(n, _cnp.NPY_INT64)
+        v = _paged_data(arr)
+        for i in range(n):
+            v[i] = _paged_as_int64(tup[i])
+        return arr
+    lst = obj if type(obj) is list else list(obj)
+    n = len(lst)
+    arr = _paged_new(n, _cnp.NPY_INT64)
+    v = _paged_data(arr)
+    for i in range(n):
+        v[i] = _paged_as_int64(lst[i])
+    return arr
+
+
 cdef object _paged_ids(object ids, int32_t num_blocks):
     """Return `ids` as a contiguous int64 array of valid block ids, or raise."""
-    cdef int64_t[::1] v
+    cdef int64_t* v
     cdef Py_ssize_t i
-    arr = _paged_np.ascontiguousarray(ids, dtype=_paged_np.int64)
-    if arr.ndim != 1:
-        raise ValueError("block ids must be a 1-d sequence of ints")
-    v = arr
-    for i in range(v.shape[0]):
+    arr = _paged_int64(ids, "block ids")
+    v = _paged_data(arr)
+    for i in range(_paged_len(arr)):
         if v[i] < 0 or v[i] >= num_blocks:
             raise ValueError(f"block id {v[i]} out of range [0, {num_blocks})")
     return arr
@@ -67,13 +128,11 @@ cdef object _paged_ids(object ids, int32_t num_blocks):
 
 cdef object _paged_tokens(object tokens):
     """Return `tokens` as a contiguous int64 array of token ids in [0, 2**31), or raise."""
-    cdef int64_t[::1] v
+    cdef int64_t* v
     cdef Py_ssize_t i
-    arr = _paged_np.ascontiguousarray(tokens, dtype=_paged_np.int64)
-    if arr.ndim != 1:
-        raise ValueError("tokens must be a 1-d sequence of ints")
-    v = arr
-    for i in range(v.shape[0]):
+    arr = _paged_int64(tokens, "tokens")
+    v = _paged_data(arr)
+    for i in range(_paged_len(arr)):
         if v[i] < 0 or v[i] > _PAGED_MAX_TOKEN:
             raise ValueError(f"token id {v[i]} out of range [0, 2**31)")
     return arr
@@ -112,6 +171,7 @@ cdef class _PagedBlocks:
     cdef int32_t* plan_parent
     cdef uint64_t* plan_gen
     cdef int32_t* plan_pos
+    cdef int64_t* plan_ids
     cdef char* buf
     cdef Py_ssize_t buf_len
     # numpy arrays owning the memory behind the pointers above
@@ -184,6 +244,7 @@ cdef class _PagedBlocks:
         self.plan_parent = <int32_t*>self._alloc(n, _paged_np.int32)
         self.plan_gen = <uint64_t*>self._alloc(n, _paged_np.uint64)
         self.plan_pos = <int32_t*>self._alloc(n, _paged_np.int32)
+        self.plan_ids = <int64_t*>self._alloc(n, _paged_np.int64)
         for i in range(cap):
             self.index[i] = -1
         # Hash input: parent digest (16 bytes) | block tokens (int32, native order) | salt.
@@ -337,11 +398,11 @@ cdef class _PagedBlocks:
     def allocate(self, Py_ssize_t n):
         """Return `n` block ids with refcount 1, evicting LRU free cached blocks if needed."""
         cdef Py_ssize_t i
-        cdef int32_t[::1] out
+        cdef int64_t* out
         if n < 0:
             raise ValueError("cannot allocate a negative number of blocks")
-        res = _paged_np.empty(n, dtype=_paged_np.int32)
-        out = res
+        res = _paged_new(n, _cnp.NPY_INT64)
+        out = _paged_data(res)
         with cython.critical_section(self):
             if n > <Py_ssize_t>self.n_free + self.n_lru:
                 raise PoolExhaustedError(
@@ -353,27 +414,29 @@ cdef class _PagedBlocks:
 
     def release(self, ids):
         """Drop one reference per id (last to first, so a chain's tail is evicted first)."""
-        cdef int64_t[::1] v
-        cdef Py_ssize_t i
+        cdef int64_t* v
+        cdef Py_ssize_t i, n
         arr = _paged_ids(ids, self.num_blocks)
-        v = arr
+        v = _paged_data(arr)
+        n = _paged_len(arr)
         with cython.critical_section(self):
-            self._check_held_locked(&v[0] if v.shape[0] else NULL, v.shape[0])
-            for i in range(v.shape[0] - 1, -1, -1):
+            self._check_held_locked(v, n)
+            for i in range(n - 1, -1, -1):
                 self._decref_locked(<int32_t>v[i])
 
     def incref(self, ids):
         """Take one more reference on each (already referenced) block id."""
-        cdef int64_t[::1] v
-        cdef Py_ssize_t i
+        cdef int64_t* v
+        cdef Py_ssize_t i, n
         arr = _paged_ids(ids, self.num_blocks)
-        v = arr
+        v = _paged_data(arr)
+        n = _paged_len(arr)
         with cython.critical_section(self):
-            for i in range(v.shape[0]):
+            for i in range(n):
                 if self.refcount[v[i]] <= 0:
                     raise ValueError(f"block {v[i]} is not referenced; use match() to reuse a "
                                      "cached block")
-            for i in range(v.shape[0]):
+            for i in range(n):
                 self.refcount[v[i]] += 1
 
     def match(self, tokens):
@@ -381,8 +444,8 @@ cdef class _PagedBlocks:
 
         Return `(n_cached_tokens, block_ids)`.
         """
-        cdef int64_t[::1] t
-        cdef int32_t[::1] out
+        cdef int64_t* t
+        cdef int64_t* out
         cdef Py_ssize_t nfull, i, k = 0
         cdef int32_t par = -1, b
         cdef uint64_t pgen = 0
@@ -390,13 +453,12 @@ cdef class _PagedBlocks:
         cdef uint64_t plo = 0, phi = 0
         self._require_prefix()
         arr = _paged_tokens(tokens)
-        t = arr
-        nfull = t.shape[0] // self.block_size
-        res = _paged_np.empty(min(nfull, <Py_ssize_t>self.num_blocks), dtype=_paged_np.int32)
-        out = res
+        t = _paged_data(arr)
+        nfull = min(_paged_len(arr) // self.block_size, <Py_ssize_t>self.num_blocks)
+        out = self.plan_ids
         with cython.critical_section(self):
-            for i in range(min(nfull, <Py_ssize_t>self.num_blocks)):
-                self._pack_locked(&t[i * self.block_size])
+            for i in range(nfull):
+                self._pack_locked(t + i * self.block_size)
                 self._digest_locked(plo, phi, d)
                 b = self._find_locked(d[0], d[1], par, pgen, <int32_t*>(self.buf + 16))
                 if b < 0:
@@ -408,13 +470,15 @@ cdef class _PagedBlocks:
                 plo = d[0]
                 phi = d[1]
             for i in range(k):
-                b = out[i]
+                b = <int32_t>out[i]
                 if self.refcount[b] == 0:
                     self._lru_unlink_locked(b)
                 self.refcount[b] += 1
             self.n_queries += 1
             self.n_hit_blocks += k
-        return k * self.block_size, res[:k]
+            res = _paged_new(k, _cnp.NPY_INT64)
+            memcpy(_paged_data(res), out, k * sizeof(int64_t))
+        return k * self.block_size, res
 
     def commit(self, tokens, ids):
         """Register every full block of `tokens` held in `ids` (the request's block table).
@@ -422,7 +486,8 @@ cdef class _PagedBlocks:
         Return the number of blocks newly added to the table; a block whose content is
         already cached under another id stays private and is freed on release.
         """
-        cdef int64_t[::1] t, v
+        cdef int64_t* t
+        cdef int64_t* v
         cdef Py_ssize_t nfull, i, n_plan = 0
         cdef int32_t par = -1, b, canon
         cdef uint64_t pgen = 0, plo = 0, phi = 0
@@ -431,11 +496,12 @@ cdef class _PagedBlocks:
         self._require_prefix()
         tarr = _paged_tokens(tokens)
         varr = _paged_ids(ids, self.num_blocks)
-        t = tarr
-        v = varr
-        nfull = t.shape[0] // self.block_size
-        if v.shape[0] < nfull:
-            raise ValueError(f"{nfull} full block(s) of tokens but only {v.shape[0]} block id(s)")
+        t = _paged_data(tarr)
+        v = _paged_data(varr)
+        nfull = _paged_len(tarr) // self.block_size
+        if _paged_len(varr) < nfull:
+            raise ValueError(f"{nfull} full block(s) of tokens but only {_paged_len(varr)} "
+                             "block id(s)")
         packed = <int32_t*>(self.buf + 16)
         with cython.critical_section(self):
             for i in range(nfull):
@@ -445,7 +511,7 @@ cdef class _PagedBlocks:
             self.stamp += 1
             for i in range(nfull):
                 b = <int32_t>v[i]
-                self._pack_locked(&t[i * self.block_size])
+                self._pack_locked(t + i * self.block_size)
                 self._digest_locked(plo, phi, d)
                 if self.registered[b]:
                     if not (self.dig[2 * b] == d[0] and self.dig[2 * b + 1] == d[1]
@@ -473,7 +539,7 @@ cdef class _PagedBlocks:
                 plo = d[0]
                 phi = d[1]
             for i in range(n_plan):
-                self._pack_locked(&t[<Py_ssize_t>self.plan_pos[i] * self.block_size])
+                self._pack_locked(t + <Py_ssize_t>self.plan_pos[i] * self.block_size)
                 self._register_locked(self.plan[i], self.plan_dig[2 * i], self.plan_dig[2 * i + 1],
                                       self.plan_parent[i], self.plan_gen[i], packed)
             self.n_committed += n_plan
@@ -493,17 +559,17 @@ cdef class _PagedBlocks:
 
     def digests(self, tokens):
         """Return the chained digest (16 bytes) of every full block of `tokens`."""
-        cdef int64_t[::1] t
+        cdef int64_t* t
         cdef Py_ssize_t i
         cdef uint64_t d[2]
         cdef uint64_t plo = 0, phi = 0
         self._require_prefix()
         arr = _paged_tokens(tokens)
-        t = arr
+        t = _paged_data(arr)
         result = []
         with cython.critical_section(self):
-            for i in range(t.shape[0] // self.block_size):
-                self._pack_locked(&t[i * self.block_size])
+            for i in range(_paged_len(arr) // self.block_size):
+                self._pack_locked(t + i * self.block_size)
                 self._digest_locked(plo, phi, d)
                 result.append((<char*>d)[:16])
                 plo = d[0]

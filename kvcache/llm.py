@@ -83,7 +83,7 @@ class BlockPool:
         return self.kv[layer, 1]
 
     def allocate(self, n):
-        """Return `n` block ids (int32 array) with one reference each.
+        """Return `n` block ids (int64 array) with one reference each.
 
         Raises PoolExhaustedError, changing nothing, when fewer than `n` are available.
         """
@@ -372,7 +372,6 @@ class Decoder:
                     pc.release(hit)
                     raise
             try:
-                table = table.astype(np.intp)
                 tok = emit(self._forward(prompt[cached:], cached, table))
                 if mode == "prefix":
                     pc.commit(prompt, table)
