@@ -1531,3 +1531,7 @@ class _ItemsView(collections.abc.ItemsView):
 
 
 collections.abc.MutableMapping.register(Cache)
+
+
+# The paged KV-cache block manager behind kvcache.llm (BlockPool, PrefixCache).
+include "_paged.pxi"
