@@ -19,8 +19,13 @@
 #   mark, count        scratch for validating a call's arguments
 # Beside it: free_stack[..] (int32, blocks that hold nothing, LIFO, top = n_free - 1)
 # and tokens[b*bs ..] (int32, the block's token ids, the ground truth of a match).
-# The table `index` is open addressing with linear probing over int32 slots (-1 empty)
-# at load <= 1/2, deleted with backward shifting so no tombstones pile up.
+# The prefix table is the engine's `table_t` (_core.pxd): open addressing with linear
+# probing over an int32 index, entry number = block id, `ent[b].hash` = the low 64 bits
+# of the digest, tombstones on delete and a rebuild when live + tombstones pass 3/4
+# (table_probe_free / table_slot_of / table_remove_slot / table_rebuild_index). The
+# lookup is ours: the engine's compares Python keys, a block compares the high digest
+# half, the parent and the tokens. `ent[b].prev` is ENTRY_FREE while b is not in the
+# table, as the rebuild expects; the LRU links stay in meta[b] with the rest.
 #
 # Why a match never trusts the digest: a candidate is accepted only when its stored
 # tokens equal the query's AND its stored parent is the block just matched for the
@@ -154,7 +159,6 @@ cdef object _paged_tokens(object tokens):
 
 
 ctypedef struct _paged_meta_t:
-    uint64_t lo
     uint64_t hi
     uint64_t gen
     uint64_t parent_gen
@@ -165,7 +169,7 @@ ctypedef struct _paged_meta_t:
     int32_t lru_next
     int32_t count
     uint8_t registered
-    uint8_t pad[3]
+    uint8_t pad[11]
 
 
 @cython.final
@@ -182,11 +186,11 @@ cdef class _PagedBlocks:
     cdef readonly bytes salt
     cdef int32_t n_free, n_lru, lru_head, lru_tail, n_registered
     cdef int64_t n_queries, n_hit_blocks, n_committed, n_evictions
-    cdef uint64_t mask_lo, mask_hi, index_mask, stamp
+    cdef uint64_t mask_lo, mask_hi, stamp
     cdef _paged_meta_t* meta
     cdef int32_t* free_stack
     cdef int32_t* tokens
-    cdef int32_t* index
+    cdef table_t t
     cdef int32_t* plan
     cdef uint64_t* plan_dig
     cdef int32_t* plan_parent
@@ -248,12 +252,16 @@ cdef class _PagedBlocks:
         else:
             self.mask_lo = ((<uint64_t>1 << digest_bits) - 1) if digest_bits > 0 else 0
             self.mask_hi = 0
-        cap = 16
-        while cap < 2 * n:
-            cap *= 2
-        self.index_mask = <uint64_t>(cap - 1)
+        cap = <Py_ssize_t>_slots_for(n)
         self.tokens = <int32_t*>self._alloc(n * self.block_size, _paged_np.int32)
-        self.index = <int32_t*>self._alloc(cap, _paged_np.int32)
+        self.t.index = <int32_t*>self._alloc(cap, _paged_np.int32)
+        self.t.mask = <uint64_t>(cap - 1)
+        self.t.ent = <entry_rec*>self._alloc(n * sizeof(entry_rec), _paged_np.uint8)
+        self.t.capacity = n
+        self.t.count = 0
+        self.t.filled = 0
+        self.t.free_head = ENTRY_NONE   # block ids come from the pool's free stack instead
+        self.t.seed = 0
         self.plan = <int32_t*>self._alloc(n, _paged_np.int32)
         self.plan_dig = <uint64_t*>self._alloc(2 * n, _paged_np.uint64)
         self.plan_parent = <int32_t*>self._alloc(n, _paged_np.int32)
@@ -261,7 +269,10 @@ cdef class _PagedBlocks:
         self.plan_pos = <int32_t*>self._alloc(n, _paged_np.int32)
         self.plan_ids = <int64_t*>self._alloc(n, _paged_np.int64)
         for i in range(cap):
-            self.index[i] = -1
+            self.t.index[i] = SLOT_EMPTY
+        for i in range(n):
+            self.t.ent[i].prev = ENTRY_FREE
+            self.t.ent[i].next = ENTRY_NONE
         # Hash input: parent digest (16 bytes) | block tokens (int32, native order) | salt.
         self.buf_len = 16 + 4 * self.block_size + len(self.salt)
         self._buf = bytearray(self.buf_len)
@@ -313,51 +324,41 @@ cdef class _PagedBlocks:
 
     cdef int32_t _find_locked(self, uint64_t lo, uint64_t hi, int32_t par,
                               uint64_t pgen, const int32_t* toks) noexcept nogil:
-        cdef uint64_t i = lo & self.index_mask
+        cdef uint64_t i = lo & self.t.mask
         cdef int32_t b
         cdef size_t nbytes = 4 * <size_t>self.block_size
         while True:
-            b = self.index[i]
-            if b < 0:
+            b = self.t.index[i]
+            if b == SLOT_EMPTY:
                 return -1
-            if (self.meta[b].lo == lo and self.meta[b].hi == hi
+            if (b >= 0 and self.t.ent[b].hash == lo and self.meta[b].hi == hi
                     and self.meta[b].parent == par and self.meta[b].parent_gen == pgen
                     and memcmp(self.tokens + <Py_ssize_t>b * self.block_size, toks, nbytes) == 0):
                 return b
-            i = (i + 1) & self.index_mask
+            i = (i + 1) & self.t.mask
 
     cdef void _register_locked(self, int32_t b, uint64_t lo, uint64_t hi, int32_t par,
                                uint64_t pgen, const int32_t* toks) noexcept nogil:
-        cdef uint64_t i = lo & self.index_mask
-        while self.index[i] >= 0:
-            i = (i + 1) & self.index_mask
-        self.index[i] = b
-        self.meta[b].lo = lo
+        cdef Py_ssize_t slot = table_probe_free(&self.t, lo)
+        if self.t.index[slot] == SLOT_EMPTY:
+            self.t.filled += 1
+        self.t.index[slot] = b
+        self.t.ent[b].hash = lo
+        self.t.ent[b].prev = ENTRY_NONE
+        self.t.count += 1
         self.meta[b].hi = hi
         self.meta[b].parent = par
         self.meta[b].parent_gen = pgen
         memcpy(self.tokens + <Py_ssize_t>b * self.block_size, toks, 4 * <size_t>self.block_size)
         self.meta[b].registered = 1
         self.n_registered += 1
+        if self.t.filled * 4 > <Py_ssize_t>(self.t.mask + 1) * 3:
+            table_rebuild_index(&self.t)
 
     cdef void _unregister_locked(self, int32_t b) noexcept nogil:
-        cdef uint64_t m = self.index_mask
-        cdef uint64_t i = self.meta[b].lo & m, j
-        cdef int32_t e
-        while self.index[i] != b:
-            i = (i + 1) & m
-        # Backward-shift deletion: pull later entries of the probe run into the hole
-        # when the hole lies between their home slot and their current slot.
-        j = i
-        while True:
-            j = (j + 1) & m
-            e = self.index[j]
-            if e < 0:
-                break
-            if ((j - (self.meta[e].lo & m)) & m) >= ((j - i) & m):
-                self.index[i] = e
-                i = j
-        self.index[i] = -1
+        table_remove_slot(&self.t, table_slot_of(&self.t, b))
+        self.t.ent[b].prev = ENTRY_FREE
+        self.t.count -= 1
         self.meta[b].registered = 0
         self.meta[b].gen += 1
         self.n_registered -= 1
@@ -534,7 +535,7 @@ cdef class _PagedBlocks:
                             and memcmp(self.tokens + <Py_ssize_t>b * self.block_size, packed,
                                        4 * <size_t>self.block_size) == 0):
                         raise ValueError(f"block {b} is cached for other tokens than position {i}")
-                    d[0] = self.meta[b].lo
+                    d[0] = self.t.ent[b].hash
                     d[1] = self.meta[b].hi
                     canon = b
                 else:

@@ -204,3 +204,24 @@ def test_model_reuses_and_evicts_like_a_cache():
     with pytest.raises(PyPoolExhausted):
         m.allocate(1)
     assert np.array_equal(m.refcounts(), [1, 1, 1, 1])
+
+
+@pytest.mark.parametrize("bits", [128, 0])
+def test_heavy_churn_matches_model(bits):
+    # Many distinct chains through a small pool: evictions leave tombstones in the
+    # engine's index until it rebuilds; lookups must stay exact throughout.
+    rng = np.random.default_rng(bits)
+    real = PrefixCache(BlockPool(6, BS, 1, 1, 1), _digest_bits=bits)
+    model = PyPrefixCache(6, BS)
+    for _ in range(400):
+        tokens = rng.integers(0, 4, int(rng.integers(1, 7))).tolist()
+        n, hit = real.match(tokens)
+        assert (n, hit.tolist()) == model.match(tokens)
+        need = -(-len(tokens) // BS) - len(hit)
+        table = hit.tolist() + model.allocate(need)
+        assert real.allocate(need).tolist() == table[len(hit):]
+        assert real.commit(tokens, table) == model.commit(tokens, table)
+        real.release(table)
+        model.release(table)
+        assert real.lru_order().tolist() == model.lru_order()
+    assert real.stats().evictions == model.evictions > 100
