@@ -7,14 +7,14 @@
 # any state changes.
 #
 # Layout (preshed style: flat C arrays, a thin class around them). Per block b, one
-# 64-byte, cache-line aligned record meta[b] holds everything a lookup or an LRU move
-# touches (one cache miss per block instead of one per field; with 100k blocks the
-# arrays do not fit in cache and this halved match time):
+# 64-byte, cache-line aligned record meta[b] holds what a lookup or an LRU move needs
+# beyond the table (one cache miss per block rather than one per field: a 100k-block
+# pool does not fit in cache):
 #   refcount           references held by requests
 #   lru_prev/lru_next  doubly linked LRU of blocks that are cached AND free
 #   registered         1 while b is in the prefix table
 #   gen                bumped every time b leaves the table (see below)
-#   lo, hi             the block's digest (low, high 64 bits)
+#   hi                 the high 64 bits of the block's digest (the low half is the table hash)
 #   parent, parent_gen the block it was committed after, and that block's gen
 #   mark, count        scratch for validating a call's arguments
 # Beside it: free_stack[..] (int32, blocks that hold nothing, LIFO, top = n_free - 1)
@@ -229,7 +229,6 @@ cdef class _PagedBlocks:
         self.salt = b""
 
     cdef void* _alloc(self, Py_ssize_t n, dtype) except NULL:
-        cdef Py_ssize_t nbytes
         arr = _paged_np.zeros(max(n, 1), dtype=dtype)
         self._arrays.append(arr)
         return <void*><Py_ssize_t>arr.ctypes.data
@@ -273,7 +272,8 @@ cdef class _PagedBlocks:
         for i in range(n):
             self.t.ent[i].prev = ENTRY_FREE
             self.t.ent[i].next = ENTRY_NONE
-        # Hash input: parent digest (16 bytes) | block tokens (int32, native order) | salt.
+        # Hash input: parent digest (16 bytes) | block tokens (int32, native order, i.e.
+        # little-endian on every platform the wheels target) | salt.
         self.buf_len = 16 + 4 * self.block_size + len(self.salt)
         self._buf = bytearray(self.buf_len)
         self.buf = <char*>self._buf
@@ -315,9 +315,8 @@ cdef class _PagedBlocks:
     cdef inline void _digest_locked(self, uint64_t plo, uint64_t phi,
                                     uint64_t* out) noexcept nogil:
         # Tokens must already be packed into buf by _pack_locked.
-        cdef uint64_t* head = <uint64_t*>self.buf
-        head[0] = plo
-        head[1] = phi
+        memcpy(self.buf, &plo, 8)
+        memcpy(self.buf + 8, &phi, 8)
         hash128_x64(self.buf, <int>self.buf_len, 0, out)
         out[0] &= self.mask_lo
         out[1] &= self.mask_hi
