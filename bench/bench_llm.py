@@ -17,9 +17,10 @@ from collections import Counter, OrderedDict
 
 # One BLAS thread unless told otherwise: the decoder's matrices are small, and on a shared
 # 2-core machine OpenBLAS worker threads spin against the neighbours (measured: 5-50x
-# slower time-to-first-token). Only effective when numpy is not imported yet.
-for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")
+# slower time-to-first-token). BLAS reads these once, so only before numpy is imported.
+if "numpy" not in sys.modules:
+    for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_var, "1")
 
 import numpy as np  # noqa: E402
 
