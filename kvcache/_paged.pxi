@@ -54,7 +54,22 @@ cdef extern from "Python.h":
     long long _paged_as_longlong "PyLong_AsLongLong"(PyObject* o) except? -1
     bint _paged_is_exact_int "PyLong_CheckExact"(PyObject* o)
 
+
+cdef extern from *:
+    """
+    #if defined(__GNUC__) || defined(__clang__)
+    #define KVCACHE_PREFETCH(p) __builtin_prefetch(p)
+    #else
+    #define KVCACHE_PREFETCH(p) ((void)0)
+    #endif
+    """
+    void _paged_prefetch "KVCACHE_PREFETCH"(const void* p) noexcept nogil
+
 _cnp.import_array()
+
+# Blocks hashed ahead of the lookups in match(): enough to overlap their cache misses,
+# few enough that a miss early in a long prompt wastes little hashing.
+cdef Py_ssize_t _PAGED_WINDOW = 16
 
 import numpy as _paged_np
 from collections import namedtuple as _paged_namedtuple
@@ -461,7 +476,8 @@ cdef class _PagedBlocks:
         """
         cdef int64_t* t
         cdef int64_t* out
-        cdef Py_ssize_t nfull, i, k = 0
+        cdef uint64_t* dig
+        cdef Py_ssize_t nfull, i, k = 0, start, end
         cdef int32_t par = -1, b
         cdef uint64_t pgen = 0
         cdef uint64_t d[2]
@@ -472,18 +488,40 @@ cdef class _PagedBlocks:
         nfull = min(_paged_len(arr) // self.block_size, <Py_ssize_t>self.num_blocks)
         out = self.plan_ids
         with cython.critical_section(self):
-            for i in range(nfull):
-                self._pack_locked(t + i * self.block_size)
-                self._digest_locked(plo, phi, d)
-                b = self._find_locked(d[0], d[1], par, pgen, <int32_t*>(self.buf + 16))
-                if b < 0:
+            # A digest depends on the tokens only, so a window of them is computed first and
+            # each one's index slot, then each candidate's records, are prefetched: the
+            # lookups then wait on one batch of cache misses instead of a chain of them.
+            dig = self.plan_dig
+            start = 0
+            while start < nfull:
+                end = min(start + _PAGED_WINDOW, nfull)
+                for i in range(start, end):
+                    self._pack_locked(t + i * self.block_size)
+                    self._digest_locked(plo, phi, d)
+                    dig[2 * i] = d[0]
+                    dig[2 * i + 1] = d[1]
+                    plo = d[0]
+                    phi = d[1]
+                    _paged_prefetch(&self.t.index[d[0] & self.t.mask])
+                for i in range(start, end):
+                    b = self.t.index[dig[2 * i] & self.t.mask]
+                    if b >= 0:
+                        _paged_prefetch(&self.t.ent[b])
+                        _paged_prefetch(&self.meta[b])
+                        _paged_prefetch(self.tokens + <Py_ssize_t>b * self.block_size)
+                for i in range(start, end):
+                    self._pack_locked(t + i * self.block_size)
+                    b = self._find_locked(dig[2 * i], dig[2 * i + 1], par, pgen,
+                                          <int32_t*>(self.buf + 16))
+                    if b < 0:
+                        break
+                    out[k] = b
+                    k += 1
+                    par = b
+                    pgen = self.meta[b].gen
+                if k < end:
                     break
-                out[k] = b
-                k += 1
-                par = b
-                pgen = self.meta[b].gen
-                plo = d[0]
-                phi = d[1]
+                start = end
             for i in range(k):
                 b = <int32_t>out[i]
                 if self.meta[b].refcount == 0:
