@@ -237,21 +237,24 @@ BM_IMPLS = {
 }
 
 
-def measure_block_manager(name, n_requests=2000, repeat=3):
-    """Return the best ops/s of `serve` over `repeat` runs on a full 100k-block pool.
+def measure_block_manager(n_requests=1000, repeat=5, names=tuple(BM_IMPLS)):
+    """Return {name: best ops/s of `serve`} on full 100k-block pools, rounds interleaved.
 
-    Timed in process CPU time: the machines this runs on are shared, and wall time
-    there mostly measures the neighbours.
+    Timed in process CPU time, and the implementations take turns round by round: the
+    machines this runs on are shared, and wall time there mostly measures the neighbours.
     """
-    impl, hold = BM_IMPLS[name]
-    mgr = _make_manager(impl)
-    fill(mgr)
-    best = 0.0
+    mgrs = {}
+    for name in names:
+        mgrs[name] = _make_manager(BM_IMPLS[name][0])
+        fill(mgrs[name])
+    best = dict.fromkeys(names, 0.0)
     for r in range(repeat):
-        reqs = [hold(t) for t in block_manager_requests(n_requests, seed=10 + r)]
-        t = time.process_time()
-        ops = serve(mgr, reqs)
-        best = max(best, ops / max(time.process_time() - t, 1e-9))
+        reqs = block_manager_requests(n_requests, seed=10 + r)
+        for name in names:
+            batch = [BM_IMPLS[name][1](t) for t in reqs]
+            t = time.process_time()
+            ops = serve(mgrs[name], batch)
+            best[name] = max(best[name], ops / max(time.process_time() - t, 1e-9))
     return best
 
 
@@ -337,12 +340,12 @@ def main(argv=None):
     ap.add_argument("--requests", type=int, default=64, help="requests for kv and prefix")
     ap.add_argument("--none-requests", type=int, default=2,
                     help="requests for the quadratic 'none' mode (per-token figures)")
-    ap.add_argument("--bm-requests", type=int, default=2000)
+    ap.add_argument("--bm-requests", type=int, default=1000, help="requests per round")
     args = ap.parse_args(argv)
 
     print("Block manager, 100k-block pool filled with cached blocks, requests of "
           "32 shared + 4 unique blocks of 16 tokens (4 ops per request), CPU time:")
-    ops = {name: measure_block_manager(name, args.bm_requests) for name in BM_IMPLS}
+    ops = measure_block_manager(args.bm_requests)
     for name, v in ops.items():
         print(f"  {name:14s} {v:12,.0f} ops/s  {v / ops['python']:6.1f}x python"
               f"   (tokens as {BM_IMPLS[name][1].__name__})")
