@@ -29,6 +29,7 @@ from cpython.list cimport PyList_GET_ITEM
 from cpython.ref cimport PyObject
 from libc.stdint cimport INT32_MAX, int32_t, int64_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memset
+from libc.math cimport INFINITY
 from murmurhash.mrmr cimport hash64
 
 import collections
@@ -404,6 +405,36 @@ cdef class _Buffers:
 # The native cache classes
 # ---------------------------------------------------------------------------------------------
 
+# ---------------------------------------------------------------------------------------------
+# Snapshots (issue 7): `Class.load(path)` builds a cache, `cache.load(path)` fills this one.
+# The format lives in kvcache.snapshot, imported lazily (the engine imports nothing of ours).
+# ---------------------------------------------------------------------------------------------
+
+class _ClassOrInstanceMethod:
+    """Bind to the class when looked up on the class, to the instance otherwise."""
+
+    def __init__(self, func):
+        self.__func__ = func
+        self.__doc__ = func.__doc__
+
+    def __get__(self, obj, objtype=None):
+        return types.MethodType(self.__func__, objtype if obj is None else obj)
+
+
+def _snapshot_load(target, path, *, pickle_key=None, **kwargs):
+    """Load the snapshot at `path`: ``Class.load(path, **ctor_kwargs)`` returns a new cache,
+    ``cache.load(path)`` replaces this cache's contents (left untouched if the file is bad).
+
+    Contents, order and frequencies are restored; nothing in the file is executed.
+    """
+    from kvcache import snapshot
+    if isinstance(target, type):
+        return snapshot.load(target, path, pickle_key=pickle_key, **kwargs)
+    if kwargs:
+        raise TypeError("constructor arguments only apply to Class.load(path, ...)")
+    return snapshot.load_into(target, path, pickle_key=pickle_key)
+
+
 cdef class Cache:
     """Mutable mapping to serve as a simple cache or cache base class (cachetools-compatible).
 
@@ -439,6 +470,10 @@ cdef class Cache:
     cdef bint _native_evict          # evict in C: popitem not overridden, no choice function
     cdef bint _native_missing        # False when a subclass defines __missing__
     cdef bint _native_getitem        # False when a subclass overrides __getitem__
+    # expiry (_ttl.pxi): NULL / None until a time-to-live is first used, so a cache without
+    # expiry pays one pointer test per operation and no memory
+    cdef double* _exp                # entry -> expiry time (+inf: never)
+    cdef object _xp                  # the _Expiry behind _exp: timer, default ttl, radix heap
     cdef dict __dict__
     cdef object __weakref__
 
@@ -553,6 +588,8 @@ cdef class Cache:
         self._kv = [None] * (2 * capacity)
         if self._sizes is not None:
             self._sizes = [None] * capacity
+        if self._exp != NULL:            # expiry buffers follow the capacity (_ttl.pxi)
+            _ttl_alloc(self, capacity)
         self._version += 1
 
     cdef void _point(self, _Buffers b):
@@ -618,6 +655,8 @@ cdef class Cache:
                 self.o.bnext[i] = self.o.bfree
                 self.o.bfree = <int32_t>i
         table_rebuild_index(&self.t)
+        if self._exp != NULL:            # expiry buffers follow the capacity (_ttl.pxi)
+            _ttl_grow(self, capacity)
         self._version += 1
 
     cdef int _make_room_for_one(self) except -1:
@@ -669,6 +708,8 @@ cdef class Cache:
             slot = table_slot_of(&self.t, e)
         table_remove_slot(&self.t, slot)
         order_unlink(&self.o, &self.t, e)
+        if self._exp != NULL:            # drop its expiry (_ttl.pxi)
+            _ttl_forget(self, e)
         self.t.count -= 1
         table_put_free(&self.t, e)
         self._kv[2 * e] = None
@@ -696,23 +737,33 @@ cdef class Cache:
     # -- the mapping protocol --------------------------------------------------------------------
 
     def __len__(self):
+        if self._exp != NULL:            # expired entries do not count (_ttl.pxi)
+            _ttl_expire_now(self)
         return self.t.count
 
     def __contains__(self, key):
-        cdef Py_ssize_t slot
+        cdef Py_ssize_t slot, e
         cdef hash_t h = _key_hash(self, key)
+        cdef double now = _ttl_now(self) if self._exp != NULL else 0.0   # expiry clock (_ttl.pxi)
         with cython.critical_section(self):
-            return table_find(self, key, h, &slot) >= 0
+            e = table_find(self, key, h, &slot)
+            return e >= 0 and not _dead(self, e, now)
 
     def __getitem__(self, key):
         cdef Py_ssize_t slot, e
         cdef hash_t h = _key_hash(self, key)
+        cdef double now = _ttl_now(self) if self._exp != NULL else 0.0   # expiry clock (_ttl.pxi)
         with cython.critical_section(self):
             e = table_find(self, key, h, &slot)
+            if e >= 0 and _dead(self, e, now):   # expired: a miss (_ttl.pxi)
+                e = -1
             if e >= 0:
                 self._hits += 1
-                order_touch(&self.o, &self.t, <entry_t>e)
-                return self._kv[2 * e + 1]
+                if self.o.policy == POLICY_LRU:
+                    _list_move_to_end(&self.o, &self.t, <entry_t>e)
+                else:
+                    order_touch(&self.o, &self.t, <entry_t>e)
+                return <object>PyList_GET_ITEM(self._kv, 2 * e + 1)
             self._misses += 1
         if self._native_missing:
             raise KeyError(key)
@@ -725,15 +776,22 @@ cdef class Cache:
         """Return the value for key if key is in the cache, else default (a lookup: counts and touches)."""
         cdef Py_ssize_t slot, e
         cdef hash_t h
+        cdef double now
         if not self._native_getitem:
             return self[key] if key in self else default
         h = _key_hash(self, key)
+        now = _ttl_now(self) if self._exp != NULL else 0.0      # expiry clock (_ttl.pxi)
         with cython.critical_section(self):
             e = table_find(self, key, h, &slot)
+            if e >= 0 and _dead(self, e, now):   # expired: a miss (_ttl.pxi)
+                e = -1
             if e >= 0:
                 self._hits += 1
-                order_touch(&self.o, &self.t, <entry_t>e)
-                return self._kv[2 * e + 1]
+                if self.o.policy == POLICY_LRU:
+                    _list_move_to_end(&self.o, &self.t, <entry_t>e)
+                else:
+                    order_touch(&self.o, &self.t, <entry_t>e)
+                return <object>PyList_GET_ITEM(self._kv, 2 * e + 1)
             self._misses += 1
             return default
 
@@ -741,15 +799,19 @@ cdef class Cache:
         """Return the value for key without counting a lookup or changing its recency or frequency."""
         cdef Py_ssize_t slot, e
         cdef hash_t h = _key_hash(self, key)
+        cdef double now = _ttl_now(self) if self._exp != NULL else 0.0   # expiry clock (_ttl.pxi)
         with cython.critical_section(self):
             e = table_find(self, key, h, &slot)
-            return self._kv[2 * e + 1] if e >= 0 else default
+            return self._kv[2 * e + 1] if e >= 0 and not _dead(self, e, now) else default
 
     def __setitem__(self, key, value):
         cdef Py_ssize_t slot, e
         cdef hash_t h = _key_hash(self, key)
         cdef object old = None, evk = None, evv = None
         cdef bint evicted = False
+        if self._exp != NULL:            # expiry in use: expire what is due, stamp the entry (_ttl.pxi)
+            _ttl_setitem(self, key, h, value, None)
+            return
         if self._sizefn is not None or not self._native_evict:
             self._set_slow(key, h, value)
             return
@@ -777,7 +839,7 @@ cdef class Cache:
         if evicted and self._on_evict is not None:
             self._on_evict(evk, evv)
 
-    cdef _set_slow(self, object key, hash_t h, object value):
+    cdef _set_slow(self, object key, hash_t h, object value, double exp=INFINITY):
         """__setitem__ with a getsizeof or an overridden popitem (cachetools' exact algorithm)."""
         cdef Py_ssize_t slot, e
         cdef object size, diff, old = None
@@ -813,7 +875,9 @@ cdef class Cache:
                         if self.t.free_head == ENTRY_NONE:
                             self._make_room_for_one()
                         slot = table_probe_free(&self.t, h)
-                        self._insert_at(slot, h, key, value, size)
+                        e = self._insert_at(slot, h, key, value, size)
+                    if self._exp != NULL:    # the entry's expiry time (_ttl.pxi)
+                        _ttl_stamp(self, <entry_t>e, exp)
                     break
                 if self._native_evict:
                     if evicted is None:
@@ -833,22 +897,28 @@ cdef class Cache:
         cdef Py_ssize_t slot, e
         cdef hash_t h = _key_hash(self, key)
         cdef object k, v
+        cdef double now = _ttl_now(self) if self._exp != NULL else 0.0   # expiry clock (_ttl.pxi)
+        cdef bint dead
         with cython.critical_section(self):
             e = table_find(self, key, h, &slot)
             if e < 0:
                 raise KeyError(key)
+            dead = _dead(self, e, now)
             v = self._remove(<entry_t>e, slot)
             k = self._removed_key
             self._removed_key = None
+        if dead:                         # an expired key is removed, yet missing (cachetools)
+            raise KeyError(key)
 
     def pop(self, key, default=_MARKER):
         """Remove key and return its value; return default, or raise KeyError, if it is absent."""
         cdef Py_ssize_t slot, e
         cdef hash_t h = _key_hash(self, key)
         cdef object k, v
+        cdef double now = _ttl_now(self) if self._exp != NULL else 0.0   # expiry clock (_ttl.pxi)
         with cython.critical_section(self):
             e = table_find(self, key, h, &slot)
-            if e >= 0:
+            if e >= 0 and not _dead(self, e, now):
                 v = self._remove(<entry_t>e, slot)
                 k = self._removed_key
                 self._removed_key = None
@@ -864,6 +934,8 @@ cdef class Cache:
     cdef tuple _popitem(self):
         cdef Py_ssize_t slot, e
         cdef list keys
+        if self._exp != NULL:            # expired entries go first, silently (_ttl.pxi)
+            _ttl_expire_now(self)
         if self._choice is not None:
             with cython.critical_section(self):
                 keys = self._dense_keys()
@@ -890,12 +962,16 @@ cdef class Cache:
         """Return the value of key (a lookup); if absent, insert key with default and return default."""
         cdef Py_ssize_t slot, e
         cdef hash_t h = _key_hash(self, key)
+        cdef double now = _ttl_now(self) if self._exp != NULL else 0.0   # expiry clock (_ttl.pxi)
         with cython.critical_section(self):
             e = table_find(self, key, h, &slot)
-            if e >= 0:
+            if e >= 0 and not _dead(self, e, now):
                 self._hits += 1
-                order_touch(&self.o, &self.t, <entry_t>e)
-                return self._kv[2 * e + 1]
+                if self.o.policy == POLICY_LRU:
+                    _list_move_to_end(&self.o, &self.t, <entry_t>e)
+                else:
+                    order_touch(&self.o, &self.t, <entry_t>e)
+                return <object>PyList_GET_ITEM(self._kv, 2 * e + 1)
         self[key] = default
         return default
 
@@ -933,6 +1009,8 @@ cdef class Cache:
         for e in range(self.t.capacity - 1, -1, -1):
             table_put_free(&self.t, <entry_t>e)
         self._reset_order()
+        if self._exp != NULL:            # (_ttl.pxi)
+            _ttl_reset(self)
         self._version += 1
 
     # -- sizes, stats, resize -------------------------------------------------------------------
@@ -945,6 +1023,8 @@ cdef class Cache:
     @property
     def currsize(self):
         """The current size of the cache."""
+        if self._exp != NULL:            # expired entries do not count (_ttl.pxi)
+            _ttl_expire_now(self)
         if self._sizes is None:
             return self.t.count
         return self._currsize
@@ -966,6 +1046,8 @@ cdef class Cache:
             raise TypeError("maxsize must be a number")
         if maxsize < 0:
             raise ValueError("maxsize must be non-negative")
+        if self._exp != NULL:            # expired entries go before any live one (_ttl.pxi)
+            _ttl_expire_now(self)
         with cython.critical_section(self):
             self._maxsize = maxsize
             if self._sizefn is None:
@@ -1013,9 +1095,12 @@ cdef class Cache:
         cdef uint64_t* up = <uint64_t*>cnp.PyArray_DATA(carr)
         cdef list out = [default] * n
         cdef Py_ssize_t e
+        cdef double now = _ttl_now(self) if self._exp != NULL else 0.0   # expiry clock (_ttl.pxi)
         for i in range(n):
             with cython.critical_section(self):
                 e = self._find_int(sp[i], up[i], unsigned)
+                if e >= 0 and _dead(self, e, now):   # expired: a miss (_ttl.pxi)
+                    e = -1
                 if e >= 0:
                     self._hits += 1
                     order_touch(&self.o, &self.t, <entry_t>e)
@@ -1114,6 +1199,8 @@ cdef class Cache:
     __hash__ = None
 
     def __repr__(self):
+        if self._exp != NULL:            # (_ttl.pxi)
+            _ttl_expire_now(self)
         if Py_ReprEnter(self) != 0:
             return "%s(...)" % type(self).__name__
         try:
@@ -1129,15 +1216,24 @@ cdef class Cache:
     def __reduce__(self):
         params = (self._maxsize, self._user_getsizeof, self._on_evict, self._seed_arg,
                   None if self._capacity_arg < 0 else self._capacity_arg, self._choice)
-        keys, values, aux = self._export_state()
+        if self._xp is not None:         # expiry: absolute times and the timer ride along (_ttl.pxi)
+            keys, values, aux, expires = self._export_state(ttl=_ABSOLUTE)
+        else:
+            keys, values, aux = self._export_state()
         extra = dict(_instance_dict(self))
         extra.pop("getsizeof", None)
         state = (keys, values, aux, extra, self._hits, self._misses, self._evictions)
+        if self._xp is not None:
+            state += (_ttl_getstate(self), expires)
         return (_rebuild, (type(self), params), state)
 
     def __setstate__(self, state):
-        keys, values, aux, extra, hits, misses, evictions = state
-        self._import_state(keys, values, aux)
+        keys, values, aux, extra, hits, misses, evictions = state[:7]
+        if len(state) > 7:               # expiry state (_ttl.pxi)
+            _ttl_setstate(self, state[7])
+            self._import_state(keys, values, aux, _expires=state[8])
+        else:
+            self._import_state(keys, values, aux)
         if extra:
             _instance_dict(self).update(extra)
         self._hits, self._misses, self._evictions = hits, misses, evictions
@@ -1148,14 +1244,22 @@ cdef class Cache:
         obj.__setstate__(state)
         return obj
 
-    def _export_state(self):
-        """Return (keys, values, aux) in iteration (eviction) order; aux holds LFU frequencies or None."""
+    def _export_state(self, ttl=False):
+        """Return (keys, values, aux) in iteration (eviction) order; aux holds LFU frequencies or None.
+
+        Expired entries are left out.  With ttl=True a fourth item follows: each entry's
+        remaining time-to-live in seconds (float64 array; inf: never expires).
+        """
         cdef Py_ssize_t i, n
         cdef cnp.ndarray order
         cdef entry_t* op
         cdef int64_t* fp
+        cdef double now = _ttl_now(self) if self._exp != NULL else 0.0   # expiry clock (_ttl.pxi)
         with cython.critical_section(self):
             order = self._order_array()
+            if self._exp != NULL:        # expired entries are not exported (_ttl.pxi)
+                order = _ttl_live_order(self, order, now)
+            rem = _ttl_export(self, order, now, ttl) if ttl else None
             op = <entry_t*>cnp.PyArray_DATA(order)
             n = order.shape[0]
             keys = [self._kv[2 * op[i]] for i in range(n)]
@@ -1166,11 +1270,14 @@ cdef class Cache:
                 fp = <int64_t*>cnp.PyArray_DATA(aux)
                 for i in range(n):
                     fp[i] = self.o.bfreq[self.o.bucket_of[op[i]]]
+        if ttl:
+            return keys, values, aux, rem
         return keys, values, aux
 
-    def _import_state(self, keys, values, aux=None):
+    def _import_state(self, keys, values, aux=None, ttl=None, *, _expires=None):
         """Replace the contents with keys/values in eviction order (aux: LFU frequencies).
 
+        `ttl`: each entry's remaining time-to-live in seconds (inf or NaN: never expires).
         All checks run on a fresh cache first: on any error this cache is left untouched.
         """
         cdef Cache fresh
@@ -1193,6 +1300,7 @@ cdef class Cache:
         fresh = type(self).__new__(type(self))
         Cache._setup(fresh, self._maxsize, self._user_getsizeof, self._on_evict, self._seed_arg,
                      None if self._capacity_arg < 0 else self._capacity_arg, self._choice)
+        exps = _ttl_import_prepare(self, fresh, n, ttl, _expires)   # expiry times (_ttl.pxi)
         if n > fresh.t.capacity:
             fresh._grow(min(max(n, 1), _MAX_ENTRIES))
         for i in range(n):
@@ -1217,7 +1325,9 @@ cdef class Cache:
                 _lfu_append_sorted(&fresh.o, &fresh.t, e, f)
                 fresh.t.count += 1
             else:
-                fresh._insert_at(slot, h, key, value, size)
+                e = fresh._insert_at(slot, h, key, value, size)
+            if exps is not None:         # (_ttl.pxi)
+                _ttl_stamp(fresh, e, exps[i])
         with cython.critical_section(self):
             self._swap(fresh)
         # a state bigger than maxsize is trimmed in policy order, like resize()
@@ -1230,6 +1340,8 @@ cdef class Cache:
         self._kv, other._kv = other._kv, self._kv
         self._sizes, other._sizes = other._sizes, self._sizes
         self._currsize, other._currsize = other._currsize, self._currsize
+        self._exp, other._exp = other._exp, self._exp      # expiry state (_ttl.pxi)
+        self._xp, other._xp = other._xp, self._xp
         self._version += other._version + 1
 
     def _check(self):
@@ -1289,6 +1401,8 @@ cdef class Cache:
                     used += 1
             if used != self.t.filled:
                 raise AssertionError("filled slot count is wrong")
+            if self._exp != NULL:        # the radix heap of expiry times (_ttl.pxi)
+                _ttl_check(self)
 
     def _nbytes(self):
         """Bytes held by the engine for this cache, key and value objects not counted."""
@@ -1296,7 +1410,52 @@ cdef class Cache:
         n = self._buf.nbytes() + sys.getsizeof(self._kv)
         if self._sizes is not None:
             n += sys.getsizeof(self._sizes)
+        if self._exp != NULL:            # (_ttl.pxi)
+            n += _ttl_nbytes(self)
         return n
+
+    # -- per-entry time-to-live (implemented in _ttl.pxi) -----------------------------------------
+
+    def set(self, key, value, ttl=None):
+        """Set cache[key] = value, expiring `ttl` seconds from now (None: the cache's default, if any, else never).
+
+        `ttl` may be a timedelta when the timer returns datetimes.  Setting a key again
+        replaces its expiry.
+        """
+        _ttl_set(self, key, value, ttl)
+
+    def ttl_of(self, key):
+        """Return the time key has left to live (seconds, or a timedelta for datetime timers); None if it never expires.
+
+        Raises KeyError if key is absent or expired.  Not a lookup: nothing is counted or touched.
+        """
+        return _ttl_of(self, key)
+
+    def expire(self, time=None):
+        """Remove the items expired at `time` (default: now) and return their `(key, value)` pairs."""
+        return _ttl_expire(self, time)
+
+    @property
+    def timer(self):
+        """The timer used for expiry (time.monotonic by default); `with cache.timer as now:` freezes time."""
+        return _ttl_get_timer(self)
+
+    @timer.setter
+    def timer(self, timer):
+        _ttl_set_timer(self, timer)
+
+    # -- snapshots (issue 7; format and checks in kvcache.snapshot) ---------------------------
+
+    def save(self, path, *, pickle_key=None):
+        """Write contents, order and frequencies to `path` atomically (temp file, fsync, rename).
+
+        Values must be msgpack-representable (see kvcache.serialize) unless `pickle_key`
+        enables signed pickle; the same key is then needed to load the file.
+        """
+        from kvcache import snapshot
+        snapshot.save(self, path, pickle_key=pickle_key)
+
+    load = _ClassOrInstanceMethod(_snapshot_load)
 
 
 cdef Py_ssize_t table_slot_of_checked(table_t* t, entry_t e) noexcept nogil:
@@ -1346,10 +1505,10 @@ cdef inline Py_ssize_t table_find(Cache self, object key, hash_t h, Py_ssize_t* 
                 if free_slot < 0:
                     free_slot = <Py_ssize_t>i
             elif self.t.ent[e].hash == h:
-                other = self._kv[2 * e]
-                if other is key:
-                    slot_out[0] = <Py_ssize_t>i
+                if PyList_GET_ITEM(self._kv, 2 * e) == <PyObject*>key:
+                    slot_out[0] = <Py_ssize_t>i     # identity: no reference taken, no Python code
                     return e
+                other = self._kv[2 * e]             # a strong reference: __eq__ may drop the entry
                 eq = PyObject_RichCompareBool(other, key, Py_EQ)
                 if self._version != version:
                     break                       # mutated by __eq__ (or another thread): restart
@@ -1441,8 +1600,12 @@ cdef class RRCache(Cache):
         return self._popitem()
 
 
+
+include "_ttl.pxi"
+
+
 _NATIVE_POPITEMS = frozenset([Cache.popitem, FIFOCache.popitem, LRUCache.popitem, LFUCache.popitem,
-                              RRCache.popitem])
+                              RRCache.popitem, TTLCache.popitem, TLRUCache.popitem])
 _NATIVE_GETITEMS = frozenset([Cache.__getitem__])
 
 
@@ -1465,7 +1628,7 @@ cdef class _CacheIterator:
         self.op = <entry_t*>cnp.PyArray_DATA(<cnp.ndarray>self.order)
         self.n = len(self.order)
         self.pos = 0
-        self.version = cache._version
+        self.version = _iter_version(cache)     # expirations do not count (_ttl.pxi)
         self.mode = mode
 
     def __iter__(self):
@@ -1474,17 +1637,23 @@ cdef class _CacheIterator:
     def __next__(self):
         cdef Cache c = self.cache
         cdef entry_t e
+        cdef double now = _ttl_now(c) if c._exp != NULL else 0.0   # expiry clock (_ttl.pxi)
         if self.pos >= self.n:
             raise StopIteration
         with cython.critical_section(c):
-            if c._version != self.version:
+            if _iter_version(c) != self.version:
                 self.pos = self.n
                 raise RuntimeError("cache changed size during iteration")
-            if self.mode == 3:
-                e = self.op[self.n - 1 - self.pos]
-            else:
-                e = self.op[self.pos]
-            self.pos += 1
+            while True:
+                if self.mode == 3:
+                    e = self.op[self.n - 1 - self.pos]
+                else:
+                    e = self.op[self.pos]
+                self.pos += 1
+                if not _dead(c, e, now) and c.t.ent[e].prev != ENTRY_FREE:
+                    break
+                if self.pos >= self.n:  # expired entries are skipped (_ttl.pxi)
+                    raise StopIteration
             if self.mode == 1:
                 return c._kv[2 * e + 1]
             if self.mode == 2:

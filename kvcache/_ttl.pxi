@@ -1,0 +1,869 @@
+# Expiry for the engine: per-entry time-to-live, TTLCache and TLRUCache (included by _core.pyx).
+#
+# A cache pays nothing for expiry until it first stores an entry with a time-to-live: then
+# `Cache._xp` gets an `_Expiry` (the timer, the default expiry policy, and the buffers below)
+# and `Cache._exp` points at its per-entry expiry times.  Every hook in Cache is a test of
+# `_exp != NULL`, one predictable branch for caches that never expire anything.
+#
+# Times.  The user's timer may return floats, ints, datetimes (with timedelta TTLs), or any
+# value whose difference with another is a timedelta or a number.  Each is mapped once to a
+# double: numbers as themselves, anything else as its offset from the first value seen (in
+# microseconds for timedeltas, which keeps datetime arithmetic exact up to ~285 years).  An
+# entry is alive while `now < expires`, exactly the comparison cachetools makes; `+inf` means
+# "never expires" and NaN "already expired".
+#
+# Which entries have expired: a radix heap (Ahuja, Mehlhorn, Orlin, Tarjan 1990) over the
+# 64-bit order-preserving image of each expiry time.  Bucket 0 holds the keys <= `last`;
+# bucket b >= 1 the keys whose highest bit differing from `last` is bit b-1, so every key in a
+# lower bucket is smaller than every key in a higher one.  Inserting and removing an entry
+# (set, delete, LRU eviction) is O(1): a doubly linked list per bucket.  `expire(now)` looks
+# at the first non-empty bucket only; its smallest possible key tells in O(1) whether
+# anything is due.  When it may be, the bucket is scanned once and `last` moves up to
+# min(its smallest key, now): every entry of that bucket then lands in a strictly lower
+# bucket.  An entry can move down at most 64 times in its life, so the total expiry work is
+# O(entries expired + 64 * entries inserted): O(1) amortized per operation, with no full
+# scan on get or set, for fixed and for mixed per-entry TTLs alike, and exact (no rounding
+# of times to ticks, unlike a timer wheel).  Entries of equal expiry keep their stamping
+# order (buckets are FIFO and every move is a stable traversal), so expire() returns pairs
+# in expiry order, ties in the order they were set, as cachetools' TTLCache does.
+#
+# Keys below `last` can only appear when time runs backwards (a fake timer, or an explicit
+# expire(time) in the future); they sit in bucket 0, which is then checked entry by entry.
+
+import datetime as _datetime
+import numbers as _numbers
+import time as _time
+import copy as _copy
+
+from libc.stdint cimport int8_t
+from cpython.float cimport PyFloat_AS_DOUBLE
+from libc.math cimport NAN
+
+cdef extern from *:
+    """
+    #if defined(_MSC_VER)
+    #include <intrin.h>
+    static int kv_msb64(unsigned long long x) { unsigned long i; _BitScanReverse64(&i, x); return (int)i; }
+    static int kv_lsb64(unsigned long long x) { unsigned long i; _BitScanForward64(&i, x); return (int)i; }
+    #else
+    static int kv_msb64(unsigned long long x) { return 63 - __builtin_clzll(x); }
+    static int kv_lsb64(unsigned long long x) { return __builtin_ctzll(x); }
+    #endif
+    /* time.monotonic() read in C: on Linux CPython reads CLOCK_MONOTONIC and divides the
+       nanoseconds by 1e9 exactly like this, so both give the same doubles.  Elsewhere the
+       Python function is called. */
+    #if defined(__linux__)
+    #include <time.h>
+    #define KV_HAVE_CLOCK 1
+    static double kv_monotonic_coarse(void) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+        return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+    }
+    static double kv_coarse_resolution(void) {
+        struct timespec ts;
+        if (clock_getres(CLOCK_MONOTONIC_COARSE, &ts) != 0) return -1.0;
+        return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+    }
+    static double kv_monotonic(void) {
+        struct timespec ts;
+        long long ns;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        ns = (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+        if (ns % 1000000000LL == 0) return (double)(ns / 1000000000LL);
+        return (double)ns / 1e9;
+    }
+    #else
+    #define KV_HAVE_CLOCK 0
+    static double kv_monotonic(void) { return 0.0; }
+    static double kv_monotonic_coarse(void) { return 0.0; }
+    static double kv_coarse_resolution(void) { return -1.0; }
+    #endif
+    """
+    int kv_msb64(unsigned long long x) noexcept nogil
+    int kv_lsb64(unsigned long long x) noexcept nogil
+    double kv_monotonic() noexcept nogil
+    double kv_monotonic_coarse() noexcept nogil
+    double kv_coarse_resolution() noexcept nogil
+    int KV_HAVE_CLOCK
+
+__all__ += ["TTLCache", "TLRUCache"]
+
+cdef object _time_monotonic = _time.monotonic
+cdef object _ONE_US = _datetime.timedelta(microseconds=1)
+cdef object _timedelta = _datetime.timedelta
+cdef object _Real = _numbers.Real
+cdef object _ABSOLUTE = object()     # _export_state(ttl=_ABSOLUTE): absolute times (pickling)
+cdef int _NBUCKETS = 65
+cdef uint64_t _TOP = <uint64_t>1 << 63
+
+# A hit needs the time only to confirm that the entry has not expired.  With time.monotonic
+# on Linux, an entry whose expiry is more than _COARSE_MARGIN ahead of the kernel's coarse
+# clock (updated every tick, never more than a tick behind CLOCK_MONOTONIC: 1-10 ms) is
+# alive for certain, and the coarse clock costs a fifth of the precise one.  Only entries
+# that close to expiring read the precise clock.  (inf: no coarse clock, always precise.)
+cdef double _COARSE_MARGIN = INFINITY
+if KV_HAVE_CLOCK and kv_coarse_resolution() > 0:
+    _COARSE_MARGIN = max(0.05, 16 * kv_coarse_resolution())
+
+
+cdef inline uint64_t _tkey(double d) noexcept nogil:
+    """Map a time to a uint64 with the same order (NaN: before everything, i.e. expired)."""
+    cdef uint64_t u
+    if d != d:
+        d = -INFINITY
+    elif d == 0.0:
+        d = 0.0                       # -0.0 == 0.0 must map to one key
+    memcpy(&u, &d, 8)
+    if u & _TOP:
+        return ~u
+    return u | _TOP
+
+
+cdef inline uint64_t _iter_version(Cache c) noexcept:
+    # Iterators fail on any change but expiry: len(), currsize or expire() may remove expired
+    # entries while a loop runs (list(cache) itself calls len()); the iterator skips them.
+    if c._xp is None:
+        return c._version
+    return c._version - (<_Expiry>c._xp).bumps
+
+
+cdef inline bint _dead(Cache c, Py_ssize_t e, double now) noexcept nogil:
+    """Has entry e expired at `now` (NaN: the C clock, read when needed)?  False without expiry."""
+    return c._exp != NULL and _expired_at(c._exp[e], now)
+
+
+cdef inline bint _expired_at(double exp, double now) noexcept nogil:
+    if exp == INFINITY:
+        return False
+    if now != now:
+        if exp - kv_monotonic_coarse() > _COARSE_MARGIN:
+            return False
+        now = kv_monotonic()
+    return not (now < exp)
+
+
+cdef inline double _resolve(double now) noexcept nogil:
+    return kv_monotonic() if now != now else now
+
+
+# ---------------------------------------------------------------------------------------------
+# The timer
+# ---------------------------------------------------------------------------------------------
+
+@cython.final
+cdef class _Timer:
+    """A cache's `timer`: calls the user's timer; `with cache.timer as now:` freezes time.
+
+    Unknown attributes are looked up on the user's timer (as cachetools does).
+    """
+    cdef object _fn
+    cdef int _nesting
+    cdef object _time                # the frozen value, as the user's timer returned it
+    cdef double _time_f              # the same, mapped to a double
+    cdef bint _clock                 # _fn is time.monotonic on Linux: read the clock in C
+    cdef int _kind                   # 0 not known yet, 1 numbers, 2 timedelta offsets, 3 other offsets
+    cdef object _origin              # the first non-numeric time seen (offsets are from it)
+
+    def __cinit__(self, fn):
+        if not callable(fn):
+            raise TypeError("timer must be callable")
+        self._fn = fn
+        self._clock = fn is _time_monotonic and KV_HAVE_CLOCK
+        if self._clock:
+            self._kind = 1
+
+    def __call__(self):
+        if self._nesting:
+            return self._time_obj()
+        return self._fn()
+
+    def __enter__(self):
+        self._freeze()
+        return self._time_obj()
+
+    def __exit__(self, *exc):
+        self._thaw()
+
+    def __copy__(self):
+        return _Timer(self._fn)
+
+    def __deepcopy__(self, memo):
+        return _Timer(_copy.deepcopy(self._fn, memo))
+
+    def __reduce__(self):
+        return (_Timer, (self._fn,))
+
+    def __getattr__(self, name):
+        return getattr(self._fn, name)
+
+    def _now(self):
+        """The current time as the cache compares it (a float; for tests)."""
+        return self.now_f()
+
+    cdef double _freeze(self) except? -1:
+        cdef double f
+        if self._nesting == 0:
+            if self._clock:
+                f = kv_monotonic()
+                self._time = None        # boxed only if asked for
+            else:
+                t = self._fn()
+                f = self.to_f(t)
+                self._time = t
+            self._time_f = f
+        self._nesting += 1
+        return self._time_f
+
+    cdef object _time_obj(self):
+        if self._time is None:
+            self._time = self._time_f
+        return self._time
+
+    cdef void _thaw(self):
+        if self._nesting > 0:
+            self._nesting -= 1
+
+    cdef double now_f(self) except? -1:
+        if self._nesting:
+            return self._time_f
+        if self._clock:
+            return kv_monotonic()
+        return self.to_f(self._fn())
+
+    cdef double to_f(self, object t) except? -1:
+        if type(t) is float:
+            if self._kind == 0:
+                self._kind = 1
+            return PyFloat_AS_DOUBLE(t)
+        return self._to_f_slow(t)
+
+    cdef double _to_f_slow(self, object t) except? -1:
+        if isinstance(t, _Real) and self._kind != 2:
+            if self._kind == 0:
+                self._kind = 1
+            return float(t)
+        if self._origin is None:
+            self._origin = t
+        d = t - self._origin
+        if isinstance(d, _timedelta):
+            self._kind = 2
+            return d / _ONE_US
+        if self._kind == 0:
+            self._kind = 3
+        return float(d)
+
+    cdef double scale(self):
+        """Units of the double time per second."""
+        return 1e6 if self._kind == 2 else 1.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-cache expiry state and the radix heap
+# ---------------------------------------------------------------------------------------------
+
+@cython.final
+cdef class _Expiry:
+    cdef _Timer timer
+    cdef int mode                    # default expiry: 0 none, 1 `ttl` after set, 2 ttu(key, value, now)
+    cdef object ttl, ttu
+    cdef double ttl_f                # ttl as a double when it is a real number
+    cdef bint ttl_numeric
+    cdef bint drop_expired           # TLRU: setting an already expired item removes the key
+    cdef bint native_expire          # False when a subclass overrides expire(): call it instead
+    cdef object exp_arr, link_arr, bkt_arr
+    cdef double* exp                 # entry -> expiry time (+inf: never)
+    cdef int32_t* link               # entry -> prev (2e), next (2e+1) in its bucket
+    cdef int8_t* bkt                 # entry -> its bucket, -1 when not in the heap
+    cdef entry_t head[65]
+    cdef entry_t tail[65]
+    cdef uint64_t nonempty           # bit b-1 set when bucket b >= 1 holds entries
+    cdef uint64_t last
+    cdef Py_ssize_t n                # entries in the heap
+    cdef uint64_t bumps              # Cache._version increments made by expiry
+
+    def __cinit__(self):
+        self._clear_heap()
+
+    cdef void _clear_heap(self) noexcept:
+        cdef int b
+        for b in range(_NBUCKETS):
+            self.head[b] = ENTRY_NONE
+            self.tail[b] = ENTRY_NONE
+        self.nonempty = 0
+        self.last = 0
+        self.n = 0
+
+    cdef void set_default(self, int mode, object param):
+        self.mode = mode
+        if mode == 1:
+            self.ttl = param
+            self.ttl_numeric = isinstance(param, _Real) and not isinstance(param, bool)
+            self.ttl_f = float(param) if self.ttl_numeric else 0.0
+        elif mode == 2:
+            self.ttu = param
+            self.drop_expired = True
+
+
+cdef inline void _rh_link(_Expiry x, entry_t e, uint64_t k) noexcept nogil:
+    """Append e to the bucket its key belongs in relative to `last`."""
+    cdef int b = 0
+    cdef entry_t t
+    if k > x.last:
+        b = kv_msb64(k ^ x.last) + 1
+        x.nonempty |= (<uint64_t>1) << (b - 1)
+    x.bkt[e] = <int8_t>b
+    t = x.tail[b]
+    x.link[2 * e] = t
+    x.link[2 * e + 1] = ENTRY_NONE
+    if t == ENTRY_NONE:
+        x.head[b] = e
+    else:
+        x.link[2 * t + 1] = e
+    x.tail[b] = e
+
+
+cdef inline void _rh_unlink(_Expiry x, entry_t e) noexcept nogil:
+    cdef int b = x.bkt[e]
+    cdef entry_t p = x.link[2 * e], nx = x.link[2 * e + 1]
+    if p == ENTRY_NONE:
+        x.head[b] = nx
+    else:
+        x.link[2 * p + 1] = nx
+    if nx == ENTRY_NONE:
+        x.tail[b] = p
+    else:
+        x.link[2 * nx] = p
+    if b > 0 and x.head[b] == ENTRY_NONE:
+        x.nonempty &= ~((<uint64_t>1) << (b - 1))
+    x.bkt[e] = -1
+    x.n -= 1
+
+
+cdef void _ttl_stamp(Cache c, entry_t e, double exp) noexcept:
+    """Give entry e the expiry time `exp` (+inf: none)."""
+    cdef _Expiry x = <_Expiry>c._xp
+    if x.bkt[e] >= 0:
+        _rh_unlink(x, e)
+    x.exp[e] = exp
+    if not (exp == INFINITY):
+        _rh_link(x, e, _tkey(exp))
+        x.n += 1
+
+
+cdef inline void _ttl_forget(Cache c, entry_t e) noexcept:
+    """Entry e is being removed: drop its expiry."""
+    cdef _Expiry x = <_Expiry>c._xp
+    if x.bkt[e] >= 0:
+        _rh_unlink(x, e)
+    x.exp[e] = INFINITY
+
+
+cdef tuple _ttl_pop(Cache c, entry_t e):
+    value = c._remove(e, -1)
+    key = c._removed_key
+    c._removed_key = None
+    return (key, value)
+
+
+cdef list _ttl_expire_locked(Cache c, double now):
+    """Remove every entry expired at `now`; return their pairs (None if there are none)."""
+    cdef _Expiry x = <_Expiry>c._xp
+    cdef uint64_t nk, lb, m, k
+    cdef entry_t e, nx
+    cdef int i
+    cdef list out = None
+    cdef uint64_t v0 = c._version
+    if x is None or x.n == 0:
+        return None
+    nk = _tkey(now)
+    while True:
+        if x.head[0] != ENTRY_NONE:
+            if x.last <= nk:
+                while x.head[0] != ENTRY_NONE:
+                    if out is None:
+                        out = []
+                    out.append(_ttl_pop(c, x.head[0]))
+            else:                                    # time ran backwards: check each entry
+                e = x.head[0]
+                while e != ENTRY_NONE:
+                    nx = x.link[2 * e + 1]
+                    if _tkey(x.exp[e]) <= nk:
+                        if out is None:
+                            out = []
+                        out.append(_ttl_pop(c, e))
+                    e = nx
+        if x.nonempty == 0:
+            break
+        i = kv_lsb64(x.nonempty) + 1
+        lb = ((x.last >> (i - 1)) << (i - 1)) | ((<uint64_t>1) << (i - 1))
+        if nk < lb:
+            break                                    # the smallest possible key is still ahead
+        m = <uint64_t>0xFFFFFFFFFFFFFFFF
+        e = x.head[i]
+        while e != ENTRY_NONE:
+            k = _tkey(x.exp[e])
+            if k < m:
+                m = k
+            e = x.link[2 * e + 1]
+        # every key of bucket i is >= the new `last` and shares its bits above i-1: each one
+        # moves to a strictly lower bucket
+        e = x.head[i]
+        x.head[i] = ENTRY_NONE
+        x.tail[i] = ENTRY_NONE
+        x.nonempty &= ~((<uint64_t>1) << (i - 1))
+        x.last = m if m <= nk else nk
+        while e != ENTRY_NONE:
+            nx = x.link[2 * e + 1]
+            _rh_link(x, e, _tkey(x.exp[e]))
+            e = nx
+        if m > nk:
+            break
+    x.bumps += c._version - v0
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Buffers (kept in step with the table's capacity by Cache._allocate / _grow / _clear_table)
+# ---------------------------------------------------------------------------------------------
+
+cdef _ttl_alloc(Cache c, Py_ssize_t capacity):
+    """Allocate empty expiry buffers for `capacity` entries."""
+    cdef _Expiry x = <_Expiry>c._xp
+    x.exp_arr = np.full(capacity, np.inf, dtype=np.float64)
+    x.link_arr = np.full(2 * capacity, ENTRY_NONE, dtype=np.int32)
+    x.bkt_arr = np.full(capacity, -1, dtype=np.int8)
+    x.exp = <double*>_data(x.exp_arr)
+    x.link = <int32_t*>_data(x.link_arr)
+    x.bkt = <int8_t*>_data(x.bkt_arr)
+    x._clear_heap()
+    c._exp = x.exp
+
+
+cdef _ttl_grow(Cache c, Py_ssize_t capacity):
+    cdef _Expiry x = <_Expiry>c._xp
+    cdef Py_ssize_t old = x.exp_arr.shape[0]
+    exp_arr = np.full(capacity, np.inf, dtype=np.float64)
+    link_arr = np.full(2 * capacity, ENTRY_NONE, dtype=np.int32)
+    bkt_arr = np.full(capacity, -1, dtype=np.int8)
+    exp_arr[:old] = x.exp_arr
+    link_arr[:2 * old] = x.link_arr
+    bkt_arr[:old] = x.bkt_arr
+    x.exp_arr, x.link_arr, x.bkt_arr = exp_arr, link_arr, bkt_arr
+    x.exp = <double*>_data(exp_arr)
+    x.link = <int32_t*>_data(link_arr)
+    x.bkt = <int8_t*>_data(bkt_arr)
+    c._exp = x.exp
+
+
+cdef void _ttl_reset(Cache c):
+    cdef _Expiry x = <_Expiry>c._xp
+    x.exp_arr.fill(np.inf)
+    x.link_arr.fill(ENTRY_NONE)
+    x.bkt_arr.fill(-1)
+    x._clear_heap()
+
+
+cdef _Expiry _new_expiry(Cache c, object timer):
+    cdef _Expiry x = _Expiry()
+    x.timer = timer if isinstance(timer, _Timer) else _Timer(timer)
+    # cachetools documents overriding expire() to see what expires: every implicit expiry
+    # (set, len, popitem, resize...) then goes through it
+    x.native_expire = type(c).expire is _CACHE_EXPIRE
+    return x
+
+
+cdef _Expiry _ttl_state(Cache c):
+    """The cache's expiry state, created on first use with the default timer."""
+    if c._xp is None:
+        c._xp = _new_expiry(c, _time_monotonic)
+    return <_Expiry>c._xp
+
+
+cdef _ttl_enable(Cache c, object timer, int mode, object param):
+    """Give a fresh cache its timer and default expiry and allocate the buffers (TTL/TLRU init)."""
+    cdef _Expiry x = _new_expiry(c, timer)
+    x.set_default(mode, param)
+    with cython.critical_section(c):
+        c._xp = x
+        _ttl_alloc(c, c.t.capacity)
+
+
+cdef void _ttl_need_buffers(Cache c) except *:
+    _ttl_state(c)
+    if c._exp == NULL:
+        with cython.critical_section(c):
+            if c._exp == NULL:
+                _ttl_alloc(c, c.t.capacity)
+
+
+cdef inline double _ttl_now(Cache c) except? -1:
+    """The time for a lookup: NaN when it is the C clock, read later only if needed (see _dead)."""
+    cdef _Timer tm = (<_Expiry>c._xp).timer
+    if tm._nesting:
+        return tm._time_f
+    if tm._clock:
+        return NAN
+    return tm.to_f(tm._fn())
+
+
+cdef _ttl_expire_now(Cache c):
+    """Remove what has expired by now (the pairs are released when this returns)."""
+    cdef _Timer tm = (<_Expiry>c._xp).timer
+    cdef double now
+    cdef list out
+    if not (<_Expiry>c._xp).native_expire:
+        tm._freeze()
+        try:
+            c.expire(tm._time_obj())
+        finally:
+            tm._thaw()
+        return None
+    now = tm.now_f()
+    with cython.critical_section(c):
+        out = _ttl_expire_locked(c, now)
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# The public operations (methods of Cache delegate here)
+# ---------------------------------------------------------------------------------------------
+
+cdef double _ttl_expiry(_Expiry x, object key, object value, object ttl, double now) except? -1:
+    """The expiry time of an item set now (user code -- ttu, time arithmetic -- runs here)."""
+    cdef _Timer tm = x.timer
+    cdef double f
+    if ttl is None:
+        if x.mode == 0:
+            return INFINITY
+        if x.mode == 2:
+            return tm.to_f(x.ttu(key, value, tm._time_obj()))
+        if x.ttl_numeric and tm._kind == 1:
+            return now + x.ttl_f            # as cachetools' float arithmetic `time + ttl`
+        return tm.to_f(tm._time_obj() + x.ttl)
+    if isinstance(ttl, _Real) and not isinstance(ttl, bool):
+        f = float(ttl)
+        if f != f:
+            raise ValueError("ttl must not be NaN")
+        if tm._kind == 1 or tm._kind == 2:
+            return now + f * tm.scale()
+    elif not isinstance(ttl, _timedelta):
+        raise TypeError("ttl must be a number of seconds, a timedelta or None, not %s"
+                        % type(ttl).__name__)
+    return tm.to_f(tm._time_obj() + ttl)
+
+
+cdef _ttl_setitem(Cache c, object key, hash_t h, object value, object ttl):
+    """Set key with its expiry: expire what is due, then set as usual and stamp the entry."""
+    cdef _Expiry x = <_Expiry>c._xp
+    cdef _Timer tm = x.timer
+    cdef double now, exp
+    cdef list expired = None
+    cdef Py_ssize_t slot, e
+    cdef object k = None, v = None
+    now = tm._freeze()
+    try:
+        exp = _ttl_expiry(x, key, value, ttl, now)
+        if not x.native_expire:
+            c.expire(tm._time_obj())
+        with cython.critical_section(c):
+            if x.native_expire:
+                expired = _ttl_expire_locked(c, now)
+            if x.drop_expired and not (now < exp):
+                # an already expired item replaces nothing: the key goes (cachetools.TLRUCache)
+                e = table_find(c, key, h, &slot)
+                if e >= 0:
+                    v = c._remove(<entry_t>e, slot)
+                    k = c._removed_key
+                    c._removed_key = None
+                return
+        if not _ttl_set_fast(c, key, h, value, exp):
+            c._set_slow(key, h, value, exp)
+    finally:
+        tm._thaw()
+
+
+cdef bint _ttl_set_fast(Cache c, object key, hash_t h, object value, double exp) except -1:
+    """Cache.__setitem__'s native path with the entry stamped; False where it does not apply."""
+    cdef Py_ssize_t slot, e
+    cdef object old = None, evk = None, evv = None
+    cdef bint evicted = False
+    if c._sizefn is not None or not c._native_evict:
+        return False
+    with cython.critical_section(c):
+        e = table_find(c, key, h, &slot)
+        if e >= 0:
+            old = c._kv[2 * e + 1]              # released after the update, not during it
+            c._kv[2 * e + 1] = value
+            order_update(&c.o, &c.t, <entry_t>e)
+            _ttl_stamp(c, <entry_t>e, exp)
+            return True
+        if c._max_entries < 1:
+            raise ValueError("value too large")
+        if c.t.count >= c._max_entries:
+            evv = c._remove(order_victim(&c.o, &c.t), -1)
+            evk = c._removed_key
+            c._removed_key = None
+            c._evictions += 1
+            evicted = True
+            slot = table_probe_free(&c.t, h)
+        elif c.t.free_head == ENTRY_NONE:
+            c._make_room_for_one()
+            slot = table_probe_free(&c.t, h)
+        e = c._insert_at(slot, h, key, value, None)
+        _ttl_stamp(c, <entry_t>e, exp)
+    if evicted and c._on_evict is not None:
+        c._on_evict(evk, evv)
+    return True
+
+
+cdef _ttl_set(Cache c, object key, object value, object ttl):
+    if ttl is None and c._exp == NULL:
+        c[key] = value
+        return
+    _ttl_need_buffers(c)
+    _ttl_setitem(c, key, _key_hash(c, key), value, ttl)
+
+
+cdef object _ttl_of(Cache c, object key):
+    cdef Py_ssize_t slot, e
+    cdef hash_t h = _key_hash(c, key)
+    cdef double now = _ttl_now(c) if c._exp != NULL else 0.0
+    cdef double exp
+    cdef _Timer tm
+    with cython.critical_section(c):
+        e = table_find(c, key, h, &slot)
+        if e < 0 or _dead(c, e, now):
+            raise KeyError(key)
+        if c._exp == NULL:
+            return None
+        exp = c._exp[e]
+    if exp == INFINITY:
+        return None
+    now = _resolve(now)
+    tm = (<_Expiry>c._xp).timer
+    if tm._kind == 2:
+        return _timedelta(microseconds=exp - now)
+    return exp - now
+
+
+cdef list _ttl_expire(Cache c, object time):
+    cdef _Timer tm
+    cdef double now
+    cdef list out
+    if c._exp == NULL:
+        return []
+    tm = (<_Expiry>c._xp).timer
+    now = tm.now_f() if time is None else tm.to_f(time)
+    with cython.critical_section(c):
+        out = _ttl_expire_locked(c, now)
+    return [] if out is None else out
+
+
+cdef object _ttl_get_timer(Cache c):
+    return _ttl_state(c).timer
+
+
+cdef _ttl_set_timer(Cache c, object timer):
+    cdef _Timer tm = _Timer(timer)
+    _ttl_state(c).timer = tm
+
+
+# ---------------------------------------------------------------------------------------------
+# State: export/import (remaining TTLs), pickling (absolute times and the timer), checks
+# ---------------------------------------------------------------------------------------------
+
+cdef object _ttl_live_order(Cache c, object order, double now):
+    """The entries of `order` that have not expired at `now`."""
+    cdef cnp.ndarray arr = <cnp.ndarray>order
+    cdef entry_t* op = <entry_t*>cnp.PyArray_DATA(arr)
+    cdef Py_ssize_t i, j = 0, n = arr.shape[0]
+    for i in range(n):
+        if not _dead(c, op[i], now):
+            op[j] = op[i]
+            j += 1
+    return order[:j]
+
+
+cdef object _ttl_export(Cache c, object order, double now, object how):
+    """Each entry's remaining time-to-live in seconds (or absolute expiry time), inf: never."""
+    cdef cnp.ndarray arr = <cnp.ndarray>order
+    cdef entry_t* op = <entry_t*>cnp.PyArray_DATA(arr)
+    cdef Py_ssize_t i, n = arr.shape[0]
+    cdef cnp.ndarray out = np.full(n, np.inf, dtype=np.float64)
+    cdef double* fp = <double*>cnp.PyArray_DATA(out)
+    cdef double scale
+    if c._exp == NULL:
+        return out
+    now = _resolve(now)
+    scale = (<_Expiry>c._xp).timer.scale()
+    for i in range(n):
+        if how is _ABSOLUTE:
+            fp[i] = c._exp[op[i]]
+        elif c._exp[op[i]] != INFINITY:
+            fp[i] = (c._exp[op[i]] - now) / scale
+    return out
+
+
+cdef object _ttl_import_prepare(Cache self, Cache fresh, Py_ssize_t n, object ttl, object expires):
+    """Give `fresh` this cache's timer and default; return the absolute expiry times to stamp."""
+    cdef _Expiry x, fx
+    if self._xp is None and ttl is None and expires is None:
+        return None
+    if self._xp is None:                 # this cache keeps no state until the import succeeds
+        x = _new_expiry(self, _time_monotonic)
+    else:
+        x = <_Expiry>self._xp
+    fx = _new_expiry(fresh, x.timer)
+    fx.mode, fx.ttl, fx.ttu, fx.ttl_f = x.mode, x.ttl, x.ttu, x.ttl_f
+    fx.ttl_numeric, fx.drop_expired = x.ttl_numeric, x.drop_expired
+    fresh._xp = fx
+    if self._exp != NULL or fx.mode != 0 or ttl is not None or expires is not None:
+        _ttl_alloc(fresh, fresh.t.capacity)
+    if expires is not None:
+        arr = np.array(expires, dtype=np.float64)
+    elif ttl is not None:
+        arr = np.array(ttl, dtype=np.float64)
+        if arr.ndim == 1 and arr.shape[0] == n:
+            arr = np.where(np.isnan(arr), np.inf, arr)
+            arr = x.timer.now_f() + arr * x.timer.scale()
+    else:
+        return None
+    if arr.ndim != 1 or arr.shape[0] != n:
+        raise ValueError("state expiry times do not match the keys")
+    return arr
+
+
+cdef tuple _ttl_getstate(Cache c):
+    cdef _Expiry x = <_Expiry>c._xp
+    return (x.timer._fn, x.timer._kind, x.timer._origin, x.mode, x.ttl, x.ttu)
+
+
+cdef _ttl_setstate(Cache c, tuple st):
+    fn, kind, origin, mode, ttl, ttu = st
+    cdef _Expiry x = _new_expiry(c, fn)
+    if not x.timer._clock:
+        x.timer._kind = kind
+    x.timer._origin = origin
+    x.set_default(mode, ttu if mode == 2 else ttl)
+    c._xp = x
+
+
+cdef _ttl_check(Cache c):
+    cdef _Expiry x = <_Expiry>c._xp
+    cdef Py_ssize_t e, n = 0, cnt
+    cdef int b
+    cdef entry_t f, p
+    cdef uint64_t k
+    for e in range(c.t.capacity):
+        if c.t.ent[e].prev == ENTRY_FREE:
+            if x.exp[e] != INFINITY or x.bkt[e] != -1:
+                raise AssertionError("free entry %d has an expiry" % e)
+        elif (x.exp[e] == INFINITY) != (x.bkt[e] == -1):
+            raise AssertionError("entry %d: expiry and heap membership disagree" % e)
+    for b in range(_NBUCKETS):
+        f = x.head[b]
+        p = ENTRY_NONE
+        cnt = 0
+        while f != ENTRY_NONE:
+            cnt += 1
+            if cnt > c.t.capacity or x.bkt[f] != b or x.link[2 * f] != p:
+                raise AssertionError("heap bucket %d is corrupt" % b)
+            k = _tkey(x.exp[f])
+            if b == 0:
+                if k > x.last:
+                    raise AssertionError("bucket 0 holds a key above last")
+            elif k <= x.last or kv_msb64(k ^ x.last) + 1 != b:
+                raise AssertionError("entry %d is in the wrong bucket" % f)
+            p = f
+            f = x.link[2 * f + 1]
+        if x.tail[b] != p:
+            raise AssertionError("heap bucket %d has a wrong tail" % b)
+        if b > 0 and bool(cnt) != bool(x.nonempty & ((<uint64_t>1) << (b - 1))):
+            raise AssertionError("non-empty mask is wrong for bucket %d" % b)
+        n += cnt
+    if n != x.n:
+        raise AssertionError("heap count %d != %d entries" % (x.n, n))
+
+
+cdef Py_ssize_t _ttl_nbytes(Cache c):
+    cdef _Expiry x = <_Expiry>c._xp
+    return x.exp_arr.nbytes + x.link_arr.nbytes + x.bkt_arr.nbytes
+
+
+def _ttl_iter(Cache c):
+    # A snapshot of the keys, each yielded if still there and alive when reached: inserting,
+    # deleting or expiring while iterating is no error (cachetools' TTLCache.__iter__).
+    for key in list(_CacheIterator(c, 0)):
+        if Cache.__contains__(c, key):
+            yield key
+
+
+cdef object _CACHE_EXPIRE = Cache.expire
+
+
+# ---------------------------------------------------------------------------------------------
+# The timed caches
+# ---------------------------------------------------------------------------------------------
+
+cdef class TTLCache(Cache):
+    """LRU cache whose items expire `ttl` after they were set (cachetools.TTLCache).
+
+    `timer()` gives the current time (`time.monotonic` by default; datetimes work with a
+    timedelta `ttl`).  An item is alive while `timer() < set_time + ttl`; expired items are
+    never returned, are skipped by iteration and `len`, and go before any live item is
+    evicted.  `with cache.timer as now:` freezes time for a block.  `set(key, value, ttl=...)`
+    gives one item its own time-to-live.  Iteration order: least recently used first.
+
+    Thread-safety: as Cache.  Expiry costs O(1) amortized per operation (see _ttl.pxi).
+    """
+
+    def __init__(self, maxsize, ttl, timer=_time.monotonic, getsizeof=None, *, on_evict=None,
+                 seed=None, capacity=None):
+        self._setup(maxsize, getsizeof, on_evict, seed, capacity, None)
+        _ttl_enable(self, timer, 1, ttl)
+
+    cdef int _policy(self):
+        return POLICY_LRU
+
+    @property
+    def ttl(self):
+        """The time-to-live value of the cache's items."""
+        return None if self._xp is None else (<_Expiry>self._xp).ttl
+
+    def popitem(self):
+        """Remove and return the `(key, value)` pair least recently used that has not already expired."""
+        return self._popitem()
+
+    def __iter__(self):
+        return _ttl_iter(self)
+
+
+cdef class TLRUCache(Cache):
+    """Time-aware LRU cache: each item expires at `ttu(key, value, now)` (cachetools.TLRUCache).
+
+    An item is alive while `timer() < expires`; setting an item whose `ttu` is already past
+    removes the key instead.  Otherwise as TTLCache.
+    """
+
+    def __init__(self, maxsize, ttu, timer=_time.monotonic, getsizeof=None, *, on_evict=None,
+                 seed=None, capacity=None):
+        if not callable(ttu):
+            raise TypeError("ttu must be callable")
+        self._setup(maxsize, getsizeof, on_evict, seed, capacity, None)
+        _ttl_enable(self, timer, 2, ttu)
+
+    cdef int _policy(self):
+        return POLICY_LRU
+
+    @property
+    def ttu(self):
+        """The time-to-use function used by the cache."""
+        return None if self._xp is None else (<_Expiry>self._xp).ttu
+
+    def popitem(self):
+        """Remove and return the `(key, value)` pair least recently used that has not already expired."""
+        return self._popitem()
+
+    def __iter__(self):
+        return _ttl_iter(self)
