@@ -1706,3 +1706,5 @@ collections.abc.MutableMapping.register(Cache)
 include "_vector.pxi"
 # Compiled call paths of lru_cache, cached, cachedmethod, memoize; lru-dict's LRU (issue 3).
 include "_functools.pxi"
+# The paged KV-cache block manager behind kvcache.llm (BlockPool, PrefixCache) (issue 8).
+include "_paged.pxi"
