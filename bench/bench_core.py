@@ -1,0 +1,215 @@
+"""Core workloads of issue 2: get-hit, get-miss, set-with-eviction, Zipf memoization, memory.
+
+Each test times one workload on one implementation, then checks that the implementation did
+the work correctly (exact-policy caches against a pure-Python model), so under
+``--benchmark-disable`` this file is a fast correctness test of every implementation.
+"""
+import numpy as np
+import pytest
+
+from kvbench import (MISSING, NotInstalled, impls_for, model_misses, record, distinct_ints,
+                     str_keys, zipf_stream)
+import memory
+
+
+def _ids(impls):
+    return [impl.name for impl in impls]
+
+
+def _new(impl, maxsize):
+    try:
+        return impl.new(maxsize)
+    except NotInstalled as exc:
+        pytest.skip(str(exc))
+
+
+# --------------------------------------------------------------------------- data
+
+@pytest.fixture(scope="session")
+def get_data(sizes):
+    """Keys to store with the keys to look up, per get workload.
+
+    Lookups use new objects equal to the stored keys (``.tolist()`` builds fresh ints each
+    call), so every hit is confirmed by ``==`` as when a program computes its keys.  The
+    main get-hit workloads look keys up in the order they were stored, which measures the
+    cost of the operation itself; ``get-hit-int-shuffled`` looks them up in random order,
+    where the machine's memory latency dominates every implementation.
+    """
+    rng = np.random.default_rng(20261127)
+    ints = distinct_ints(rng, 2 * sizes.get_n)
+    stored, absent = ints[: sizes.get_n], ints[sizes.get_n:]
+    shuffled = stored[rng.permutation(sizes.get_n)]
+    return {
+        "int": (stored.tolist(), stored.tolist()),
+        "str": (str_keys(stored), str_keys(stored)),
+        "int-shuffled": (stored.tolist(), shuffled.tolist()),
+        "miss": (stored.tolist(), absent.tolist()),
+    }
+
+
+@pytest.fixture(scope="session")
+def evict_data(sizes):
+    rng = np.random.default_rng(1)
+    ints = distinct_ints(rng, sizes.evict_capacity + sizes.evict_inserts)
+    return ints[: sizes.evict_capacity].tolist(), ints[sizes.evict_capacity:].tolist()
+
+
+@pytest.fixture(scope="session")
+def zipf_data(sizes):
+    rng = np.random.default_rng(2)
+    stream = zipf_stream(rng, sizes.zipf_keys, sizes.zipf_length, s=1.0)
+    return stream.tolist(), len(np.unique(stream))
+
+
+_models = {}
+
+
+def _expected_misses(policy, stream, maxsize):
+    key = (policy, len(stream), maxsize, id(stream))
+    if key not in _models:
+        _models[key] = model_misses(policy, stream, maxsize)
+    return _models[key]
+
+
+# --------------------------------------------------------------------------- get-hit / get-miss
+
+def _get_hit(benchmark, impl, stored, lookups):
+    cache = _new(impl, len(stored))
+    impl.style.fill(cache, stored, stored)
+    assert impl.style.size(cache) == len(stored), "cache did not keep every entry"
+    record(benchmark, impl, ops=len(lookups))
+    if impl.role == "loop":
+        benchmark(_empty_loop, lookups)
+        return
+    benchmark(impl.style.hit, cache, lookups)
+    lookup = impl.style.lookup
+    wrong = [k for k in lookups if lookup(cache, k) != k]
+    assert not wrong, f"{len(wrong)} lookups missed or returned a wrong value, e.g. {wrong[:3]}"
+
+
+def _empty_loop(keys):
+    for k in keys:
+        pass
+
+
+@pytest.mark.parametrize("impl", impls_for("hit"), ids=_ids(impls_for("hit")))
+def test_get_hit_int(benchmark, impl, get_data):
+    benchmark.group = "get-hit-int"
+    _get_hit(benchmark, impl, *get_data["int"])
+
+
+@pytest.mark.parametrize("impl", impls_for("hit"), ids=_ids(impls_for("hit")))
+def test_get_hit_str(benchmark, impl, get_data):
+    benchmark.group = "get-hit-str"
+    _get_hit(benchmark, impl, *get_data["str"])
+
+
+@pytest.mark.parametrize("impl", impls_for("hit"), ids=_ids(impls_for("hit")))
+def test_get_hit_int_shuffled(benchmark, impl, get_data):
+    benchmark.group = "get-hit-int-shuffled"
+    _get_hit(benchmark, impl, *get_data["int-shuffled"])
+
+
+@pytest.mark.parametrize("impl", impls_for("miss"), ids=_ids(impls_for("miss")))
+def test_get_miss(benchmark, impl, get_data):
+    benchmark.group = "get-miss"
+    stored, absent = get_data["miss"]
+    cache = _new(impl, len(stored))
+    impl.style.fill(cache, stored, stored)
+    record(benchmark, impl, ops=len(absent))
+    if impl.role == "loop":
+        benchmark(_empty_loop, absent)
+        return
+    benchmark(impl.style.miss, cache, absent)
+    lookup = impl.style.lookup
+    assert all(lookup(cache, k) is MISSING for k in absent), "an absent key was found"
+    assert impl.style.size(cache) == len(stored), "a miss changed the cache's contents"
+
+
+# --------------------------------------------------------------------------- set with eviction
+
+@pytest.mark.parametrize("impl", impls_for("set"), ids=_ids(impls_for("set")))
+def test_set_evict(benchmark, impl, evict_data, sizes):
+    benchmark.group = "set-evict"
+    prefill, inserts = evict_data
+    cap = sizes.evict_capacity
+    caches = []
+
+    def setup():
+        # Each round starts from a full cache so that every timed insert evicts.
+        cache = _new(impl, cap)
+        impl.style.fill(cache, prefill, prefill)
+        caches.append(cache)
+        if len(caches) > 1:
+            del caches[0]
+        return (cache, inserts), {}
+
+    record(benchmark, impl, ops=len(inserts), capacity=cap)
+    benchmark.pedantic(impl.style.set, setup=setup, rounds=sizes.rounds, iterations=1)
+    cache = caches[-1]
+    lookup, size = impl.style.lookup, impl.style.size
+    if impl.role == "baseline":
+        assert size(cache) == cap + len(inserts)
+        return
+    assert size(cache) == cap, f"holds {size(cache)} entries, maxsize is {cap}"
+    recent, older = inserts[-cap:], prefill + inserts[-2 * cap:-cap]
+    if impl.policy in ("lru", "fifo", "lfu") and impl.exact(impl.policy):
+        # Every key was inserted once: LRU, FIFO and LFU-with-LRU-ties keep the newest.
+        assert all(lookup(cache, k) == k for k in recent), "a most recent insert is missing"
+        assert all(lookup(cache, k) is MISSING for k in older), "an old entry survived"
+    else:
+        for k in recent + older:
+            v = lookup(cache, k)
+            assert v is MISSING or v == k, f"{k} maps to {v}"
+
+
+# --------------------------------------------------------------------------- Zipf memoization
+
+@pytest.mark.parametrize("impl", impls_for("memo"), ids=_ids(impls_for("memo")))
+def test_zipf_memo(benchmark, impl, zipf_data, sizes):
+    benchmark.group = "zipf-memo"
+    stream, distinct = zipf_data
+    cap = sizes.evict_capacity
+    caches = []
+
+    def setup():
+        cache = _new(impl, cap)
+        caches.append(cache)
+        if len(caches) > 1:
+            del caches[0]
+        return (cache, stream), {}
+
+    record(benchmark, impl, ops=len(stream), capacity=cap)
+    misses = benchmark.pedantic(impl.style.memo, setup=setup, rounds=sizes.rounds,
+                                iterations=1)
+    benchmark.extra_info["hit_ratio"] = 1 - misses / len(stream)
+    cache = caches[-1]
+    held = impl.style.size(cache)
+    if impl.role == "baseline":
+        assert misses == distinct and held == distinct
+        return
+    assert distinct <= misses <= len(stream)
+    assert held == min(cap, distinct), f"holds {held} entries, maxsize is {cap}"
+    if impl.exact(impl.policy):
+        assert misses == _expected_misses(impl.policy, stream, cap), \
+            f"{impl.policy} miss count differs from the reference model"
+    if impl.style.lookup is not None and impl.name != "functools.lru_cache":
+        lookup = impl.style.lookup
+        wrong = [k for k in stream[:5000] if lookup(cache, k) not in (MISSING, k)]
+        assert not wrong, f"lookups returned another key's value, e.g. {wrong[:3]}"
+
+
+# --------------------------------------------------------------------------- memory per entry
+
+@pytest.mark.memsmoke
+@pytest.mark.parametrize("impl", impls_for("memory"), ids=_ids(impls_for("memory")))
+def test_memory_machinery(impl):
+    """The memory probe stores every entry and reads back each value (figures: run.py)."""
+    result = memory.measure(impl.name, 20_000)
+    if "missing" in result:
+        if impl.role == "kvcache":
+            pytest.fail(result["missing"])
+        pytest.skip(result["missing"])
+    assert result["len"] == 20_000
+    assert result["verified"], "the memory probe's cache lost or changed values"
+    assert isinstance(result["bytes"], int), "no RSS reading"

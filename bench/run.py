@@ -1,0 +1,380 @@
+"""Run the benchmark suite against the peers and print ns/op and ratios per workload.
+
+    python bench/run.py            # full run (a few minutes on 2 cores)
+    python bench/run.py --quick    # shorter streams, fewer rounds
+    python bench/run.py -k zipf    # only the workloads/implementations pytest -k selects
+
+Runs every bench/bench_*.py with pytest-benchmark (JSON into bench/out/), measures memory per
+entry in a fresh process per implementation, prints one table per workload, checks the
+issue's goals, and writes bench/out/summary.json and bench/out/bench.png.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import math
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+ROLE_ORDER = {"loop": 0, "baseline": 1, "reference": 2, "kvcache": 3, "peer": 4}
+GET_GROUPS = ("get-hit-int", "get-hit-str")
+FASTER_GROUPS = ("get-miss", "set-evict", "zipf-memo")
+GET_HIT_GOAL = 1.5  # issue 2: LRUCache get-hit at most 1.5x dict d[k], loop cost subtracted
+
+
+def _inplace_build() -> bool:
+    pattern = os.path.join(REPO, "kvcache", "_core*")
+    return any(p.endswith((".so", ".pyd")) for p in glob.glob(pattern))
+
+
+def _setup_paths() -> dict:
+    """Make this process and its children import the same kvcache; return the child env.
+
+    A build in the source tree (``setup.py build_ext --inplace``) wins; otherwise the
+    installed package is used, and children run from bench/out so that a source tree
+    without a build does not shadow it.
+    """
+    env = dict(os.environ)
+    if _inplace_build():
+        sys.path.insert(0, REPO)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO, env.get("PYTHONPATH")]))
+    return env
+
+
+def _describe_libs() -> tuple[list[str], dict]:
+    from importlib import metadata
+    from kvbench import IMPLS, missing_peers
+
+    lines = []
+    try:
+        import kvcache
+        ver = getattr(kvcache, "__version__", "?")
+        lines.append(f"kvcache {ver} from {os.path.dirname(os.path.abspath(kvcache.__file__))}")
+    except ImportError as exc:
+        lines.append(f"kvcache NOT IMPORTABLE: {exc}")
+    missing = missing_peers()
+    seen = []
+    for impl in IMPLS:
+        dist = impl.distribution
+        if impl.role != "peer" or dist in seen:
+            continue
+        seen.append(dist)
+        if dist in missing:
+            continue
+        try:
+            seen[-1] = f"{dist} {metadata.version(dist)}"
+        except metadata.PackageNotFoundError:
+            pass
+    lines.append("peers: " + ", ".join(s for s in seen if s not in missing))
+    return lines, missing
+
+
+# --------------------------------------------------------------------------- running
+
+def run_pytest(args, env, json_path, log_path) -> int:
+    files = sorted(glob.glob(os.path.join(HERE, "bench_*.py")))
+    cmd = [sys.executable, "-m", "pytest", *files, "-v", "-p", "no:cacheprovider",
+           "--continue-on-collection-errors", f"--benchmark-json={json_path}",
+           "--benchmark-columns=min,median,rounds", "--benchmark-sort=name",
+           "--kv-size", "quick" if args.quick else "full",
+           "--benchmark-max-time", "0.1" if args.quick else "0.5",
+           "--benchmark-min-rounds", "3" if args.quick else "5",
+           "-m", "not memsmoke", "-o", "console_output_style=classic"]
+    if args.k:
+        cmd += ["-k", args.k]
+    cmd += args.pytest_args
+    print(f"running {len(files)} benchmark file(s): "
+          + ", ".join(os.path.basename(f) for f in files))
+    status = re.compile(r"::(\S+) (PASSED|FAILED|SKIPPED|ERROR|XFAIL|XPASS)\b")
+    counts = {}
+    start = time.monotonic()
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, env=env, cwd=os.path.dirname(json_path))
+        for line in proc.stdout:
+            log.write(line)
+            m = status.search(line)
+            if m:
+                counts[m.group(2)] = counts.get(m.group(2), 0) + 1
+                if m.group(2) != "PASSED" or args.verbose:
+                    print(f"  {m.group(2):7s} {m.group(1)}", flush=True)
+                else:
+                    done = sum(counts.values())
+                    print(f"\r  {done} benchmarks done ({time.monotonic() - start:.0f}s)",
+                          end="", flush=True)
+        rc = proc.wait()
+    print(f"\r  pytest: {', '.join(f'{v} {k.lower()}' for k, v in sorted(counts.items()))}"
+          f" in {time.monotonic() - start:.0f}s (log: {os.path.relpath(log_path)})")
+    if rc not in (0, 5):
+        tail = open(log_path).read().splitlines()
+        short = [l for l in tail if l.startswith(("FAILED", "ERROR"))]
+        for l in short[:20]:
+            print("  " + l)
+    return rc
+
+
+def run_memory(args, env) -> list[dict]:
+    import memory
+    from kvbench import impls_for
+
+    n = 200_000 if args.quick else 1_000_000
+    print(f"memory per entry: {n:,} int -> int entries, RSS growth in a fresh process each")
+    out = []
+    os.environ.update(env)  # memory.measure passes this environment on to its children
+    for impl in impls_for("memory"):
+        r = memory.measure(impl.name, n)
+        r.update(role=impl.role, policy=impl.policy)
+        out.append(r)
+        if args.verbose:
+            print(f"  {impl.name}: {r}")
+    return out
+
+
+# --------------------------------------------------------------------------- analysis
+
+def load_groups(json_path, stat) -> dict:
+    with open(json_path) as f:
+        data = json.load(f)
+    groups = {}
+    for b in data.get("benchmarks", []):
+        extra = b.get("extra_info") or {}
+        ops = extra.get("ops") or 1
+        name = extra.get("impl") or (b.get("param") or b["name"])
+        groups.setdefault(b.get("group") or b["name"], []).append({
+            "impl": name, "role": extra.get("role", "peer"), "policy": extra.get("policy", "?"),
+            "ns": b["stats"][stat] / ops * 1e9, "ops": ops, "rounds": b["stats"]["rounds"],
+            "hit_ratio": extra.get("hit_ratio"),
+        })
+    return groups
+
+
+def annotate(rows) -> dict:
+    """Add ratio columns to the rows of one group; return the group's reference points."""
+    by_role = {}
+    for r in rows:
+        by_role.setdefault(r["role"], []).append(r)
+    base = by_role.get("baseline", [None])[0]
+    loop = by_role.get("loop", [None])[0]
+    peers = by_role.get("peer", [])
+    best = min(peers, key=lambda r: r["ns"]) if peers else None
+    for r in rows:
+        r["x_dict"] = r["ns"] / base["ns"] if base else None
+        r["x_dict_noloop"] = None
+        if base and loop and r["role"] != "loop" and base["ns"] > loop["ns"]:
+            r["x_dict_noloop"] = (r["ns"] - loop["ns"]) / (base["ns"] - loop["ns"])
+        r["x_best_peer"] = r["ns"] / best["ns"] if best and r["role"] != "loop" else None
+    rows.sort(key=lambda r: (r["role"] != "loop", r["ns"]))
+    return {"baseline": base, "loop": loop, "best_peer": best}
+
+
+def _fmt(x, spec="5.2f"):
+    return format(x, spec) if x is not None else ""
+
+
+def print_group(name, rows, refs, stat):
+    ops = rows[0]["ops"]
+    has_loop = refs["loop"] is not None
+    has_hits = any(r["hit_ratio"] is not None for r in rows)
+    best = refs["best_peer"]
+    print(f"\n{name}  ({ops:,} ops/round, {stat} of rounds)"
+          + (f"  best peer: {best['impl']}" if best else ""))
+    head = f"  {'implementation':26s} {'ns/op':>9s} {'x dict':>7s}"
+    if has_loop:
+        head += f" {'x dict-loop':>11s}"
+    head += f" {'x best peer':>11s}"
+    if has_hits:
+        head += f" {'hit %':>6s}"
+    print(head)
+    for r in rows:
+        mark = "*" if r["role"] == "kvcache" else " "
+        line = f" {mark}{r['impl']:26s} {r['ns']:9.1f} {_fmt(r['x_dict']):>7s}"
+        if has_loop:
+            line += f" {_fmt(r['x_dict_noloop']):>11s}"
+        line += f" {_fmt(r['x_best_peer']):>11s}"
+        if has_hits:
+            line += f" {_fmt(r['hit_ratio'] * 100 if r['hit_ratio'] is not None else None, '6.1f'):>6s}"
+        print(line)
+
+
+def print_memory(mem):
+    ok = [r for r in mem if "per_entry" in r]
+    base = next((r for r in ok if r["role"] == "baseline"), None)
+    peers = [r for r in ok if r["role"] == "peer"]
+    best = min(peers, key=lambda r: r["per_entry"]) if peers else None
+    n = ok[0]["n"] if ok else 0
+    print(f"\nmemory per entry  ({n:,} int -> int, key/value objects excluded)"
+          + (f"  best peer: {best['impl']}" if best else ""))
+    print(f"  {'implementation':26s} {'B/entry':>9s} {'x dict':>7s} {'x best peer':>11s}")
+    for r in sorted(ok, key=lambda r: r["per_entry"]):
+        mark = "*" if r["role"] == "kvcache" else " "
+        xd = r["per_entry"] / base["per_entry"] if base else None
+        xb = r["per_entry"] / best["per_entry"] if best else None
+        flag = "" if r["verified"] else "  (CONTENTS WRONG)"
+        print(f" {mark}{r['impl']:26s} {r['per_entry']:9.1f} {_fmt(xd):>7s} {_fmt(xb):>11s}{flag}")
+    for r in mem:
+        if "per_entry" not in r:
+            print(f"  {r['impl']:26s} {r.get('missing') or r.get('error')}")
+
+
+def goals(groups, mem) -> list[dict]:
+    """Evaluate issue 2's benchmark goals on this run's figures."""
+    out = []
+
+    def row(group, impl):
+        return next((r for r in groups.get(group, []) if r["impl"] == impl), None)
+
+    def faster_than(group, impl, peer_filter, what):
+        me = row(group, impl)
+        peers = [r for r in groups.get(group, []) if r["role"] == "peer" and peer_filter(r)]
+        if me is None or not peers:
+            return
+        best = min(peers, key=lambda r: r["ns"])
+        ratio = me["ns"] / best["ns"]
+        out.append({"goal": f"{group}: {impl} faster than every {what}", "value": ratio,
+                    "text": f"{ratio:.2f}x {best['impl']}", "ok": ratio < 1})
+
+    for g in GET_GROUPS:
+        me = row(g, "kvcache.LRUCache")
+        if me and me["x_dict_noloop"] is not None:
+            v = me["x_dict_noloop"]
+            out.append({"goal": f"{g}: kvcache.LRUCache <= {GET_HIT_GOAL}x dict (loop cost "
+                                f"subtracted)", "value": v, "text": f"{v:.2f}x",
+                        "ok": v <= GET_HIT_GOAL})
+        faster_than(g, "kvcache.LRUCache", lambda r: r["policy"].startswith("lru"), "peer LRU")
+    for g in FASTER_GROUPS:
+        faster_than(g, "kvcache.LRUCache", lambda r: True, "peer")
+    # The other policies against their own kind: informative, not issue goals.
+    for g in GET_GROUPS + FASTER_GROUPS:
+        for pol in ("lfu", "fifo", "rr"):
+            faster_than(g, f"kvcache.{pol.upper()}Cache", lambda r, p=pol: r["policy"] == p,
+                        f"peer {pol.upper()}")
+    me = next((r for r in mem if r["impl"] == "kvcache.LRUCache" and "per_entry" in r), None)
+    peers = [r for r in mem if r["role"] == "peer" and "per_entry" in r]
+    if me and peers:
+        best = min(peers, key=lambda r: r["per_entry"])
+        out.append({"goal": "memory: kvcache.LRUCache fewer bytes per entry than every peer",
+                    "value": me["per_entry"] / best["per_entry"],
+                    "text": f"{me['per_entry']:.1f} B vs {best['per_entry']:.1f} B "
+                            f"({best['impl']})", "ok": me["per_entry"] < best["per_entry"]})
+    return out
+
+
+# --------------------------------------------------------------------------- chart
+
+def chart(groups, mem, path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no chart")
+        return
+    panels = [(g, rows) for g, rows in groups.items()]
+    mem_ok = [r for r in mem if "per_entry" in r]
+    if mem_ok:
+        panels.append(("memory per entry", mem_ok))
+    if not panels:
+        return
+    colors = {"kvcache": "#d62728", "peer": "#1f77b4", "baseline": "#555555",
+              "reference": "#999999", "loop": "#cccccc"}
+    ncols = 2
+    nrows = math.ceil(len(panels) / ncols)
+    height = max(len(rows) for _, rows in panels) * 0.28 + 1.2
+    fig, axes = plt.subplots(nrows, ncols, figsize=(13, height * nrows), squeeze=False)
+    for ax, (title, rows) in zip(axes.flat, panels):
+        is_mem = title == "memory per entry"
+        key = "per_entry" if is_mem else "ns"
+        rows = sorted(rows, key=lambda r: r[key], reverse=True)
+        vals = [r[key] for r in rows]
+        ax.barh([r["impl"] for r in rows], vals, color=[colors.get(r["role"], "#1f77b4")
+                                                         for r in rows])
+        for i, v in enumerate(vals):
+            ax.text(v, i, f" {v:.0f}", va="center", fontsize=7)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("bytes per entry" if is_mem else "ns per operation (lower is better)",
+                      fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.set_xlim(0, max(vals) * 1.15)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    fig.suptitle("kvcache (red) vs dict (dark grey) and peers (blue)", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------- main
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="Benchmark kvcache against dict and peers.")
+    parser.add_argument("--quick", action="store_true", help="shorter workloads, fewer rounds")
+    parser.add_argument("-k", metavar="EXPR", help="pytest -k expression selecting benchmarks "
+                        "(memory runs only when EXPR mentions 'memory')")
+    parser.add_argument("--no-memory", action="store_true", help="skip memory per entry")
+    parser.add_argument("--stat", choices=("min", "median", "mean"), default="min",
+                        help="statistic of the rounds to report (default min: least noisy)")
+    parser.add_argument("--out", default=os.path.join(HERE, "out"), help="output folder")
+    parser.add_argument("--from-json", metavar="PATH",
+                        help="only print/chart an earlier results.json (no pytest run)")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
+    args = parser.parse_args(argv)
+
+    sys.path.insert(0, HERE)
+    env = _setup_paths()
+    os.makedirs(args.out, exist_ok=True)
+    json_path = os.path.abspath(args.from_json or os.path.join(args.out, "results.json"))
+    lines, missing = _describe_libs()
+    print(f"Python {platform.python_version()} on {platform.machine()}, "
+          f"{os.cpu_count()} CPUs; " + "; ".join(lines))
+    for dist, reason in missing.items():
+        print(f"missing peer: {dist} (pip install {dist}) -- its rows are skipped")
+
+    rc = 0
+    if not args.from_json:
+        if os.path.exists(json_path):
+            os.remove(json_path)
+        rc = run_pytest(args, env, json_path, os.path.join(args.out, "pytest.log"))
+    groups = load_groups(json_path, args.stat) if os.path.exists(json_path) else {}
+    refs = {g: annotate(rows) for g, rows in groups.items()}
+    for g, rows in groups.items():
+        print_group(g, rows, refs[g], args.stat)
+
+    mem = []
+    want_mem = not args.no_memory and not args.from_json and (
+        not args.k or "memory" in args.k)
+    if want_mem:
+        print()
+        mem = run_memory(args, env)
+        print_memory(mem)
+
+    results = goals(groups, mem)
+    if results:
+        print("\ngoals (issue 2; measured in this run, not asserted)")
+        for r in results:
+            print(f"  [{'met ' if r['ok'] else 'MISS'}] {r['goal']}: {r['text']}")
+
+    summary = {"python": platform.python_version(), "stat": args.stat, "quick": args.quick,
+               "missing": missing, "groups": groups, "memory": mem, "goals": results}
+    with open(os.path.join(args.out, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+    png = os.path.join(args.out, "bench.png")
+    chart(groups, mem, png)
+    if os.path.exists(png):
+        print(f"\nchart: {os.path.relpath(png)}   summary: "
+              f"{os.path.relpath(os.path.join(args.out, 'summary.json'))}")
+    if rc not in (0, 5):
+        print(f"pytest exited with {rc}: some benchmarks failed their checks (see above)")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
