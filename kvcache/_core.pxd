@@ -1,0 +1,70 @@
+# C-level declarations of the kvcache engine (see _core.pyx for the rules).
+#
+# A cache is a `table_t` (open-addressing index + per-entry hash and links) plus an
+# `order_t` (the eviction policy's bookkeeping), all living in numpy buffers that the
+# owning cdef class keeps alive.  Keys and values live in two Python lists owned by
+# the class (GC-traversable); the C structs only ever see entry numbers.
+
+from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
+
+ctypedef int32_t entry_t      # an entry number; ENTRY_NONE when there is none
+ctypedef uint64_t hash_t      # a MurmurHash-mixed hash
+
+cdef enum:
+    ENTRY_NONE = -1
+    ENTRY_FREE = -2           # prev[e] of an entry on the free list
+    SLOT_EMPTY = -1
+    SLOT_DELETED = -2         # tombstone: keeps probe chains intact after a delete
+
+cdef enum policy_t:
+    POLICY_CACHE = 0          # insertion order; updates do not move (cachetools.Cache)
+    POLICY_FIFO = 1           # insertion order; an update re-inserts (cachetools.FIFOCache)
+    POLICY_LRU = 2
+    POLICY_LFU = 3            # frequency buckets; LRU among the least frequent
+    POLICY_RR = 4             # random replacement over a dense array of entries
+    POLICY_TINYLFU = 5        # reserved for the adaptive W-TinyLFU policy
+
+cdef struct table_t:
+    int32_t* index            # slot -> entry number, SLOT_EMPTY or SLOT_DELETED
+    uint64_t mask             # number of slots - 1 (a power of two)
+    Py_ssize_t filled         # slots that are not SLOT_EMPTY (live + tombstones)
+    hash_t* hashes            # entry -> mixed hash
+    entry_t* prev             # entry -> previous entry in its list (ENTRY_FREE when free)
+    entry_t* next             # entry -> next entry in its list / next free entry
+    Py_ssize_t capacity       # number of entry numbers
+    Py_ssize_t count          # live entries
+    entry_t free_head         # first free entry number
+    uint64_t seed             # MurmurHash seed
+
+cdef struct order_t:
+    int policy
+    entry_t head              # oldest / next victim (list policies)
+    entry_t tail              # newest
+    # LFU: buckets of equal frequency in a list sorted by frequency, each a list of entries
+    int32_t* bucket_of        # entry -> bucket
+    int64_t* bfreq            # bucket -> frequency
+    entry_t* bhead            # bucket -> its least recent entry
+    entry_t* btail            # bucket -> its most recent entry
+    int32_t* bprev
+    int32_t* bnext
+    int32_t bfirst            # lowest-frequency bucket
+    int32_t blast
+    int32_t bfree             # free list of buckets (through bnext)
+    # RR: entries packed in dense[0:count]; prev[e] holds e's position
+    entry_t* dense
+    uint64_t rng              # xorshift64* state
+
+cdef hash_t mix_hash(Py_hash_t h, uint64_t seed) noexcept nogil
+cdef Py_ssize_t table_probe_free(table_t* t, hash_t h) noexcept nogil
+cdef void table_remove_slot(table_t* t, Py_ssize_t slot) noexcept nogil
+cdef Py_ssize_t table_slot_of(table_t* t, entry_t e) noexcept nogil
+cdef void table_rebuild_index(table_t* t) noexcept nogil
+cdef entry_t table_take_free(table_t* t) noexcept nogil
+cdef void table_put_free(table_t* t, entry_t e) noexcept nogil
+
+cdef void order_link_new(order_t* o, table_t* t, entry_t e) noexcept nogil
+cdef void order_unlink(order_t* o, table_t* t, entry_t e) noexcept nogil
+cdef void order_touch(order_t* o, table_t* t, entry_t e) noexcept nogil
+cdef void order_update(order_t* o, table_t* t, entry_t e) noexcept nogil
+cdef entry_t order_victim(order_t* o, table_t* t) noexcept nogil
+cdef Py_ssize_t order_fill(order_t* o, table_t* t, entry_t* out) noexcept nogil

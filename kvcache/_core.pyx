@@ -1,0 +1,1543 @@
+# cython: language_level=3, freethreading_compatible=False
+"""The compiled engine of kvcache: hash table, eviction policies and the native cache classes.
+
+Reentrancy rules (after CPython's lru_cache, Modules/_functoolsmodule.c)
+-----------------------------------------------------------------------
+``__hash__`` and ``__eq__`` of user keys run Python code.  That code may raise, release the
+GIL (letting another thread in), or mutate this very cache.  Every method follows four rules:
+
+1. Hash first, change nothing before a comparison.  ``hash(key)`` and every ``==`` on a stored
+   key run before the first write to the structure; an exception leaves the cache unchanged.
+2. Detect and restart.  ``table_t`` changes bump ``Cache._version``; a lookup that sees the
+   version move across an ``==`` starts again from the top (the buffers may have been rebuilt).
+3. Consistent before release.  Evicted or replaced keys and values are moved into local
+   variables and released only after the structure is consistent again, because their
+   ``__del__`` may run arbitrary code (including calls into this cache).
+4. User callbacks outside.  ``getsizeof`` runs before any change; ``on_evict`` runs after the
+   operation has finished, outside the critical section.
+
+Threads: every public method runs inside ``cython.critical_section(self)`` -- nothing under
+the GIL build (the GIL plus rule 2 keep the structure consistent), a per-object lock on a
+free-threaded build.  The module does not declare itself free-threading compatible yet.
+"""
+
+cimport cython
+cimport numpy as cnp
+from cpython.object cimport Py_EQ, PyObject_RichCompareBool
+from cpython.long cimport PyLong_CheckExact, PyLong_AsLongLongAndOverflow, PyLong_AsUnsignedLongLong, PyLong_FromLongLong, PyLong_FromUnsignedLongLong
+from cpython.list cimport PyList_GET_ITEM
+from cpython.ref cimport PyObject
+from libc.stdint cimport INT32_MAX, int32_t, int64_t, uint32_t, uint64_t
+from libc.string cimport memcpy, memset
+from murmurhash.mrmr cimport hash64
+
+import collections
+import collections.abc
+import math
+import os
+import random
+import types
+
+import numpy as np
+
+cnp.import_array()
+
+cdef extern from "Python.h":
+    int Py_ReprEnter(object)
+    void Py_ReprLeave(object)
+
+__all__ = ["Cache", "FIFOCache", "LFUCache", "LRUCache", "RRCache", "CacheStats"]
+
+CacheStats = collections.namedtuple("CacheStats", "hits misses evictions currsize maxsize")
+CacheStats.__doc__ = "Counters of one cache: hits, misses, evictions, currsize, maxsize."
+
+cdef object _MARKER = object()
+cdef object _random_choice = random.choice
+cdef Py_ssize_t _MAX_ENTRIES = INT32_MAX - 1     # entry numbers are int32
+cdef Py_ssize_t _INITIAL_CAPACITY = 1024         # grown geometrically up to the limit
+cdef int _MAX_RESTARTS = 1000
+cdef int32_t[8] _EMPTY_INDEX = [SLOT_EMPTY] * 8     # the index of a cache not set up yet
+
+
+# ---------------------------------------------------------------------------------------------
+# Hashing
+# ---------------------------------------------------------------------------------------------
+
+cdef hash_t mix_hash(Py_hash_t h, uint64_t seed) noexcept nogil:
+    """Spread Python's hash (often the identity for ints) over 64 bits with MurmurHash64A."""
+    return hash64(&h, sizeof(Py_hash_t), seed)
+
+
+cdef uint64_t _PYHASH_MODULUS = (<uint64_t>1 << 61) - 1
+cdef bint _int_hash_native = False   # set at import: does our int hash equal Python's?
+
+
+cdef inline Py_hash_t _hash_i64(int64_t v) noexcept nogil:
+    """hash(int(v)) as CPython computes it on 64-bit builds, with no object."""
+    cdef uint64_t a
+    cdef Py_hash_t r
+    if v < 0:
+        a = <uint64_t>(-(v + 1)) + 1
+        r = -<Py_hash_t>(a % _PYHASH_MODULUS)
+    else:
+        r = <Py_hash_t>(<uint64_t>v % _PYHASH_MODULUS)
+    if r == -1:
+        r = -2
+    return r
+
+
+cdef inline Py_hash_t _hash_u64(uint64_t v) noexcept nogil:
+    return <Py_hash_t>(v % _PYHASH_MODULUS)
+
+
+def _check_int_hash():
+    probes = [0, 1, -1, -2, 2**61 - 1, 2**61, -(2**61), 2**63 - 1, -(2**63), 12345678901234]
+    return all(hash(p) == _hash_i64(p) for p in probes) and hash(2**64 - 1) == _hash_u64(2**64 - 1)
+
+
+_int_hash_native = _check_int_hash()
+
+
+cdef uint64_t _random_seed():
+    return int.from_bytes(os.urandom(8), "little")
+
+
+# ---------------------------------------------------------------------------------------------
+# The table: open addressing with linear probing over an int32 index
+# ---------------------------------------------------------------------------------------------
+
+cdef Py_ssize_t table_probe_free(table_t* t, hash_t h) noexcept nogil:
+    """Return the first empty or deleted slot on h's probe chain (the key must be absent)."""
+    cdef uint64_t i = h & t.mask
+    while t.index[i] >= 0:
+        i = (i + 1) & t.mask
+    return <Py_ssize_t>i
+
+
+cdef Py_ssize_t table_slot_of(table_t* t, entry_t e) noexcept nogil:
+    """Return the slot holding entry e (found by its stored hash, no key comparison)."""
+    cdef uint64_t i = t.hashes[e] & t.mask
+    while t.index[i] != e:
+        i = (i + 1) & t.mask
+    return <Py_ssize_t>i
+
+
+cdef void table_remove_slot(table_t* t, Py_ssize_t slot) noexcept nogil:
+    # A tombstone unless the next slot is empty: then no chain runs through this one.
+    if t.index[(slot + 1) & t.mask] == SLOT_EMPTY:
+        t.index[slot] = SLOT_EMPTY
+        t.filled -= 1
+    else:
+        t.index[slot] = SLOT_DELETED
+
+
+cdef void table_rebuild_index(table_t* t) noexcept nogil:
+    """Re-insert every live entry into a clean index (drops the tombstones)."""
+    cdef Py_ssize_t e
+    cdef uint64_t nslots = t.mask + 1
+    memset(t.index, 0xFF, nslots * sizeof(int32_t))   # all SLOT_EMPTY (-1)
+    t.filled = 0
+    for e in range(t.capacity):
+        if t.prev[e] != ENTRY_FREE:
+            t.index[table_probe_free(t, t.hashes[e])] = <int32_t>e
+            t.filled += 1
+
+
+cdef entry_t table_take_free(table_t* t) noexcept nogil:
+    cdef entry_t e = t.free_head
+    t.free_head = t.next[e]
+    t.prev[e] = ENTRY_NONE
+    t.next[e] = ENTRY_NONE
+    return e
+
+
+cdef void table_put_free(table_t* t, entry_t e) noexcept nogil:
+    t.prev[e] = ENTRY_FREE
+    t.next[e] = t.free_head
+    t.free_head = e
+
+
+# ---------------------------------------------------------------------------------------------
+# Policies: each keeps only its order, as integer links (O(1) per operation)
+# ---------------------------------------------------------------------------------------------
+
+cdef inline void _list_append(order_t* o, table_t* t, entry_t e) noexcept nogil:
+    t.prev[e] = o.tail
+    t.next[e] = ENTRY_NONE
+    if o.tail == ENTRY_NONE:
+        o.head = e
+    else:
+        t.next[o.tail] = e
+    o.tail = e
+
+
+cdef inline void _list_unlink(order_t* o, table_t* t, entry_t e) noexcept nogil:
+    cdef entry_t p = t.prev[e], n = t.next[e]
+    if p == ENTRY_NONE:
+        o.head = n
+    else:
+        t.next[p] = n
+    if n == ENTRY_NONE:
+        o.tail = p
+    else:
+        t.prev[n] = p
+
+
+cdef inline void _list_move_to_end(order_t* o, table_t* t, entry_t e) noexcept nogil:
+    if o.tail != e:
+        _list_unlink(o, t, e)
+        _list_append(o, t, e)
+
+
+# LFU buckets -----------------------------------------------------------------------------------
+
+cdef inline int32_t _bucket_new(order_t* o, int64_t freq, int32_t after) noexcept nogil:
+    """Create an empty bucket of `freq` after bucket `after` (-1: at the front)."""
+    cdef int32_t b = o.bfree
+    o.bfree = o.bnext[b]
+    o.bfreq[b] = freq
+    o.bhead[b] = ENTRY_NONE
+    o.btail[b] = ENTRY_NONE
+    o.bprev[b] = after
+    if after == -1:
+        o.bnext[b] = o.bfirst
+        o.bfirst = b
+    else:
+        o.bnext[b] = o.bnext[after]
+        o.bnext[after] = b
+    if o.bnext[b] == -1:
+        o.blast = b
+    else:
+        o.bprev[o.bnext[b]] = b
+    return b
+
+
+cdef inline void _bucket_drop(order_t* o, int32_t b) noexcept nogil:
+    cdef int32_t p = o.bprev[b], n = o.bnext[b]
+    if p == -1:
+        o.bfirst = n
+    else:
+        o.bnext[p] = n
+    if n == -1:
+        o.blast = p
+    else:
+        o.bprev[n] = p
+    o.bnext[b] = o.bfree
+    o.bfree = b
+
+
+cdef inline void _bucket_append(order_t* o, table_t* t, int32_t b, entry_t e) noexcept nogil:
+    o.bucket_of[e] = b
+    t.prev[e] = o.btail[b]
+    t.next[e] = ENTRY_NONE
+    if o.btail[b] == ENTRY_NONE:
+        o.bhead[b] = e
+    else:
+        t.next[o.btail[b]] = e
+    o.btail[b] = e
+
+
+cdef inline void _bucket_unlink(order_t* o, table_t* t, entry_t e) noexcept nogil:
+    cdef int32_t b = o.bucket_of[e]
+    cdef entry_t p = t.prev[e], n = t.next[e]
+    if p == ENTRY_NONE:
+        o.bhead[b] = n
+    else:
+        t.next[p] = n
+    if n == ENTRY_NONE:
+        o.btail[b] = p
+    else:
+        t.prev[n] = p
+
+
+cdef void _lfu_insert(order_t* o, table_t* t, entry_t e, int64_t freq) noexcept nogil:
+    """Link a new entry with `freq` uses; buckets are searched from the front (freq is 1 except on load)."""
+    cdef int32_t b = o.bfirst, before = -1
+    while b != -1 and o.bfreq[b] < freq:
+        before = b
+        b = o.bnext[b]
+    if b == -1 or o.bfreq[b] != freq:
+        b = _bucket_new(o, freq, before)
+    _bucket_append(o, t, b, e)
+
+
+cdef void _lfu_touch(order_t* o, table_t* t, entry_t e) noexcept nogil:
+    cdef int32_t b = o.bucket_of[e]
+    cdef int32_t nb = o.bnext[b]
+    cdef int64_t f = o.bfreq[b] + 1
+    if nb != -1 and o.bfreq[nb] == f:
+        _bucket_unlink(o, t, e)
+        if o.bhead[b] == ENTRY_NONE:
+            _bucket_drop(o, b)
+        _bucket_append(o, t, nb, e)
+    elif o.bhead[b] == e and o.btail[b] == e:
+        o.bfreq[b] = f                   # alone in its bucket: the bucket moves up in place
+    else:
+        _bucket_unlink(o, t, e)
+        nb = _bucket_new(o, f, b)
+        _bucket_append(o, t, nb, e)
+
+
+# RR: dense array ---------------------------------------------------------------------------------
+
+cdef inline uint64_t _rng_next(order_t* o) noexcept nogil:
+    # xorshift64*: fast, good enough to pick victims, never zero
+    cdef uint64_t x = o.rng
+    x ^= x >> 12
+    x ^= x << 25
+    x ^= x >> 27
+    o.rng = x
+    return x * <uint64_t>0x2545F4914F6CDD1D
+
+
+# Dispatch ----------------------------------------------------------------------------------------
+
+cdef void order_link_new(order_t* o, table_t* t, entry_t e) noexcept nogil:
+    """Link a new entry (table count not yet incremented)."""
+    if o.policy == POLICY_LFU:
+        _lfu_insert(o, t, e, 1)
+    elif o.policy == POLICY_RR:
+        o.dense[t.count] = e
+        t.prev[e] = <entry_t>t.count
+        t.next[e] = ENTRY_NONE
+    else:
+        _list_append(o, t, e)
+
+
+cdef void order_unlink(order_t* o, table_t* t, entry_t e) noexcept nogil:
+    """Unlink a live entry (table count not yet decremented)."""
+    cdef entry_t pos, last
+    cdef int32_t b
+    if o.policy == POLICY_LFU:
+        b = o.bucket_of[e]
+        _bucket_unlink(o, t, e)
+        if o.bhead[b] == ENTRY_NONE:
+            _bucket_drop(o, b)
+    elif o.policy == POLICY_RR:
+        pos = t.prev[e]
+        last = o.dense[t.count - 1]
+        o.dense[pos] = last
+        t.prev[last] = pos
+    else:
+        _list_unlink(o, t, e)
+
+
+cdef void order_touch(order_t* o, table_t* t, entry_t e) noexcept nogil:
+    """Record a hit on entry e."""
+    if o.policy == POLICY_LRU:
+        _list_move_to_end(o, t, e)
+    elif o.policy == POLICY_LFU:
+        _lfu_touch(o, t, e)
+
+
+cdef void order_update(order_t* o, table_t* t, entry_t e) noexcept nogil:
+    """Record an assignment to the existing entry e."""
+    if o.policy == POLICY_LRU or o.policy == POLICY_FIFO:
+        _list_move_to_end(o, t, e)
+    elif o.policy == POLICY_LFU:
+        _lfu_touch(o, t, e)
+
+
+cdef entry_t order_victim(order_t* o, table_t* t) noexcept nogil:
+    """Return the entry the policy evicts next (the table must not be empty)."""
+    if o.policy == POLICY_LFU:
+        return o.bhead[o.bfirst]
+    elif o.policy == POLICY_RR:
+        return o.dense[_rng_next(o) % <uint64_t>t.count]
+    return o.head
+
+
+cdef Py_ssize_t order_fill(order_t* o, table_t* t, entry_t* out) noexcept nogil:
+    """Write the live entries in iteration order (eviction order where there is one)."""
+    cdef Py_ssize_t n = 0
+    cdef entry_t e
+    cdef int32_t b
+    if o.policy == POLICY_LFU:
+        b = o.bfirst
+        while b != -1:
+            e = o.bhead[b]
+            while e != ENTRY_NONE:
+                out[n] = e
+                n += 1
+                e = t.next[e]
+            b = o.bnext[b]
+    elif o.policy == POLICY_RR:
+        memcpy(out, o.dense, t.count * sizeof(entry_t))
+        n = t.count
+    else:
+        e = o.head
+        while e != ENTRY_NONE:
+            out[n] = e
+            n += 1
+            e = t.next[e]
+    return n
+
+
+# ---------------------------------------------------------------------------------------------
+# Buffers
+# ---------------------------------------------------------------------------------------------
+
+cdef inline void* _data(object arr):
+    return cnp.PyArray_DATA(<cnp.ndarray>arr)
+
+
+cdef uint64_t _slots_for(Py_ssize_t capacity):
+    """Index size for `capacity` entries: a power of two, at most half full of live entries."""
+    cdef uint64_t n = 8
+    while n < <uint64_t>capacity * 2:
+        n <<= 1
+    return n
+
+
+@cython.final
+cdef class _Buffers:
+    """The numpy arrays behind one cache's table_t and order_t (allocated once per capacity)."""
+    cdef object index, hashes, prev, next, bucket_of, bfreq, bhead, btail, bprev, bnext, dense
+
+    def nbytes(self):
+        return sum(a.nbytes for a in (self.index, self.hashes, self.prev, self.next, self.bucket_of,
+                                      self.bfreq, self.bhead, self.btail, self.bprev, self.bnext,
+                                      self.dense) if a is not None)
+
+
+# ---------------------------------------------------------------------------------------------
+# The native cache classes
+# ---------------------------------------------------------------------------------------------
+
+cdef class Cache:
+    """Mutable mapping to serve as a simple cache or cache base class (cachetools-compatible).
+
+    `maxsize` bounds `currsize`, the sum of `getsizeof(value)` over the entries (1 each by
+    default; `math.inf` means unbounded).  Buffers start small and grow geometrically by
+    rebuilding up to what `maxsize` allows; `capacity=` preallocates room for that many
+    entries.  `on_evict(key, value)` is called for every entry evicted to make room (not
+    for `del`, `pop`, `popitem` or `clear`), after the cache is consistent again.
+    Iteration order: insertion order (least recent first).
+
+    Thread-safety: every method may be called from many threads at once; a lookup whose
+    key's `__eq__` mutates the cache restarts rather than reading a stale structure.
+    """
+
+    cdef table_t t
+    cdef order_t o
+    cdef _Buffers _buf
+    cdef list _keys
+    cdef list _values
+    cdef list _sizes                 # per-entry sizes, only when a getsizeof is in use
+    cdef object _maxsize
+    cdef object _currsize            # sum of sizes when a getsizeof is in use
+    cdef object _sizefn              # the getsizeof callable, or None for "1 per entry"
+    cdef object _user_getsizeof      # what the user passed (for pickling)
+    cdef object _on_evict
+    cdef object _removed_key         # handed from _remove to its caller (see _remove)
+    cdef object _choice              # RR: user choice function, or None for the built-in RNG
+    cdef object _seed_arg
+    cdef Py_ssize_t _max_entries     # entry limit when sizes are all 1
+    cdef Py_ssize_t _capacity_arg
+    cdef uint64_t _version           # bumped by every change to table_t (not by reordering)
+    cdef Py_ssize_t _hits, _misses, _evictions
+    cdef bint _native_popitem        # False when a subclass overrides popitem()
+    cdef bint _native_missing        # False when a subclass defines __missing__
+    cdef bint _native_getitem        # False when a subclass overrides __getitem__
+    cdef dict __dict__
+    cdef object __weakref__
+
+    def __cinit__(self, *args, **kwargs):
+        # An empty, valid state until _setup runs: a cache made by __new__ alone is safe to use
+        # (every insertion fails with "value too large" since maxsize is 0).
+        self._keys = []
+        self._values = []
+        self._maxsize = 0
+        self._currsize = 0
+        self._native_popitem = True
+        self._native_missing = True
+        self._native_getitem = True
+        self.t.index = _EMPTY_INDEX
+        self.t.mask = 7
+        self.t.free_head = ENTRY_NONE
+        self.o.head = self.o.tail = ENTRY_NONE
+        self.o.bfirst = self.o.blast = self.o.bfree = -1
+
+    def __init__(self, maxsize, getsizeof=None, *, on_evict=None, seed=None, capacity=None):
+        self._setup(maxsize, getsizeof, on_evict, seed, capacity, None)
+
+    cdef int _policy(self):
+        return POLICY_CACHE
+
+    def _setup(self, maxsize, getsizeof, on_evict, seed, capacity, choice):
+        """Validate the arguments and allocate the initial buffers (shared by __init__ and unpickling)."""
+        cdef Py_ssize_t limit, cap
+        if maxsize is None or isinstance(maxsize, (str, bytes)):
+            raise TypeError("maxsize must be a number, not %s" % type(maxsize).__name__)
+        if maxsize != maxsize:
+            raise ValueError("maxsize must not be NaN")
+        if maxsize < 0:
+            raise ValueError("maxsize must be non-negative")
+        if getsizeof is not None and not callable(getsizeof):
+            raise TypeError("getsizeof must be callable")
+        if on_evict is not None and not callable(on_evict):
+            raise TypeError("on_evict must be callable")
+        if choice is not None and not callable(choice):
+            raise TypeError("choice must be callable")
+        if seed is not None:
+            if not isinstance(seed, int) or isinstance(seed, bool):
+                raise TypeError("seed must be an int or None")
+            if not 0 <= seed < 2**64:
+                raise ValueError("seed must be in [0, 2**64)")
+        if capacity is not None:
+            if not isinstance(capacity, int) or isinstance(capacity, bool):
+                raise TypeError("capacity must be an int or None")
+            if capacity < 0:
+                raise ValueError("capacity must be non-negative")
+            if capacity > _MAX_ENTRIES:
+                raise ValueError("capacity must be at most %d" % _MAX_ENTRIES)
+        cls = type(self)
+        self.o.policy = self._policy()
+        self._maxsize = maxsize
+        self._user_getsizeof = getsizeof
+        if getsizeof is not None:
+            _instance_dict(self)["getsizeof"] = getsizeof
+            self._sizefn = getsizeof
+        elif cls.getsizeof is not Cache.getsizeof:
+            self._sizefn = self.getsizeof
+        else:
+            self._sizefn = None
+        self._on_evict = on_evict
+        self._choice = None if choice is _random_choice else choice
+        self._seed_arg = seed
+        self.t.seed = _random_seed() if seed is None else seed
+        self.o.rng = (self.t.seed * <uint64_t>0x9E3779B97F4A7C15) | 1
+        self._native_popitem = cls.popitem in _NATIVE_POPITEMS
+        self._native_missing = cls.__missing__ is Cache.__missing__
+        self._native_getitem = cls.__getitem__ in _NATIVE_GETITEMS
+        if self._sizefn is None:
+            limit = _MAX_ENTRIES if maxsize >= _MAX_ENTRIES else <Py_ssize_t>math.floor(maxsize)
+        else:
+            limit = _MAX_ENTRIES
+        self._max_entries = limit
+        self._capacity_arg = -1 if capacity is None else capacity
+        cap = capacity if capacity is not None else min(limit, _INITIAL_CAPACITY)
+        self._sizes = [] if self._sizefn is not None else None
+        self._currsize = 0
+        self._hits = self._misses = self._evictions = 0
+        self._allocate(max(cap, 1))
+
+    # -- buffers ------------------------------------------------------------------------------
+
+    cdef _allocate(self, Py_ssize_t capacity):
+        """Allocate empty buffers for `capacity` entries (drops any contents without releasing them)."""
+        cdef _Buffers b = _Buffers()
+        cdef uint64_t nslots = _slots_for(capacity)
+        cdef Py_ssize_t e
+        b.index = np.full(nslots, SLOT_EMPTY, dtype=np.int32)
+        b.hashes = np.zeros(capacity, dtype=np.uint64)
+        b.prev = np.empty(capacity, dtype=np.int32)
+        b.next = np.empty(capacity, dtype=np.int32)
+        if self.o.policy == POLICY_LFU:
+            b.bucket_of = np.zeros(capacity, dtype=np.int32)
+            b.bfreq = np.zeros(capacity, dtype=np.int64)
+            b.bhead = np.zeros(capacity, dtype=np.int32)
+            b.btail = np.zeros(capacity, dtype=np.int32)
+            b.bprev = np.zeros(capacity, dtype=np.int32)
+            b.bnext = np.zeros(capacity, dtype=np.int32)
+        elif self.o.policy == POLICY_RR:
+            b.dense = np.zeros(capacity, dtype=np.int32)
+        self._buf = b
+        self._point(b)
+        self.t.mask = nslots - 1
+        self.t.filled = 0
+        self.t.capacity = capacity
+        self.t.count = 0
+        self.t.free_head = ENTRY_NONE
+        for e in range(capacity - 1, -1, -1):
+            table_put_free(&self.t, <entry_t>e)
+        self._reset_order()
+        self._keys = [None] * capacity
+        self._values = [None] * capacity
+        if self._sizes is not None:
+            self._sizes = [None] * capacity
+        self._version += 1
+
+    cdef void _point(self, _Buffers b):
+        self.t.index = <int32_t*>_data(b.index)
+        self.t.hashes = <hash_t*>_data(b.hashes)
+        self.t.prev = <entry_t*>_data(b.prev)
+        self.t.next = <entry_t*>_data(b.next)
+        if b.bucket_of is not None:
+            self.o.bucket_of = <int32_t*>_data(b.bucket_of)
+            self.o.bfreq = <int64_t*>_data(b.bfreq)
+            self.o.bhead = <entry_t*>_data(b.bhead)
+            self.o.btail = <entry_t*>_data(b.btail)
+            self.o.bprev = <int32_t*>_data(b.bprev)
+            self.o.bnext = <int32_t*>_data(b.bnext)
+        if b.dense is not None:
+            self.o.dense = <entry_t*>_data(b.dense)
+
+    cdef void _reset_order(self):
+        cdef Py_ssize_t i
+        self.o.head = ENTRY_NONE
+        self.o.tail = ENTRY_NONE
+        self.o.bfirst = -1
+        self.o.blast = -1
+        self.o.bfree = -1
+        if self.o.policy == POLICY_LFU:
+            for i in range(self.t.capacity - 1, -1, -1):
+                self.o.bnext[i] = self.o.bfree
+                self.o.bfree = <int32_t>i
+
+    cdef _grow(self, Py_ssize_t capacity):
+        """Rebuild into buffers for `capacity` entries; entry numbers (and so all links) are kept."""
+        cdef Py_ssize_t old = self.t.capacity, e, i
+        cdef _Buffers b = _Buffers(), ob = self._buf
+        cdef uint64_t nslots = _slots_for(capacity)
+        b.index = np.full(nslots, SLOT_EMPTY, dtype=np.int32)
+        b.hashes = np.zeros(capacity, dtype=np.uint64)
+        b.prev = np.empty(capacity, dtype=np.int32)
+        b.next = np.empty(capacity, dtype=np.int32)
+        b.hashes[:old] = ob.hashes
+        b.prev[:old] = ob.prev
+        b.next[:old] = ob.next
+        if ob.bucket_of is not None:
+            b.bucket_of = np.zeros(capacity, dtype=np.int32)
+            b.bfreq = np.zeros(capacity, dtype=np.int64)
+            b.bhead = np.zeros(capacity, dtype=np.int32)
+            b.btail = np.zeros(capacity, dtype=np.int32)
+            b.bprev = np.zeros(capacity, dtype=np.int32)
+            b.bnext = np.zeros(capacity, dtype=np.int32)
+            b.bucket_of[:old] = ob.bucket_of
+            b.bfreq[:old] = ob.bfreq
+            b.bhead[:old] = ob.bhead
+            b.btail[:old] = ob.btail
+            b.bprev[:old] = ob.bprev
+            b.bnext[:old] = ob.bnext
+        if ob.dense is not None:
+            b.dense = np.zeros(capacity, dtype=np.int32)
+            b.dense[:old] = ob.dense
+        self._keys.extend([None] * (capacity - old))
+        self._values.extend([None] * (capacity - old))
+        if self._sizes is not None:
+            self._sizes.extend([None] * (capacity - old))
+        self._buf = b
+        self._point(b)
+        self.t.capacity = capacity
+        self.t.mask = nslots - 1
+        for e in range(capacity - 1, old - 1, -1):
+            table_put_free(&self.t, <entry_t>e)
+        if self.o.policy == POLICY_LFU:
+            for i in range(capacity - 1, old - 1, -1):
+                self.o.bnext[i] = self.o.bfree
+                self.o.bfree = <int32_t>i
+        table_rebuild_index(&self.t)
+        self._version += 1
+
+    cdef int _make_room_for_one(self) except -1:
+        """Ensure a free entry number exists (grows the buffers; no Python code runs)."""
+        cdef Py_ssize_t cap
+        if self.t.free_head != ENTRY_NONE:
+            return 0
+        if self.t.capacity >= _MAX_ENTRIES:
+            raise MemoryError("cache cannot hold more than %d entries" % _MAX_ENTRIES)
+        cap = self.t.capacity * 2
+        if cap > self._max_entries and self._max_entries > self.t.capacity:
+            cap = self._max_entries
+        if cap > _MAX_ENTRIES:
+            cap = _MAX_ENTRIES
+        self._grow(cap)
+        return 0
+
+    # -- lookups ------------------------------------------------------------------------------
+
+    cdef Py_ssize_t _find(self, object key, hash_t h, Py_ssize_t* slot_out) except -2:
+        """Return key's entry (or -1 and the slot to insert it at); may run key.__eq__."""
+        cdef uint64_t i
+        cdef Py_ssize_t free_slot
+        cdef int32_t e
+        cdef int eq, restarts = 0
+        cdef uint64_t version
+        cdef object other
+        while True:
+            i = h & self.t.mask
+            free_slot = -1
+            version = self._version
+            while True:
+                e = self.t.index[i]
+                if e == SLOT_EMPTY:
+                    slot_out[0] = <Py_ssize_t>i if free_slot < 0 else free_slot
+                    return -1
+                if e == SLOT_DELETED:
+                    if free_slot < 0:
+                        free_slot = <Py_ssize_t>i
+                elif self.t.hashes[e] == h:
+                    other = self._keys[e]
+                    if other is key:
+                        slot_out[0] = <Py_ssize_t>i
+                        return e
+                    eq = PyObject_RichCompareBool(other, key, Py_EQ)
+                    if self._version != version:
+                        break                       # mutated by __eq__ (or another thread): restart
+                    if eq:
+                        slot_out[0] = <Py_ssize_t>i
+                        return e
+                i = (i + 1) & self.t.mask
+            restarts += 1
+            if restarts > _MAX_RESTARTS:
+                raise RuntimeError("cache mutated during lookup too many times")
+
+    # -- structural changes (no Python code may run inside these) ------------------------------
+
+    cdef entry_t _insert_at(self, Py_ssize_t slot, hash_t h, object key, object value, object size):
+        """Insert a new entry at `slot` (free entry must exist) and link it as newest."""
+        cdef entry_t e = table_take_free(&self.t)
+        if self.t.index[slot] == SLOT_EMPTY:
+            self.t.filled += 1
+        self.t.index[slot] = e
+        self.t.hashes[e] = h
+        self._keys[e] = key
+        self._values[e] = value
+        if self._sizes is not None:
+            self._sizes[e] = size
+            self._currsize = self._currsize + size
+        order_link_new(&self.o, &self.t, e)
+        self.t.count += 1
+        self._version += 1
+        if self.t.filled * 4 > <Py_ssize_t>(self.t.mask + 1) * 3:
+            table_rebuild_index(&self.t)
+        return e
+
+    cdef object _remove(self, entry_t e, Py_ssize_t slot):
+        """Unlink entry e; return its value and leave its key in _removed_key.
+
+        The caller takes both (into locals) and releases them once the structure is consistent.
+        """
+        cdef object value = self._values[e]
+        self._removed_key = self._keys[e]
+        if slot < 0:
+            slot = table_slot_of(&self.t, e)
+        table_remove_slot(&self.t, slot)
+        order_unlink(&self.o, &self.t, e)
+        self.t.count -= 1
+        table_put_free(&self.t, e)
+        self._keys[e] = None
+        self._values[e] = None
+        if self._sizes is not None:
+            self._currsize = self._currsize - self._sizes[e]
+            self._sizes[e] = None
+        self._version += 1
+        return value
+
+    cdef tuple _evict_one(self):
+        """Evict the policy's victim; return (key, value) (used where several are collected)."""
+        cdef entry_t e = order_victim(&self.o, &self.t)
+        self._evictions += 1
+        value = self._remove(e, -1)
+        key = self._removed_key
+        self._removed_key = None
+        return (key, value)
+
+
+    cdef list _dense_keys(self):
+        cdef Py_ssize_t i
+        return [self._keys[self.o.dense[i]] for i in range(self.t.count)]
+
+    # -- the mapping protocol --------------------------------------------------------------------
+
+    def __len__(self):
+        return self.t.count
+
+    def __contains__(self, key):
+        cdef Py_ssize_t slot
+        cdef hash_t h = _key_hash(self, key)
+        with cython.critical_section(self):
+            return self._find(key, h, &slot) >= 0
+
+    def __getitem__(self, key):
+        cdef Py_ssize_t slot, e
+        cdef hash_t h = _key_hash(self, key)
+        with cython.critical_section(self):
+            e = self._find(key, h, &slot)
+            if e >= 0:
+                self._hits += 1
+                order_touch(&self.o, &self.t, <entry_t>e)
+                return self._values[e]
+            self._misses += 1
+        if self._native_missing:
+            raise KeyError(key)
+        return self.__missing__(key)
+
+    def __missing__(self, key):
+        raise KeyError(key)
+
+    def get(self, key, default=None):
+        """Return the value for key if key is in the cache, else default (a lookup: counts and touches)."""
+        cdef Py_ssize_t slot, e
+        cdef hash_t h
+        if not self._native_getitem:
+            return self[key] if key in self else default
+        h = _key_hash(self, key)
+        with cython.critical_section(self):
+            e = self._find(key, h, &slot)
+            if e >= 0:
+                self._hits += 1
+                order_touch(&self.o, &self.t, <entry_t>e)
+                return self._values[e]
+            self._misses += 1
+            return default
+
+    def peek(self, key, default=None):
+        """Return the value for key without counting a lookup or changing its recency or frequency."""
+        cdef Py_ssize_t slot, e
+        cdef hash_t h = _key_hash(self, key)
+        with cython.critical_section(self):
+            e = self._find(key, h, &slot)
+            return self._values[e] if e >= 0 else default
+
+    def __setitem__(self, key, value):
+        cdef Py_ssize_t slot, e
+        cdef hash_t h = _key_hash(self, key)
+        cdef object old = None, evk = None, evv = None
+        cdef bint evicted = False
+        if self._sizefn is not None or not self._native_popitem:
+            self._set_slow(key, h, value)
+            return
+        with cython.critical_section(self):
+            e = self._find(key, h, &slot)
+            if e >= 0:
+                old = self._values[e]           # released after the update, not during it
+                self._values[e] = value
+                order_update(&self.o, &self.t, <entry_t>e)
+                return
+            if self._max_entries < 1:
+                raise ValueError("value too large")
+            if self.t.count >= self._max_entries:
+                evv = self._remove(order_victim(&self.o, &self.t), -1)
+                evk = self._removed_key
+                self._removed_key = None
+                self._evictions += 1
+                evicted = True
+                # the removal may turn a slot before ours back to empty: probe again
+                slot = table_probe_free(&self.t, h)
+            elif self.t.free_head == ENTRY_NONE:
+                self._make_room_for_one()      # rebuilds the index
+                slot = table_probe_free(&self.t, h)
+            self._insert_at(slot, h, key, value, None)
+        if evicted and self._on_evict is not None:
+            self._on_evict(evk, evv)
+
+    cdef _set_slow(self, object key, hash_t h, object value):
+        """__setitem__ with a getsizeof or an overridden popitem (cachetools' exact algorithm)."""
+        cdef Py_ssize_t slot, e
+        cdef object size, diff, old = None
+        cdef list evicted = None
+        cdef tuple kv
+        if self._sizefn is not None:
+            size = self._sizefn(value)
+            if size > self._maxsize:
+                raise ValueError("value too large")
+            if size < 0:
+                raise ValueError("value size must be non-negative")
+        else:
+            size = 1
+            if self._max_entries < 1:
+                raise ValueError("value too large")
+        while True:
+            with cython.critical_section(self):
+                e = self._find(key, h, &slot)
+                if self._sizes is None:
+                    need = e < 0 and self.t.count >= self._max_entries
+                else:
+                    diff = size if e < 0 else size - self._sizes[e]
+                    need = self._currsize + diff > self._maxsize
+                if not need:
+                    if e >= 0:
+                        old = self._values[e]
+                        self._values[e] = value
+                        if self._sizes is not None:
+                            self._currsize = self._currsize + diff
+                            self._sizes[e] = size
+                        order_update(&self.o, &self.t, <entry_t>e)
+                    else:
+                        if self.t.free_head == ENTRY_NONE:
+                            self._make_room_for_one()
+                        slot = table_probe_free(&self.t, h)
+                        self._insert_at(slot, h, key, value, size)
+                    break
+                if self._native_popitem:
+                    if evicted is None:
+                        evicted = []
+                    evicted.append(self._evict_one())
+                    continue
+            kv = tuple(self.popitem())           # a subclass hook: outside the critical section
+            self._evictions += 1
+            if self._on_evict is not None:
+                self._on_evict(kv[0], kv[1])
+        if evicted is not None and self._on_evict is not None:
+            for kv in evicted:
+                self._on_evict(kv[0], kv[1])
+
+    def __delitem__(self, key):
+        cdef Py_ssize_t slot, e
+        cdef hash_t h = _key_hash(self, key)
+        cdef object k, v
+        with cython.critical_section(self):
+            e = self._find(key, h, &slot)
+            if e < 0:
+                raise KeyError(key)
+            v = self._remove(<entry_t>e, slot)
+            k = self._removed_key
+            self._removed_key = None
+
+    def pop(self, key, default=_MARKER):
+        """Remove key and return its value; return default, or raise KeyError, if it is absent."""
+        cdef Py_ssize_t slot, e
+        cdef hash_t h = _key_hash(self, key)
+        cdef object k, v
+        with cython.critical_section(self):
+            e = self._find(key, h, &slot)
+            if e >= 0:
+                v = self._remove(<entry_t>e, slot)
+                k = self._removed_key
+                self._removed_key = None
+                return v
+        if default is _MARKER:
+            raise KeyError(key)
+        return default
+
+    def popitem(self):
+        """Remove and return the `(key, value)` pair first inserted."""
+        return self._popitem()
+
+    cdef tuple _popitem(self):
+        cdef Py_ssize_t slot, e
+        cdef list keys
+        if self._choice is not None:
+            with cython.critical_section(self):
+                keys = self._dense_keys()
+            if not keys:
+                raise KeyError("%s is empty" % type(self).__name__)
+            key = self._choice(keys)               # user code: outside the critical section
+            h = _key_hash(self, key)
+            with cython.critical_section(self):
+                e = self._find(key, h, &slot)
+                if e < 0:
+                    raise KeyError(key)
+                value = self._remove(<entry_t>e, slot)
+                self._removed_key = None
+                return (key, value)
+        with cython.critical_section(self):
+            if self.t.count == 0:
+                raise KeyError("%s is empty" % type(self).__name__)
+            value = self._remove(order_victim(&self.o, &self.t), -1)
+            key = self._removed_key
+            self._removed_key = None
+            return (key, value)
+
+    def setdefault(self, key, default=None):
+        """Return the value of key (a lookup); if absent, insert key with default and return default."""
+        cdef Py_ssize_t slot, e
+        cdef hash_t h = _key_hash(self, key)
+        with cython.critical_section(self):
+            e = self._find(key, h, &slot)
+            if e >= 0:
+                self._hits += 1
+                order_touch(&self.o, &self.t, <entry_t>e)
+                return self._values[e]
+        self[key] = default
+        return default
+
+    def update(self, other=(), /, **kwargs):
+        """Update the cache from a mapping or an iterable of pairs, then from keyword arguments."""
+        if isinstance(other, collections.abc.Mapping):
+            for key in other.keys():
+                self[key] = other[key]
+        elif hasattr(other, "keys"):
+            for key in other.keys():
+                self[key] = other[key]
+        else:
+            for key, value in other:
+                self[key] = value
+        for key, value in kwargs.items():
+            self[key] = value
+
+    def clear(self):
+        """Remove every entry (not counted as evictions)."""
+        cdef list keys, values, sizes
+        with cython.critical_section(self):
+            keys, values, sizes = self._keys, self._values, self._sizes
+            self._keys = [None] * self.t.capacity      # old objects are released after the reset
+            self._values = [None] * self.t.capacity
+            if sizes is not None:
+                self._sizes = [None] * self.t.capacity
+            self._currsize = 0
+            self._clear_table()
+
+    cdef void _clear_table(self):
+        cdef Py_ssize_t e
+        memset(self.t.index, 0xFF, (self.t.mask + 1) * sizeof(int32_t))
+        self.t.filled = 0
+        self.t.count = 0
+        self.t.free_head = ENTRY_NONE
+        for e in range(self.t.capacity - 1, -1, -1):
+            table_put_free(&self.t, <entry_t>e)
+        self._reset_order()
+        self._version += 1
+
+    # -- sizes, stats, resize -------------------------------------------------------------------
+
+    @property
+    def maxsize(self):
+        """The maximum size of the cache."""
+        return self._maxsize
+
+    @property
+    def currsize(self):
+        """The current size of the cache."""
+        if self._sizes is None:
+            return self.t.count
+        return self._currsize
+
+    @staticmethod
+    def getsizeof(value):
+        """Return the size of a cache element's value."""
+        return 1
+
+    def stats(self):
+        """Return CacheStats(hits, misses, evictions, currsize, maxsize)."""
+        return CacheStats(self._hits, self._misses, self._evictions, self.currsize, self._maxsize)
+
+    def resize(self, maxsize):
+        """Set a new maxsize, evicting in policy order (with on_evict) until the cache fits."""
+        cdef list evicted = []
+        cdef tuple kv
+        if isinstance(maxsize, bool) or maxsize != maxsize:
+            raise TypeError("maxsize must be a number")
+        if maxsize < 0:
+            raise ValueError("maxsize must be non-negative")
+        with cython.critical_section(self):
+            self._maxsize = maxsize
+            if self._sizefn is None:
+                self._max_entries = _MAX_ENTRIES if maxsize >= _MAX_ENTRIES else <Py_ssize_t>math.floor(maxsize)
+        while True:
+            with cython.critical_section(self):
+                if self.t.count == 0:
+                    break
+                if self._sizes is None:
+                    if self.t.count <= self._max_entries:
+                        break
+                elif not self._currsize > self._maxsize:
+                    break
+                if self._native_popitem:
+                    evicted.append(self._evict_one())
+                    continue
+            kv = tuple(self.popitem())
+            self._evictions += 1
+            evicted.append(kv)
+        if self._on_evict is not None:
+            for kv in evicted:
+                self._on_evict(kv[0], kv[1])
+
+    # -- batch ------------------------------------------------------------------------------------
+
+    def get_many(self, keys, default=None):
+        """Return a list with get(key, default) for each key (int64/uint64 arrays skip per-key objects)."""
+        cdef Py_ssize_t n, i
+        cdef list out
+        if isinstance(keys, np.ndarray) and (<cnp.ndarray>keys).ndim == 1 and _int_hash_native and \
+                self._native_getitem and (keys.dtype == np.int64 or keys.dtype == np.uint64):
+            return self._get_many_int(keys, default)
+        if isinstance(keys, np.ndarray):
+            keys = keys.tolist()
+        out = []
+        for key in keys:
+            out.append(self.get(key, default))
+        return out
+
+    cdef list _get_many_int(self, cnp.ndarray arr, object default):
+        cdef Py_ssize_t n = arr.shape[0], i
+        cdef bint unsigned = arr.dtype == np.uint64
+        cdef cnp.ndarray carr = np.ascontiguousarray(arr)
+        cdef int64_t* sp = <int64_t*>cnp.PyArray_DATA(carr)
+        cdef uint64_t* up = <uint64_t*>cnp.PyArray_DATA(carr)
+        cdef list out = [default] * n
+        cdef Py_ssize_t e
+        for i in range(n):
+            with cython.critical_section(self):
+                e = self._find_int(sp[i], up[i], unsigned)
+                if e >= 0:
+                    self._hits += 1
+                    order_touch(&self.o, &self.t, <entry_t>e)
+                    out[i] = self._values[e]
+                    continue
+                elif e == -1:
+                    self._misses += 1
+                    continue
+            # a stored key equal to this int is not an exact int (1.0, True...): the generic path
+            key = PyLong_FromUnsignedLongLong(up[i]) if unsigned else PyLong_FromLongLong(sp[i])
+            out[i] = self.get(key, default)
+        return out
+
+    cdef Py_ssize_t _find_int(self, int64_t sv, uint64_t uv, bint unsigned) except -3:
+        """Find an int key given as a C integer: entry, -1 if absent, -2 if a slow comparison is needed."""
+        cdef hash_t h = mix_hash(_hash_u64(uv) if unsigned else _hash_i64(sv), self.t.seed)
+        cdef uint64_t i = h & self.t.mask
+        cdef int32_t e
+        cdef int overflow
+        cdef long long v
+        cdef PyObject* other
+        while True:
+            e = self.t.index[i]
+            if e == SLOT_EMPTY:
+                return -1
+            if e >= 0 and self.t.hashes[e] == h:
+                other = PyList_GET_ITEM(self._keys, e)   # borrowed: no Python code runs below
+                if not PyLong_CheckExact(<object>other):
+                    return -2
+                v = PyLong_AsLongLongAndOverflow(<object>other, &overflow)
+                if overflow == 0:
+                    if unsigned:
+                        if v >= 0 and <uint64_t>v == uv:
+                            return e
+                    elif v == sv:
+                        return e
+                elif unsigned and overflow > 0 and uv > <uint64_t>0x7FFFFFFFFFFFFFFF:
+                    if PyLong_AsUnsignedLongLong(<object>other) == uv:
+                        return e
+            i = (i + 1) & self.t.mask
+
+    def set_many(self, keys, values):
+        """Set cache[keys[i]] = values[i] for every i (the two must have the same length)."""
+        if isinstance(keys, np.ndarray):
+            keys = keys.tolist()
+        else:
+            keys = list(keys)
+        if isinstance(values, np.ndarray) and values.ndim == 1:
+            values = values.tolist()
+        else:
+            values = list(values)
+        if len(keys) != len(values):
+            raise ValueError("set_many: %d keys but %d values" % (len(keys), len(values)))
+        for i in range(len(keys)):
+            self[keys[i]] = values[i]
+
+    # -- iteration and views --------------------------------------------------------------------
+
+    cdef object _order_array(self):
+        cdef cnp.ndarray arr = np.empty(self.t.count, dtype=np.int32)
+        if self.t.count:
+            order_fill(&self.o, &self.t, <entry_t*>cnp.PyArray_DATA(arr))
+        return arr
+
+    def __iter__(self):
+        with cython.critical_section(self):
+            return _CacheIterator(self, 0)
+
+    def __reversed__(self):
+        with cython.critical_section(self):
+            return _CacheIterator(self, 3)
+
+    def keys(self):
+        """Return a set-like view of the keys, in iteration order."""
+        return _KeysView(self)
+
+    def values(self):
+        """Return a view of the values, in iteration order (no lookups are counted)."""
+        return _ValuesView(self)
+
+    def items(self):
+        """Return a set-like view of the (key, value) pairs, in iteration order."""
+        return _ItemsView(self)
+
+    # -- comparison, repr, copy -----------------------------------------------------------------
+
+    def __eq__(self, other):
+        if not isinstance(other, collections.abc.Mapping):
+            return NotImplemented
+        return dict(self.items()) == dict(other.items())
+
+    def __ne__(self, other):
+        r = self.__eq__(other)
+        return r if r is NotImplemented else not r
+
+    __hash__ = None
+
+    def __repr__(self):
+        if Py_ReprEnter(self) != 0:
+            return "%s(...)" % type(self).__name__
+        try:
+            return "%s(%r, maxsize=%r, currsize=%r)" % (
+                type(self).__name__, dict(self.items()), self._maxsize, self.currsize)
+        finally:
+            Py_ReprLeave(self)
+
+    @classmethod
+    def __class_getitem__(cls, item):
+        return types.GenericAlias(cls, item)
+
+    def __reduce__(self):
+        params = (self._maxsize, self._user_getsizeof, self._on_evict, self._seed_arg,
+                  None if self._capacity_arg < 0 else self._capacity_arg, self._choice)
+        keys, values, aux = self._export_state()
+        extra = dict(_instance_dict(self))
+        extra.pop("getsizeof", None)
+        state = (keys, values, aux, extra, self._hits, self._misses, self._evictions)
+        return (_rebuild, (type(self), params), state)
+
+    def __setstate__(self, state):
+        keys, values, aux, extra, hits, misses, evictions = state
+        self._import_state(keys, values, aux)
+        if extra:
+            _instance_dict(self).update(extra)
+        self._hits, self._misses, self._evictions = hits, misses, evictions
+
+    def __copy__(self):
+        fn, args, state = self.__reduce__()
+        obj = fn(*args)
+        obj.__setstate__(state)
+        return obj
+
+    def _export_state(self):
+        """Return (keys, values, aux) in iteration (eviction) order; aux holds LFU frequencies or None."""
+        cdef Py_ssize_t i, n
+        cdef cnp.ndarray order
+        cdef entry_t* op
+        cdef int64_t* fp
+        with cython.critical_section(self):
+            order = self._order_array()
+            op = <entry_t*>cnp.PyArray_DATA(order)
+            n = order.shape[0]
+            keys = [self._keys[op[i]] for i in range(n)]
+            values = [self._values[op[i]] for i in range(n)]
+            aux = None
+            if self.o.policy == POLICY_LFU:
+                aux = np.empty(n, dtype=np.int64)
+                fp = <int64_t*>cnp.PyArray_DATA(aux)
+                for i in range(n):
+                    fp[i] = self.o.bfreq[self.o.bucket_of[op[i]]]
+        return keys, values, aux
+
+    def _import_state(self, keys, values, aux=None):
+        """Replace the contents with keys/values in eviction order (aux: LFU frequencies).
+
+        All checks run on a fresh cache first: on any error this cache is left untouched.
+        """
+        cdef Cache fresh
+        cdef Py_ssize_t n, i, slot
+        cdef hash_t h
+        cdef int64_t f, last = 0
+        cdef entry_t e
+        cdef list evicted = []
+        keys = list(keys)
+        values = list(values)
+        n = len(keys)
+        if len(values) != n:
+            raise ValueError("state has %d keys but %d values" % (n, len(values)))
+        if aux is not None:
+            aux = np.asarray(aux, dtype=np.int64)
+            if aux.ndim != 1 or aux.shape[0] != n:
+                raise ValueError("state frequencies do not match the keys")
+            if self.o.policy != POLICY_LFU:
+                aux = None
+        fresh = type(self).__new__(type(self))
+        Cache._setup(fresh, self._maxsize, self._user_getsizeof, self._on_evict, self._seed_arg,
+                     None if self._capacity_arg < 0 else self._capacity_arg, self._choice)
+        if n > fresh.t.capacity:
+            fresh._grow(min(max(n, 1), _MAX_ENTRIES))
+        for i in range(n):
+            key = keys[i]
+            value = values[i]
+            h = _key_hash(fresh, key)
+            size = fresh._sizefn(value) if fresh._sizefn is not None else None
+            if fresh._find(key, h, &slot) >= 0:
+                raise ValueError("state holds the key %r twice" % (key,))
+            if fresh.t.free_head == ENTRY_NONE:
+                fresh._make_room_for_one()
+            slot = table_probe_free(&fresh.t, h)
+            if aux is not None:
+                f = aux[i]
+                if f < 1 or f < last:
+                    raise ValueError("state frequencies must be positive and in eviction order")
+                last = f
+                e = fresh._insert_at(slot, h, key, value, size)
+                # re-link with the saved frequency: appended behind equal or lower frequencies
+                order_unlink(&fresh.o, &fresh.t, e)
+                fresh.t.count -= 1
+                _lfu_append_sorted(&fresh.o, &fresh.t, e, f)
+                fresh.t.count += 1
+            else:
+                fresh._insert_at(slot, h, key, value, size)
+        with cython.critical_section(self):
+            self._swap(fresh)
+        # a state bigger than maxsize is trimmed in policy order, like resize()
+        self.resize(self._maxsize)
+
+    cdef void _swap(self, Cache other):
+        self.t, other.t = other.t, self.t
+        self.o, other.o = other.o, self.o
+        self._buf, other._buf = other._buf, self._buf
+        self._keys, other._keys = other._keys, self._keys
+        self._values, other._values = other._values, self._values
+        self._sizes, other._sizes = other._sizes, self._sizes
+        self._currsize, other._currsize = other._currsize, self._currsize
+        self._version += other._version + 1
+
+    def _check(self):
+        """Verify every internal invariant; raise AssertionError on the first violation (for tests)."""
+        cdef Py_ssize_t e, n = 0, nfree = 0, i, nlive = 0
+        cdef int32_t b
+        cdef int64_t lastf = 0
+        with cython.critical_section(self):
+            cap = self.t.capacity
+            for e in range(cap):
+                if self.t.prev[e] == ENTRY_FREE:
+                    nfree += 1
+                    if self._keys[e] is not None or self._values[e] is not None:
+                        raise AssertionError("free entry %d still holds objects" % e)
+                else:
+                    nlive += 1
+                    i = table_slot_of_checked(&self.t, <entry_t>e)
+                    if i < 0:
+                        raise AssertionError("live entry %d is not reachable in the index" % e)
+                    if self.t.hashes[e] != _key_hash(self, self._keys[e]):
+                        raise AssertionError("entry %d has a stale hash" % e)
+            if nlive != self.t.count or nfree + nlive != cap:
+                raise AssertionError("count %d, live %d, free %d, capacity %d"
+                                     % (self.t.count, nlive, nfree, cap))
+            e = self.t.free_head
+            n = 0
+            while e != ENTRY_NONE:
+                n += 1
+                if n > cap or self.t.prev[e] != ENTRY_FREE:
+                    raise AssertionError("free list is corrupt")
+                e = self.t.next[e]
+            if n != nfree:
+                raise AssertionError("free list holds %d of %d free entries" % (n, nfree))
+            order = self._order_array()
+            if len(set(order.tolist())) != self.t.count:
+                raise AssertionError("policy order does not list each live entry once")
+            if self.o.policy == POLICY_LFU:
+                b = self.o.bfirst
+                while b != -1:
+                    if self.o.bhead[b] == ENTRY_NONE or self.o.bfreq[b] <= lastf:
+                        raise AssertionError("LFU buckets are not strictly increasing and non-empty")
+                    lastf = self.o.bfreq[b]
+                    b = self.o.bnext[b]
+            if self._sizes is not None:
+                total = 0
+                for e in order.tolist():
+                    total += self._sizes[e]
+                if total != self._currsize:
+                    raise AssertionError("currsize %r != sum of sizes %r" % (self._currsize, total))
+                if self._currsize > self._maxsize:
+                    raise AssertionError("currsize above maxsize")
+            elif self.t.count > self._max_entries:
+                raise AssertionError("more entries than maxsize")
+            used = 0
+            for i in range(self.t.mask + 1):
+                if self.t.index[i] != SLOT_EMPTY:
+                    used += 1
+            if used != self.t.filled:
+                raise AssertionError("filled slot count is wrong")
+
+    def _nbytes(self):
+        """Bytes held by the engine for this cache, key and value objects not counted."""
+        import sys
+        n = self._buf.nbytes() + sys.getsizeof(self._keys) + sys.getsizeof(self._values)
+        if self._sizes is not None:
+            n += sys.getsizeof(self._sizes)
+        return n
+
+
+cdef Py_ssize_t table_slot_of_checked(table_t* t, entry_t e) noexcept nogil:
+    cdef uint64_t i = t.hashes[e] & t.mask
+    cdef uint64_t n = 0
+    while t.index[i] != e:
+        if t.index[i] == SLOT_EMPTY or n > t.mask:
+            return -1
+        i = (i + 1) & t.mask
+        n += 1
+    return <Py_ssize_t>i
+
+
+cdef void _lfu_append_sorted(order_t* o, table_t* t, entry_t e, int64_t freq) noexcept nogil:
+    """Link e at the back of the `freq` bucket, creating it at the end (loading in sorted order)."""
+    cdef int32_t b = o.blast
+    if b == -1 or o.bfreq[b] != freq:
+        b = _bucket_new(o, freq, o.blast)
+    _bucket_append(o, t, b, e)
+
+
+cdef dict _instance_dict(object obj):
+    return _object_getattribute(obj, "__dict__")
+
+
+cdef object _object_getattribute = object.__getattribute__
+
+
+cdef inline hash_t _key_hash(Cache c, object key) except? 0:
+    return mix_hash(hash(key), c.t.seed)
+
+
+def _rebuild(cls, params):
+    """Create an empty cache of `cls` with `params` (unpickling and copying)."""
+    obj = cls.__new__(cls)
+    Cache._setup(obj, *params)
+    return obj
+
+
+cdef class FIFOCache(Cache):
+    """First In First Out (FIFO) cache; assigning to an existing key re-inserts it (as cachetools).
+
+    Iteration order: first in first.
+    """
+
+    cdef int _policy(self):
+        return POLICY_FIFO
+
+    def popitem(self):
+        """Remove and return the `(key, value)` pair first inserted."""
+        return self._popitem()
+
+
+cdef class LRUCache(Cache):
+    """Least Recently Used (LRU) cache.
+
+    Iteration order: least recently used first.  `in`, `peek` and iteration do not count as use.
+    """
+
+    cdef int _policy(self):
+        return POLICY_LRU
+
+    def popitem(self):
+        """Remove and return the `(key, value)` pair least recently used."""
+        return self._popitem()
+
+
+cdef class LFUCache(Cache):
+    """Least Frequently Used (LFU) cache; ties go to the least recently used of the least frequent.
+
+    Every lookup hit and every assignment counts as one use.  Iteration order: eviction order
+    (lowest frequency first, least recent first within a frequency).
+    """
+
+    cdef int _policy(self):
+        return POLICY_LFU
+
+    def popitem(self):
+        """Remove and return the `(key, value)` pair least frequently used."""
+        return self._popitem()
+
+
+cdef class RRCache(Cache):
+    """Random Replacement (RR) cache.
+
+    With the default `choice` (random.choice) victims come from a fast built-in generator,
+    deterministic under `seed=`; any other `choice` is called as cachetools does, with the
+    list of keys.  Iteration order: arbitrary (a dense array where removals swap in the last).
+    """
+
+    def __init__(self, maxsize, choice=random.choice, getsizeof=None, *, on_evict=None, seed=None,
+                 capacity=None):
+        self._setup(maxsize, getsizeof, on_evict, seed, capacity, choice)
+
+    cdef int _policy(self):
+        return POLICY_RR
+
+    @property
+    def choice(self):
+        """The `choice` function used by the cache."""
+        return _random_choice if self._choice is None else self._choice
+
+    def popitem(self):
+        """Remove and return a random `(key, value)` pair."""
+        return self._popitem()
+
+
+_NATIVE_POPITEMS = frozenset([Cache.popitem, FIFOCache.popitem, LRUCache.popitem, LFUCache.popitem,
+                              RRCache.popitem])
+_NATIVE_GETITEMS = frozenset([Cache.__getitem__])
+
+
+# ---------------------------------------------------------------------------------------------
+# Iteration: a snapshot of the order, checked against the version on every step
+# ---------------------------------------------------------------------------------------------
+
+@cython.final
+cdef class _CacheIterator:
+    cdef Cache cache
+    cdef object order          # int32 array of entry numbers
+    cdef entry_t* op
+    cdef Py_ssize_t pos, n
+    cdef uint64_t version
+    cdef int mode              # 0 keys, 1 values, 2 items; +3 reversed keys
+
+    def __cinit__(self, Cache cache, int mode):
+        self.cache = cache
+        self.order = cache._order_array()
+        self.op = <entry_t*>cnp.PyArray_DATA(<cnp.ndarray>self.order)
+        self.n = len(self.order)
+        self.pos = 0
+        self.version = cache._version
+        self.mode = mode
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        cdef Cache c = self.cache
+        cdef entry_t e
+        if self.pos >= self.n:
+            raise StopIteration
+        with cython.critical_section(c):
+            if c._version != self.version:
+                self.pos = self.n
+                raise RuntimeError("cache changed size during iteration")
+            if self.mode == 3:
+                e = self.op[self.n - 1 - self.pos]
+            else:
+                e = self.op[self.pos]
+            self.pos += 1
+            if self.mode == 1:
+                return c._values[e]
+            if self.mode == 2:
+                return (c._keys[e], c._values[e])
+            return c._keys[e]
+
+    def __length_hint__(self):
+        return self.n - self.pos
+
+
+class _KeysView(collections.abc.KeysView):
+    __slots__ = ()
+
+    def __iter__(self):
+        return _CacheIterator(self._mapping, 0)
+
+    def __reversed__(self):
+        return _CacheIterator(self._mapping, 3)
+
+
+class _ValuesView(collections.abc.ValuesView):
+    __slots__ = ()
+
+    def __iter__(self):
+        return _CacheIterator(self._mapping, 1)
+
+    def __contains__(self, value):
+        for v in _CacheIterator(self._mapping, 1):
+            if v is value or v == value:
+                return True
+        return False
+
+
+class _ItemsView(collections.abc.ItemsView):
+    __slots__ = ()
+
+    def __iter__(self):
+        return _CacheIterator(self._mapping, 2)
+
+    def __contains__(self, item):
+        key, value = item
+        v = self._mapping.peek(key, _MARKER)
+        return v is not _MARKER and (v is value or v == value)
+
+
+collections.abc.MutableMapping.register(Cache)
