@@ -25,14 +25,15 @@ class Sizes:
     evict_inserts: int  # distinct inserts per round, set-with-eviction
     zipf_keys: int  # key space of the Zipf stream
     zipf_length: int  # accesses per round of the Zipf stream
-    rounds: int  # rounds of the workloads that need a fresh cache per round
-    memory_n: int  # entries for memory per entry
+    min_rounds: int  # rounds of the workloads that need a fresh cache per round ...
+    max_rounds: int  # ... between these two, as many as fit in round_budget seconds
+    round_budget: float
 
 
 SIZES = {
-    "full": Sizes("full", 100_000, 10_000, 1_000_000, 1_000_000, 1_000_000, 3, 1_000_000),
-    "quick": Sizes("quick", 100_000, 10_000, 200_000, 1_000_000, 200_000, 2, 200_000),
-    "smoke": Sizes("smoke", 5_000, 500, 20_000, 50_000, 20_000, 1, 20_000),
+    "full": Sizes("full", 100_000, 10_000, 1_000_000, 1_000_000, 1_000_000, 3, 5, 1.5),
+    "quick": Sizes("quick", 100_000, 10_000, 200_000, 1_000_000, 200_000, 2, 3, 0.3),
+    "smoke": Sizes("smoke", 5_000, 500, 20_000, 50_000, 20_000, 1, 1, 0.0),
 }
 
 
