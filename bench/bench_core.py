@@ -7,11 +7,10 @@ the work correctly (exact-policy caches against a pure-Python model), so under
 import os
 import time
 
-import numpy as np
 import pytest
 
-from kvbench import (MISSING, NotInstalled, impls_for, model_misses, record, distinct_ints,
-                     str_keys, zipf_stream)
+from kvbench import (MISSING, NotInstalled, impls_for, make_evict_data, make_get_data,
+                     make_zipf_data, model_misses, record)
 import memory
 
 
@@ -30,38 +29,17 @@ def _new(impl, maxsize):
 
 @pytest.fixture(scope="session")
 def get_data(sizes):
-    """Keys to store with the keys to look up, per get workload.
-
-    Lookups use new objects equal to the stored keys (``.tolist()`` builds fresh ints each
-    call), so every hit is confirmed by ``==`` as when a program computes its keys.  The
-    main get-hit workloads look keys up in the order they were stored, which measures the
-    cost of the operation itself; ``get-hit-int-shuffled`` looks them up in random order,
-    where the machine's memory latency dominates every implementation.
-    """
-    rng = np.random.default_rng(20261127)
-    ints = distinct_ints(rng, 2 * sizes.get_n)
-    stored, absent = ints[: sizes.get_n], ints[sizes.get_n:]
-    shuffled = stored[rng.permutation(sizes.get_n)]
-    return {
-        "int": (stored.tolist(), stored.tolist()),
-        "str": (str_keys(stored), str_keys(stored)),
-        "int-shuffled": (stored.tolist(), shuffled.tolist()),
-        "miss": (stored.tolist(), absent.tolist()),
-    }
+    return make_get_data(sizes.get_n)
 
 
 @pytest.fixture(scope="session")
 def evict_data(sizes):
-    rng = np.random.default_rng(1)
-    ints = distinct_ints(rng, sizes.evict_capacity + sizes.evict_inserts)
-    return ints[: sizes.evict_capacity].tolist(), ints[sizes.evict_capacity:].tolist()
+    return make_evict_data(sizes.evict_capacity, sizes.evict_inserts)
 
 
 @pytest.fixture(scope="session")
 def zipf_data(sizes):
-    rng = np.random.default_rng(2)
-    stream = zipf_stream(rng, sizes.zipf_keys, sizes.zipf_length, s=1.0)
-    return stream.tolist(), len(np.unique(stream))
+    return make_zipf_data(sizes.zipf_keys, sizes.zipf_length)
 
 
 _models = {}

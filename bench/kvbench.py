@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import collections
 import functools
+import glob
 import importlib
+import os
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -32,6 +35,22 @@ DISTRIBUTIONS = {
     "moka_py": "moka-py",
     "theine": "theine",
 }
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def prefer_inplace_build() -> bool:
+    """Put the source tree first on sys.path if it holds a built kvcache; say whether it did.
+
+    A build made with ``setup.py build_ext --inplace`` is what a developer means to measure;
+    without one the installed package is used (the bare source tree cannot import).
+    """
+    if any(p.endswith((".so", ".pyd")) for p in glob.glob(os.path.join(REPO, "kvcache", "_core*"))):
+        if REPO not in sys.path:
+            sys.path.insert(0, REPO)
+        return True
+    return False
 
 
 class NotInstalled(Exception):
@@ -404,6 +423,39 @@ def zipf_stream(rng: np.random.Generator, n_keys: int, length: int, s: float = 1
     ranks = np.searchsorted(cdf, rng.random(length), side="right")
     np.minimum(ranks, n_keys - 1, out=ranks)
     return distinct_ints(rng, n_keys)[ranks]
+
+
+def make_get_data(n: int) -> dict:
+    """Keys to store with the keys to look up, per get workload ({name: (stored, lookups)}).
+
+    Lookups use new objects equal to the stored keys (``.tolist()`` builds fresh ints each
+    call), so every hit is confirmed by ``==`` as when a program computes its keys.  The
+    main get-hit workloads look keys up in the order they were stored, which measures the
+    cost of the operation itself; ``int-shuffled`` looks them up in random order, where the
+    machine's memory latency dominates every implementation.
+    """
+    rng = np.random.default_rng(20261127)
+    ints = distinct_ints(rng, 2 * n)
+    stored, absent = ints[:n], ints[n:]
+    shuffled = stored[rng.permutation(n)]
+    return {
+        "int": (stored.tolist(), stored.tolist()),
+        "str": (str_keys(stored), str_keys(stored)),
+        "int-shuffled": (stored.tolist(), shuffled.tolist()),
+        "miss": (stored.tolist(), absent.tolist()),
+    }
+
+
+def make_evict_data(capacity: int, inserts: int) -> tuple[list, list]:
+    """Return (keys that fill the cache first, distinct keys inserted afterwards)."""
+    ints = distinct_ints(np.random.default_rng(1), capacity + inserts)
+    return ints[:capacity].tolist(), ints[capacity:].tolist()
+
+
+def make_zipf_data(n_keys: int, length: int) -> tuple[list, int]:
+    """Return (the Zipf(1.0) access stream as Python ints, its number of distinct keys)."""
+    stream = zipf_stream(np.random.default_rng(2), n_keys, length, s=1.0)
+    return stream.tolist(), len(np.unique(stream))
 
 
 # --------------------------------------------------------------------------- reference models

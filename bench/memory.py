@@ -39,7 +39,7 @@ def rss_bytes() -> int:
 
 def _child(name: str, n: int) -> dict:
     sys.path.insert(0, HERE)
-    from kvbench import BY_NAME, MISSING, NotInstalled
+    from kvbench import BY_NAME, NotInstalled
 
     impl = BY_NAME[name]
     try:
@@ -106,7 +106,8 @@ def main(argv=None) -> int:
         print(json.dumps(_child(args.child[0], int(args.child[1]))))
         return 0
     sys.path.insert(0, HERE)
-    from kvbench import impls_for
+    from kvbench import impls_for, prefer_inplace_build
+    prefer_inplace_build()
     names = args.names or [impl.name for impl in impls_for("memory")]
     for name in names:
         r = measure(name, args.n)

@@ -22,7 +22,6 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
 ROLE_ORDER = {"loop": 0, "baseline": 1, "reference": 2, "kvcache": 3, "peer": 4}
 GET_GROUPS = ("get-hit-int", "get-hit-str")
 FASTER_GROUPS = ("get-miss", "set-evict", "zipf-memo")
@@ -33,21 +32,16 @@ DEFAULT_TIMER = "wall" if os.name == "nt" else "cpu"
 GET_HIT_GOAL = 1.5  # issue 2: LRUCache get-hit at most 1.5x dict d[k], loop cost subtracted
 
 
-def _inplace_build() -> bool:
-    pattern = os.path.join(REPO, "kvcache", "_core*")
-    return any(p.endswith((".so", ".pyd")) for p in glob.glob(pattern))
-
-
 def _setup_paths() -> dict:
     """Make this process and its children import the same kvcache; return the child env.
 
-    A build in the source tree (``setup.py build_ext --inplace``) wins; otherwise the
-    installed package is used, and children run from bench/out so that a source tree
-    without a build does not shadow it.
+    Children run from bench/out, so a source tree without a build never shadows the
+    installed package; with an in-place build, the source tree goes first on their path.
     """
+    from kvbench import REPO, prefer_inplace_build
+
     env = dict(os.environ)
-    if _inplace_build():
-        sys.path.insert(0, REPO)
+    if prefer_inplace_build():
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO, env.get("PYTHONPATH")]))
     return env
 
