@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import collections
 import functools
-import glob
 import importlib
 import os
 import sys
 from dataclasses import dataclass, field
+from importlib.machinery import EXTENSION_SUFFIXES
 from typing import Any, Callable
 
 import numpy as np
@@ -46,7 +46,9 @@ def prefer_inplace_build() -> bool:
     A build made with ``setup.py build_ext --inplace`` is what a developer means to measure;
     without one the installed package is used (the bare source tree cannot import).
     """
-    if any(p.endswith((".so", ".pyd")) for p in glob.glob(os.path.join(REPO, "kvcache", "_core*"))):
+    # Only a build for this interpreter counts (a tree may hold builds for other versions).
+    built = (os.path.join(REPO, "kvcache", "_core" + s) for s in EXTENSION_SUFFIXES)
+    if any(os.path.exists(p) for p in built):
         if REPO not in sys.path:
             sys.path.insert(0, REPO)
         return True
