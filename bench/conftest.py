@@ -37,6 +37,13 @@ SIZES = {
 }
 
 
+def pytest_collect_file(file_path, parent):
+    """Collect bench_*.py too, so that ``pytest bench/ --benchmark-disable`` runs them."""
+    if (file_path.suffix == ".py" and file_path.name.startswith("bench_")
+            and not parent.session.isinitpath(file_path)):
+        return pytest.Module.from_parent(parent, path=file_path)
+
+
 def pytest_addoption(parser):
     group = parser.getgroup("kvcache benchmarks")
     group.addoption("--kv-size", choices=sorted(SIZES), default=None,

@@ -154,7 +154,8 @@ def load_groups(json_paths, stat) -> dict:
             st = b["stats"]
             row = {
                 "impl": extra.get("impl") or (b.get("param") or b["name"]),
-                "role": extra.get("role", "peer"), "policy": extra.get("policy", "?"),
+                # rows from files that do not call kvbench.record() compare only by speed
+                "role": extra.get("role", "other"), "policy": extra.get("policy", "?"),
                 "ns": st[stat] / ops * 1e9, "ops": ops, "rounds": st["rounds"],
                 # how far the median round is above the best one: the run's noise
                 "spread": st["median"] / st["min"] - 1 if st["min"] > 0 else None,
@@ -178,7 +179,10 @@ def annotate(rows) -> dict:
     loop = by_role.get("loop", [None])[0]
     peers = by_role.get("peer", [])
     best = min(peers, key=lambda r: r["ns"]) if peers else None
+    timed = [r for r in rows if r["role"] != "loop"]
+    fastest = min(timed, key=lambda r: r["ns"]) if timed else None
     for r in rows:
+        r["x_fastest"] = r["ns"] / fastest["ns"] if fastest and r["role"] != "loop" else None
         r["x_dict"] = r["ns"] / base["ns"] if base else None
         r["x_dict_noloop"] = None
         if base and loop and r["role"] != "loop" and base["ns"] > loop["ns"]:
@@ -188,33 +192,47 @@ def annotate(rows) -> dict:
     return {"baseline": base, "loop": loop, "best_peer": best}
 
 
+def _columns(rows, refs):
+    """The ratio columns that mean something for this group: (header, key)."""
+    cols = []
+    if refs["baseline"]:
+        cols.append(("x dict", "x_dict"))
+        if refs["loop"]:
+            cols.append(("x dict-loop", "x_dict_noloop"))
+    if refs["best_peer"]:
+        cols.append(("x best peer", "x_best_peer"))
+    if not cols:
+        cols.append(("x fastest", "x_fastest"))
+    return cols
+
+
 def _fmt(x, spec="5.2f"):
     return format(x, spec) if x is not None else ""
 
 
 def print_group(name, rows, refs, stat):
     ops = rows[0]["ops"]
-    has_loop = refs["loop"] is not None
+    cols = _columns(rows, refs)
     has_hits = any(r["hit_ratio"] is not None for r in rows)
     best = refs["best_peer"]
-    print(f"\n{name}  ({ops:,} ops/round, ns/op = {stat} of rounds; noise = median/min - 1)"
+    per = f"{ops:,} ops/round" if ops > 1 else "1 op/round: no ops recorded, ns/op is per round"
+    print(f"\n{name}  ({per}, ns/op = {stat} of rounds; noise = median/min - 1)"
           + (f"  best peer: {best['impl']}" if best else ""))
-    head = f"  {'implementation':26s} {'ns/op':>9s} {'x dict':>7s}"
-    if has_loop:
-        head += f" {'x dict-loop':>11s}"
-    head += f" {'x best peer':>11s}"
+    head = f"  {'implementation':26s} {'ns/op':>11s}"
+    for title, _ in cols:
+        head += f" {title:>{max(7, len(title))}s}"
     if has_hits:
         head += f" {'hit %':>6s}"
     head += f" {'rounds':>6s} {'noise':>6s}"
     print(head)
     for r in rows:
         mark = "*" if r["role"] == "kvcache" else " "
-        line = f" {mark}{r['impl']:26s} {r['ns']:9.1f} {_fmt(r['x_dict']):>7s}"
-        if has_loop:
-            line += f" {_fmt(r['x_dict_noloop']):>11s}"
-        line += f" {_fmt(r['x_best_peer']):>11s}"
+        line = f" {mark}{r['impl']:26s} {r['ns']:11.1f}"
+        for title, key in cols:
+            line += f" {_fmt(r[key]):>{max(7, len(title))}s}"
         if has_hits:
-            line += f" {_fmt(r['hit_ratio'] * 100 if r['hit_ratio'] is not None else None, '6.1f'):>6s}"
+            hit = r["hit_ratio"] * 100 if r["hit_ratio"] is not None else None
+            line += f" {_fmt(hit, '6.1f'):>6s}"
         noise = f"{r['spread'] * 100:5.0f}%" if r["spread"] is not None and r["rounds"] > 1 else ""
         print(line + f" {r['rounds']:6d} {noise:>6s}")
 
@@ -300,7 +318,7 @@ def chart(groups, mem, path):
     if not panels:
         return
     colors = {"kvcache": "#d62728", "peer": "#1f77b4", "baseline": "#555555",
-              "reference": "#999999", "loop": "#cccccc"}
+              "reference": "#999999", "loop": "#cccccc", "other": "#2ca02c"}
     ncols = 2
     nrows = math.ceil(len(panels) / ncols)
     height = max(len(rows) for _, rows in panels) * 0.28 + 1.2
