@@ -109,7 +109,7 @@ def run_pytest(args, env, json_path, log_path) -> int:
                 print(f"\r  {sum(counts.values())} done, {test} ({elapsed:.0f}s)\033[K",
                       end="", flush=True)
             elif test != current:
-                print(f"  {test} ... ({elapsed:.0f}s)", flush=True)
+                print(f"  > {test} ... ({elapsed:.0f}s)", flush=True)
             current = test
         rc = proc.wait()
     print(("\r" if tty else "") + "  pytest: "
