@@ -1,6 +1,6 @@
 """kvcache: compiled drop-in caches (cachetools / functools / lru-dict compatible)."""
 
-from kvcache._core import Cache, CacheStats, FIFOCache, LFUCache, LRUCache, RRCache
+from kvcache._core import Cache, CacheStats, FIFOCache, LFUCache, LRUCache, RRCache, TinyLFUCache
 
 __version__ = "0.1.0"
 
@@ -11,4 +11,5 @@ __all__ = [
     "LFUCache",
     "LRUCache",
     "RRCache",
+    "TinyLFUCache",
 ]

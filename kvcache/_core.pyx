@@ -294,7 +294,9 @@ cdef inline uint64_t _rng_next(order_t* o) noexcept nogil:
 
 cdef void order_link_new(order_t* o, table_t* t, entry_t e) noexcept nogil:
     """Link a new entry (table count not yet incremented)."""
-    if o.policy == POLICY_LFU:
+    if o.policy == POLICY_TINYLFU:
+        tinylfu_link_new(o, t, e)
+    elif o.policy == POLICY_LFU:
         _lfu_insert(o, t, e, 1)
     elif o.policy == POLICY_RR:
         o.dense[t.count] = e
@@ -308,7 +310,9 @@ cdef void order_unlink(order_t* o, table_t* t, entry_t e) noexcept nogil:
     """Unlink a live entry (table count not yet decremented)."""
     cdef entry_t pos, last
     cdef int32_t b
-    if o.policy == POLICY_LFU:
+    if o.policy == POLICY_TINYLFU:
+        tinylfu_unlink(o, t, e)
+    elif o.policy == POLICY_LFU:
         b = o.bucket_of[e]
         _bucket_unlink(o, t, e)
         if o.bhead[b] == ENTRY_NONE:
@@ -328,6 +332,8 @@ cdef void order_touch(order_t* o, table_t* t, entry_t e) noexcept nogil:
         _list_move_to_end(o, t, e)
     elif o.policy == POLICY_LFU:
         _lfu_touch(o, t, e)
+    elif o.policy == POLICY_TINYLFU:
+        tinylfu_touch(o, t, e)
 
 
 cdef void order_update(order_t* o, table_t* t, entry_t e) noexcept nogil:
@@ -336,10 +342,14 @@ cdef void order_update(order_t* o, table_t* t, entry_t e) noexcept nogil:
         _list_move_to_end(o, t, e)
     elif o.policy == POLICY_LFU:
         _lfu_touch(o, t, e)
+    elif o.policy == POLICY_TINYLFU:
+        tinylfu_touch(o, t, e)
 
 
 cdef entry_t order_victim(order_t* o, table_t* t) noexcept nogil:
     """Return the entry the policy evicts next (the table must not be empty)."""
+    if o.policy == POLICY_TINYLFU:
+        return tinylfu_victim(o, t)     # may move entries and record ghosts: call only to evict
     if o.policy == POLICY_LFU:
         return o.bhead[o.bfirst]
     elif o.policy == POLICY_RR:
@@ -352,6 +362,8 @@ cdef Py_ssize_t order_fill(order_t* o, table_t* t, entry_t* out) noexcept nogil:
     cdef Py_ssize_t n = 0
     cdef entry_t e
     cdef int32_t b
+    if o.policy == POLICY_TINYLFU:
+        return tinylfu_fill(o, t, out)
     if o.policy == POLICY_LFU:
         b = o.bfirst
         while b != -1:
@@ -393,11 +405,13 @@ cdef uint64_t _slots_for(Py_ssize_t capacity):
 cdef class _Buffers:
     """The numpy arrays behind one cache's table_t and order_t (allocated once per capacity)."""
     cdef object index, hashes, prev, next, bucket_of, bfreq, bhead, btail, bprev, bnext, dense
+    cdef object ext                  # a policy's own buffers (TinyLFU), with an nbytes() method
 
     def nbytes(self):
         return sum(a.nbytes for a in (self.index, self.hashes, self.prev, self.next, self.bucket_of,
                                       self.bfreq, self.bhead, self.btail, self.bprev, self.bnext,
-                                      self.dense) if a is not None)
+                                      self.dense) if a is not None) + \
+            (self.ext.nbytes() if self.ext is not None else 0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -542,6 +556,8 @@ cdef class Cache:
             b.bnext = np.zeros(capacity, dtype=np.int32)
         elif self.o.policy == POLICY_RR:
             b.dense = np.zeros(capacity, dtype=np.int32)
+        elif self.o.policy == POLICY_TINYLFU:
+            b.ext = tinylfu_buffers(&self.o, capacity, self._max_entries, None)
         self._buf = b
         self._point(b)
         self.t.mask = nslots - 1
@@ -584,6 +600,8 @@ cdef class Cache:
             for i in range(self.t.capacity - 1, -1, -1):
                 self.o.bnext[i] = self.o.bfree
                 self.o.bfree = <int32_t>i
+        elif self.o.policy == POLICY_TINYLFU:
+            tinylfu_reset(&self.o)
 
     cdef _grow(self, Py_ssize_t capacity):
         """Rebuild into buffers for `capacity` entries; entry numbers (and so all links) are kept."""
@@ -613,6 +631,8 @@ cdef class Cache:
         if ob.dense is not None:
             b.dense = np.zeros(capacity, dtype=np.int32)
             b.dense[:old] = ob.dense
+        if ob.ext is not None:
+            b.ext = tinylfu_buffers(&self.o, capacity, self._max_entries, ob.ext)
         self._keys.extend([None] * (capacity - old))
         self._values.extend([None] * (capacity - old))
         if self._sizes is not None:
@@ -1016,6 +1036,8 @@ cdef class Cache:
             self._maxsize = maxsize
             if self._sizefn is None:
                 self._max_entries = _MAX_ENTRIES if maxsize >= _MAX_ENTRIES else <Py_ssize_t>math.floor(maxsize)
+            if self.o.policy == POLICY_TINYLFU:
+                tinylfu_set_cap(&self.o, &self.t, self._max_entries)
         while True:
             with cython.critical_section(self):
                 if self.t.count == 0:
@@ -1541,3 +1563,6 @@ class _ItemsView(collections.abc.ItemsView):
 
 
 collections.abc.MutableMapping.register(Cache)
+
+
+include "_tinylfu.pxi"
