@@ -24,13 +24,16 @@ cdef enum policy_t:
     POLICY_RR = 4             # random replacement over a dense array of entries
     POLICY_TINYLFU = 5        # reserved for the adaptive W-TinyLFU policy
 
+cdef struct entry_rec:        # one 16-byte record per entry: a hit touches one cache line
+    hash_t hash               # the mixed hash
+    entry_t prev              # previous entry in its list (ENTRY_FREE when free)
+    entry_t next              # next entry in its list / next free entry
+
 cdef struct table_t:
     int32_t* index            # slot -> entry number, SLOT_EMPTY or SLOT_DELETED
     uint64_t mask             # number of slots - 1 (a power of two)
     Py_ssize_t filled         # slots that are not SLOT_EMPTY (live + tombstones)
-    hash_t* hashes            # entry -> mixed hash
-    entry_t* prev             # entry -> previous entry in its list (ENTRY_FREE when free)
-    entry_t* next             # entry -> next entry in its list / next free entry
+    entry_rec* ent            # entry -> record
     Py_ssize_t capacity       # number of entry numbers
     Py_ssize_t count          # live entries
     entry_t free_head         # first free entry number

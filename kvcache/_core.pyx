@@ -116,7 +116,7 @@ cdef Py_ssize_t table_probe_free(table_t* t, hash_t h) noexcept nogil:
 
 cdef Py_ssize_t table_slot_of(table_t* t, entry_t e) noexcept nogil:
     """Return the slot holding entry e (found by its stored hash, no key comparison)."""
-    cdef uint64_t i = t.hashes[e] & t.mask
+    cdef uint64_t i = t.ent[e].hash & t.mask
     while t.index[i] != e:
         i = (i + 1) & t.mask
     return <Py_ssize_t>i
@@ -138,22 +138,22 @@ cdef void table_rebuild_index(table_t* t) noexcept nogil:
     memset(t.index, 0xFF, nslots * sizeof(int32_t))   # all SLOT_EMPTY (-1)
     t.filled = 0
     for e in range(t.capacity):
-        if t.prev[e] != ENTRY_FREE:
-            t.index[table_probe_free(t, t.hashes[e])] = <int32_t>e
+        if t.ent[e].prev != ENTRY_FREE:
+            t.index[table_probe_free(t, t.ent[e].hash)] = <int32_t>e
             t.filled += 1
 
 
 cdef entry_t table_take_free(table_t* t) noexcept nogil:
     cdef entry_t e = t.free_head
-    t.free_head = t.next[e]
-    t.prev[e] = ENTRY_NONE
-    t.next[e] = ENTRY_NONE
+    t.free_head = t.ent[e].next
+    t.ent[e].prev = ENTRY_NONE
+    t.ent[e].next = ENTRY_NONE
     return e
 
 
 cdef void table_put_free(table_t* t, entry_t e) noexcept nogil:
-    t.prev[e] = ENTRY_FREE
-    t.next[e] = t.free_head
+    t.ent[e].prev = ENTRY_FREE
+    t.ent[e].next = t.free_head
     t.free_head = e
 
 
@@ -162,25 +162,25 @@ cdef void table_put_free(table_t* t, entry_t e) noexcept nogil:
 # ---------------------------------------------------------------------------------------------
 
 cdef inline void _list_append(order_t* o, table_t* t, entry_t e) noexcept nogil:
-    t.prev[e] = o.tail
-    t.next[e] = ENTRY_NONE
+    t.ent[e].prev = o.tail
+    t.ent[e].next = ENTRY_NONE
     if o.tail == ENTRY_NONE:
         o.head = e
     else:
-        t.next[o.tail] = e
+        t.ent[o.tail].next = e
     o.tail = e
 
 
 cdef inline void _list_unlink(order_t* o, table_t* t, entry_t e) noexcept nogil:
-    cdef entry_t p = t.prev[e], n = t.next[e]
+    cdef entry_t p = t.ent[e].prev, n = t.ent[e].next
     if p == ENTRY_NONE:
         o.head = n
     else:
-        t.next[p] = n
+        t.ent[p].next = n
     if n == ENTRY_NONE:
         o.tail = p
     else:
-        t.prev[n] = p
+        t.ent[n].prev = p
 
 
 cdef inline void _list_move_to_end(order_t* o, table_t* t, entry_t e) noexcept nogil:
@@ -228,26 +228,26 @@ cdef inline void _bucket_drop(order_t* o, int32_t b) noexcept nogil:
 
 cdef inline void _bucket_append(order_t* o, table_t* t, int32_t b, entry_t e) noexcept nogil:
     o.bucket_of[e] = b
-    t.prev[e] = o.btail[b]
-    t.next[e] = ENTRY_NONE
+    t.ent[e].prev = o.btail[b]
+    t.ent[e].next = ENTRY_NONE
     if o.btail[b] == ENTRY_NONE:
         o.bhead[b] = e
     else:
-        t.next[o.btail[b]] = e
+        t.ent[o.btail[b]].next = e
     o.btail[b] = e
 
 
 cdef inline void _bucket_unlink(order_t* o, table_t* t, entry_t e) noexcept nogil:
     cdef int32_t b = o.bucket_of[e]
-    cdef entry_t p = t.prev[e], n = t.next[e]
+    cdef entry_t p = t.ent[e].prev, n = t.ent[e].next
     if p == ENTRY_NONE:
         o.bhead[b] = n
     else:
-        t.next[p] = n
+        t.ent[p].next = n
     if n == ENTRY_NONE:
         o.btail[b] = p
     else:
-        t.prev[n] = p
+        t.ent[n].prev = p
 
 
 cdef void _lfu_insert(order_t* o, table_t* t, entry_t e, int64_t freq) noexcept nogil:
@@ -300,8 +300,8 @@ cdef void order_link_new(order_t* o, table_t* t, entry_t e) noexcept nogil:
         _lfu_insert(o, t, e, 1)
     elif o.policy == POLICY_RR:
         o.dense[t.count] = e
-        t.prev[e] = <entry_t>t.count
-        t.next[e] = ENTRY_NONE
+        t.ent[e].prev = <entry_t>t.count
+        t.ent[e].next = ENTRY_NONE
     else:
         _list_append(o, t, e)
 
@@ -318,10 +318,10 @@ cdef void order_unlink(order_t* o, table_t* t, entry_t e) noexcept nogil:
         if o.bhead[b] == ENTRY_NONE:
             _bucket_drop(o, b)
     elif o.policy == POLICY_RR:
-        pos = t.prev[e]
+        pos = t.ent[e].prev
         last = o.dense[t.count - 1]
         o.dense[pos] = last
-        t.prev[last] = pos
+        t.ent[last].prev = pos
     else:
         _list_unlink(o, t, e)
 
@@ -371,7 +371,7 @@ cdef Py_ssize_t order_fill(order_t* o, table_t* t, entry_t* out) noexcept nogil:
             while e != ENTRY_NONE:
                 out[n] = e
                 n += 1
-                e = t.next[e]
+                e = t.ent[e].next
             b = o.bnext[b]
     elif o.policy == POLICY_RR:
         memcpy(out, o.dense, t.count * sizeof(entry_t))
@@ -381,7 +381,7 @@ cdef Py_ssize_t order_fill(order_t* o, table_t* t, entry_t* out) noexcept nogil:
         while e != ENTRY_NONE:
             out[n] = e
             n += 1
-            e = t.next[e]
+            e = t.ent[e].next
     return n
 
 
@@ -404,11 +404,11 @@ cdef uint64_t _slots_for(Py_ssize_t capacity):
 @cython.final
 cdef class _Buffers:
     """The numpy arrays behind one cache's table_t and order_t (allocated once per capacity)."""
-    cdef object index, hashes, prev, next, bucket_of, bfreq, bhead, btail, bprev, bnext, dense
+    cdef object index, ent, bucket_of, bfreq, bhead, btail, bprev, bnext, dense
     cdef object ext                  # a policy's own buffers (TinyLFU), with an nbytes() method
 
     def nbytes(self):
-        return sum(a.nbytes for a in (self.index, self.hashes, self.prev, self.next, self.bucket_of,
+        return sum(a.nbytes for a in (self.index, self.ent, self.bucket_of,
                                       self.bfreq, self.bhead, self.btail, self.bprev, self.bnext,
                                       self.dense) if a is not None) + \
             (self.ext.nbytes() if self.ext is not None else 0)
@@ -435,8 +435,7 @@ cdef class Cache:
     cdef table_t t
     cdef order_t o
     cdef _Buffers _buf
-    cdef list _keys
-    cdef list _values
+    cdef list _kv                    # key of entry e at 2*e, its value at 2*e+1 (one cache line)
     cdef list _sizes                 # per-entry sizes, only when a getsizeof is in use
     cdef object _maxsize
     cdef object _currsize            # sum of sizes when a getsizeof is in use
@@ -451,6 +450,7 @@ cdef class Cache:
     cdef uint64_t _version           # bumped by every change to table_t (not by reordering)
     cdef Py_ssize_t _hits, _misses, _evictions
     cdef bint _native_popitem        # False when a subclass overrides popitem()
+    cdef bint _native_evict          # evict in C: popitem not overridden, no choice function
     cdef bint _native_missing        # False when a subclass defines __missing__
     cdef bint _native_getitem        # False when a subclass overrides __getitem__
     cdef dict __dict__
@@ -459,8 +459,7 @@ cdef class Cache:
     def __cinit__(self, *args, **kwargs):
         # An empty, valid state until _setup runs: a cache made by __new__ alone is safe to use
         # (every insertion fails with "value too large" since maxsize is 0).
-        self._keys = []
-        self._values = []
+        self._kv = []
         self._maxsize = 0
         self._currsize = 0
         self._native_popitem = True
@@ -522,6 +521,7 @@ cdef class Cache:
         self.t.seed = _random_seed() if seed is None else seed
         self.o.rng = (self.t.seed * <uint64_t>0x9E3779B97F4A7C15) | 1
         self._native_popitem = cls.popitem in _NATIVE_POPITEMS
+        self._native_evict = self._native_popitem and self._choice is None
         self._native_missing = cls.__missing__ is Cache.__missing__
         self._native_getitem = cls.__getitem__ in _NATIVE_GETITEMS
         if self._sizefn is None:
@@ -544,9 +544,7 @@ cdef class Cache:
         cdef uint64_t nslots = _slots_for(capacity)
         cdef Py_ssize_t e
         b.index = np.full(nslots, SLOT_EMPTY, dtype=np.int32)
-        b.hashes = np.zeros(capacity, dtype=np.uint64)
-        b.prev = np.empty(capacity, dtype=np.int32)
-        b.next = np.empty(capacity, dtype=np.int32)
+        b.ent = np.zeros((capacity, 2), dtype=np.uint64)     # entry_rec: hash, prev, next
         if self.o.policy == POLICY_LFU:
             b.bucket_of = np.zeros(capacity, dtype=np.int32)
             b.bfreq = np.zeros(capacity, dtype=np.int64)
@@ -568,17 +566,14 @@ cdef class Cache:
         for e in range(capacity - 1, -1, -1):
             table_put_free(&self.t, <entry_t>e)
         self._reset_order()
-        self._keys = [None] * capacity
-        self._values = [None] * capacity
+        self._kv = [None] * (2 * capacity)
         if self._sizes is not None:
             self._sizes = [None] * capacity
         self._version += 1
 
     cdef void _point(self, _Buffers b):
         self.t.index = <int32_t*>_data(b.index)
-        self.t.hashes = <hash_t*>_data(b.hashes)
-        self.t.prev = <entry_t*>_data(b.prev)
-        self.t.next = <entry_t*>_data(b.next)
+        self.t.ent = <entry_rec*>_data(b.ent)
         if b.bucket_of is not None:
             self.o.bucket_of = <int32_t*>_data(b.bucket_of)
             self.o.bfreq = <int64_t*>_data(b.bfreq)
@@ -609,12 +604,8 @@ cdef class Cache:
         cdef _Buffers b = _Buffers(), ob = self._buf
         cdef uint64_t nslots = _slots_for(capacity)
         b.index = np.full(nslots, SLOT_EMPTY, dtype=np.int32)
-        b.hashes = np.zeros(capacity, dtype=np.uint64)
-        b.prev = np.empty(capacity, dtype=np.int32)
-        b.next = np.empty(capacity, dtype=np.int32)
-        b.hashes[:old] = ob.hashes
-        b.prev[:old] = ob.prev
-        b.next[:old] = ob.next
+        b.ent = np.zeros((capacity, 2), dtype=np.uint64)     # entry_rec: hash, prev, next
+        b.ent[:old] = ob.ent
         if ob.bucket_of is not None:
             b.bucket_of = np.zeros(capacity, dtype=np.int32)
             b.bfreq = np.zeros(capacity, dtype=np.int64)
@@ -633,8 +624,7 @@ cdef class Cache:
             b.dense[:old] = ob.dense
         if ob.ext is not None:
             b.ext = tinylfu_buffers(&self.o, capacity, self._max_entries, ob.ext)
-        self._keys.extend([None] * (capacity - old))
-        self._values.extend([None] * (capacity - old))
+        self._kv.extend([None] * (2 * (capacity - old)))
         if self._sizes is not None:
             self._sizes.extend([None] * (capacity - old))
         self._buf = b
@@ -667,42 +657,6 @@ cdef class Cache:
 
     # -- lookups ------------------------------------------------------------------------------
 
-    cdef Py_ssize_t _find(self, object key, hash_t h, Py_ssize_t* slot_out) except -2:
-        """Return key's entry (or -1 and the slot to insert it at); may run key.__eq__."""
-        cdef uint64_t i
-        cdef Py_ssize_t free_slot
-        cdef int32_t e
-        cdef int eq, restarts = 0
-        cdef uint64_t version
-        cdef object other
-        while True:
-            i = h & self.t.mask
-            free_slot = -1
-            version = self._version
-            while True:
-                e = self.t.index[i]
-                if e == SLOT_EMPTY:
-                    slot_out[0] = <Py_ssize_t>i if free_slot < 0 else free_slot
-                    return -1
-                if e == SLOT_DELETED:
-                    if free_slot < 0:
-                        free_slot = <Py_ssize_t>i
-                elif self.t.hashes[e] == h:
-                    other = self._keys[e]
-                    if other is key:
-                        slot_out[0] = <Py_ssize_t>i
-                        return e
-                    eq = PyObject_RichCompareBool(other, key, Py_EQ)
-                    if self._version != version:
-                        break                       # mutated by __eq__ (or another thread): restart
-                    if eq:
-                        slot_out[0] = <Py_ssize_t>i
-                        return e
-                i = (i + 1) & self.t.mask
-            restarts += 1
-            if restarts > _MAX_RESTARTS:
-                raise RuntimeError("cache mutated during lookup too many times")
-
     # -- structural changes (no Python code may run inside these) ------------------------------
 
     cdef entry_t _insert_at(self, Py_ssize_t slot, hash_t h, object key, object value, object size):
@@ -711,9 +665,9 @@ cdef class Cache:
         if self.t.index[slot] == SLOT_EMPTY:
             self.t.filled += 1
         self.t.index[slot] = e
-        self.t.hashes[e] = h
-        self._keys[e] = key
-        self._values[e] = value
+        self.t.ent[e].hash = h
+        self._kv[2 * e] = key
+        self._kv[2 * e + 1] = value
         if self._sizes is not None:
             self._sizes[e] = size
             self._currsize = self._currsize + size
@@ -729,16 +683,16 @@ cdef class Cache:
 
         The caller takes both (into locals) and releases them once the structure is consistent.
         """
-        cdef object value = self._values[e]
-        self._removed_key = self._keys[e]
+        cdef object value = self._kv[2 * e + 1]
+        self._removed_key = self._kv[2 * e]
         if slot < 0:
             slot = table_slot_of(&self.t, e)
         table_remove_slot(&self.t, slot)
         order_unlink(&self.o, &self.t, e)
         self.t.count -= 1
         table_put_free(&self.t, e)
-        self._keys[e] = None
-        self._values[e] = None
+        self._kv[2 * e] = None
+        self._kv[2 * e + 1] = None
         if self._sizes is not None:
             self._currsize = self._currsize - self._sizes[e]
             self._sizes[e] = None
@@ -757,7 +711,7 @@ cdef class Cache:
 
     cdef list _dense_keys(self):
         cdef Py_ssize_t i
-        return [self._keys[self.o.dense[i]] for i in range(self.t.count)]
+        return [self._kv[2 * self.o.dense[i]] for i in range(self.t.count)]
 
     # -- the mapping protocol --------------------------------------------------------------------
 
@@ -768,17 +722,17 @@ cdef class Cache:
         cdef Py_ssize_t slot
         cdef hash_t h = _key_hash(self, key)
         with cython.critical_section(self):
-            return self._find(key, h, &slot) >= 0
+            return table_find(self, key, h, &slot) >= 0
 
     def __getitem__(self, key):
         cdef Py_ssize_t slot, e
         cdef hash_t h = _key_hash(self, key)
         with cython.critical_section(self):
-            e = self._find(key, h, &slot)
+            e = table_find(self, key, h, &slot)
             if e >= 0:
                 self._hits += 1
                 order_touch(&self.o, &self.t, <entry_t>e)
-                return self._values[e]
+                return self._kv[2 * e + 1]
             self._misses += 1
         if self._native_missing:
             raise KeyError(key)
@@ -795,11 +749,11 @@ cdef class Cache:
             return self[key] if key in self else default
         h = _key_hash(self, key)
         with cython.critical_section(self):
-            e = self._find(key, h, &slot)
+            e = table_find(self, key, h, &slot)
             if e >= 0:
                 self._hits += 1
                 order_touch(&self.o, &self.t, <entry_t>e)
-                return self._values[e]
+                return self._kv[2 * e + 1]
             self._misses += 1
             return default
 
@@ -808,22 +762,22 @@ cdef class Cache:
         cdef Py_ssize_t slot, e
         cdef hash_t h = _key_hash(self, key)
         with cython.critical_section(self):
-            e = self._find(key, h, &slot)
-            return self._values[e] if e >= 0 else default
+            e = table_find(self, key, h, &slot)
+            return self._kv[2 * e + 1] if e >= 0 else default
 
     def __setitem__(self, key, value):
         cdef Py_ssize_t slot, e
         cdef hash_t h = _key_hash(self, key)
         cdef object old = None, evk = None, evv = None
         cdef bint evicted = False
-        if self._sizefn is not None or not self._native_popitem:
+        if self._sizefn is not None or not self._native_evict:
             self._set_slow(key, h, value)
             return
         with cython.critical_section(self):
-            e = self._find(key, h, &slot)
+            e = table_find(self, key, h, &slot)
             if e >= 0:
-                old = self._values[e]           # released after the update, not during it
-                self._values[e] = value
+                old = self._kv[2 * e + 1]           # released after the update, not during it
+                self._kv[2 * e + 1] = value
                 order_update(&self.o, &self.t, <entry_t>e)
                 return
             if self._max_entries < 1:
@@ -861,7 +815,7 @@ cdef class Cache:
                 raise ValueError("value too large")
         while True:
             with cython.critical_section(self):
-                e = self._find(key, h, &slot)
+                e = table_find(self, key, h, &slot)
                 if self._sizes is None:
                     need = e < 0 and self.t.count >= self._max_entries
                 else:
@@ -869,8 +823,8 @@ cdef class Cache:
                     need = self._currsize + diff > self._maxsize
                 if not need:
                     if e >= 0:
-                        old = self._values[e]
-                        self._values[e] = value
+                        old = self._kv[2 * e + 1]
+                        self._kv[2 * e + 1] = value
                         if self._sizes is not None:
                             self._currsize = self._currsize + diff
                             self._sizes[e] = size
@@ -881,12 +835,13 @@ cdef class Cache:
                         slot = table_probe_free(&self.t, h)
                         self._insert_at(slot, h, key, value, size)
                     break
-                if self._native_popitem:
+                if self._native_evict:
                     if evicted is None:
                         evicted = []
                     evicted.append(self._evict_one())
                     continue
-            kv = tuple(self.popitem())           # a subclass hook: outside the critical section
+            # a subclass hook or a choice function: user code, outside the critical section
+            kv = tuple(self.popitem()) if not self._native_popitem else self._popitem()
             self._evictions += 1
             if self._on_evict is not None:
                 self._on_evict(kv[0], kv[1])
@@ -899,7 +854,7 @@ cdef class Cache:
         cdef hash_t h = _key_hash(self, key)
         cdef object k, v
         with cython.critical_section(self):
-            e = self._find(key, h, &slot)
+            e = table_find(self, key, h, &slot)
             if e < 0:
                 raise KeyError(key)
             v = self._remove(<entry_t>e, slot)
@@ -912,7 +867,7 @@ cdef class Cache:
         cdef hash_t h = _key_hash(self, key)
         cdef object k, v
         with cython.critical_section(self):
-            e = self._find(key, h, &slot)
+            e = table_find(self, key, h, &slot)
             if e >= 0:
                 v = self._remove(<entry_t>e, slot)
                 k = self._removed_key
@@ -937,7 +892,7 @@ cdef class Cache:
             key = self._choice(keys)               # user code: outside the critical section
             h = _key_hash(self, key)
             with cython.critical_section(self):
-                e = self._find(key, h, &slot)
+                e = table_find(self, key, h, &slot)
                 if e < 0:
                     raise KeyError(key)
                 value = self._remove(<entry_t>e, slot)
@@ -956,11 +911,11 @@ cdef class Cache:
         cdef Py_ssize_t slot, e
         cdef hash_t h = _key_hash(self, key)
         with cython.critical_section(self):
-            e = self._find(key, h, &slot)
+            e = table_find(self, key, h, &slot)
             if e >= 0:
                 self._hits += 1
                 order_touch(&self.o, &self.t, <entry_t>e)
-                return self._values[e]
+                return self._kv[2 * e + 1]
         self[key] = default
         return default
 
@@ -980,11 +935,10 @@ cdef class Cache:
 
     def clear(self):
         """Remove every entry (not counted as evictions)."""
-        cdef list keys, values, sizes
+        cdef list kv, sizes
         with cython.critical_section(self):
-            keys, values, sizes = self._keys, self._values, self._sizes
-            self._keys = [None] * self.t.capacity      # old objects are released after the reset
-            self._values = [None] * self.t.capacity
+            kv, sizes = self._kv, self._sizes
+            self._kv = [None] * (2 * self.t.capacity)   # old objects are released after the reset
             if sizes is not None:
                 self._sizes = [None] * self.t.capacity
             self._currsize = 0
@@ -1047,10 +1001,10 @@ cdef class Cache:
                         break
                 elif not self._currsize > self._maxsize:
                     break
-                if self._native_popitem:
+                if self._native_evict:
                     evicted.append(self._evict_one())
                     continue
-            kv = tuple(self.popitem())
+            kv = tuple(self.popitem()) if not self._native_popitem else self._popitem()
             self._evictions += 1
             evicted.append(kv)
         if self._on_evict is not None:
@@ -1087,7 +1041,7 @@ cdef class Cache:
                 if e >= 0:
                     self._hits += 1
                     order_touch(&self.o, &self.t, <entry_t>e)
-                    out[i] = self._values[e]
+                    out[i] = self._kv[2 * e + 1]
                     continue
                 elif e == -1:
                     self._misses += 1
@@ -1109,8 +1063,8 @@ cdef class Cache:
             e = self.t.index[i]
             if e == SLOT_EMPTY:
                 return -1
-            if e >= 0 and self.t.hashes[e] == h:
-                other = PyList_GET_ITEM(self._keys, e)   # borrowed: no Python code runs below
+            if e >= 0 and self.t.ent[e].hash == h:
+                other = PyList_GET_ITEM(self._kv, 2 * e)   # borrowed: no Python code runs below
                 if not PyLong_CheckExact(<object>other):
                     return -2
                 v = PyLong_AsLongLongAndOverflow(<object>other, &overflow)
@@ -1226,8 +1180,8 @@ cdef class Cache:
             order = self._order_array()
             op = <entry_t*>cnp.PyArray_DATA(order)
             n = order.shape[0]
-            keys = [self._keys[op[i]] for i in range(n)]
-            values = [self._values[op[i]] for i in range(n)]
+            keys = [self._kv[2 * op[i]] for i in range(n)]
+            values = [self._kv[2 * op[i] + 1] for i in range(n)]
             aux = None
             if self.o.policy == POLICY_LFU:
                 aux = np.empty(n, dtype=np.int64)
@@ -1268,7 +1222,7 @@ cdef class Cache:
             value = values[i]
             h = _key_hash(fresh, key)
             size = fresh._sizefn(value) if fresh._sizefn is not None else None
-            if fresh._find(key, h, &slot) >= 0:
+            if table_find(fresh, key, h, &slot) >= 0:
                 raise ValueError("state holds the key %r twice" % (key,))
             if fresh.t.free_head == ENTRY_NONE:
                 fresh._make_room_for_one()
@@ -1295,8 +1249,7 @@ cdef class Cache:
         self.t, other.t = other.t, self.t
         self.o, other.o = other.o, self.o
         self._buf, other._buf = other._buf, self._buf
-        self._keys, other._keys = other._keys, self._keys
-        self._values, other._values = other._values, self._values
+        self._kv, other._kv = other._kv, self._kv
         self._sizes, other._sizes = other._sizes, self._sizes
         self._currsize, other._currsize = other._currsize, self._currsize
         self._version += other._version + 1
@@ -1309,16 +1262,16 @@ cdef class Cache:
         with cython.critical_section(self):
             cap = self.t.capacity
             for e in range(cap):
-                if self.t.prev[e] == ENTRY_FREE:
+                if self.t.ent[e].prev == ENTRY_FREE:
                     nfree += 1
-                    if self._keys[e] is not None or self._values[e] is not None:
+                    if self._kv[2 * e] is not None or self._kv[2 * e + 1] is not None:
                         raise AssertionError("free entry %d still holds objects" % e)
                 else:
                     nlive += 1
                     i = table_slot_of_checked(&self.t, <entry_t>e)
                     if i < 0:
                         raise AssertionError("live entry %d is not reachable in the index" % e)
-                    if self.t.hashes[e] != _key_hash(self, self._keys[e]):
+                    if self.t.ent[e].hash != _key_hash(self, self._kv[2 * e]):
                         raise AssertionError("entry %d has a stale hash" % e)
             if nlive != self.t.count or nfree + nlive != cap:
                 raise AssertionError("count %d, live %d, free %d, capacity %d"
@@ -1327,9 +1280,9 @@ cdef class Cache:
             n = 0
             while e != ENTRY_NONE:
                 n += 1
-                if n > cap or self.t.prev[e] != ENTRY_FREE:
+                if n > cap or self.t.ent[e].prev != ENTRY_FREE:
                     raise AssertionError("free list is corrupt")
-                e = self.t.next[e]
+                e = self.t.ent[e].next
             if n != nfree:
                 raise AssertionError("free list holds %d of %d free entries" % (n, nfree))
             order = self._order_array()
@@ -1362,14 +1315,14 @@ cdef class Cache:
     def _nbytes(self):
         """Bytes held by the engine for this cache, key and value objects not counted."""
         import sys
-        n = self._buf.nbytes() + sys.getsizeof(self._keys) + sys.getsizeof(self._values)
+        n = self._buf.nbytes() + sys.getsizeof(self._kv)
         if self._sizes is not None:
             n += sys.getsizeof(self._sizes)
         return n
 
 
 cdef Py_ssize_t table_slot_of_checked(table_t* t, entry_t e) noexcept nogil:
-    cdef uint64_t i = t.hashes[e] & t.mask
+    cdef uint64_t i = t.ent[e].hash & t.mask
     cdef uint64_t n = 0
     while t.index[i] != e:
         if t.index[i] == SLOT_EMPTY or n > t.mask:
@@ -1392,6 +1345,43 @@ cdef dict _instance_dict(object obj):
 
 
 cdef object _object_getattribute = object.__getattribute__
+
+
+cdef inline Py_ssize_t table_find(Cache self, object key, hash_t h, Py_ssize_t* slot_out) except -2:
+    """Return key's entry (or -1 and the slot to insert it at); may run key.__eq__."""
+    cdef uint64_t i
+    cdef Py_ssize_t free_slot
+    cdef int32_t e
+    cdef int eq, restarts = 0
+    cdef uint64_t version
+    cdef object other
+    while True:
+        i = h & self.t.mask
+        free_slot = -1
+        version = self._version
+        while True:
+            e = self.t.index[i]
+            if e == SLOT_EMPTY:
+                slot_out[0] = <Py_ssize_t>i if free_slot < 0 else free_slot
+                return -1
+            if e == SLOT_DELETED:
+                if free_slot < 0:
+                    free_slot = <Py_ssize_t>i
+            elif self.t.ent[e].hash == h:
+                other = self._kv[2 * e]
+                if other is key:
+                    slot_out[0] = <Py_ssize_t>i
+                    return e
+                eq = PyObject_RichCompareBool(other, key, Py_EQ)
+                if self._version != version:
+                    break                       # mutated by __eq__ (or another thread): restart
+                if eq:
+                    slot_out[0] = <Py_ssize_t>i
+                    return e
+            i = (i + 1) & self.t.mask
+        restarts += 1
+        if restarts > _MAX_RESTARTS:
+            raise RuntimeError("cache mutated during lookup too many times")
 
 
 cdef inline hash_t _key_hash(Cache c, object key) except? 0:
@@ -1518,10 +1508,10 @@ cdef class _CacheIterator:
                 e = self.op[self.pos]
             self.pos += 1
             if self.mode == 1:
-                return c._values[e]
+                return c._kv[2 * e + 1]
             if self.mode == 2:
-                return (c._keys[e], c._values[e])
-            return c._keys[e]
+                return (c._kv[2 * e], c._kv[2 * e + 1])
+            return c._kv[2 * e]
 
     def __length_hint__(self):
         return self.n - self.pos

@@ -88,26 +88,26 @@ cdef inline void _sketch_increment(tinylfu_t* s, uint64_t h) noexcept nogil:
 
 cdef inline void _region_unlink(tinylfu_t* s, table_t* t, entry_t e) noexcept nogil:
     cdef int r = s.region[e]
-    cdef entry_t p = t.prev[e], n = t.next[e]
+    cdef entry_t p = t.ent[e].prev, n = t.ent[e].next
     if p == ENTRY_NONE:
         s.head[r] = n
     else:
-        t.next[p] = n
+        t.ent[p].next = n
     if n == ENTRY_NONE:
         s.tail[r] = p
     else:
-        t.prev[n] = p
+        t.ent[n].prev = p
     s.size[r] -= 1
 
 
 cdef inline void _region_append(tinylfu_t* s, table_t* t, int r, entry_t e) noexcept nogil:
     s.region[e] = <int8_t>r
-    t.prev[e] = s.tail[r]
-    t.next[e] = ENTRY_NONE
+    t.ent[e].prev = s.tail[r]
+    t.ent[e].next = ENTRY_NONE
     if s.tail[r] == ENTRY_NONE:
         s.head[r] = e
     else:
-        t.next[s.tail[r]] = e
+        t.ent[s.tail[r]].next = e
     s.tail[r] = e
     s.size[r] += 1
 
@@ -173,7 +173,7 @@ cdef void _tlfu_ghost_check(tinylfu_t* s, table_t* t, uint64_t h) noexcept nogil
 
 cdef void tinylfu_link_new(order_t* o, table_t* t, entry_t e) noexcept nogil:
     cdef tinylfu_t* s = &o.tl
-    cdef uint64_t h = t.hashes[e]
+    cdef uint64_t h = t.ent[e].hash
     _tlfu_ghost_check(s, t, h)
     _sketch_increment(s, h)
     _region_append(s, t, TLFU_WINDOW, e)
@@ -190,7 +190,7 @@ cdef void tinylfu_unlink(order_t* o, table_t* t, entry_t e) noexcept nogil:
 cdef void tinylfu_touch(order_t* o, table_t* t, entry_t e) noexcept nogil:
     cdef tinylfu_t* s = &o.tl
     cdef int r = s.region[e]
-    _sketch_increment(s, t.hashes[e])
+    _sketch_increment(s, t.ent[e].hash)
     if r == TLFU_PROBATION:
         _region_move(s, t, TLFU_PROTECTED, e)
         while s.size[TLFU_PROTECTED] > s.protmax:
@@ -209,15 +209,15 @@ cdef entry_t tinylfu_victim(order_t* o, table_t* t) noexcept nogil:
     if s.size[TLFU_WINDOW] >= 1 and (s.size[TLFU_WINDOW] >= s.wmax or main == 0):
         # the insertion will push the window's oldest out: the admission duel
         cand = s.head[TLFU_WINDOW]
-        if vic != ENTRY_NONE and _sketch_estimate(s, t.hashes[cand]) > _sketch_estimate(s, t.hashes[vic]):
+        if vic != ENTRY_NONE and _sketch_estimate(s, t.ent[cand].hash) > _sketch_estimate(s, t.ent[vic].hash):
             _region_move(s, t, TLFU_PROBATION, cand)
-            s.gmain[(t.hashes[vic] >> 32) & s.gmask] = _ghost_slot(t.hashes[vic], s.nmev)
+            s.gmain[(t.ent[vic].hash >> 32) & s.gmask] = _ghost_slot(t.ent[vic].hash, s.nmev)
             s.nmev += 1
             return vic
-        s.gwin[(t.hashes[cand] >> 32) & s.gmask] = _ghost_slot(t.hashes[cand], s.nwin)
+        s.gwin[(t.ent[cand].hash >> 32) & s.gmask] = _ghost_slot(t.ent[cand].hash, s.nwin)
         return cand
     # the window is below its target (it just grew): main gives up its oldest
-    s.gmain[(t.hashes[vic] >> 32) & s.gmask] = _ghost_slot(t.hashes[vic], s.nmev)
+    s.gmain[(t.ent[vic].hash >> 32) & s.gmask] = _ghost_slot(t.ent[vic].hash, s.nmev)
     s.nmev += 1
     return vic
 
@@ -234,7 +234,7 @@ cdef Py_ssize_t tinylfu_fill(order_t* o, table_t* t, entry_t* out) noexcept nogi
         while e != ENTRY_NONE:
             out[n] = e
             n += 1
-            e = t.next[e]
+            e = t.ent[e].next
     return n
 
 
@@ -430,7 +430,7 @@ cdef class _Replayer:
                     if e == SLOT_DELETED:
                         if free_slot < 0:
                             free_slot = <Py_ssize_t>i2
-                    elif t.hashes[e] == h and self.rk[e] == k:
+                    elif t.ent[e].hash == h and self.rk[e] == k:
                         break
                     i2 = (i2 + 1) & t.mask
                 if e >= 0:
@@ -455,7 +455,7 @@ cdef class _Replayer:
                 if t.index[slot] == SLOT_EMPTY:
                     t.filled += 1
                 t.index[slot] = e
-                t.hashes[e] = h
+                t.ent[e].hash = h
                 self.rk[e] = k
                 order_link_new(o, t, e)
                 t.count += 1
