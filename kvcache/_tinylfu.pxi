@@ -341,8 +341,89 @@ cdef class TinyLFUCache(Cache):
         return POLICY_TINYLFU
 
     def popitem(self):
-        """Remove and return the `(key, value)` pair the policy would evict next."""
-        return self._popitem()
+        """Remove and return the first `(key, value)` pair in iteration order (main's least recent).
+
+        Evictions that make room for a new key run the admission instead: the window's oldest
+        entry and main's least recent one, the less frequent goes.
+        """
+        cdef entry_t e
+        cdef tinylfu_t* s = &self.o.tl
+        with cython.critical_section(self):
+            if self.t.count == 0:
+                raise KeyError("%s is empty" % type(self).__name__)
+            e = s.head[TLFU_PROBATION]
+            if e == ENTRY_NONE:
+                e = s.head[TLFU_PROTECTED]
+            if e == ENTRY_NONE:
+                e = s.head[TLFU_WINDOW]
+            value = self._remove(e, -1)
+            key = self._removed_key
+            self._removed_key = None
+            return (key, value)
+
+    def _export_state(self):
+        """Return (keys, values, aux) in iteration order; aux packs regions, sketch and ghosts.
+
+        aux (int64): the region of each entry, then [1, buffer capacity, window target bits,
+        window insertions, main evictions, sample count, sketch words, ghost slots], then the
+        sketch, then the two ghost tables.
+        """
+        cdef Py_ssize_t i, n
+        cdef cnp.ndarray order
+        cdef entry_t* op
+        cdef tinylfu_t* s = &self.o.tl
+        with cython.critical_section(self):
+            order = self._order_array()
+            op = <entry_t*>cnp.PyArray_DATA(order)
+            n = order.shape[0]
+            keys = [self._kv[2 * op[i]] for i in range(n)]
+            values = [self._kv[2 * op[i] + 1] for i in range(n)]
+            regions = np.array([s.region[op[i]] for i in range(n)], dtype=np.int64)
+            header = np.array([1, self.t.capacity, 0, s.nwin, s.nmev, s.scount,
+                               <int64_t>(s.smask + 1), <int64_t>(s.gmask + 1)], dtype=np.int64)
+            header[2:3] = np.array([s.wf], dtype=np.float64).view(np.int64)
+            b = <_TinyLFUBuffers>self._buf.ext
+            aux = np.concatenate([regions, header, b.sketch.view(np.int64), b.gwin.view(np.int64),
+                                  b.gmain.view(np.int64)])
+        return keys, values, aux
+
+    def _import_state(self, keys, values, aux=None):
+        """Replace the contents (see Cache._import_state); with aux from _export_state, the
+        regions, sketch, ghosts and window target too, so the copy decides exactly as the original."""
+        cdef Py_ssize_t n, i, e, capacity, words, slots
+        cdef tinylfu_t* s = &self.o.tl
+        cdef _TinyLFUBuffers b
+        if aux is None:
+            return Cache._import_state(self, keys, values, None)
+        keys = list(keys)
+        values = list(values)
+        n = len(keys)
+        aux = np.asarray(aux, dtype=np.int64)
+        if aux.ndim != 1 or aux.shape[0] < n + 8 or aux[n] != 1:
+            raise ValueError("state does not come from a TinyLFUCache")
+        regions = aux[:n]
+        capacity, words, slots = aux[n + 1], aux[n + 6], aux[n + 7]
+        if aux.shape[0] != n + 8 + words + 2 * slots or ((regions < 0) | (regions > 2)).any() \
+                or capacity < n or capacity > _MAX_ENTRIES:
+            raise ValueError("state does not come from a TinyLFUCache")
+        Cache._import_state(self, keys, values, None)
+        with cython.critical_section(self):
+            if self.t.capacity < capacity:
+                self._grow(capacity)
+            b = <_TinyLFUBuffers>self._buf.ext
+            if self.t.count == n and b.sketch.shape[0] == words and b.gwin.shape[0] == slots:
+                # relink in the saved order: entry of each key found by identity, no user code
+                where = {id(self._kv[2 * e]): e for e in self._order_array().tolist()}
+                tinylfu_reset(&self.o)
+                for i in range(n):
+                    _region_append(s, &self.t, <int>regions[i], <entry_t>where[id(keys[i])])
+                b.sketch[:] = aux[n + 8:n + 8 + words].view(np.uint64)
+                b.gwin[:] = aux[n + 8 + words:n + 8 + words + slots].view(np.uint64)
+                b.gmain[:] = aux[n + 8 + words + slots:].view(np.uint64)
+                s.wf = aux[n + 2:n + 3].view(np.float64)[0]
+                s.nwin, s.nmev, s.scount = aux[n + 3], aux[n + 4], aux[n + 5]
+                _tlfu_set_targets(s, &self.t)
+                self._version += 1
 
     def _frequency(self, key):
         """Return the sketch's estimate of key's uses (for tests)."""
