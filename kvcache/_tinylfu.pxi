@@ -28,7 +28,10 @@
 # Everything hashes from the entry's MurmurHash (mix_hash of hash(key) with the cache's seed):
 # the sketch rows by double hashing, the ghosts by its high 32 bits.  The sketch and the ghost
 # tables are sized by the entry buffers and grow with them (the sketch by duplication, which
-# keeps every estimate an upper bound of the true count).
+# keeps every estimate an upper bound of the true count).  A ghost table is direct-mapped with
+# one 8-byte slot per 8 entries, so a newer ghost may overwrite an older one: the adaptation
+# only needs the rate of ghost hits, which a sample preserves.  Memory beyond an LRUCache:
+# about 8-16 bytes per entry of sketch, 2-4 of ghosts, 1 for the region byte.
 #
 # A cache filled only by insertions (no evictions yet) records no ghosts, so growing the
 # ghost tables while filling loses nothing.
@@ -280,7 +283,7 @@ cdef object tinylfu_buffers(order_t* o, Py_ssize_t capacity, Py_ssize_t cap, obj
         words <<= 1
     if words < _TLFU_MIN_WORDS:
         words = _TLFU_MIN_WORDS
-    while gs * 2 < <uint64_t>bufcap:
+    while gs * 8 < <uint64_t>bufcap:
         gs <<= 1
     b.region = np.zeros(capacity, dtype=np.int8)
     b.sketch = np.zeros(words, dtype=np.uint64)

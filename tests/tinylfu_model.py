@@ -73,7 +73,7 @@ class TinyLFUModel(CacheModel):
 
     def _new_ghost(self):
         gs = 16
-        while gs * 2 < self.bufcap:
+        while gs * 8 < self.bufcap:
             gs <<= 1
         return [0] * gs
 
