@@ -129,6 +129,7 @@ def plot(rows, path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
     names = list(dict.fromkeys(r["trace"] for r in rows))
     cols = 5
     nrows = (len(names) + cols - 1) // cols
@@ -142,6 +143,7 @@ def plot(rows, path):
         ax.plot(x, [r["lru"] for r in pts], color="tab:gray", marker="^", alpha=0.6, label="LRU")
         if len(x) > 1:
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_title(name, fontsize=10)
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(names):]:

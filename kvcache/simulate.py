@@ -186,6 +186,7 @@ def plot(results, path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
     names = list(results)
     cols = min(3, len(names))
     rows = (len(names) + cols - 1) // cols
@@ -198,6 +199,7 @@ def plot(results, path):
                     linestyle="--" if policy == "OPT" else "-", color="black" if policy == "OPT" else None)
         if len(sizes) > 1 and sizes[0] > 0:
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_title(name)
         ax.set_xlabel("cache size (entries)")
         ax.set_ylabel("hit ratio (%)")
