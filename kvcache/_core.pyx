@@ -418,6 +418,36 @@ cdef class _Buffers:
 # The native cache classes
 # ---------------------------------------------------------------------------------------------
 
+# ---------------------------------------------------------------------------------------------
+# Snapshots (issue 7): `Class.load(path)` builds a cache, `cache.load(path)` fills this one.
+# The format lives in kvcache.snapshot, imported lazily (the engine imports nothing of ours).
+# ---------------------------------------------------------------------------------------------
+
+class _ClassOrInstanceMethod:
+    """Bind to the class when looked up on the class, to the instance otherwise."""
+
+    def __init__(self, func):
+        self.__func__ = func
+        self.__doc__ = func.__doc__
+
+    def __get__(self, obj, objtype=None):
+        return types.MethodType(self.__func__, objtype if obj is None else obj)
+
+
+def _snapshot_load(target, path, *, pickle_key=None, **kwargs):
+    """Load the snapshot at `path`: ``Class.load(path, **ctor_kwargs)`` returns a new cache,
+    ``cache.load(path)`` replaces this cache's contents (left untouched if the file is bad).
+
+    Contents, order and frequencies are restored; nothing in the file is executed.
+    """
+    from kvcache import snapshot
+    if isinstance(target, type):
+        return snapshot.load(target, path, pickle_key=pickle_key, **kwargs)
+    if kwargs:
+        raise TypeError("constructor arguments only apply to Class.load(path, ...)")
+    return snapshot.load_into(target, path, pickle_key=pickle_key)
+
+
 cdef class Cache:
     """Mutable mapping to serve as a simple cache or cache base class (cachetools-compatible).
 
@@ -731,8 +761,11 @@ cdef class Cache:
             e = table_find(self, key, h, &slot)
             if e >= 0:
                 self._hits += 1
-                order_touch(&self.o, &self.t, <entry_t>e)
-                return self._kv[2 * e + 1]
+                if self.o.policy == POLICY_LRU:
+                    _list_move_to_end(&self.o, &self.t, <entry_t>e)
+                else:
+                    order_touch(&self.o, &self.t, <entry_t>e)
+                return <object>PyList_GET_ITEM(self._kv, 2 * e + 1)
             self._misses += 1
         if self._native_missing:
             raise KeyError(key)
@@ -752,8 +785,11 @@ cdef class Cache:
             e = table_find(self, key, h, &slot)
             if e >= 0:
                 self._hits += 1
-                order_touch(&self.o, &self.t, <entry_t>e)
-                return self._kv[2 * e + 1]
+                if self.o.policy == POLICY_LRU:
+                    _list_move_to_end(&self.o, &self.t, <entry_t>e)
+                else:
+                    order_touch(&self.o, &self.t, <entry_t>e)
+                return <object>PyList_GET_ITEM(self._kv, 2 * e + 1)
             self._misses += 1
             return default
 
@@ -914,8 +950,11 @@ cdef class Cache:
             e = table_find(self, key, h, &slot)
             if e >= 0:
                 self._hits += 1
-                order_touch(&self.o, &self.t, <entry_t>e)
-                return self._kv[2 * e + 1]
+                if self.o.policy == POLICY_LRU:
+                    _list_move_to_end(&self.o, &self.t, <entry_t>e)
+                else:
+                    order_touch(&self.o, &self.t, <entry_t>e)
+                return <object>PyList_GET_ITEM(self._kv, 2 * e + 1)
         self[key] = default
         return default
 
@@ -1320,6 +1359,19 @@ cdef class Cache:
             n += sys.getsizeof(self._sizes)
         return n
 
+    # -- snapshots (issue 7; format and checks in kvcache.snapshot) ---------------------------
+
+    def save(self, path, *, pickle_key=None):
+        """Write contents, order and frequencies to `path` atomically (temp file, fsync, rename).
+
+        Values must be msgpack-representable (see kvcache.serialize) unless `pickle_key`
+        enables signed pickle; the same key is then needed to load the file.
+        """
+        from kvcache import snapshot
+        snapshot.save(self, path, pickle_key=pickle_key)
+
+    load = _ClassOrInstanceMethod(_snapshot_load)
+
 
 cdef Py_ssize_t table_slot_of_checked(table_t* t, entry_t e) noexcept nogil:
     cdef uint64_t i = t.ent[e].hash & t.mask
@@ -1368,10 +1420,10 @@ cdef inline Py_ssize_t table_find(Cache self, object key, hash_t h, Py_ssize_t* 
                 if free_slot < 0:
                     free_slot = <Py_ssize_t>i
             elif self.t.ent[e].hash == h:
-                other = self._kv[2 * e]
-                if other is key:
-                    slot_out[0] = <Py_ssize_t>i
+                if PyList_GET_ITEM(self._kv, 2 * e) == <PyObject*>key:
+                    slot_out[0] = <Py_ssize_t>i     # identity: no reference taken, no Python code
                     return e
+                other = self._kv[2 * e]             # a strong reference: __eq__ may drop the entry
                 eq = PyObject_RichCompareBool(other, key, Py_EQ)
                 if self._version != version:
                     break                       # mutated by __eq__ (or another thread): restart

@@ -463,7 +463,8 @@ def test_seed_is_deterministic():
 
 
 def test_rr_choice_like_cachetools():
-    cachetools = pytest.importorskip("cachetools")
+    import cachetools
+
     for choice in (min, max, lambda seq: seq[len(seq) // 2]):
         ours = kvcache.RRCache(5, choice=choice)
         theirs = cachetools.RRCache(5, choice=choice)

@@ -1,0 +1,202 @@
+"""Redis tier benchmarks against a real local redis-server started here.
+
+Groups (compare within a group, same run):
+  redis-hit          one lookup: plain LRUCache hit, TieredCache local-tier hit, redis-py GET
+  redis-zipf         a Zipf(1.2) read-mostly workload over 20k keys (99% reads, cache-aside
+                     fills, 1% writes): TieredCache with a local tier of 10% / 100% of the
+                     keys vs redis-py alone
+  redis-invalidation a write in one tier until the other tier's local copy is gone
+
+Run: PYTHONPATH=$PWD python -m pytest bench/bench_redis.py --benchmark-only
+Goals (issue 7): local hit <= 2x an LRUCache hit and >= 50x faster than GET;
+Zipf throughput of TieredCache >= 10x redis-py alone.
+"""
+
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("redis")
+pytest.importorskip("msgpack")
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+from redis_fixtures import RedisServer, require_redis_binaries  # noqa: E402
+
+import kvcache  # noqa: E402
+from kvcache.redis import TieredCache  # noqa: E402
+from kvcache.serialize import Serializer, encode_key  # noqa: E402
+
+N_HIT_KEYS = 1000
+UNIVERSE = 20_000
+OPS = 20_000
+LOCAL_SIZE = 2_000
+
+
+@pytest.fixture(scope="module")
+def server():
+    require_redis_binaries()
+    with tempfile.TemporaryDirectory(prefix="kvcache-bench-redis-") as d:
+        s = RedisServer(d).start()
+        try:
+            yield s
+        finally:
+            s.stop()
+
+
+@pytest.fixture(scope="module")
+def hit_setup(server):
+    keys = [f"key:{i}" for i in range(N_HIT_KEYS)]
+    lru = kvcache.LRUCache(maxsize=2 * N_HIT_KEYS)
+    tier = TieredCache(kvcache.LRUCache(maxsize=2 * N_HIT_KEYS), server.client(), "bench-hit")
+    assert tier.wait_live(5)
+    client = server.client()
+    names = [tier.namespace + b":v:" + encode_key(k) for k in keys]
+    for k in keys:
+        lru[k] = k
+        tier[k] = k
+    # Let the notices of our own writes pass, then fill the local tier.
+    deadline = time.monotonic() + 5
+    while tier.stats().invalidations < N_HIT_KEYS and time.monotonic() < deadline:
+        time.sleep(0.01)
+    for k in keys:
+        tier[k]
+    assert all(k in tier.local for k in keys)
+    yield keys, names, lru, tier, client
+    tier.close()
+
+
+def _loop_getitem(mapping, keys):
+    n = 0
+    for k in keys:
+        n += mapping[k] is not None
+    return n
+
+
+@pytest.mark.benchmark(group="redis-hit")
+def test_hit_lrucache(benchmark, hit_setup):
+    keys, _, lru, _, _ = hit_setup
+    assert benchmark(_loop_getitem, lru, keys) == len(keys)
+
+
+@pytest.mark.benchmark(group="redis-hit")
+def test_hit_tiered_local(benchmark, hit_setup):
+    keys, _, _, tier, _ = hit_setup
+    before = tier.stats().remote_hits
+    assert benchmark(_loop_getitem, tier, keys) == len(keys)
+    assert tier.stats().remote_hits == before  # every lookup stayed local
+
+
+@pytest.mark.benchmark(group="redis-hit")
+def test_hit_redis_get(benchmark, hit_setup):
+    _, names, _, _, client = hit_setup
+    names = names[:100]  # a GET is ~1000x slower: fewer per round
+    ser = Serializer()
+
+    def run():
+        n = 0
+        for name in names:
+            n += ser.loads(client.get(name)) is not None
+        return n
+
+    assert benchmark(run) == len(names)
+
+
+def _zipf_ops(seed=1):
+    rng = np.random.default_rng(seed)
+    keys = (rng.zipf(1.2, OPS) - 1) % UNIVERSE
+    writes = rng.random(OPS) < 0.01
+    return [int(k) for k in keys], writes.tolist()
+
+
+@pytest.fixture(scope="module")
+def zipf():
+    return _zipf_ops()
+
+
+@pytest.mark.benchmark(group="redis-zipf")
+@pytest.mark.parametrize("local_size", [LOCAL_SIZE, UNIVERSE], ids=["local10pct", "local100pct"])
+def test_zipf_tiered(benchmark, server, zipf, local_size):
+    keys, writes = zipf
+    tier = TieredCache(kvcache.LRUCache(maxsize=local_size), server.client(), f"bench-zipf-tier{local_size}")
+    assert tier.wait_live(5)
+
+    def run():
+        found = 0
+        for k, w in zip(keys, writes):
+            if w:
+                tier[k] = k * 2
+                continue
+            v = tier.get(k)
+            if v is None:
+                tier[k] = k * 2
+            else:
+                found += 1
+                assert v == k * 2
+        return found
+
+    try:
+        benchmark.pedantic(run, rounds=3, iterations=1, warmup_rounds=1)
+        s = tier.stats()
+        benchmark.extra_info.update(local_hits=s.local_hits, remote_hits=s.remote_hits, misses=s.misses)
+    finally:
+        tier.close()
+
+
+@pytest.mark.benchmark(group="redis-zipf")
+def test_zipf_redis_py(benchmark, server, zipf):
+    keys, writes = zipf
+    client = server.client()
+    ser = Serializer()
+    prefix = b"bench-zipf-plain:"
+
+    def run():
+        found = 0
+        for k, w in zip(keys, writes):
+            name = prefix + str(k).encode()
+            if w:
+                client.set(name, ser.dumps(k * 2))
+                continue
+            raw = client.get(name)
+            if raw is None:
+                client.set(name, ser.dumps(k * 2))
+            else:
+                found += 1
+                assert ser.loads(raw) == k * 2
+        return found
+
+    benchmark.pedantic(run, rounds=3, iterations=1, warmup_rounds=1)
+
+
+@pytest.mark.benchmark(group="redis-invalidation")
+def test_invalidation_latency(benchmark, server):
+    a = TieredCache(kvcache.LRUCache(maxsize=10), server.client(), "bench-inval")
+    b = TieredCache(kvcache.LRUCache(maxsize=10), server.client(), "bench-inval")
+    assert a.wait_live(5) and b.wait_live(5)
+    counter = iter(range(10**9))
+
+    def setup():
+        n = b.stats().invalidations
+        a["k"] = next(counter)
+        end = time.monotonic() + 2
+        while b.stats().invalidations == n and time.monotonic() < end:
+            pass
+        b["k"]
+        assert "k" in b.local
+        return (), {}
+
+    def write_until_seen():
+        a["k"] = -1
+        end = time.monotonic() + 2
+        while "k" in b.local:
+            if time.monotonic() > end:
+                raise AssertionError("invalidation not seen within 2 s")
+
+    try:
+        benchmark.pedantic(write_until_seen, setup=setup, rounds=50, iterations=1)
+    finally:
+        a.close()
+        b.close()

@@ -1,0 +1,770 @@
+"""A two-level cache: any kvcache cache in front of Redis (or Redis Cluster).
+
+Invalidation uses ``CLIENT TRACKING`` in broadcast mode (BCAST) rather than
+application-level pub/sub.  For each Redis primary the tier keeps one
+dedicated connection that enables tracking for the namespace prefix with
+``REDIRECT`` to itself and subscribes to ``__redis__:invalidate``.  The server
+then reports every change to a key of the namespace, whoever makes it:
+another process of ours, a ``redis-cli``, ``EXPIRE``, eviction under
+``maxmemory`` or ``FLUSHDB``.  Pub/sub would only see writers that remember to
+publish, would cost every write a second round trip, and a writer dying
+between its ``SET`` and its ``PUBLISH`` would leave stale copies forever.
+
+Consistency rules (why the code looks the way it does):
+
+* A copy is put into the local tier only if no invalidation of that key (and
+  no reconnection) happened while it was being read from or written to Redis;
+  otherwise the copy could be older than the invalidation that already went by.
+* While the invalidation stream is down the local tier is *suspect*: reads go
+  to Redis first and the local tier only answers when Redis cannot (fail-open).
+  When the stream comes back the local tier is cleared, since any message
+  sent meanwhile was lost, and only then trusted again.
+* A local copy never outlives its Redis TTL: entries with a TTL are stored
+  locally together with a monotonic deadline (``SET ... PX`` for our writes,
+  ``PTTL`` read atomically with the value for fills), so this works with any
+  kvcache cache as ``local`` whether or not it supports per-entry TTLs.
+"""
+
+import os
+import random
+import threading
+import time
+import weakref
+from collections import namedtuple
+from collections.abc import MutableMapping
+
+import redis as _redis
+from redis.exceptions import RedisError
+
+from kvcache.serialize import SerializationError, Serializer, decode_key, encode_key
+
+__all__ = ["TieredCache", "TierStats", "CircuitOpenError"]
+
+_monotonic = time.monotonic
+_MISSING = object()
+_DEFAULT = object()
+
+TierStats = namedtuple(
+    "TierStats",
+    "local_hits remote_hits misses sets deletes errors invalidations circuit live",
+)
+TierStats.__doc__ = """Counters of a TieredCache.
+
+``local_hits``/``remote_hits``/``misses`` count reads answered by the local tier,
+by Redis, by nobody; ``errors`` counts Redis/decoding failures swallowed or raised;
+``invalidations`` counts keys dropped on notice from Redis; ``circuit`` is
+``"closed"``, ``"open"`` or ``"half-open"``; ``live`` tells whether the
+invalidation stream is up (the local tier is trusted only then).
+"""
+
+
+class CircuitOpenError(_redis.exceptions.ConnectionError):
+    """Raised in strict mode while the circuit breaker keeps Redis out of reach."""
+
+
+class _Expiring:
+    """A local value with the monotonic deadline of its Redis TTL."""
+
+    __slots__ = ("value", "deadline")
+
+    def __init__(self, value, deadline):
+        self.value = value
+        self.deadline = deadline
+
+
+# Compare-and-delete / compare-and-extend: a lease is touched only by the
+# holder of its token, so a holder whose lease expired cannot free the lock
+# of the process that took over.
+_LUA_RELEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
+return 0
+"""
+_LUA_RENEW = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
+return 0
+"""
+# Value and remaining TTL in one atomic step, so a fill carries the TTL the value had.
+_LUA_GET = """
+local v = redis.call('get', KEYS[1])
+if not v then return false end
+return {v, redis.call('pttl', KEYS[1])}
+"""
+
+
+def _glob_escape(data):
+    out = bytearray()
+    for b in data:
+        if b in b"*?[]\\":
+            out += b"\\"
+        out.append(b)
+    return bytes(out)
+
+
+class _Breaker:
+    """Closed -> open after `threshold` consecutive failures; one trial call after a backoff."""
+
+    __slots__ = ("threshold", "base", "cap", "failures", "open_until", "delay", "trial", "lock")
+
+    def __init__(self, threshold, base, cap):
+        self.threshold = threshold
+        self.base = base
+        self.cap = cap
+        self.failures = 0
+        self.open_until = 0.0
+        self.delay = base
+        self.trial = False
+        self.lock = threading.Lock()
+
+    @property
+    def state(self):
+        if self.failures < self.threshold:
+            return "closed"
+        return "half-open" if _monotonic() >= self.open_until else "open"
+
+    def allow(self):
+        if self.failures < self.threshold:
+            return True
+        with self.lock:
+            if self.failures < self.threshold:
+                return True
+            now = _monotonic()
+            # A trial whose outcome was never reported (caller interrupted) expires.
+            if now < self.open_until or (self.trial and now < self.open_until + 2 * self.cap):
+                return False
+            self.trial = True
+            return True
+
+    def success(self):
+        if self.failures:
+            with self.lock:
+                self.failures = 0
+                self.delay = self.base
+                self.trial = False
+
+    def failure(self):
+        with self.lock:
+            self.failures += 1
+            if self.failures >= self.threshold:
+                # Jitter keeps a fleet of processes from probing a recovering server in lockstep.
+                self.open_until = _monotonic() + self.delay * random.uniform(0.5, 1.0)
+                self.delay = min(self.delay * 2, self.cap)
+                self.trial = False
+
+
+class TieredCache(MutableMapping):
+    """Cache values locally in `local` (any kvcache cache) and shared in Redis.
+
+    ``client`` is a ``redis.Redis`` or ``redis.cluster.RedisCluster`` created with
+    ``decode_responses=False``; keep its retries and socket timeouts short, as
+    the tier does its own backoff.  ``namespace`` prefixes every Redis key and
+    scopes invalidation.  ``ttl`` (seconds) is the default lifetime in Redis and
+    bounds the local copy.  Values go through `serializer` (default: the safe
+    msgpack :class:`~kvcache.serialize.Serializer`, zstd above ``compress_over``
+    bytes).  Keys must be made of None/bool/int/float/str/bytes/tuples/frozensets
+    (see :func:`kvcache.serialize.encode_key`).
+
+    Fail-open by default: when Redis is unreachable, reads and writes use the
+    local tier only, no exception reaches the caller and ``stats().errors``
+    counts the failures; a circuit breaker stops calling a dead server and
+    probes it again after an exponential backoff.  ``strict=True`` raises
+    instead.  Call :meth:`close` (or use ``with``) to stop the background
+    invalidation threads.
+
+    Entries with a TTL sit in `local` wrapped together with their deadline (so
+    `local`'s getsizeof sees the wrapper).  A write drops this process's own
+    local copy when its notice comes back (a notice cannot tell our write from
+    a concurrent one); the next read refills it from Redis.  ``len()`` and
+    iteration SCAN the namespace in Redis and raise if it is unreachable.
+
+    Thread-safety: all methods may be called from many threads at once.
+    """
+
+    def __init__(
+        self,
+        local,
+        client,
+        namespace,
+        ttl=None,
+        serializer=None,
+        compress_over=None,
+        strict=False,
+        *,
+        lock_lease=10.0,
+        lock_wait=30.0,
+        failure_threshold=3,
+        backoff=0.05,
+        max_backoff=5.0,
+    ):
+        if serializer is not None and compress_over is not None:
+            raise ValueError("give compress_over to the serializer, not both")
+        if ttl is not None and not ttl > 0:
+            raise ValueError("ttl must be > 0 or None")
+        if not lock_lease > 0:
+            raise ValueError("lock_lease must be > 0")
+        if isinstance(namespace, str):
+            namespace = namespace.encode()
+        if not isinstance(namespace, bytes) or not namespace:
+            raise TypeError("namespace must be a non-empty str or bytes")
+        self._cluster = _is_cluster(client)
+        if _connection_kwargs(client).get("decode_responses"):
+            raise ValueError("the redis client must be created with decode_responses=False")
+        self._local = local
+        self._local_get = local.get
+        self._client = client
+        self.namespace = namespace
+        self.ttl = ttl
+        self.strict = bool(strict)
+        self.lock_lease = float(lock_lease)
+        self.lock_wait = float(lock_wait)
+        self._ser = serializer if serializer is not None else Serializer(compress_over=compress_over)
+        self._prefix = namespace + b":"
+        self._vprefix = self._prefix + b"v:"
+        self._lprefix = self._prefix + b"l:"
+        self._breaker = _Breaker(failure_threshold, backoff, max_backoff)
+        self._get_script = client.register_script(_LUA_GET)
+        self._release_script = client.register_script(_LUA_RELEASE)
+        self._renew_script = client.register_script(_LUA_RENEW)
+
+        # Fill bookkeeping, guarded by _lock: a fill or write-through stores its
+        # copy only if _epoch did not move and its name was not marked dirty.
+        # Reentrant: storing into `local` may run the user's on_evict, which may
+        # call back into this tier.
+        self._lock = threading.RLock()
+        self._epoch = 0
+        self._inflight = {}  # Redis name -> [readers in flight, dirty]
+        self._waiters = {}  # Redis name -> Event woken by any change of name or its lock
+        self._live = False
+        self._counts = [0] * 6  # remote_hits misses sets deletes errors invalidations
+        self._local_hits = 0
+
+        self._stop = threading.Event()
+        pools = _pools(client)
+        self._listeners_up = [False] * len(pools)
+        self._threads = []
+        ref = weakref.ref(self)
+        for i, pool in enumerate(pools):
+            t = threading.Thread(
+                target=_listen,
+                args=(ref, i, pool, self._prefix, self._stop),
+                name=f"kvcache-invalidation-{namespace.decode(errors='replace')}-{i}",
+                daemon=True,
+            )
+            self._threads.append(t)
+        self._finalizer = weakref.finalize(self, self._stop.set)
+        for t in self._threads:
+            t.start()
+
+    # --- plumbing --------------------------------------------------------------
+
+    def _name(self, key):
+        return self._vprefix + encode_key(key)
+
+    def _error(self, exc):
+        self._counts[4] += 1
+        if self._breaker is not None and isinstance(exc, RedisError):
+            self._breaker.failure()
+        if self.strict:
+            raise exc
+
+    def _blocked(self):
+        """Return True (or raise when strict) if the breaker keeps us off Redis."""
+        if self._breaker.allow():
+            return False
+        if self.strict:
+            raise CircuitOpenError("circuit open: Redis failed repeatedly, retrying after backoff")
+        return True
+
+    def _begin(self, name):
+        with self._lock:
+            slot = self._inflight.get(name)
+            if slot is None:
+                self._inflight[name] = [1, False]
+            else:
+                slot[0] += 1
+            return self._epoch
+
+    def _end(self, name, epoch, key, entry):
+        """Finish an in-flight operation; store `entry` locally if still valid."""
+        with self._lock:
+            slot = self._inflight[name]
+            dirty = slot[1] or epoch != self._epoch
+            slot[0] -= 1
+            if not slot[0]:
+                del self._inflight[name]
+            if entry is not _MISSING:
+                if dirty:
+                    self._local.pop(key, None)
+                else:
+                    self._local[key] = entry
+
+    def _invalidate(self, names):
+        """Drop local copies of `names` (None: everything); called by listeners."""
+        with self._lock:
+            if names is None:
+                self._epoch += 1
+                self._local.clear()
+                for slot in self._inflight.values():
+                    slot[1] = True
+                waiters = list(self._waiters.values())
+            else:
+                waiters = []
+                for name in names:
+                    if name.startswith(self._vprefix):
+                        slot = self._inflight.get(name)
+                        if slot is not None:
+                            slot[1] = True
+                        try:
+                            key = decode_key(name[len(self._vprefix) :])
+                        except SerializationError:
+                            continue  # not written by us
+                        self._counts[5] += 1
+                        try:
+                            self._local.pop(key, None)
+                        except TypeError:
+                            pass  # decoded to an unhashable/unrelated value: never stored locally
+                    elif name.startswith(self._lprefix):
+                        name = self._vprefix + name[len(self._lprefix) :]
+                    ev = self._waiters.get(name)
+                    if ev is not None:
+                        waiters.append(ev)
+        for ev in waiters:
+            ev.set()
+
+    def _listener_state(self, index, up):
+        with self._lock:
+            self._listeners_up[index] = up
+            live = all(self._listeners_up)
+            if live and not self._live:
+                # Messages sent while we were deaf are lost: start from nothing.
+                self._epoch += 1
+                self._local.clear()
+                for slot in self._inflight.values():
+                    slot[1] = True
+            self._live = live
+
+    def _local_entry(self, key):
+        """Return the live local value of `key` or _MISSING."""
+        v = self._local.get(key, _MISSING)
+        if type(v) is _Expiring:
+            if v.deadline > _monotonic():
+                return v.value
+            self._local.pop(key, None)
+            return _MISSING
+        return v
+
+    def _remote_get(self, key, name):
+        """Return the value from Redis (filling local) or _MISSING; may raise RedisError."""
+        epoch = self._begin(name)
+        entry = _MISSING
+        try:
+            t0 = _monotonic()
+            reply = self._get_script(keys=[name], client=self._client)
+            self._breaker.success()
+            if reply is None:
+                self._counts[1] += 1
+                return _MISSING
+            blob, pttl = reply
+            value = self._ser.loads(blob)
+            self._counts[0] += 1
+            entry = value if pttl < 0 else _Expiring(value, t0 + pttl / 1000.0)
+            return value
+        finally:
+            self._end(name, epoch, key, entry)
+
+    # --- the mapping -----------------------------------------------------------
+
+    def __getitem__(self, key):
+        # The hot path: one local lookup, two cheap checks.
+        v = self._local_get(key, _MISSING)
+        if v is not _MISSING and self._live:
+            if type(v) is not _Expiring:
+                self._local_hits += 1
+                return v
+            if v.deadline > _monotonic():
+                self._local_hits += 1
+                return v.value
+        v = self._fetch(key)
+        if v is _MISSING:
+            raise KeyError(key)
+        return v
+
+    def _fetch(self, key):
+        name = self._name(key)
+        if not self._blocked():
+            try:
+                return self._remote_get(key, name)
+            except (RedisError, SerializationError) as exc:
+                self._error(exc)
+        # Fail-open: the local tier is all we have.
+        v = self._local_entry(key)
+        if v is not _MISSING:
+            self._local_hits += 1
+        else:
+            self._counts[1] += 1
+        return v
+
+    def get(self, key, default=None):
+        """Return the value for `key` (local tier, then Redis), else `default`."""
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
+    def __setitem__(self, key, value):
+        self.set(key, value)
+
+    def set(self, key, value, ttl=_DEFAULT):
+        """Store `value` in Redis and locally; `ttl` (seconds) overrides the default.
+
+        Raises TypeError for a value the serializer cannot represent.
+        """
+        if ttl is _DEFAULT:
+            ttl = self.ttl
+        elif ttl is not None and not ttl > 0:
+            raise ValueError("ttl must be > 0 or None")
+        blob = self._ser.dumps(value)
+        name = self._name(key)
+        epoch = self._begin(name)
+        entry = _MISSING
+        try:
+            t0 = _monotonic()
+            entry = value if ttl is None else _Expiring(value, t0 + ttl)
+            if not self._blocked():
+                try:
+                    self._client.set(name, blob, px=None if ttl is None else max(1, int(ttl * 1000)))
+                    self._breaker.success()
+                    self._counts[2] += 1
+                except RedisError as exc:
+                    self._error(exc)
+        except BaseException:
+            entry = _MISSING
+            self._local.pop(key, None)
+            raise
+        finally:
+            self._end(name, epoch, key, entry)
+
+    def __delitem__(self, key):
+        if not self.delete(key):
+            raise KeyError(key)
+
+    def delete(self, key):
+        """Remove `key` from Redis and locally; return whether it existed."""
+        name = self._name(key)
+        epoch = self._begin(name)
+        existed = False
+        try:
+            existed = self._local.pop(key, _MISSING) is not _MISSING
+            if not self._blocked():
+                try:
+                    existed = bool(self._client.delete(name)) or existed
+                    self._breaker.success()
+                    self._counts[3] += 1
+                except RedisError as exc:
+                    self._error(exc)
+        finally:
+            self._end(name, epoch, key, _MISSING)
+        return existed
+
+    def __contains__(self, key):
+        try:
+            self[key]
+        except KeyError:
+            return False
+        return True
+
+    def _scan_names(self):
+        return self._client.scan_iter(match=_glob_escape(self._vprefix) + b"*", count=500)
+
+    def __iter__(self):
+        """Iterate over the keys in Redis (SCAN: may miss or repeat keys changed meanwhile)."""
+        n = len(self._vprefix)
+        for name in self._scan_names():
+            try:
+                yield decode_key(name[n:])
+            except SerializationError:
+                continue
+
+    def __len__(self):
+        """Return the number of keys of the namespace in Redis (a full SCAN)."""
+        return sum(1 for _ in self._scan_names())
+
+    def clear(self):
+        """Remove every key of the namespace from Redis and the local tier."""
+        with self._lock:
+            self._epoch += 1
+            self._local.clear()
+        if self._blocked():
+            return
+        try:
+            batch = []
+            for name in self._scan_names():
+                batch.append(name)
+                if len(batch) >= 500:
+                    self._client.unlink(*batch)
+                    batch.clear()
+            if batch:
+                self._client.unlink(*batch)
+            self._breaker.success()
+        except RedisError as exc:
+            self._error(exc)
+
+    # --- single flight across processes ---------------------------------------
+
+    def get_or_set(self, key, compute, ttl=_DEFAULT):
+        """Return the value of `key`, computing it with ``compute()`` if missing.
+
+        Across processes only the holder of a Redis lease lock computes; the
+        lease is renewed while `compute` runs and released by token.  Others wait
+        for the value up to `lock_wait` seconds, then compute themselves; a
+        crashed holder blocks no one past `lock_lease` seconds.
+        """
+        v = self._fetch_local_then_remote(key)
+        if v is not _MISSING:
+            return v
+        name = self._name(key)
+        lname = self._lprefix + name[len(self._vprefix) :]
+        token = os.urandom(16).hex().encode()
+        lease_ms = max(1, int(self.lock_lease * 1000))
+        give_up = _monotonic() + self.lock_wait
+        with self._lock:
+            ev = self._waiters.get(name)
+            if ev is None:
+                ev = self._waiters[name] = threading.Event()
+        try:
+            while True:
+                if self._blocked():
+                    return self._compute_and_set(key, compute, ttl)
+                try:
+                    ev.clear()
+                    acquired = self._client.set(lname, token, nx=True, px=lease_ms)
+                    self._breaker.success()
+                except RedisError as exc:
+                    self._error(exc)
+                    return self._compute_and_set(key, compute, ttl)
+                if acquired:
+                    return self._compute_locked(key, name, lname, token, lease_ms, compute, ttl)
+                remaining = give_up - _monotonic()
+                if remaining <= 0:
+                    return self._compute_and_set(key, compute, ttl)
+                # Woken by the value's or the lock's invalidation; the poll covers a
+                # lease that expires silently and a stream that is down.
+                ev.wait(min(remaining, 0.05))
+                v = self._fetch_local_then_remote(key)
+                if v is not _MISSING:
+                    return v
+        finally:
+            with self._lock:
+                if self._waiters.get(name) is ev:
+                    del self._waiters[name]
+
+    def _fetch_local_then_remote(self, key):
+        try:
+            return self[key]
+        except KeyError:
+            return _MISSING
+
+    def _compute_and_set(self, key, compute, ttl):
+        value = compute()
+        self.set(key, value, ttl)
+        return value
+
+    def _compute_locked(self, key, name, lname, token, lease_ms, compute, ttl):
+        stop = threading.Event()
+        try:
+            # The previous holder may have finished between our miss and our lock.
+            try:
+                v = self._remote_get(key, name)
+            except (RedisError, SerializationError) as exc:
+                self._error(exc)
+                v = _MISSING
+            if v is not _MISSING:
+                return v
+            renewer = threading.Thread(
+                target=_renew,
+                args=(self._renew_script, self._client, lname, token, lease_ms, stop),
+                daemon=True,
+            )
+            renewer.start()
+            try:
+                value = compute()
+            finally:
+                stop.set()
+                renewer.join()
+            self.set(key, value, ttl)
+            return value
+        finally:
+            try:
+                self._release_script(keys=[lname], args=[token], client=self._client)
+            except RedisError as exc:
+                self._error(exc)
+
+    # --- misc ------------------------------------------------------------------
+
+    @property
+    def local(self):
+        """The local tier."""
+        return self._local
+
+    @property
+    def client(self):
+        """The redis-py client."""
+        return self._client
+
+    def stats(self):
+        """Return a :class:`TierStats` snapshot of the counters."""
+        c = self._counts
+        return TierStats(
+            self._local_hits, c[0], c[1], c[2], c[3], c[4], c[5], self._breaker.state, self._live
+        )
+
+    @property
+    def live(self):
+        """Whether invalidations are flowing (the local tier is trusted)."""
+        return self._live
+
+    def wait_live(self, timeout=5.0):
+        """Block until the invalidation stream is up; return whether it is."""
+        end = _monotonic() + timeout
+        while not self._live and _monotonic() < end:
+            time.sleep(0.005)
+        return self._live
+
+    def close(self):
+        """Stop the invalidation threads (the client stays open: it is the caller's)."""
+        self._stop.set()
+        for t in self._threads:
+            if t is not threading.current_thread():
+                t.join(timeout=2.0)
+        self._live = False
+
+    def __reduce__(self):
+        raise TypeError("TieredCache cannot be pickled: it holds a Redis client and threads")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self):
+        return (
+            f"{type(self).__name__}({self._local!r}, namespace={self.namespace!r}, "
+            f"ttl={self.ttl!r}, strict={self.strict!r})"
+        )
+
+
+def _is_cluster(client):
+    try:
+        from redis.cluster import RedisCluster
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(client, RedisCluster)
+
+
+def _connection_kwargs(client):
+    if _is_cluster(client):
+        node = client.get_default_node()
+        return node.redis_connection.connection_pool.connection_kwargs
+    return client.connection_pool.connection_kwargs
+
+
+def _pools(client):
+    if _is_cluster(client):
+        pools = []
+        for node in client.get_primaries():
+            if node.redis_connection is None:
+                client.get_redis_connection(node)
+            pools.append(node.redis_connection.connection_pool)
+        return pools
+    return [client.connection_pool]
+
+
+# Connection settings worth copying from the user's pool; the rest (retries,
+# RESP3 push handlers, decoding) would get in the way of a raw tracking socket.
+_COPY_KWARGS = {
+    "host", "port", "path", "db", "username", "password", "credential_provider",
+    "socket_connect_timeout", "socket_keepalive", "socket_keepalive_options", "socket_type",
+}
+
+
+def _make_listener_connection(pool):
+    kwargs = {k: v for k, v in pool.connection_kwargs.items() if k in _COPY_KWARGS or k.startswith("ssl")}
+    kwargs.update(
+        protocol=2,
+        decode_responses=False,
+        socket_timeout=5.0,
+        retry=_redis.retry.Retry(_redis.backoff.NoBackoff(), 0),
+    )
+    return pool.connection_class(**kwargs)
+
+
+_PING_EVERY = 1.0
+_PING_TIMEOUT = 2.0
+
+
+def _listen(ref, index, pool, prefix, stop):
+    """Keep one tracking connection to one primary; report changes to the tier."""
+    delay = 0.02
+    while not stop.is_set():
+        conn = None
+        try:
+            conn = _make_listener_connection(pool)
+            conn.connect()
+            conn.send_command("CLIENT", "ID")
+            cid = conn.read_response()
+            conn.send_command("CLIENT", "TRACKING", "ON", "REDIRECT", cid, "BCAST", "PREFIX", prefix)
+            conn.read_response()
+            conn.send_command("SUBSCRIBE", "__redis__:invalidate")
+            conn.read_response()
+            tier = ref()
+            if tier is None:
+                return
+            tier._listener_state(index, True)
+            del tier
+            delay = 0.02
+            last = _monotonic()
+            pinged = None
+            while not stop.is_set():
+                if conn.can_read(timeout=0.1):
+                    msg = conn.read_response()
+                    last = _monotonic()
+                    pinged = None
+                    if isinstance(msg, list) and len(msg) == 3 and msg[0] == b"message":
+                        tier = ref()
+                        if tier is None:
+                            return
+                        tier._invalidate(msg[2])
+                        del tier
+                    continue
+                now = _monotonic()
+                # A silent peer (partition, no FIN) is detected by an unanswered PING.
+                if pinged is None and now - last > _PING_EVERY:
+                    conn.send_command("PING")
+                    pinged = now
+                elif pinged is not None and now - pinged > _PING_TIMEOUT:
+                    raise _redis.exceptions.TimeoutError("invalidation stream: PING unanswered")
+        except Exception:
+            pass
+        finally:
+            if conn is not None:
+                try:
+                    conn.disconnect()
+                except Exception:
+                    pass
+        tier = ref()
+        if tier is None:
+            return
+        tier._listener_state(index, False)
+        del tier
+        stop.wait(delay * random.uniform(0.5, 1.0))
+        delay = min(delay * 2, 2.0)
+
+
+def _renew(script, client, lname, token, lease_ms, stop):
+    """Extend the lease every third of it until `stop`; give up once it is lost."""
+    while not stop.wait(lease_ms / 3000.0):
+        try:
+            if not script(keys=[lname], args=[token, lease_ms], client=client):
+                return
+        except RedisError:
+            continue

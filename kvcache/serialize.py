@@ -1,0 +1,401 @@
+"""Safe serialization for values that leave the process (Redis tier, snapshots).
+
+The default format is msgpack, extended with a fixed set of types that decode
+without running user code: tuples, sets, frozensets, complex, arbitrary-size
+ints, datetime/date/time/timedelta, Decimal and numpy arrays and scalars (any
+non-object, non-structured dtype).  Subclasses of supported types (namedtuples,
+``IntEnum``, ``OrderedDict``, ...) come back as their plain base type, which
+compares equal; ``bytearray`` and ``memoryview`` come back as ``bytes``.
+Anything else is refused with :class:`TypeError` unless the caller opts into
+pickle by giving an HMAC key: pickled payloads are signed and a payload whose
+signature does not verify is rejected before it is unpickled.
+
+Frames are ``format byte, flags byte, [32-byte HMAC-SHA256], payload``;
+payloads larger than ``compress_over`` bytes are zstd-compressed.
+"""
+
+import datetime
+import decimal
+import hashlib
+import hmac
+import numbers
+import pickle
+
+import msgpack
+import numpy as np
+
+__all__ = ["Serializer", "SerializationError", "SignatureError", "encode_key", "decode_key"]
+
+
+class SerializationError(ValueError):
+    """Raised when bytes cannot be decoded into a value."""
+
+
+class SignatureError(SerializationError):
+    """Raised when a signed (pickled) payload fails HMAC verification."""
+
+
+# Frame format bytes.  A new wire format gets a new byte; old ones stay decodable.
+_FMT_MSGPACK = 0x01
+_FMT_PICKLE = 0x02
+_FLAG_ZSTD = 0x01
+_MAC_SIZE = 32
+
+# msgpack extension codes.  Never renumber: they are part of stored data.
+_EXT_TUPLE = 1
+_EXT_SET = 2
+_EXT_FROZENSET = 3
+_EXT_NDARRAY = 4
+_EXT_NPSCALAR = 5
+_EXT_COMPLEX = 6
+_EXT_BIGINT = 7
+_EXT_TYPE = 8
+_EXT_DATETIME = 9
+_EXT_DATE = 10
+_EXT_TIME = 11
+_EXT_TIMEDELTA = 12
+_EXT_DECIMAL = 13
+_EXT_BYTEARRAY = 14  # decoded only: msgpack packs bytearray as bin before we see it
+
+_INT64_MIN = -(1 << 63)
+_UINT64_MAX = (1 << 64) - 1
+
+
+def _array_header(arr):
+    if arr.dtype.hasobject:
+        raise TypeError("numpy arrays of dtype object cannot be serialized safely")
+    if arr.dtype.fields is not None:
+        raise TypeError("structured numpy arrays are not supported by the safe serializer")
+    return arr.dtype.str
+
+
+def _default(obj):
+    # Called by msgpack (strict_types=True) for every object that is not exactly
+    # None/bool/int/float/str/bytes/list/dict; subclasses land here too.
+    if isinstance(obj, tuple):
+        return msgpack.ExtType(_EXT_TUPLE, _packb(list(obj)))
+    if isinstance(obj, list):
+        return list(obj)
+    if isinstance(obj, dict):
+        return dict(obj)
+    if isinstance(obj, np.ndarray):
+        dtype = _array_header(obj)
+        data = np.ascontiguousarray(obj).tobytes()
+        return msgpack.ExtType(_EXT_NDARRAY, _packb([dtype, list(obj.shape), data]))
+    if isinstance(obj, np.generic):
+        arr = np.asarray(obj)
+        dtype = _array_header(arr)
+        return msgpack.ExtType(_EXT_NPSCALAR, _packb([dtype, arr.tobytes()]))
+    if isinstance(obj, bool):
+        return bool(obj)
+    if isinstance(obj, int):
+        if _INT64_MIN <= obj <= _UINT64_MAX:
+            return int(obj)
+        return msgpack.ExtType(_EXT_BIGINT, str(int(obj)).encode())
+    if isinstance(obj, float):
+        return float(obj)
+    if isinstance(obj, str):
+        return str(obj)
+    if isinstance(obj, bytes):
+        return bytes(obj)
+    if isinstance(obj, (set, frozenset)):
+        code = _EXT_FROZENSET if isinstance(obj, frozenset) else _EXT_SET
+        return msgpack.ExtType(code, _packb(list(obj)))
+    if isinstance(obj, complex):
+        return msgpack.ExtType(_EXT_COMPLEX, _packb([obj.real, obj.imag]))
+    # datetime is a subclass of date: test it first.
+    if isinstance(obj, datetime.datetime):
+        return msgpack.ExtType(_EXT_DATETIME, obj.isoformat().encode())
+    if isinstance(obj, datetime.date):
+        return msgpack.ExtType(_EXT_DATE, obj.isoformat().encode())
+    if isinstance(obj, datetime.time):
+        return msgpack.ExtType(_EXT_TIME, obj.isoformat().encode())
+    if isinstance(obj, datetime.timedelta):
+        return msgpack.ExtType(_EXT_TIMEDELTA, _packb([obj.days, obj.seconds, obj.microseconds]))
+    if isinstance(obj, decimal.Decimal):
+        return msgpack.ExtType(_EXT_DECIMAL, str(obj).encode())
+    raise TypeError(
+        f"cannot serialize {type(obj).__qualname__!r} safely; supported: None, bool, int, float, "
+        "complex, str, bytes, list, tuple, dict, set, frozenset, datetime types, "
+        "Decimal, numpy arrays/scalars (pass pickle_key=... to allow signed pickle)"
+    )
+
+
+def _ext_hook(code, data):
+    if code == _EXT_TUPLE:
+        return tuple(_unpackb(data))
+    if code == _EXT_SET:
+        return set(_unpackb(data))
+    if code == _EXT_FROZENSET:
+        return frozenset(_unpackb(data))
+    if code == _EXT_NDARRAY:
+        dtype, shape, raw = _unpackb(data)
+        dt = np.dtype(dtype)
+        if dt.hasobject:
+            raise SerializationError("refusing numpy dtype object in serialized data")
+        # frombuffer over bytes is read-only; users expect a writable array as with pickle.
+        return np.frombuffer(raw, dtype=dt).reshape(shape).copy()
+    if code == _EXT_NPSCALAR:
+        dtype, raw = _unpackb(data)
+        dt = np.dtype(dtype)
+        if dt.hasobject:
+            raise SerializationError("refusing numpy dtype object in serialized data")
+        return np.frombuffer(raw, dtype=dt)[0]
+    if code == _EXT_COMPLEX:
+        real, imag = _unpackb(data)
+        return complex(real, imag)
+    if code == _EXT_BIGINT:
+        return int(data.decode())
+    if code == _EXT_DATETIME:
+        return datetime.datetime.fromisoformat(data.decode())
+    if code == _EXT_DATE:
+        return datetime.date.fromisoformat(data.decode())
+    if code == _EXT_TIME:
+        return datetime.time.fromisoformat(data.decode())
+    if code == _EXT_TIMEDELTA:
+        days, seconds, micros = _unpackb(data)
+        return datetime.timedelta(days, seconds, micros)
+    if code == _EXT_DECIMAL:
+        return decimal.Decimal(data.decode())
+    if code == _EXT_BYTEARRAY:
+        return bytearray(data)
+    if code == _EXT_TYPE:
+        return _resolve_type(data)
+    raise SerializationError(f"unknown msgpack extension type {code}")
+
+
+def _packb(obj):
+    return msgpack.packb(obj, use_bin_type=True, strict_types=True, default=_default)
+
+
+def _unpackb(data):
+    return msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=_ext_hook)
+
+
+class Serializer:
+    """Turn values into bytes and back, safely.
+
+    ``compress_over``: payloads larger than this many bytes are zstd-compressed
+    (``None`` never compresses).  ``pickle_key``: bytes enabling signed pickle for
+    values msgpack cannot represent; without it pickled payloads are refused on
+    load.  ``max_size`` bounds decompressed size (a guard against zstd bombs).
+    """
+
+    __slots__ = ("compress_over", "compress_level", "max_size", "_pickle_key", "_cctx", "_dctx")
+
+    def __init__(self, *, compress_over=None, compress_level=3, pickle_key=None, max_size=1 << 31):
+        if compress_over is not None and compress_over < 0:
+            raise ValueError("compress_over must be >= 0 or None")
+        if pickle_key is not None:
+            if isinstance(pickle_key, str):
+                pickle_key = pickle_key.encode()
+            if not isinstance(pickle_key, (bytes, bytearray)) or len(pickle_key) < 16:
+                raise ValueError("pickle_key must be at least 16 bytes")
+            pickle_key = bytes(pickle_key)
+        self.compress_over = compress_over
+        self.compress_level = compress_level
+        self.max_size = max_size
+        self._pickle_key = pickle_key
+        self._cctx = None
+        self._dctx = None
+
+    @property
+    def allows_pickle(self):
+        """Whether signed pickle is enabled."""
+        return self._pickle_key is not None
+
+    def _mac(self, head, payload):
+        return hmac.new(self._pickle_key, head + payload, hashlib.sha256).digest()
+
+    def dumps(self, obj):
+        """Return `obj` as bytes; raise TypeError if it cannot be represented safely."""
+        try:
+            payload = _packb(obj)
+            fmt = _FMT_MSGPACK
+        except TypeError:
+            if self._pickle_key is None:
+                raise
+            payload = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+            fmt = _FMT_PICKLE
+        flags = 0
+        if self.compress_over is not None and len(payload) > self.compress_over:
+            import zstandard
+
+            if self._cctx is None:
+                self._cctx = zstandard.ZstdCompressor(level=self.compress_level)
+            payload = self._cctx.compress(payload)
+            flags |= _FLAG_ZSTD
+        head = bytes((fmt, flags))
+        if fmt == _FMT_PICKLE:
+            return head + self._mac(head, payload) + payload
+        return head + payload
+
+    def loads(self, data):
+        """Return the value encoded in `data`; raise SerializationError if it is not valid."""
+        data = bytes(data) if not isinstance(data, bytes) else data
+        if len(data) < 2:
+            raise SerializationError("truncated payload")
+        fmt, flags = data[0], data[1]
+        if flags & ~_FLAG_ZSTD:
+            raise SerializationError(f"unknown payload flags {flags:#x}")
+        if fmt == _FMT_MSGPACK:
+            payload = data[2:]
+        elif fmt == _FMT_PICKLE:
+            if self._pickle_key is None:
+                raise SerializationError("payload is pickled but no pickle_key was given; refusing to unpickle")
+            mac, payload = data[2 : 2 + _MAC_SIZE], data[2 + _MAC_SIZE :]
+            # Verify before decompressing: unsigned bytes never reach zstd or pickle.
+            if len(mac) != _MAC_SIZE or not hmac.compare_digest(mac, self._mac(data[:2], payload)):
+                raise SignatureError("pickled payload signature does not verify; rejected")
+        else:
+            raise SerializationError(f"unknown payload format {fmt:#x} (not written by kvcache?)")
+        if flags & _FLAG_ZSTD:
+            try:
+                import zstandard
+            except ImportError:
+                raise SerializationError("payload is zstd-compressed: pip install zstandard") from None
+
+            if self._dctx is None:
+                self._dctx = zstandard.ZstdDecompressor()
+            try:
+                # decompress() trusts a size written in the frame: check it first.
+                size = zstandard.frame_content_size(payload)
+                if size > self.max_size:
+                    raise SerializationError(f"payload expands to {size} bytes, over max_size={self.max_size}")
+                payload = self._dctx.decompress(payload, max_output_size=self.max_size)
+            except zstandard.ZstdError as exc:
+                raise SerializationError(f"corrupt compressed payload: {exc}") from None
+        if fmt == _FMT_PICKLE:
+            return pickle.loads(payload)
+        try:
+            return _unpackb(payload)
+        except SerializationError:
+            raise
+        except Exception as exc:  # msgpack raises several unrelated types on garbage
+            raise SerializationError(f"corrupt payload: {exc!r}") from None
+
+
+# --- keys -------------------------------------------------------------------
+# Keys that leave the process need a *canonical* encoding: keys equal in
+# Python's sense (1, 1.0, True; a tuple and a namedtuple) must give the same
+# bytes, as they are one key in a dict and in every kvcache cache.
+
+class TypeMark:
+    """Stand-in for a class found in a decoded key that this process never encoded."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name):
+        self.name = name
+
+    def __repr__(self):
+        return f"<TypeMark {self.name}>"
+
+    def __eq__(self, other):
+        return isinstance(other, TypeMark) and other.name == self.name
+
+    def __hash__(self):
+        return hash(("TypeMark", self.name))
+
+
+# Classes appear in keys as markers (cachetools' kwargs separator, typedkey's
+# argument types).  Decoding resolves a class name only to a class this very
+# process has encoded: nothing is ever imported or looked up by name.
+_TYPES_SEEN = {}
+
+
+# Classes a fresh process may resolve by name (for snapshots of typedkey /
+# kwargs keys): builtins, and the kwargs separator of the key modules, only if
+# the module is already imported.
+_RESOLVABLE_MODULES = ("cachetools.keys", "kvcache.keys")
+
+
+def _resolve_type(data):
+    cls = _TYPES_SEEN.get(data)
+    if cls is not None:
+        return cls
+    name = data.decode("utf-8", "replace")
+    module, _, qualname = name.partition(":")
+    if module == "builtins":
+        import builtins
+
+        cls = getattr(builtins, qualname, None)
+    elif module in _RESOLVABLE_MODULES and qualname == "_HashedTuple":
+        import sys
+
+        cls = getattr(sys.modules.get(module), qualname, None)
+    if isinstance(cls, type):
+        return cls
+    return TypeMark(name)
+
+
+def _canon(obj):
+    t = type(obj)
+    if t is str or t is bytes or obj is None:
+        return obj
+    if t is int:
+        if _INT64_MIN <= obj <= _UINT64_MAX:
+            return obj
+        return msgpack.ExtType(_EXT_BIGINT, str(obj).encode())
+    if isinstance(obj, tuple):
+        return msgpack.ExtType(_EXT_TUPLE, _packb_key([_canon(x) for x in obj]))
+    if isinstance(obj, str):
+        return str(obj)
+    if isinstance(obj, bytes):
+        return bytes(obj)
+    if isinstance(obj, frozenset):
+        items = sorted(_packb_key(_canon(x)) for x in obj)
+        return msgpack.ExtType(_EXT_FROZENSET, b"".join(items))
+    if isinstance(obj, type):
+        name = f"{obj.__module__}:{obj.__qualname__}".encode()
+        _TYPES_SEEN.setdefault(name, obj)
+        return msgpack.ExtType(_EXT_TYPE, name)
+    if isinstance(obj, complex):
+        if obj.imag:
+            return msgpack.ExtType(_EXT_COMPLEX, _packb([obj.real, obj.imag]))
+        obj = obj.real
+    if isinstance(obj, (numbers.Number, np.generic)) and not isinstance(obj, np.ndarray):
+        try:
+            as_int = int(obj)
+            if as_int == obj:
+                return _canon(as_int)
+            as_float = float(obj)
+        except (TypeError, ValueError, OverflowError):
+            # nan/inf: no equal int; a float of itself is its only form.
+            as_float = float(obj)
+            return as_float
+        if as_float == obj:
+            return as_float
+    raise TypeError(
+        f"key of type {type(obj).__qualname__!r} cannot be sent to Redis or a snapshot: keys must be "
+        "made of None, bool, int, float, str, bytes, tuple, frozenset or classes"
+    )
+
+
+def _packb_key(obj):
+    return msgpack.packb(obj, use_bin_type=True, strict_types=True)
+
+
+def encode_key(key):
+    """Return the canonical bytes of `key`: keys equal in Python give equal bytes."""
+    return _packb_key(_canon(key))
+
+
+def _ext_hook_key(code, data):
+    if code == _EXT_FROZENSET:
+        unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, ext_hook=_ext_hook_key)
+        unpacker.feed(data)
+        return frozenset(unpacker)
+    if code == _EXT_TUPLE:
+        return tuple(msgpack.unpackb(data, raw=False, ext_hook=_ext_hook_key))
+    return _ext_hook(code, data)
+
+
+def decode_key(data):
+    """Return the key encoded by :func:`encode_key` (equal to the original)."""
+    try:
+        return msgpack.unpackb(data, raw=False, ext_hook=_ext_hook_key)
+    except SerializationError:
+        raise
+    except Exception as exc:
+        raise SerializationError(f"corrupt key: {exc!r}") from None

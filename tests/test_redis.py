@@ -1,0 +1,523 @@
+"""TieredCache against a real redis-server: semantics, invalidation, TTL, locks, faults."""
+
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+pytest.importorskip("redis")
+pytest.importorskip("msgpack")
+
+sys.path.insert(0, os.path.dirname(__file__))
+from redis_fixtures import child_env, own_redis_server, redis_server  # noqa: E402,F401
+
+import numpy as np  # noqa: E402
+import redis  # noqa: E402
+
+import kvcache  # noqa: E402
+from kvcache.redis import CircuitOpenError, TieredCache  # noqa: E402
+from kvcache.serialize import Serializer, encode_key  # noqa: E402
+
+
+def wait_for(pred, timeout=5.0, interval=0.002):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(interval)
+    return pred()
+
+
+_ns_counter = iter(range(10**6))
+
+
+@pytest.fixture
+def ns(request):
+    return f"t{next(_ns_counter)}-{request.node.name[:40]}"
+
+
+@pytest.fixture
+def make_tier(redis_server, ns):
+    tiers = []
+
+    def make(local=None, namespace=None, server=None, **kwargs):
+        server = server or redis_server
+        tier = TieredCache(
+            local if local is not None else kvcache.LRUCache(maxsize=100),
+            server.client(),
+            namespace or ns,
+            **kwargs,
+        )
+        tiers.append(tier)
+        assert tier.wait_live(5.0), "invalidation stream did not come up"
+        return tier
+
+    yield make
+    for t in tiers:
+        t.close()
+
+
+def write_and_settle(writer, readers, key, value):
+    """Write through `writer`, then wait until every reader got the notice of it.
+
+    A reader filling its local copy before the notice of the very write it read
+    drops that copy when the notice arrives (it cannot tell the notice is not
+    about a newer write); tests that check a local fill wait the notice out.
+    """
+    before = [r.stats().invalidations for r in readers]
+    writer[key] = value
+    for r, n in zip(readers, before):
+        assert wait_for(lambda: r.stats().invalidations > n), "notice of the write never arrived"
+
+
+def rname(tier, key):
+    return tier.namespace + b":v:" + encode_key(key)
+
+
+# --- mapping semantics -----------------------------------------------------------
+
+
+def test_set_get_delete_roundtrip(make_tier):
+    t = make_tier()
+    with pytest.raises(KeyError):
+        t["missing"]
+    assert t.get("missing", 7) == 7
+    t["a"] = {"x": [1, 2, (3, 4)]}
+    t[("tuple", 1)] = b"bytes"
+    assert t["a"] == {"x": [1, 2, (3, 4)]}
+    assert t[("tuple", 1)] == b"bytes"
+    assert "a" in t and "zzz" not in t
+    assert sorted(map(repr, t)) == sorted([repr("a"), repr(("tuple", 1))])
+    assert len(t) == 2
+    del t["a"]
+    assert "a" not in t
+    with pytest.raises(KeyError):
+        del t["a"]
+    assert t.pop(("tuple", 1)) == b"bytes"
+    assert t.setdefault("s", 5) == 5 and t["s"] == 5
+    t.update({"u": 1, "v": 2})
+    assert t["u"] == 1
+    t.clear()
+    assert len(t) == 0 and list(t) == [] and len(t.local) == 0
+
+
+def test_equal_keys_are_one_key(make_tier):
+    t = make_tier()
+    t[1] = "one"
+    assert t[1.0] == "one" and t[True] == "one"
+    other = make_tier()  # empty local: must find it in Redis under the same name
+    assert other[1.0] == "one"
+
+
+def test_value_written_by_one_tier_is_read_by_another(make_tier):
+    a, b = make_tier(), make_tier()
+    write_and_settle(a, [b], "k", np.arange(12, dtype=np.float32).reshape(3, 4))
+    got = b["k"]
+    assert isinstance(got, np.ndarray) and got.dtype == np.float32
+    np.testing.assert_array_equal(got, np.arange(12, dtype=np.float32).reshape(3, 4))
+    assert "k" in b.local  # filled locally
+    s = b.stats()
+    assert s.remote_hits == 1
+    b["k"]
+    assert b.stats().local_hits >= 1
+
+
+def test_cross_tier_invalidation_drops_local_copy(make_tier):
+    a, b = make_tier(), make_tier()
+    write_and_settle(a, [b], "k", 1)
+    assert b["k"] == 1 and "k" in b.local
+    a["k"] = 2
+    assert wait_for(lambda: "k" not in b.local), "invalidation never arrived"
+    assert b["k"] == 2
+    a.delete("k")
+    assert wait_for(lambda: "k" not in b.local)
+    assert "k" not in b
+    assert b.stats().invalidations >= 2
+
+
+def test_external_writer_and_flush_invalidate(make_tier, redis_server):
+    t = make_tier()
+    t["k"] = "old"
+    t["other"] = "x"
+    # Once our own writes' notices went by, a read fills the local tier for good.
+    assert wait_for(lambda: t["k"] == "old" and "k" in t.local)
+    raw = redis_server.client()
+    raw.set(rname(t, "k"), Serializer().dumps("new"))
+    assert wait_for(lambda: "k" not in t.local)
+    assert t["k"] == "new"
+    assert wait_for(lambda: t["other"] == "x" and "other" in t.local)
+    raw.flushdb()
+    assert wait_for(lambda: len(t.local) == 0)
+    assert "k" not in t
+
+
+def test_fill_racing_an_invalidation_is_not_stored(make_tier):
+    # A reader whose GET was answered before a concurrent write must not keep
+    # the old value: simulate the window by marking the name dirty mid-flight.
+    t = make_tier()
+    t["k"] = "v1"
+    t.local.clear()
+    name = rname(t, "k")
+    epoch = t._begin(name)
+    t._invalidate([name])
+    t._end(name, epoch, "k", "v1")
+    assert "k" not in t.local
+
+
+def test_on_evict_may_call_back_into_the_tier(make_tier):
+    seen = []
+    holder = {}
+
+    def on_evict(key, value):
+        seen.append(key)
+        holder["t"].delete(("evicted", key))  # re-enters the tier from inside a local store
+
+    t = make_tier(local=kvcache.LRUCache(maxsize=2, on_evict=on_evict))
+    holder["t"] = t
+    for i in range(5):
+        t[i] = i
+        t[i]  # fills (or re-fills after our own write's notice) evict older entries
+    assert seen  # evictions happened and did not deadlock
+    assert all(t[i] == i for i in range(5))
+
+
+# --- TTL ----------------------------------------------------------------------------
+
+
+def test_ttl_reaches_redis_and_bounds_local_copy(make_tier, redis_server):
+    a, b = make_tier(ttl=1.5), make_tier()
+    raw = redis_server.client()
+    write_and_settle(a, [b], "k", "v")
+    t1 = time.monotonic()  # after the write: Redis' expiry is at most t1 + 1.5
+    pttl = raw.pttl(rname(a, "k"))
+    assert 0 < pttl <= 1500
+    assert b["k"] == "v"
+    entry = b.local["k"]  # the remaining TTL was carried into b's local tier
+    assert entry.deadline <= t1 + 1.5 + 0.002  # PTTL is rounded to the millisecond
+    time.sleep(max(0.0, t1 + 1.55 - time.monotonic()))
+    assert "k" not in b and "k" not in a
+
+
+def test_per_key_ttl_overrides_default(make_tier, redis_server):
+    t = make_tier(ttl=100)
+    raw = redis_server.client()
+    t.set("short", 1, ttl=0.5)
+    t.set("forever", 2, ttl=None)
+    assert 0 < raw.pttl(rname(t, "short")) <= 500
+    assert raw.pttl(rname(t, "forever")) == -1
+    time.sleep(0.55)
+    assert "short" not in t and t["forever"] == 2
+    with pytest.raises(ValueError):
+        t.set("x", 1, ttl=0)
+
+
+def test_expired_local_entry_is_not_served(make_tier):
+    # The local deadline alone expires a copy, without waiting for Redis' notice.
+    from kvcache.redis import _Expiring
+
+    t = make_tier()
+    t.set("k", "v", ttl=5)
+    t.local["k"] = _Expiring("stale", time.monotonic() - 1)
+    assert t["k"] == "v"
+
+
+# --- serialization through the tier ----------------------------------------------------
+
+
+def test_compression_and_unsupported_values(make_tier, redis_server):
+    t = make_tier(compress_over=64)
+    big = "x" * 10_000
+    t["big"] = big
+    raw = redis_server.client().get(rname(t, "big"))
+    assert len(raw) < 1000 and raw[1] & 1  # zstd flag set
+    t.local.clear()
+    assert t["big"] == big
+    with pytest.raises(TypeError):
+        t["obj"] = object()
+    assert "obj" not in t
+
+
+def test_pickle_opt_in_and_forged_payload_rejected(make_tier, redis_server):
+    key = b"k" * 32
+    t = make_tier(serializer=Serializer(pickle_key=key))
+    t["d"] = threading.Lock  # not msgpack-able: goes through signed pickle
+    t.local.clear()
+    assert t["d"] is threading.Lock
+    # A payload signed with another key (or unsigned) is refused: a miss + an error.
+    forged = Serializer(pickle_key=b"z" * 32).dumps(threading.Lock)
+    redis_server.client().set(rname(t, "evil"), forged)
+    errors = t.stats().errors
+    assert t.get("evil", "default") == "default"
+    assert t.stats().errors == errors + 1
+    strict = make_tier(serializer=Serializer(pickle_key=key), strict=True, namespace=t.namespace.decode())
+    from kvcache.serialize import SignatureError
+
+    with pytest.raises(SignatureError):
+        strict["evil"]
+
+
+def test_not_picklable_and_bad_arguments(make_tier, redis_server, ns):
+    import pickle
+
+    t = make_tier()
+    with pytest.raises(TypeError, match="cannot be pickled"):
+        pickle.dumps(t)
+    local, client = kvcache.LRUCache(maxsize=2), redis_server.client()
+    with pytest.raises(ValueError):
+        TieredCache(local, client, ns, ttl=0)
+    with pytest.raises(TypeError):
+        TieredCache(local, client, "")
+    with pytest.raises(ValueError):
+        TieredCache(local, client, ns, serializer=Serializer(), compress_over=10)
+
+
+def test_decode_responses_client_rejected(redis_server, ns):
+    with pytest.raises(ValueError, match="decode_responses"):
+        TieredCache(kvcache.LRUCache(maxsize=4), redis_server.client(decode_responses=True), ns)
+
+
+# --- decorators ----------------------------------------------------------------------------
+
+
+def test_cachetools_cached_decorator(make_tier):
+    cachetools = pytest.importorskip("cachetools")
+    calls = []
+    a, b = make_tier(), make_tier()
+
+    def square(x, *, extra=0):
+        calls.append(x)
+        return x * x + extra
+
+    fa = cachetools.cached(a)(square)
+    fb = cachetools.cached(b)(square)
+    assert fa(3) == 9 and fa(3) == 9
+    assert fa(3, extra=1) == 10 and fa(3, extra=1) == 10  # kwargs keys hold a class marker
+    assert calls == [3, 3]
+    assert fb(3) == 9 and fb(3, extra=1) == 10  # the other "process" reuses the values
+    assert calls == [3, 3]
+    fa.cache_clear()
+    assert wait_for(lambda: len(b.local) == 0)  # b's copies go with the notice
+    assert fb(3) == 9 and calls == [3, 3, 3]
+
+
+# --- get_or_set -----------------------------------------------------------------------------
+
+
+def test_get_or_set_single_flight_across_tiers(make_tier):
+    tiers = [make_tier(), make_tier(), make_tier()]
+    calls = []
+    gate = threading.Event()
+
+    def compute():
+        calls.append(1)
+        gate.wait(2)
+        return "value"
+
+    results = []
+
+    def worker(t):
+        results.append(t.get_or_set("k", compute))
+
+    threads = [threading.Thread(target=worker, args=(tiers[i % 3],)) for i in range(9)]
+    for th in threads:
+        th.start()
+    time.sleep(0.2)
+    gate.set()
+    for th in threads:
+        th.join(10)
+    assert results == ["value"] * 9
+    assert len(calls) == 1
+
+
+def test_get_or_set_releases_lock_on_error_and_renews_lease(make_tier, redis_server):
+    t = make_tier(lock_lease=0.6)
+    raw = redis_server.client()
+    lname = t.namespace + b":l:" + encode_key("k")
+    seen_ttl = []
+
+    def slow():
+        time.sleep(0.9)  # > lease: only renewal keeps the lock
+        seen_ttl.append(raw.pttl(lname))
+        return 1
+
+    assert t.get_or_set("k", slow) == 1
+    assert seen_ttl[0] > 0, "lease was not renewed while computing"
+    assert raw.exists(lname) == 0
+
+    def boom():
+        raise RuntimeError("compute failed")
+
+    with pytest.raises(RuntimeError):
+        t.get_or_set("e", boom)
+    assert raw.exists(t.namespace + b":l:" + encode_key("e")) == 0
+
+
+def test_get_or_set_waits_with_bound_then_computes(make_tier, redis_server):
+    t = make_tier(lock_wait=0.2)
+    # Someone else holds the lock and never finishes.
+    redis_server.client().set(t.namespace + b":l:" + encode_key("k"), b"other", px=60_000)
+    assert t.get_or_set("k", lambda: "mine") == "mine"
+    assert t["k"] == "mine"
+
+
+def test_get_or_set_woken_by_holder(make_tier):
+    a, b = make_tier(), make_tier(lock_wait=10)
+    started = threading.Event()
+
+    def slow():
+        started.set()
+        time.sleep(0.3)
+        return "a's"
+
+    th = threading.Thread(target=a.get_or_set, args=("k", slow))
+    th.start()
+    started.wait(5)
+    assert b.get_or_set("k", lambda: "b's") == "a's"
+    th.join()
+
+
+# --- faults -------------------------------------------------------------------------------
+
+
+def test_fail_open_server_killed_mid_workload_then_restarted(make_tier, own_redis_server):
+    t = make_tier(server=own_redis_server, failure_threshold=2, backoff=0.05, max_backoff=0.2)
+    expected = {}
+    wrong = []
+    errors = []
+    stop = threading.Event()
+
+    def workload():
+        i = 0
+        try:
+            while not stop.is_set():
+                k = f"k{i % 20}"
+                if i % 3 == 0:
+                    t[k] = i
+                    expected[k] = i
+                else:
+                    v = t.get(k)
+                    if v is not None and v != expected.get(k):
+                        wrong.append((k, v, expected.get(k)))
+                i += 1
+        except Exception as exc:  # the point of fail-open: nothing may escape
+            errors.append(exc)
+
+    th = threading.Thread(target=workload)
+    th.start()
+    time.sleep(0.2)
+    own_redis_server.kill()
+    time.sleep(0.5)
+    s = t.stats()
+    assert s.errors > 0
+    assert s.circuit in ("open", "half-open")
+    assert not wait_for(lambda: t.live, 0.05)
+    own_redis_server.start()  # same port
+    assert wait_for(lambda: t.live, 10), "invalidation stream did not come back"
+    stop.set()
+    th.join(10)
+    assert errors == [] and wrong == []
+    # Writes resume and the circuit closes.
+    assert wait_for(lambda: (t.set("after", 1), own_redis_server.client().get(rname(t, "after")))[1], 5)
+    assert t.stats().circuit == "closed"
+
+
+def test_strict_raises_when_server_down(make_tier, own_redis_server):
+    t = make_tier(server=own_redis_server, strict=True, failure_threshold=1, backoff=10)
+    t["k"] = 1
+    own_redis_server.kill()
+    with pytest.raises(redis.exceptions.ConnectionError):
+        t.set("k", 2)
+    with pytest.raises(CircuitOpenError):  # breaker open: no new connection attempt
+        t.get("k")
+    assert t.stats().errors >= 1
+
+
+def test_lost_stream_makes_local_suspect_then_cleared(make_tier, redis_server):
+    t = make_tier()
+    t["k"] = "old"
+    t["untouched"] = 1
+    assert wait_for(lambda: t["k"] == "old" and "k" in t.local)
+    assert wait_for(lambda: t["untouched"] == 1 and "untouched" in t.local)
+    raw = redis_server.client()
+    raw.client_kill_filter(_type="pubsub")
+    # A write while the stream may be down: its notice can be lost.
+    raw.set(rname(t, "k"), Serializer().dumps("new"))
+    assert wait_for(lambda: "untouched" not in t.local, 5), "local tier not cleared after reconnect"
+    assert wait_for(lambda: t.live, 5)
+    assert t["k"] == "new"
+
+
+CHILD_READER = r"""
+import sys, time, kvcache, redis
+from kvcache.redis import TieredCache
+port, ns = int(sys.argv[1]), sys.argv[2]
+t = TieredCache(kvcache.LRUCache(maxsize=10), redis.Redis(port=port), ns)
+assert t.wait_live(5)
+assert t["k"] == "v1" and "k" in t.local
+print("ready", flush=True)
+sys.stdin.readline()  # parent writes, then tells us the write time
+t0 = time.monotonic()
+while "k" in t.local and time.monotonic() - t0 < 5:
+    pass
+seen = "k" not in t.local
+print("seen" if seen else "missed", t["k"], flush=True)
+"""
+
+
+def test_two_processes_invalidation(make_tier, redis_server, ns, record_property):
+    t = make_tier()
+    t["k"] = "v1"
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD_READER, str(redis_server.port), ns],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=child_env(),
+    )
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        t0 = time.monotonic()
+        t["k"] = "v2"
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        line = child.stdout.readline().split()
+        record_property("invalidation_seen_after_ms", round((time.monotonic() - t0) * 1000, 2))
+        assert line == ["seen", "v2"]
+    finally:
+        child.kill()
+        child.wait()
+
+
+CHILD_HOLDER = r"""
+import sys, time, kvcache, redis
+from kvcache.redis import TieredCache
+port, ns = int(sys.argv[1]), sys.argv[2]
+t = TieredCache(kvcache.LRUCache(maxsize=10), redis.Redis(port=port), ns, lock_lease=1.0)
+def compute():
+    print("computing", flush=True)
+    time.sleep(600)
+t.get_or_set("k", compute)
+"""
+
+
+def test_lock_holder_killed_another_computes_after_lease(make_tier, redis_server, ns):
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD_HOLDER, str(redis_server.port), ns],
+        stdout=subprocess.PIPE, text=True, env=child_env(),
+    )
+    try:
+        assert child.stdout.readline().strip() == "computing"
+        t = make_tier(lock_wait=30)
+        lname = t.namespace + b":l:" + encode_key("k")
+        raw = redis_server.client()
+        time.sleep(1.2)  # past one lease: only the child's renewals keep it
+        assert raw.exists(lname) == 1
+        child.kill()
+        child.wait()
+        calls = []
+        assert t.get_or_set("k", lambda: calls.append(1) or "mine") == "mine"
+        assert calls == [1]
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()

@@ -1,0 +1,229 @@
+"""The safe serializer shared by the Redis tier and snapshots."""
+
+import collections
+import datetime
+import decimal
+import os
+import pickle
+import random
+
+import pytest
+
+msgpack = pytest.importorskip("msgpack")
+pytest.importorskip("zstandard")
+
+import numpy as np  # noqa: E402
+
+from kvcache.serialize import (  # noqa: E402
+    SerializationError,
+    Serializer,
+    SignatureError,
+    decode_key,
+    encode_key,
+)
+
+KEY = b"0123456789abcdef-secret"
+
+VALUES = [
+    None, True, False, 0, -1, 2**63, -(2**63), 2**64 - 1, 2**64, -(2**200), 1.5, float("inf"),
+    "", "héllo", b"", b"\x00\xff", [], [1, [2, [3]]], (), (1, (2, "x")),
+    {"a": 1, (1, 2): [3], 3: None}, {1, 2}, frozenset({"a"}), set(), 1 + 2j,
+    datetime.datetime(2024, 1, 2, 3, 4, 5, 6), datetime.datetime(2024, 1, 2, tzinfo=datetime.timezone.utc),
+    datetime.date(2024, 1, 2), datetime.time(1, 2, 3), datetime.timedelta(days=-1, seconds=5),
+    decimal.Decimal("1.10"),
+]
+
+
+@pytest.mark.parametrize("value", VALUES, ids=repr)
+@pytest.mark.parametrize("compress_over", [None, 0])
+def test_roundtrip_keeps_value_and_type(value, compress_over):
+    s = Serializer(compress_over=compress_over)
+    out = s.loads(s.dumps(value))
+    assert out == value and type(out) is type(value)
+
+
+@pytest.mark.parametrize(
+    "arr",
+    [
+        np.arange(12, dtype=np.int64).reshape(3, 4),
+        np.linspace(0, 1, 7, dtype=np.float32),
+        np.array([[1 + 2j]], dtype=np.complex128),
+        np.zeros((0, 3), dtype=np.uint8),
+        np.array(3.5),
+        np.array([True, False]),
+        np.arange(10, dtype=">i4"),
+        np.array(["ab", "c"]),
+        np.arange(20).reshape(4, 5)[:, ::2],  # not contiguous
+    ],
+    ids=lambda a: f"{a.dtype.str}{a.shape}",
+)
+def test_numpy_arrays(arr):
+    s = Serializer()
+    out = s.loads(s.dumps(arr))
+    assert out.dtype == arr.dtype and out.shape == arr.shape
+    np.testing.assert_array_equal(out, arr)
+    assert out.flags.writeable
+
+
+def test_numpy_scalars_and_nested():
+    s = Serializer()
+    v = {"x": np.float32(1.25), "y": [np.int8(-3), (np.arange(3),)]}
+    out = s.loads(s.dumps(v))
+    assert type(out["x"]) is np.float32 and out["x"] == np.float32(1.25)
+    assert type(out["y"][0]) is np.int8
+    np.testing.assert_array_equal(out["y"][1][0], np.arange(3))
+
+
+def test_bytes_like_come_back_as_bytes():
+    s = Serializer()
+    assert s.loads(s.dumps(bytearray(b"ab"))) == b"ab"
+    assert type(s.loads(s.dumps(memoryview(b"ab")))) is bytes
+
+
+def test_subclasses_come_back_as_base_type():
+    Point = collections.namedtuple("Point", "x y")
+    s = Serializer()
+    assert s.loads(s.dumps(Point(1, 2))) == (1, 2)
+    assert s.loads(s.dumps(collections.OrderedDict(a=1))) == {"a": 1}
+
+
+@pytest.mark.parametrize("bad", [object(), np.array([object()]), lambda: 0, {1: object()}], ids=repr)
+def test_unsupported_values_are_refused(bad):
+    with pytest.raises(TypeError):
+        Serializer().dumps(bad)
+
+
+def test_compression_threshold():
+    s = Serializer(compress_over=100)
+    small, big = s.dumps("x" * 50), s.dumps("x" * 5000)
+    assert small[1] == 0 and big[1] == 1
+    assert len(big) < 200
+    assert s.loads(big) == "x" * 5000
+    # Any serializer decodes compressed frames, whatever its own threshold.
+    assert Serializer().loads(big) == "x" * 5000
+
+
+def test_decompression_bomb_bounded():
+    s = Serializer(compress_over=0)
+    frame = s.dumps(b"\x00" * 1_000_000)
+    with pytest.raises(SerializationError):
+        Serializer(max_size=1000).loads(frame)
+
+
+RAN = []
+
+
+def _mark(what):
+    RAN.append(what)
+
+
+class _Boom:
+    """A value whose unpickling runs code."""
+
+    ran = RAN
+
+    def __reduce__(self):
+        return (_mark, ("executed",))
+
+
+def test_pickle_is_opt_in_and_signed():
+    plain, signed = Serializer(), Serializer(pickle_key=KEY)
+    with pytest.raises(TypeError, match="pickle_key"):
+        plain.dumps(_Boom())
+    frame = signed.dumps(_Boom())
+    assert frame[0] == 0x02
+    _Boom.ran.clear()
+    with pytest.raises(SerializationError, match="no pickle_key"):
+        plain.loads(frame)
+    with pytest.raises(SignatureError):
+        Serializer(pickle_key=b"another-key-0123456").loads(frame)
+    tampered = bytearray(frame)
+    tampered[-1] ^= 1
+    with pytest.raises(SignatureError):
+        signed.loads(bytes(tampered))
+    assert _Boom.ran == []  # nothing was unpickled
+    signed.loads(frame)
+    assert _Boom.ran == ["executed"]  # the genuine signed payload is accepted
+
+
+def test_unsigned_pickle_frame_refused_even_with_key():
+    raw = pickle.dumps(_Boom())
+    forged = bytes((0x02, 0)) + b"\x00" * 32 + raw
+    _Boom.ran.clear()
+    with pytest.raises(SignatureError):
+        Serializer(pickle_key=KEY).loads(forged)
+    assert _Boom.ran == []
+
+
+def test_plain_data_stays_msgpack_with_key():
+    frame = Serializer(pickle_key=KEY).dumps({"a": (1, 2)})
+    assert frame[0] == 0x01
+    assert Serializer().loads(frame) == {"a": (1, 2)}
+
+
+def test_bad_pickle_key():
+    with pytest.raises(ValueError):
+        Serializer(pickle_key=b"short")
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"\x01", b"\x07\x00abc", b"\x01\x80\x90", b"\x01\x00\xc1", b"\x01\x01notzstd",
+     b"\x01\x00\xc7\x05\x04abcde", b"\x01\x00\xc7\x02\x63ab"],
+)
+def test_garbage_raises_serialization_error(data):
+    with pytest.raises(SerializationError):
+        Serializer().loads(data)
+
+
+def test_random_bytes_never_escape_as_other_errors():
+    rng = random.Random(7)
+    s = Serializer()
+    for _ in range(3000):
+        blob = bytes((1, rng.choice((0, 1)))) + os.urandom(rng.randrange(0, 40))
+        try:
+            s.loads(blob)
+        except SerializationError:
+            pass
+
+
+# --- keys --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "a,b",
+    [(1, 1.0), (1, True), (0, False), (2, complex(2, 0)), ((1, "x"), (1.0, "x")), (frozenset({1, 2}), frozenset({2.0, 1})),
+     (3, np.int64(3)), (0.5, decimal.Decimal("0.5")), (-0.0, 0)],
+)
+def test_equal_keys_encode_equal(a, b):
+    assert a == b and encode_key(a) == encode_key(b)
+
+
+@pytest.mark.parametrize("a,b", [("1", 1), (b"a", "a"), ((1,), 1), (1, 2), ((1, 2), (2, 1)), (1.5, 1)])
+def test_different_keys_encode_differently(a, b):
+    assert encode_key(a) != encode_key(b)
+
+
+@pytest.mark.parametrize(
+    "key", [None, 0, -5, 2**70, "s", b"b", 1.25, float("inf"), (), (1, ("a", None)), frozenset({"x", 3}), 1 + 2j, int, str]
+)
+def test_keys_decode_equal(key):
+    out = decode_key(encode_key(key))
+    assert out == key and hash(out) == hash(key)
+
+
+def test_cachetools_style_keys():
+    cachetools_keys = pytest.importorskip("cachetools.keys")
+    for key in [cachetools_keys.hashkey(1, a=2), cachetools_keys.typedkey(1, 2.5, k="v")]:
+        assert decode_key(encode_key(key)) == key
+
+
+@pytest.mark.parametrize("key", [[1], {"a": 1}, object(), decimal.Decimal("0.1"), (1, [2])], ids=repr)
+def test_unencodable_keys(key):
+    with pytest.raises(TypeError):
+        encode_key(key)
+
+
+def test_corrupt_key():
+    with pytest.raises(SerializationError):
+        decode_key(b"\xc1")
