@@ -31,8 +31,8 @@ def murmur64a_8(data, seed):
 
 
 def key_hash(key, seed):
-    """The engine's entry hash: MurmurHash64A over hash(key) with the (32-bit) seed."""
-    return murmur64a_8(struct.pack("<q", hash(key)), seed & 0xFFFFFFFF)
+    """The engine's entry hash: MurmurHash64A over hash(key) with the 64-bit seed."""
+    return murmur64a_8(struct.pack("<q", hash(key)), seed & MASK64)
 
 
 def mix(h):
