@@ -231,6 +231,10 @@ def main(argv=None):
     except (ValueError, TypeError) as exc:
         parser.error(str(exc))
     if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            parser.error("--plot needs matplotlib (pip install matplotlib)")
         plot(results, args.plot)
         print("\nplot written to %s" % args.plot)
     return 0

@@ -200,9 +200,8 @@ def test_cli_prints_a_table_with_opt(tmp_path, capsys):
     np.save(npy, keys)
     txt = tmp_path / "words.txt"
     txt.write_text("\n".join(["a", "b", "a", "c", "a", "b"] * 20) + "\n")
-    png = tmp_path / "out.png"
     assert simulate.main([str(npy), str(txt), "--sizes", "10,100", "--policies", "lru,tinylfu",
-                          "--seed", "1", "--plot", str(png)]) == 0
+                          "--seed", "1", "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "OPT" in out and "tinylfu" in out and "t:" in out and "words:" in out
     row = [line.split() for line in out.splitlines() if line.split()[:1] == ["100"]][0]
@@ -210,6 +209,21 @@ def test_cli_prints_a_table_with_opt(tmp_path, capsys):
     assert lru == round(100 * replay(keys, "lru", 100, seed=1) / len(keys), 2)
     assert tiny == round(100 * replay(keys, "tinylfu", 100, seed=1) / len(keys), 2)
     assert best == round(100 * opt(keys, 100) / len(keys), 2)
+
+
+def test_cli_plot(tmp_path, capsys):
+    npy = tmp_path / "t.npy"
+    np.save(npy, mixed_trace(2000, seed=3))
+    png = tmp_path / "out.png"
+    argv = [str(npy), "--sizes", "10,100", "--policies", "lru,tinylfu", "--plot", str(png)]
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:                          # optional dependency: a clear error instead
+        with pytest.raises(SystemExit):
+            simulate.main(argv)
+        assert "needs matplotlib" in capsys.readouterr().err
+        return
+    assert simulate.main(argv) == 0
     assert png.stat().st_size > 1000
 
 
