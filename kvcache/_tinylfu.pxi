@@ -22,6 +22,8 @@
 #   is within a quarter of the cache size in the ghost's own clock (window insertions, main
 #   evictions): only hits a modestly larger region would really have caught count, so a loop
 #   longer than the cache does not pull the window open.  The window ranges over [1, maxsize-1].
+#   A key found in the window ghost is inserted straight into probation (ARC moves a hit in
+#   its recency ghost to the frequency side; S3-FIFO sends ghost hits to its main queue).
 # * No random admission ("jitter") as in Caffeine: it defends against crafted hash collisions,
 #   which the per-process MurmurHash seed already prevents, and it costs hits on loops.
 #
@@ -160,7 +162,8 @@ cdef inline bint _ghost_take(uint64_t* table, uint64_t mask, uint64_t h, int64_t
     return ((<uint64_t>clock - v) & 0x7FFFFFFF) < <uint64_t>gcap
 
 
-cdef void _tlfu_ghost_check(tinylfu_t* s, table_t* t, uint64_t h) noexcept nogil:
+cdef int _tlfu_ghost_check(tinylfu_t* s, table_t* t, uint64_t h) noexcept nogil:
+    """Adapt the window to a ghost hit of h; return 1 (window ghost), 2 (main ghost) or 0."""
     cdef double nw = <double>(s.nwin if s.nwin < s.gcap else s.gcap)
     cdef double nm = <double>(s.nmev if s.nmev < s.gcap else s.gcap)
     cdef double d
@@ -168,18 +171,23 @@ cdef void _tlfu_ghost_check(tinylfu_t* s, table_t* t, uint64_t h) noexcept nogil
         d = nm / nw if nw > 0 else 1.0
         s.wf += d if d > 1.0 else 1.0
         _tlfu_set_targets(s, t)
-    elif _ghost_take(s.gmain, s.gmask, h, s.nmev, s.gcap):
+        return 1
+    if _ghost_take(s.gmain, s.gmask, h, s.nmev, s.gcap):
         d = nw / nm if nm > 0 else 1.0
         s.wf -= d if d > 1.0 else 1.0
         _tlfu_set_targets(s, t)
+        return 2
+    return 0
 
 
 cdef void tinylfu_link_new(order_t* o, table_t* t, entry_t e) noexcept nogil:
     cdef tinylfu_t* s = &o.tl
     cdef uint64_t h = t.ent[e].hash
-    _tlfu_ghost_check(s, t, h)
+    cdef int ghost = _tlfu_ghost_check(s, t, h)
     _sketch_increment(s, h)
-    _region_append(s, t, TLFU_WINDOW, e)
+    # a key the admission rejected that is back within reach has proven its reuse: like ARC's
+    # recency-ghost hit (and S3-FIFO's ghost hit) it skips the window, straight to probation
+    _region_append(s, t, TLFU_PROBATION if ghost == 1 else TLFU_WINDOW, e)
     s.nwin += 1
     # the window may be above a target that just shrank: its oldest go to probation unjudged
     while s.size[TLFU_WINDOW] > s.wmax:

@@ -150,10 +150,13 @@ class TinyLFUModel(CacheModel):
             d = nm / nw if nw > 0 else 1.0
             self.wf += max(d, 1.0)
             self._targets()
-        elif self._ghost_take(1, h, self.nmev):
+            return 1
+        if self._ghost_take(1, h, self.nmev):
             d = nw / nm if nm > 0 else 1.0
             self.wf -= max(d, 1.0)
             self._targets()
+            return 2
+        return 0
 
     # -- regions -------------------------------------------------------------------------------
 
@@ -209,9 +212,9 @@ class TinyLFUModel(CacheModel):
 
     def inserted(self, key):
         h = self.hashes[key] = key_hash(key, self.seed)
-        self._ghost_check(h)
+        ghost = self._ghost_check(h)
         self.increment(h)
-        self.regions[WINDOW][key] = None
+        self.regions[PROBATION if ghost == 1 else WINDOW][key] = None
         self.nwin += 1
         while len(self.regions[WINDOW]) > self.wmax:
             self._move(next(iter(self.regions[WINDOW])), PROBATION)
