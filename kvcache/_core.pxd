@@ -5,7 +5,7 @@
 # owning cdef class keeps alive.  Keys and values live in two Python lists owned by
 # the class (GC-traversable); the C structs only ever see entry numbers.
 
-from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
+from libc.stdint cimport int8_t, int32_t, int64_t, uint32_t, uint64_t
 
 ctypedef int32_t entry_t      # an entry number; ENTRY_NONE when there is none
 ctypedef uint64_t hash_t      # a MurmurHash-mixed hash
@@ -39,6 +39,28 @@ cdef struct table_t:
     entry_t free_head         # first free entry number
     uint64_t seed             # MurmurHash seed
 
+cdef struct tinylfu_t:
+    # Adaptive W-TinyLFU (kvcache/_tinylfu.pxi): regions are lists through table_t.prev/next.
+    int8_t* region            # entry -> TLFU_WINDOW / TLFU_PROBATION / TLFU_PROTECTED
+    entry_t head[3]           # per region: least recent entry
+    entry_t tail[3]           # per region: most recent entry
+    Py_ssize_t size[3]
+    Py_ssize_t cap            # entries the cache may hold (maxsize): sizes the regions
+    Py_ssize_t bufcap         # entries the buffers hold now: sizes the sketch and the ghosts
+    Py_ssize_t wmax           # window target
+    Py_ssize_t protmax        # protected target
+    double wf                 # window target before rounding (moved by ghost hits)
+    uint64_t* sketch          # count-min sketch: 16 4-bit counters per word
+    uint64_t smask            # words - 1
+    int64_t sample            # increments between two halvings
+    int64_t scount
+    uint64_t* gwin            # ghost of candidates the admission rejected
+    uint64_t* gmain           # ghost of entries evicted from the main region
+    uint64_t gmask            # slots per ghost table - 1
+    int64_t gcap              # a ghost entry counts while younger than this many events
+    int64_t nwin              # window insertions so far (the clock of gwin)
+    int64_t nmev              # main evictions so far (the clock of gmain)
+
 cdef struct order_t:
     int policy
     entry_t head              # oldest / next victim (list policies)
@@ -56,6 +78,7 @@ cdef struct order_t:
     # RR: entries packed in dense[0:count]; prev[e] holds e's position
     entry_t* dense
     uint64_t rng              # xorshift64* state
+    tinylfu_t tl
 
 cdef hash_t mix_hash(Py_hash_t h, uint64_t seed) noexcept nogil
 cdef Py_ssize_t table_probe_free(table_t* t, hash_t h) noexcept nogil
@@ -71,3 +94,13 @@ cdef void order_touch(order_t* o, table_t* t, entry_t e) noexcept nogil
 cdef void order_update(order_t* o, table_t* t, entry_t e) noexcept nogil
 cdef entry_t order_victim(order_t* o, table_t* t) noexcept nogil
 cdef Py_ssize_t order_fill(order_t* o, table_t* t, entry_t* out) noexcept nogil
+
+# The W-TinyLFU policy (defined in _tinylfu.pxi, included at the end of _core.pyx)
+cdef void tinylfu_link_new(order_t* o, table_t* t, entry_t e) noexcept nogil
+cdef void tinylfu_unlink(order_t* o, table_t* t, entry_t e) noexcept nogil
+cdef void tinylfu_touch(order_t* o, table_t* t, entry_t e) noexcept nogil
+cdef entry_t tinylfu_victim(order_t* o, table_t* t) noexcept nogil
+cdef Py_ssize_t tinylfu_fill(order_t* o, table_t* t, entry_t* out) noexcept nogil
+cdef void tinylfu_reset(order_t* o) noexcept nogil
+cdef void tinylfu_set_cap(order_t* o, table_t* t, Py_ssize_t cap) noexcept nogil
+cdef object tinylfu_buffers(order_t* o, Py_ssize_t capacity, Py_ssize_t cap, object old)

@@ -295,7 +295,9 @@ cdef inline uint64_t _rng_next(order_t* o) noexcept nogil:
 
 cdef void order_link_new(order_t* o, table_t* t, entry_t e) noexcept nogil:
     """Link a new entry (table count not yet incremented)."""
-    if o.policy == POLICY_LFU:
+    if o.policy == POLICY_TINYLFU:
+        tinylfu_link_new(o, t, e)
+    elif o.policy == POLICY_LFU:
         _lfu_insert(o, t, e, 1)
     elif o.policy == POLICY_RR:
         o.dense[t.count] = e
@@ -309,7 +311,9 @@ cdef void order_unlink(order_t* o, table_t* t, entry_t e) noexcept nogil:
     """Unlink a live entry (table count not yet decremented)."""
     cdef entry_t pos, last
     cdef int32_t b
-    if o.policy == POLICY_LFU:
+    if o.policy == POLICY_TINYLFU:
+        tinylfu_unlink(o, t, e)
+    elif o.policy == POLICY_LFU:
         b = o.bucket_of[e]
         _bucket_unlink(o, t, e)
         if o.bhead[b] == ENTRY_NONE:
@@ -329,6 +333,8 @@ cdef void order_touch(order_t* o, table_t* t, entry_t e) noexcept nogil:
         _list_move_to_end(o, t, e)
     elif o.policy == POLICY_LFU:
         _lfu_touch(o, t, e)
+    elif o.policy == POLICY_TINYLFU:
+        tinylfu_touch(o, t, e)
 
 
 cdef void order_update(order_t* o, table_t* t, entry_t e) noexcept nogil:
@@ -337,10 +343,14 @@ cdef void order_update(order_t* o, table_t* t, entry_t e) noexcept nogil:
         _list_move_to_end(o, t, e)
     elif o.policy == POLICY_LFU:
         _lfu_touch(o, t, e)
+    elif o.policy == POLICY_TINYLFU:
+        tinylfu_touch(o, t, e)
 
 
 cdef entry_t order_victim(order_t* o, table_t* t) noexcept nogil:
     """Return the entry the policy evicts next (the table must not be empty)."""
+    if o.policy == POLICY_TINYLFU:
+        return tinylfu_victim(o, t)     # may move entries and record ghosts: call only to evict
     if o.policy == POLICY_LFU:
         return o.bhead[o.bfirst]
     elif o.policy == POLICY_RR:
@@ -353,6 +363,8 @@ cdef Py_ssize_t order_fill(order_t* o, table_t* t, entry_t* out) noexcept nogil:
     cdef Py_ssize_t n = 0
     cdef entry_t e
     cdef int32_t b
+    if o.policy == POLICY_TINYLFU:
+        return tinylfu_fill(o, t, out)
     if o.policy == POLICY_LFU:
         b = o.bfirst
         while b != -1:
@@ -394,11 +406,13 @@ cdef uint64_t _slots_for(Py_ssize_t capacity):
 cdef class _Buffers:
     """The numpy arrays behind one cache's table_t and order_t (allocated once per capacity)."""
     cdef object index, ent, bucket_of, bfreq, bhead, btail, bprev, bnext, dense
+    cdef object ext                  # a policy's own buffers (TinyLFU), with an nbytes() method
 
     def nbytes(self):
         return sum(a.nbytes for a in (self.index, self.ent, self.bucket_of,
                                       self.bfreq, self.bhead, self.btail, self.bprev, self.bnext,
-                                      self.dense) if a is not None)
+                                      self.dense) if a is not None) + \
+            (self.ext.nbytes() if self.ext is not None else 0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -575,6 +589,8 @@ cdef class Cache:
             b.bnext = np.zeros(capacity, dtype=np.int32)
         elif self.o.policy == POLICY_RR:
             b.dense = np.zeros(capacity, dtype=np.int32)
+        elif self.o.policy == POLICY_TINYLFU:
+            b.ext = tinylfu_buffers(&self.o, capacity, self._max_entries, None)
         self._buf = b
         self._point(b)
         self.t.mask = nslots - 1
@@ -616,6 +632,8 @@ cdef class Cache:
             for i in range(self.t.capacity - 1, -1, -1):
                 self.o.bnext[i] = self.o.bfree
                 self.o.bfree = <int32_t>i
+        elif self.o.policy == POLICY_TINYLFU:
+            tinylfu_reset(&self.o)
 
     cdef _grow(self, Py_ssize_t capacity):
         """Rebuild into buffers for `capacity` entries; entry numbers (and so all links) are kept."""
@@ -641,6 +659,8 @@ cdef class Cache:
         if ob.dense is not None:
             b.dense = np.zeros(capacity, dtype=np.int32)
             b.dense[:old] = ob.dense
+        if ob.ext is not None:
+            b.ext = tinylfu_buffers(&self.o, capacity, self._max_entries, ob.ext)
         self._kv.extend([None] * (2 * (capacity - old)))
         if self._sizes is not None:
             self._sizes.extend([None] * (capacity - old))
@@ -1052,6 +1072,8 @@ cdef class Cache:
             self._maxsize = maxsize
             if self._sizefn is None:
                 self._max_entries = _MAX_ENTRIES if maxsize >= _MAX_ENTRIES else <Py_ssize_t>math.floor(maxsize)
+            if self.o.policy == POLICY_TINYLFU:
+                tinylfu_set_cap(&self.o, &self.t, self._max_entries)
         while True:
             with cython.critical_section(self):
                 if self.t.count == 0:
@@ -1708,3 +1730,5 @@ include "_vector.pxi"
 include "_functools.pxi"
 # The paged KV-cache block manager behind kvcache.llm (BlockPool, PrefixCache) (issue 8).
 include "_paged.pxi"
+# The adaptive W-TinyLFU policy (TinyLFUCache), the GIL-free replay loop and Belady's OPT (issue 5).
+include "_tinylfu.pxi"

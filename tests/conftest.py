@@ -12,7 +12,8 @@ import kvcache
 # --import-mode=importlib the folder is not on sys.path by itself.
 sys.path.insert(0, os.path.dirname(__file__))
 
-CLASSES = [kvcache.Cache, kvcache.FIFOCache, kvcache.LRUCache, kvcache.LFUCache, kvcache.RRCache]
+CLASSES = [kvcache.Cache, kvcache.FIFOCache, kvcache.LRUCache, kvcache.LFUCache, kvcache.RRCache,
+           kvcache.TinyLFUCache]
 
 
 @pytest.fixture(params=CLASSES, ids=lambda c: c.__name__)

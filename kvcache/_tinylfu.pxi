@@ -1,0 +1,649 @@
+# Adaptive W-TinyLFU, the replay loop and Belady's OPT (included at the end of _core.pyx).
+#
+# The policy (TinyLFUCache), after Einziger, Friedman & Manes, "TinyLFU: A Highly Efficient
+# Cache Admission Policy" (ACM ToS 2017) and Caffeine:
+#
+# * A new entry enters an LRU *window*.  An entry pushed out of the window while the cache is
+#   full is a *candidate* for the *main* region, a segmented LRU (probation 20%, protected 80%):
+#   it is admitted only if a count-min sketch says it was used more often than the main region's
+#   victim (the least recent probation entry), else it is evicted itself.  A hit in probation
+#   promotes to protected; protected overflow is demoted to probation.
+# * The sketch: 4 rows of 4-bit counters, 16 per word, one word per entry (at least 256 words:
+#   small caches still see keys far outside themselves).  Every access (hit, insertion,
+#   assignment) adds one; after 20 * max(entries, 32) additions every counter is halved, so the
+#   history spans about twenty cache turnovers.  Ties keep the incumbent: a candidate must be
+#   strictly more frequent, which is what makes loops and scans unable to flush the cache.
+# * Adaptation (ARC's ghost rule applied to the window/main split, instead of Caffeine's hill
+#   climber whose samples of 10 * maxsize accesses are too slow and noisy for short traces):
+#   two small ghost tables remember the hashes of candidates the admission rejected and of
+#   entries evicted from main.  A miss on a key the window recently rejected means a larger
+#   window would have hit: the window target grows by max(1, |ghost main| / |ghost window|).
+#   A miss on a key recently evicted from main shrinks it by the inverse ratio.  "Recently"
+#   is within a quarter of the cache size in the ghost's own clock (window insertions, main
+#   evictions): only hits a modestly larger region would really have caught count, so a loop
+#   longer than the cache does not pull the window open.  The window ranges over [1, maxsize-1].
+#   A key found in the window ghost is inserted straight into probation (ARC moves a hit in
+#   its recency ghost to the frequency side; S3-FIFO sends ghost hits to its main queue).
+# * No random admission ("jitter") as in Caffeine: it defends against crafted hash collisions,
+#   which the per-process MurmurHash seed already prevents, and it costs hits on loops.
+#
+# Everything hashes from the entry's MurmurHash (mix_hash of hash(key) with the cache's seed):
+# the sketch rows by double hashing, the ghosts by its high 32 bits.  The sketch and the ghost
+# tables are sized by the entry buffers and grow with them (the sketch by duplication, which
+# keeps every estimate an upper bound of the true count).  A ghost table is direct-mapped with
+# one 8-byte slot per 8 entries, so a newer ghost may overwrite an older one: the adaptation
+# only needs the rate of ghost hits, which a sample preserves.  Memory beyond an LRUCache:
+# about 8-16 bytes per entry of sketch, 2-4 of ghosts, 1 for the region byte.
+#
+# A cache filled only by insertions (no evictions yet) records no ghosts, so growing the
+# ghost tables while filling loses nothing.
+
+from libc.stdint cimport int8_t, uint8_t
+
+cdef enum:
+    TLFU_WINDOW = 0
+    TLFU_PROBATION = 1
+    TLFU_PROTECTED = 2
+
+cdef double _TLFU_WINDOW0 = 0.01          # initial window: 1% (Caffeine's)
+cdef double _TLFU_PROTECTED = 0.8         # protected share of main (SLRU 20/80)
+cdef int64_t _TLFU_SAMPLE = 20            # halving period in multiples of the entries
+cdef Py_ssize_t _TLFU_SAMPLE_FLOOR = 32   # ... and of at least this many entries
+cdef uint64_t _TLFU_MIN_WORDS = 256       # smallest sketch: 4096 counters (2 KiB)
+cdef double _TLFU_GHOST = 0.25            # ghost reach, as a share of maxsize
+cdef uint64_t _TLFU_ODD = 0x7777777777777777
+
+
+cdef inline uint64_t _tlfu_mix(uint64_t h) noexcept nogil:
+    # MurmurHash3's finalizer: the second hash of the double-hashing scheme
+    h ^= h >> 33
+    h *= <uint64_t>0xff51afd7ed558ccd
+    h ^= h >> 33
+    return h
+
+
+cdef inline int _sketch_estimate(tinylfu_t* s, uint64_t h) noexcept nogil:
+    cdef uint64_t b = _tlfu_mix(h) | 1, x
+    cdef int i, c, m = 15
+    for i in range(4):
+        x = h + <uint64_t>i * b
+        c = <int>((s.sketch[(x >> 4) & s.smask] >> ((x & 15) << 2)) & 15)
+        if c < m:
+            m = c
+    return m
+
+
+cdef inline void _sketch_increment(tinylfu_t* s, uint64_t h) noexcept nogil:
+    cdef uint64_t b = _tlfu_mix(h) | 1, x, j
+    cdef uint64_t* w
+    cdef int i, off
+    for i in range(4):
+        x = h + <uint64_t>i * b
+        w = &s.sketch[(x >> 4) & s.smask]
+        off = <int>((x & 15) << 2)
+        if ((w[0] >> off) & 15) != 15:
+            w[0] += (<uint64_t>1) << off
+    s.scount += 1
+    if s.scount >= s.sample:
+        # halve every counter at once: shift each word and drop the bits that crossed nibbles
+        for j in range(s.smask + 1):
+            s.sketch[j] = (s.sketch[j] >> 1) & _TLFU_ODD
+        s.scount //= 2
+
+
+cdef inline void _region_unlink(tinylfu_t* s, table_t* t, entry_t e) noexcept nogil:
+    cdef int r = s.region[e]
+    cdef entry_t p = t.ent[e].prev, n = t.ent[e].next
+    if p == ENTRY_NONE:
+        s.head[r] = n
+    else:
+        t.ent[p].next = n
+    if n == ENTRY_NONE:
+        s.tail[r] = p
+    else:
+        t.ent[n].prev = p
+    s.size[r] -= 1
+
+
+cdef inline void _region_append(tinylfu_t* s, table_t* t, int r, entry_t e) noexcept nogil:
+    s.region[e] = <int8_t>r
+    t.ent[e].prev = s.tail[r]
+    t.ent[e].next = ENTRY_NONE
+    if s.tail[r] == ENTRY_NONE:
+        s.head[r] = e
+    else:
+        t.ent[s.tail[r]].next = e
+    s.tail[r] = e
+    s.size[r] += 1
+
+
+cdef inline void _region_move(tinylfu_t* s, table_t* t, int r, entry_t e) noexcept nogil:
+    _region_unlink(s, t, e)
+    _region_append(s, t, r, e)
+
+
+cdef void _tlfu_targets(tinylfu_t* s) noexcept nogil:
+    """Round the window target into [1, cap - 1] and size protected to 80% of the rest."""
+    cdef double hi = <double>(s.cap - 1) if s.cap - 1 >= 1 else 1.0
+    cdef Py_ssize_t m
+    if s.wf < 1.0:
+        s.wf = 1.0
+    if s.wf > hi:
+        s.wf = hi
+    s.wmax = <Py_ssize_t>s.wf
+    m = s.cap - s.wmax
+    if m < 0:
+        m = 0
+    s.protmax = <Py_ssize_t>(_TLFU_PROTECTED * m)
+
+
+cdef void _tlfu_set_targets(tinylfu_t* s, table_t* t) noexcept nogil:
+    """Recompute the targets and demote protected overflow to probation."""
+    _tlfu_targets(s)
+    while s.size[TLFU_PROTECTED] > s.protmax:
+        _region_move(s, t, TLFU_PROBATION, s.head[TLFU_PROTECTED])
+
+
+cdef inline uint64_t _ghost_slot(uint64_t h, int64_t clock) noexcept nogil:
+    # high 32 bits: the fingerprint (its low bits are also the slot number); bit 31: occupied;
+    # low 31 bits: the ghost's clock when recorded (compared modulo 2**31, gcap < 2**30)
+    return ((h >> 32) << 32) | <uint64_t>0x80000000 | (<uint64_t>clock & 0x7FFFFFFF)
+
+
+cdef inline bint _ghost_take(uint64_t* table, uint64_t mask, uint64_t h, int64_t clock,
+                             int64_t gcap) noexcept nogil:
+    """Remove h's ghost from `table` if there is one; return whether it was young enough to count."""
+    cdef uint64_t fp = h >> 32
+    cdef uint64_t i = fp & mask
+    cdef uint64_t v = table[i]
+    if v == 0 or (v >> 32) != fp:
+        return False
+    table[i] = 0
+    return ((<uint64_t>clock - v) & 0x7FFFFFFF) < <uint64_t>gcap
+
+
+cdef int _tlfu_ghost_check(tinylfu_t* s, table_t* t, uint64_t h) noexcept nogil:
+    """Adapt the window to a ghost hit of h; return 1 (window ghost), 2 (main ghost) or 0."""
+    cdef double nw = <double>(s.nwin if s.nwin < s.gcap else s.gcap)
+    cdef double nm = <double>(s.nmev if s.nmev < s.gcap else s.gcap)
+    cdef double d
+    if _ghost_take(s.gwin, s.gmask, h, s.nwin, s.gcap):
+        d = nm / nw if nw > 0 else 1.0
+        s.wf += d if d > 1.0 else 1.0
+        _tlfu_set_targets(s, t)
+        return 1
+    if _ghost_take(s.gmain, s.gmask, h, s.nmev, s.gcap):
+        d = nw / nm if nm > 0 else 1.0
+        s.wf -= d if d > 1.0 else 1.0
+        _tlfu_set_targets(s, t)
+        return 2
+    return 0
+
+
+cdef void tinylfu_link_new(order_t* o, table_t* t, entry_t e) noexcept nogil:
+    cdef tinylfu_t* s = &o.tl
+    cdef uint64_t h = t.ent[e].hash
+    cdef int ghost = _tlfu_ghost_check(s, t, h)
+    _sketch_increment(s, h)
+    # a key the admission rejected that is back within reach has proven its reuse: like ARC's
+    # recency-ghost hit (and S3-FIFO's ghost hit) it skips the window, straight to probation
+    _region_append(s, t, TLFU_PROBATION if ghost == 1 else TLFU_WINDOW, e)
+    s.nwin += 1
+    # the window may be above a target that just shrank: its oldest go to probation unjudged
+    while s.size[TLFU_WINDOW] > s.wmax:
+        _region_move(s, t, TLFU_PROBATION, s.head[TLFU_WINDOW])
+
+
+cdef void tinylfu_unlink(order_t* o, table_t* t, entry_t e) noexcept nogil:
+    _region_unlink(&o.tl, t, e)
+
+
+cdef void tinylfu_touch(order_t* o, table_t* t, entry_t e) noexcept nogil:
+    cdef tinylfu_t* s = &o.tl
+    cdef int r = s.region[e]
+    _sketch_increment(s, t.ent[e].hash)
+    if r == TLFU_PROBATION:
+        _region_move(s, t, TLFU_PROTECTED, e)
+        while s.size[TLFU_PROTECTED] > s.protmax:
+            _region_move(s, t, TLFU_PROBATION, s.head[TLFU_PROTECTED])
+    elif s.tail[r] != e:
+        _region_move(s, t, r, e)
+
+
+cdef entry_t tinylfu_victim(order_t* o, table_t* t) noexcept nogil:
+    """Choose the entry to evict for one insertion; a winning candidate moves to probation."""
+    cdef tinylfu_t* s = &o.tl
+    cdef entry_t cand, vic = s.head[TLFU_PROBATION]
+    cdef Py_ssize_t main = s.size[TLFU_PROBATION] + s.size[TLFU_PROTECTED]
+    if vic == ENTRY_NONE:
+        vic = s.head[TLFU_PROTECTED]
+    if s.size[TLFU_WINDOW] >= 1 and (s.size[TLFU_WINDOW] >= s.wmax or main == 0):
+        # the insertion will push the window's oldest out: the admission duel
+        cand = s.head[TLFU_WINDOW]
+        if vic != ENTRY_NONE and _sketch_estimate(s, t.ent[cand].hash) > _sketch_estimate(s, t.ent[vic].hash):
+            _region_move(s, t, TLFU_PROBATION, cand)
+            s.gmain[(t.ent[vic].hash >> 32) & s.gmask] = _ghost_slot(t.ent[vic].hash, s.nmev)
+            s.nmev += 1
+            return vic
+        s.gwin[(t.ent[cand].hash >> 32) & s.gmask] = _ghost_slot(t.ent[cand].hash, s.nwin)
+        return cand
+    # the window is below its target (it just grew): main gives up its oldest
+    s.gmain[(t.ent[vic].hash >> 32) & s.gmask] = _ghost_slot(t.ent[vic].hash, s.nmev)
+    s.nmev += 1
+    return vic
+
+
+cdef Py_ssize_t tinylfu_fill(order_t* o, table_t* t, entry_t* out) noexcept nogil:
+    """Write probation, protected, then window, each least recent first (roughly eviction order)."""
+    cdef tinylfu_t* s = &o.tl
+    cdef Py_ssize_t n = 0
+    cdef int i
+    cdef int[3] regions = [TLFU_PROBATION, TLFU_PROTECTED, TLFU_WINDOW]
+    cdef entry_t e
+    for i in range(3):
+        e = s.head[regions[i]]
+        while e != ENTRY_NONE:
+            out[n] = e
+            n += 1
+            e = t.ent[e].next
+    return n
+
+
+cdef void tinylfu_reset(order_t* o) noexcept nogil:
+    """Empty the regions; the sketch, the ghosts and the window target keep their history."""
+    cdef int r
+    for r in range(3):
+        o.tl.head[r] = ENTRY_NONE
+        o.tl.tail[r] = ENTRY_NONE
+        o.tl.size[r] = 0
+
+
+cdef inline void _tlfu_cap(tinylfu_t* s, Py_ssize_t cap) noexcept nogil:
+    cdef int64_t g = <int64_t>(_TLFU_GHOST * cap)
+    s.cap = cap
+    s.gcap = 1 if g < 1 else (g if g < (<int64_t>1 << 30) else (<int64_t>1 << 30))
+
+
+cdef void tinylfu_set_cap(order_t* o, table_t* t, Py_ssize_t cap) noexcept nogil:
+    _tlfu_cap(&o.tl, cap)
+    _tlfu_set_targets(&o.tl, t)
+
+
+@cython.final
+cdef class _TinyLFUBuffers:
+    """The numpy arrays behind one cache's tinylfu_t."""
+    cdef object region, sketch, gwin, gmain
+
+    def nbytes(self):
+        return self.region.nbytes + self.sketch.nbytes + self.gwin.nbytes + self.gmain.nbytes
+
+
+cdef object tinylfu_buffers(order_t* o, Py_ssize_t capacity, Py_ssize_t cap, object old):
+    """Allocate (old is None: fresh state) or grow (old: keep everything) the TinyLFU buffers."""
+    cdef tinylfu_t* s = &o.tl
+    cdef _TinyLFUBuffers b = _TinyLFUBuffers(), ob
+    cdef uint64_t words = 1, gs = 16, j, v, omask
+    cdef uint64_t* src
+    cdef uint64_t* dst
+    cdef Py_ssize_t bufcap = capacity, floor
+    cdef int k
+    while words < <uint64_t>bufcap:
+        words <<= 1
+    if words < _TLFU_MIN_WORDS:
+        words = _TLFU_MIN_WORDS
+    while gs * 8 < <uint64_t>bufcap:
+        gs <<= 1
+    b.region = np.zeros(capacity, dtype=np.int8)
+    b.sketch = np.zeros(words, dtype=np.uint64)
+    b.gwin = np.zeros(gs, dtype=np.uint64)
+    b.gmain = np.zeros(gs, dtype=np.uint64)
+    if old is not None:
+        ob = <_TinyLFUBuffers>old
+        b.region[:ob.region.shape[0]] = ob.region
+        # each new word j copies old word j mod old size: estimates are unchanged
+        src = <uint64_t*>_data(ob.sketch)
+        dst = <uint64_t*>_data(b.sketch)
+        omask = <uint64_t>ob.sketch.shape[0] - 1
+        for j in range(words):
+            dst[j] = src[j & omask]
+        for k in range(2):
+            src = <uint64_t*>_data(ob.gwin if k == 0 else ob.gmain)
+            dst = <uint64_t*>_data(b.gwin if k == 0 else b.gmain)
+            for j in range(<uint64_t>ob.gwin.shape[0]):
+                v = src[j]
+                if v != 0:
+                    dst[(v >> 32) & (gs - 1)] = v
+    else:
+        s.nwin = 0
+        s.nmev = 0
+        s.scount = 0
+        s.wf = <double>(cap - <Py_ssize_t>((1.0 - _TLFU_WINDOW0) * cap))
+        for j in range(3):
+            s.head[j] = ENTRY_NONE
+            s.tail[j] = ENTRY_NONE
+            s.size[j] = 0
+    s.region = <int8_t*>_data(b.region)
+    s.sketch = <uint64_t*>_data(b.sketch)
+    s.smask = words - 1
+    s.gwin = <uint64_t*>_data(b.gwin)
+    s.gmain = <uint64_t*>_data(b.gmain)
+    s.gmask = gs - 1
+    s.bufcap = bufcap
+    floor = bufcap if bufcap > _TLFU_SAMPLE_FLOOR else _TLFU_SAMPLE_FLOOR
+    s.sample = _TLFU_SAMPLE * floor
+    _tlfu_cap(s, cap)
+    _tlfu_targets(s)      # no demotion here: while growing, t still points at the old links
+    return b
+
+
+cdef class TinyLFUCache(Cache):
+    """Adaptive W-TinyLFU cache: the best hit ratio of the classes here on most workloads.
+
+    New keys enter a small LRU window; to stay, a key leaving the window must have been used
+    more often than the main region's next victim (a frequency sketch, aged by halving).  The
+    window's share adapts to the workload (recency-heavy: grows toward LRU; frequency-heavy or
+    looping: shrinks).  A new key is always stored, but may be the next to go.  Every lookup
+    hit and every assignment counts as a use.  With a `getsizeof`, the regions are sized in
+    entries up to the unbounded entry limit, so eviction follows the main region's LRU order.
+    Iteration order: probation, protected, then window, each least recent first.
+    """
+
+    cdef int _policy(self):
+        return POLICY_TINYLFU
+
+    def popitem(self):
+        """Remove and return the first `(key, value)` pair in iteration order (main's least recent).
+
+        Evictions that make room for a new key run the admission instead: the window's oldest
+        entry and main's least recent one, the less frequent goes.
+        """
+        cdef entry_t e
+        cdef tinylfu_t* s = &self.o.tl
+        with cython.critical_section(self):
+            if self.t.count == 0:
+                raise KeyError("%s is empty" % type(self).__name__)
+            e = s.head[TLFU_PROBATION]
+            if e == ENTRY_NONE:
+                e = s.head[TLFU_PROTECTED]
+            if e == ENTRY_NONE:
+                e = s.head[TLFU_WINDOW]
+            value = self._remove(e, -1)
+            key = self._removed_key
+            self._removed_key = None
+            return (key, value)
+
+    def _export_state(self):
+        """Return (keys, values, aux) in iteration order; aux packs regions, sketch and ghosts.
+
+        aux (int64): the region of each entry, then [1, buffer capacity, window target bits,
+        window insertions, main evictions, sample count, sketch words, ghost slots], then the
+        sketch, then the two ghost tables.
+        """
+        cdef Py_ssize_t i, n
+        cdef cnp.ndarray order
+        cdef entry_t* op
+        cdef tinylfu_t* s = &self.o.tl
+        with cython.critical_section(self):
+            order = self._order_array()
+            op = <entry_t*>cnp.PyArray_DATA(order)
+            n = order.shape[0]
+            keys = [self._kv[2 * op[i]] for i in range(n)]
+            values = [self._kv[2 * op[i] + 1] for i in range(n)]
+            regions = np.array([s.region[op[i]] for i in range(n)], dtype=np.int64)
+            header = np.array([1, self.t.capacity, 0, s.nwin, s.nmev, s.scount,
+                               <int64_t>(s.smask + 1), <int64_t>(s.gmask + 1)], dtype=np.int64)
+            header[2:3] = np.array([s.wf], dtype=np.float64).view(np.int64)
+            b = <_TinyLFUBuffers>self._buf.ext
+            aux = np.concatenate([regions, header, b.sketch.view(np.int64), b.gwin.view(np.int64),
+                                  b.gmain.view(np.int64)])
+        return keys, values, aux
+
+    def _import_state(self, keys, values, aux=None):
+        """Replace the contents (see Cache._import_state); with aux from _export_state, the
+        regions, sketch, ghosts and window target too, so the copy decides exactly as the original."""
+        cdef Py_ssize_t n, i, e, capacity, words, slots
+        cdef tinylfu_t* s = &self.o.tl
+        cdef _TinyLFUBuffers b
+        if aux is None:
+            return Cache._import_state(self, keys, values, None)
+        keys = list(keys)
+        values = list(values)
+        n = len(keys)
+        aux = np.asarray(aux, dtype=np.int64)
+        if aux.ndim != 1 or aux.shape[0] < n + 8 or aux[n] != 1:
+            raise ValueError("state does not come from a TinyLFUCache")
+        regions = aux[:n]
+        capacity, words, slots = aux[n + 1], aux[n + 6], aux[n + 7]
+        if aux.shape[0] != n + 8 + words + 2 * slots or ((regions < 0) | (regions > 2)).any() \
+                or capacity < n or capacity > _MAX_ENTRIES:
+            raise ValueError("state does not come from a TinyLFUCache")
+        Cache._import_state(self, keys, values, None)
+        with cython.critical_section(self):
+            if self.t.capacity < capacity:
+                self._grow(capacity)
+            b = <_TinyLFUBuffers>self._buf.ext
+            if self.t.count == n and b.sketch.shape[0] == words and b.gwin.shape[0] == slots:
+                # relink in the saved order: entry of each key found by identity, no user code
+                where = {id(self._kv[2 * e]): e for e in self._order_array().tolist()}
+                tinylfu_reset(&self.o)
+                for i in range(n):
+                    _region_append(s, &self.t, <int>regions[i], <entry_t>where[id(keys[i])])
+                b.sketch[:] = aux[n + 8:n + 8 + words].view(np.uint64)
+                b.gwin[:] = aux[n + 8 + words:n + 8 + words + slots].view(np.uint64)
+                b.gmain[:] = aux[n + 8 + words + slots:].view(np.uint64)
+                s.wf = aux[n + 2:n + 3].view(np.float64)[0]
+                s.nwin, s.nmev, s.scount = aux[n + 3], aux[n + 4], aux[n + 5]
+                _tlfu_set_targets(s, &self.t)
+                self._version += 1
+
+    def _frequency(self, key):
+        """Return the sketch's estimate of key's uses (for tests)."""
+        cdef hash_t h = _key_hash(self, key)
+        with cython.critical_section(self):
+            return _sketch_estimate(&self.o.tl, h)
+
+    def _policy_state(self):
+        """Return a dict of the policy's internals (for tests and the simulator)."""
+        cdef tinylfu_t* s = &self.o.tl
+        with cython.critical_section(self):
+            return {
+                "window": s.size[TLFU_WINDOW], "probation": s.size[TLFU_PROBATION],
+                "protected": s.size[TLFU_PROTECTED], "window_target": s.wmax,
+                "protected_target": s.protmax, "window_exact": s.wf,
+                "sketch_words": s.smask + 1, "sample": s.sample, "sample_count": s.scount,
+                "ghost_slots": s.gmask + 1, "ghost_reach": s.gcap,
+                "window_insertions": s.nwin, "main_evictions": s.nmev,
+            }
+
+
+_NATIVE_POPITEMS = _NATIVE_POPITEMS | frozenset([TinyLFUCache.popitem])
+__all__.append("TinyLFUCache")
+
+
+# ---------------------------------------------------------------------------------------------
+# Replay: the exact behaviour of a cache class over an int64/uint64 key array, without the GIL
+# ---------------------------------------------------------------------------------------------
+
+@cython.final
+cdef class _Replayer:
+    """Replays keys through a fresh native cache's own table and policy code, as a Python loop
+    `if c.get(k, MISS) is MISS: c[k] = v` would, but with keys kept as C integers."""
+    cdef Cache cache
+    cdef object raw            # uint64 array: the key of each entry (the cache's key lists stay None)
+    cdef uint64_t* rk
+    cdef readonly int64_t hits
+    cdef readonly int64_t accesses
+
+    def __init__(self, Cache cache):
+        if len(cache):
+            raise ValueError("replay needs an empty cache")
+        self.cache = cache
+        self.raw = np.zeros(cache.t.capacity, dtype=np.uint64)
+        self.rk = <uint64_t*>_data(self.raw)
+        self.hits = 0
+        self.accesses = 0
+
+    cdef void _grow(self) except *:
+        cdef Cache c = self.cache
+        cdef Py_ssize_t old = c.t.capacity
+        c._make_room_for_one()
+        raw = np.zeros(c.t.capacity, dtype=np.uint64)
+        raw[:old] = self.raw
+        self.raw = raw
+        self.rk = <uint64_t*>_data(raw)
+
+    def feed(self, keys):
+        """Replay a 1-D int64 or uint64 array; return the hits among these keys."""
+        cdef cnp.ndarray arr = np.ascontiguousarray(keys)
+        cdef bint signed = arr.dtype == np.int64
+        cdef Py_ssize_t n = arr.shape[0], i, slot, free_slot
+        cdef uint64_t* kp = <uint64_t*>cnp.PyArray_DATA(arr)
+        cdef Cache c = self.cache
+        cdef table_t* t = &c.t
+        cdef order_t* o = &c.o
+        cdef Py_ssize_t max_entries = c._max_entries
+        cdef uint64_t k, i2
+        cdef hash_t h
+        cdef int32_t e
+        cdef entry_t v
+        cdef int64_t hits = 0
+        if arr.ndim != 1 or not (signed or arr.dtype == np.uint64):
+            raise TypeError("keys must be a 1-D int64 or uint64 array")
+        with nogil:
+            for i in range(n):
+                k = kp[i]
+                h = mix_hash(_hash_i64(<int64_t>k) if signed else _hash_u64(k), t.seed)
+                i2 = h & t.mask
+                free_slot = -1
+                while True:
+                    e = t.index[i2]
+                    if e == SLOT_EMPTY:
+                        break
+                    if e == SLOT_DELETED:
+                        if free_slot < 0:
+                            free_slot = <Py_ssize_t>i2
+                    elif t.ent[e].hash == h and self.rk[e] == k:
+                        break
+                    i2 = (i2 + 1) & t.mask
+                if e >= 0:
+                    hits += 1
+                    order_touch(o, t, e)
+                    continue
+                if max_entries < 1:
+                    continue                        # the class raises "value too large"
+                slot = <Py_ssize_t>i2 if free_slot < 0 else free_slot
+                if t.count >= max_entries:
+                    v = order_victim(o, t)
+                    table_remove_slot(t, table_slot_of(t, v))
+                    order_unlink(o, t, v)
+                    t.count -= 1
+                    table_put_free(t, v)
+                    slot = table_probe_free(t, h)
+                elif t.free_head == ENTRY_NONE:
+                    with gil:
+                        self._grow()
+                    slot = table_probe_free(t, h)
+                e = table_take_free(t)
+                if t.index[slot] == SLOT_EMPTY:
+                    t.filled += 1
+                t.index[slot] = e
+                t.ent[e].hash = h
+                self.rk[e] = k
+                order_link_new(o, t, e)
+                t.count += 1
+                if t.filled * 4 > <Py_ssize_t>(t.mask + 1) * 3:
+                    table_rebuild_index(t)
+        self.hits += hits
+        self.accesses += n
+        c._version += 1
+        return hits
+
+
+# ---------------------------------------------------------------------------------------------
+# Belady's OPT with bypass: on a miss, evict whichever of the cached keys and the new one is
+# used again furthest in the future (never again counts as infinitely far)
+# ---------------------------------------------------------------------------------------------
+
+cdef inline void _heap_push(int64_t* hk, int64_t* hv, Py_ssize_t* hs, int64_t key, int64_t val) noexcept nogil:
+    cdef Py_ssize_t j = hs[0], p
+    hs[0] += 1
+    while j > 0:
+        p = (j - 1) >> 1
+        if hk[p] >= key:
+            break
+        hk[j] = hk[p]
+        hv[j] = hv[p]
+        j = p
+    hk[j] = key
+    hv[j] = val
+
+
+cdef inline void _heap_pop(int64_t* hk, int64_t* hv, Py_ssize_t* hs) noexcept nogil:
+    cdef Py_ssize_t j = 0, c, n
+    cdef int64_t k, v
+    hs[0] -= 1
+    n = hs[0]
+    k = hk[n]
+    v = hv[n]
+    while True:
+        c = 2 * j + 1
+        if c >= n:
+            break
+        if c + 1 < n and hk[c + 1] > hk[c]:
+            c += 1
+        if hk[c] <= k:
+            break
+        hk[j] = hk[c]
+        hv[j] = hv[c]
+        j = c
+    if n > 0:
+        hk[j] = k
+        hv[j] = v
+
+
+def _opt_hits(ids, Py_ssize_t ndistinct, Py_ssize_t maxsize):
+    """Belady's hits for dense key ids 0..ndistinct-1 (a max-heap of next uses, lazily cleaned)."""
+    cdef cnp.ndarray ida = np.ascontiguousarray(ids, dtype=np.int64)
+    cdef Py_ssize_t n = ida.shape[0], i, size = 0, hs = 0
+    cdef int64_t* idp = <int64_t*>cnp.PyArray_DATA(ida)
+    nxt_a = np.empty(n, dtype=np.int64)
+    last_a = np.empty(max(ndistinct, 1), dtype=np.int64)
+    cur_a = np.empty(max(ndistinct, 1), dtype=np.int64)
+    in_a = np.zeros(max(ndistinct, 1), dtype=np.uint8)
+    hk_a = np.empty(n + 1, dtype=np.int64)
+    hv_a = np.empty(n + 1, dtype=np.int64)
+    cdef int64_t* nxt = <int64_t*>_data(nxt_a)
+    cdef int64_t* last = <int64_t*>_data(last_a)
+    cdef int64_t* cur = <int64_t*>_data(cur_a)
+    cdef uint8_t* inc = <uint8_t*>_data(in_a)
+    cdef int64_t* hk = <int64_t*>_data(hk_a)
+    cdef int64_t* hv = <int64_t*>_data(hv_a)
+    cdef int64_t hits = 0, d, top
+    if maxsize <= 0 or n == 0:
+        return 0
+    with nogil:
+        for i in range(ndistinct):
+            last[i] = n + i                 # "never again": distinct, later than any access
+        for i in range(n - 1, -1, -1):
+            d = idp[i]
+            nxt[i] = last[d]
+            last[d] = i
+        for i in range(n):
+            d = idp[i]
+            cur[d] = nxt[i]
+            _heap_push(hk, hv, &hs, nxt[i], d)
+            if inc[d]:
+                hits += 1
+                continue
+            inc[d] = 1
+            size += 1
+            if size > maxsize:
+                while True:                 # the furthest next use that is still current
+                    top = hv[0]
+                    d = hk[0]
+                    _heap_pop(hk, hv, &hs)
+                    if inc[top] and cur[top] == d:
+                        inc[top] = 0
+                        size -= 1
+                        break
+    return hits

@@ -1,0 +1,250 @@
+"""kvcache.simulate: replay equals a Python loop over the class, OPT equals brute force, the CLI."""
+import functools
+import itertools
+import os
+
+import numpy as np
+import pytest
+
+import kvcache
+from kvcache import simulate
+from kvcache.simulate import opt, replay
+
+
+
+def _find_traces():
+    """$KVCACHE_TRACES, else the nearest `shared/traces` beside a parent folder (DESIGN.md)."""
+    if os.environ.get("KVCACHE_TRACES"):
+        return os.environ["KVCACHE_TRACES"]
+    here = os.path.dirname(os.path.abspath(__file__))
+    while os.path.dirname(here) != here:
+        here = os.path.dirname(here)
+        cand = os.path.join(here, "shared", "traces")
+        if os.path.isdir(cand):
+            return cand
+    return ""
+
+
+TRACES = _find_traces()
+MISS = object()
+
+
+def loop_hits(cls, keys, maxsize, seed):
+    """What replay() promises to equal: look up, insert on a miss, through the public API."""
+    c = cls(maxsize, seed=seed)
+    hits = 0
+    for k in keys.tolist():
+        if c.get(k, MISS) is MISS:
+            try:
+                c[k] = True
+            except ValueError:                  # maxsize 0: nothing fits
+                pass
+        else:
+            hits += 1
+    return hits
+
+
+def mixed_trace(n, seed, dtype=np.int64):
+    rng = np.random.default_rng(seed)
+    hot = rng.zipf(1.3, size=n) % 3000
+    loop = np.arange(n) % 1500 + 10_000
+    scan = np.arange(n) + 100_000
+    pick = rng.random(n)
+    keys = np.where(pick < 0.6, hot, np.where(pick < 0.85, loop, scan))
+    return keys.astype(dtype)
+
+
+@pytest.mark.parametrize("policy", sorted(simulate.POLICIES))
+@pytest.mark.parametrize("maxsize", [0, 1, 7, 100, 1500])
+def test_replay_equals_python_loop(policy, maxsize):
+    keys = mixed_trace(12_000, seed=maxsize)
+    cls = simulate.POLICIES[policy]
+    assert replay(keys, policy, maxsize, seed=3) == loop_hits(cls, keys, maxsize, seed=3)
+
+
+def test_replay_equals_python_loop_across_buffer_growth():
+    # maxsize above the initial 1024-entry buffers: the replay grows them exactly as the class
+    keys = mixed_trace(30_000, seed=9)
+    for policy in ("tinylfu", "lfu", "rr"):
+        cls = simulate.POLICIES[policy]
+        assert replay(keys, policy, 5000, seed=4) == loop_hits(cls, keys, 5000, seed=4)
+
+
+def test_replay_distinguishes_keys_with_equal_python_hash():
+    m = 2**61 - 1                               # hash(k) == hash(k + m) for ints
+    base = np.array([1, 2, 3, 1 + m, 2 + m, 3 + m] * 50, dtype=np.uint64)
+    for policy in ("lru", "tinylfu"):
+        cls = simulate.POLICIES[policy]
+        assert replay(base, policy, 4, seed=1) == loop_hits(cls, base, 4, seed=1)
+        assert replay(base, policy, 6, seed=1) == 6 * 49
+
+
+def test_replay_uint64_and_negative_int64():
+    big = np.array([2**64 - 1, 2**63, 5, 2**64 - 1, 2**63, 5, 7], dtype=np.uint64)
+    neg = np.array([-1, -2, -1, -(2**63), -2, -(2**63), 0], dtype=np.int64)
+    for keys in (big, neg):
+        for policy in ("lru", "tinylfu", "lfu"):
+            assert replay(keys, policy, 3, seed=2) == loop_hits(simulate.POLICIES[policy], keys, 3, seed=2)
+
+
+def test_replay_accepts_names_classes_and_small_int_dtypes():
+    keys = np.array([1, 2, 1, 3, 1, 2], dtype=np.int32)
+    assert replay(keys, "LRUCache", 2) == replay(keys, kvcache.LRUCache, 2) == replay(keys, "lru", 2) == 2
+    assert replay([1, 1, 1], "tinylfu", 1) == 2
+
+
+@pytest.mark.parametrize("bad, exc", [
+    (dict(policy="nope"), ValueError),
+    (dict(keys=np.array([1.5, 2.5])), TypeError),
+    (dict(keys=np.zeros((2, 2), dtype=np.int64)), ValueError),
+    (dict(maxsize=-1), ValueError),
+    (dict(maxsize=2.5), TypeError),
+])
+def test_replay_rejects_bad_arguments(bad, exc):
+    args = dict(keys=np.array([1, 2], dtype=np.int64), policy="lru", maxsize=2)
+    args.update(bad)
+    with pytest.raises(exc):
+        replay(args["keys"], args["policy"], args["maxsize"])
+
+
+def test_replay_progress_callback_sees_the_end():
+    keys = mixed_trace(3000, seed=1)
+    calls = []
+    old = simulate._CHUNK
+    simulate._CHUNK = 1000
+    try:
+        hits = replay(keys, "tinylfu", 50, seed=1, progress=lambda d, n: calls.append((d, n)))
+    finally:
+        simulate._CHUNK = old
+    assert calls == [(1000, 3000), (2000, 3000), (3000, 3000)]
+    assert hits == replay(keys, "tinylfu", 50, seed=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# OPT
+# ---------------------------------------------------------------------------------------------
+
+
+def brute_force_opt(keys, size):
+    """Best hits over every admission/eviction choice (a miss may also bypass the cache)."""
+    keys = tuple(keys)
+
+    @functools.lru_cache(maxsize=None)
+    def best(i, cached):
+        if i == len(keys):
+            return 0
+        k = keys[i]
+        if k in cached:
+            return 1 + best(i + 1, cached)
+        options = [best(i + 1, cached)]                         # bypass
+        if len(cached) < size:
+            options.append(best(i + 1, cached | {k}))
+        else:
+            for v in cached:
+                options.append(best(i + 1, (cached - {v}) | {k}))
+        return max(options)
+
+    return best(0, frozenset())
+
+
+def test_opt_equals_brute_force_on_tiny_traces():
+    rng = np.random.default_rng(0)
+    for trial in range(150):
+        n = int(rng.integers(1, 11))
+        keys = rng.integers(0, int(rng.integers(1, 6)), size=n).astype(np.int64)
+        for size in (0, 1, 2, 3):
+            assert opt(keys, size) == brute_force_opt(keys.tolist(), size), (keys, size)
+
+
+def test_opt_exhaustively_on_all_short_traces():
+    for n in range(1, 7):
+        for keys in itertools.product(range(3), repeat=n):
+            arr = np.array(keys, dtype=np.int64)
+            for size in (1, 2):
+                assert opt(arr, size) == brute_force_opt(keys, size)
+
+
+def test_opt_bounds_every_policy():
+    keys = mixed_trace(20_000, seed=5)
+    for size in (10, 300, 2000):
+        best = opt(keys, size)
+        for policy in simulate.POLICIES:
+            assert replay(keys, policy, size, seed=1) <= best
+        assert opt(keys, len(np.unique(keys))) == len(keys) - len(np.unique(keys))
+
+
+# ---------------------------------------------------------------------------------------------
+# Real traces (read from ../shared/traces when present; never copied into the project)
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not os.path.exists(os.path.join(TRACES, "lirs_cpp.npy")),
+                    reason="real traces not present at ../shared/traces")
+def test_lru_and_opt_match_the_reference_table():
+    keys = np.load(os.path.join(TRACES, "lirs_cpp.npy"))
+    n = len(keys)
+    # README table of ../shared/traces: LRU and OPT hit ratios for lirs_cpp
+    for size, lru, best in ((122, 75.72, 84.17), (306, 83.60, 86.48)):
+        assert round(100 * replay(keys, "lru", size) / n, 2) == lru
+        assert round(100 * opt(keys, size) / n, 2) == best
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------
+
+
+def test_cli_prints_a_table_with_opt(tmp_path, capsys):
+    keys = mixed_trace(5000, seed=2)
+    npy = tmp_path / "t.npy"
+    np.save(npy, keys)
+    txt = tmp_path / "words.txt"
+    txt.write_text("\n".join(["a", "b", "a", "c", "a", "b"] * 20) + "\n")
+    assert simulate.main([str(npy), str(txt), "--sizes", "10,100", "--policies", "lru,tinylfu",
+                          "--seed", "1", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "OPT" in out and "tinylfu" in out and "t:" in out and "words:" in out
+    row = [line.split() for line in out.splitlines() if line.split()[:1] == ["100"]][0]
+    lru, tiny, best = map(float, row[1:4])
+    assert lru == round(100 * replay(keys, "lru", 100, seed=1) / len(keys), 2)
+    assert tiny == round(100 * replay(keys, "tinylfu", 100, seed=1) / len(keys), 2)
+    assert best == round(100 * opt(keys, 100) / len(keys), 2)
+
+
+def test_cli_plot(tmp_path, capsys):
+    npy = tmp_path / "t.npy"
+    np.save(npy, mixed_trace(2000, seed=3))
+    png = tmp_path / "out.png"
+    argv = [str(npy), "--sizes", "10,100", "--policies", "lru,tinylfu", "--plot", str(png)]
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:                          # optional dependency: a clear error instead
+        with pytest.raises(SystemExit):
+            simulate.main(argv)
+        assert "needs matplotlib" in capsys.readouterr().err
+        return
+    assert simulate.main(argv) == 0
+    assert png.stat().st_size > 1000
+
+
+def test_cli_rejects_bad_input(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        simulate.main([str(tmp_path / "missing.npy"), "--sizes", "10"])
+    npy = tmp_path / "t.npy"
+    np.save(npy, np.arange(10))
+    with pytest.raises(SystemExit):
+        simulate.main([str(npy), "--sizes", "ten"])
+    with pytest.raises(SystemExit):
+        simulate.main([str(npy), "--sizes", "10", "--policies", "lru,bogus"])
+    np.save(npy, np.array([0.5, 1.5]))
+    with pytest.raises(SystemExit):
+        simulate.main([str(npy), "--sizes", "10"])
+
+
+def test_load_trace_text_of_integers(tmp_path):
+    p = tmp_path / "ints.txt"
+    p.write_text("1\n2\n\n3\n18446744073709551615\n1\n")
+    got = simulate.load_trace(p)                # beyond int64: read as labels, given dense ids
+    assert got.tolist() == [0, 1, 2, 3, 0]
+    p.write_text("1\n2\n2\n")
+    assert simulate.load_trace(p).tolist() == [1, 2, 2]
