@@ -25,8 +25,8 @@ cimport cython
 cimport numpy as cnp
 from cpython.object cimport Py_EQ, PyObject_RichCompareBool
 from cpython.long cimport PyLong_CheckExact, PyLong_AsLongLongAndOverflow, PyLong_AsUnsignedLongLong, PyLong_FromLongLong, PyLong_FromUnsignedLongLong
-from cpython.list cimport PyList_GET_ITEM
-from cpython.ref cimport PyObject
+from cpython.list cimport PyList_GET_ITEM, PyList_SET_ITEM
+from cpython.ref cimport Py_DECREF, Py_INCREF, PyObject
 from libc.stdint cimport INT32_MAX, int32_t, int64_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memset
 from libc.math cimport INFINITY
@@ -827,8 +827,9 @@ cdef class Cache:
     def __setitem__(self, key, value):
         cdef Py_ssize_t slot, e
         cdef hash_t h = _key_hash(self, key)
-        cdef object old = None, evk = None, evv = None
-        cdef bint evicted = False
+        cdef object old = None
+        cdef PyObject* evk = NULL        # the evicted pair, owned here until the end
+        cdef PyObject* evv = NULL
         if self._exp != NULL:            # expiry in use: expire what is due, stamp the entry (_ttl.pxi)
             _ttl_setitem(self, key, h, value, None)
             return
@@ -845,19 +846,42 @@ cdef class Cache:
             if self._max_entries < 1:
                 raise ValueError("value too large")
             if self.t.count >= self._max_entries:
-                evv = self._remove(order_victim(&self.o, &self.t), -1)
-                evk = self._removed_key
-                self._removed_key = None
-                self._evictions += 1
-                evicted = True
+                # Evict and insert in one step: the victim's entry number takes the new key,
+                # its key and value move out to evk/evv without passing through the lists.
+                e = order_victim(&self.o, &self.t)
+                table_remove_slot(&self.t, table_slot_of(&self.t, <entry_t>e))
+                order_unlink(&self.o, &self.t, <entry_t>e)
+                self.t.count -= 1
                 # the removal may turn a slot before ours back to empty: probe again
                 slot = table_probe_free(&self.t, h)
-            elif self.t.free_head == ENTRY_NONE:
-                self._make_room_for_one()      # rebuilds the index
-                slot = table_probe_free(&self.t, h)
-            self._insert_at(slot, h, key, value, None)
-        if evicted and self._on_evict is not None:
-            self._on_evict(evk, evv)
+                if self.t.index[slot] == SLOT_EMPTY:
+                    self.t.filled += 1
+                self.t.index[slot] = <int32_t>e
+                self.t.ent[e].hash = h
+                evk = PyList_GET_ITEM(self._kv, 2 * e)
+                evv = PyList_GET_ITEM(self._kv, 2 * e + 1)
+                Py_INCREF(key)
+                Py_INCREF(value)
+                PyList_SET_ITEM(self._kv, 2 * e, key)
+                PyList_SET_ITEM(self._kv, 2 * e + 1, value)
+                order_link_new(&self.o, &self.t, <entry_t>e)
+                self.t.count += 1
+                self._version += 1
+                self._evictions += 1
+                if self.t.filled * 4 > <Py_ssize_t>(self.t.mask + 1) * 3:
+                    table_rebuild_index(&self.t)
+            else:
+                if self.t.free_head == ENTRY_NONE:
+                    self._make_room_for_one()      # rebuilds the index
+                    slot = table_probe_free(&self.t, h)
+                self._insert_at(slot, h, key, value, None)
+        if evk != NULL:
+            try:
+                if self._on_evict is not None:
+                    self._on_evict(<object>evk, <object>evv)
+            finally:
+                Py_DECREF(<object>evk)        # released last: their __del__ sees a consistent cache
+                Py_DECREF(<object>evv)
 
     cdef _set_slow(self, object key, hash_t h, object value, double exp=INFINITY):
         """__setitem__ with a getsizeof or an overridden popitem (cachetools' exact algorithm)."""
