@@ -2,6 +2,7 @@
 
 import os
 import subprocess
+import tempfile
 import sys
 import threading
 import time
@@ -10,6 +11,9 @@ import pytest
 
 pytest.importorskip("redis")
 pytest.importorskip("msgpack")
+
+# Children run outside the source tree: there `import kvcache` must find the installed build.
+CHILD_CWD = tempfile.gettempdir()
 
 sys.path.insert(0, os.path.dirname(__file__))
 from redis_fixtures import child_env, own_redis_server, redis_server  # noqa: E402,F401
@@ -472,7 +476,7 @@ def test_two_processes_invalidation(make_tier, redis_server, ns, record_property
     t["k"] = "v1"
     child = subprocess.Popen(
         [sys.executable, "-c", CHILD_READER, str(redis_server.port), ns],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=child_env(),
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=child_env(), cwd=CHILD_CWD,
     )
     try:
         assert child.stdout.readline().strip() == "ready"
@@ -503,7 +507,7 @@ t.get_or_set("k", compute)
 def test_lock_holder_killed_another_computes_after_lease(make_tier, redis_server, ns):
     child = subprocess.Popen(
         [sys.executable, "-c", CHILD_HOLDER, str(redis_server.port), ns],
-        stdout=subprocess.PIPE, text=True, env=child_env(),
+        stdout=subprocess.PIPE, text=True, env=child_env(), cwd=CHILD_CWD,
     )
     try:
         assert child.stdout.readline().strip() == "computing"
