@@ -26,7 +26,7 @@ cimport numpy as cnp
 from cpython.object cimport Py_EQ, PyObject_RichCompareBool
 from cpython.long cimport PyLong_CheckExact, PyLong_AsLongLongAndOverflow, PyLong_AsUnsignedLongLong, PyLong_FromLongLong, PyLong_FromUnsignedLongLong
 from cpython.list cimport PyList_GET_ITEM, PyList_SET_ITEM
-from cpython.ref cimport Py_DECREF, Py_INCREF, PyObject
+from cpython.ref cimport Py_DECREF, Py_INCREF, Py_XDECREF, PyObject
 from libc.stdint cimport INT32_MAX, int32_t, int64_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memset
 from libc.math cimport INFINITY
@@ -845,43 +845,13 @@ cdef class Cache:
                 return
             if self._max_entries < 1:
                 raise ValueError("value too large")
-            if self.t.count >= self._max_entries:
-                # Evict and insert in one step: the victim's entry number takes the new key,
-                # its key and value move out to evk/evv without passing through the lists.
-                e = order_victim(&self.o, &self.t)
-                table_remove_slot(&self.t, table_slot_of(&self.t, <entry_t>e))
-                order_unlink(&self.o, &self.t, <entry_t>e)
-                self.t.count -= 1
-                # the removal may turn a slot before ours back to empty: probe again
-                slot = table_probe_free(&self.t, h)
-                if self.t.index[slot] == SLOT_EMPTY:
-                    self.t.filled += 1
-                self.t.index[slot] = <int32_t>e
-                self.t.ent[e].hash = h
-                evk = PyList_GET_ITEM(self._kv, 2 * e)
-                evv = PyList_GET_ITEM(self._kv, 2 * e + 1)
-                Py_INCREF(key)
-                Py_INCREF(value)
-                PyList_SET_ITEM(self._kv, 2 * e, key)
-                PyList_SET_ITEM(self._kv, 2 * e + 1, value)
-                order_link_new(&self.o, &self.t, <entry_t>e)
-                self.t.count += 1
-                self._version += 1
-                self._evictions += 1
-                if self.t.filled * 4 > <Py_ssize_t>(self.t.mask + 1) * 3:
-                    table_rebuild_index(&self.t)
-            else:
-                if self.t.free_head == ENTRY_NONE:
-                    self._make_room_for_one()      # rebuilds the index
-                    slot = table_probe_free(&self.t, h)
-                self._insert_at(slot, h, key, value, None)
+            cache_insert_new(self, slot, h, key, value, &evk, &evv)
         if evk != NULL:
             try:
                 if self._on_evict is not None:
                     self._on_evict(<object>evk, <object>evv)
             finally:
-                Py_DECREF(<object>evk)        # released last: their __del__ sees a consistent cache
-                Py_DECREF(<object>evv)
+                _release_pair(evk, evv)       # released last: their __del__ sees a consistent cache
 
     cdef _set_slow(self, object key, hash_t h, object value, double exp=INFINITY):
         """__setitem__ with a getsizeof or an overridden popitem (cachetools' exact algorithm)."""
@@ -1565,6 +1535,59 @@ cdef inline Py_ssize_t table_find(Cache self, object key, hash_t h, Py_ssize_t* 
         restarts += 1
         if restarts > _MAX_RESTARTS:
             raise RuntimeError("cache mutated during lookup too many times")
+
+
+cdef entry_t cache_insert_new(Cache c, Py_ssize_t slot, hash_t h, object key, object value,
+                              PyObject** evk, PyObject** evv) except -2:
+    """Insert a key known to be absent, evicting the policy's victim if the cache is full.
+
+    `slot` comes from a lookup made at the current version.  For caches counted one per entry
+    with native eviction and no expiry (the caller checks `_plain_store`).  An evicted pair is
+    handed back in evk/evv as owned references (NULL when nothing was evicted): the caller
+    releases them, with `_release_pair`, once it has left the critical section.
+    """
+    cdef entry_t e
+    evk[0] = NULL
+    evv[0] = NULL
+    if c.t.count < c._max_entries:
+        if c.t.free_head == ENTRY_NONE:
+            c._make_room_for_one()              # rebuilds the index
+            slot = table_probe_free(&c.t, h)
+        return c._insert_at(slot, h, key, value, None)
+    # Evict and insert in one step: the victim's entry number takes the new key, and its key
+    # and value move out to evk/evv without passing through the free list or the lists.
+    e = order_victim(&c.o, &c.t)
+    table_remove_slot(&c.t, table_slot_of(&c.t, e))
+    order_unlink(&c.o, &c.t, e)
+    c.t.count -= 1
+    slot = table_probe_free(&c.t, h)            # the removal may have emptied a slot before ours
+    if c.t.index[slot] == SLOT_EMPTY:
+        c.t.filled += 1
+    c.t.index[slot] = e
+    c.t.ent[e].hash = h
+    evk[0] = PyList_GET_ITEM(c._kv, 2 * e)
+    evv[0] = PyList_GET_ITEM(c._kv, 2 * e + 1)
+    Py_INCREF(key)
+    Py_INCREF(value)
+    PyList_SET_ITEM(c._kv, 2 * e, key)
+    PyList_SET_ITEM(c._kv, 2 * e + 1, value)
+    order_link_new(&c.o, &c.t, e)
+    c.t.count += 1
+    c._version += 1
+    c._evictions += 1
+    if c.t.filled * 4 > <Py_ssize_t>(c.t.mask + 1) * 3:
+        table_rebuild_index(&c.t)
+    return e
+
+
+cdef inline bint _plain_store(Cache c):
+    """True when an insertion may go through cache_insert_new (no sizes, hooks or expiry)."""
+    return c._sizefn is None and c._native_evict and c._exp == NULL and c._max_entries >= 1
+
+
+cdef inline void _release_pair(PyObject* k, PyObject* v):
+    Py_XDECREF(k)
+    Py_XDECREF(v)
 
 
 cdef inline hash_t _key_hash(Cache c, object key) except? 0:

@@ -264,9 +264,9 @@ cdef inline object _table_store(Cache c, object key, hash_t h, object value,
     key.__eq__ (when the table changed meanwhile) runs Python code here.
     """
     cdef Py_ssize_t slot, e
-    cdef object evk = None, evv = None     # released when this function returns, after the
-                                           # table is consistent again
-    if c._sizefn is not None or not c._native_evict:
+    cdef PyObject* evk = NULL              # an evicted pair, released once the table is
+    cdef PyObject* evv = NULL              # consistent again
+    if not _plain_store(c):
         # a subclass's popitem or a user choice function decides what goes: the mapping protocol
         if key not in c:
             try:
@@ -281,19 +281,8 @@ cdef inline object _table_store(Cache c, object key, hash_t h, object value,
             e = table_find(c, key, h, &slot)
             if e >= 0:
                 return None       # stored meanwhile (recursion or another thread): keep it
-        if c.t.count >= c._max_entries:
-            if c._max_entries < 1:
-                return None
-            evv = c._remove(order_victim(&c.o, &c.t), -1)
-            evk = c._removed_key
-            c._removed_key = None
-            c._evictions += 1
-            # the removal may turn a slot before ours back to empty: probe again
-            slot = table_probe_free(&c.t, h)
-        elif c.t.free_head == ENTRY_NONE:
-            c._make_room_for_one()
-            slot = table_probe_free(&c.t, h)
-        c._insert_at(slot, h, key, value, None)
+        cache_insert_new(c, slot, h, key, value, &evk, &evv)
+    _release_pair(evk, evv)
     return None
 
 
@@ -597,7 +586,7 @@ cdef object _memo_invoke(_memo_base self, object owner, tuple args, dict kwargs)
         result = _memo_compute(self, owner, args, kwargs)
         _table_store(c, key, h, result, version, slot)
         return result
-    if c._max_entries >= 1 and c._native_evict and c._sizefn is None:
+    if _plain_store(c):
         return _memo_claim_and_compute(self, owner, key, h, version, slot, args, kwargs)
     return _memo_single_flight(self, owner, key, h, version, slot, args, kwargs)
 
@@ -608,7 +597,8 @@ cdef object _memo_claim_and_compute(_memo_base self, object owner, object key, h
     cdef Cache c = self.cache
     cdef Py_ssize_t e
     cdef entry_t claimed
-    cdef object evk = None, evv = None
+    cdef PyObject* evk = NULL
+    cdef PyObject* evv = NULL
     cdef _Flight flight = _new_flight()       # may run the GC (and other threads): check below
     with cython.critical_section(c):
         if c._version != version:
@@ -618,17 +608,8 @@ cdef object _memo_claim_and_compute(_memo_base self, object owner, object key, h
                 if type(value) is _Flight:
                     return _memo_wait(self, owner, <_Flight>value, args, kwargs)
                 return value          # stored meanwhile by another thread
-        if c.t.count >= c._max_entries:
-            evv = c._remove(order_victim(&c.o, &c.t), -1)
-            evk = c._removed_key
-            c._removed_key = None
-            c._evictions += 1
-            slot = table_probe_free(&c.t, h)
-        elif c.t.free_head == ENTRY_NONE:
-            c._make_room_for_one()
-            slot = table_probe_free(&c.t, h)
-        claimed = c._insert_at(slot, h, key, flight, None)
-    evk = evv = None                  # released now that the table is consistent
+        claimed = cache_insert_new(c, slot, h, key, flight, &evk, &evv)
+    _release_pair(evk, evv)           # released now that the table is consistent
     try:
         result = _memo_compute(self, owner, args, kwargs)
     except BaseException as exc:
@@ -813,8 +794,7 @@ cdef object _mapping_memo_call(object cache, object key, object func, tuple args
             c._misses += 1
             version = c._version
         val = kv_call(func, args, kwds)
-        if c._version == version and c._sizefn is None and c._native_evict and \
-                c._on_evict is None and c._max_entries >= 1:
+        if c._version == version and _plain_store(c) and c._on_evict is None:
             _table_store(c, key, h, val, version, slot)     # the key is still absent
         else:
             # the table changed meanwhile (maybe the key was stored: cachetools overwrites

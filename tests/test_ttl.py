@@ -718,3 +718,21 @@ def test_overridden_expire_sees_every_implicit_expiry(base):
     timer.tick(5)
     cache.popitem()
     assert ("d", 4) in cache.seen
+
+
+def test_cached_decorator_over_ttlcache_expires():
+    # the compiled `cached` call path must stamp expiry like __setitem__ does
+    import kvcache
+
+    now = [0]
+    c = TTLCache(10, ttl=5, timer=lambda: now[0])
+
+    @kvcache.cached(c)
+    def f(x):
+        return x * 2
+
+    assert f(1) == 2
+    assert c.ttl_of((1,)) == 5
+    now[0] = 10
+    assert (1,) not in c and list(c.items()) == []
+    c._check()
