@@ -570,8 +570,11 @@ cdef object _memo_invoke(_memo_base self, object owner, tuple args, dict kwargs)
     else:
         key = kv_call(self.keyfunc, args, NULL if kwargs is None else <PyObject*>kwargs)
     h = _mix(PyObject_Hash(key), c.t.seed)
+    cdef double now = _ttl_now(c) if c._exp != NULL else 0.0    # the timer runs before the lookup
     with cython.critical_section(c):
         e = _hit_find(c, key, h, &slot)
+        if e >= 0 and c._exp != NULL and _dead(c, e, now):
+            e = -1                  # expired: a miss; the store below goes through the mapping
         if e >= 0:
             value = <object>PyList_GET_ITEM(c._kv, 2 * e + 1)
             if type(value) is _Flight:
@@ -782,7 +785,8 @@ cdef object _mapping_memo_call(object cache, object key, object func, tuple args
     cdef Py_ssize_t slot = -1, e
     cdef hash_t h
     cdef uint64_t version
-    if isinstance(cache, Cache) and (<Cache>cache)._native_getitem and (<Cache>cache)._native_missing:
+    if isinstance(cache, Cache) and (<Cache>cache)._native_getitem and \
+            (<Cache>cache)._native_missing and (<Cache>cache)._exp == NULL:
         c = <Cache>cache
         h = _mix(PyObject_Hash(key), c.t.seed)
         with cython.critical_section(c):

@@ -802,6 +802,11 @@ def _ttl_iter(Cache c):
 cdef object _CACHE_EXPIRE = Cache.expire
 
 
+def _enable_default_ttl(Cache c, ttl, timer=_time.monotonic):
+    """Give every entry set from now on a time-to-live of `ttl` (memoize(ttl=...) on any policy)."""
+    _ttl_enable(c, timer, 1, ttl)
+
+
 # ---------------------------------------------------------------------------------------------
 # The timed caches
 # ---------------------------------------------------------------------------------------------

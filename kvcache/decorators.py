@@ -25,7 +25,9 @@ from ._core import (
     LFUCache,
     LRUCache,
     RRCache,
+    TinyLFUCache,
     TTLCache,
+    _enable_default_ttl,
     _cached_base,
     _cm_bound,
     _cm_desc_base,
@@ -729,7 +731,14 @@ _POLICIES = {
     "lfu": LFUCache,
     "fifo": FIFOCache,
     "rr": RRCache,
+    "tinylfu": TinyLFUCache,
 }
+
+
+def _with_ttl(make_cache, ttl):
+    cache = make_cache()
+    _enable_default_ttl(cache, ttl)
+    return cache
 
 
 class _Memo(_memo_base):
@@ -940,11 +949,11 @@ def _mark_coroutine_function(obj):
     obj._is_coroutine = getattr(asyncio.coroutines, "_is_coroutine", None)
 
 
-def memoize(maxsize=128, *, policy="lru", typed=False, key=None, single_flight=True):
+def memoize(maxsize=128, *, policy="lru", typed=False, key=None, single_flight=True, ttl=None):
     """Decorate a function, coroutine function or method to memoize its results.
 
-    `policy` names the eviction policy ("lru", "lfu", "fifo", "rr");
-    `maxsize=None` caches without bound.  `key(*args, **kwargs)` replaces
+    `policy` names the eviction policy ("lru", "lfu", "fifo", "rr", "tinylfu");
+    `maxsize=None` caches without bound; `ttl` (seconds) makes results expire.  `key(*args, **kwargs)` replaces
     the default key (for methods it does not receive `self`).  With
     `single_flight` (the default), concurrent misses on one key run the
     function once and all callers get its result or its exception; an
@@ -969,10 +978,14 @@ def memoize(maxsize=128, *, policy="lru", typed=False, key=None, single_flight=T
     if key is not None and not callable(key):
         raise TypeError("key must be callable or None")
 
+    if ttl is not None and not ttl > 0:
+        raise ValueError("ttl must be > 0 or None")
     if maxsize is None:
         make_cache = functools.partial(Cache, math.inf)
     else:
         make_cache = functools.partial(cls, maxsize)
+    if ttl is not None:
+        make_cache = functools.partial(_with_ttl, make_cache, ttl)
 
     def decorator(func):
         if not callable(func):

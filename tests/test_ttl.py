@@ -736,3 +736,45 @@ def test_cached_decorator_over_ttlcache_expires():
     now[0] = 10
     assert (1,) not in c and list(c.items()) == []
     c._check()
+
+
+def test_cached_decorator_over_ttlcache_recomputes_after_expiry():
+    import kvcache
+
+    now = [0]
+    c = TTLCache(10, ttl=5, timer=lambda: now[0])
+    calls = []
+
+    @kvcache.cached(c)
+    def f(x):
+        calls.append(x)
+        return x * 2
+
+    f(1)
+    f(1)
+    now[0] = 10
+    assert f(1) == 2
+    assert calls == [1, 1]                  # the expired entry was a miss, not a stale hit
+
+
+@pytest.mark.parametrize("policy", ["lru", "lfu", "fifo", "rr", "tinylfu"])
+def test_memoize_ttl_any_policy(policy, monkeypatch):
+    import kvcache
+
+    calls = []
+
+    @kvcache.memoize(maxsize=8, policy=policy, ttl=1000)
+    def f(x):
+        calls.append(x)
+        return x
+
+    f(1)
+    f(1)
+    assert calls == [1]
+    assert 0 < f.cache.ttl_of(next(iter(f.cache))) <= 1000
+    # expire everything by asking the cache to expire at a time far in the future
+    f.cache.expire(f.cache.timer() + 2000)
+    f(1)
+    assert calls == [1, 1]
+    with pytest.raises(ValueError):
+        kvcache.memoize(ttl=0)
