@@ -64,9 +64,52 @@ cdef int32_t[8] _EMPTY_INDEX = [SLOT_EMPTY] * 8     # the index of a cache not s
 # Hashing
 # ---------------------------------------------------------------------------------------------
 
+cdef extern from *:
+    """
+    /* MurmurHash64A over one 8-byte word: exactly what murmurhash's hash64 computes for
+       8 bytes, written out so that the compiler can inline it into every lookup (the
+       cimported function is an indirect call into another extension module). */
+    static inline uint64_t kv_murmur64a_word(uint64_t k, uint64_t seed) {
+        const uint64_t m = 0xc6a4a7935bd1e995ULL;
+        uint64_t h = seed ^ (8 * m);
+        k *= m; k ^= k >> 47; k *= m;
+        h ^= k; h *= m;
+        h ^= h >> 47; h *= m; h ^= h >> 47;
+        return h;
+    }
+    """
+    uint64_t kv_murmur64a_word(uint64_t k, uint64_t seed) nogil
+
+
+cdef bint _inline_murmur = False     # set at import, once checked against the cimported hash64
+
+
 cdef hash_t mix_hash(Py_hash_t h, uint64_t seed) noexcept nogil:
-    """Spread Python's hash (often the identity for ints) over 64 bits with MurmurHash64A."""
+    """Spread Python's hash (often the identity for ints) over 64 bits with MurmurHash64A.
+
+    The cimported `murmurhash.mrmr.hash64` is the definition; the inlined word version is
+    used only when the import-time check below found it bit-identical on this platform.
+    """
+    if _inline_murmur:
+        return kv_murmur64a_word(<uint64_t>h, seed)
     return hash64(&h, sizeof(Py_hash_t), seed)
+
+
+def _check_inline_murmur():
+    cdef uint64_t seed
+    cdef Py_hash_t h
+    cdef object rnd = random.Random(12345)
+    if sizeof(Py_hash_t) != 8:
+        return False
+    for seed in [0, 1, 0x9E3779B97F4A7C15, 2**64 - 1] + [rnd.getrandbits(64) for _ in range(64)]:
+        for h in [0, 1, -1, -2, 2**61 - 1, -(2**63), 2**63 - 1] + \
+                 [rnd.getrandbits(64) - 2**63 for _ in range(64)]:
+            if kv_murmur64a_word(<uint64_t>h, seed) != hash64(&h, sizeof(Py_hash_t), seed):
+                return False
+    return True
+
+
+_inline_murmur = _check_inline_murmur()
 
 
 cdef uint64_t _PYHASH_MODULUS = (<uint64_t>1 << 61) - 1

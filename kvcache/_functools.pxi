@@ -55,42 +55,13 @@ cdef extern from *:
     }
     static PyObject* kv_call(PyObject* f, PyObject* a, PyObject* k) { return PyObject_Call(f, a, k); }
 
-    /* MurmurHash64A (what murmurhash's hash64 runs) for one 8-byte word, inlined: the hit
-       path hashes every call, and the library call is an indirect one. */
-    static inline uint64_t kv_murmur64a_word(uint64_t k, uint64_t seed) {
-        const uint64_t m = 0xc6a4a7935bd1e995ULL;
-        uint64_t h = seed ^ (8 * m);
-        k *= m; k ^= k >> 47; k *= m;
-        h ^= k; h *= m;
-        h ^= h >> 47; h *= m; h ^= h >> 47;
-        return h;
-    }
     """
     void kv_install_tp_call(object type, void* fn)
     object kv_call(object f, object a, PyObject* k)
-    uint64_t kv_murmur64a_word(uint64_t k, uint64_t seed) nogil
-
-
-cdef bint _inline_mix_ok = False   # set below once checked against mix_hash
 
 
 cdef inline hash_t _mix(Py_hash_t h, uint64_t seed) noexcept nogil:
-    if _inline_mix_ok:
-        return kv_murmur64a_word(<uint64_t>h, seed)
     return mix_hash(h, seed)
-
-
-def _check_inline_mix():
-    cdef uint64_t seed
-    cdef Py_hash_t h
-    for seed in (0, 1, 0x9E3779B97F4A7C15, 2**64 - 1):
-        for h in (0, 1, -1, -2, 2**61 - 1, -(2**63), 123456789):
-            if kv_murmur64a_word(<uint64_t>h, seed) != mix_hash(h, seed):
-                return False
-    return sizeof(Py_hash_t) == 8
-
-
-_inline_mix_ok = _check_inline_mix()
 
 
 cdef inline object _fast_key(tuple args, dict kwds, bint typed):
