@@ -27,6 +27,7 @@ import tempfile
 import time
 
 import msgpack
+import numpy as np
 
 from kvcache.serialize import SerializationError, Serializer, decode_key, encode_key
 
@@ -78,7 +79,9 @@ def save(cache, path, *, pickle_key=None, compress_over=-1):
     if compress_over == -1:
         compress_over = _default_compress_over()
     ser = Serializer(compress_over=compress_over, pickle_key=pickle_key)
-    keys, values, aux = cache._export_state()
+    keys, values, aux, ttl = cache._export_state(ttl=True)
+    # remaining times-to-live travel as seconds; load subtracts the time the file sat on disk
+    ttl = None if not np.isfinite(ttl).any() else [float(x) for x in ttl]
     try:
         enc_keys = [encode_key(k) for k in keys]
         key_format = "canonical"
@@ -87,13 +90,14 @@ def save(cache, path, *, pickle_key=None, compress_over=-1):
             raise
         enc_keys = list(keys)  # goes through the signed-pickle path with the values
         key_format = "serializer"
-    payload = ser.dumps([enc_keys, list(values), aux])
+    payload = ser.dumps([enc_keys, list(values), aux, ttl])
     cls = type(cache)
     header = msgpack.packb(
         {
             "class": cls.__qualname__,
             "module": cls.__module__,
             "maxsize": cache.maxsize,
+            "ttl": _plain_number(getattr(cache, "ttl", None)),
             "count": len(keys),
             "created": time.time(),
             "keys": key_format,
@@ -194,7 +198,14 @@ def _decode(path, header, payload, pickle_key):
     ser = Serializer(pickle_key=pickle_key)
     try:
         state = ser.loads(payload)
-        enc_keys, values, aux = state
+        if len(state) == 3:                 # written before remaining TTLs were saved
+            state = list(state) + [None]
+        enc_keys, values, aux, ttl = state
+        if ttl is not None:
+            ttl = np.asarray(ttl, dtype=np.float64)
+            if ttl.shape != (len(enc_keys),):
+                raise ValueError("time-to-live list does not match the keys")
+            ttl = ttl - max(0.0, time.time() - float(header["created"]))
         if header["keys"] == "canonical":
             keys = [decode_key(k) for k in enc_keys]
         elif header["keys"] == "serializer":
@@ -207,7 +218,16 @@ def _decode(path, header, payload, pickle_key):
         raise SnapshotError(f"{path}: corrupt snapshot payload: {exc}") from None
     if len(keys) != header["count"] or len(values) != header["count"]:
         raise SnapshotError(f"{path}: snapshot holds {len(keys)} keys, header says {header['count']}")
-    return keys, values, aux
+    return keys, values, aux, ttl
+
+
+def _takes_ttl(cls):
+    # TTLCache and its subclasses (a `ttl` property) take the default time-to-live as `ttl=`
+    return hasattr(cls, "ttl")
+
+
+def _plain_number(x):
+    return x if isinstance(x, (int, float)) and not isinstance(x, bool) else None
 
 
 def load_into(cache, path, *, pickle_key=None):
@@ -218,9 +238,9 @@ def load_into(cache, path, *, pickle_key=None):
     """
     pickle_key = _norm_key(pickle_key)
     header, payload = _read(path, pickle_key)
-    keys, values, aux = _decode(path, header, payload, pickle_key)
+    keys, values, aux, ttl = _decode(path, header, payload, pickle_key)
     try:
-        cache._import_state(keys, values, aux)
+        cache._import_state(keys, values, aux, ttl)
     except (TypeError, ValueError) as exc:
         raise SnapshotError(f"{os.fspath(path)}: snapshot does not fit this cache: {exc}") from exc
     return cache
@@ -234,11 +254,13 @@ def load(cls, path, *, pickle_key=None, **kwargs):
     """
     pickle_key = _norm_key(pickle_key)
     header, payload = _read(path, pickle_key)
-    keys, values, aux = _decode(path, header, payload, pickle_key)
+    keys, values, aux, ttl = _decode(path, header, payload, pickle_key)
     kwargs.setdefault("maxsize", header["maxsize"])
+    if header.get("ttl") is not None and _takes_ttl(cls):
+        kwargs.setdefault("ttl", header["ttl"])
     cache = cls(**kwargs)
     try:
-        cache._import_state(keys, values, aux)
+        cache._import_state(keys, values, aux, ttl)
     except (TypeError, ValueError) as exc:
         raise SnapshotError(f"{os.fspath(path)}: snapshot does not fit this cache: {exc}") from exc
     return cache

@@ -312,3 +312,22 @@ def test_large_snapshot_is_compressed(tmp_path):
     snapshot.save(c, tmp_path / "raw", compress_over=None)
     assert (tmp_path / "raw").stat().st_size > 50 * 10_000
     assert kvcache.LRUCache.load(tmp_path / "raw") == c
+
+
+def test_snapshot_keeps_remaining_ttl(tmp_path):
+    now = [100.0]
+    c = kvcache.TTLCache(10, ttl=50, timer=lambda: now[0])
+    c["a"] = 1
+    now[0] = 120.0
+    c.set("b", 2, ttl=5)
+    path = tmp_path / "ttl.kvc"
+    c.save(path)
+    d = kvcache.TTLCache.load(path, timer=lambda: now[0])      # ttl comes from the file
+    assert d.ttl == 50
+    assert list(d.items()) == [("a", 1), ("b", 2)]
+    assert 29 < d.ttl_of("a") <= 30 and 4 < d.ttl_of("b") <= 5
+    now[0] = 126.0
+    assert "b" not in d and "a" in d
+    e = kvcache.LRUCache(10)
+    e.load(path)                                              # TTLs reach a plain LRUCache too
+    assert 0 < e.ttl_of("b") <= 5 and e.ttl_of("a") > 0
