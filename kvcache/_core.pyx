@@ -817,17 +817,9 @@ cdef class Cache:
         cdef hash_t h = _key_hash(self, key)
         cdef double now = _ttl_now(self) if self._exp != NULL else 0.0   # expiry clock (_ttl.pxi)
         with cython.critical_section(self):
-            e = table_find(self, key, h, &slot)
-            if e >= 0 and _dead(self, e, now):   # expired: a miss (_ttl.pxi)
-                e = -1
+            e = cache_lookup(self, key, h, now)
             if e >= 0:
-                self._hits += 1
-                if self.o.policy == POLICY_LRU:
-                    _list_move_to_end(&self.o, &self.t, <entry_t>e)
-                else:
-                    order_touch(&self.o, &self.t, <entry_t>e)
                 return <object>PyList_GET_ITEM(self._kv, 2 * e + 1)
-            self._misses += 1
         if self._native_missing:
             raise KeyError(key)
         return self.__missing__(key)
@@ -845,17 +837,9 @@ cdef class Cache:
         h = _key_hash(self, key)
         now = _ttl_now(self) if self._exp != NULL else 0.0      # expiry clock (_ttl.pxi)
         with cython.critical_section(self):
-            e = table_find(self, key, h, &slot)
-            if e >= 0 and _dead(self, e, now):   # expired: a miss (_ttl.pxi)
-                e = -1
+            e = cache_lookup(self, key, h, now)
             if e >= 0:
-                self._hits += 1
-                if self.o.policy == POLICY_LRU:
-                    _list_move_to_end(&self.o, &self.t, <entry_t>e)
-                else:
-                    order_touch(&self.o, &self.t, <entry_t>e)
                 return <object>PyList_GET_ITEM(self._kv, 2 * e + 1)
-            self._misses += 1
             return default
 
     def peek(self, key, default=None):
@@ -1579,6 +1563,25 @@ cdef inline Py_ssize_t table_find(Cache self, object key, hash_t h, Py_ssize_t* 
         if restarts > _MAX_RESTARTS:
             raise RuntimeError("cache mutated during lookup too many times")
 
+
+cdef inline Py_ssize_t cache_lookup(Cache c, object key, hash_t h, double now) except -2:
+    """A counted lookup: find key, treat an expired entry as absent, record the hit or miss.
+
+    `now` is the expiry clock read before the critical section (0 when no TTL is in use).
+    """
+    cdef Py_ssize_t slot
+    cdef Py_ssize_t e = table_find(c, key, h, &slot)
+    if e >= 0 and _dead(c, e, now):             # expired: a miss (_ttl.pxi)
+        e = -1
+    if e < 0:
+        c._misses += 1
+        return -1
+    c._hits += 1
+    if c.o.policy == POLICY_LRU:
+        _list_move_to_end(&c.o, &c.t, <entry_t>e)
+    else:
+        order_touch(&c.o, &c.t, <entry_t>e)
+    return e
 
 cdef entry_t cache_insert_new(Cache c, Py_ssize_t slot, hash_t h, object key, object value,
                               PyObject** evk, PyObject** evv) except -2:
