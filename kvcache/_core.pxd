@@ -5,7 +5,7 @@
 # owning cdef class keeps alive.  Keys and values live in two Python lists owned by
 # the class (GC-traversable); the C structs only ever see entry numbers.
 
-from libc.stdint cimport int8_t, int32_t, int64_t, uint32_t, uint64_t
+from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint32_t, uint64_t
 
 ctypedef int32_t entry_t      # an entry number; ENTRY_NONE when there is none
 ctypedef uint64_t hash_t      # a MurmurHash-mixed hash
@@ -15,6 +15,8 @@ cdef enum:
     ENTRY_FREE = -2           # prev[e] of an entry on the free list
     SLOT_EMPTY = -1
     SLOT_DELETED = -2         # tombstone: keeps probe chains intact after a delete
+    TAG_EMPTY = 0             # tags[slot]: 0 empty, 1 deleted, 0x80 | top 7 hash bits if used
+    TAG_DELETED = 1
 
 cdef enum policy_t:
     POLICY_CACHE = 0          # insertion order; updates do not move (cachetools.Cache)
@@ -31,6 +33,7 @@ cdef struct entry_rec:        # one 16-byte record per entry: a hit touches one 
 
 cdef struct table_t:
     int32_t* index            # slot -> entry number, SLOT_EMPTY or SLOT_DELETED
+    uint8_t* tags             # slot -> tag (or NULL: no tags kept); a miss reads only these
     uint64_t mask             # number of slots - 1 (a power of two)
     Py_ssize_t filled         # slots that are not SLOT_EMPTY (live + tombstones)
     entry_rec* ent            # entry -> record
@@ -83,6 +86,7 @@ cdef struct order_t:
 cdef hash_t mix_hash(Py_hash_t h, uint64_t seed) noexcept nogil
 cdef Py_ssize_t table_probe_free(table_t* t, hash_t h) noexcept nogil
 cdef void table_remove_slot(table_t* t, Py_ssize_t slot) noexcept nogil
+cdef void table_put_slot(table_t* t, Py_ssize_t slot, entry_t e) noexcept nogil
 cdef Py_ssize_t table_slot_of(table_t* t, entry_t e) noexcept nogil
 cdef void table_rebuild_index(table_t* t) noexcept nogil
 cdef entry_t table_take_free(table_t* t) noexcept nogil

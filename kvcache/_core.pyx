@@ -27,7 +27,7 @@ from cpython.object cimport Py_EQ, PyObject_RichCompareBool
 from cpython.long cimport PyLong_CheckExact, PyLong_AsLongLongAndOverflow, PyLong_AsUnsignedLongLong, PyLong_FromLongLong, PyLong_FromUnsignedLongLong
 from cpython.list cimport PyList_GET_ITEM, PyList_SET_ITEM
 from cpython.ref cimport Py_DECREF, Py_INCREF, Py_XDECREF, PyObject
-from libc.stdint cimport INT32_MAX, int32_t, int64_t, uint32_t, uint64_t
+from libc.stdint cimport INT32_MAX, int32_t, int64_t, uint8_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memset
 from libc.math cimport INFINITY
 from murmurhash.mrmr cimport hash64
@@ -58,6 +58,7 @@ cdef Py_ssize_t _MAX_ENTRIES = INT32_MAX - 1     # entry numbers are int32
 cdef Py_ssize_t _INITIAL_CAPACITY = 1024         # grown geometrically up to the limit
 cdef int _MAX_RESTARTS = 1000
 cdef int32_t[8] _EMPTY_INDEX = [SLOT_EMPTY] * 8     # the index of a cache not set up yet
+cdef uint8_t[8] _EMPTY_TAGS = [TAG_EMPTY] * 8
 
 
 # ---------------------------------------------------------------------------------------------
@@ -166,13 +167,30 @@ cdef Py_ssize_t table_slot_of(table_t* t, entry_t e) noexcept nogil:
     return <Py_ssize_t>i
 
 
+cdef inline uint8_t slot_tag(hash_t h) noexcept nogil:
+    return <uint8_t>(0x80 | (h >> 57))
+
+
+cdef void table_put_slot(table_t* t, Py_ssize_t slot, entry_t e) noexcept nogil:
+    """Point `slot` (empty or deleted) at entry e, whose hash is already stored."""
+    if t.index[slot] == SLOT_EMPTY:
+        t.filled += 1
+    t.index[slot] = e
+    if t.tags != NULL:
+        t.tags[slot] = slot_tag(t.ent[e].hash)
+
+
 cdef void table_remove_slot(table_t* t, Py_ssize_t slot) noexcept nogil:
     # A tombstone unless the next slot is empty: then no chain runs through this one.
     if t.index[(slot + 1) & t.mask] == SLOT_EMPTY:
         t.index[slot] = SLOT_EMPTY
         t.filled -= 1
+        if t.tags != NULL:
+            t.tags[slot] = TAG_EMPTY
     else:
         t.index[slot] = SLOT_DELETED
+        if t.tags != NULL:
+            t.tags[slot] = TAG_DELETED
 
 
 cdef void table_rebuild_index(table_t* t) noexcept nogil:
@@ -180,11 +198,12 @@ cdef void table_rebuild_index(table_t* t) noexcept nogil:
     cdef Py_ssize_t e
     cdef uint64_t nslots = t.mask + 1
     memset(t.index, 0xFF, nslots * sizeof(int32_t))   # all SLOT_EMPTY (-1)
+    if t.tags != NULL:
+        memset(t.tags, TAG_EMPTY, nslots)
     t.filled = 0
     for e in range(t.capacity):
         if t.ent[e].prev != ENTRY_FREE:
-            t.index[table_probe_free(t, t.ent[e].hash)] = <int32_t>e
-            t.filled += 1
+            table_put_slot(t, table_probe_free(t, t.ent[e].hash), <entry_t>e)
 
 
 cdef entry_t table_take_free(table_t* t) noexcept nogil:
@@ -448,11 +467,11 @@ cdef uint64_t _slots_for(Py_ssize_t capacity):
 @cython.final
 cdef class _Buffers:
     """The numpy arrays behind one cache's table_t and order_t (allocated once per capacity)."""
-    cdef object index, ent, bucket_of, bfreq, bhead, btail, bprev, bnext, dense
+    cdef object index, tags, ent, bucket_of, bfreq, bhead, btail, bprev, bnext, dense
     cdef object ext                  # a policy's own buffers (TinyLFU), with an nbytes() method
 
     def nbytes(self):
-        return sum(a.nbytes for a in (self.index, self.ent, self.bucket_of,
+        return sum(a.nbytes for a in (self.index, self.tags, self.ent, self.bucket_of,
                                       self.bfreq, self.bhead, self.btail, self.bprev, self.bnext,
                                       self.dense) if a is not None) + \
             (self.ext.nbytes() if self.ext is not None else 0)
@@ -544,6 +563,7 @@ cdef class Cache:
         self._native_missing = True
         self._native_getitem = True
         self.t.index = _EMPTY_INDEX
+        self.t.tags = _EMPTY_TAGS
         self.t.mask = 7
         self.t.free_head = ENTRY_NONE
         self.o.head = self.o.tail = ENTRY_NONE
@@ -622,6 +642,7 @@ cdef class Cache:
         cdef uint64_t nslots = _slots_for(capacity)
         cdef Py_ssize_t e
         b.index = np.full(nslots, SLOT_EMPTY, dtype=np.int32)
+        b.tags = np.zeros(nslots, dtype=np.uint8)              # all TAG_EMPTY
         b.ent = np.zeros((capacity, 2), dtype=np.uint64)     # entry_rec: hash, prev, next
         if self.o.policy == POLICY_LFU:
             b.bucket_of = np.zeros(capacity, dtype=np.int32)
@@ -653,6 +674,7 @@ cdef class Cache:
 
     cdef void _point(self, _Buffers b):
         self.t.index = <int32_t*>_data(b.index)
+        self.t.tags = <uint8_t*>_data(b.tags)
         self.t.ent = <entry_rec*>_data(b.ent)
         if b.bucket_of is not None:
             self.o.bucket_of = <int32_t*>_data(b.bucket_of)
@@ -684,6 +706,7 @@ cdef class Cache:
         cdef _Buffers b = _Buffers(), ob = self._buf
         cdef uint64_t nslots = _slots_for(capacity)
         b.index = np.full(nslots, SLOT_EMPTY, dtype=np.int32)
+        b.tags = np.zeros(nslots, dtype=np.uint8)              # all TAG_EMPTY
         b.ent = np.zeros((capacity, 2), dtype=np.uint64)     # entry_rec: hash, prev, next
         b.ent[:old] = ob.ent
         if ob.bucket_of is not None:
@@ -744,10 +767,8 @@ cdef class Cache:
     cdef entry_t _insert_at(self, Py_ssize_t slot, hash_t h, object key, object value, object size):
         """Insert a new entry at `slot` (free entry must exist) and link it as newest."""
         cdef entry_t e = table_take_free(&self.t)
-        if self.t.index[slot] == SLOT_EMPTY:
-            self.t.filled += 1
-        self.t.index[slot] = e
         self.t.ent[e].hash = h
+        table_put_slot(&self.t, slot, e)
         self._kv[2 * e] = key
         self._kv[2 * e + 1] = value
         if self._sizes is not None:
@@ -1044,6 +1065,7 @@ cdef class Cache:
     cdef void _clear_table(self):
         cdef Py_ssize_t e
         memset(self.t.index, 0xFF, (self.t.mask + 1) * sizeof(int32_t))
+        memset(self.t.tags, TAG_EMPTY, self.t.mask + 1)
         self.t.filled = 0
         self.t.count = 0
         self.t.free_head = ENTRY_NONE
@@ -1165,11 +1187,13 @@ cdef class Cache:
         cdef int overflow
         cdef long long v
         cdef PyObject* other
+        cdef uint8_t tag = slot_tag(h), tg
         while True:
-            e = self.t.index[i]
-            if e == SLOT_EMPTY:
+            tg = self.t.tags[i]
+            if tg == TAG_EMPTY:
                 return -1
-            if e >= 0 and self.t.ent[e].hash == h:
+            e = self.t.index[i]
+            if tg == tag and self.t.ent[e].hash == h:
                 other = PyList_GET_ITEM(self._kv, 2 * e)   # borrowed: no Python code runs below
                 if not PyLong_CheckExact(<object>other):
                     return -2
@@ -1442,6 +1466,10 @@ cdef class Cache:
             for i in range(self.t.mask + 1):
                 if self.t.index[i] != SLOT_EMPTY:
                     used += 1
+                if self.t.tags[i] != (TAG_EMPTY if self.t.index[i] == SLOT_EMPTY else
+                                      TAG_DELETED if self.t.index[i] == SLOT_DELETED else
+                                      slot_tag(self.t.ent[self.t.index[i]].hash)):
+                    raise AssertionError("tag of slot %d does not match the index" % i)
             if used != self.t.filled:
                 raise AssertionError("filled slot count is wrong")
             if self._exp != NULL:        # the radix heap of expiry times (_ttl.pxi)
@@ -1535,19 +1563,22 @@ cdef inline Py_ssize_t table_find(Cache self, object key, hash_t h, Py_ssize_t* 
     cdef int eq, restarts = 0
     cdef uint64_t version
     cdef object other
+    cdef uint8_t tag = slot_tag(h), tg
     while True:
         i = h & self.t.mask
         free_slot = -1
         version = self._version
         while True:
-            e = self.t.index[i]
-            if e == SLOT_EMPTY:
+            # the tags alone answer most probes: a miss never reads an entry record
+            tg = self.t.tags[i]
+            if tg == TAG_EMPTY:
                 slot_out[0] = <Py_ssize_t>i if free_slot < 0 else free_slot
                 return -1
-            if e == SLOT_DELETED:
+            if tg == TAG_DELETED:
                 if free_slot < 0:
                     free_slot = <Py_ssize_t>i
-            elif self.t.ent[e].hash == h:
+            elif tg == tag and self.t.ent[self.t.index[i]].hash == h:
+                e = self.t.index[i]
                 if PyList_GET_ITEM(self._kv, 2 * e) == <PyObject*>key:
                     slot_out[0] = <Py_ssize_t>i     # identity: no reference taken, no Python code
                     return e
@@ -1607,10 +1638,8 @@ cdef entry_t cache_insert_new(Cache c, Py_ssize_t slot, hash_t h, object key, ob
     order_unlink(&c.o, &c.t, e)
     c.t.count -= 1
     slot = table_probe_free(&c.t, h)            # the removal may have emptied a slot before ours
-    if c.t.index[slot] == SLOT_EMPTY:
-        c.t.filled += 1
-    c.t.index[slot] = e
     c.t.ent[e].hash = h
+    table_put_slot(&c.t, slot, e)
     evk[0] = PyList_GET_ITEM(c._kv, 2 * e)
     evv[0] = PyList_GET_ITEM(c._kv, 2 * e + 1)
     Py_INCREF(key)

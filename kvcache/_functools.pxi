@@ -132,15 +132,17 @@ cdef inline Py_ssize_t _hit_find(Cache c, object key, hash_t h, Py_ssize_t* slot
     cdef Py_ssize_t free_slot = -1
     cdef PyObject* other
     cdef int eq
+    cdef uint8_t tag = slot_tag(h), tg
     while True:
-        e = c.t.index[i]
-        if e == SLOT_EMPTY:
+        tg = c.t.tags[i]
+        if tg == TAG_EMPTY:
             slot_out[0] = <Py_ssize_t>i if free_slot < 0 else free_slot
             return -1
-        if e == SLOT_DELETED:
+        if tg == TAG_DELETED:
             if free_slot < 0:
                 free_slot = <Py_ssize_t>i
-        elif c.t.ent[e].hash == h:
+        elif tg == tag and c.t.ent[c.t.index[i]].hash == h:
+            e = c.t.index[i]
             other = PyList_GET_ITEM(c._kv, 2 * e)
             if other == <PyObject*>key:
                 return e

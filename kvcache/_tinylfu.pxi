@@ -544,10 +544,8 @@ cdef class _Replayer:
                         self._grow()
                     slot = table_probe_free(t, h)
                 e = table_take_free(t)
-                if t.index[slot] == SLOT_EMPTY:
-                    t.filled += 1
-                t.index[slot] = e
                 t.ent[e].hash = h
+                table_put_slot(t, slot, e)
                 self.rk[e] = k
                 order_link_new(o, t, e)
                 t.count += 1
