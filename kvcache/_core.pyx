@@ -151,9 +151,17 @@ cdef uint64_t _random_seed():
 # The table: open addressing with linear probing over an int32 index
 # ---------------------------------------------------------------------------------------------
 
+cdef inline uint8_t slot_tag(hash_t h) noexcept nogil:
+    return <uint8_t>(0x80 | (h >> 57))
+
+
 cdef Py_ssize_t table_probe_free(table_t* t, hash_t h) noexcept nogil:
     """Return the first empty or deleted slot on h's probe chain (the key must be absent)."""
     cdef uint64_t i = h & t.mask
+    if t.tags != NULL:                  # the small tag array answers without the index
+        while t.tags[i] >= 0x80:
+            i = (i + 1) & t.mask
+        return <Py_ssize_t>i
     while t.index[i] >= 0:
         i = (i + 1) & t.mask
     return <Py_ssize_t>i
@@ -161,14 +169,17 @@ cdef Py_ssize_t table_probe_free(table_t* t, hash_t h) noexcept nogil:
 
 cdef Py_ssize_t table_slot_of(table_t* t, entry_t e) noexcept nogil:
     """Return the slot holding entry e (found by its stored hash, no key comparison)."""
-    cdef uint64_t i = t.ent[e].hash & t.mask
+    cdef hash_t h = t.ent[e].hash
+    cdef uint64_t i = h & t.mask
+    cdef uint8_t tag
+    if t.tags != NULL:                  # read the index only where the tag matches
+        tag = slot_tag(h)
+        while t.tags[i] != tag or t.index[i] != e:
+            i = (i + 1) & t.mask
+        return <Py_ssize_t>i
     while t.index[i] != e:
         i = (i + 1) & t.mask
     return <Py_ssize_t>i
-
-
-cdef inline uint8_t slot_tag(hash_t h) noexcept nogil:
-    return <uint8_t>(0x80 | (h >> 57))
 
 
 cdef void table_put_slot(table_t* t, Py_ssize_t slot, entry_t e) noexcept nogil:
