@@ -144,9 +144,19 @@ class PyPrefixCache:
             d = hash((pd, toks, self.salt))
             m = self.meta.get(b)
             if m is not None:
-                if m != (d, parent, pgen, toks):
+                if m[3] != toks or m[0] != d:
                     raise ValueError(f"block {b} is cached for other tokens")
                 canon = b
+                if m[1:3] != (parent, pgen):
+                    # Same prefix, committed under another parent: re-link unless this
+                    # chain already holds the content.
+                    canon = self._find(d, parent, pgen, toks)
+                    if canon < 0:
+                        if b in seen:
+                            raise ValueError(f"block {b} appears twice")
+                        seen.add(b)
+                        plan.append((b, d, parent, pgen, None))
+                        canon = b
             else:
                 canon = self._find(d, parent, pgen, toks)
                 if canon < 0:
@@ -156,10 +166,15 @@ class PyPrefixCache:
                     plan.append((b, d, parent, pgen, toks))
                     canon = b
             parent, pgen, pd = canon, self.gen[canon], d
+        added = 0
         for b, d, p, g, t in plan:
+            if t is None:
+                self.meta[b] = (d, p, g, self.meta[b][3])
+                continue
             self.meta[b] = (d, p, g, t)
             self.table.setdefault(d, []).append(b)
-        return len(plan)
+            added += 1
+        return added
 
     def clear(self):
         while self.lru:

@@ -541,7 +541,7 @@ cdef class _PagedBlocks:
         """
         cdef int64_t* t
         cdef int64_t* v
-        cdef Py_ssize_t nfull, i, n_plan = 0
+        cdef Py_ssize_t nfull, i, n_plan = 0, n_new
         cdef int32_t par = -1, b, canon
         cdef uint64_t pgen = 0, plo = 0, phi = 0
         cdef uint64_t d[2]
@@ -566,15 +566,36 @@ cdef class _PagedBlocks:
                 b = <int32_t>v[i]
                 self._pack_locked(t + i * self.block_size)
                 if self.meta[b].registered:
-                    # Its stored digest was computed from this very parent chain and these
-                    # tokens when it was committed: once both are confirmed, reuse it.
-                    if not (self.meta[b].parent == par and self.meta[b].parent_gen == pgen
-                            and memcmp(self.tokens + <Py_ssize_t>b * self.block_size, packed,
-                                       4 * <size_t>self.block_size) == 0):
+                    if memcmp(self.tokens + <Py_ssize_t>b * self.block_size, packed,
+                              4 * <size_t>self.block_size) != 0:
                         raise ValueError(f"block {b} is cached for other tokens than position {i}")
-                    d[0] = self.t.ent[b].hash
-                    d[1] = self.meta[b].hi
-                    canon = b
+                    if self.meta[b].parent == par and self.meta[b].parent_gen == pgen:
+                        # Its stored digest was computed from this very parent chain and
+                        # these tokens when it was committed: both confirmed, reuse it.
+                        d[0] = self.t.ent[b].hash
+                        d[1] = self.meta[b].hi
+                        canon = b
+                    else:
+                        # Committed under another parent holding the same prefix: a private
+                        # duplicate's canonical block that has since been evicted, say. The
+                        # whole-prefix digest tells whether the content is the same.
+                        self._digest_locked(plo, phi, d)
+                        if d[0] != self.t.ent[b].hash or d[1] != self.meta[b].hi:
+                            raise ValueError(
+                                f"block {b} is cached for other tokens before position {i}")
+                        canon = self._find_locked(d[0], d[1], par, pgen, packed)
+                        if canon < 0:
+                            # Nothing under this chain holds it: re-link b here, so the
+                            # prefix committed now stays reachable through it.
+                            if self.meta[b].mark == self.stamp:
+                                raise ValueError(f"block {b} appears twice in the block table")
+                            self.meta[b].mark = self.stamp
+                            self.plan[n_plan] = b
+                            self.plan_pos[n_plan] = -1
+                            self.plan_parent[n_plan] = par
+                            self.plan_gen[n_plan] = pgen
+                            n_plan += 1
+                            canon = b
                 else:
                     self._digest_locked(plo, phi, d)
                     canon = self._find_locked(d[0], d[1], par, pgen, packed)
@@ -594,12 +615,19 @@ cdef class _PagedBlocks:
                 pgen = self.meta[canon].gen
                 plo = d[0]
                 phi = d[1]
+            n_new = 0
             for i in range(n_plan):
+                if self.plan_pos[i] < 0:
+                    # A re-link keeps the digest and the gen: b's children stay valid.
+                    self.meta[self.plan[i]].parent = self.plan_parent[i]
+                    self.meta[self.plan[i]].parent_gen = self.plan_gen[i]
+                    continue
                 self._pack_locked(t + <Py_ssize_t>self.plan_pos[i] * self.block_size)
                 self._register_locked(self.plan[i], self.plan_dig[2 * i], self.plan_dig[2 * i + 1],
                                       self.plan_parent[i], self.plan_gen[i], packed)
-            self.n_committed += n_plan
-        return n_plan
+                n_new += 1
+            self.n_committed += n_new
+        return n_new
 
     def clear(self):
         """Evict every free cached block (referenced blocks stay cached)."""

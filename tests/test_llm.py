@@ -228,6 +228,27 @@ def test_commit_errors_change_nothing():
     assert state(pc) == before
 
 
+def test_commit_after_the_canonical_parent_was_evicted():
+    # A request whose first block duplicated a cached one keeps it private, and its second
+    # block is committed under the cached twin. Once the twin is evicted, committing the
+    # grown request re-registers the private block and re-links the second one under it.
+    pc = make_cache(num_blocks=4, block_size=2)
+    first = serve(pc, [0, 0])  # caches block first[0] for (0, 0), then frees it
+    table = pc.allocate(1).tolist()
+    pc.commit([0], table)
+    table += pc.allocate(2).tolist()
+    assert pc.commit([0, 0, 0, 0, 0], table) == 1  # (0, 0) is a duplicate: only block 2 is new
+    assert not pc.is_cached(table[0]) and pc.is_cached(table[1])
+    table += pc.allocate(1).tolist()  # evicts the twin, first[0]
+    assert table[-1] == first[0]
+    assert pc.commit([0] * 7, table) == 2  # table[0] (now canonical) and table[2]
+    n, hit = pc.match([0] * 8)
+    assert (n, hit.tolist()) == (6, table[:3])
+    pc.release(table[:3])
+    with pytest.raises(ValueError, match="other tokens"):
+        pc.commit([1, 1, 0, 0], table)  # block 1 is cached after (0, 0), not (1, 1)
+
+
 def test_chained_identity_and_salt():
     pc = make_cache(block_size=2, salt=b"model-a")
     da = pc.digests([1, 2, 5, 6])
