@@ -14,7 +14,8 @@
 #   lru_prev/lru_next  doubly linked LRU of blocks that are cached AND free
 #   registered         1 while b is in the prefix table
 #   gen                bumped every time b leaves the table (see below)
-#   hi                 the high 64 bits of the block's digest (the low half is the table hash)
+#   lo, hi             the block's digest; lo is also the table hash `ent[b].hash`, kept
+#                      here too so a lookup or a commit reads one record, not two
 #   parent, parent_gen the block it was committed after, and that block's gen
 #   mark, count        scratch for validating a call's arguments
 # Beside it: free_stack[..] (int32, blocks that hold nothing, LIFO, top = n_free - 1)
@@ -35,8 +36,9 @@
 # block that was evicted and reused for other tokens unusable as a parent for
 # the children it had before.
 #
-# Reentrancy: nothing here calls user Python code; inputs are converted to numpy
-# arrays before the critical section, and errors are raised before any mutation.
+# Reentrancy: nothing here calls user Python code once the arguments are converted
+# (`_paged_load`, into each call's own stack buffer, before the critical section), and
+# errors are raised before any mutation.
 
 cimport cython
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint64_t
@@ -48,11 +50,12 @@ from cpython.ref cimport PyObject
 
 cdef extern from "Python.h":
     # Borrowed-reference access: no refcount traffic on the items being converted.
-    PyObject* _paged_list_item "PyList_GET_ITEM"(object lst, Py_ssize_t i)
+    PyObject** _paged_seq_items "PySequence_Fast_ITEMS"(object seq)
+    Py_ssize_t _paged_seq_size "PySequence_Fast_GET_SIZE"(object seq)
     PyObject* _paged_tuple_item "PyTuple_GET_ITEM"(object tup, Py_ssize_t i)
     # Since Python 3.10 this calls __index__ on non-ints (never __int__): floats are refused.
     long long _paged_as_longlong "PyLong_AsLongLong"(PyObject* o) except? -1
-    bint _paged_is_exact_int "PyLong_CheckExact"(PyObject* o)
+    bint _paged_is_bool "PyBool_Check"(PyObject* o)
 
 
 cdef extern from *:
@@ -62,8 +65,54 @@ cdef extern from *:
     #else
     #define KVCACHE_PREFETCH(p) ((void)0)
     #endif
+
+    #ifdef Py_GIL_DISABLED
+    #define KVCACHE_FREE_THREADED 1
+    #else
+    #define KVCACHE_FREE_THREADED 0
+    #endif
+
+    /* Convert items[i..n) while each is an exact int of one internal digit (|v| < 2**30,
+       every token id and block id in practice), reading the digit in place: no call, no
+       user code. Return the index of the first item that needs more (n if none). The
+       first value outside [0, limit) goes to *bad_val and sets *bad. */
+    static Py_ssize_t kvcache_small_ints(PyObject* const* items, Py_ssize_t i, Py_ssize_t n,
+                                         int32_t* out, long long limit, int* bad,
+                                         long long* bad_val) {
+    #if defined(Py_LIMITED_API) || defined(PYPY_VERSION)
+        (void)items; (void)n; (void)out; (void)limit; (void)bad; (void)bad_val;
+        return i;
+    #else
+        for (; i < n; i++) {
+            PyObject* o = items[i];
+            long long v;
+            if (i + 16 < n) KVCACHE_PREFETCH(items[i + 16]);
+            if (!PyLong_CheckExact(o)) return i;
+    #if PY_VERSION_HEX >= 0x030C0000
+            if (!PyUnstable_Long_IsCompact((PyLongObject*)o)) return i;
+            v = (long long)PyUnstable_Long_CompactValue((PyLongObject*)o);
+    #else
+            {
+                Py_ssize_t s = Py_SIZE(o);
+                if (s < -1 || s > 1) return i;
+                v = (long long)s * (long long)((PyLongObject*)o)->ob_digit[0];
+            }
+    #endif
+            if ((unsigned long long)v >= (unsigned long long)limit && !*bad) {
+                *bad = 1;
+                *bad_val = v;
+            }
+            out[i] = (int32_t)v;
+        }
+        return n;
+    #endif
+    }
     """
     void _paged_prefetch "KVCACHE_PREFETCH"(const void* p) noexcept nogil
+    bint _PAGED_FREE_THREADED "KVCACHE_FREE_THREADED"
+    Py_ssize_t _paged_small_ints "kvcache_small_ints"(
+        PyObject** items, Py_ssize_t i, Py_ssize_t n, int32_t* out, long long limit,
+        int* bad, long long* bad_val) noexcept
 
 _cnp.import_array()
 
@@ -85,15 +134,18 @@ PrefixCacheStats = _paged_namedtuple(
      "cached", "free", "evictable", "in_use", "num_blocks"],
 )
 
-cdef int64_t _PAGED_MAX_TOKEN = 2147483647
+cdef int64_t _PAGED_TOKEN_LIMIT = 2147483648
+
+# Values of a call's arguments are converted into the caller's stack buffers when they fit
+# (no allocation per call, and each call, reentrant or on another thread, has its own);
+# longer ones go to a new array.
+cdef enum:
+    _PAGED_LOCAL_TOKENS = 2048
+    _PAGED_LOCAL_IDS = 256
 
 
 cdef inline int64_t* _paged_data(object arr) noexcept:
     return <int64_t*>_cnp.PyArray_DATA(<_cnp.ndarray>arr)
-
-
-cdef inline Py_ssize_t _paged_len(object arr) noexcept:
-    return <Py_ssize_t>_cnp.PyArray_DIM(<_cnp.ndarray>arr, 0)
 
 
 cdef inline object _paged_new(Py_ssize_t n, int typenum):
@@ -101,79 +153,95 @@ cdef inline object _paged_new(Py_ssize_t n, int typenum):
     return _cnp.PyArray_EMPTY(1, &dim, typenum, 0)
 
 
-cdef inline int64_t _paged_item_int64(PyObject* p) except? -1:
-    # Exact ints take Cython's inlined compact-int path; anything else goes through
-    # PyLong_AsLongLong, which uses __index__ (floats are refused, numpy ints accepted).
-    cdef object x
-    if _paged_is_exact_int(p):
-        x = <object>p
-        return <int64_t>x
-    return _paged_as_longlong(p)
+ctypedef struct _paged_in_t:
+    int32_t* v      # the values, int32 (token ids and block ids both fit)
+    Py_ssize_t n
 
 
-cdef object _paged_int64(object obj, str what):
-    """Return `obj` (1-d ints) as a contiguous int64 array; never truncates floats."""
+cdef int _paged_range_error(bint tokens, long long v, int64_t limit) except -1:
+    if tokens:
+        raise ValueError(f"token id {v} out of range [0, 2**31)")
+    raise ValueError(f"block id {v} out of range [0, {limit})")
+
+
+cdef object _paged_load(object obj, bint tokens, int64_t limit, int32_t* local,
+                        Py_ssize_t cap, _paged_in_t* out):
+    """Convert `obj` (1-d ints in [0, limit)) to int32 values at out.v; return their owner.
+
+    `tokens` picks the error wording (token ids or block ids). The values land in `local`
+    (`cap` items) when they fit, else in a new array the returned object keeps alive.
+    Raises, before the caller changes anything: TypeError for anything but integers
+    (floats and bools included), OverflowError beyond int64, ValueError out of range.
+    A list of exact ints is read in place and runs no Python code; any other item is
+    converted (with __index__) from a snapshot, so that code cannot change the items.
+    """
     cdef Py_ssize_t i, n
-    cdef int64_t* v
-    cdef list lst
-    cdef tuple tup
+    cdef int bad = 0
+    cdef long long x, bad_val = 0
+    cdef int32_t* dst
+    cdef int64_t* v64
+    cdef PyObject* p
+    cdef tuple snap
+    owner = None
+    what = "tokens" if tokens else "block ids"
     if _cnp.PyArray_Check(obj):
         if _cnp.PyArray_NDIM(<_cnp.ndarray>obj) != 1:
             raise ValueError(f"{what} must be 1-d, got shape {obj.shape}")
-        if (_cnp.PyArray_TYPE(<_cnp.ndarray>obj) == _cnp.NPY_INT64
+        if not (_cnp.PyArray_TYPE(<_cnp.ndarray>obj) == _cnp.NPY_INT64
                 and _cnp.PyArray_IS_C_CONTIGUOUS(<_cnp.ndarray>obj)):
-            return obj
-        if obj.dtype.kind not in "iu":
-            raise TypeError(f"{what} must hold integers, got dtype {obj.dtype}")
-        if obj.dtype.kind == "u" and obj.size and obj.max() > 0x7FFFFFFFFFFFFFFF:
-            raise ValueError(f"{what} out of range")
-        return _paged_np.ascontiguousarray(obj, dtype=_paged_np.int64)
-    if isinstance(obj, (str, bytes, bytearray)):
-        raise TypeError(f"{what} must be a sequence of ints, not {type(obj).__name__}")
-    # Lists and tuples are read item by item in C: several times faster than numpy's
-    # generic conversion for the short sequences of a request.
-    if type(obj) is tuple:
-        tup = <tuple>obj
-        n = len(tup)
-        arr = _paged_new(n, _cnp.NPY_INT64)
-        v = _paged_data(arr)
+            if obj.dtype.kind not in "iu":
+                raise TypeError(f"{what} must hold integers, got dtype {obj.dtype}")
+            if obj.dtype.kind == "u" and obj.size and obj.max() > 0x7FFFFFFFFFFFFFFF:
+                raise ValueError(f"{what} out of range")
+            obj = _paged_np.ascontiguousarray(obj, dtype=_paged_np.int64)
+        n = <Py_ssize_t>_cnp.PyArray_DIM(<_cnp.ndarray>obj, 0)
+        v64 = _paged_data(obj)
+        dst = local
+        if n > cap:
+            owner = _paged_new(n, _cnp.NPY_INT32)
+            dst = <int32_t*>_cnp.PyArray_DATA(<_cnp.ndarray>owner)
+        # Copied even from an int64 array: the caller must not see the values change
+        # (another thread) between this check and its use of them.
         for i in range(n):
-            v[i] = _paged_item_int64(_paged_tuple_item(tup, i))
-        return arr
-    lst = obj if type(obj) is list else list(obj)
-    n = len(lst)
-    arr = _paged_new(n, _cnp.NPY_INT64)
-    v = _paged_data(arr)
-    for i in range(n):
-        v[i] = _paged_item_int64(_paged_list_item(lst, i))
-    return arr
-
-
-cdef object _paged_ids(object ids, int32_t num_blocks):
-    """Return `ids` as a contiguous int64 array of valid block ids, or raise."""
-    cdef int64_t* v
-    cdef Py_ssize_t i
-    arr = _paged_int64(ids, "block ids")
-    v = _paged_data(arr)
-    for i in range(_paged_len(arr)):
-        if v[i] < 0 or v[i] >= num_blocks:
-            raise ValueError(f"block id {v[i]} out of range [0, {num_blocks})")
-    return arr
-
-
-cdef object _paged_tokens(object tokens):
-    """Return `tokens` as a contiguous int64 array of token ids in [0, 2**31), or raise."""
-    cdef int64_t* v
-    cdef Py_ssize_t i
-    arr = _paged_int64(tokens, "tokens")
-    v = _paged_data(arr)
-    for i in range(_paged_len(arr)):
-        if v[i] < 0 or v[i] > _PAGED_MAX_TOKEN:
-            raise ValueError(f"token id {v[i]} out of range [0, 2**31)")
-    return arr
+            if <uint64_t>v64[i] >= <uint64_t>limit and not bad:
+                bad = 1
+                bad_val = v64[i]
+            dst[i] = <int32_t>v64[i]
+    else:
+        if isinstance(obj, (str, bytes, bytearray)):
+            raise TypeError(f"{what} must be a sequence of ints, not {type(obj).__name__}")
+        if type(obj) is not tuple and (type(obj) is not list or _PAGED_FREE_THREADED):
+            obj = tuple(obj)
+        n = _paged_seq_size(obj)
+        dst = local
+        if n > cap:
+            owner = _paged_new(n, _cnp.NPY_INT32)
+            dst = <int32_t*>_cnp.PyArray_DATA(<_cnp.ndarray>owner)
+        i = _paged_small_ints(_paged_seq_items(obj), 0, n, dst, limit, &bad, &bad_val)
+        if i < n:
+            # From here Python code may run (__index__ of numpy ints or user objects):
+            # read a snapshot, which that code cannot change or free under us.
+            snap = obj if type(obj) is tuple else tuple(obj)
+            while i < n:
+                p = _paged_tuple_item(snap, i)
+                if _paged_is_bool(p):
+                    raise TypeError(f"{what} must be ints, not bool")
+                x = _paged_as_longlong(p)
+                if <unsigned long long>x >= <unsigned long long>limit and not bad:
+                    bad = 1
+                    bad_val = x
+                dst[i] = <int32_t>x
+                i += 1
+                i = _paged_small_ints(_paged_seq_items(snap), i, n, dst, limit, &bad, &bad_val)
+    if bad:
+        _paged_range_error(tokens, bad_val, limit)
+    out.v = dst
+    out.n = n
+    return owner
 
 
 ctypedef struct _paged_meta_t:
+    uint64_t lo
     uint64_t hi
     uint64_t gen
     uint64_t parent_gen
@@ -184,7 +252,7 @@ ctypedef struct _paged_meta_t:
     int32_t lru_next
     int32_t count
     uint8_t registered
-    uint8_t pad[11]
+    uint8_t pad[3]
 
 
 @cython.final
@@ -321,11 +389,8 @@ cdef class _PagedBlocks:
         self.lru_tail = b
         self.n_lru += 1
 
-    cdef inline void _pack_locked(self, const int64_t* toks) noexcept nogil:
-        cdef int32_t* dst = <int32_t*>(self.buf + 16)
-        cdef Py_ssize_t j
-        for j in range(self.block_size):
-            dst[j] = <int32_t>toks[j]
+    cdef inline void _pack_locked(self, const int32_t* toks) noexcept nogil:
+        memcpy(self.buf + 16, toks, 4 * <size_t>self.block_size)
 
     cdef inline void _digest_locked(self, uint64_t plo, uint64_t phi,
                                     uint64_t* out) noexcept nogil:
@@ -345,7 +410,7 @@ cdef class _PagedBlocks:
             b = self.t.index[i]
             if b == SLOT_EMPTY:
                 return -1
-            if (b >= 0 and self.t.ent[b].hash == lo and self.meta[b].hi == hi
+            if (b >= 0 and self.meta[b].lo == lo and self.meta[b].hi == hi
                     and self.meta[b].parent == par and self.meta[b].parent_gen == pgen
                     and memcmp(self.tokens + <Py_ssize_t>b * self.block_size, toks, nbytes) == 0):
                 return b
@@ -360,6 +425,7 @@ cdef class _PagedBlocks:
         self.t.ent[b].hash = lo
         self.t.ent[b].prev = ENTRY_NONE
         self.t.count += 1
+        self.meta[b].lo = lo
         self.meta[b].hi = hi
         self.meta[b].parent = par
         self.meta[b].parent_gen = pgen
@@ -400,13 +466,13 @@ cdef class _PagedBlocks:
                 self.free_stack[self.n_free] = b
                 self.n_free += 1
 
-    cdef int _check_held_locked(self, const int64_t* ids, Py_ssize_t n) except -1:
+    cdef int _check_held_locked(self, const int32_t* ids, Py_ssize_t n) except -1:
         # Each id must be referenced at least as many times as it appears in `ids`.
         cdef Py_ssize_t i
         cdef int32_t b
         self.stamp += 1
         for i in range(n):
-            b = <int32_t>ids[i]
+            b = ids[i]
             if self.meta[b].mark != self.stamp:
                 self.meta[b].mark = self.stamp
                 self.meta[b].count = 0
@@ -444,23 +510,24 @@ cdef class _PagedBlocks:
 
     def release(self, ids):
         """Drop one reference per id (last to first, so a chain's tail is evicted first)."""
-        cdef int64_t* v
-        cdef Py_ssize_t i, n
-        arr = _paged_ids(ids, self.num_blocks)
-        v = _paged_data(arr)
-        n = _paged_len(arr)
+        cdef int32_t local[_PAGED_LOCAL_IDS]
+        cdef _paged_in_t a
+        cdef Py_ssize_t i
+        keep = _paged_load(ids, False, self.num_blocks, local, _PAGED_LOCAL_IDS, &a)
         with cython.critical_section(self):
-            self._check_held_locked(v, n)
-            for i in range(n - 1, -1, -1):
-                self._decref_locked(<int32_t>v[i])
+            self._check_held_locked(a.v, a.n)
+            for i in range(a.n - 1, -1, -1):
+                self._decref_locked(a.v[i])
 
     def incref(self, ids):
         """Take one more reference on each (already referenced) block id."""
-        cdef int64_t* v
+        cdef int32_t local[_PAGED_LOCAL_IDS]
+        cdef _paged_in_t a
         cdef Py_ssize_t i, n
-        arr = _paged_ids(ids, self.num_blocks)
-        v = _paged_data(arr)
-        n = _paged_len(arr)
+        cdef int32_t* v
+        keep = _paged_load(ids, False, self.num_blocks, local, _PAGED_LOCAL_IDS, &a)
+        v = a.v
+        n = a.n
         with cython.critical_section(self):
             for i in range(n):
                 if self.meta[v[i]].refcount <= 0:
@@ -474,7 +541,9 @@ cdef class _PagedBlocks:
 
         Return `(n_cached_tokens, block_ids)`.
         """
-        cdef int64_t* t
+        cdef int32_t local[_PAGED_LOCAL_TOKENS]
+        cdef _paged_in_t a
+        cdef int32_t* t
         cdef int64_t* out
         cdef uint64_t* dig
         cdef Py_ssize_t nfull, i, k = 0, start, end
@@ -483,9 +552,9 @@ cdef class _PagedBlocks:
         cdef uint64_t d[2]
         cdef uint64_t plo = 0, phi = 0
         self._require_prefix()
-        arr = _paged_tokens(tokens)
-        t = _paged_data(arr)
-        nfull = min(_paged_len(arr) // self.block_size, <Py_ssize_t>self.num_blocks)
+        keep = _paged_load(tokens, True, _PAGED_TOKEN_LIMIT, local, _PAGED_LOCAL_TOKENS, &a)
+        t = a.v
+        nfull = min(a.n // self.block_size, <Py_ssize_t>self.num_blocks)
         out = self.plan_ids
         with cython.critical_section(self):
             # A digest depends on the tokens only, so a window of them is computed first and
@@ -506,13 +575,11 @@ cdef class _PagedBlocks:
                 for i in range(start, end):
                     b = self.t.index[dig[2 * i] & self.t.mask]
                     if b >= 0:
-                        _paged_prefetch(&self.t.ent[b])
                         _paged_prefetch(&self.meta[b])
                         _paged_prefetch(self.tokens + <Py_ssize_t>b * self.block_size)
                 for i in range(start, end):
-                    self._pack_locked(t + i * self.block_size)
                     b = self._find_locked(dig[2 * i], dig[2 * i + 1], par, pgen,
-                                          <int32_t*>(self.buf + 16))
+                                          t + i * self.block_size)
                     if b < 0:
                         break
                     out[k] = b
@@ -539,23 +606,25 @@ cdef class _PagedBlocks:
         Return the number of blocks newly added to the table; a block whose content is
         already cached under another id stays private and is freed on release.
         """
-        cdef int64_t* t
-        cdef int64_t* v
+        cdef int32_t tlocal[_PAGED_LOCAL_TOKENS]
+        cdef int32_t vlocal[_PAGED_LOCAL_IDS]
+        cdef _paged_in_t ta, va
+        cdef int32_t* t
+        cdef int32_t* v
         cdef Py_ssize_t nfull, i, n_plan = 0, n_new
         cdef int32_t par = -1, b, canon
         cdef uint64_t pgen = 0, plo = 0, phi = 0
         cdef uint64_t d[2]
-        cdef int32_t* packed
+        cdef const int32_t* tb
         self._require_prefix()
-        tarr = _paged_tokens(tokens)
-        varr = _paged_ids(ids, self.num_blocks)
-        t = _paged_data(tarr)
-        v = _paged_data(varr)
-        nfull = _paged_len(tarr) // self.block_size
-        if _paged_len(varr) < nfull:
-            raise ValueError(f"{nfull} full block(s) of tokens but only {_paged_len(varr)} "
+        tkeep = _paged_load(tokens, True, _PAGED_TOKEN_LIMIT, tlocal, _PAGED_LOCAL_TOKENS, &ta)
+        vkeep = _paged_load(ids, False, self.num_blocks, vlocal, _PAGED_LOCAL_IDS, &va)
+        t = ta.v
+        v = va.v
+        nfull = ta.n // self.block_size
+        if va.n < nfull:
+            raise ValueError(f"{nfull} full block(s) of tokens but only {va.n} "
                              "block id(s)")
-        packed = <int32_t*>(self.buf + 16)
         with cython.critical_section(self):
             for i in range(nfull):
                 if self.meta[v[i]].refcount <= 0:
@@ -563,27 +632,28 @@ cdef class _PagedBlocks:
             # Pass 1 decides everything and raises on bad input; pass 2 only writes.
             self.stamp += 1
             for i in range(nfull):
-                b = <int32_t>v[i]
-                self._pack_locked(t + i * self.block_size)
+                b = v[i]
+                tb = t + i * self.block_size
                 if self.meta[b].registered:
-                    if memcmp(self.tokens + <Py_ssize_t>b * self.block_size, packed,
+                    if memcmp(self.tokens + <Py_ssize_t>b * self.block_size, tb,
                               4 * <size_t>self.block_size) != 0:
                         raise ValueError(f"block {b} is cached for other tokens than position {i}")
                     if self.meta[b].parent == par and self.meta[b].parent_gen == pgen:
                         # Its stored digest was computed from this very parent chain and
                         # these tokens when it was committed: both confirmed, reuse it.
-                        d[0] = self.t.ent[b].hash
+                        d[0] = self.meta[b].lo
                         d[1] = self.meta[b].hi
                         canon = b
                     else:
                         # Committed under another parent holding the same prefix: a private
                         # duplicate's canonical block that has since been evicted, say. The
                         # whole-prefix digest tells whether the content is the same.
+                        self._pack_locked(tb)
                         self._digest_locked(plo, phi, d)
-                        if d[0] != self.t.ent[b].hash or d[1] != self.meta[b].hi:
+                        if d[0] != self.meta[b].lo or d[1] != self.meta[b].hi:
                             raise ValueError(
                                 f"block {b} is cached for other tokens before position {i}")
-                        canon = self._find_locked(d[0], d[1], par, pgen, packed)
+                        canon = self._find_locked(d[0], d[1], par, pgen, tb)
                         if canon < 0:
                             # Nothing under this chain holds it: re-link b here, so the
                             # prefix committed now stays reachable through it.
@@ -597,8 +667,9 @@ cdef class _PagedBlocks:
                             n_plan += 1
                             canon = b
                 else:
+                    self._pack_locked(tb)
                     self._digest_locked(plo, phi, d)
-                    canon = self._find_locked(d[0], d[1], par, pgen, packed)
+                    canon = self._find_locked(d[0], d[1], par, pgen, tb)
                     if canon < 0:
                         if self.meta[b].mark == self.stamp:
                             raise ValueError(f"block {b} appears twice in the block table")
@@ -622,9 +693,9 @@ cdef class _PagedBlocks:
                     self.meta[self.plan[i]].parent = self.plan_parent[i]
                     self.meta[self.plan[i]].parent_gen = self.plan_gen[i]
                     continue
-                self._pack_locked(t + <Py_ssize_t>self.plan_pos[i] * self.block_size)
                 self._register_locked(self.plan[i], self.plan_dig[2 * i], self.plan_dig[2 * i + 1],
-                                      self.plan_parent[i], self.plan_gen[i], packed)
+                                      self.plan_parent[i], self.plan_gen[i],
+                                      t + <Py_ssize_t>self.plan_pos[i] * self.block_size)
                 n_new += 1
             self.n_committed += n_new
         return n_new
@@ -643,17 +714,17 @@ cdef class _PagedBlocks:
 
     def digests(self, tokens):
         """Return the chained digest (16 bytes) of every full block of `tokens`."""
-        cdef int64_t* t
+        cdef int32_t local[_PAGED_LOCAL_TOKENS]
+        cdef _paged_in_t a
         cdef Py_ssize_t i
         cdef uint64_t d[2]
         cdef uint64_t plo = 0, phi = 0
         self._require_prefix()
-        arr = _paged_tokens(tokens)
-        t = _paged_data(arr)
+        keep = _paged_load(tokens, True, _PAGED_TOKEN_LIMIT, local, _PAGED_LOCAL_TOKENS, &a)
         result = []
         with cython.critical_section(self):
-            for i in range(_paged_len(arr) // self.block_size):
-                self._pack_locked(t + i * self.block_size)
+            for i in range(a.n // self.block_size):
+                self._pack_locked(a.v + i * self.block_size)
                 self._digest_locked(plo, phi, d)
                 result.append((<char*>d)[:16])
                 plo = d[0]
