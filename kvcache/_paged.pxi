@@ -41,7 +41,7 @@
 # errors are raised before any mutation.
 
 cimport cython
-from libc.stdint cimport int32_t, int64_t, uint8_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
 from libc.string cimport memcmp, memcpy
 from murmurhash.mrmr cimport hash128_x64
 cimport numpy as _cnp
@@ -66,53 +66,115 @@ cdef extern from *:
     #define KVCACHE_PREFETCH(p) ((void)0)
     #endif
 
+    /* MurmurHash3_x64_128 (Appleby's reference, public domain) written out so the digest of
+       a block inlines into match/commit: murmurhash's hash128_x64 is an indirect call into
+       another extension module that calls a non-inlined getblock per 16 bytes. Blocks are
+       read in native byte order, as the reference does. */
+    static inline uint64_t kvcache_rotl64(uint64_t x, int r) { return (x << r) | (x >> (64 - r)); }
+    static inline uint64_t kvcache_fmix64(uint64_t k) {
+        k ^= k >> 33; k *= 0xff51afd7ed558ccdULL;
+        k ^= k >> 33; k *= 0xc4ceb9fe1a85ec53ULL;
+        k ^= k >> 33;
+        return k;
+    }
+    static inline void kvcache_murmur3_128(const void* key, int len, uint32_t seed,
+                                           uint64_t* out) {
+        const uint8_t* data = (const uint8_t*)key;
+        const uint8_t* tail;
+        const int nblocks = len / 16;
+        const uint64_t c1 = 0x87c37b91114253d5ULL, c2 = 0x4cf5ad432745937fULL;
+        uint64_t h1 = seed, h2 = seed, k1, k2;
+        int i;
+        for (i = 0; i < nblocks; i++) {
+            memcpy(&k1, data + 16 * i, 8);
+            memcpy(&k2, data + 16 * i + 8, 8);
+            k1 *= c1; k1 = kvcache_rotl64(k1, 31); k1 *= c2; h1 ^= k1;
+            h1 = kvcache_rotl64(h1, 27); h1 += h2; h1 = h1 * 5 + 0x52dce729;
+            k2 *= c2; k2 = kvcache_rotl64(k2, 33); k2 *= c1; h2 ^= k2;
+            h2 = kvcache_rotl64(h2, 31); h2 += h1; h2 = h2 * 5 + 0x38495ab5;
+        }
+        tail = data + 16 * nblocks;
+        k1 = 0;
+        k2 = 0;
+        switch (len & 15) {
+        case 15: k2 ^= ((uint64_t)tail[14]) << 48; /* fall through */
+        case 14: k2 ^= ((uint64_t)tail[13]) << 40; /* fall through */
+        case 13: k2 ^= ((uint64_t)tail[12]) << 32; /* fall through */
+        case 12: k2 ^= ((uint64_t)tail[11]) << 24; /* fall through */
+        case 11: k2 ^= ((uint64_t)tail[10]) << 16; /* fall through */
+        case 10: k2 ^= ((uint64_t)tail[9]) << 8;   /* fall through */
+        case 9:  k2 ^= ((uint64_t)tail[8]);
+                 k2 *= c2; k2 = kvcache_rotl64(k2, 33); k2 *= c1; h2 ^= k2;
+                 /* fall through */
+        case 8:  k1 ^= ((uint64_t)tail[7]) << 56;  /* fall through */
+        case 7:  k1 ^= ((uint64_t)tail[6]) << 48;  /* fall through */
+        case 6:  k1 ^= ((uint64_t)tail[5]) << 40;  /* fall through */
+        case 5:  k1 ^= ((uint64_t)tail[4]) << 32;  /* fall through */
+        case 4:  k1 ^= ((uint64_t)tail[3]) << 24;  /* fall through */
+        case 3:  k1 ^= ((uint64_t)tail[2]) << 16;  /* fall through */
+        case 2:  k1 ^= ((uint64_t)tail[1]) << 8;   /* fall through */
+        case 1:  k1 ^= ((uint64_t)tail[0]);
+                 k1 *= c1; k1 = kvcache_rotl64(k1, 31); k1 *= c2; h1 ^= k1;
+        }
+        h1 ^= (uint64_t)len; h2 ^= (uint64_t)len;
+        h1 += h2; h2 += h1;
+        h1 = kvcache_fmix64(h1); h2 = kvcache_fmix64(h2);
+        h1 += h2; h2 += h1;
+        out[0] = h1;
+        out[1] = h2;
+    }
+
     #ifdef Py_GIL_DISABLED
     #define KVCACHE_FREE_THREADED 1
     #else
     #define KVCACHE_FREE_THREADED 0
     #endif
 
-    /* Convert items[i..n) while each is an exact int of one internal digit (|v| < 2**30,
-       every token id and block id in practice), reading the digit in place: no call, no
-       user code. Return the index of the first item that needs more (n if none). The
-       first value outside [0, limit) goes to *bad_val and sets *bad. */
+    /* Convert items[i..n) while each is an exact int of one internal digit in [0, limit)
+       (|v| < 2**30: every token id and block id in practice), reading the digit in place:
+       no call, no user code. Return the index of the first item that needs more (n if
+       none); the caller converts that one (and reports errors) the slow way. */
+    static inline int kvcache_small_int(PyObject* o, long long limit, int32_t* out) {
+        long long v;
+        if (!PyLong_CheckExact(o)) return 0;
+    #if PY_VERSION_HEX >= 0x030C0000
+        if (!PyUnstable_Long_IsCompact((PyLongObject*)o)) return 0;
+        v = (long long)PyUnstable_Long_CompactValue((PyLongObject*)o);
+    #else
+        {
+            Py_ssize_t s = Py_SIZE(o);
+            if ((size_t)s > 1) return 0;   /* negative or more than one digit */
+            v = (long long)(((PyLongObject*)o)->ob_digit[0] & (digit)(0 - (digit)s));
+        }
+    #endif
+        if ((unsigned long long)v >= (unsigned long long)limit) return 0;
+        *out = (int32_t)v;
+        return 1;
+    }
     static Py_ssize_t kvcache_small_ints(PyObject* const* items, Py_ssize_t i, Py_ssize_t n,
-                                         int32_t* out, long long limit, int* bad,
-                                         long long* bad_val) {
+                                         int32_t* out, long long limit) {
     #if defined(Py_LIMITED_API) || defined(PYPY_VERSION)
-        (void)items; (void)n; (void)out; (void)limit; (void)bad; (void)bad_val;
+        (void)items; (void)n; (void)out; (void)limit;
         return i;
     #else
+        /* The int objects of a long list are often cold: fetch them a few items ahead. */
+        for (; i + 16 < n; i++) {
+            KVCACHE_PREFETCH(items[i + 16]);
+            if (!kvcache_small_int(items[i], limit, out + i)) return i;
+        }
         for (; i < n; i++) {
-            PyObject* o = items[i];
-            long long v;
-            if (i + 16 < n) KVCACHE_PREFETCH(items[i + 16]);
-            if (!PyLong_CheckExact(o)) return i;
-    #if PY_VERSION_HEX >= 0x030C0000
-            if (!PyUnstable_Long_IsCompact((PyLongObject*)o)) return i;
-            v = (long long)PyUnstable_Long_CompactValue((PyLongObject*)o);
-    #else
-            {
-                Py_ssize_t s = Py_SIZE(o);
-                if (s < -1 || s > 1) return i;
-                v = (long long)s * (long long)((PyLongObject*)o)->ob_digit[0];
-            }
-    #endif
-            if ((unsigned long long)v >= (unsigned long long)limit && !*bad) {
-                *bad = 1;
-                *bad_val = v;
-            }
-            out[i] = (int32_t)v;
+            if (!kvcache_small_int(items[i], limit, out + i)) return i;
         }
         return n;
     #endif
     }
     """
     void _paged_prefetch "KVCACHE_PREFETCH"(const void* p) noexcept nogil
+    void _paged_murmur3_128 "kvcache_murmur3_128"(const void* key, int len, uint32_t seed,
+                                                  uint64_t* out) noexcept nogil
     bint _PAGED_FREE_THREADED "KVCACHE_FREE_THREADED"
     Py_ssize_t _paged_small_ints "kvcache_small_ints"(
-        PyObject** items, Py_ssize_t i, Py_ssize_t n, int32_t* out, long long limit,
-        int* bad, long long* bad_val) noexcept
+        PyObject** items, Py_ssize_t i, Py_ssize_t n, int32_t* out, long long limit) noexcept
 
 _cnp.import_array()
 
@@ -135,6 +197,28 @@ PrefixCacheStats = _paged_namedtuple(
 )
 
 cdef int64_t _PAGED_TOKEN_LIMIT = 2147483648
+
+
+def _paged_check_inline_murmur():
+    """Return True if the inlined MurmurHash3_x64_128 equals murmurhash's on this platform."""
+    cdef uint64_t a[2]
+    cdef uint64_t b[2]
+    cdef bytes data
+    cdef uint32_t seed
+    rnd = random.Random(2024)
+    for n in list(range(200)) + [rnd.randrange(200, 5000) for _ in range(20)]:
+        for seed in (0, 1, 0xFFFFFFFF, rnd.getrandbits(32)):
+            data = rnd.randbytes(n)
+            _paged_murmur3_128(<char*>data, <int>n, seed, a)
+            hash128_x64(<char*>data, <int>n, seed, b)
+            if a[0] != b[0] or a[1] != b[1]:
+                return False
+    return True
+
+
+# The cimported hash128_x64 is the definition; the inlined copy is used only when the
+# check above found it bit-identical here.
+cdef bint _paged_inline_murmur = _paged_check_inline_murmur()
 
 # Values of a call's arguments are converted into the caller's stack buffers when they fit
 # (no allocation per call, and each call, reentrant or on another thread, has its own);
@@ -217,7 +301,7 @@ cdef object _paged_load(object obj, bint tokens, int64_t limit, int32_t* local,
         if n > cap:
             owner = _paged_new(n, _cnp.NPY_INT32)
             dst = <int32_t*>_cnp.PyArray_DATA(<_cnp.ndarray>owner)
-        i = _paged_small_ints(_paged_seq_items(obj), 0, n, dst, limit, &bad, &bad_val)
+        i = _paged_small_ints(_paged_seq_items(obj), 0, n, dst, limit)
         if i < n:
             # From here Python code may run (__index__ of numpy ints or user objects):
             # read a snapshot, which that code cannot change or free under us.
@@ -232,7 +316,7 @@ cdef object _paged_load(object obj, bint tokens, int64_t limit, int32_t* local,
                     bad_val = x
                 dst[i] = <int32_t>x
                 i += 1
-                i = _paged_small_ints(_paged_seq_items(snap), i, n, dst, limit, &bad, &bad_val)
+                i = _paged_small_ints(_paged_seq_items(snap), i, n, dst, limit)
     if bad:
         _paged_range_error(tokens, bad_val, limit)
     out.v = dst
@@ -397,7 +481,10 @@ cdef class _PagedBlocks:
         # Tokens must already be packed into buf by _pack_locked.
         memcpy(self.buf, &plo, 8)
         memcpy(self.buf + 8, &phi, 8)
-        hash128_x64(self.buf, <int>self.buf_len, 0, out)
+        if _paged_inline_murmur:
+            _paged_murmur3_128(self.buf, <int>self.buf_len, 0, out)
+        else:
+            hash128_x64(self.buf, <int>self.buf_len, 0, out)
         out[0] &= self.mask_lo
         out[1] &= self.mask_hi
 
