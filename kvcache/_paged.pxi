@@ -523,26 +523,40 @@ cdef class _PagedBlocks:
             table_rebuild_index(&self.t)
 
     cdef void _unregister_locked(self, int32_t b) noexcept nogil:
-        table_remove_slot(&self.t, table_slot_of(&self.t, b))
+        # The probe starts from meta[b].lo rather than ent[b].hash (table_slot_of): the
+        # record is loaded already, the entry would be one more cache miss.
+        cdef uint64_t i = self.meta[b].lo & self.t.mask
+        while self.t.index[i] != b:
+            i = (i + 1) & self.t.mask
+        table_remove_slot(&self.t, <Py_ssize_t>i)
         self.t.ent[b].prev = ENTRY_FREE
         self.t.count -= 1
         self.meta[b].registered = 0
         self.meta[b].gen += 1
         self.n_registered -= 1
 
-    cdef int32_t _take_locked(self) noexcept nogil:
-        # Caller checked n_free + n_lru > 0. Free blocks first; evict only when needed.
+    cdef void _take_locked(self, Py_ssize_t n, int64_t* out) noexcept nogil:
+        # Caller checked n <= n_free + n_lru. Free blocks first; evict only when needed,
+        # least recently used first. The victims are listed (and their index slots
+        # prefetched) before any is unlinked, so their cache misses overlap.
+        cdef Py_ssize_t i, nf = min(n, <Py_ssize_t>self.n_free)
         cdef int32_t b
-        if self.n_free > 0:
+        for i in range(nf):
             self.n_free -= 1
             b = self.free_stack[self.n_free]
-        else:
-            b = self.lru_head
+            self.meta[b].refcount = 1
+            out[i] = b
+        b = self.lru_head
+        for i in range(nf, n):
+            out[i] = b
+            _paged_prefetch(&self.t.index[self.meta[b].lo & self.t.mask])
+            b = self.meta[b].lru_next
+        for i in range(nf, n):
+            b = <int32_t>out[i]
             self._lru_unlink_locked(b)
             self._unregister_locked(b)
             self.n_evictions += 1
-        self.meta[b].refcount = 1
-        return b
+            self.meta[b].refcount = 1
 
     cdef inline void _decref_locked(self, int32_t b) noexcept nogil:
         self.meta[b].refcount -= 1
@@ -591,8 +605,7 @@ cdef class _PagedBlocks:
                 raise PoolExhaustedError(
                     f"block pool exhausted: {n} block(s) requested, {self.n_free} free and "
                     f"{self.n_lru} evictable of {self.num_blocks}; the rest are referenced")
-            for i in range(n):
-                out[i] = self._take_locked()
+            self._take_locked(n, out)
         return res
 
     def release(self, ids):
