@@ -7,19 +7,22 @@
 # any state changes.
 #
 # Layout (preshed style: flat C arrays, a thin class around them). Per block b, one
-# 64-byte, cache-line aligned record meta[b] holds what a lookup or an LRU move needs
-# beyond the table (one cache miss per block rather than one per field: a 100k-block
-# pool does not fit in cache):
+# 64-byte, cache-line aligned record meta[b] holds what a lookup needs beyond the table
+# (one cache miss per block rather than one per field: a 100k-block pool does not fit
+# in cache):
 #   refcount           references held by requests
-#   lru_prev/lru_next  doubly linked LRU of blocks that are cached AND free
 #   registered         1 while b is in the prefix table
 #   gen                bumped every time b leaves the table (see below)
 #   lo, hi             the block's digest; lo is also the table hash `ent[b].hash`, kept
 #                      here too so a lookup or a commit reads one record, not two
 #   parent, parent_gen the block it was committed after, and that block's gen
 #   mark, count        scratch for validating a call's arguments
-# Beside it: free_stack[..] (int32, blocks that hold nothing, LIFO, top = n_free - 1)
-# and tokens[b*bs ..] (int32, the block's token ids, the ground truth of a match).
+# Beside it: free_stack[..] (int32, blocks that hold nothing, LIFO, top = n_free - 1),
+# tokens[b*bs ..] (int32, the block's token ids, the ground truth of a match) and
+# lru[b] (prev/next, the doubly linked LRU of blocks that are cached AND free). The LRU
+# links are dense, 8 bytes a block, not in the records: walking to the next victims
+# then reads a few cache-resident bytes instead of one cold record per step, so the
+# records of several victims can be fetched at once.
 # The prefix table is the engine's `table_t` (_core.pxd): open addressing with linear
 # probing over an int32 index, entry number = block id, `ent[b].hash` = the low 64 bits
 # of the digest, tombstones on delete and a rebuild when live + tombstones pass 3/4
@@ -151,6 +154,25 @@ cdef extern from *:
         *out = (int32_t)v;
         return 1;
     }
+    /* Copy n int64 values into out as int32; return the index of the first outside
+       [0, limit), or n. Prefetches 1 KiB ahead: a request's tokens are often cold, and
+       the hardware prefetcher ramps up too slowly for a few KiB. */
+    static Py_ssize_t kvcache_narrow_int64(const int64_t* v, Py_ssize_t n, int32_t* out,
+                                           long long limit) {
+        Py_ssize_t i, bad = n;
+        int any = 0;
+        for (i = 0; i < n; i++) {
+            if ((i & 7) == 0) KVCACHE_PREFETCH(v + i + 128);
+            any |= (unsigned long long)v[i] >= (unsigned long long)limit;
+            out[i] = (int32_t)v[i];
+        }
+        if (any) {
+            for (i = 0; i < n; i++) {
+                if ((unsigned long long)v[i] >= (unsigned long long)limit) { bad = i; break; }
+            }
+        }
+        return bad;
+    }
     static Py_ssize_t kvcache_small_ints(PyObject* const* items, Py_ssize_t i, Py_ssize_t n,
                                          int32_t* out, long long limit) {
     #if defined(Py_LIMITED_API) || defined(PYPY_VERSION)
@@ -159,6 +181,7 @@ cdef extern from *:
     #else
         /* The int objects of a long list are often cold: fetch them a few items ahead. */
         for (; i + 16 < n; i++) {
+            if ((i & 7) == 0) KVCACHE_PREFETCH(items + i + 128);
             KVCACHE_PREFETCH(items[i + 16]);
             if (!kvcache_small_int(items[i], limit, out + i)) return i;
         }
@@ -173,6 +196,8 @@ cdef extern from *:
     void _paged_murmur3_128 "kvcache_murmur3_128"(const void* key, int len, uint32_t seed,
                                                   uint64_t* out) noexcept nogil
     bint _PAGED_FREE_THREADED "KVCACHE_FREE_THREADED"
+    Py_ssize_t _paged_narrow_int64 "kvcache_narrow_int64"(
+        const int64_t* v, Py_ssize_t n, int32_t* out, long long limit) noexcept
     Py_ssize_t _paged_small_ints "kvcache_small_ints"(
         PyObject** items, Py_ssize_t i, Py_ssize_t n, int32_t* out, long long limit) noexcept
 
@@ -286,11 +311,10 @@ cdef object _paged_load(object obj, bint tokens, int64_t limit, int32_t* local,
             dst = <int32_t*>_cnp.PyArray_DATA(<_cnp.ndarray>owner)
         # Copied even from an int64 array: the caller must not see the values change
         # (another thread) between this check and its use of them.
-        for i in range(n):
-            if <uint64_t>v64[i] >= <uint64_t>limit and not bad:
-                bad = 1
-                bad_val = v64[i]
-            dst[i] = <int32_t>v64[i]
+        i = _paged_narrow_int64(v64, n, dst, limit)
+        if i < n:
+            bad = 1
+            bad_val = v64[i]
     else:
         if isinstance(obj, (str, bytes, bytearray)):
             raise TypeError(f"{what} must be a sequence of ints, not {type(obj).__name__}")
@@ -332,11 +356,14 @@ ctypedef struct _paged_meta_t:
     uint64_t mark
     int32_t parent
     int32_t refcount
-    int32_t lru_prev
-    int32_t lru_next
     int32_t count
     uint8_t registered
-    uint8_t pad[3]
+    uint8_t pad[11]
+
+
+ctypedef struct _paged_link_t:
+    int32_t prev
+    int32_t next
 
 
 @cython.final
@@ -356,6 +383,7 @@ cdef class _PagedBlocks:
     cdef uint64_t mask_lo, mask_hi, stamp
     cdef _paged_meta_t* meta
     cdef int32_t* free_stack
+    cdef _paged_link_t* lru
     cdef int32_t* tokens
     cdef table_t t
     cdef int32_t* plan
@@ -384,11 +412,12 @@ cdef class _PagedBlocks:
         raw = <char*>self._alloc(num_blocks * sizeof(_paged_meta_t) + 64, _paged_np.uint8)
         self.meta = <_paged_meta_t*>(raw + (64 - (<size_t>raw & 63)) % 64)
         self.free_stack = <int32_t*>self._alloc(num_blocks, _paged_np.int32)
+        self.lru = <_paged_link_t*>self._alloc(2 * num_blocks, _paged_np.int32)
         # First pop hands out block 0, then 1, ... (keeps tests and traces readable).
         for i in range(num_blocks):
             self.free_stack[i] = <int32_t>(num_blocks - 1 - i)
-            self.meta[i].lru_prev = -1
-            self.meta[i].lru_next = -1
+            self.lru[i].prev = -1
+            self.lru[i].next = -1
         self.n_free = self.num_blocks
         self.lru_head = -1
         self.lru_tail = -1
@@ -450,24 +479,24 @@ cdef class _PagedBlocks:
     # ---- C-level helpers; all assume the critical section is held ----
 
     cdef inline void _lru_unlink_locked(self, int32_t b) noexcept nogil:
-        cdef int32_t p = self.meta[b].lru_prev, q = self.meta[b].lru_next
+        cdef int32_t p = self.lru[b].prev, q = self.lru[b].next
         if p >= 0:
-            self.meta[p].lru_next = q
+            self.lru[p].next = q
         else:
             self.lru_head = q
         if q >= 0:
-            self.meta[q].lru_prev = p
+            self.lru[q].prev = p
         else:
             self.lru_tail = p
-        self.meta[b].lru_prev = -1
-        self.meta[b].lru_next = -1
+        self.lru[b].prev = -1
+        self.lru[b].next = -1
         self.n_lru -= 1
 
     cdef inline void _lru_append_locked(self, int32_t b) noexcept nogil:
-        self.meta[b].lru_prev = self.lru_tail
-        self.meta[b].lru_next = -1
+        self.lru[b].prev = self.lru_tail
+        self.lru[b].next = -1
         if self.lru_tail >= 0:
-            self.meta[self.lru_tail].lru_next = b
+            self.lru[self.lru_tail].next = b
         else:
             self.lru_head = b
         self.lru_tail = b
@@ -537,8 +566,9 @@ cdef class _PagedBlocks:
 
     cdef void _take_locked(self, Py_ssize_t n, int64_t* out) noexcept nogil:
         # Caller checked n <= n_free + n_lru. Free blocks first; evict only when needed,
-        # least recently used first. The victims are listed (and their index slots
-        # prefetched) before any is unlinked, so their cache misses overlap.
+        # least recently used first. The victims are listed from the dense LRU links, their
+        # records then their index slots prefetched, before any is unlinked: their cache
+        # misses overlap instead of following one another.
         cdef Py_ssize_t i, nf = min(n, <Py_ssize_t>self.n_free)
         cdef int32_t b
         for i in range(nf):
@@ -549,8 +579,10 @@ cdef class _PagedBlocks:
         b = self.lru_head
         for i in range(nf, n):
             out[i] = b
-            _paged_prefetch(&self.t.index[self.meta[b].lo & self.t.mask])
-            b = self.meta[b].lru_next
+            _paged_prefetch(&self.meta[b])
+            b = self.lru[b].next
+        for i in range(nf, n):
+            _paged_prefetch(&self.t.index[self.meta[out[i]].lo & self.t.mask])
         for i in range(nf, n):
             b = <int32_t>out[i]
             self._lru_unlink_locked(b)
@@ -866,7 +898,7 @@ cdef class _PagedBlocks:
             while b >= 0:
                 out[k] = b
                 k += 1
-                b = self.meta[b].lru_next
+                b = self.lru[b].next
         return res[:k].copy()
 
     def free_blocks(self):
