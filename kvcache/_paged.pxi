@@ -296,13 +296,16 @@ cdef object _paged_load(object obj, bint tokens, int64_t limit, int32_t* local,
     if _cnp.PyArray_Check(obj):
         if _cnp.PyArray_NDIM(<_cnp.ndarray>obj) != 1:
             raise ValueError(f"{what} must be 1-d, got shape {obj.shape}")
+        # Read in place only when native: a byte-swapped ('>i8' on little-endian) or
+        # unaligned int64 array is converted by numpy first.
         if not (_cnp.PyArray_TYPE(<_cnp.ndarray>obj) == _cnp.NPY_INT64
-                and _cnp.PyArray_IS_C_CONTIGUOUS(<_cnp.ndarray>obj)):
+                and _cnp.PyArray_IS_C_CONTIGUOUS(<_cnp.ndarray>obj)
+                and _cnp.PyArray_ISBEHAVED_RO(<_cnp.ndarray>obj)):
             if obj.dtype.kind not in "iu":
                 raise TypeError(f"{what} must hold integers, got dtype {obj.dtype}")
             if obj.dtype.kind == "u" and obj.size and obj.max() > 0x7FFFFFFFFFFFFFFF:
                 raise ValueError(f"{what} out of range")
-            obj = _paged_np.ascontiguousarray(obj, dtype=_paged_np.int64)
+            obj = _paged_np.require(obj, _paged_np.int64, "CA")
         n = <Py_ssize_t>_cnp.PyArray_DIM(<_cnp.ndarray>obj, 0)
         v64 = _paged_data(obj)
         dst = local

@@ -325,6 +325,156 @@ def test_match_input_forms_and_errors():
     assert pc.match([]) [0] == 0
 
 
+class _Tok(int):
+    """An int subclass: converted by value, like a plain int."""
+
+
+def test_list_conversion_edge_cases_change_nothing():
+    pc = make_cache(block_size=2)
+    serve(pc, [1, 2, 3, 4])
+    held = pc.allocate(1)
+    before = state(pc)
+    for bad, exc, msg in [
+        ([1, True], TypeError, "bool"), ([False], TypeError, "bool"),
+        ([1, 2.0], TypeError, "float"), ([1, 2, 3, "4"], TypeError, "str"),
+        ([1, None], TypeError, "NoneType"),
+        ([1, 2**63], OverflowError, None), ([1, -(2**64)], OverflowError, None),
+        ([1, 2**31], ValueError, r"token id 2147483648 out of range"),
+        ([1, 2**62], ValueError, r"token id 4611686018427387904 out of range"),
+        ([-1, 2], ValueError, r"token id -1 out of range"),
+        # the first out-of-range value is reported; a wrong type anywhere wins over it
+        ([1, 2, -5, 2**40], ValueError, r"token id -5 "),
+        ([1, -5, 2.5], TypeError, "float"), ([-5, True], TypeError, "bool"),
+        ((1, 2.5), TypeError, "float"), ((1, -2), ValueError, "token id -2"),
+        (np.array([1, 2**31], np.int64), ValueError, "token id 2147483648"),
+        (np.array([1, 2**63], np.uint64), ValueError, "out of range"),
+        (np.array([True, False]), TypeError, "dtype bool"),
+        (np.array([1, 2], np.float32), TypeError, "dtype float32"),
+        (np.zeros((2, 2), np.int32), ValueError, "1-d"),
+        (range(-1, 3), ValueError, "token id -1"),
+    ]:
+        with pytest.raises(exc, match=msg):
+            pc.match(bad)
+        with pytest.raises(exc, match=msg):
+            pc.commit(bad, held)
+        if not isinstance(bad, np.ndarray):
+            with pytest.raises(exc, match=msg):
+                pc.match(iter(list(bad)))  # any other iterable: read into a tuple first
+        assert state(pc) == before, bad
+    for bad, exc, msg in [
+        ([True], TypeError, "bool"), ([0.0], TypeError, "float"),
+        ([2**63], OverflowError, None), ([2**40], ValueError, r"block id 1099511627776 out of range"),
+        ([int(held[0]), -1], ValueError, r"block id -1 out of range \[0, 8\)"),
+        (np.array([held[0], 8]), ValueError, r"block id 8 out of range"),
+        (np.array([held[0]], np.float64), TypeError, "dtype float64"),
+    ]:
+        with pytest.raises(exc, match=msg):
+            pc.release(bad)
+        with pytest.raises(exc, match=msg):
+            pc.commit([1, 2], bad)
+        assert state(pc) == before, bad
+    pc.release(held)
+
+
+def test_list_conversion_accepts_every_int_form():
+    pc = make_cache(num_blocks=8, block_size=2)
+    toks = [1, 2**31 - 1, 2**30, 7]  # 2**30 and up are more than one CPython digit
+    _, table = serve(pc, toks)
+    ref = pc.digests(np.array(toks))
+    forms = [lambda: toks, lambda: tuple(toks), lambda: [_Tok(t) for t in toks],
+             lambda: [np.int64(t) for t in toks], lambda: [np.uint32(t) for t in toks],
+             lambda: [toks[0], _Tok(toks[1]), np.int32(toks[2]), toks[3]],
+             lambda: np.array(toks, np.int32), lambda: np.array(toks, np.uint32),
+             lambda: np.array(toks, np.int64), lambda: np.array(toks, ">i8"),
+             lambda: np.repeat(np.array(toks, np.int64), 2)[::2],  # not contiguous
+             lambda: np.frombuffer(b"-" + np.array(toks, np.int64).tobytes(), np.int64,
+                                   offset=1),  # unaligned
+             lambda: iter(toks), lambda: (t for t in toks)]
+    for form in forms:
+        assert pc.digests(form()) == ref
+        n, hit = pc.match(form())
+        assert (n, hit.tolist()) == (4, table)
+        assert pc.commit(form(), hit) == 0  # all already cached, under these very ids
+        pc.release([_Tok(b) for b in hit])
+        pc.release(tuple(pc.match(form())[1].tolist()))
+    assert pc.stats().in_use == 0
+
+
+def test_list_conversion_is_safe_against_index_side_effects():
+    # __index__ runs Python code: it may mutate or free the list being converted. The
+    # conversion reads a snapshot, so it neither crashes nor sees the change.
+    pc = make_cache(num_blocks=8, block_size=2)
+    _, table = serve(pc, [1, 2, 3, 4])
+    toks = []
+
+    class Shrinker:
+        def __index__(self):
+            toks.clear()
+            return 2
+
+    toks.extend([1, Shrinker(), 3, 4])
+    n, hit = pc.match(toks)
+    assert toks == [] and (n, hit.tolist()) == (4, table)
+    pc.release(hit)
+
+    class Reenter:
+        def __index__(self):
+            # a reentrant call on the same cache while the outer one converts
+            n, hit = pc.match([1, 2, 3, 4])
+            pc.release(hit)
+            return 3
+
+    n, hit = pc.match([1, 2, Reenter(), 4])
+    assert (n, hit.tolist()) == (4, table)
+    pc.release(hit)
+
+    class Boom:
+        def __index__(self):
+            raise KeyError("boom")
+
+    before = state(pc)
+    with pytest.raises(KeyError, match="boom"):
+        pc.match([1, 2, 3, Boom()])
+    with pytest.raises(KeyError, match="boom"):
+        pc.release([int(table[0]), Boom()])
+    assert state(pc) == before
+
+
+def test_long_arguments_beyond_the_stack_buffers():
+    # Conversions land in per-call stack buffers (2048 tokens, 256 ids) when they fit.
+    pc = make_cache(num_blocks=3000, block_size=1)
+    toks = list(range(2500))
+    n, hit = pc.match(toks)
+    assert n == 0
+    table = pc.allocate(len(toks))
+    assert pc.commit(toks, table.tolist()) == len(toks)
+    pc.release(list(table))
+    n, hit = pc.match(toks + [10**9])
+    assert n == len(toks) and hit.tolist() == table.tolist()
+    assert pc.digests(toks) == pc.digests(np.array(toks))
+    with pytest.raises(ValueError, match="token id -1"):
+        pc.match(toks + [-1])
+    with pytest.raises(TypeError):
+        pc.release(hit.tolist()[:300] + [1.5])
+    pc.release(hit.tolist())
+    assert pc.stats().in_use == 0 and pc.stats().evictable == len(toks)
+
+
+@pytest.mark.parametrize("block_size", [1, 2, 3, 4])
+def test_digest_reference_for_every_tail_length(block_size):
+    # The hash input is 16 + 4 * block_size + len(salt) bytes: cover every tail length
+    # of MurmurHash3's 16-byte blocks.
+    toks = [5, 70000, 2**31 - 1, 0, 123456, 9, 8, 7][:2 * block_size]
+    for salt_len in range(16):
+        salt = bytes(range(100, 100 + salt_len))
+        pc = make_cache(block_size=block_size, salt=salt)
+        d0, d1 = pc.digests(toks)
+        enc = [np.array(toks[i:i + block_size], "<i4").tobytes()
+               for i in (0, block_size)]
+        assert d0 == murmur3_x64_128(bytes(16) + enc[0] + salt)
+        assert d1 == murmur3_x64_128(d0 + enc[1] + salt)
+
+
 def test_one_prefix_cache_per_pool():
     pool = BlockPool(4, 2, 1, 1, 1)
     PrefixCache(pool)
