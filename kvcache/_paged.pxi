@@ -137,12 +137,16 @@ cdef extern from *:
        (|v| < 2**30: every token id and block id in practice), reading the digit in place:
        no call, no user code. Return the index of the first item that needs more (n if
        none); the caller converts that one (and reports errors) the slow way. */
-    static inline int kvcache_small_int(PyObject* o, long long limit, int32_t* out) {
+    /* `check` is a constant at each call: one-digit ints are below 2**30, so with a limit
+       above that (token ids) the range test is compiled out. */
+    static inline int kvcache_small_int(PyObject* o, long long limit, int check,
+                                        int32_t* out) {
         long long v;
         if (!PyLong_CheckExact(o)) return 0;
     #if PY_VERSION_HEX >= 0x030C0000
         if (!PyUnstable_Long_IsCompact((PyLongObject*)o)) return 0;
         v = (long long)PyUnstable_Long_CompactValue((PyLongObject*)o);
+        if (v < 0) return 0;
     #else
         {
             Py_ssize_t s = Py_SIZE(o);
@@ -150,9 +154,27 @@ cdef extern from *:
             v = (long long)(((PyLongObject*)o)->ob_digit[0] & (digit)(0 - (digit)s));
         }
     #endif
-        if ((unsigned long long)v >= (unsigned long long)limit) return 0;
+        if (check && v >= limit) return 0;
         *out = (int32_t)v;
         return 1;
+    }
+    static inline Py_ssize_t kvcache_small_ints_impl(PyObject* const* items, Py_ssize_t i,
+                                                     Py_ssize_t n, int32_t* out,
+                                                     long long limit, int check) {
+        /* The int objects of a long list are often cold: fetch them 16 items ahead, and
+           the item pointers 128 ahead (once per 8). */
+        for (; i + 24 <= n; i += 8) {
+            int j;
+            KVCACHE_PREFETCH(items + i + 128);
+            for (j = 0; j < 8; j++) {
+                KVCACHE_PREFETCH(items[i + j + 16]);
+                if (!kvcache_small_int(items[i + j], limit, check, out + i + j)) return i + j;
+            }
+        }
+        for (; i < n; i++) {
+            if (!kvcache_small_int(items[i], limit, check, out + i)) return i;
+        }
+        return n;
     }
     /* Copy n int64 values into out as int32; return the index of the first outside
        [0, limit), or n. Prefetches 1 KiB ahead: a request's tokens are often cold, and
@@ -179,16 +201,8 @@ cdef extern from *:
         (void)items; (void)n; (void)out; (void)limit;
         return i;
     #else
-        /* The int objects of a long list are often cold: fetch them a few items ahead. */
-        for (; i + 16 < n; i++) {
-            if ((i & 7) == 0) KVCACHE_PREFETCH(items + i + 128);
-            KVCACHE_PREFETCH(items[i + 16]);
-            if (!kvcache_small_int(items[i], limit, out + i)) return i;
-        }
-        for (; i < n; i++) {
-            if (!kvcache_small_int(items[i], limit, out + i)) return i;
-        }
-        return n;
+        if (limit > (1LL << 30)) return kvcache_small_ints_impl(items, i, n, out, limit, 0);
+        return kvcache_small_ints_impl(items, i, n, out, limit, 1);
     #endif
     }
     """
