@@ -217,9 +217,10 @@ cdef extern from *:
 
 _cnp.import_array()
 
-# Blocks hashed ahead of the lookups in match(): enough to overlap their cache misses,
-# few enough that a miss early in a long prompt wastes little hashing.
-cdef Py_ssize_t _PAGED_WINDOW = 16
+# Blocks per window of match()'s pipeline: hashing one window (~15 ns a block) covers
+# about one DRAM latency of the previous window's prefetches; at most one window past
+# the first miss is hashed for nothing.
+cdef Py_ssize_t _PAGED_WINDOW = 8
 
 import numpy as _paged_np
 from collections import namedtuple as _paged_namedtuple
@@ -534,6 +535,33 @@ cdef class _PagedBlocks:
         out[0] &= self.mask_lo
         out[1] &= self.mask_hi
 
+    cdef inline void _digests_locked(self, const int32_t* toks, Py_ssize_t start,
+                                     Py_ssize_t stop, uint64_t* plo,
+                                     uint64_t* phi) noexcept nogil:
+        # match(): the chained digests of blocks [start, stop) into plan_dig, each one's
+        # index slot prefetched.
+        cdef Py_ssize_t i
+        cdef uint64_t d[2]
+        for i in range(start, stop):
+            self._pack_locked(toks + i * self.block_size)
+            self._digest_locked(plo[0], phi[0], d)
+            self.plan_dig[2 * i] = d[0]
+            self.plan_dig[2 * i + 1] = d[1]
+            plo[0] = d[0]
+            phi[0] = d[1]
+            _paged_prefetch(&self.t.index[d[0] & self.t.mask])
+
+    cdef inline void _prefetch_records_locked(self, Py_ssize_t start,
+                                              Py_ssize_t stop) noexcept nogil:
+        # match(): prefetch the record and token row of the block in each one's first slot.
+        cdef Py_ssize_t i
+        cdef int32_t b
+        for i in range(start, stop):
+            b = self.t.index[self.plan_dig[2 * i] & self.t.mask]
+            if b >= 0:
+                _paged_prefetch(&self.meta[b])
+                _paged_prefetch(self.tokens + <Py_ssize_t>b * self.block_size)
+
     cdef int32_t _find_locked(self, uint64_t lo, uint64_t hi, int32_t par,
                               uint64_t pgen, const int32_t* toks) noexcept nogil:
         cdef uint64_t i = lo & self.t.mask
@@ -695,7 +723,7 @@ cdef class _PagedBlocks:
         cdef int32_t* t
         cdef int64_t* out
         cdef uint64_t* dig
-        cdef Py_ssize_t nfull, i, k = 0, start, end
+        cdef Py_ssize_t nfull, i, k = 0, start, end, nxt
         cdef int32_t par = -1, b
         cdef uint64_t pgen = 0
         cdef uint64_t d[2]
@@ -706,26 +734,19 @@ cdef class _PagedBlocks:
         nfull = min(a.n // self.block_size, <Py_ssize_t>self.num_blocks)
         out = self.plan_ids
         with cython.critical_section(self):
-            # A digest depends on the tokens only, so a window of them is computed first and
-            # each one's index slot, then each candidate's records, are prefetched: the
-            # lookups then wait on one batch of cache misses instead of a chain of them.
+            # A digest depends on the tokens only, so the blocks go by windows, in a
+            # pipeline: hash window w+1 (prefetching its index slots) while the records of
+            # window w, prefetched from its slots, arrive; then look up window w, then read
+            # window w+1's slots (arrived meanwhile) and prefetch its records. The lookups
+            # wait on no cache miss of their own, the digests cover the latency.
             dig = self.plan_dig
+            end = min(<Py_ssize_t>_PAGED_WINDOW, nfull)
+            self._digests_locked(t, 0, end, &plo, &phi)
+            self._prefetch_records_locked(0, end)
             start = 0
             while start < nfull:
-                end = min(start + _PAGED_WINDOW, nfull)
-                for i in range(start, end):
-                    self._pack_locked(t + i * self.block_size)
-                    self._digest_locked(plo, phi, d)
-                    dig[2 * i] = d[0]
-                    dig[2 * i + 1] = d[1]
-                    plo = d[0]
-                    phi = d[1]
-                    _paged_prefetch(&self.t.index[d[0] & self.t.mask])
-                for i in range(start, end):
-                    b = self.t.index[dig[2 * i] & self.t.mask]
-                    if b >= 0:
-                        _paged_prefetch(&self.meta[b])
-                        _paged_prefetch(self.tokens + <Py_ssize_t>b * self.block_size)
+                nxt = min(end + _PAGED_WINDOW, nfull)
+                self._digests_locked(t, end, nxt, &plo, &phi)
                 for i in range(start, end):
                     b = self._find_locked(dig[2 * i], dig[2 * i + 1], par, pgen,
                                           t + i * self.block_size)
@@ -737,7 +758,9 @@ cdef class _PagedBlocks:
                     pgen = self.meta[b].gen
                 if k < end:
                     break
+                self._prefetch_records_locked(end, nxt)
                 start = end
+                end = nxt
             for i in range(k):
                 b = <int32_t>out[i]
                 if self.meta[b].refcount == 0:
