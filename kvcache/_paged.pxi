@@ -306,9 +306,13 @@ cdef object _paged_load(object obj, bint tokens, int64_t limit, int32_t* local,
     cdef int64_t* v64
     cdef PyObject* p
     cdef tuple snap
+    cdef bint seq = True
     owner = None
     what = "tokens" if tokens else "block ids"
-    if _cnp.PyArray_Check(obj):
+    if (type(obj) is list or type(obj) is tuple) and not _PAGED_FREE_THREADED:
+        pass  # the common case, read below without the checks for other types
+    elif _cnp.PyArray_Check(obj):
+        seq = False
         if _cnp.PyArray_NDIM(<_cnp.ndarray>obj) != 1:
             raise ValueError(f"{what} must be 1-d, got shape {obj.shape}")
         # Read in place only when native: a byte-swapped ('>i8' on little-endian) or
@@ -333,11 +337,11 @@ cdef object _paged_load(object obj, bint tokens, int64_t limit, int32_t* local,
         if i < n:
             bad = 1
             bad_val = v64[i]
-    else:
-        if isinstance(obj, (str, bytes, bytearray)):
-            raise TypeError(f"{what} must be a sequence of ints, not {type(obj).__name__}")
-        if type(obj) is not tuple and (type(obj) is not list or _PAGED_FREE_THREADED):
-            obj = tuple(obj)
+    elif isinstance(obj, (str, bytes, bytearray)):
+        raise TypeError(f"{what} must be a sequence of ints, not {type(obj).__name__}")
+    elif type(obj) is not tuple:
+        obj = tuple(obj)
+    if seq:
         n = _paged_seq_size(obj)
         dst = local
         if n > cap:
