@@ -82,6 +82,21 @@ cdef extern from *:
     uint64_t kv_murmur64a_word(uint64_t k, uint64_t seed) nogil
 
 
+cdef extern from *:
+    """
+    /* A hint that a cache line is about to be read; nothing where no intrinsic is known. */
+    #if defined(__GNUC__) || defined(__clang__)
+    #define kv_prefetch(p) __builtin_prefetch((const void*)(p))
+    #elif defined(_MSC_VER) && (defined(_M_X64) || defined(_M_IX86))
+    #include <xmmintrin.h>
+    #define kv_prefetch(p) _mm_prefetch((const char*)(p), _MM_HINT_T0)
+    #else
+    #define kv_prefetch(p) ((void)(p))
+    #endif
+    """
+    void kv_prefetch(const void* p) nogil
+
+
 cdef bint _inline_murmur = False     # set at import, once checked against the cimported hash64
 
 
@@ -1612,7 +1627,10 @@ cdef inline Py_ssize_t cache_lookup(Cache c, object key, hash_t h, double now) e
     `now` is the expiry clock read before the critical section (0 when no TTL is in use).
     """
     cdef Py_ssize_t slot
-    cdef Py_ssize_t e = table_find(c, key, h, &slot)
+    cdef Py_ssize_t e
+    if c.o.policy == POLICY_TINYLFU:
+        _sketch_prefetch(&c.o.tl, h)            # the count that follows misses the cache: start now
+    e = table_find(c, key, h, &slot)
     if e >= 0 and _dead(c, e, now):             # expired: a miss (_ttl.pxi)
         e = -1
     if e < 0:

@@ -28,7 +28,7 @@
 #   which the per-process MurmurHash seed already prevents, and it costs hits on loops.
 #
 # Everything hashes from the entry's MurmurHash (mix_hash of hash(key) with the cache's seed):
-# the sketch rows by double hashing, the ghosts by its high 32 bits.  The sketch and the ghost
+# the sketch through a remix of it (see _sketch_estimate), the ghosts by its high 32 bits.  The sketch and the ghost
 # tables are sized by the entry buffers and grow with them (the sketch by duplication, which
 # keeps every estimate an upper bound of the true count).  A ghost table is direct-mapped with
 # one 8-byte slot per 8 entries, so a newer ghost may overwrite an older one: the adaptation
@@ -62,25 +62,35 @@ cdef inline uint64_t _tlfu_mix(uint64_t h) noexcept nogil:
     return h
 
 
+# Caffeine's block layout: a key's four counters lie in one 64-byte block of eight words
+# (row i picks one word of the pair 2i, 2i+1), so a lookup or an increment touches one cache
+# line instead of four; the block comes from the low bits of a remix of the hash, each
+# counter from one byte of its high half.
 cdef inline int _sketch_estimate(tinylfu_t* s, uint64_t h) noexcept nogil:
-    cdef uint64_t b = _tlfu_mix(h) | 1, x
-    cdef int i, c, m = 15
+    cdef uint64_t c = _tlfu_mix(h), x
+    cdef uint64_t* blk = &s.sketch[(c & (s.smask >> 3)) << 3]
+    cdef int i, v, m = 15
     for i in range(4):
-        x = h + <uint64_t>i * b
-        c = <int>((s.sketch[(x >> 4) & s.smask] >> ((x & 15) << 2)) & 15)
-        if c < m:
-            m = c
+        x = c >> (32 + 8 * i)
+        v = <int>((blk[2 * i + (x & 1)] >> (((x >> 1) & 15) << 2)) & 15)
+        if v < m:
+            m = v
     return m
 
 
+cdef inline void _sketch_prefetch(tinylfu_t* s, uint64_t h) noexcept nogil:
+    kv_prefetch(&s.sketch[(_tlfu_mix(h) & (s.smask >> 3)) << 3])
+
+
 cdef inline void _sketch_increment(tinylfu_t* s, uint64_t h) noexcept nogil:
-    cdef uint64_t b = _tlfu_mix(h) | 1, x, j
+    cdef uint64_t c = _tlfu_mix(h), x, j
+    cdef uint64_t* blk = &s.sketch[(c & (s.smask >> 3)) << 3]
     cdef uint64_t* w
     cdef int i, off
     for i in range(4):
-        x = h + <uint64_t>i * b
-        w = &s.sketch[(x >> 4) & s.smask]
-        off = <int>((x & 15) << 2)
+        x = c >> (32 + 8 * i)
+        w = &blk[2 * i + (x & 1)]
+        off = <int>(((x >> 1) & 15) << 2)
         if ((w[0] >> off) & 15) != 15:
             w[0] += (<uint64_t>1) << off
     s.scount += 1
