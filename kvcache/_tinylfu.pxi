@@ -506,7 +506,7 @@ cdef class _Replayer:
         """Replay a 1-D int64 or uint64 array; return the hits among these keys."""
         cdef cnp.ndarray arr = np.ascontiguousarray(keys)
         cdef bint signed = arr.dtype == np.int64
-        cdef Py_ssize_t n = arr.shape[0], i, slot, free_slot
+        cdef Py_ssize_t n = arr.shape[0], i, slot
         cdef uint64_t* kp = <uint64_t*>cnp.PyArray_DATA(arr)
         cdef Cache c = self.cache
         cdef table_t* t = &c.t
@@ -524,15 +524,11 @@ cdef class _Replayer:
                 k = kp[i]
                 h = mix_hash(_hash_i64(<int64_t>k) if signed else _hash_u64(k), t.seed)
                 i2 = h & t.mask
-                free_slot = -1
                 while True:
                     e = t.index[i2]
                     if e == SLOT_EMPTY:
                         break
-                    if e == SLOT_DELETED:
-                        if free_slot < 0:
-                            free_slot = <Py_ssize_t>i2
-                    elif t.ent[e].hash == h and self.rk[e] == k:
+                    if t.ent[e].hash == h and self.rk[e] == k:
                         break
                     i2 = (i2 + 1) & t.mask
                 if e >= 0:
@@ -541,7 +537,7 @@ cdef class _Replayer:
                     continue
                 if max_entries < 1:
                     continue                        # the class raises "value too large"
-                slot = <Py_ssize_t>i2 if free_slot < 0 else free_slot
+                slot = <Py_ssize_t>i2
                 if t.count >= max_entries:
                     v = order_victim(o, t)
                     table_remove_slot(t, table_slot_of(t, v))
@@ -559,8 +555,6 @@ cdef class _Replayer:
                 self.rk[e] = k
                 order_link_new(o, t, e)
                 t.count += 1
-                if t.filled * 4 > <Py_ssize_t>(t.mask + 1) * 3:
-                    table_rebuild_index(t)
         self.hits += hits
         self.accesses += n
         c._version += 1
