@@ -12,7 +12,8 @@
 #
 # Reentrancy and threads: the lookup is the engine's own (critical section on the local cache,
 # a key's __eq__ may run Python code); the counter is a C integer bumped while holding the GIL,
-# so concurrent hits are never lost.
+# so concurrent hits are never lost.  (The module is not declared free-threading compatible;
+# when it is, that counter needs an atomic add.)
 
 @cython.final
 @cython.auto_pickle(False)
