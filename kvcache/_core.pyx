@@ -1904,3 +1904,5 @@ include "_functools.pxi"
 include "_paged.pxi"
 # The adaptive W-TinyLFU policy (TinyLFUCache), the GIL-free replay loop and Belady's OPT (issue 5).
 include "_tinylfu.pxi"
+# The compiled local-hit path of kvcache.redis.TieredCache (issue 7).
+include "_tiered.pxi"
