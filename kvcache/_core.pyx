@@ -97,6 +97,20 @@ cdef extern from *:
     void kv_prefetch(const void* p) nogil
 
 
+cdef extern from *:
+    """
+    /* a == b, decided without running Python code: 1 or 0 for two exact ints or two exact
+       strs (their comparisons are C code that cannot fail), -1 for anything else. Borrowed
+       references are enough, since nothing can drop the objects meanwhile. */
+    static inline int kv_plain_eq(PyObject* a, PyObject* b) {
+        if (Py_TYPE(a) != Py_TYPE(b) || !(PyLong_CheckExact(a) || PyUnicode_CheckExact(a)))
+            return -1;
+        return PyObject_RichCompareBool(a, b, Py_EQ);
+    }
+    """
+    int kv_plain_eq(PyObject* a, PyObject* b)
+
+
 cdef bint _inline_murmur = False     # set at import, once checked against the cimported hash64
 
 
@@ -1592,6 +1606,7 @@ cdef inline Py_ssize_t table_find(Cache self, object key, hash_t h, Py_ssize_t* 
     """Return key's entry (or -1 and the slot to insert it at); may run key.__eq__."""
     cdef uint64_t i
     cdef int32_t e
+    cdef PyObject* po
     cdef int eq, restarts = 0
     cdef uint64_t version
     cdef object other
@@ -1607,13 +1622,16 @@ cdef inline Py_ssize_t table_find(Cache self, object key, hash_t h, Py_ssize_t* 
                 return -1
             if tg == tag and self.t.ent[self.t.index[i]].hash == h:
                 e = self.t.index[i]
-                if PyList_GET_ITEM(self._kv, 2 * e) == <PyObject*>key:
+                po = PyList_GET_ITEM(self._kv, 2 * e)
+                if po == <PyObject*>key:
                     slot_out[0] = <Py_ssize_t>i     # identity: no reference taken, no Python code
                     return e
-                other = self._kv[2 * e]             # a strong reference: __eq__ may drop the entry
-                eq = PyObject_RichCompareBool(other, key, Py_EQ)
-                if self._version != version:
-                    break                       # mutated by __eq__ (or another thread): restart
+                eq = kv_plain_eq(po, <PyObject*>key)  # exact ints and strs: no reference either
+                if eq < 0:
+                    other = <object>po              # a strong reference: __eq__ may drop the entry
+                    eq = PyObject_RichCompareBool(other, key, Py_EQ)
+                    if self._version != version:
+                        break                       # mutated by __eq__ (or another thread): restart
                 if eq:
                     slot_out[0] = <Py_ssize_t>i
                     return e
