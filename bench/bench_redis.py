@@ -2,6 +2,8 @@
 
 Groups (compare within a group, same run):
   redis-hit          one lookup: plain LRUCache hit, TieredCache local-tier hit, redis-py GET
+  redis-hit-get      the same through .get(key)
+  redis-hit-in       the same through `key in mapping`
   redis-zipf         a Zipf(1.2) read-mostly workload over 20k keys (99% reads, cache-aside
                      fills, 1% writes): TieredCache with a local tier of 10% / 100% of the
                      keys vs redis-py alone
@@ -10,9 +12,18 @@ Groups (compare within a group, same run):
 Run: PYTHONPATH=$PWD python -m pytest bench/bench_redis.py --benchmark-only
 Goals (issue 7): local hit <= 2x an LRUCache hit and >= 50x faster than GET;
 Zipf throughput of TieredCache >= 10x redis-py alone.
+
+The local-hit ratio is a few nanoseconds on a shared machine: for a steadier figure run
+this file as a script (PYTHONPATH=$PWD python bench/bench_redis.py [--rounds N]), which
+times the hit loops interleaved, each round in a new random order, on process CPU time,
+and prints the TieredCache / LRUCache ratio of every round and their median.
 """
 
+import argparse
+import contextlib
 import os
+import random
+import statistics
 import sys
 import tempfile
 import time
@@ -47,8 +58,9 @@ def server():
             s.stop()
 
 
-@pytest.fixture(scope="module")
-def hit_setup(server):
+@contextlib.contextmanager
+def _hit_state(server):
+    """Yield (keys, Redis names, a filled LRUCache, a TieredCache whose local tier holds every key, a client)."""
     keys = [f"key:{i}" for i in range(N_HIT_KEYS)]
     lru = kvcache.LRUCache(maxsize=2 * N_HIT_KEYS)
     tier = TieredCache(kvcache.LRUCache(maxsize=2 * N_HIT_KEYS), server.client(), "bench-hit")
@@ -65,14 +77,36 @@ def hit_setup(server):
     for k in keys:
         tier[k]
     assert all(k in tier.local for k in keys)
-    yield keys, names, lru, tier, client
-    tier.close()
+    try:
+        yield keys, names, lru, tier, client
+    finally:
+        tier.close()
+
+
+@pytest.fixture(scope="module")
+def hit_setup(server):
+    with _hit_state(server) as state:
+        yield state
 
 
 def _loop_getitem(mapping, keys):
     n = 0
     for k in keys:
         n += mapping[k] is not None
+    return n
+
+
+def _loop_get(mapping, keys):
+    n = 0
+    for k in keys:
+        n += mapping.get(k) is not None
+    return n
+
+
+def _loop_in(mapping, keys):
+    n = 0
+    for k in keys:
+        n += k in mapping
     return n
 
 
@@ -88,6 +122,34 @@ def test_hit_tiered_local(benchmark, hit_setup):
     before = tier.stats().remote_hits
     assert benchmark(_loop_getitem, tier, keys) == len(keys)
     assert tier.stats().remote_hits == before  # every lookup stayed local
+
+
+@pytest.mark.benchmark(group="redis-hit-get")
+def test_hit_get_lrucache(benchmark, hit_setup):
+    keys, _, lru, _, _ = hit_setup
+    assert benchmark(_loop_get, lru, keys) == len(keys)
+
+
+@pytest.mark.benchmark(group="redis-hit-get")
+def test_hit_get_tiered_local(benchmark, hit_setup):
+    keys, _, _, tier, _ = hit_setup
+    before = tier.stats().remote_hits
+    assert benchmark(_loop_get, tier, keys) == len(keys)
+    assert tier.stats().remote_hits == before
+
+
+@pytest.mark.benchmark(group="redis-hit-in")
+def test_hit_in_lrucache(benchmark, hit_setup):
+    keys, _, lru, _, _ = hit_setup
+    assert benchmark(_loop_in, lru, keys) == len(keys)
+
+
+@pytest.mark.benchmark(group="redis-hit-in")
+def test_hit_in_tiered_local(benchmark, hit_setup):
+    keys, _, _, tier, _ = hit_setup
+    before = tier.stats().remote_hits
+    assert benchmark(_loop_in, tier, keys) == len(keys)
+    assert tier.stats().remote_hits == before
 
 
 @pytest.mark.benchmark(group="redis-hit")
@@ -200,3 +262,52 @@ def test_invalidation_latency(benchmark, server):
     finally:
         a.close()
         b.close()
+
+
+# --- interleaved A/B of the local hit (run as a script) ------------------------------------
+
+
+def _ab_main(argv=None):
+    ap = argparse.ArgumentParser(description="Interleaved timing: TieredCache local hit vs LRUCache hit.")
+    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--reps", type=int, default=50, help="passes over the keys per timing")
+    args = ap.parse_args(argv)
+    require_redis_binaries()
+    loops = {"m[k]": _loop_getitem, "m.get(k)": _loop_get, "k in m": _loop_in}
+    clock = time.process_time  # CPU time of this process: other load on the machine stays out
+    with tempfile.TemporaryDirectory(prefix="kvcache-bench-redis-") as d:
+        server = RedisServer(d).start()
+        try:
+            with _hit_state(server) as (keys, _, lru, tier, _):
+                before = tier.stats()
+                plans = [(style, impl) for style in loops for impl in ("LRUCache", "TieredCache")]
+                times = {p: [] for p in plans}
+                for _ in range(args.rounds):
+                    random.shuffle(plans)
+                    for style, impl in plans:
+                        fn, m = loops[style], (lru if impl == "LRUCache" else tier)
+                        t0 = clock()
+                        for _ in range(args.reps):
+                            fn(m, keys)
+                        times[style, impl].append(clock() - t0)
+                after = tier.stats()
+        finally:
+            server.stop()
+    lookups = args.reps * len(keys)
+    hits = args.rounds * lookups * len(loops)
+    if after.remote_hits != before.remote_hits or after.local_hits - before.local_hits != hits:
+        raise SystemExit(f"not every lookup was a counted local hit: {before} -> {after}")
+    print(f"{args.rounds} interleaved rounds x {lookups} lookups, ns per lookup (min / median):")
+    for style in loops:
+        lru_t, tier_t = times[style, "LRUCache"], times[style, "TieredCache"]
+        per_round = sorted(t / l for t, l in zip(tier_t, lru_t))
+        print(
+            f"  {style:9} LRUCache {min(lru_t) / lookups * 1e9:6.1f} / {statistics.median(lru_t) / lookups * 1e9:6.1f}"
+            f"   TieredCache {min(tier_t) / lookups * 1e9:6.1f} / {statistics.median(tier_t) / lookups * 1e9:6.1f}"
+            f"   ratio of mins {min(tier_t) / min(lru_t):.2f}x, per-round median {statistics.median(per_round):.2f}x"
+            f" [{per_round[0]:.2f}-{per_round[-1]:.2f}]"
+        )
+
+
+if __name__ == "__main__":
+    _ab_main()

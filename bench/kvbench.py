@@ -354,6 +354,7 @@ IMPLS: list[Impl] = [
     Impl("kvcache.LFUCache", "kvcache", "lfu", "kvcache", lambda m, n: m.LFUCache(n)),
     Impl("kvcache.FIFOCache", "kvcache", "fifo", "kvcache", lambda m, n: m.FIFOCache(n)),
     Impl("kvcache.RRCache", "kvcache", "rr", "kvcache", lambda m, n: m.RRCache(n)),
+    Impl("kvcache.TinyLFUCache", "kvcache", "tinylfu", "kvcache", lambda m, n: m.TinyLFUCache(n)),
     Impl("cachetools.LRUCache", "cachetools", "lru", "peer", lambda m, n: m.LRUCache(n)),
     Impl("cachetools.LFUCache", "cachetools", "lfu", "peer", lambda m, n: m.LFUCache(n)),
     Impl("cachetools.FIFOCache", "cachetools", "fifo", "peer", lambda m, n: m.FIFOCache(n)),

@@ -30,6 +30,7 @@ FASTER_GROUPS = ("get-miss", "set-evict", "zipf-memo")
 TIMERS = {"cpu": "time.process_time", "wall": "time.perf_counter"}
 DEFAULT_TIMER = "wall" if os.name == "nt" else "cpu"
 GET_HIT_GOAL = 1.5  # issue 2: LRUCache get-hit at most 1.5x dict d[k], loop cost subtracted
+TINYLFU_GOAL = 1.3  # issue 5: TinyLFUCache hit cost and bytes per entry at most 1.3x LRUCache's
 
 
 def _setup_paths() -> dict:
@@ -258,7 +259,7 @@ def print_memory(mem):
 
 
 def goals(groups, mem) -> list[dict]:
-    """Evaluate issue 2's benchmark goals on this run's figures."""
+    """Evaluate the benchmark goals of issues 2 and 5 on this run's figures."""
     out = []
 
     def row(group, impl):
@@ -298,6 +299,21 @@ def goals(groups, mem) -> list[dict]:
                     "value": me["per_entry"] / best["per_entry"],
                     "text": f"{me['per_entry']:.1f} B vs {best['per_entry']:.1f} B "
                             f"({best['impl']})", "ok": me["per_entry"] < best["per_entry"]})
+    # Issue 5: the adaptive policy's price next to LRUCache's, and its TinyLFU peers.
+    for g in GET_GROUPS:
+        tl, lru = row(g, "kvcache.TinyLFUCache"), row(g, "kvcache.LRUCache")
+        if tl and lru:
+            v = tl["ns"] / lru["ns"]
+            out.append({"goal": f"{g}: kvcache.TinyLFUCache <= {TINYLFU_GOAL}x kvcache.LRUCache",
+                        "value": v, "text": f"{v:.2f}x", "ok": v <= TINYLFU_GOAL})
+    for g in GET_GROUPS + FASTER_GROUPS:
+        faster_than(g, "kvcache.TinyLFUCache", lambda r: r["policy"] == "tinylfu", "peer TinyLFU")
+    tl = next((r for r in mem if r["impl"] == "kvcache.TinyLFUCache" and "per_entry" in r), None)
+    if tl and me:
+        v = tl["per_entry"] / me["per_entry"]
+        out.append({"goal": f"memory: kvcache.TinyLFUCache <= {TINYLFU_GOAL}x kvcache.LRUCache",
+                    "value": v, "text": f"{v:.2f}x ({tl['per_entry']:.1f} B)",
+                    "ok": v <= TINYLFU_GOAL})
     return out
 
 
@@ -413,7 +429,7 @@ def main(argv=None) -> int:
 
     results = goals(groups, mem)
     if results:
-        print("\ngoals (issue 2; measured in this run, not asserted)")
+        print("\ngoals (issues 2 and 5; measured in this run, not asserted)")
         for r in results:
             print(f"  [{'met ' if r['ok'] else 'MISS'}] {r['goal']}: {r['text']}")
 

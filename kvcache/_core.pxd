@@ -14,9 +14,7 @@ cdef enum:
     ENTRY_NONE = -1
     ENTRY_FREE = -2           # prev[e] of an entry on the free list
     SLOT_EMPTY = -1
-    SLOT_DELETED = -2         # tombstone: keeps probe chains intact after a delete
-    TAG_EMPTY = 0             # tags[slot]: 0 empty, 1 deleted, 0x80 | top 7 hash bits if used
-    TAG_DELETED = 1
+    TAG_EMPTY = 0             # tags[slot]: 0 empty, 0x80 | top 7 hash bits if used
 
 cdef enum policy_t:
     POLICY_CACHE = 0          # insertion order; updates do not move (cachetools.Cache)
@@ -32,10 +30,9 @@ cdef struct entry_rec:        # one 16-byte record per entry: a hit touches one 
     entry_t next              # next entry in its list / next free entry
 
 cdef struct table_t:
-    int32_t* index            # slot -> entry number, SLOT_EMPTY or SLOT_DELETED
+    int32_t* index            # slot -> entry number or SLOT_EMPTY (no tombstones: see table_remove_slot)
     uint8_t* tags             # slot -> tag (or NULL: no tags kept); a miss reads only these
     uint64_t mask             # number of slots - 1 (a power of two)
-    Py_ssize_t filled         # slots that are not SLOT_EMPTY (live + tombstones)
     entry_rec* ent            # entry -> record
     Py_ssize_t capacity       # number of entry numbers
     Py_ssize_t count          # live entries

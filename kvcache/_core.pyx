@@ -82,6 +82,35 @@ cdef extern from *:
     uint64_t kv_murmur64a_word(uint64_t k, uint64_t seed) nogil
 
 
+cdef extern from *:
+    """
+    /* A hint that a cache line is about to be read; nothing where no intrinsic is known. */
+    #if defined(__GNUC__) || defined(__clang__)
+    #define kv_prefetch(p) __builtin_prefetch((const void*)(p))
+    #elif defined(_MSC_VER) && (defined(_M_X64) || defined(_M_IX86))
+    #include <xmmintrin.h>
+    #define kv_prefetch(p) _mm_prefetch((const char*)(p), _MM_HINT_T0)
+    #else
+    #define kv_prefetch(p) ((void)(p))
+    #endif
+    """
+    void kv_prefetch(const void* p) nogil
+
+
+cdef extern from *:
+    """
+    /* a == b, decided without running Python code: 1 or 0 for two exact ints or two exact
+       strs (their comparisons are C code that cannot fail), -1 for anything else. Borrowed
+       references are enough, since nothing can drop the objects meanwhile. */
+    static inline int kv_plain_eq(PyObject* a, PyObject* b) {
+        if (Py_TYPE(a) != Py_TYPE(b) || !(PyLong_CheckExact(a) || PyUnicode_CheckExact(a)))
+            return -1;
+        return PyObject_RichCompareBool(a, b, Py_EQ);
+    }
+    """
+    int kv_plain_eq(PyObject* a, PyObject* b)
+
+
 cdef bint _inline_murmur = False     # set at import, once checked against the cimported hash64
 
 
@@ -156,7 +185,7 @@ cdef inline uint8_t slot_tag(hash_t h) noexcept nogil:
 
 
 cdef Py_ssize_t table_probe_free(table_t* t, hash_t h) noexcept nogil:
-    """Return the first empty or deleted slot on h's probe chain (the key must be absent)."""
+    """Return the first empty slot on h's probe chain (the key must be absent)."""
     cdef uint64_t i = h & t.mask
     if t.tags != NULL:                  # the small tag array answers without the index
         while t.tags[i] >= 0x80:
@@ -183,35 +212,45 @@ cdef Py_ssize_t table_slot_of(table_t* t, entry_t e) noexcept nogil:
 
 
 cdef void table_put_slot(table_t* t, Py_ssize_t slot, entry_t e) noexcept nogil:
-    """Point `slot` (empty or deleted) at entry e, whose hash is already stored."""
-    if t.index[slot] == SLOT_EMPTY:
-        t.filled += 1
+    """Point the empty `slot` at entry e, whose hash is already stored."""
     t.index[slot] = e
     if t.tags != NULL:
         t.tags[slot] = slot_tag(t.ent[e].hash)
 
 
 cdef void table_remove_slot(table_t* t, Py_ssize_t slot) noexcept nogil:
-    # A tombstone unless the next slot is empty: then no chain runs through this one.
-    if t.index[(slot + 1) & t.mask] == SLOT_EMPTY:
-        t.index[slot] = SLOT_EMPTY
-        t.filled -= 1
-        if t.tags != NULL:
-            t.tags[slot] = TAG_EMPTY
-    else:
-        t.index[slot] = SLOT_DELETED
-        if t.tags != NULL:
-            t.tags[slot] = TAG_DELETED
+    """Empty `slot` by backward-shift deletion (Knuth's Algorithm R for linear probing).
+
+    Later members of the probe run move back into the hole when their home slot is not
+    between the hole and where they are, so every run stays unbroken without tombstones:
+    probes stay as short as the live load factor makes them, however many keys came and
+    went. Any slot found before a removal must be looked up again after it.
+    """
+    cdef uint64_t mask = t.mask, i = <uint64_t>slot, j = i, home
+    cdef int32_t e
+    while True:
+        j = (j + 1) & mask
+        e = t.index[j]
+        if e == SLOT_EMPTY:
+            break
+        home = t.ent[e].hash & mask
+        if ((j - home) & mask) >= ((j - i) & mask):
+            t.index[i] = e
+            if t.tags != NULL:
+                t.tags[i] = t.tags[j]
+            i = j
+    t.index[i] = SLOT_EMPTY
+    if t.tags != NULL:
+        t.tags[i] = TAG_EMPTY
 
 
 cdef void table_rebuild_index(table_t* t) noexcept nogil:
-    """Re-insert every live entry into a clean index (drops the tombstones)."""
+    """Re-insert every live entry into a clean index (after the index was resized)."""
     cdef Py_ssize_t e
     cdef uint64_t nslots = t.mask + 1
     memset(t.index, 0xFF, nslots * sizeof(int32_t))   # all SLOT_EMPTY (-1)
     if t.tags != NULL:
         memset(t.tags, TAG_EMPTY, nslots)
-    t.filled = 0
     for e in range(t.capacity):
         if t.ent[e].prev != ENTRY_FREE:
             table_put_slot(t, table_probe_free(t, t.ent[e].hash), <entry_t>e)
@@ -669,7 +708,6 @@ cdef class Cache:
         self._buf = b
         self._point(b)
         self.t.mask = nslots - 1
-        self.t.filled = 0
         self.t.capacity = capacity
         self.t.count = 0
         self.t.free_head = ENTRY_NONE
@@ -788,8 +826,6 @@ cdef class Cache:
         order_link_new(&self.o, &self.t, e)
         self.t.count += 1
         self._version += 1
-        if self.t.filled * 4 > <Py_ssize_t>(self.t.mask + 1) * 3:
-            table_rebuild_index(&self.t)
         return e
 
     cdef object _remove(self, entry_t e, Py_ssize_t slot):
@@ -896,6 +932,8 @@ cdef class Cache:
             self._set_slow(key, h, value)
             return
         with cython.critical_section(self):
+            if self.t.count >= self._max_entries:
+                prefetch_victim_slot(self)
             e = table_find(self, key, h, &slot)
             if e >= 0:
                 old = self._kv[2 * e + 1]           # released after the update, not during it
@@ -1077,7 +1115,6 @@ cdef class Cache:
         cdef Py_ssize_t e
         memset(self.t.index, 0xFF, (self.t.mask + 1) * sizeof(int32_t))
         memset(self.t.tags, TAG_EMPTY, self.t.mask + 1)
-        self.t.filled = 0
         self.t.count = 0
         self.t.free_head = ENTRY_NONE
         for e in range(self.t.capacity - 1, -1, -1):
@@ -1478,11 +1515,10 @@ cdef class Cache:
                 if self.t.index[i] != SLOT_EMPTY:
                     used += 1
                 if self.t.tags[i] != (TAG_EMPTY if self.t.index[i] == SLOT_EMPTY else
-                                      TAG_DELETED if self.t.index[i] == SLOT_DELETED else
                                       slot_tag(self.t.ent[self.t.index[i]].hash)):
                     raise AssertionError("tag of slot %d does not match the index" % i)
-            if used != self.t.filled:
-                raise AssertionError("filled slot count is wrong")
+            if used != self.t.count:
+                raise AssertionError("%d used slots for %d entries" % (used, self.t.count))
             if self._exp != NULL:        # the radix heap of expiry times (_ttl.pxi)
                 _ttl_check(self)
 
@@ -1569,34 +1605,33 @@ cdef object _object_getattribute = object.__getattribute__
 cdef inline Py_ssize_t table_find(Cache self, object key, hash_t h, Py_ssize_t* slot_out) except -2:
     """Return key's entry (or -1 and the slot to insert it at); may run key.__eq__."""
     cdef uint64_t i
-    cdef Py_ssize_t free_slot
     cdef int32_t e
+    cdef PyObject* po
     cdef int eq, restarts = 0
     cdef uint64_t version
     cdef object other
     cdef uint8_t tag = slot_tag(h), tg
     while True:
         i = h & self.t.mask
-        free_slot = -1
         version = self._version
         while True:
             # the tags alone answer most probes: a miss never reads an entry record
             tg = self.t.tags[i]
             if tg == TAG_EMPTY:
-                slot_out[0] = <Py_ssize_t>i if free_slot < 0 else free_slot
+                slot_out[0] = <Py_ssize_t>i
                 return -1
-            if tg == TAG_DELETED:
-                if free_slot < 0:
-                    free_slot = <Py_ssize_t>i
-            elif tg == tag and self.t.ent[self.t.index[i]].hash == h:
+            if tg == tag and self.t.ent[self.t.index[i]].hash == h:
                 e = self.t.index[i]
-                if PyList_GET_ITEM(self._kv, 2 * e) == <PyObject*>key:
+                po = PyList_GET_ITEM(self._kv, 2 * e)
+                if po == <PyObject*>key:
                     slot_out[0] = <Py_ssize_t>i     # identity: no reference taken, no Python code
                     return e
-                other = self._kv[2 * e]             # a strong reference: __eq__ may drop the entry
-                eq = PyObject_RichCompareBool(other, key, Py_EQ)
-                if self._version != version:
-                    break                       # mutated by __eq__ (or another thread): restart
+                eq = kv_plain_eq(po, <PyObject*>key)  # exact ints and strs: no reference either
+                if eq < 0:
+                    other = <object>po              # a strong reference: __eq__ may drop the entry
+                    eq = PyObject_RichCompareBool(other, key, Py_EQ)
+                    if self._version != version:
+                        break                       # mutated by __eq__ (or another thread): restart
                 if eq:
                     slot_out[0] = <Py_ssize_t>i
                     return e
@@ -1612,7 +1647,10 @@ cdef inline Py_ssize_t cache_lookup(Cache c, object key, hash_t h, double now) e
     `now` is the expiry clock read before the critical section (0 when no TTL is in use).
     """
     cdef Py_ssize_t slot
-    cdef Py_ssize_t e = table_find(c, key, h, &slot)
+    cdef Py_ssize_t e
+    if c.o.policy == POLICY_TINYLFU:
+        _sketch_prefetch(&c.o.tl, h)            # the count that follows misses the cache: start now
+    e = table_find(c, key, h, &slot)
     if e >= 0 and _dead(c, e, now):             # expired: a miss (_ttl.pxi)
         e = -1
     if e < 0:
@@ -1624,6 +1662,27 @@ cdef inline Py_ssize_t cache_lookup(Cache c, object key, hash_t h, double now) e
     else:
         order_touch(&c.o, &c.t, <entry_t>e)
     return e
+
+cdef inline void prefetch_victim_slot(Cache c) noexcept nogil:
+    """Start loading the index slot of the entry a full cache evicts next.
+
+    Called before probing for a new key: the victim's slot is a second random memory access,
+    and issued here its miss overlaps the probe's instead of following it.
+    """
+    cdef entry_t v
+    cdef uint64_t i
+    if c.o.policy <= POLICY_LRU:
+        v = c.o.head
+    elif c.o.policy == POLICY_LFU:
+        v = c.o.bhead[c.o.bfirst]
+    else:
+        return
+    if v < 0:
+        return
+    i = c.t.ent[v].hash & c.t.mask
+    if c.t.tags != NULL:
+        kv_prefetch(&c.t.tags[i])
+    kv_prefetch(&c.t.index[i])
 
 cdef entry_t cache_insert_new(Cache c, Py_ssize_t slot, hash_t h, object key, object value,
                               PyObject** evk, PyObject** evv) except -2:
@@ -1661,8 +1720,6 @@ cdef entry_t cache_insert_new(Cache c, Py_ssize_t slot, hash_t h, object key, ob
     c.t.count += 1
     c._version += 1
     c._evictions += 1
-    if c.t.filled * 4 > <Py_ssize_t>(c.t.mask + 1) * 3:
-        table_rebuild_index(&c.t)
     return e
 
 
@@ -1865,3 +1922,5 @@ include "_functools.pxi"
 include "_paged.pxi"
 # The adaptive W-TinyLFU policy (TinyLFUCache), the GIL-free replay loop and Belady's OPT (issue 5).
 include "_tinylfu.pxi"
+# The compiled local-hit path of kvcache.redis.TieredCache (issue 7).
+include "_tiered.pxi"

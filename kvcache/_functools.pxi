@@ -129,19 +129,15 @@ cdef inline Py_ssize_t _hit_find(Cache c, object key, hash_t h, Py_ssize_t* slot
     miss that meets no equal hash (no == runs; slot_out gets the insertion slot)."""
     cdef uint64_t i = h & c.t.mask
     cdef int32_t e
-    cdef Py_ssize_t free_slot = -1
     cdef PyObject* other
     cdef int eq
     cdef uint8_t tag = slot_tag(h), tg
     while True:
         tg = c.t.tags[i]
         if tg == TAG_EMPTY:
-            slot_out[0] = <Py_ssize_t>i if free_slot < 0 else free_slot
+            slot_out[0] = <Py_ssize_t>i
             return -1
-        if tg == TAG_DELETED:
-            if free_slot < 0:
-                free_slot = <Py_ssize_t>i
-        elif tg == tag and c.t.ent[c.t.index[i]].hash == h:
+        if tg == tag and c.t.ent[c.t.index[i]].hash == h:
             e = c.t.index[i]
             other = PyList_GET_ITEM(c._kv, 2 * e)
             if other == <PyObject*>key:

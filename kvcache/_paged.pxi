@@ -25,11 +25,11 @@
 # records of several victims can be fetched at once.
 # The prefix table is the engine's `table_t` (_core.pxd): open addressing with linear
 # probing over an int32 index, entry number = block id, `ent[b].hash` = the low 64 bits
-# of the digest, tombstones on delete and a rebuild when live + tombstones pass 3/4
-# (table_probe_free / table_slot_of / table_remove_slot / table_rebuild_index). The
+# of the digest, backward-shift deletion (table_probe_free / table_slot_of /
+# table_remove_slot), at most half full since it has two slots per block. The
 # lookup is ours: the engine's compares Python keys, a block compares the high digest
 # half, the parent and the tokens. `ent[b].prev` is ENTRY_FREE while b is not in the
-# table, as the rebuild expects; the LRU links stay in meta[b] with the rest.
+# table; the LRU links stay in meta[b] with the rest.
 #
 # Why a match never trusts the digest: a candidate is accepted only when its stored
 # tokens equal the query's AND its stored parent is the block just matched for the
@@ -476,7 +476,6 @@ cdef class _PagedBlocks:
         self.t.ent = <entry_rec*>self._alloc(n * sizeof(entry_rec), _paged_np.uint8)
         self.t.capacity = n
         self.t.count = 0
-        self.t.filled = 0
         self.t.free_head = ENTRY_NONE   # block ids come from the pool's free stack instead
         self.t.seed = 0
         self.plan = <int32_t*>self._alloc(n, _paged_np.int32)
@@ -584,8 +583,6 @@ cdef class _PagedBlocks:
     cdef void _register_locked(self, int32_t b, uint64_t lo, uint64_t hi, int32_t par,
                                uint64_t pgen, const int32_t* toks) noexcept nogil:
         cdef Py_ssize_t slot = table_probe_free(&self.t, lo)
-        if self.t.index[slot] == SLOT_EMPTY:
-            self.t.filled += 1
         self.t.index[slot] = b
         self.t.ent[b].hash = lo
         self.t.ent[b].prev = ENTRY_NONE
@@ -597,8 +594,6 @@ cdef class _PagedBlocks:
         memcpy(self.tokens + <Py_ssize_t>b * self.block_size, toks, 4 * <size_t>self.block_size)
         self.meta[b].registered = 1
         self.n_registered += 1
-        if self.t.filled * 4 > <Py_ssize_t>(self.t.mask + 1) * 3:
-            table_rebuild_index(&self.t)
 
     cdef void _unregister_locked(self, int32_t b) noexcept nogil:
         # The probe starts from meta[b].lo rather than ent[b].hash (table_slot_of): the

@@ -28,7 +28,7 @@
 #   which the per-process MurmurHash seed already prevents, and it costs hits on loops.
 #
 # Everything hashes from the entry's MurmurHash (mix_hash of hash(key) with the cache's seed):
-# the sketch rows by double hashing, the ghosts by its high 32 bits.  The sketch and the ghost
+# the sketch through a remix of it (see _sketch_estimate), the ghosts by its high 32 bits.  The sketch and the ghost
 # tables are sized by the entry buffers and grow with them (the sketch by duplication, which
 # keeps every estimate an upper bound of the true count).  A ghost table is direct-mapped with
 # one 8-byte slot per 8 entries, so a newer ghost may overwrite an older one: the adaptation
@@ -62,25 +62,35 @@ cdef inline uint64_t _tlfu_mix(uint64_t h) noexcept nogil:
     return h
 
 
+# Caffeine's block layout: a key's four counters lie in one 64-byte block of eight words
+# (row i picks one word of the pair 2i, 2i+1), so a lookup or an increment touches one cache
+# line instead of four; the block comes from the low bits of a remix of the hash, each
+# counter from one byte of its high half.
 cdef inline int _sketch_estimate(tinylfu_t* s, uint64_t h) noexcept nogil:
-    cdef uint64_t b = _tlfu_mix(h) | 1, x
-    cdef int i, c, m = 15
+    cdef uint64_t c = _tlfu_mix(h), x
+    cdef uint64_t* blk = &s.sketch[(c & (s.smask >> 3)) << 3]
+    cdef int i, v, m = 15
     for i in range(4):
-        x = h + <uint64_t>i * b
-        c = <int>((s.sketch[(x >> 4) & s.smask] >> ((x & 15) << 2)) & 15)
-        if c < m:
-            m = c
+        x = c >> (32 + 8 * i)
+        v = <int>((blk[2 * i + (x & 1)] >> (((x >> 1) & 15) << 2)) & 15)
+        if v < m:
+            m = v
     return m
 
 
+cdef inline void _sketch_prefetch(tinylfu_t* s, uint64_t h) noexcept nogil:
+    kv_prefetch(&s.sketch[(_tlfu_mix(h) & (s.smask >> 3)) << 3])
+
+
 cdef inline void _sketch_increment(tinylfu_t* s, uint64_t h) noexcept nogil:
-    cdef uint64_t b = _tlfu_mix(h) | 1, x, j
+    cdef uint64_t c = _tlfu_mix(h), x, j
+    cdef uint64_t* blk = &s.sketch[(c & (s.smask >> 3)) << 3]
     cdef uint64_t* w
     cdef int i, off
     for i in range(4):
-        x = h + <uint64_t>i * b
-        w = &s.sketch[(x >> 4) & s.smask]
-        off = <int>((x & 15) << 2)
+        x = c >> (32 + 8 * i)
+        w = &blk[2 * i + (x & 1)]
+        off = <int>(((x >> 1) & 15) << 2)
         if ((w[0] >> off) & 15) != 15:
             w[0] += (<uint64_t>1) << off
     s.scount += 1
@@ -496,7 +506,7 @@ cdef class _Replayer:
         """Replay a 1-D int64 or uint64 array; return the hits among these keys."""
         cdef cnp.ndarray arr = np.ascontiguousarray(keys)
         cdef bint signed = arr.dtype == np.int64
-        cdef Py_ssize_t n = arr.shape[0], i, slot, free_slot
+        cdef Py_ssize_t n = arr.shape[0], i, slot
         cdef uint64_t* kp = <uint64_t*>cnp.PyArray_DATA(arr)
         cdef Cache c = self.cache
         cdef table_t* t = &c.t
@@ -514,15 +524,11 @@ cdef class _Replayer:
                 k = kp[i]
                 h = mix_hash(_hash_i64(<int64_t>k) if signed else _hash_u64(k), t.seed)
                 i2 = h & t.mask
-                free_slot = -1
                 while True:
                     e = t.index[i2]
                     if e == SLOT_EMPTY:
                         break
-                    if e == SLOT_DELETED:
-                        if free_slot < 0:
-                            free_slot = <Py_ssize_t>i2
-                    elif t.ent[e].hash == h and self.rk[e] == k:
+                    if t.ent[e].hash == h and self.rk[e] == k:
                         break
                     i2 = (i2 + 1) & t.mask
                 if e >= 0:
@@ -531,7 +537,7 @@ cdef class _Replayer:
                     continue
                 if max_entries < 1:
                     continue                        # the class raises "value too large"
-                slot = <Py_ssize_t>i2 if free_slot < 0 else free_slot
+                slot = <Py_ssize_t>i2
                 if t.count >= max_entries:
                     v = order_victim(o, t)
                     table_remove_slot(t, table_slot_of(t, v))
@@ -549,8 +555,6 @@ cdef class _Replayer:
                 self.rk[e] = k
                 order_link_new(o, t, e)
                 t.count += 1
-                if t.filled * 4 > <Py_ssize_t>(t.mask + 1) * 3:
-                    table_rebuild_index(t)
         self.hits += hits
         self.accesses += n
         c._version += 1

@@ -310,7 +310,6 @@ cdef class VectorCache:
         cdef Py_ssize_t i
         for i in range(<Py_ssize_t>self._mask + 1):
             self._slots[i].entry = ENTRY_NONE
-        self.t.filled = 0
         self.t.count = 0
         self.t.free_head = ENTRY_NONE
         for i in range(self.t.capacity - 1, -1, -1):

@@ -36,12 +36,13 @@ from collections.abc import MutableMapping
 import redis as _redis
 from redis.exceptions import RedisError
 
+from kvcache._core import _TIER_MISSING, _Expiring, _TieredBase
 from kvcache.serialize import SerializationError, Serializer, decode_key, encode_key
 
 __all__ = ["TieredCache", "TierStats", "CircuitOpenError"]
 
 _monotonic = time.monotonic
-_MISSING = object()
+_MISSING = _TIER_MISSING  # what the compiled read path returns for "not there"
 _DEFAULT = object()
 
 TierStats = namedtuple(
@@ -60,16 +61,6 @@ invalidation stream is up (the local tier is trusted only then).
 
 class CircuitOpenError(_redis.exceptions.ConnectionError):
     """Raised in strict mode while the circuit breaker keeps Redis out of reach."""
-
-
-class _Expiring:
-    """A local value with the monotonic deadline of its Redis TTL."""
-
-    __slots__ = ("value", "deadline")
-
-    def __init__(self, value, deadline):
-        self.value = value
-        self.deadline = deadline
 
 
 # Compare-and-delete / compare-and-extend: a lease is touched only by the
@@ -151,7 +142,7 @@ class _Breaker:
                 self.trial = False
 
 
-class TieredCache(MutableMapping):
+class TieredCache(_TieredBase, MutableMapping):
     """Cache values locally in `local` (any kvcache cache) and shared in Redis.
 
     ``client`` is a ``redis.Redis`` or ``redis.cluster.RedisCluster`` created with
@@ -208,8 +199,9 @@ class TieredCache(MutableMapping):
         self._cluster = _is_cluster(client)
         if _connection_kwargs(client).get("decode_responses"):
             raise ValueError("the redis client must be created with decode_responses=False")
-        self._local = local
-        self._local_get = local.get
+        # The local tier, the live flag and the local-hit counter live in the compiled base:
+        # __getitem__, get and __contains__ answer a local hit there (kvcache/_tiered.pxi).
+        self._bind_local(local)
         self._client = client
         self.namespace = namespace
         self.ttl = ttl
@@ -235,7 +227,6 @@ class TieredCache(MutableMapping):
         self._waiters = {}  # Redis name -> Event woken by any change of name or its lock
         self._live = False
         self._counts = [0] * 6  # remote_hits misses sets deletes errors invalidations
-        self._local_hits = 0
 
         self._stop = threading.Event()
         pools = _pools(client)
@@ -342,16 +333,6 @@ class TieredCache(MutableMapping):
                     slot[1] = True
             self._live = live
 
-    def _local_entry(self, key):
-        """Return the live local value of `key` or _MISSING."""
-        v = self._local.get(key, _MISSING)
-        if type(v) is _Expiring:
-            if v.deadline > _monotonic():
-                return v.value
-            self._local.pop(key, None)
-            return _MISSING
-        return v
-
     def _remote_get(self, key, name):
         """Return the value from Redis (filling local) or _MISSING; may raise RedisError."""
         epoch = self._begin(name)
@@ -373,42 +354,22 @@ class TieredCache(MutableMapping):
 
     # --- the mapping -----------------------------------------------------------
 
-    def __getitem__(self, key):
-        # The hot path: one local lookup, two cheap checks.
-        v = self._local_get(key, _MISSING)
-        if v is not _MISSING and self._live:
-            if type(v) is not _Expiring:
-                self._local_hits += 1
-                return v
-            if v.deadline > _monotonic():
-                self._local_hits += 1
-                return v.value
-        v = self._fetch(key)
-        if v is _MISSING:
-            raise KeyError(key)
-        return v
+    # __getitem__, get and __contains__ are compiled (_TieredBase): they answer a local hit
+    # and call _fetch for everything else.
 
     def _fetch(self, key):
+        """Read `key` the local tier did not answer: Redis, else the local tier; or _MISSING."""
         name = self._name(key)
         if not self._blocked():
             try:
                 return self._remote_get(key, name)
             except (RedisError, SerializationError) as exc:
                 self._error(exc)
-        # Fail-open: the local tier is all we have.
-        v = self._local_entry(key)
-        if v is not _MISSING:
-            self._local_hits += 1
-        else:
+        # Fail-open: the local tier is all we have (counts the hit itself).
+        v = self._local_fallback(key)
+        if v is _MISSING:
             self._counts[1] += 1
         return v
-
-    def get(self, key, default=None):
-        """Return the value for `key` (local tier, then Redis), else `default`."""
-        try:
-            return self[key]
-        except KeyError:
-            return default
 
     def __setitem__(self, key, value):
         self.set(key, value)
@@ -464,13 +425,6 @@ class TieredCache(MutableMapping):
         finally:
             self._end(name, epoch, key, _MISSING)
         return existed
-
-    def __contains__(self, key):
-        try:
-            self[key]
-        except KeyError:
-            return False
-        return True
 
     def _scan_names(self):
         return self._client.scan_iter(match=_glob_escape(self._vprefix) + b"*", count=500)

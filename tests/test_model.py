@@ -1,6 +1,6 @@
 """Hypothesis state machines: each compiled cache and its reference model, operation by operation.
 
-Keys include objects whose hash takes only a few values, so probe chains, tombstones and
+Keys include objects whose hash takes only a few values, so probe chains, backward-shift deletions and
 equal-hash comparisons are exercised on purpose.
 """
 import hypothesis.strategies as st

@@ -232,6 +232,229 @@ def test_expired_local_entry_is_not_served(make_tier):
     assert t["k"] == "v"
 
 
+# --- the compiled local-hit path (kvcache/_tiered.pxi) ---------------------------------------
+
+
+class GetSpyLRU(kvcache.LRUCache):
+    """An engine cache whose `get` is overridden: the tier must call it, not the engine."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.gets = 0
+
+    def get(self, key, default=None):
+        self.gets += 1
+        return super().get(key, default)
+
+
+def _local_tiers():
+    tiers = {
+        "LRUCache": lambda: kvcache.LRUCache(maxsize=100),
+        "LFUCache": lambda: kvcache.LFUCache(maxsize=100),
+        "TTLCache": lambda: kvcache.TTLCache(maxsize=100, ttl=60),
+        "TinyLFUCache": lambda: kvcache.TinyLFUCache(maxsize=100),
+        "get-override": lambda: GetSpyLRU(maxsize=100),
+        "dict": dict,
+    }
+    try:
+        import cachetools
+    except ImportError:
+        pass
+    else:
+        tiers["cachetools.LRUCache"] = lambda: cachetools.LRUCache(maxsize=100)
+    return tiers
+
+
+LOCAL_TIERS = _local_tiers()
+ACCESS = {
+    "getitem": lambda t, k: t[k],
+    "get": lambda t, k: t.get(k, "default"),
+    "in": lambda t, k: k in t,
+}
+
+
+def fill_locally(t, key, value, **set_kwargs):
+    """Write `key` through `t` and read it back once the notice went by, so it sits in t.local."""
+    before = t.stats().invalidations
+    t.set(key, value, **set_kwargs)
+    assert wait_for(lambda: t.stats().invalidations > before), "notice of the write never arrived"
+    assert t[key] == value
+    assert key in t.local
+
+
+@pytest.mark.parametrize("local_name", LOCAL_TIERS)
+def test_local_hits_counted_exactly_by_every_access(make_tier, local_name):
+    local = LOCAL_TIERS[local_name]()
+    t = make_tier(local=local)
+    fill_locally(t, "k", "v")
+    fill_locally(t, "x", "w", ttl=60)  # carried deadline: wrapped locally
+    s0 = t.stats()
+    local_hits0 = local.stats().hits if hasattr(local, "stats") else None
+    expected = {"getitem": "v", "get": "v", "in": True}
+    for name, access in ACCESS.items():
+        for _ in range(7):
+            assert access(t, "k") == expected[name]
+            assert access(t, "x") == {"getitem": "w", "get": "w", "in": True}[name]
+    s1 = t.stats()
+    assert s1.local_hits - s0.local_hits == 3 * 7 * 2
+    assert (s1.remote_hits, s1.misses) == (s0.remote_hits, s0.misses)  # Redis never asked
+    if local_hits0 is not None:  # the local tier saw one counted lookup per access
+        assert local.stats().hits - local_hits0 == 3 * 7 * 2
+    if isinstance(local, GetSpyLRU):
+        assert local.gets >= 3 * 7 * 2
+
+
+def test_local_hits_exact_across_threads(make_tier):
+    t = make_tier(local=kvcache.LRUCache(maxsize=100))
+    keys = [f"k{i}" for i in range(10)]
+    for k in keys:
+        fill_locally(t, k, k.upper())
+    before = t.stats().local_hits
+    n_threads, n_rounds = 4, 500
+    bad = []
+
+    def reader():
+        for _ in range(n_rounds):
+            for k in keys:
+                if t[k] != k.upper() or t.get(k) != k.upper() or k not in t:
+                    bad.append(k)
+
+    threads = [threading.Thread(target=reader) for _ in range(n_threads)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert bad == []
+    assert t.stats().local_hits - before == n_threads * n_rounds * len(keys) * 3
+    assert t.stats().remote_hits == len(keys)
+
+
+@pytest.mark.parametrize("access", ACCESS)
+@pytest.mark.parametrize("local_name", ["LRUCache", "TTLCache", "dict", "get-override"])
+def test_expiring_local_copy_served_until_its_deadline(make_tier, redis_server, local_name, access):
+    from kvcache.redis import _Expiring
+
+    t = make_tier(local=LOCAL_TIERS[local_name]())
+    read = ACCESS[access]
+    answer = {"getitem": lambda v: v, "get": lambda v: v, "in": lambda v: True}[access]
+    fill_locally(t, "k", "v", ttl=60)
+    entry = t.local["k"]
+    assert type(entry) is _Expiring and entry.value == "v" and entry.deadline > time.monotonic() + 50
+    t.local["k"] = _Expiring("local", time.monotonic() + 30)
+    hits, remote = t.stats().local_hits, t.stats().remote_hits
+    assert read(t, "k") == answer("local")
+    assert t.stats().local_hits == hits + 1
+    # Just past its deadline (the kernel's coarse clock may still be before it): Redis answers
+    # (its copy is alive) and the local copy is refreshed from it.
+    t.local["k"] = _Expiring("local", time.monotonic() - 0.0005)
+    assert read(t, "k") == answer("v")
+    assert t.stats().remote_hits == remote + 1 and t.stats().local_hits == hits + 1
+    assert t.local["k"].value == "v"
+    # Expired locally and gone from Redis: a miss.
+    redis_server.client().delete(rname(t, "k"))
+    assert wait_for(lambda: "k" not in t.local)  # the delete's notice
+    t.local["k"] = _Expiring("stale", time.monotonic() - 0.0005)
+    if access == "getitem":
+        with pytest.raises(KeyError):
+            t["k"]
+    else:
+        assert read(t, "k") == {"get": "default", "in": False}[access]
+    assert t.stats().local_hits == hits + 1
+
+
+def test_expired_local_copy_dropped_when_redis_is_down(make_tier, own_redis_server):
+    from kvcache.redis import _Expiring
+
+    t = make_tier(server=own_redis_server, failure_threshold=1, backoff=10)
+    fill_locally(t, "live", "L", ttl=60)
+    t.local["dead"] = _Expiring("D", time.monotonic() - 1)
+    own_redis_server.kill()
+    assert wait_for(lambda: not t.live)
+    hits = t.stats().local_hits
+    assert t["live"] == "L"  # fail-open: the local copy answers, counted once
+    assert t.get("dead") is None and "dead" not in t.local  # expired: dropped, not served
+    assert "live" in t and t.get("live") == "L"
+    assert t.stats().local_hits == hits + 3
+
+
+def test_suspect_local_tier_is_bypassed(make_tier, redis_server):
+    t = make_tier()
+    fill_locally(t, "k", "redis")
+    t.local["k"] = "local only"  # what a lost notice would leave behind
+    assert t["k"] == "local only"  # trusted while the stream is up
+    t._live = False  # the stream is down (as a listener reports it)
+    remote, hits = t.stats().remote_hits, t.stats().local_hits
+    assert t["k"] == "redis" and t.get("k") == "redis" and "k" in t
+    s = t.stats()
+    assert s.remote_hits == remote + 3 and s.local_hits == hits
+
+
+class RaisingEq:
+    def __init__(self, h, exc):
+        self.h, self.exc = h, exc
+
+    def __hash__(self):
+        return self.h
+
+    def __eq__(self, other):
+        raise self.exc
+
+
+class RaisingHash:
+    def __hash__(self):
+        raise ValueError("no hash")
+
+
+@pytest.mark.parametrize("access", ACCESS)
+@pytest.mark.parametrize("local_name", ["LRUCache", "dict"])
+def test_key_errors_from_hash_and_eq_propagate(make_tier, local_name, access):
+    t = make_tier(local=LOCAL_TIERS[local_name]())
+    fill_locally(t, "k", "v")
+    read = ACCESS[access]
+    with pytest.raises(ValueError, match="no hash"):
+        read(t, RaisingHash())
+    with pytest.raises(ZeroDivisionError):
+        read(t, RaisingEq(hash("k"), ZeroDivisionError("eq")))
+    # A KeyError raised by __eq__ is the key's error, not "missing": get/in do not swallow it.
+    with pytest.raises(KeyError, match="from eq"):
+        read(t, RaisingEq(hash("k"), KeyError("from eq")))
+    assert t["k"] == "v" and "k" in t.local  # nothing lost
+
+
+def test_subclass_overriding_getitem_is_used_by_get_and_in(redis_server, ns):
+    class Upper(TieredCache):
+        def __getitem__(self, key):
+            return super().__getitem__(key).upper()
+
+    t = Upper(kvcache.LRUCache(maxsize=10), redis_server.client(), ns)
+    try:
+        assert t.wait_live(5)
+        t["k"] = "v"
+        assert t["k"] == "V" and t.get("k") == "V" and "k" in t
+        assert t.get("missing", 1) == 1 and "missing" not in t
+    finally:
+        t.close()
+
+
+def test_instance_get_override_on_local_is_called(make_tier):
+    local = kvcache.LRUCache(maxsize=10)
+    calls = []
+    engine_get = local.get
+    local.get = lambda key, default=None: calls.append(key) or engine_get(key, default)
+    t = make_tier(local=local)
+    fill_locally(t, "k", "v")
+    calls.clear()
+    assert t["k"] == "v" and calls == ["k"]
+
+
+def test_tier_made_without_init_fails_cleanly():
+    t = TieredCache.__new__(TieredCache)
+    with pytest.raises(AttributeError):
+        t["k"]
+    with pytest.raises(AttributeError):
+        t.get("k")
+
+
 # --- serialization through the tier ----------------------------------------------------
 
 

@@ -110,11 +110,12 @@ class TinyLFUModel(CacheModel):
     # -- the sketch ----------------------------------------------------------------------------
 
     def _cells(self, h):
-        b = mix(h) | 1
-        mask = len(self.sketch) - 1
+        # one 8-word block per key; row i uses word 2i or 2i+1 of it
+        c = mix(h)
+        block = (c & (len(self.sketch) // 8 - 1)) * 8
         for i in range(4):
-            x = (h + i * b) & MASK64
-            yield (x >> 4) & mask, (x & 15) << 2
+            x = c >> (32 + 8 * i)
+            yield block + 2 * i + (x & 1), ((x >> 1) & 15) << 2
 
     def estimate(self, h):
         return min((self.sketch[w] >> off) & 15 for w, off in self._cells(h))

@@ -1,0 +1,159 @@
+# The read path of kvcache.redis.TieredCache (issue 7): a local-tier hit, compiled.
+#
+# Why this lives in the engine although the Redis tier is otherwise written against the public
+# API: a local hit is the tier's whole point, and the goal is "at most 2x a plain LRUCache hit".
+# A Python __getitem__ costs a frame, a bound `local.get` call, attribute loads for the live
+# flag and the counter and a float comparison for carried TTLs: 3-4x an LRUCache hit, measured.
+# Here the hit is one C call: when the local tier is one of the engine's caches (with the native
+# lookup) it goes straight through cache_lookup, exactly what `local.get` would run; any other
+# local tier is called through its bound `get`.  Everything else of the tier (Redis, locks,
+# invalidation, fail-open) stays in Python in kvcache/redis.py; this class only holds the state
+# the hit reads: the local tier, the live flag, the local-hit counter.
+#
+# Reentrancy and threads: the lookup is the engine's own (critical section on the local cache,
+# a key's __eq__ may run Python code); the counter is a C integer bumped while holding the GIL,
+# so concurrent hits are never lost.  (The module is not declared free-threading compatible;
+# when it is, that counter needs an atomic add.)
+
+@cython.final
+@cython.auto_pickle(False)
+cdef class _Expiring:
+    """A local value with the monotonic deadline (time.monotonic) of its Redis TTL."""
+
+    cdef readonly object value
+    cdef readonly double deadline
+
+    def __init__(self, value, double deadline):
+        self.value = value
+        self.deadline = deadline
+
+    def __reduce__(self):
+        return (_Expiring, (self.value, self.deadline))
+
+    def __repr__(self):
+        return "_Expiring(%r, deadline=%r)" % (self.value, self.deadline)
+
+
+# What a local lookup returns for "not there"; kvcache.redis uses the same object.
+_TIER_MISSING = object()
+cdef object _tier_missing = _TIER_MISSING
+
+
+cdef inline bint _tier_alive(double deadline) except -1:
+    """Is a carried deadline still ahead of time.monotonic()?"""
+    if KV_HAVE_CLOCK:
+        return not _expired_at(deadline, NAN)      # the C clock (see _ttl.pxi): same doubles
+    return deadline > <double>_time_monotonic()
+
+
+@cython.auto_pickle(False)
+cdef class _TieredBase:
+    """The compiled local-tier read path of kvcache.redis.TieredCache (not for direct use)."""
+
+    cdef readonly object _local
+    cdef object _local_get           # local.get, bound
+    cdef Cache _native               # local itself when `local.get` is Cache.get, else None
+    cdef public bint _live           # invalidations flowing: the local tier may answer
+    cdef int64_t _hits               # reads answered by the local tier
+    cdef bint _own_getitem           # False when a subclass overrides __getitem__
+
+    def _bind_local(self, local):
+        """Make `local` the local tier (called once, by the constructor)."""
+        get = local.get
+        self._native = None
+        if (isinstance(local, Cache) and type(local).get is Cache.get
+                and "get" not in (getattr(local, "__dict__", None) or ())):
+            self._native = <Cache>local
+        self._local = local
+        self._local_get = get
+        self._own_getitem = type(self).__getitem__ is _TieredBase.__getitem__
+
+    @property
+    def _local_hits(self):
+        return self._hits
+
+    def __getitem__(self, key):
+        v = _tier_hit(self, key)
+        if v is _tier_missing:
+            v = self._fetch(key)
+            if v is _tier_missing:
+                raise KeyError(key)
+        return v
+
+    def get(self, key, default=None):
+        """Return the value for `key` (local tier, then Redis), else `default`."""
+        if not self._own_getitem:
+            try:
+                return self[key]
+            except KeyError:
+                return default
+        v = _tier_hit(self, key)
+        if v is _tier_missing:
+            v = self._fetch(key)
+            if v is _tier_missing:
+                return default
+        return v
+
+    def __contains__(self, key):
+        if not self._own_getitem:
+            try:
+                self[key]
+            except KeyError:
+                return False
+            return True
+        return _tier_hit(self, key) is not _tier_missing or self._fetch(key) is not _tier_missing
+
+    def _local_fallback(self, key):
+        """Return the live local value of `key` (counted as a local hit) or MISSING; drop an expired copy.
+
+        For reads Redis could not answer (fail-open), whatever the live flag says.
+        """
+        v = _tier_local_value(self, key)
+        if v is _tier_missing:
+            return v
+        if type(v) is _Expiring:
+            if not _tier_alive((<_Expiring>v).deadline):
+                self._local.pop(key, None)
+                return _tier_missing
+            v = (<_Expiring>v).value
+        self._hits += 1
+        return v
+
+
+# Module-level rather than cdef methods: no vtable, so the compiler inlines them into the hit.
+
+cdef inline object _tier_local_value(_TieredBase t, object key):
+    """`local.get(key, MISSING)`: through the engine's counted lookup when local is native."""
+    cdef Cache c = t._native
+    cdef Py_ssize_t e
+    cdef hash_t h
+    cdef double now
+    if c is not None and c._native_getitem:
+        # What Cache.get runs, inlined to save the call.
+        h = _key_hash(c, key)
+        now = _ttl_now(c) if c._exp != NULL else 0.0
+        with cython.critical_section(c):
+            e = cache_lookup(c, key, h, now)
+            if e >= 0:
+                return <object>PyList_GET_ITEM(c._kv, 2 * e + 1)
+        return _tier_missing
+    if t._local_get is None:
+        return _tier_missing            # made by __new__ alone: _fetch reports the problem
+    return t._local_get(key, _tier_missing)
+
+
+cdef inline object _tier_hit(_TieredBase t, object key):
+    """Return the local value of `key` if the local tier may answer (counted), else MISSING.
+
+    A missing, expired or untrusted (stream down) copy is left in place: the caller's
+    _fetch replaces or drops it.
+    """
+    v = _tier_local_value(t, key)
+    if v is not _tier_missing and t._live:
+        if type(v) is not _Expiring:
+            t._hits += 1
+            return v
+        if _tier_alive((<_Expiring>v).deadline):
+            t._hits += 1
+            return (<_Expiring>v).value
+    return _tier_missing
