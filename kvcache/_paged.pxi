@@ -29,7 +29,8 @@
 # table_remove_slot), at most half full since it has two slots per block. The
 # lookup is ours: the engine's compares Python keys, a block compares the high digest
 # half, the parent and the tokens. `ent[b].prev` is ENTRY_FREE while b is not in the
-# table; the LRU links stay in meta[b] with the rest.
+# table. Unregistering finds b's slot from meta[b].lo (== ent[b].hash), afresh each
+# time: a backward-shift deletion moves other blocks' slots.
 #
 # Why a match never trusts the digest: a candidate is accepted only when its stored
 # tokens equal the query's AND its stored parent is the block just matched for the
