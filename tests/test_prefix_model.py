@@ -208,8 +208,8 @@ def test_model_reuses_and_evicts_like_a_cache():
 
 @pytest.mark.parametrize("bits", [128, 0])
 def test_heavy_churn_matches_model(bits):
-    # Many distinct chains through a small pool: evictions leave tombstones in the
-    # engine's index until it rebuilds; lookups must stay exact throughout.
+    # Many distinct chains through a small pool: every eviction shifts probe runs back
+    # in the engine's index (backward-shift deletion); lookups must stay exact throughout.
     rng = np.random.default_rng(bits)
     real = PrefixCache(BlockPool(6, BS, 1, 1, 1), _digest_bits=bits)
     model = PyPrefixCache(6, BS)
