@@ -100,12 +100,34 @@ cdef extern from *:
 cdef extern from *:
     """
     /* a == b, decided without running Python code: 1 or 0 for two exact ints or two exact
-       strs (their comparisons are C code that cannot fail), -1 for anything else. Borrowed
-       references are enough, since nothing can drop the objects meanwhile. */
-    static inline int kv_plain_eq(PyObject* a, PyObject* b) {
+       strs (their comparisons are C code that cannot fail) and for tuples of up to eight
+       items that are identical or such scalars (lru_cache's keys); -1 when it might run
+       Python code. Borrowed references are enough, since nothing can drop the objects. */
+    static inline int kv_scalar_eq(PyObject* a, PyObject* b) {
         if (Py_TYPE(a) != Py_TYPE(b) || !(PyLong_CheckExact(a) || PyUnicode_CheckExact(a)))
             return -1;
         return PyObject_RichCompareBool(a, b, Py_EQ);
+    }
+    static inline int kv_plain_eq(PyObject* a, PyObject* b) {
+        Py_ssize_t n, i;
+        int eq;
+        if (!PyTuple_CheckExact(a) || !PyTuple_CheckExact(b))
+            return kv_scalar_eq(a, b);
+        n = PyTuple_GET_SIZE(a);
+        if (n != PyTuple_GET_SIZE(b))
+            return 0;
+        if (n > 8)
+            return -1;
+        for (i = 0; i < n; i++) {
+            PyObject* x = PyTuple_GET_ITEM(a, i);
+            PyObject* y = PyTuple_GET_ITEM(b, i);
+            if (x == y)
+                continue;
+            eq = kv_scalar_eq(x, y);
+            if (eq <= 0)
+                return eq;
+        }
+        return 1;
     }
     """
     int kv_plain_eq(PyObject* a, PyObject* b)
@@ -1626,7 +1648,7 @@ cdef inline Py_ssize_t table_find(Cache self, object key, hash_t h, Py_ssize_t* 
                 if po == <PyObject*>key:
                     slot_out[0] = <Py_ssize_t>i     # identity: no reference taken, no Python code
                     return e
-                eq = kv_plain_eq(po, <PyObject*>key)  # exact ints and strs: no reference either
+                eq = kv_plain_eq(po, <PyObject*>key)  # ints, strs, their tuples: no reference either
                 if eq < 0:
                     other = <object>po              # a strong reference: __eq__ may drop the entry
                     eq = PyObject_RichCompareBool(other, key, Py_EQ)

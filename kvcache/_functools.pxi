@@ -124,64 +124,6 @@ cdef object _full_key(tuple args, dict kwds, Py_ssize_t nargs, Py_ssize_t nkw, b
     return key
 
 
-cdef inline Py_ssize_t _hit_find(Cache c, object key, hash_t h, Py_ssize_t* slot_out) except -2:
-    """table_find, with the common cases inline: a hit on the very key object stored, and a
-    miss that meets no equal hash (no == runs; slot_out gets the insertion slot)."""
-    cdef uint64_t i = h & c.t.mask
-    cdef int32_t e
-    cdef PyObject* other
-    cdef int eq
-    cdef uint8_t tag = slot_tag(h), tg
-    while True:
-        tg = c.t.tags[i]
-        if tg == TAG_EMPTY:
-            slot_out[0] = <Py_ssize_t>i
-            return -1
-        if tg == tag and c.t.ent[c.t.index[i]].hash == h:
-            e = c.t.index[i]
-            other = PyList_GET_ITEM(c._kv, 2 * e)
-            if other == <PyObject*>key:
-                return e
-            eq = _plain_eq(<object>other, key)
-            if eq < 0:
-                break                       # == may run Python code: the careful path
-            if eq:
-                return e
-        i = (i + 1) & c.t.mask
-    return table_find(c, key, h, slot_out)
-
-
-cdef inline int _plain_eq(object a, object b) except -2:
-    """a == b when it provably runs no Python code (exact ints and strs, and tuples of up to
-    eight items that are identical or such scalars); -1 when it might."""
-    cdef Py_ssize_t n, i
-    cdef PyObject* x
-    cdef PyObject* y
-    if PyLong_CheckExact(a) or PyUnicode_CheckExact(a):
-        if type(a) is type(b):
-            return PyObject_RichCompareBool(a, b, Py_EQ)
-        return -1
-    if type(a) is tuple and type(b) is tuple:
-        n = PyTuple_GET_SIZE(a)
-        if n != PyTuple_GET_SIZE(b):
-            return 0
-        if n > 8:
-            return -1
-        for i in range(n):
-            x = PyTuple_GET_ITEM(a, i)
-            y = PyTuple_GET_ITEM(b, i)
-            if x == y:
-                continue
-            if (PyLong_CheckExact(<object>x) or PyUnicode_CheckExact(<object>x)) and \
-                    type(<object>x) is type(<object>y):
-                if not PyObject_RichCompareBool(<object>x, <object>y, Py_EQ):
-                    return 0
-                continue
-            return -1
-        return 1
-    return -1
-
-
 cdef inline void _hit_touch(Cache c, entry_t e) noexcept nogil:
     if c.o.policy == POLICY_LRU:
         _list_move_to_end(&c.o, &c.t, e)
@@ -202,7 +144,7 @@ cdef object _lru_call(_lru_cache_wrapper self, tuple args, dict kwds):
     key = _fast_key(args, kwds, self.typed)
     h = _mix(PyObject_Hash(key), c.t.seed)
     with cython.critical_section(c):
-        e = _hit_find(c, key, h, &slot)
+        e = table_find(c, key, h, &slot)
         if e >= 0:
             _hit_touch(c, <entry_t>e)
             self.hits += 1
@@ -541,7 +483,7 @@ cdef object _memo_invoke(_memo_base self, object owner, tuple args, dict kwargs)
     h = _mix(PyObject_Hash(key), c.t.seed)
     cdef double now = _ttl_now(c) if c._exp != NULL else 0.0    # the timer runs before the lookup
     with cython.critical_section(c):
-        e = _hit_find(c, key, h, &slot)
+        e = table_find(c, key, h, &slot)
         if e >= 0 and c._exp != NULL and _dead(c, e, now):
             e = -1                  # expired: a miss; the store below goes through the mapping
         if e >= 0:
@@ -759,7 +701,7 @@ cdef object _mapping_memo_call(object cache, object key, object func, tuple args
         c = <Cache>cache
         h = _mix(PyObject_Hash(key), c.t.seed)
         with cython.critical_section(c):
-            e = _hit_find(c, key, h, &slot)
+            e = table_find(c, key, h, &slot)
             if e >= 0:
                 c._hits += 1
                 order_touch(&c.o, &c.t, <entry_t>e)
