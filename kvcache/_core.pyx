@@ -903,13 +903,9 @@ cdef class Cache:
             return e >= 0 and not _dead(self, e, now)
 
     def __getitem__(self, key):
-        cdef Py_ssize_t slot, e
-        cdef hash_t h = _key_hash(self, key)
-        cdef double now = _ttl_now(self) if self._exp != NULL else 0.0   # expiry clock (_ttl.pxi)
-        with cython.critical_section(self):
-            e = cache_lookup(self, key, h, now)
-            if e >= 0:
-                return <object>PyList_GET_ITEM(self._kv, 2 * e + 1)
+        v = cache_get(self, key, _ABSENT)
+        if v is not _ABSENT:
+            return v
         if self._native_missing:
             raise KeyError(key)
         return self.__missing__(key)
@@ -919,18 +915,9 @@ cdef class Cache:
 
     def get(self, key, default=None):
         """Return the value for key if key is in the cache, else default (a lookup: counts and touches)."""
-        cdef Py_ssize_t slot, e
-        cdef hash_t h
-        cdef double now
         if not self._native_getitem:
             return self[key] if key in self else default
-        h = _key_hash(self, key)
-        now = _ttl_now(self) if self._exp != NULL else 0.0      # expiry clock (_ttl.pxi)
-        with cython.critical_section(self):
-            e = cache_lookup(self, key, h, now)
-            if e >= 0:
-                return <object>PyList_GET_ITEM(self._kv, 2 * e + 1)
-            return default
+        return cache_get(self, key, default)
 
     def peek(self, key, default=None):
         """Return the value for key without counting a lookup or changing its recency or frequency."""
@@ -1693,6 +1680,8 @@ cdef inline void prefetch_victim_slot(Cache c) noexcept nogil:
     """
     cdef entry_t v
     cdef uint64_t i
+    if c.t.count == 0:
+        return                          # maxsize 0: no victim (and LFU has no first bucket)
     if c.o.policy <= POLICY_LRU:
         v = c.o.head
     elif c.o.policy == POLICY_LFU:
@@ -1705,6 +1694,21 @@ cdef inline void prefetch_victim_slot(Cache c) noexcept nogil:
     if c.t.tags != NULL:
         kv_prefetch(&c.t.tags[i])
     kv_prefetch(&c.t.index[i])
+
+cdef object _ABSENT = object()      # "no such key" where None could be a value
+
+
+cdef inline object cache_get(Cache c, object key, object default):
+    """The value of key after a counted lookup (Cache.__getitem__ and get), else `default`."""
+    cdef Py_ssize_t e
+    cdef hash_t h = _key_hash(c, key)
+    cdef double now = _ttl_now(c) if c._exp != NULL else 0.0     # expiry clock (_ttl.pxi)
+    with cython.critical_section(c):
+        e = cache_lookup(c, key, h, now)
+        if e >= 0:
+            return <object>PyList_GET_ITEM(c._kv, 2 * e + 1)
+    return default
+
 
 cdef entry_t cache_insert_new(Cache c, Py_ssize_t slot, hash_t h, object key, object value,
                               PyObject** evk, PyObject** evv) except -2:

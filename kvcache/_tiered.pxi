@@ -125,18 +125,8 @@ cdef class _TieredBase:
 cdef inline object _tier_local_value(_TieredBase t, object key):
     """`local.get(key, MISSING)`: through the engine's counted lookup when local is native."""
     cdef Cache c = t._native
-    cdef Py_ssize_t e
-    cdef hash_t h
-    cdef double now
     if c is not None and c._native_getitem:
-        # What Cache.get runs, inlined to save the call.
-        h = _key_hash(c, key)
-        now = _ttl_now(c) if c._exp != NULL else 0.0
-        with cython.critical_section(c):
-            e = cache_lookup(c, key, h, now)
-            if e >= 0:
-                return <object>PyList_GET_ITEM(c._kv, 2 * e + 1)
-        return _tier_missing
+        return cache_get(c, key, _tier_missing)     # what Cache.get runs, without the call
     if t._local_get is None:
         return _tier_missing            # made by __new__ alone: _fetch reports the problem
     return t._local_get(key, _tier_missing)
