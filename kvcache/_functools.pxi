@@ -55,9 +55,23 @@ cdef extern from *:
     }
     static PyObject* kv_call(PyObject* f, PyObject* a, PyObject* k) { return PyObject_Call(f, a, k); }
 
+    /* Vectorcall: CPython then calls a wrapper without packing its arguments into a tuple
+       (functools' C lru_cache has no vectorcall, so this is where a hit on f(x) gains). */
+    static void kv_install_vectorcall(PyObject* type, Py_ssize_t offset) {
+        ((PyTypeObject*)type)->tp_vectorcall_offset = offset;
+        ((PyTypeObject*)type)->tp_flags |= Py_TPFLAGS_HAVE_VECTORCALL;
+        PyType_Modified((PyTypeObject*)type);
+    }
+    static PyObject* kv_vcall(PyObject* f, PyObject** a, size_t nargsf) {
+        return PyObject_Vectorcall(f, (PyObject* const*)a, nargsf, NULL);
+    }
+    #define kv_vc_nargs(n) PyVectorcall_NARGS(n)
     """
     void kv_install_tp_call(object type, void* fn)
     object kv_call(object f, object a, PyObject* k)
+    void kv_install_vectorcall(object type, Py_ssize_t offset)
+    object kv_vcall(object f, PyObject** a, size_t nargsf)
+    Py_ssize_t kv_vc_nargs(size_t nargsf)
 
 
 cdef inline hash_t _mix(Py_hash_t h, uint64_t seed) noexcept nogil:
@@ -132,16 +146,20 @@ cdef inline void _hit_touch(Cache c, entry_t e) noexcept nogil:
 
 
 cdef object _lru_call(_lru_cache_wrapper self, tuple args, dict kwds):
-    """The whole lru_cache call: key, one hash, lookup, call on a miss, store."""
+    """The whole lru_cache call from a tuple and a dict: key, then _lru_run."""
+    if self.cache is None:
+        self.misses += 1
+        return kv_call(self.func, args, NULL if kwds is None else <PyObject*>kwds)
+    return _lru_run(self, _fast_key(args, kwds, self.typed), args, kwds, NULL, 0)
+
+
+cdef object _lru_run(_lru_cache_wrapper self, object key, tuple args, dict kwds,
+                     PyObject** vargs, size_t nargsf):
+    """One hash, lookup, call on a miss (with vargs when given, else args/kwds), store."""
     cdef Cache c = self.cache
     cdef Py_ssize_t slot, e
     cdef hash_t h
     cdef uint64_t version
-    cdef PyObject* kw = NULL if kwds is None else <PyObject*>kwds
-    if c is None:
-        self.misses += 1
-        return kv_call(self.func, args, kw)
-    key = _fast_key(args, kwds, self.typed)
     h = _mix(PyObject_Hash(key), c.t.seed)
     with cython.critical_section(c):
         e = table_find(c, key, h, &slot)
@@ -151,7 +169,10 @@ cdef object _lru_call(_lru_cache_wrapper self, tuple args, dict kwds):
             return <object>PyList_GET_ITEM(c._kv, 2 * e + 1)
         self.misses += 1
         version = c._version
-    result = kv_call(self.func, args, kw)
+    if vargs != NULL:
+        result = kv_vcall(self.func, vargs, nargsf)
+    else:
+        result = kv_call(self.func, args, NULL if kwds is None else <PyObject*>kwds)
     _table_store(c, key, h, result, version, slot)
     return result
 
@@ -159,6 +180,28 @@ cdef object _lru_call(_lru_cache_wrapper self, tuple args, dict kwds):
 cdef object _lru_tp_call(PyObject* self, PyObject* args, PyObject* kwds):
     return _lru_call(<_lru_cache_wrapper>self, <tuple>args,
                      None if kwds == NULL else <dict>kwds)
+
+
+cdef object _lru_vectorcall(PyObject* self, PyObject** args, size_t nargsf, PyObject* kwnames):
+    cdef _lru_cache_wrapper w = <_lru_cache_wrapper>self
+    cdef Py_ssize_t n = kv_vc_nargs(nargsf), nkw = 0, i
+    if kwnames != NULL:
+        nkw = PyTuple_GET_SIZE(<tuple>kwnames)
+    if n == 1 and nkw == 0 and not w.typed and w.cache is not None:
+        a = <object>args[0]
+        # the common call f(x) with x an exact int or str: x is the key, no tuple is built
+        if PyUnicode_CheckExact(a) or PyLong_CheckExact(a):
+            return _lru_run(w, a, None, None, args, nargsf)
+    argt = PyTuple_New(n)
+    for i in range(n):
+        Py_INCREF(<object>args[i])
+        PyTuple_SET_ITEM(argt, i, <object>args[i])
+    kwds = None
+    if nkw:
+        kwds = {}
+        for i in range(nkw):
+            kwds[<object>PyTuple_GET_ITEM(<tuple>kwnames, i)] = <object>args[n + i]
+    return _lru_call(w, argt, kwds)
 
 
 cdef object _memo_tp_call(PyObject* self, PyObject* args, PyObject* kwds):
@@ -212,8 +255,12 @@ cdef class _lru_cache_wrapper:
     cdef bint typed
     cdef Py_ssize_t hits, misses
     cdef object cache_info_type
+    cdef void* vectorcall         # read by CPython at tp_vectorcall_offset
     cdef dict __dict__
     cdef object __weakref__
+
+    def __cinit__(self, *args, **kwargs):
+        self.vectorcall = <void*>_lru_vectorcall
 
     def __init__(self, func, maxsize, typed, cache_info_type):
         if not callable(func):
@@ -924,6 +971,14 @@ def _rebuild_lru(size, callback):
 
 
 kv_install_tp_call(_lru_cache_wrapper, <void*>_lru_tp_call)
+
+
+cdef _install_lru_vectorcall():
+    cdef _lru_cache_wrapper probe = _lru_cache_wrapper.__new__(_lru_cache_wrapper)
+    kv_install_vectorcall(_lru_cache_wrapper,
+                          <char*>&probe.vectorcall - <char*><PyObject*>probe)
+
+_install_lru_vectorcall()
 kv_install_tp_call(_memo_base, <void*>_memo_tp_call)
 kv_install_tp_call(_memo_bound, <void*>_memo_bound_tp_call)
 

@@ -309,6 +309,27 @@ def test_positional_and_keyword_are_different_keys(module):
     assert f.cache_info() == (4, 2, 10, 2)
 
 
+def test_every_call_protocol_gives_the_same_keys(module):
+    # kvcache's wrapper takes vectorcall as well as tp_call; both must build functools' keys
+    f = module.lru_cache(10)(lambda *a, **k: object())
+    first = f(1)
+    assert f(*[1]) is first and f(1, **{}) is first
+    assert functools.partial(f)(1) is first and f.__call__(1) is first
+    assert type(f).__call__(f, 1) is first
+    two = f("a", "b")
+    assert f(*("a", "b")) is two and functools.partial(f, "a")("b") is two
+    kw = f(1, x=2)
+    assert f(1, **{"x": 2}) is kw and functools.partial(f, x=2)(1) is kw
+    assert f(x=2, y=3) is not f(y=3, x=2)
+    assert f.cache_info() == (9, 5, 10, 5)
+    # bound as a method (vectorcall through a method object): self is an argument
+    class C:
+        m = f
+    c = C()
+    assert c.m(1) is c.m(1) is not first
+    assert f.cache_info() == (10, 6, 10, 6)
+
+
 def test_equal_keys_share_an_entry(module):
     f = module.lru_cache(10)(lambda x: x)
     assert f(1) == 1  # a lone exact int is its own key ...
