@@ -57,21 +57,40 @@ cdef extern from *:
 
     /* Vectorcall: CPython then calls a wrapper without packing its arguments into a tuple
        (functools' C lru_cache has no vectorcall, so this is where a hit on f(x) gains). */
-    static void kv_install_vectorcall(PyObject* type, Py_ssize_t offset) {
-        ((PyTypeObject*)type)->tp_vectorcall_offset = offset;
-        ((PyTypeObject*)type)->tp_flags |= Py_TPFLAGS_HAVE_VECTORCALL;
-        PyType_Modified((PyTypeObject*)type);
+    static void kv_install_vectorcall(PyObject* type, Py_ssize_t offset, int on) {
+        PyTypeObject* t = (PyTypeObject*)type;
+        if (on) {
+            t->tp_vectorcall_offset = offset;
+            t->tp_flags |= Py_TPFLAGS_HAVE_VECTORCALL;
+        } else {
+            t->tp_flags &= ~Py_TPFLAGS_HAVE_VECTORCALL;
+        }
+        PyType_Modified(t);
+    }
+    static Py_ssize_t kv_vectorcall_offset(PyObject* type) {
+        return ((PyTypeObject*)type)->tp_vectorcall_offset;
     }
     static PyObject* kv_vcall(PyObject* f, PyObject** a, size_t nargsf) {
         return PyObject_Vectorcall(f, (PyObject* const*)a, nargsf, NULL);
     }
     #define kv_vc_nargs(n) PyVectorcall_NARGS(n)
+    static PyObject* kv_vector_tuple(PyObject** a, Py_ssize_t n) {
+        PyObject* t = PyTuple_New(n);
+        if (t == NULL) return NULL;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            Py_INCREF(a[i]);
+            PyTuple_SET_ITEM(t, i, a[i]);
+        }
+        return t;
+    }
     """
     void kv_install_tp_call(object type, void* fn)
     object kv_call(object f, object a, PyObject* k)
-    void kv_install_vectorcall(object type, Py_ssize_t offset)
+    void kv_install_vectorcall(object type, Py_ssize_t offset, int on)
+    Py_ssize_t kv_vectorcall_offset(object type)
     object kv_vcall(object f, PyObject** a, size_t nargsf)
     Py_ssize_t kv_vc_nargs(size_t nargsf)
+    tuple _vector_tuple "kv_vector_tuple" (PyObject** a, Py_ssize_t n)
 
 
 cdef inline hash_t _mix(Py_hash_t h, uint64_t seed) noexcept nogil:
@@ -182,26 +201,39 @@ cdef object _lru_tp_call(PyObject* self, PyObject* args, PyObject* kwds):
                      None if kwds == NULL else <dict>kwds)
 
 
+
+
+cdef dict _vector_kwds(PyObject** args, Py_ssize_t n, PyObject* kwnames):
+    """The keyword arguments of a vectorcall as a dict (None if there are none), in order."""
+    if kwnames == NULL or PyTuple_GET_SIZE(<tuple>kwnames) == 0:
+        return None
+    kwds = {}
+    for i in range(PyTuple_GET_SIZE(<tuple>kwnames)):
+        kwds[<object>PyTuple_GET_ITEM(<tuple>kwnames, i)] = <object>args[n + i]
+    return kwds
+
+
+cdef inline bint _lone_scalar(Py_ssize_t n, PyObject** args, PyObject* kwnames):
+    """Is this call f(x), x an exact int or str -- a key that stands for itself?"""
+    if n != 1 or (kwnames != NULL and PyTuple_GET_SIZE(<tuple>kwnames) != 0):
+        return False
+    return PyUnicode_CheckExact(<object>args[0]) or PyLong_CheckExact(<object>args[0])
+
+
 cdef object _lru_vectorcall(PyObject* self, PyObject** args, size_t nargsf, PyObject* kwnames):
     cdef _lru_cache_wrapper w = <_lru_cache_wrapper>self
-    cdef Py_ssize_t n = kv_vc_nargs(nargsf), nkw = 0, i
-    if kwnames != NULL:
-        nkw = PyTuple_GET_SIZE(<tuple>kwnames)
-    if n == 1 and nkw == 0 and not w.typed and w.cache is not None:
-        a = <object>args[0]
-        # the common call f(x) with x an exact int or str: x is the key, no tuple is built
-        if PyUnicode_CheckExact(a) or PyLong_CheckExact(a):
-            return _lru_run(w, a, None, None, args, nargsf)
-    argt = PyTuple_New(n)
-    for i in range(n):
-        Py_INCREF(<object>args[i])
-        PyTuple_SET_ITEM(argt, i, <object>args[i])
-    kwds = None
-    if nkw:
-        kwds = {}
-        for i in range(nkw):
-            kwds[<object>PyTuple_GET_ITEM(<tuple>kwnames, i)] = <object>args[n + i]
-    return _lru_call(w, argt, kwds)
+    cdef Py_ssize_t n = kv_vc_nargs(nargsf)
+    if not w.typed and w.cache is not None and _lone_scalar(n, args, kwnames):
+        return _lru_run(w, <object>args[0], None, None, args, nargsf)
+    return _lru_call(w, _vector_tuple(args, n), _vector_kwds(args, n, kwnames))
+
+
+cdef object _memo_vectorcall(PyObject* self, PyObject** args, size_t nargsf, PyObject* kwnames):
+    cdef _memo_base m = <_memo_base>self
+    cdef Py_ssize_t n = kv_vc_nargs(nargsf)
+    if not m.typed and m.keyfunc is None and _lone_scalar(n, args, kwnames):
+        return _memo_run(m, None, <object>args[0], None, None, args, n)
+    return _memo_invoke(m, None, _vector_tuple(args, n), _vector_kwds(args, n, kwnames))
 
 
 cdef object _memo_tp_call(PyObject* self, PyObject* args, PyObject* kwds):
@@ -353,8 +385,10 @@ cdef class _memo_base:
     cdef public bint _is_async    # calls go through the Python-level _invoke
     cdef PyThread_type_lock lock  # guards pending and waiting (never held across user code
                                   # other than a key's __hash__/__eq__)
+    cdef void* vectorcall         # read by CPython at tp_vectorcall_offset
 
     def __cinit__(self, *args, **kwargs):
+        self.vectorcall = <void*>_memo_vectorcall
         self.lock = PyThread_allocate_lock()
         if self.lock == NULL:
             raise MemoryError("cannot allocate a lock")
@@ -519,14 +553,20 @@ cdef bint _memo_would_deadlock(_memo_base self, _Flight flight, unsigned long me
 
 
 cdef object _memo_invoke(_memo_base self, object owner, tuple args, dict kwargs):
-    cdef Cache c = self.cache
-    cdef Py_ssize_t slot = -1, e
-    cdef hash_t h
-    cdef uint64_t version
     if self.keyfunc is None:
         key = _fast_key(args, kwargs, self.typed)
     else:
         key = kv_call(self.keyfunc, args, NULL if kwargs is None else <PyObject*>kwargs)
+    return _memo_run(self, owner, key, args, kwargs, NULL, 0)
+
+
+cdef object _memo_run(_memo_base self, object owner, object key, tuple args, dict kwargs,
+                      PyObject** vargs, Py_ssize_t nvargs):
+    """Look key up; on a miss compute with args/kwargs (args None: built from vargs)."""
+    cdef Cache c = self.cache
+    cdef Py_ssize_t slot = -1, e
+    cdef hash_t h
+    cdef uint64_t version
     h = _mix(PyObject_Hash(key), c.t.seed)
     cdef double now = _ttl_now(c) if c._exp != NULL else 0.0    # the timer runs before the lookup
     with cython.critical_section(c):
@@ -537,12 +577,16 @@ cdef object _memo_invoke(_memo_base self, object owner, tuple args, dict kwargs)
             value = <object>PyList_GET_ITEM(c._kv, 2 * e + 1)
             if type(value) is _Flight:
                 self.misses += 1
+                if args is None:
+                    args = _vector_tuple(vargs, nvargs)
                 return _memo_wait(self, owner, <_Flight>value, args, kwargs)
             _hit_touch(c, <entry_t>e)
             self.hits += 1
             return value
         self.misses += 1
         version = c._version
+    if args is None:
+        args = _vector_tuple(vargs, nvargs)
     if not self.single_flight:
         result = _memo_compute(self, owner, args, kwargs)
         _table_store(c, key, h, result, version, slot)
@@ -973,12 +1017,13 @@ def _rebuild_lru(size, callback):
 kv_install_tp_call(_lru_cache_wrapper, <void*>_lru_tp_call)
 
 
-cdef _install_lru_vectorcall():
-    cdef _lru_cache_wrapper probe = _lru_cache_wrapper.__new__(_lru_cache_wrapper)
-    kv_install_vectorcall(_lru_cache_wrapper,
-                          <char*>&probe.vectorcall - <char*><PyObject*>probe)
+cdef _install_vectorcalls():
+    cdef _lru_cache_wrapper lru = _lru_cache_wrapper.__new__(_lru_cache_wrapper)
+    cdef _memo_base memo = _memo_base.__new__(_memo_base)
+    kv_install_vectorcall(_lru_cache_wrapper, <char*>&lru.vectorcall - <char*><PyObject*>lru, 1)
+    kv_install_vectorcall(_memo_base, <char*>&memo.vectorcall - <char*><PyObject*>memo, 1)
 
-_install_lru_vectorcall()
+_install_vectorcalls()
 kv_install_tp_call(_memo_base, <void*>_memo_tp_call)
 kv_install_tp_call(_memo_bound, <void*>_memo_bound_tp_call)
 
@@ -999,8 +1044,11 @@ def _install_fast_call(cls):
         raise TypeError("expected a subclass of _memo_base, _cached_base or _cm_bound")
     for klass in cls.__mro__:
         if "__call__" in klass.__dict__ and klass is not base:
+            kv_install_vectorcall(cls, 0, 0)     # its own __call__ must be what runs
             return
     kv_install_tp_call(cls, fn)
+    if base is _memo_base:
+        kv_install_vectorcall(cls, kv_vectorcall_offset(_memo_base), 1)
 
 
 import threading as _threading_module

@@ -186,6 +186,30 @@ def test_keyword_order_and_positional_keys():
 # -- single flight under threads -----------------------------------------------------------------
 
 
+def test_every_call_protocol_gives_the_same_keys():
+    # the wrapper takes vectorcall (f(x) builds no tuple) as well as tp_call
+    calls = []
+
+    @memoize(maxsize=10)
+    def f(*a, **k):
+        calls.append((a, k))
+        return object()
+
+    one = f(1)
+    assert f(*[1]) is one and f(1, **{}) is one and functools.partial(f)(1) is one
+    assert type(f).__call__(f, 1) is one and f("1") is not one
+    pair = f("a", "b")
+    assert f(*("a", "b")) is pair and functools.partial(f, "a")("b") is pair
+    kw = f(1, x=2)
+    assert f(1, **{"x": 2}) is kw and functools.partial(f, x=2)(1) is kw
+    assert f(x=1) is not f(1)
+    assert len(calls) == 5 and f.cache_info()[:2] == (9, 5)
+    typed = memoize(typed=True)(lambda x: object())
+    assert typed(1) is typed(1) is not typed(1.0)
+    keyed = memoize(key=lambda x: x % 2)(lambda x: x)
+    assert keyed(1) == 1 and keyed(3) == 1 and keyed(2) == 2
+
+
 def test_stampede_runs_once_and_shares_the_object():
     n = 8
     calls = []
