@@ -528,6 +528,18 @@ cdef inline void* _data(object arr):
     return cnp.PyArray_DATA(<cnp.ndarray>arr)
 
 
+cdef object _zeros_line_aligned(Py_ssize_t n, object dtype):
+    """Return n zeros starting on a 64-byte boundary (a view into a slightly larger array).
+
+    numpy only promises 16-byte alignment; a structure read in 64-byte blocks (the TinyLFU
+    sketch) would otherwise straddle two cache lines per block.
+    """
+    cdef Py_ssize_t item = np.dtype(dtype).itemsize
+    raw = np.zeros(n + 64 // item, dtype=dtype)
+    cdef Py_ssize_t off = ((-<Py_ssize_t>_data(raw)) & 63) // item
+    return raw[off:off + n]
+
+
 cdef uint64_t _slots_for(Py_ssize_t capacity):
     """Index size for `capacity` entries: a power of two, at most half full of live entries."""
     cdef uint64_t n = 8

@@ -304,7 +304,7 @@ cdef object tinylfu_buffers(order_t* o, Py_ssize_t capacity, Py_ssize_t cap, obj
     while gs * 8 < <uint64_t>bufcap:
         gs <<= 1
     b.region = np.zeros(capacity, dtype=np.int8)
-    b.sketch = np.zeros(words, dtype=np.uint64)
+    b.sketch = _zeros_line_aligned(words, np.uint64)     # one block = one cache line
     b.gwin = np.zeros(gs, dtype=np.uint64)
     b.gmain = np.zeros(gs, dtype=np.uint64)
     if old is not None:
