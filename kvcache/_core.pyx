@@ -925,8 +925,14 @@ cdef class Cache:
     def __missing__(self, key):
         raise KeyError(key)
 
+    # A method descriptor, not a Cython function: CPython's specialised call then reaches the
+    # C function directly (`get = cache.get; get(k)` costs about 8 ns less per call).  The
+    # docstring carries the signature in the form inspect reads from builtins.
+    @cython.binding(False)
+    @cython.embedsignature(False)
     def get(self, key, default=None):
-        """Return the value for key if key is in the cache, else default (a lookup: counts and touches)."""
+        "get($self, key, default=None)\n--\n\n" \
+        "Return the value for key if key is in the cache, else default (a lookup: counts and touches)."
         if not self._native_getitem:
             return self[key] if key in self else default
         return cache_get(self, key, default)

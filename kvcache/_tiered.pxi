@@ -80,8 +80,11 @@ cdef class _TieredBase:
                 raise KeyError(key)
         return v
 
+    @cython.binding(False)          # a method descriptor, as Cache.get (see there)
+    @cython.embedsignature(False)
     def get(self, key, default=None):
-        """Return the value for `key` (local tier, then Redis), else `default`."""
+        "get($self, key, default=None)\n--\n\n" \
+        "Return the value for `key` (local tier, then Redis), else `default`."
         if not self._own_getitem:
             try:
                 return self[key]
