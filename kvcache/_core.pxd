@@ -14,7 +14,8 @@ cdef enum:
     ENTRY_NONE = -1
     ENTRY_FREE = -2           # prev[e] of an entry on the free list
     SLOT_EMPTY = -1
-    TAG_EMPTY = 0             # tags[slot]: 0 empty, 0x80 | top 7 hash bits if used
+    TAG_EMPTY = 0             # tags[slot]: 0 empty, else 0x80 | TAG_INT? | top 6 hash bits
+    TAG_INT = 0x40            # the slot's key is an exact int whose hash is itself
 
 cdef enum policy_t:
     POLICY_CACHE = 0          # insertion order; updates do not move (cachetools.Cache)

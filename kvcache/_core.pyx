@@ -37,6 +37,7 @@ import collections.abc
 import math
 import os
 import random
+import sys
 import types
 
 import numpy as np
@@ -203,7 +204,45 @@ cdef uint64_t _random_seed():
 # ---------------------------------------------------------------------------------------------
 
 cdef inline uint8_t slot_tag(hash_t h) noexcept nogil:
-    return <uint8_t>(0x80 | (h >> 57))
+    """The tag of a used slot, without its TAG_INT bit (compare with `tags[i] & ~TAG_INT`)."""
+    return <uint8_t>(0x80 | (h >> 58))
+
+
+# TAG_INT marks a slot whose key is an exact int in [0, hash modulus): Python hashes such an
+# int to itself, and the stored hash is a bijection of Python's hash (MurmurHash64A of one
+# word), so when the key looked up is such an int too, equal stored hashes mean equal keys:
+# get_many's int path confirms a hit without loading the stored key object.
+cdef Py_ssize_t _INT_ID_LIMIT = <Py_ssize_t>sys.hash_info.modulus
+
+
+cdef extern from *:
+    """
+    /* Is o an exact int in [0, limit)?  Small ints are answered from the object's header. */
+    static inline int kv_is_id_int(PyObject* o, Py_ssize_t limit) {
+        int overflow;
+        long long v;
+        if (!PyLong_CheckExact(o))
+            return 0;
+    #if PY_VERSION_HEX >= 0x030C0000
+        if (PyUnstable_Long_IsCompact((PyLongObject*)o))
+            return PyUnstable_Long_CompactValue((PyLongObject*)o) >= 0;
+    #elif SIZEOF_PY_HASH_T == 8
+        if (Py_SIZE(o) >= 0 && Py_SIZE(o) <= 2)
+            return 1;                     /* at most two digits of at most 30 bits: < 2**60 */
+        if (Py_SIZE(o) < 0)
+            return 0;
+    #endif
+        v = PyLong_AsLongLongAndOverflow(o, &overflow);
+        if (v == -1 && PyErr_Occurred()) { PyErr_Clear(); return 0; }
+        return overflow == 0 && v >= 0 && v < limit;
+    }
+    """
+    bint kv_is_id_int(PyObject* o, Py_ssize_t limit) noexcept
+
+
+cdef inline bint _is_id_int(object key) noexcept:
+    """Is key an exact int in [0, hash modulus), whose hash is itself?"""
+    return kv_is_id_int(<PyObject*>key, _INT_ID_LIMIT)
 
 
 cdef Py_ssize_t table_probe_free(table_t* t, hash_t h) noexcept nogil:
@@ -225,7 +264,7 @@ cdef Py_ssize_t table_slot_of(table_t* t, entry_t e) noexcept nogil:
     cdef uint8_t tag
     if t.tags != NULL:                  # read the index only where the tag matches
         tag = slot_tag(h)
-        while t.tags[i] != tag or t.index[i] != e:
+        while (t.tags[i] & ~TAG_INT) != tag or t.index[i] != e:
             i = (i + 1) & t.mask
         return <Py_ssize_t>i
     while t.index[i] != e:
@@ -824,9 +863,19 @@ cdef class Cache:
                 self.o.bnext[i] = self.o.bfree
                 self.o.bfree = <int32_t>i
         table_rebuild_index(&self.t)
+        self._mark_int_tags()
         if self._exp != NULL:            # expiry buffers follow the capacity (_ttl.pxi)
             _ttl_grow(self, capacity)
         self._version += 1
+
+    cdef void _mark_int_tags(self) noexcept:
+        """Set TAG_INT again on every slot of an index rebuilt from the stored hashes alone."""
+        cdef uint64_t i
+        cdef int32_t e
+        for i in range(self.t.mask + 1):
+            e = self.t.index[i]
+            if e >= 0 and _is_id_int(<object>PyList_GET_ITEM(self._kv, 2 * e)):
+                self.t.tags[i] |= TAG_INT
 
     cdef int _make_room_for_one(self) except -1:
         """Ensure a free entry number exists (grows the buffers; no Python code runs)."""
@@ -852,6 +901,8 @@ cdef class Cache:
         cdef entry_t e = table_take_free(&self.t)
         self.t.ent[e].hash = h
         table_put_slot(&self.t, slot, e)
+        if _is_id_int(key):
+            self.t.tags[slot] |= TAG_INT
         self._kv[2 * e] = key
         self._kv[2 * e + 1] = value
         if self._sizes is not None:
@@ -1228,17 +1279,36 @@ cdef class Cache:
         return out
 
     cdef list _get_many_int(self, cnp.ndarray arr, object default):
-        cdef Py_ssize_t n = arr.shape[0], i
+        # Software pipeline: a key's hash is computed and its index slot prefetched 32 keys
+        # ahead, its entry record and key/value pointers 16 ahead, and its key and value objects
+        # and LRU neighbours 8 ahead, so the random accesses of successive keys overlap
+        # instead of following one another.  Prefetches only: the lookups, counts and touches
+        # happen in key order exactly as in a loop of get().
+        cdef Py_ssize_t n = arr.shape[0], i, j
         cdef bint unsigned = arr.dtype == np.uint64
         cdef cnp.ndarray carr = np.ascontiguousarray(arr)
         cdef int64_t* sp = <int64_t*>cnp.PyArray_DATA(carr)
         cdef uint64_t* up = <uint64_t*>cnp.PyArray_DATA(carr)
         cdef list out = [default] * n
         cdef Py_ssize_t e
+        cdef hash_t[32] ring
+        cdef hash_t h, hi
         cdef double now = _ttl_now(self) if self._exp != NULL else 0.0   # expiry clock (_ttl.pxi)
+        for j in range(32 if n > 32 else n):
+            ring[j] = self._int_hash(sp[j], up[j], unsigned)
         for i in range(n):
             with cython.critical_section(self):
-                e = self._find_int(sp[i], up[i], unsigned)
+                hi = ring[i & 31]                    # its slot takes the hash of key i + 32
+                j = i + 32
+                if j < n:
+                    h = self._int_hash(sp[j], up[j], unsigned)
+                    ring[j & 31] = h
+                    _prefetch_home(&self.t, h)
+                if i + 16 < n:
+                    _prefetch_entry(&self.t, self._kv, ring[(i + 16) & 31], False)
+                if i + 8 < n:
+                    _prefetch_entry(&self.t, self._kv, ring[(i + 8) & 31], True)
+                e = self._find_int(sp[i], up[i], unsigned, hi)
                 if e >= 0 and _dead(self, e, now):   # expired: a miss (_ttl.pxi)
                     e = -1
                 if e >= 0:
@@ -1254,21 +1324,27 @@ cdef class Cache:
             out[i] = self.get(key, default)
         return out
 
-    cdef Py_ssize_t _find_int(self, int64_t sv, uint64_t uv, bint unsigned) except -3:
-        """Find an int key given as a C integer: entry, -1 if absent, -2 if a slow comparison is needed."""
-        cdef hash_t h = mix_hash(_hash_u64(uv) if unsigned else _hash_i64(sv), self.t.seed)
+    cdef inline hash_t _int_hash(self, int64_t sv, uint64_t uv, bint unsigned) noexcept nogil:
+        return mix_hash(_hash_u64(uv) if unsigned else _hash_i64(sv), self.t.seed)
+
+    cdef Py_ssize_t _find_int(self, int64_t sv, uint64_t uv, bint unsigned, hash_t h) except -3:
+        """Find an int key given as a C integer (h: its hash): entry, -1 if absent, -2 if a slow
+        comparison is needed."""
         cdef uint64_t i = h & self.t.mask
         cdef int32_t e
         cdef int overflow
         cdef long long v
         cdef PyObject* other
         cdef uint8_t tag = slot_tag(h), tg
+        cdef bint id_int = uv < <uint64_t>_INT_ID_LIMIT if unsigned else 0 <= sv < _INT_ID_LIMIT
         while True:
             tg = self.t.tags[i]
             if tg == TAG_EMPTY:
                 return -1
             e = self.t.index[i]
-            if tg == tag and self.t.ent[e].hash == h:
+            if (tg & ~TAG_INT) == tag and self.t.ent[e].hash == h:
+                if id_int and tg & TAG_INT:
+                    return e                                # equal hashes, equal ints (TAG_INT)
                 other = PyList_GET_ITEM(self._kv, 2 * e)   # borrowed: no Python code runs below
                 if not PyLong_CheckExact(<object>other):
                     return -2
@@ -1542,7 +1618,8 @@ cdef class Cache:
                 if self.t.index[i] != SLOT_EMPTY:
                     used += 1
                 if self.t.tags[i] != (TAG_EMPTY if self.t.index[i] == SLOT_EMPTY else
-                                      slot_tag(self.t.ent[self.t.index[i]].hash)):
+                                      slot_tag(self.t.ent[self.t.index[i]].hash) |
+                                      (TAG_INT if _is_id_int(self._kv[2 * self.t.index[i]]) else 0)):
                     raise AssertionError("tag of slot %d does not match the index" % i)
             if used != self.t.count:
                 raise AssertionError("%d used slots for %d entries" % (used, self.t.count))
@@ -1647,7 +1724,7 @@ cdef inline Py_ssize_t table_find(Cache self, object key, hash_t h, Py_ssize_t* 
             if tg == TAG_EMPTY:
                 slot_out[0] = <Py_ssize_t>i
                 return -1
-            if tg == tag and self.t.ent[self.t.index[i]].hash == h:
+            if (tg & ~TAG_INT) == tag and self.t.ent[self.t.index[i]].hash == h:
                 e = self.t.index[i]
                 po = PyList_GET_ITEM(self._kv, 2 * e)
                 if po == <PyObject*>key:
@@ -1713,6 +1790,43 @@ cdef inline void prefetch_victim_slot(Cache c) noexcept nogil:
         kv_prefetch(&c.t.tags[i])
     kv_prefetch(&c.t.index[i])
 
+cdef extern from *:
+    """
+    static inline PyObject** kv_list_items(PyObject* list) { return ((PyListObject*)list)->ob_item; }
+    """
+    PyObject** kv_list_items(object lst) nogil
+
+
+cdef inline void _prefetch_home(table_t* t, hash_t h) noexcept nogil:
+    """Start loading the first slot of h's probe (tag and index)."""
+    cdef uint64_t i = h & t.mask
+    kv_prefetch(&t.tags[i])
+    kv_prefetch(&t.index[i])
+
+
+cdef inline void _prefetch_entry(table_t* t, list kv, hash_t h, bint objects) noexcept:
+    """Start loading what a lookup of h will read after its first slot (already loaded):
+    the entry record and key/value pointers, or (objects) the key and value objects and the
+    LRU neighbours' records."""
+    cdef uint64_t i = h & t.mask
+    cdef int32_t e = t.index[i]
+    cdef PyObject** items
+    if e < 0:
+        return
+    items = kv_list_items(kv)
+    if not objects:
+        kv_prefetch(&t.ent[e])
+        kv_prefetch(&items[2 * e])
+        return
+    if not (t.tags[i] & TAG_INT):
+        kv_prefetch(items[2 * e])
+    kv_prefetch(items[2 * e + 1])
+    if t.ent[e].prev >= 0:
+        kv_prefetch(&t.ent[t.ent[e].prev])
+    if t.ent[e].next >= 0:
+        kv_prefetch(&t.ent[t.ent[e].next])
+
+
 cdef object _ABSENT = object()      # "no such key" where None could be a value
 
 
@@ -1754,6 +1868,8 @@ cdef entry_t cache_insert_new(Cache c, Py_ssize_t slot, hash_t h, object key, ob
     slot = table_probe_free(&c.t, h)            # the removal may have emptied a slot before ours
     c.t.ent[e].hash = h
     table_put_slot(&c.t, slot, e)
+    if _is_id_int(key):
+        c.t.tags[slot] |= TAG_INT
     evk[0] = PyList_GET_ITEM(c._kv, 2 * e)
     evv[0] = PyList_GET_ITEM(c._kv, 2 * e + 1)
     Py_INCREF(key)

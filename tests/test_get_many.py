@@ -1,4 +1,7 @@
 """get_many / set_many on every mapping class: same results, stats and order as one call per key."""
+import math
+import sys
+
 import numpy
 import pytest
 from hypothesis import given, settings
@@ -54,6 +57,27 @@ def test_int_array_finds_keys_stored_as_equal_non_ints(cls):
     got = c.get_many(numpy.array([1, 2, 3], dtype=numpy.int64))
     assert got == ["true", "two", None]
     assert c.get_many(numpy.array([1], dtype=numpy.uint64)) == ["true"]
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+@pytest.mark.parametrize("dtype", [numpy.int64, numpy.uint64])
+def test_ints_with_equal_hashes_are_told_apart(cls, dtype):
+    # k and k + hash modulus hash alike; only ints below the modulus may be matched on the
+    # hash alone (the engine tags them), so each key must find its own value and growth
+    # (which rebuilds the index and its tags) must keep it so.
+    m = sys.hash_info.modulus
+    pairs = [(5, 5 + m), (0, m), (m - 1, 2 * m - 1)]
+    c = cls(math.inf, seed=3)
+    for small, big in pairs:
+        c[big] = ("big", big)
+        c[small] = ("small", small)
+    for i in range(3000):               # grow past several rebuilds
+        c[10**6 + i] = i
+    keys = numpy.array([k for p in pairs for k in p] + [m + 7, 7], dtype=dtype)
+    assert c.get_many(keys) == [c.get(k) for k in keys.tolist()]
+    assert c.get_many(keys)[:2] == [("small", 5), ("big", 5 + m)]
+    assert c.get_many(keys)[-2:] == [None, None]
+    c._check()
 
 
 @pytest.mark.parametrize("cls", CLASSES)
