@@ -80,6 +80,7 @@ cdef struct tinylfu_t:
     uint64_t smask            # words - 1
     int64_t sample            # increments between two halvings
     int64_t scount
+    uint64_t sthr             # shadows: a key is sampled if bits 8..31 of its hash are below this
     uint64_t* gwin            # ghost of candidates the admission rejected
     uint64_t* gmain           # ghost of entries evicted from the main region
     uint64_t gmask            # slots per ghost table - 1
@@ -91,7 +92,6 @@ cdef struct tinylfu_t:
     tlfu_shadow_t shadow[2]   # miniature simulations of the two reach settings
     Py_ssize_t salloc         # slots per shadow
     Py_ssize_t scap           # entries per shadow: min(cap, salloc)
-    uint64_t sthr             # a key is sampled if bits 8..31 of its hash are below this
     int64_t sticks            # sampled accesses in the current epoch
     int scur                  # the shadow whose reach the cache uses
 

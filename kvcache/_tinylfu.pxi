@@ -72,6 +72,8 @@ cdef uint64_t _TLFU_GWIN_DIV = 2          # window-ghost slots: one per 2 entrie
 cdef uint64_t _TLFU_GMAIN_DIV = 8         # main-ghost slots: one per 8 entries
 cdef Py_ssize_t _TLFU_SHADOW = 256        # entries per shadow (larger caches sample keys): the
                                           # cost per access is 256/maxsize of two shadow accesses
+                                          # (mostly cache misses: ~2 ns per hit at 100k entries);
+                                          # 128 halves it, 1024 cuts the gap to OPT by 0.013
 cdef double _TLFU_DECAY = 0.9             # weight of the past epochs' shadow hits
 cdef uint64_t _TLFU_ODD = 0x7777777777777777
 
