@@ -40,6 +40,32 @@ cdef struct table_t:
     entry_t free_head         # first free entry number
     uint64_t seed             # MurmurHash seed
 
+cdef struct tlfu_shadow_t:
+    # A miniature W-TinyLFU over the sampled keys (kvcache/_tinylfu.pxi): no keys, only hashes.
+    uint64_t* hs              # slot -> key hash (slots 0..count-1 are live)
+    int32_t* prev             # slot -> previous slot in its region's list
+    int32_t* next
+    int8_t* region
+    int32_t* index            # open addressing over hs: slot or -1
+    uint64_t imask
+    uint64_t* gwin            # the shadow's own ghosts, as the real cache's
+    uint64_t* gmain
+    uint64_t gwmask
+    uint64_t gmmask
+    int32_t head[3]
+    int32_t tail[3]
+    Py_ssize_t size[3]
+    Py_ssize_t count
+    double wf
+    Py_ssize_t wmax
+    Py_ssize_t protmax
+    int64_t gcap
+    int64_t reach             # the setting it tries: window ghosts this young go to probation
+    int64_t nwin
+    int64_t nmev
+    int64_t hits              # hits in the current epoch
+    double score              # decayed hits of past epochs
+
 cdef struct tinylfu_t:
     # Adaptive W-TinyLFU (kvcache/_tinylfu.pxi): regions are lists through table_t.prev/next.
     int8_t* region            # entry -> TLFU_WINDOW / TLFU_PROBATION / TLFU_PROTECTED
@@ -55,12 +81,20 @@ cdef struct tinylfu_t:
     uint64_t smask            # words - 1
     int64_t sample            # increments between two halvings
     int64_t scount
+    uint64_t sthr             # shadows: a key is sampled if bits 8..31 of its hash are below this
     uint64_t* gwin            # ghost of candidates the admission rejected
     uint64_t* gmain           # ghost of entries evicted from the main region
     uint64_t gmask            # slots per ghost table - 1
     int64_t gcap              # a ghost entry counts while younger than this many events
     int64_t nwin              # window insertions so far (the clock of gwin)
     int64_t nmev              # main evictions so far (the clock of gmain)
+    uint64_t gwmask           # slots of gwin - 1 (gmask: of gmain)
+    int64_t reach             # a window ghost younger than this goes straight to probation
+    tlfu_shadow_t shadow[2]   # miniature simulations of the two reach settings
+    Py_ssize_t salloc         # slots per shadow
+    Py_ssize_t scap           # entries per shadow: min(cap, salloc)
+    int64_t sticks            # sampled accesses in the current epoch
+    int scur                  # the shadow whose reach the cache uses
 
 cdef struct order_t:
     int policy

@@ -144,7 +144,8 @@ def test_window_shrinks_on_a_frequency_biased_stream():
     c = TinyLFUCache(1000, seed=11)
     run(c, recency_stream(60_000, 150, seed=1))
     grown = c._policy_state()["window_target"]
-    run(c, frequency_stream(200_000, 50_000, seed=2))
+    # the recency stream's keys must age out of the sketch and the ghosts first: 300k accesses
+    run(c, frequency_stream(300_000, 50_000, seed=2))
     shrunk = c._policy_state()["window_target"]
     assert shrunk < grown / 4
 
@@ -244,7 +245,7 @@ def test_memory_per_entry_reported():
 def sketch_words(cache):
     keys, _, aux = cache._export_state()
     n = len(keys)
-    return aux[n + 8:n + 8 + aux[n + 6]].view(np.uint64).tolist()
+    return aux[n + 10:n + 10 + aux[n + 6]].view(np.uint64).tolist()
 
 
 def test_model_hash_matches_the_engine():
@@ -367,3 +368,63 @@ def test_model_and_engine_agree_on_a_long_random_run():
     state = c._policy_state()
     assert state == m.state()
     assert state["main_evictions"] > 0 and state["window_exact"] != 1.0
+
+
+def phased_stream(seed, n):
+    """Phases of Zipf, short loops and scans mixed with Zipf: the better reach changes."""
+    rng = random.Random(seed)
+    out = []
+    while len(out) < n:
+        kind = rng.randrange(3)
+        span = rng.randrange(500, 3000)
+        if kind == 0:
+            out += [int(rng.paretovariate(1.1)) for _ in range(span)]
+        elif kind == 1:
+            length, base = rng.randrange(30, 120), rng.randrange(10**6)
+            out += [base + i % length for i in range(span)]
+        else:
+            base = rng.randrange(10**6)
+            out += [base + i if rng.random() < 0.5 else int(rng.paretovariate(1.1))
+                    for i in range(span)]
+    return out[:n]
+
+
+@pytest.mark.parametrize("maxsize, stream, least_switches", [
+    (30, phased_stream(3, 20_000), 2),                          # exact shadows (all keys)
+    (600, phased_stream(3, 30_000), 0),                         # sampled keys (256 of 600)
+])
+def test_model_and_engine_agree_on_the_shadows_and_their_choice(maxsize, stream, least_switches):
+    c = TinyLFUCache(maxsize, seed=5)
+    m = TinyLFUModel(maxsize, seed=5)
+    state = c._policy_state()
+    assert (state["shadow_sample"] == 1 << 24) == (maxsize <= 256)
+    switches, choice = 0, state["shadow_choice"]
+    for step, k in enumerate(stream):
+        found, _ = m.get(k)
+        assert (c.get(k, "missing") != "missing") == found
+        if not found:
+            m.set(k, k)
+            c[k] = k
+        state = c._policy_state()
+        if state["shadow_choice"] != choice:
+            # a switch follows a shadow ahead by more than one standard deviation
+            a, b = state["shadow_scores"][state["shadow_choice"]], state["shadow_scores"][choice]
+            assert a - b > math.sqrt(a + b + 1)
+            assert state["long_reach"] == (maxsize if state["shadow_choice"] == 0 else 0)
+            switches, choice = switches + 1, state["shadow_choice"]
+        if step % 1000 == 0:
+            assert state == m.state()
+    assert c._policy_state() == m.state()
+    assert switches >= least_switches
+    assert min(c._policy_state()["shadow_entries"]) == min(maxsize, 256)    # full: they evict
+
+
+def test_resize_restarts_the_shadows_and_keeps_the_choice():
+    c = TinyLFUCache(30, seed=5)
+    run(c, phased_stream(3, 12_000))
+    before = c._policy_state()
+    c.resize(2000)
+    after = c._policy_state()
+    assert after["shadow_entries"] == (0, 0) and after["shadow_scores"] == (0.0, 0.0)
+    assert after["shadow_choice"] == before["shadow_choice"]
+    assert after["shadow_sample"] == (30 << 24) // 2000         # slots stay min(maxsize, 256) = 30

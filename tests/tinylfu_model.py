@@ -2,10 +2,12 @@
 
 It recomputes everything from first principles: MurmurHash64A of hash(key), the count-min
 sketch with its halving, the two ghost tables and the window target, the three LRU regions,
-and the engine's buffer growth (which sizes the sketch and the ghosts).  See
-kvcache/_tinylfu.pxi for the algorithm this mirrors.
+the engine's buffer growth (which sizes the sketch and the ghosts), and the two shadow caches
+(miniature simulations) that choose the window ghost's reach.  See kvcache/_tinylfu.pxi for
+the algorithm this mirrors.
 """
 import collections
+import math
 import struct
 
 from models import CacheModel
@@ -49,6 +51,124 @@ def pow2_at_least(n, lo):
     return p
 
 
+def ghost_slots(bufcap, per):
+    gs = 16
+    while gs * per < bufcap:
+        gs <<= 1
+    return gs
+
+
+def ghost_put(table, h, clock):
+    table[(h >> 32) & (len(table) - 1)] = ((h >> 32) << 32) | 0x80000000 | (clock & 0x7FFFFFFF)
+
+
+def ghost_age(table, h, clock):
+    """Remove h's ghost from table if there is one; return its age, or -1."""
+    i = (h >> 32) & (len(table) - 1)
+    v = table[i]
+    if v == 0 or (v >> 32) != (h >> 32):
+        return -1
+    table[i] = 0
+    return (clock - v) & 0x7FFFFFFF
+
+
+SHADOW = 256
+
+
+class Shadow:
+    """A miniature W-TinyLFU over key hashes, sharing the owner's sketch."""
+
+    def __init__(self, owner, slots, reach_all):
+        self.owner = owner
+        self.slots = slots
+        self.reach_all = reach_all         # the owner's _set_cap starts it (reset)
+
+    def reset(self):
+        cap = self.owner.scap
+        self.regions = [collections.OrderedDict() for _ in range(3)]
+        self.where = {}
+        self.gwin = [0] * ghost_slots(self.slots, 2)
+        self.gmain = [0] * ghost_slots(self.slots, 8)
+        self.nwin = self.nmev = self.hits = 0
+        self.score = 0.0
+        self.gcap = max(int(0.15 * cap), 1)
+        self.reach = cap if self.reach_all else 0
+        self.wf = float(cap - int((1.0 - 0.01) * cap))
+        self._targets()
+
+    def _move(self, h, r):
+        self.regions[self.where[h]].pop(h)
+        self.regions[r][h] = None
+        self.where[h] = r
+
+    def _targets(self):
+        cap = self.owner.scap
+        hi = float(cap - 1) if cap - 1 >= 1 else 1.0
+        self.wf = min(max(self.wf, 1.0), hi)
+        self.wmax = int(self.wf)
+        self.protmax = int(0.8 * max(cap - self.wmax, 0))
+        while len(self.regions[PROTECTED]) > self.protmax:
+            self._move(next(iter(self.regions[PROTECTED])), PROBATION)
+
+    def _ghost_check(self, h):
+        nw = float(min(self.nwin, self.gcap))
+        nm = float(min(self.nmev, self.gcap))
+        age = ghost_age(self.gwin, h, self.nwin)
+        if 0 <= age < self.gcap:
+            self.wf += max(nm / nw if nw > 0 else 1.0, 1.0)
+            self._targets()
+            return 1
+        if 0 <= age < self.reach:
+            return 1
+        age = ghost_age(self.gmain, h, self.nmev)
+        if 0 <= age < self.gcap:
+            self.wf -= max(nw / nm if nm > 0 else 1.0, 1.0)
+            self._targets()
+            return 2
+        return 0
+
+    def _victim(self):
+        win, prob, prot = self.regions
+        vic = next(iter(prob), None)
+        if vic is None:
+            vic = next(iter(prot), None)
+        est = self.owner.estimate
+        if len(win) >= 1 and (len(win) >= self.wmax or len(prob) + len(prot) == 0):
+            cand = next(iter(win))
+            if vic is not None and est(cand) > est(vic) + 1:
+                self._move(cand, PROBATION)
+                ghost_put(self.gmain, vic, self.nmev)
+                self.nmev += 1
+                return vic
+            ghost_put(self.gwin, cand, self.nwin)
+            return cand
+        ghost_put(self.gmain, vic, self.nmev)
+        self.nmev += 1
+        return vic
+
+    def access(self, h):
+        """Look h up; on a miss insert it (evicting first).  Return 1 on a hit."""
+        r = self.where.get(h)
+        if r is not None:
+            if r == PROBATION:
+                self._move(h, PROTECTED)
+                while len(self.regions[PROTECTED]) > self.protmax:
+                    self._move(next(iter(self.regions[PROTECTED])), PROBATION)
+            else:
+                self.regions[r].move_to_end(h)
+            return 1
+        if len(self.where) >= self.owner.scap:
+            v = self._victim()
+            self.regions[self.where.pop(v)].pop(v)
+        r = PROBATION if self._ghost_check(h) == 1 else WINDOW
+        self.regions[r][h] = None
+        self.where[h] = r
+        self.nwin += 1
+        while len(self.regions[WINDOW]) > self.wmax:
+            self._move(next(iter(self.regions[WINDOW])), PROBATION)
+        return 0
+
+
 class TinyLFUModel(CacheModel):
     """Adaptive W-TinyLFU on three OrderedDicts (least recent first)."""
 
@@ -61,28 +181,57 @@ class TinyLFUModel(CacheModel):
         bufcap = capacity if capacity is not None else min(self.cap, 1024)
         self.bufcap = max(bufcap, 1)
         self.sketch = [0] * max(pow2_at_least(self.bufcap, 1), 256)
-        self.ghosts = [self._new_ghost(), self._new_ghost()]       # window rejects, main evictions
+        # window rejects, main evictions
+        self.ghosts = [[0] * ghost_slots(self.bufcap, 2), [0] * ghost_slots(self.bufcap, 8)]
         self.scount = 0
         self.nwin = self.nmev = 0
         self.wf = float(self.cap - int((1.0 - 0.01) * self.cap))
+        self.scur = 0
+        slots = max(min(self.cap, SHADOW), 1)
+        self.shadows = [Shadow(self, slots, True), Shadow(self, slots, False)]
         self._set_cap(self.cap)
         self._targets()
         self._size_sample()
 
     # -- sizing --------------------------------------------------------------------------------
 
-    def _new_ghost(self):
-        gs = 16
-        while gs * 8 < self.bufcap:
-            gs <<= 1
-        return [0] * gs
-
     def _size_sample(self):
         self.sample = 20 * max(self.bufcap, 32)
 
     def _set_cap(self, cap):
         self.cap = cap
-        self.gcap = min(max(int(0.25 * cap), 1), 1 << 30)
+        self.gcap = min(max(int(0.15 * cap), 1), 1 << 30)
+        slots = self.shadows[0].slots
+        if cap < 1:
+            self.scap, self.sthr = 0, 0
+        elif cap <= slots:
+            self.scap, self.sthr = cap, 1 << 24
+        else:
+            self.scap, self.sthr = slots, (slots << 24) // cap
+        self.sticks = 0
+        for sh in self.shadows:
+            sh.reset()
+        self._set_reach()
+
+    def _set_reach(self):
+        self.reach = min(self.cap, 1 << 30) if self.scur == 0 else 0
+
+    def _shadows(self, h):
+        if ((h >> 8) & 0xFFFFFF) >= self.sthr:
+            return
+        for sh in self.shadows:
+            sh.hits += sh.access(h)
+        self.sticks += 1
+        if self.sticks < max(self.scap, 16):
+            return
+        self.sticks = 0
+        for sh in self.shadows:
+            sh.score = sh.score * 0.9 + sh.hits
+            sh.hits = 0
+        a, b = self.shadows[1 - self.scur], self.shadows[self.scur]
+        if a.score > b.score + 0.5 and a.score - b.score > math.sqrt(a.score + b.score + 1.0):
+            self.scur = 1 - self.scur
+            self._set_reach()
 
     def _targets(self, demote=True):
         hi = float(self.cap - 1) if self.cap - 1 >= 1 else 1.0
@@ -100,7 +249,7 @@ class TinyLFUModel(CacheModel):
         old = self.sketch
         self.sketch = [old[j % len(old)] for j in range(max(pow2_at_least(new, 1), 256))]
         for i, table in enumerate(self.ghosts):
-            fresh = self._new_ghost()
+            fresh = [0] * ghost_slots(new, 2 if i == 0 else 8)
             for v in table:
                 if v:
                     fresh[(v >> 32) & (len(fresh) - 1)] = v
@@ -132,27 +281,21 @@ class TinyLFUModel(CacheModel):
     # -- ghosts --------------------------------------------------------------------------------
 
     def _ghost_put(self, which, h, clock):
-        table = self.ghosts[which]
-        table[(h >> 32) & (len(table) - 1)] = ((h >> 32) << 32) | 0x80000000 | (clock & 0x7FFFFFFF)
-
-    def _ghost_take(self, which, h, clock):
-        table = self.ghosts[which]
-        i = (h >> 32) & (len(table) - 1)
-        v = table[i]
-        if v == 0 or (v >> 32) != (h >> 32):
-            return False
-        table[i] = 0
-        return ((clock - v) & 0x7FFFFFFF) < self.gcap
+        ghost_put(self.ghosts[which], h, clock)
 
     def _ghost_check(self, h):
         nw = float(min(self.nwin, self.gcap))
         nm = float(min(self.nmev, self.gcap))
-        if self._ghost_take(0, h, self.nwin):
+        age = ghost_age(self.ghosts[0], h, self.nwin)
+        if 0 <= age < self.gcap:
             d = nm / nw if nw > 0 else 1.0
             self.wf += max(d, 1.0)
             self._targets()
             return 1
-        if self._ghost_take(1, h, self.nmev):
+        if 0 <= age < self.reach:
+            return 1
+        age = ghost_age(self.ghosts[1], h, self.nmev)
+        if 0 <= age < self.gcap:
             d = nw / nm if nm > 0 else 1.0
             self.wf -= max(d, 1.0)
             self._targets()
@@ -172,6 +315,7 @@ class TinyLFUModel(CacheModel):
         self.regions[r][key] = None
 
     def _touch(self, key):
+        self._shadows(self.hashes[key])
         self.increment(self.hashes[key])
         r = self.region_of(key)
         if r == PROBATION:
@@ -214,6 +358,7 @@ class TinyLFUModel(CacheModel):
     def inserted(self, key):
         h = self.hashes[key] = key_hash(key, self.seed)
         ghost = self._ghost_check(h)
+        self._shadows(h)
         self.increment(h)
         self.regions[PROBATION if ghost == 1 else WINDOW][key] = None
         self.nwin += 1
@@ -231,7 +376,7 @@ class TinyLFUModel(CacheModel):
             vic = next(iter(prot), None)
         if len(win) >= 1 and (len(win) >= self.wmax or len(prob) + len(prot) == 0):
             cand = next(iter(win))
-            if vic is not None and self.estimate(self.hashes[cand]) > self.estimate(self.hashes[vic]):
+            if vic is not None and self.estimate(self.hashes[cand]) > self.estimate(self.hashes[vic]) + 1:
                 self._move(cand, PROBATION)
                 self._ghost_put(1, self.hashes[vic], self.nmev)
                 self.nmev += 1
@@ -273,6 +418,11 @@ class TinyLFUModel(CacheModel):
             "protected": len(self.regions[PROTECTED]), "window_target": self.wmax,
             "protected_target": self.protmax, "window_exact": self.wf,
             "sketch_words": len(self.sketch), "sample": self.sample, "sample_count": self.scount,
-            "ghost_slots": len(self.ghosts[0]), "ghost_reach": self.gcap,
+            "ghost_slots": len(self.ghosts[1]), "ghost_reach": self.gcap,
             "window_insertions": self.nwin, "main_evictions": self.nmev,
+            "window_ghost_slots": len(self.ghosts[0]), "long_reach": self.reach,
+            "shadow_choice": self.scur,
+            "shadow_entries": tuple(len(sh.where) for sh in self.shadows),
+            "shadow_scores": tuple(sh.score for sh in self.shadows),
+            "shadow_windows": tuple(sh.wf for sh in self.shadows), "shadow_sample": self.sthr,
         }
