@@ -211,38 +211,34 @@ cdef inline uint8_t slot_tag(hash_t h) noexcept nogil:
 # TAG_INT marks a slot whose key is an exact int in [0, hash modulus): Python hashes such an
 # int to itself, and the stored hash is a bijection of Python's hash (MurmurHash64A of one
 # word), so when the key looked up is such an int too, equal stored hashes mean equal keys:
-# get_many's int path confirms a hit without loading the stored key object.
+# get_many's int path confirms a hit without loading the stored key object.  Only ints that
+# the object header shows to be small get the tag (a tag is a promise, its absence is not).
 cdef Py_ssize_t _INT_ID_LIMIT = <Py_ssize_t>sys.hash_info.modulus
 
 
 cdef extern from *:
     """
-    /* Is o an exact int in [0, limit)?  Small ints are answered from the object's header. */
-    static inline int kv_is_id_int(PyObject* o, Py_ssize_t limit) {
-        int overflow;
-        long long v;
+    /* Is o an exact int that its header alone shows to be in [0, 2**60) (below the hash
+       modulus on 64-bit builds)?  Never reads beyond the header: this runs on every insert. */
+    static inline int kv_is_small_int(PyObject* o) {
         if (!PyLong_CheckExact(o))
             return 0;
-    #if PY_VERSION_HEX >= 0x030C0000
-        if (PyUnstable_Long_IsCompact((PyLongObject*)o))
-            return PyUnstable_Long_CompactValue((PyLongObject*)o) >= 0;
-    #elif SIZEOF_PY_HASH_T == 8
-        if (Py_SIZE(o) >= 0 && Py_SIZE(o) <= 2)
-            return 1;                     /* at most two digits of at most 30 bits: < 2**60 */
-        if (Py_SIZE(o) < 0)
-            return 0;
+    #if SIZEOF_PY_HASH_T != 8
+        return 0;
+    #elif PY_VERSION_HEX >= 0x030C0000
+        return PyUnstable_Long_IsCompact((PyLongObject*)o) &&
+               PyUnstable_Long_CompactValue((PyLongObject*)o) >= 0;
+    #else
+        return Py_SIZE(o) >= 0 && Py_SIZE(o) <= 2;    /* two digits of at most 30 bits */
     #endif
-        v = PyLong_AsLongLongAndOverflow(o, &overflow);
-        if (v == -1 && PyErr_Occurred()) { PyErr_Clear(); return 0; }
-        return overflow == 0 && v >= 0 && v < limit;
     }
     """
-    bint kv_is_id_int(PyObject* o, Py_ssize_t limit) noexcept
+    bint kv_is_small_int(PyObject* o) noexcept
 
 
 cdef inline bint _is_id_int(object key) noexcept:
-    """Is key an exact int in [0, hash modulus), whose hash is itself?"""
-    return kv_is_id_int(<PyObject*>key, _INT_ID_LIMIT)
+    """May key's slot carry TAG_INT (an exact int, shown small by its header)?"""
+    return kv_is_small_int(<PyObject*>key)
 
 
 cdef Py_ssize_t table_probe_free(table_t* t, hash_t h) noexcept nogil:
@@ -1617,10 +1613,14 @@ cdef class Cache:
             for i in range(self.t.mask + 1):
                 if self.t.index[i] != SLOT_EMPTY:
                     used += 1
-                if self.t.tags[i] != (TAG_EMPTY if self.t.index[i] == SLOT_EMPTY else
-                                      slot_tag(self.t.ent[self.t.index[i]].hash) |
-                                      (TAG_INT if _is_id_int(self._kv[2 * self.t.index[i]]) else 0)):
+                if (self.t.tags[i] & ~TAG_INT) != (TAG_EMPTY if self.t.index[i] == SLOT_EMPTY else
+                                                   slot_tag(self.t.ent[self.t.index[i]].hash)):
                     raise AssertionError("tag of slot %d does not match the index" % i)
+                if self.t.tags[i] & TAG_INT and not (
+                        PyLong_CheckExact(self._kv[2 * self.t.index[i]]) and
+                        0 <= self._kv[2 * self.t.index[i]] < _INT_ID_LIMIT):
+                    raise AssertionError("slot %d is tagged as a small int but holds %r"
+                                         % (i, self._kv[2 * self.t.index[i]]))
             if used != self.t.count:
                 raise AssertionError("%d used slots for %d entries" % (used, self.t.count))
             if self._exp != NULL:        # the radix heap of expiry times (_ttl.pxi)
