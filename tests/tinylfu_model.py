@@ -75,6 +75,17 @@ def ghost_age(table, h, clock):
 SHADOW = 256
 
 
+
+def _slru_hit(m, key, r):
+    """A hit in region r of m (the cache or a shadow): probation promotes, demoting protected's
+    oldest beyond its target; elsewhere the key becomes its region's newest."""
+    if r == PROBATION:
+        m._move(key, PROTECTED)
+        while len(m.regions[PROTECTED]) > m.protmax:
+            m._move(next(iter(m.regions[PROTECTED])), PROBATION)
+    else:
+        m.regions[r].move_to_end(key)
+
 class Shadow:
     """A miniature W-TinyLFU over key hashes, sharing the owner's sketch."""
 
@@ -150,12 +161,7 @@ class Shadow:
         """Look h up; on a miss insert it (evicting first).  Return 1 on a hit."""
         r = self.where.get(h)
         if r is not None:
-            if r == PROBATION:
-                self._move(h, PROTECTED)
-                while len(self.regions[PROTECTED]) > self.protmax:
-                    self._move(next(iter(self.regions[PROTECTED])), PROBATION)
-            else:
-                self.regions[r].move_to_end(h)
+            _slru_hit(self, h, r)
             return 1
         if len(self.where) >= self.owner.scap:
             v = self._victim()
@@ -317,13 +323,7 @@ class TinyLFUModel(CacheModel):
     def _touch(self, key):
         self._shadows(self.hashes[key])
         self.increment(self.hashes[key])
-        r = self.region_of(key)
-        if r == PROBATION:
-            self._move(key, PROTECTED)
-            while len(self.regions[PROTECTED]) > self.protmax:
-                self._move(next(iter(self.regions[PROTECTED])), PROBATION)
-        else:
-            self.regions[r].move_to_end(key)
+        _slru_hit(self, key, self.region_of(key))
 
     # -- CacheModel hooks ----------------------------------------------------------------------
 
