@@ -81,6 +81,8 @@ cdef struct tinylfu_t:
     uint64_t smask            # words - 1
     int64_t sample            # increments between two halvings
     int64_t scount
+    int npend                 # hits whose sketch increment is pending (see _sketch_flush)
+    uint64_t pend[16]
     uint64_t sthr             # shadows: a key is sampled if bits 8..31 of its hash are below this
     uint64_t* gwin            # ghost of candidates the admission rejected
     uint64_t* gmain           # ghost of entries evicted from the main region

@@ -91,6 +91,8 @@ cdef inline uint64_t _tlfu_mix(uint64_t h) noexcept nogil:
 # line instead of four; the block comes from the low bits of a remix of the hash, each
 # counter from one byte of its high half.
 cdef inline int _sketch_estimate(tinylfu_t* s, uint64_t h) noexcept nogil:
+    if s.npend:
+        _sketch_flush(s)
     cdef uint64_t c = _tlfu_mix(h), x
     cdef uint64_t* blk = &s.sketch[(c & (s.smask >> 3)) << 3]
     cdef int i, v, m = 15
@@ -124,6 +126,20 @@ cdef inline void _sketch_increment(tinylfu_t* s, uint64_t h) noexcept nogil:
             s.sketch[j] = (s.sketch[j] >> 1) & _TLFU_ODD
         s.scount //= 2
 
+
+
+# A hit's increment waits in s.pend: every 16 hits, and before anything reads the sketch or
+# increments it otherwise, the pending ones are applied in order.  Applied in order before
+# any other access, the counters, the sample count and the halvings are exactly those of
+# immediate increments; but a hit no longer waits for its block to arrive (the lookup
+# prefetched it, and by the flush it is there).
+cdef void _sketch_flush(tinylfu_t* s) noexcept nogil:
+    cdef int i, n = s.npend
+    for i in range(n):
+        _sketch_prefetch(s, s.pend[i])
+    s.npend = 0
+    for i in range(n):
+        _sketch_increment(s, s.pend[i])
 
 cdef inline void _region_unlink(tinylfu_t* s, table_t* t, entry_t e) noexcept nogil:
     cdef int r = s.region[e]
@@ -449,6 +465,7 @@ cdef void tinylfu_link_new(order_t* o, table_t* t, entry_t e) noexcept nogil:
     cdef int ghost = _tlfu_ghost_check(s, t, h)
     if ((h >> 8) & 0xFFFFFF) < s.sthr:
         _tlfu_shadows(s, h)
+    _sketch_flush(s)
     _sketch_increment(s, h)
     # a key the admission rejected that is back within reach has proven its reuse: like ARC's
     # recency-ghost hit (and S3-FIFO's ghost hit) it skips the window, straight to probation
@@ -469,7 +486,10 @@ cdef void tinylfu_touch(order_t* o, table_t* t, entry_t e) noexcept nogil:
     cdef uint64_t h = t.ent[e].hash
     if ((h >> 8) & 0xFFFFFF) < s.sthr:
         _tlfu_shadows(s, h)
-    _sketch_increment(s, h)
+    s.pend[s.npend] = h                  # counted at the next flush
+    s.npend += 1
+    if s.npend == 16:
+        _sketch_flush(s)
     if r == TLFU_PROBATION:
         _region_move(s, t, TLFU_PROTECTED, e)
         while s.size[TLFU_PROTECTED] > s.protmax:
@@ -618,6 +638,7 @@ cdef object tinylfu_buffers(order_t* o, Py_ssize_t capacity, Py_ssize_t cap, obj
     b.gwin = np.zeros(_ghost_slots(bufcap, _TLFU_GWIN_DIV), dtype=np.uint64)
     b.gmain = np.zeros(_ghost_slots(bufcap, _TLFU_GMAIN_DIV), dtype=np.uint64)
     if old is not None:
+        _sketch_flush(s)                 # s.sketch is still the old sketch here
         ob = <_TinyLFUBuffers>old
         b.region[:ob.region.shape[0]] = ob.region
         # each new word j copies old word j mod old size: estimates are unchanged
@@ -633,6 +654,7 @@ cdef object tinylfu_buffers(order_t* o, Py_ssize_t capacity, Py_ssize_t cap, obj
         s.nwin = 0
         s.nmev = 0
         s.scount = 0
+        s.npend = 0
         s.scur = 0
         s.wf = <double>(cap - <Py_ssize_t>((1.0 - _TLFU_WINDOW0) * cap))
         for j in range(3):
@@ -706,6 +728,7 @@ cdef class TinyLFUCache(Cache):
         cdef entry_t* op
         cdef tinylfu_t* s = &self.o.tl
         with cython.critical_section(self):
+            _sketch_flush(s)
             order = self._order_array()
             op = <entry_t*>cnp.PyArray_DATA(order)
             n = order.shape[0]
@@ -753,6 +776,7 @@ cdef class TinyLFUCache(Cache):
                 tinylfu_reset(&self.o)
                 for i in range(n):
                     _region_append(s, &self.t, <int>regions[i], <entry_t>where[id(keys[i])])
+                s.npend = 0
                 b.sketch[:] = aux[o:o + words].view(np.uint64)
                 b.gwin[:] = aux[o + words:o + words + wslots].view(np.uint64)
                 b.gmain[:] = aux[o + words + wslots:].view(np.uint64)
@@ -773,6 +797,7 @@ cdef class TinyLFUCache(Cache):
         """Return a dict of the policy's internals (for tests and the simulator)."""
         cdef tinylfu_t* s = &self.o.tl
         with cython.critical_section(self):
+            _sketch_flush(s)
             return {
                 "window": s.size[TLFU_WINDOW], "probation": s.size[TLFU_PROBATION],
                 "protected": s.size[TLFU_PROTECTED], "window_target": s.wmax,
