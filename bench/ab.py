@@ -16,6 +16,10 @@ import random
 import sys
 import time
 
+# Timings are process CPU time: an idle BLAS worker thread (numpy starts one per core) would add
+# its spinning to it.  The benchmarks do no linear algebra.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from kvbench import (BY_NAME, NotInstalled, make_evict_data, make_get_data,  # noqa: E402
                      make_zipf_data, prefer_inplace_build)

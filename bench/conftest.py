@@ -8,6 +8,10 @@ import os
 import sys
 from dataclasses import dataclass
 
+# Timings are process CPU time: an idle BLAS worker thread (numpy starts one per core) would add
+# its spinning to it.  The benchmarks do no linear algebra.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 import pytest
 
 # Test modules are imported with --import-mode=importlib, which does not put their folder on

@@ -21,6 +21,10 @@ import subprocess
 import sys
 import time
 
+# Timings are process CPU time: an idle BLAS worker thread (numpy starts one per core) would add
+# its spinning to it.  The benchmarks do no linear algebra.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROLE_ORDER = {"loop": 0, "baseline": 1, "reference": 2, "kvcache": 3, "peer": 4}
 GET_GROUPS = ("get-hit-int", "get-hit-str")
