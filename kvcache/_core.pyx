@@ -233,12 +233,7 @@ cdef extern from *:
     #endif
     }
     """
-    bint kv_is_small_int(PyObject* o) noexcept
-
-
-cdef inline bint _is_id_int(object key) noexcept:
-    """May key's slot carry TAG_INT (an exact int, shown small by its header)?"""
-    return kv_is_small_int(<PyObject*>key)
+    bint _may_tag_int "kv_is_small_int" (object key) noexcept   # may key's slot carry TAG_INT?
 
 
 cdef Py_ssize_t table_probe_free(table_t* t, hash_t h) noexcept nogil:
@@ -870,7 +865,7 @@ cdef class Cache:
         cdef int32_t e
         for i in range(self.t.mask + 1):
             e = self.t.index[i]
-            if e >= 0 and _is_id_int(<object>PyList_GET_ITEM(self._kv, 2 * e)):
+            if e >= 0 and _may_tag_int(<object>PyList_GET_ITEM(self._kv, 2 * e)):
                 self.t.tags[i] |= TAG_INT
 
     cdef int _make_room_for_one(self) except -1:
@@ -897,7 +892,7 @@ cdef class Cache:
         cdef entry_t e = table_take_free(&self.t)
         self.t.ent[e].hash = h
         table_put_slot(&self.t, slot, e)
-        if _is_id_int(key):
+        if _may_tag_int(key):
             self.t.tags[slot] |= TAG_INT
         self._kv[2 * e] = key
         self._kv[2 * e + 1] = value
@@ -1767,6 +1762,7 @@ cdef inline Py_ssize_t cache_lookup(Cache c, object key, hash_t h, double now) e
         order_touch(&c.o, &c.t, <entry_t>e)
     return e
 
+
 cdef inline void prefetch_victim_slot(Cache c) noexcept nogil:
     """Start loading the index slot of the entry a full cache evicts next.
 
@@ -1789,6 +1785,7 @@ cdef inline void prefetch_victim_slot(Cache c) noexcept nogil:
     if c.t.tags != NULL:
         kv_prefetch(&c.t.tags[i])
     kv_prefetch(&c.t.index[i])
+
 
 cdef extern from *:
     """
@@ -1868,7 +1865,7 @@ cdef entry_t cache_insert_new(Cache c, Py_ssize_t slot, hash_t h, object key, ob
     slot = table_probe_free(&c.t, h)            # the removal may have emptied a slot before ours
     c.t.ent[e].hash = h
     table_put_slot(&c.t, slot, e)
-    if _is_id_int(key):
+    if _may_tag_int(key):
         c.t.tags[slot] |= TAG_INT
     evk[0] = PyList_GET_ITEM(c._kv, 2 * e)
     evv[0] = PyList_GET_ITEM(c._kv, 2 * e + 1)

@@ -201,8 +201,6 @@ cdef object _lru_tp_call(PyObject* self, PyObject* args, PyObject* kwds):
                      None if kwds == NULL else <dict>kwds)
 
 
-
-
 cdef dict _vector_kwds(PyObject** args, Py_ssize_t n, PyObject* kwnames):
     """The keyword arguments of a vectorcall as a dict (None if there are none), in order."""
     if kwnames == NULL or PyTuple_GET_SIZE(<tuple>kwnames) == 0:
@@ -1015,17 +1013,18 @@ def _rebuild_lru(size, callback):
 
 
 kv_install_tp_call(_lru_cache_wrapper, <void*>_lru_tp_call)
+kv_install_tp_call(_memo_base, <void*>_memo_tp_call)
+kv_install_tp_call(_memo_bound, <void*>_memo_bound_tp_call)
 
 
 cdef _install_vectorcalls():
+    # the offset of each type's `vectorcall` field, measured on an instance
     cdef _lru_cache_wrapper lru = _lru_cache_wrapper.__new__(_lru_cache_wrapper)
     cdef _memo_base memo = _memo_base.__new__(_memo_base)
     kv_install_vectorcall(_lru_cache_wrapper, <char*>&lru.vectorcall - <char*><PyObject*>lru, 1)
     kv_install_vectorcall(_memo_base, <char*>&memo.vectorcall - <char*><PyObject*>memo, 1)
 
 _install_vectorcalls()
-kv_install_tp_call(_memo_base, <void*>_memo_tp_call)
-kv_install_tp_call(_memo_bound, <void*>_memo_bound_tp_call)
 
 
 def _install_fast_call(cls):

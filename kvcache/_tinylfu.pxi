@@ -43,8 +43,8 @@
 #   which the per-process MurmurHash seed already prevents, and it costs hits on loops.
 #
 # Everything hashes from the entry's MurmurHash (mix_hash of hash(key) with the cache's seed):
-# the sketch through a remix of it (see _sketch_estimate), the ghosts by its high 32 bits.  The sketch and the ghost
-# tables are sized by the entry buffers and grow with them (the sketch by duplication, which
+# the sketch through a remix of it (see _sketch_estimate), the ghosts by its high 32 bits.  The
+# sketch and the ghost tables are sized by the entry buffers and grow with them (the sketch by duplication, which
 # keeps every estimate an upper bound of the true count).  A ghost table is direct-mapped with
 # one 8-byte slot per 2 entries (window) or per 8 entries (main), so a newer ghost may
 # overwrite an older one: the adaptation only needs the rate of ghost hits, which a sample
@@ -127,7 +127,6 @@ cdef inline void _sketch_increment(tinylfu_t* s, uint64_t h) noexcept nogil:
         s.scount //= 2
 
 
-
 # A hit's increment waits in s.pend: every 16 hits, and before anything reads the sketch or
 # increments it otherwise, the pending ones are applied in order.  Applied in order before
 # any other access, the counters, the sample count and the halvings are exactly those of
@@ -140,6 +139,7 @@ cdef void _sketch_flush(tinylfu_t* s) noexcept nogil:
     s.npend = 0
     for i in range(n):
         _sketch_increment(s, s.pend[i])
+
 
 cdef inline void _region_unlink(tinylfu_t* s, table_t* t, entry_t e) noexcept nogil:
     cdef int r = s.region[e]
