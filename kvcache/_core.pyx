@@ -1587,6 +1587,10 @@ cdef class Cache:
             order = self._order_array()
             if len(set(order.tolist())) != self.t.count:
                 raise AssertionError("policy order does not list each live entry once")
+            if self.o.policy == POLICY_TINYLFU:
+                msg = tinylfu_check(&self.o, &self.t)
+                if msg is not None:
+                    raise AssertionError(msg)
             if self.o.policy == POLICY_LFU:
                 b = self.o.bfirst
                 while b != -1:
@@ -1747,8 +1751,9 @@ cdef inline Py_ssize_t cache_lookup(Cache c, object key, hash_t h, double now) e
     """
     cdef Py_ssize_t slot
     cdef Py_ssize_t e
+    cdef uint64_t sk = 0
     if c.o.policy == POLICY_TINYLFU:
-        _sketch_prefetch(&c.o.tl, h)            # the count that follows misses the cache: start now
+        sk = _sketch_prefetch(&c.o.tl, h)       # the count that follows misses the cache: start now
     e = table_find(c, key, h, &slot)
     if e >= 0 and _dead(c, e, now):             # expired: a miss (_ttl.pxi)
         e = -1
@@ -1758,6 +1763,8 @@ cdef inline Py_ssize_t cache_lookup(Cache c, object key, hash_t h, double now) e
     c._hits += 1
     if c.o.policy == POLICY_LRU:
         _list_move_to_end(&c.o, &c.t, <entry_t>e)
+    elif c.o.policy == POLICY_TINYLFU:
+        _tlfu_hit(&c.o.tl, &c.t, <entry_t>e, sk)
     else:
         order_touch(&c.o, &c.t, <entry_t>e)
     return e

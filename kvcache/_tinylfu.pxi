@@ -104,41 +104,63 @@ cdef inline int _sketch_estimate(tinylfu_t* s, uint64_t h) noexcept nogil:
     return m
 
 
-cdef inline void _sketch_prefetch(tinylfu_t* s, uint64_t h) noexcept nogil:
-    kv_prefetch(&s.sketch[(_tlfu_mix(h) & (s.smask >> 3)) << 3])
+cdef inline uint64_t _sketch_prefetch(tinylfu_t* s, uint64_t h) noexcept nogil:
+    """Start loading h's sketch block; return its remixed hash (for _tlfu_hit)."""
+    cdef uint64_t c = _tlfu_mix(h)
+    kv_prefetch(&s.sketch[(c & (s.smask >> 3)) << 3])
+    return c
+
+
+cdef inline void _sketch_count(uint64_t* sketch, uint64_t bmask, uint64_t c) noexcept nogil:
+    """Add one to the four counters of the key whose remixed hash is c (bmask: blocks - 1)."""
+    cdef uint64_t* blk = &sketch[(c & bmask) << 3]
+    cdef uint64_t x, w, j
+    cdef int i, off
+    for i in range(4):
+        # branchless saturating add: a counter at 15 adds 0
+        x = c >> (32 + 8 * i)
+        j = 2 * i + (x & 1)
+        off = <int>(((x >> 1) & 15) << 2)
+        w = blk[j]
+        blk[j] = w + ((<uint64_t>(((w >> off) & 15) != 15)) << off)
+
+
+cdef void _sketch_halve(tinylfu_t* s) noexcept nogil:
+    """Halve every counter at once: shift each word and drop the bits that crossed nibbles."""
+    cdef uint64_t j
+    for j in range(s.smask + 1):
+        s.sketch[j] = (s.sketch[j] >> 1) & _TLFU_ODD
+    s.scount //= 2
 
 
 cdef inline void _sketch_increment(tinylfu_t* s, uint64_t h) noexcept nogil:
-    cdef uint64_t c = _tlfu_mix(h), x, j
-    cdef uint64_t* blk = &s.sketch[(c & (s.smask >> 3)) << 3]
-    cdef uint64_t* w
-    cdef int i, off
-    for i in range(4):
-        x = c >> (32 + 8 * i)
-        w = &blk[2 * i + (x & 1)]
-        off = <int>(((x >> 1) & 15) << 2)
-        if ((w[0] >> off) & 15) != 15:
-            w[0] += (<uint64_t>1) << off
+    _sketch_count(s.sketch, s.smask >> 3, _tlfu_mix(h))
     s.scount += 1
     if s.scount >= s.sample:
-        # halve every counter at once: shift each word and drop the bits that crossed nibbles
-        for j in range(s.smask + 1):
-            s.sketch[j] = (s.sketch[j] >> 1) & _TLFU_ODD
-        s.scount //= 2
+        _sketch_halve(s)
 
 
-# A hit's increment waits in s.pend: every 16 hits, and before anything reads the sketch or
-# increments it otherwise, the pending ones are applied in order.  Applied in order before
-# any other access, the counters, the sample count and the halvings are exactly those of
-# immediate increments; but a hit no longer waits for its block to arrive (the lookup
-# prefetched it, and by the flush it is there).
+# A hit's increment waits in s.pend (as its remixed hash, its block already prefetched): every
+# 16 hits, and before anything reads the sketch or increments it otherwise, the pending ones
+# are applied in order.  Applied in order before any other access, the counters, the sample
+# count and the halvings are exactly those of immediate increments; but a hit no longer waits
+# for its block to arrive (by the flush it is there).
 cdef void _sketch_flush(tinylfu_t* s) noexcept nogil:
     cdef int i, n = s.npend
-    for i in range(n):
-        _sketch_prefetch(s, s.pend[i])
+    cdef uint64_t* sketch = s.sketch     # locals: the compiler cannot tell that the counters'
+    cdef uint64_t bmask = s.smask >> 3   # stores leave s alone
+    cdef int64_t left = s.sample - s.scount
     s.npend = 0
+    if left > n:                         # no halving among them (the usual case)
+        for i in range(n):
+            _sketch_count(sketch, bmask, s.pend[i])
+        s.scount += n
+        return
     for i in range(n):
-        _sketch_increment(s, s.pend[i])
+        _sketch_count(s.sketch, s.smask >> 3, s.pend[i])
+        s.scount += 1
+        if s.scount >= s.sample:
+            _sketch_halve(s)
 
 
 cdef inline void _region_unlink(tinylfu_t* s, table_t* t, entry_t e) noexcept nogil:
@@ -480,13 +502,13 @@ cdef void tinylfu_unlink(order_t* o, table_t* t, entry_t e) noexcept nogil:
     _region_unlink(&o.tl, t, e)
 
 
-cdef void tinylfu_touch(order_t* o, table_t* t, entry_t e) noexcept nogil:
-    cdef tinylfu_t* s = &o.tl
+cdef inline void _tlfu_hit(tinylfu_t* s, table_t* t, entry_t e, uint64_t c) noexcept nogil:
+    """Record a hit on e, whose remixed hash is c and whose sketch block is being prefetched."""
     cdef int r = s.region[e]
     cdef uint64_t h = t.ent[e].hash
     if ((h >> 8) & 0xFFFFFF) < s.sthr:
         _tlfu_shadows(s, h)
-    s.pend[s.npend] = h                  # counted at the next flush
+    s.pend[s.npend] = c                  # counted at the next flush
     s.npend += 1
     if s.npend == 16:
         _sketch_flush(s)
@@ -496,6 +518,12 @@ cdef void tinylfu_touch(order_t* o, table_t* t, entry_t e) noexcept nogil:
             _region_move(s, t, TLFU_PROBATION, s.head[TLFU_PROTECTED])
     elif s.tail[r] != e:
         _region_move(s, t, r, e)
+
+
+cdef void tinylfu_touch(order_t* o, table_t* t, entry_t e) noexcept nogil:
+    cdef uint64_t c = _tlfu_mix(t.ent[e].hash)
+    kv_prefetch(&o.tl.sketch[(c & (o.tl.smask >> 3)) << 3])
+    _tlfu_hit(&o.tl, t, e, c)
 
 
 cdef entry_t tinylfu_victim(order_t* o, table_t* t) noexcept nogil:
@@ -537,6 +565,25 @@ cdef Py_ssize_t tinylfu_fill(order_t* o, table_t* t, entry_t* out) noexcept nogi
             n += 1
             e = t.ent[e].next
     return n
+
+
+cdef str tinylfu_check(order_t* o, table_t* t):
+    """Describe the first broken link of the region lists, or return None (for Cache._check)."""
+    cdef tinylfu_t* s = &o.tl
+    cdef entry_t e, prev
+    cdef Py_ssize_t k
+    cdef int r
+    for r in range(3):
+        prev = ENTRY_NONE
+        e = s.head[r]
+        for k in range(s.size[r]):
+            if e < 0 or e >= t.capacity or s.region[e] != r or t.ent[e].prev != prev:
+                return "region %d is broken at its entry %d" % (r, k)
+            prev = e
+            e = t.ent[e].next
+        if e != ENTRY_NONE or s.tail[r] != prev:
+            return "region %d does not end at its tail after %d entries" % (r, s.size[r])
+    return None
 
 
 cdef void tinylfu_reset(order_t* o) noexcept nogil:
