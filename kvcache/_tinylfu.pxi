@@ -502,6 +502,43 @@ cdef void tinylfu_unlink(order_t* o, table_t* t, entry_t e) noexcept nogil:
     _region_unlink(&o.tl, t, e)
 
 
+cdef inline void _tlfu_swap_in(tinylfu_t* s, table_t* t, entry_t e) noexcept nogil:
+    """Promote probation's e into a full protected, whose least recent goes to probation's end.
+
+    What _region_move does for the two entries, with the regions' ends held in locals: the
+    compiler must otherwise reload them after every store (an int8 store may alias anything).
+    """
+    cdef entry_rec* ent = t.ent
+    cdef entry_t bh = s.head[TLFU_PROBATION], bt = s.tail[TLFU_PROBATION]
+    cdef entry_t d = s.head[TLFU_PROTECTED], pt = s.tail[TLFU_PROTECTED]
+    cdef entry_t p = ent[e].prev, n = ent[e].next, dn
+    if p == ENTRY_NONE:                  # e leaves probation
+        bh = n
+    else:
+        ent[p].next = n
+    if n == ENTRY_NONE:
+        bt = p
+    else:
+        ent[n].prev = p
+    ent[e].prev = pt                     # e joins protected (not empty: it is full)
+    ent[e].next = ENTRY_NONE
+    ent[pt].next = e
+    dn = ent[d].next                     # d leaves protected (e follows it at least)
+    ent[dn].prev = ENTRY_NONE
+    ent[d].prev = bt                     # d joins probation
+    ent[d].next = ENTRY_NONE
+    if bt == ENTRY_NONE:
+        bh = d
+    else:
+        ent[bt].next = d
+    s.head[TLFU_PROBATION] = bh
+    s.tail[TLFU_PROBATION] = d
+    s.head[TLFU_PROTECTED] = dn
+    s.tail[TLFU_PROTECTED] = e
+    s.region[e] = TLFU_PROTECTED
+    s.region[d] = TLFU_PROBATION
+
+
 cdef inline void _tlfu_hit(tinylfu_t* s, table_t* t, entry_t e, uint64_t c) noexcept nogil:
     """Record a hit on e, whose remixed hash is c and whose sketch block is being prefetched."""
     cdef int r = s.region[e]
@@ -513,6 +550,9 @@ cdef inline void _tlfu_hit(tinylfu_t* s, table_t* t, entry_t e, uint64_t c) noex
     if s.npend == 16:
         _sketch_flush(s)
     if r == TLFU_PROBATION:
+        if s.size[TLFU_PROTECTED] == s.protmax and s.protmax > 0:
+            _tlfu_swap_in(s, t, e)       # the steady state: protected is full
+            return
         _region_move(s, t, TLFU_PROTECTED, e)
         while s.size[TLFU_PROTECTED] > s.protmax:
             _region_move(s, t, TLFU_PROBATION, s.head[TLFU_PROTECTED])
