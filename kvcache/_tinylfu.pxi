@@ -111,18 +111,55 @@ cdef inline uint64_t _sketch_prefetch(tinylfu_t* s, uint64_t h) noexcept nogil:
     return c
 
 
+cdef extern from *:
+    """
+    /* Add one to a key's four counters in its 64-byte block, saturating at 15.  Row i is a
+       nibble of the block's 16-byte quarter i, chosen by the low five bits of byte i of x (the
+       word by bit 0, the nibble by bits 1-4).  With SSE2 (every x86-64) a row is a few vector
+       operations on its quarter: a table gives the row's nibble as a one and as a mask, a
+       compare of the masked quarter with the mask finds a counter at 15, and the one is added
+       unless it is. */
+    #if defined(__SSE2__) || defined(_M_X64)
+    #include <emmintrin.h>
+    static __m128i kv_sk_one[32], kv_sk_full[32];
+    static void kv_sketch_init(void) {
+        for (int b = 0; b < 32; b++) {
+            uint64_t one = (uint64_t)1 << (4 * ((b >> 1) & 15));
+            kv_sk_one[b] = (b & 1) ? _mm_set_epi64x((long long)one, 0) : _mm_set_epi64x(0, (long long)one);
+            kv_sk_full[b] = (b & 1) ? _mm_set_epi64x((long long)(one * 15), 0)
+                                    : _mm_set_epi64x(0, (long long)(one * 15));
+        }
+    }
+    static inline void kv_sketch_count(uint64_t* blk, uint64_t x) {
+        for (int i = 0; i < 4; i++) {
+            unsigned b = (unsigned)(x >> (8 * i)) & 31;
+            __m128i* q = (__m128i*)(blk + 2 * i);
+            __m128i v = _mm_load_si128(q);
+            __m128i full = _mm_cmpeq_epi32(_mm_and_si128(v, kv_sk_full[b]), kv_sk_full[b]);
+            _mm_store_si128(q, _mm_add_epi32(v, _mm_andnot_si128(full, kv_sk_one[b])));
+        }
+    }
+    #else
+    static void kv_sketch_init(void) {}
+    static inline void kv_sketch_count(uint64_t* blk, uint64_t x) {
+        for (int i = 0; i < 4; i++) {
+            uint64_t b = x >> (8 * i);
+            uint64_t* w = blk + 2 * i + (b & 1);
+            int off = (int)(((b >> 1) & 15) << 2);
+            *w += (uint64_t)(((*w >> off) & 15) != 15) << off;
+        }
+    }
+    #endif
+    """
+    void kv_sketch_init() nogil
+    void kv_sketch_count(uint64_t* blk, uint64_t x) nogil
+
+kv_sketch_init()
+
+
 cdef inline void _sketch_count(uint64_t* sketch, uint64_t bmask, uint64_t c) noexcept nogil:
     """Add one to the four counters of the key whose remixed hash is c (bmask: blocks - 1)."""
-    cdef uint64_t* blk = &sketch[(c & bmask) << 3]
-    cdef uint64_t x, w, j
-    cdef int i, off
-    for i in range(4):
-        # branchless saturating add: a counter at 15 adds 0
-        x = c >> (32 + 8 * i)
-        j = 2 * i + (x & 1)
-        off = <int>(((x >> 1) & 15) << 2)
-        w = blk[j]
-        blk[j] = w + ((<uint64_t>(((w >> off) & 15) != 15)) << off)
+    kv_sketch_count(&sketch[(c & bmask) << 3], c >> 32)
 
 
 cdef void _sketch_halve(tinylfu_t* s) noexcept nogil:
