@@ -116,8 +116,8 @@ def recency_stream(n, gap, seed):
         if pending and pending[0][0] <= t:
             out.append(pending.pop(0)[1])
         else:
-            out.append(("r", fresh))
-            pending.append((t + gap + rng.randrange(gap // 4 + 1), ("r", fresh)))
+            out.append((0, fresh))
+            pending.append((t + gap + rng.randrange(gap // 4 + 1), (0, fresh)))
             fresh += 1
     return out
 
@@ -126,7 +126,7 @@ def frequency_stream(n, universe, seed):
     """Zipf(1) over `universe` keys, stationary: frequency predicts reuse."""
     rng = np.random.default_rng(seed)
     w = 1.0 / np.arange(1, universe + 1)
-    return [("f", int(k)) for k in rng.choice(universe, size=n, p=w / w.sum())]
+    return [(1, int(k)) for k in rng.choice(universe, size=n, p=w / w.sum())]
 
 
 def test_window_grows_on_a_recency_biased_stream():
@@ -156,9 +156,9 @@ def test_a_one_off_scan_does_not_flush_frequent_keys():
     hot = frequency_stream(50_000, 400, seed=3)
     run(c, hot)
     run(lru, hot)
-    top = [("f", k) for k in range(300)]
+    top = [(1, k) for k in range(300)]
     assert all(k in c for k in top)
-    scan = [("scan", i) for i in range(20_000)]
+    scan = [(2, i) for i in range(20_000)]
     run(c, scan)
     run(lru, scan)
     kept = sum(k in c for k in top)
