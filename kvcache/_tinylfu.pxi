@@ -42,14 +42,14 @@
 # * No random admission ("jitter") as in Caffeine: it defends against crafted hash collisions,
 #   which the per-process MurmurHash seed already prevents, and it costs hits on loops.
 #
-# Everything hashes from the entry's MurmurHash (mix_hash of hash(key) with the cache's seed):
-# the sketch through a remix of it (see _sketch_estimate), the ghosts by its high 32 bits.  The
-# sketch and the ghost tables are sized by the entry buffers and grow with them (the sketch by duplication, which
-# keeps every estimate an upper bound of the true count).  A ghost table is direct-mapped with
-# one 8-byte slot per 2 entries (window) or per 8 entries (main), so a newer ghost may
-# overwrite an older one: the adaptation only needs the rate of ghost hits, which a sample
-# preserves.  Memory beyond an LRUCache: about 8-16 bytes per entry of sketch, 5-10 of ghosts,
-# 1 for the region byte, and about 15 KB for the shadows.
+# Everything hashes from the entry's MurmurHash (mix_hash of hash(key) with the cache's seed): the
+# sketch through a remix of it (see _sketch_estimate), the ghosts by its high 32 bits.  The sketch
+# and the ghost tables are sized by the entry buffers and grow with them (the sketch by
+# duplication, which keeps every estimate an upper bound of the true count).  A ghost table is
+# direct-mapped with one 8-byte slot per 2 entries (window) or per 8 entries (main), so a newer
+# ghost may overwrite an older one: the adaptation only needs the rate of ghost hits, which a
+# sample preserves.  Memory beyond an LRUCache: about 8-16 bytes per entry of sketch, 5-10 of
+# ghosts, 1 for the region byte, and about 15 KB for the shadows.
 #
 # A cache filled only by insertions (no evictions yet) records no ghosts, so growing the
 # ghost tables while filling loses nothing.
@@ -125,7 +125,8 @@ cdef extern from *:
     static void kv_sketch_init(void) {
         for (int b = 0; b < 32; b++) {
             uint64_t one = (uint64_t)1 << (4 * ((b >> 1) & 15));
-            kv_sk_one[b] = (b & 1) ? _mm_set_epi64x((long long)one, 0) : _mm_set_epi64x(0, (long long)one);
+            kv_sk_one[b] = (b & 1) ? _mm_set_epi64x((long long)one, 0)
+                                   : _mm_set_epi64x(0, (long long)one);
             kv_sk_full[b] = (b & 1) ? _mm_set_epi64x((long long)(one * 15), 0)
                                     : _mm_set_epi64x(0, (long long)(one * 15));
         }
@@ -170,11 +171,16 @@ cdef void _sketch_halve(tinylfu_t* s) noexcept nogil:
     s.scount //= 2
 
 
-cdef inline void _sketch_increment(tinylfu_t* s, uint64_t h) noexcept nogil:
-    _sketch_count(s.sketch, s.smask >> 3, _tlfu_mix(h))
+cdef inline void _sketch_add(tinylfu_t* s, uint64_t c) noexcept nogil:
+    """Count one access of the key whose remixed hash is c; halve at the sample size."""
+    _sketch_count(s.sketch, s.smask >> 3, c)
     s.scount += 1
     if s.scount >= s.sample:
         _sketch_halve(s)
+
+
+cdef inline void _sketch_increment(tinylfu_t* s, uint64_t h) noexcept nogil:
+    _sketch_add(s, _tlfu_mix(h))
 
 
 # A hit's increment waits in s.pend (as its remixed hash, its block already prefetched): every
@@ -194,10 +200,7 @@ cdef void _sketch_flush(tinylfu_t* s) noexcept nogil:
         s.scount += n
         return
     for i in range(n):
-        _sketch_count(s.sketch, s.smask >> 3, s.pend[i])
-        s.scount += 1
-        if s.scount >= s.sample:
-            _sketch_halve(s)
+        _sketch_add(s, s.pend[i])
 
 
 cdef inline void _region_unlink(tinylfu_t* s, table_t* t, entry_t e) noexcept nogil:
@@ -598,9 +601,7 @@ cdef inline void _tlfu_hit(tinylfu_t* s, table_t* t, entry_t e, uint64_t c) noex
 
 
 cdef void tinylfu_touch(order_t* o, table_t* t, entry_t e) noexcept nogil:
-    cdef uint64_t c = _tlfu_mix(t.ent[e].hash)
-    kv_prefetch(&o.tl.sketch[(c & (o.tl.smask >> 3)) << 3])
-    _tlfu_hit(&o.tl, t, e, c)
+    _tlfu_hit(&o.tl, t, e, _sketch_prefetch(&o.tl, t.ent[e].hash))
 
 
 cdef entry_t tinylfu_victim(order_t* o, table_t* t) noexcept nogil:

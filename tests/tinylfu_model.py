@@ -75,7 +75,6 @@ def ghost_age(table, h, clock):
 SHADOW = 256
 
 
-
 def _slru_hit(m, key, r):
     """A hit in region r of m (the cache or a shadow): probation promotes, demoting protected's
     oldest beyond its target; elsewhere the key becomes its region's newest."""
@@ -85,6 +84,7 @@ def _slru_hit(m, key, r):
             m._move(next(iter(m.regions[PROTECTED])), PROBATION)
     else:
         m.regions[r].move_to_end(key)
+
 
 class Shadow:
     """A miniature W-TinyLFU over key hashes, sharing the owner's sketch."""
