@@ -68,7 +68,7 @@ cdef struct tlfu_shadow_t:
 
 cdef struct tinylfu_t:
     # Adaptive W-TinyLFU (kvcache/_tinylfu.pxi): regions are lists through table_t.prev/next.
-    int8_t* region            # entry -> TLFU_WINDOW / TLFU_PROBATION / TLFU_PROTECTED
+    int8_t* region            # entry -> its region (bits 0-1) and pending hits (bits 2-5)
     entry_t head[3]           # per region: least recent entry
     entry_t tail[3]           # per region: most recent entry
     Py_ssize_t size[3]
@@ -81,8 +81,6 @@ cdef struct tinylfu_t:
     uint64_t smask            # words - 1
     int64_t sample            # increments between two halvings
     int64_t scount
-    int npend                 # hits whose sketch increment is pending (see _sketch_flush)
-    uint64_t pend[16]
     uint64_t sthr             # shadows: a key is sampled if bits 8..31 of its hash are below this
     uint64_t* gwin            # ghost of candidates the admission rejected
     uint64_t* gmain           # ghost of entries evicted from the main region
@@ -139,6 +137,6 @@ cdef void tinylfu_unlink(order_t* o, table_t* t, entry_t e) noexcept nogil
 cdef void tinylfu_touch(order_t* o, table_t* t, entry_t e) noexcept nogil
 cdef entry_t tinylfu_victim(order_t* o, table_t* t) noexcept nogil
 cdef Py_ssize_t tinylfu_fill(order_t* o, table_t* t, entry_t* out) noexcept nogil
-cdef void tinylfu_reset(order_t* o) noexcept nogil
+cdef void tinylfu_reset(order_t* o, table_t* t) noexcept nogil
 cdef void tinylfu_set_cap(order_t* o, table_t* t, Py_ssize_t cap) noexcept nogil
 cdef object tinylfu_buffers(order_t* o, Py_ssize_t capacity, Py_ssize_t cap, object old)

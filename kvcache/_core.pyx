@@ -811,7 +811,7 @@ cdef class Cache:
                 self.o.bnext[i] = self.o.bfree
                 self.o.bfree = <int32_t>i
         elif self.o.policy == POLICY_TINYLFU:
-            tinylfu_reset(&self.o)
+            tinylfu_reset(&self.o, &self.t)
 
     cdef _grow(self, Py_ssize_t capacity):
         """Rebuild into buffers for `capacity` entries; entry numbers (and so all links) are kept."""
@@ -1751,9 +1751,6 @@ cdef inline Py_ssize_t cache_lookup(Cache c, object key, hash_t h, double now) e
     """
     cdef Py_ssize_t slot
     cdef Py_ssize_t e
-    cdef uint64_t sk = 0
-    if c.o.policy == POLICY_TINYLFU:
-        sk = _sketch_prefetch(&c.o.tl, h)       # the count that follows misses the cache: start now
     e = table_find(c, key, h, &slot)
     if e >= 0 and _dead(c, e, now):             # expired: a miss (_ttl.pxi)
         e = -1
@@ -1764,7 +1761,7 @@ cdef inline Py_ssize_t cache_lookup(Cache c, object key, hash_t h, double now) e
     if c.o.policy == POLICY_LRU:
         _list_move_to_end(&c.o, &c.t, <entry_t>e)
     elif c.o.policy == POLICY_TINYLFU:
-        _tlfu_hit(&c.o.tl, &c.t, <entry_t>e, sk)
+        _tlfu_hit(&c.o.tl, &c.t, <entry_t>e)
     else:
         order_touch(&c.o, &c.t, <entry_t>e)
     return e

@@ -93,6 +93,79 @@ def test_sketch_grows_with_the_buffers_keeping_estimates():
     assert [c._frequency(k) for k in range(1024)] == before
 
 
+def _sketch(cache):
+    keys, _, aux = cache._export_state()
+    n = len(keys)
+    return aux[n + 10:n + 10 + aux[n + 6]].tolist()
+
+
+def test_a_hit_counts_in_its_entry_until_the_entry_leaves():
+    c = TinyLFUCache(100, seed=8)
+    c["k"] = 1                                                  # an insertion counts at once
+    before = _sketch(c)
+    assert c._frequency("k") >= 1
+    for _ in range(5):
+        c["k"]
+    assert _sketch(c) == before                                 # hits wait in the entry ...
+    assert c._frequency("k") >= 6                               # ... and count in its estimate
+    del c["k"]
+    assert _sketch(c) != before                                 # leaving settles them
+    c["k"] = 1
+    assert c._frequency("k") >= 7                               # the history came back with it
+
+
+def test_pending_hits_saturate_like_the_counters_and_clear_keeps_them():
+    c = TinyLFUCache(100, seed=9)
+    c["hot"] = 1
+    for _ in range(40):
+        c["hot"]
+    assert c._frequency("hot") == 15
+    c.clear()
+    c["hot"] = 1                                                # 15 + 1, saturated
+    assert c._frequency("hot") == 15
+
+
+def test_the_duel_reads_settled_counts():
+    # a window candidate hit often beats the probation victim hit once: its hits are counted
+    c = TinyLFUCache(20, seed=3, capacity=20)
+    for k in range(20):
+        c[k] = k
+    assert c._policy_state()["window"] == 1
+    cand = list(c)[-1]                                          # the window's one entry
+    m = TinyLFUModel(20, capacity=20, seed=3)
+    for k in range(20):
+        m.set(k, k)
+    assert list(c) == m.order()
+    for _ in range(6):
+        c[cand]
+        m.get(cand)
+    c["new"] = 0
+    m.set("new", 0)
+    assert list(c) == m.order() and cand in c
+    assert _sketch(c) == m.sketch
+
+
+def test_export_keeps_pending_hits_and_rejects_corrupt_regions():
+    c = TinyLFUCache(60, seed=6)
+    run(c, frequency_stream(2900, 150, seed=2))                # halvings at 1200, 1800, 2400
+    keys, values, aux = c._export_state()
+    n = len(keys)
+    assert (aux[:n] >= 4).any()                                 # some hits are pending
+    d = TinyLFUCache(60, seed=6)
+    d._import_state(keys, values, aux)
+    np.testing.assert_array_equal(d._export_state()[2], aux)
+    stream = frequency_stream(3000, 300, seed=3)
+    assert run(c, stream) == run(d, stream)
+    assert list(c) == list(d)
+    same = lambda st_: {k: v for k, v in st_.items() if not k.startswith("shadow_")}
+    assert same(c._policy_state()) == same(d._policy_state())  # (shadows restart in a copy)
+    for bad in (3, 64, -1):
+        corrupt = aux.copy()
+        corrupt[0] = bad
+        with pytest.raises(ValueError):
+            TinyLFUCache(60, seed=6)._import_state(keys, values, corrupt)
+
+
 # ---------------------------------------------------------------------------------------------
 # Admission and adaptation
 # ---------------------------------------------------------------------------------------------

@@ -190,6 +190,7 @@ class TinyLFUModel(CacheModel):
         # window rejects, main evictions
         self.ghosts = [[0] * ghost_slots(self.bufcap, 2), [0] * ghost_slots(self.bufcap, 8)]
         self.scount = 0
+        self.pending = {}              # key -> hits not yet in the sketch (at most 15)
         self.nwin = self.nmev = 0
         self.wf = float(self.cap - int((1.0 - 0.01) * self.cap))
         self.scur = 0
@@ -275,14 +276,32 @@ class TinyLFUModel(CacheModel):
     def estimate(self, h):
         return min((self.sketch[w] >> off) & 15 for w, off in self._cells(h))
 
-    def increment(self, h):
+    def _add(self, h, k):
         for w, off in self._cells(h):
-            if (self.sketch[w] >> off) & 15 != 15:
-                self.sketch[w] += 1 << off
+            v = (self.sketch[w] >> off) & 15
+            self.sketch[w] += (min(v + k, 15) - v) << off
+
+    def _tick(self):
         self.scount += 1
         if self.scount >= self.sample:
+            for key in list(self.pending):
+                self.settle(key)
             self.sketch = [(v >> 1) & 0x7777777777777777 for v in self.sketch]
             self.scount //= 2
+
+    def increment(self, h):
+        self._add(h, 1)
+        self._tick()
+
+    def settle(self, key):
+        """Add key's pending hits to the sketch (a hit only counts in the entry until then)."""
+        k = self.pending.pop(key, 0)
+        if k:
+            self._add(self.hashes[key], k)
+
+    def frequency(self, key):
+        """What TinyLFUCache._frequency reports: the estimate, key's pending hits included."""
+        return min(15, self.estimate(self.hashes[key]) + self.pending.get(key, 0))
 
     # -- ghosts --------------------------------------------------------------------------------
 
@@ -322,7 +341,8 @@ class TinyLFUModel(CacheModel):
 
     def _touch(self, key):
         self._shadows(self.hashes[key])
-        self.increment(self.hashes[key])
+        self.pending[key] = min(self.pending.get(key, 0) + 1, 15)
+        self._tick()
         _slru_hit(self, key, self.region_of(key))
 
     # -- CacheModel hooks ----------------------------------------------------------------------
@@ -366,6 +386,7 @@ class TinyLFUModel(CacheModel):
             self._move(next(iter(self.regions[WINDOW])), PROBATION)
 
     def removed(self, key):
+        self.settle(key)
         self.regions[self.region_of(key)].pop(key)
         del self.hashes[key]
 
@@ -376,6 +397,9 @@ class TinyLFUModel(CacheModel):
             vic = next(iter(prot), None)
         if len(win) >= 1 and (len(win) >= self.wmax or len(prob) + len(prot) == 0):
             cand = next(iter(win))
+            self.settle(cand)
+            if vic is not None:
+                self.settle(vic)
             if vic is not None and self.estimate(self.hashes[cand]) > self.estimate(self.hashes[vic]) + 1:
                 self._move(cand, PROBATION)
                 self._ghost_put(1, self.hashes[vic], self.nmev)
@@ -403,6 +427,8 @@ class TinyLFUModel(CacheModel):
         return evicted
 
     def clear(self):
+        for key in list(self.pending):
+            self.settle(key)
         self.data.clear()
         self.hashes.clear()
         for r in self.regions:
