@@ -213,11 +213,31 @@ cdef void _sketch_halve(tinylfu_t* s, table_t* t) noexcept nogil:
     s.scount //= 2
 
 
+# Two rare, long paths of a hit (the halving; a promotion while protected is not full) are called
+# through pointers: the compiler inlines a static function called once however long it is,
+# which put the hit over the inlining limit, and every hit then paid a call (24 instructions).
+cdef extern from *:
+    """
+    typedef void (*kv_cold_fn)(void*, void*, int32_t);
+    static kv_cold_fn volatile kv_cold_halve, kv_cold_promote;
+    """
+    ctypedef void (*kv_cold_fn)(void*, void*, int32_t) noexcept nogil
+    kv_cold_fn kv_cold_halve
+    kv_cold_fn kv_cold_promote
+
+
+cdef void _cold_halve(void* s, void* t, int32_t e) noexcept nogil:
+    _sketch_halve(<tinylfu_t*>s, <table_t*>t)
+
+
+kv_cold_halve = _cold_halve
+
+
 cdef inline void _sketch_tick(tinylfu_t* s, table_t* t) noexcept nogil:
     """Count one access on the sample clock; halve at the sample size."""
     s.scount += 1
     if s.scount >= s.sample:
-        _sketch_halve(s, t)
+        kv_cold_halve(s, t, 0)
 
 
 cdef inline void _sketch_increment(tinylfu_t* s, table_t* t, uint64_t h) noexcept nogil:
@@ -602,6 +622,18 @@ cdef inline void _tlfu_swap_in(tinylfu_t* s, table_t* t, entry_t e) noexcept nog
     s.region[d] = <int8_t>((s.region[d] & ~_TLFU_REGION) | TLFU_PROBATION)
 
 
+cdef void _cold_promote(void* sp, void* tp, int32_t e) noexcept nogil:
+    """Move probation's e to protected, then demote protected's overflow (see _tlfu_hit)."""
+    cdef tinylfu_t* s = <tinylfu_t*>sp
+    cdef table_t* t = <table_t*>tp
+    _region_move(s, t, TLFU_PROTECTED, e)
+    while s.size[TLFU_PROTECTED] > s.protmax:
+        _region_move(s, t, TLFU_PROBATION, s.head[TLFU_PROTECTED])
+
+
+kv_cold_promote = _cold_promote
+
+
 cdef inline void _tlfu_hit(tinylfu_t* s, table_t* t, entry_t e) noexcept nogil:
     """Record a hit on e: a pending count in its region byte, and the move of its region."""
     cdef int b = s.region[e]
@@ -616,10 +648,8 @@ cdef inline void _tlfu_hit(tinylfu_t* s, table_t* t, entry_t e) noexcept nogil:
     if r == TLFU_PROBATION:
         if s.size[TLFU_PROTECTED] == s.protmax and s.protmax > 0:
             _tlfu_swap_in(s, t, e)       # the steady state: protected is full
-            return
-        _region_move(s, t, TLFU_PROTECTED, e)
-        while s.size[TLFU_PROTECTED] > s.protmax:
-            _region_move(s, t, TLFU_PROBATION, s.head[TLFU_PROTECTED])
+        else:
+            kv_cold_promote(s, t, e)
     elif s.tail[r] != e:
         _region_move(s, t, r, e)
 
