@@ -56,7 +56,10 @@ CacheStats.__doc__ = "Counters of one cache: hits, misses, evictions, currsize, 
 cdef object _MARKER = object()
 cdef object _random_choice = random.choice
 cdef Py_ssize_t _MAX_ENTRIES = INT32_MAX - 1     # entry numbers are int32
-cdef Py_ssize_t _INITIAL_CAPACITY = 1024         # grown geometrically up to the limit
+cdef Py_ssize_t _INITIAL_CAPACITY = 64           # grown geometrically up to the limit: an empty
+                                                # cache (one per instance, per closure) is small
+cdef Py_ssize_t _INITIAL_CAPACITY_TINYLFU = 1024  # TinyLFU sizes its sketch and ghosts by the
+                                                # buffers: its figures were measured from 1024
 cdef int _MAX_RESTARTS = 1000
 cdef int32_t[8] _EMPTY_INDEX = [SLOT_EMPTY] * 8     # the index of a cache not set up yet
 cdef uint8_t[8] _EMPTY_TAGS = [TAG_EMPTY] * 8
@@ -742,7 +745,9 @@ cdef class Cache:
             limit = _MAX_ENTRIES
         self._max_entries = limit
         self._capacity_arg = -1 if capacity is None else capacity
-        cap = capacity if capacity is not None else min(limit, _INITIAL_CAPACITY)
+        cap = capacity if capacity is not None else min(limit, _INITIAL_CAPACITY_TINYLFU
+                                                        if self.o.policy == POLICY_TINYLFU
+                                                        else _INITIAL_CAPACITY)
         self._sizes = [] if self._sizefn is not None else None
         self._currsize = 0
         self._hits = self._misses = self._evictions = 0

@@ -30,6 +30,7 @@ from cpython.dict cimport PyDict_Size
 from cpython.tuple cimport PyTuple_New, PyTuple_GET_SIZE, PyTuple_GET_ITEM, PyTuple_SET_ITEM
 from cpython.ref cimport Py_INCREF
 from cpython.object cimport PyObject_Hash
+from cpython.number cimport PyNumber_AsSsize_t
 from cpython.unicode cimport PyUnicode_CheckExact
 from cpython.pythread cimport (PyThread_type_lock, PyThread_allocate_lock, PyThread_free_lock,
                                PyThread_acquire_lock, PyThread_release_lock, PyThread_get_thread_ident,
@@ -298,6 +299,8 @@ cdef class _lru_cache_wrapper:
         if maxsize is None:
             self.cache = Cache(math.inf)
         elif isinstance(maxsize, int):
+            # as functools: an index-sized int (True is 1; 2**70 raises OverflowError)
+            maxsize = PyNumber_AsSsize_t(maxsize, OverflowError)
             if maxsize < 0:
                 maxsize = 0
             self.cache = LRUCache(maxsize) if maxsize > 0 else None
@@ -885,6 +888,16 @@ cdef class LRU(LRUCache):
     `keys()`, `values()` and `items()` return lists, most recently used first; lookups
     (`[]`, `get`, `pop`, `setdefault`) count in `get_stats()`; `in` and `has_key` do not.
     """
+
+    # lru-dict's LRU is no mapping: equal only to itself, and hashable
+    def __eq__(self, other):
+        return self is other
+
+    def __ne__(self, other):
+        return self is not other
+
+    def __hash__(self):
+        return object.__hash__(self)
 
     def __init__(self, size, callback=None):
         size = operator.index(size)

@@ -229,6 +229,14 @@ def test_lru_with_maxsize_negative(module):
     assert eq.cache_info() == (0, 300, 0, 0)
 
 
+def test_lru_maxsize_is_an_index_sized_int(module):
+    f = module.lru_cache(maxsize=True)(lambda x: x)
+    assert f.cache_info().maxsize == 1 and type(f.cache_info().maxsize) is int
+    assert f.cache_parameters()["maxsize"] is True               # as given (functools.py)
+    with pytest.raises(OverflowError):
+        module.lru_cache(maxsize=2**70)(lambda x: x)
+
+
 @pytest.mark.parametrize("maxsize", [None, 128, 0])
 def test_lru_with_exceptions(module, maxsize):
     # exceptions pass through without a chained context, and are not cached

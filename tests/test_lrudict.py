@@ -184,6 +184,12 @@ def test_update_existing_moves_to_front(LRU):
     assert l.keys() == [3, 0, 2]
 
 
+def test_equal_only_to_itself_and_hashable(LRU):
+    a, b = LRU(3), LRU(3)
+    assert a != b and not (a == b) and a != {} and a == a
+    assert len({a, b}) == 2 and hash(a) == hash(a)
+
+
 def test_unhashable(LRU):
     l = LRU(2)  # noqa: E741
     with pytest.raises(TypeError):

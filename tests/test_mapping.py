@@ -218,6 +218,13 @@ def test_inf_maxsize_grows_geometrically(cache_cls):
     assert huge._nbytes() < 200_000
 
 
+def test_an_empty_cache_is_small(cache_cls):
+    # buffers start at 64 entries and double (TinyLFU's at 1024: they size its sketch), so a
+    # cache per instance or per closure costs a few KB until it fills
+    c = make(cache_cls, 10_000)
+    assert c._nbytes() < (100_000 if cache_cls is kvcache.TinyLFUCache else 8_000)
+
+
 def test_capacity_preallocates(cache_cls):
     c = make(cache_cls, 100_000, capacity=100_000)
     before = c._nbytes()
