@@ -663,6 +663,7 @@ cdef class Cache:
     cdef bint _native_evict          # evict in C: popitem not overridden, no choice function
     cdef bint _native_missing        # False when a subclass defines __missing__
     cdef bint _native_getitem        # False when a subclass overrides __getitem__
+    cdef bint _native_setitem        # False when a subclass overrides __setitem__
     # expiry (_ttl.pxi): NULL / None until a time-to-live is first used, so a cache without
     # expiry pays one pointer test per operation and no memory
     cdef double* _exp                # entry -> expiry time (+inf: never)
@@ -679,6 +680,7 @@ cdef class Cache:
         self._native_popitem = True
         self._native_missing = True
         self._native_getitem = True
+        self._native_setitem = True
         self.t.index = _EMPTY_INDEX
         self.t.tags = _EMPTY_TAGS
         self.t.mask = 7
@@ -739,6 +741,7 @@ cdef class Cache:
         self._native_evict = self._native_popitem and self._choice is None
         self._native_missing = cls.__missing__ is Cache.__missing__
         self._native_getitem = cls.__getitem__ in _NATIVE_GETITEMS
+        self._native_setitem = cls.__setitem__ is Cache.__setitem__
         if self._sizefn is None:
             limit = _MAX_ENTRIES if maxsize >= _MAX_ENTRIES else <Py_ssize_t>math.floor(maxsize)
         else:
@@ -1029,7 +1032,7 @@ cdef class Cache:
         cdef Py_ssize_t slot, e
         cdef object size, diff, old = None
         cdef list evicted = None
-        cdef tuple kv
+        cdef object kv
         if self._sizefn is not None:
             size = self._sizefn(value)
             if size > self._maxsize:
@@ -1069,11 +1072,15 @@ cdef class Cache:
                         evicted = []
                     evicted.append(self._evict_one())
                     continue
-            # a subclass hook or a choice function: user code, outside the critical section
-            kv = tuple(self.popitem()) if not self._native_popitem else self._popitem()
+            # a subclass hook or a choice function: user code, outside the critical section.  As
+            # cachetools, an overridden popitem's result is not needed, except by on_evict, which
+            # gets it once the new entry is in
+            kv = self.popitem() if not self._native_popitem else self._popitem()
             self._evictions += 1
             if self._on_evict is not None:
-                self._on_evict(kv[0], kv[1])
+                if evicted is None:
+                    evicted = []
+                evicted.append(kv)
         if evicted is not None and self._on_evict is not None:
             for kv in evicted:
                 self._on_evict(kv[0], kv[1])
@@ -1226,7 +1233,7 @@ cdef class Cache:
     def resize(self, maxsize):
         """Set a new maxsize, evicting in policy order (with on_evict) until the cache fits."""
         cdef list evicted = []
-        cdef tuple kv
+        cdef object kv
         if isinstance(maxsize, bool) or maxsize != maxsize:
             raise TypeError("maxsize must be a number")
         if maxsize < 0:
@@ -1251,7 +1258,7 @@ cdef class Cache:
                 if self._native_evict:
                     evicted.append(self._evict_one())
                     continue
-            kv = tuple(self.popitem()) if not self._native_popitem else self._popitem()
+            kv = self.popitem() if not self._native_popitem else self._popitem()
             self._evictions += 1
             evicted.append(kv)
         if self._on_evict is not None:
@@ -1891,7 +1898,8 @@ cdef entry_t cache_insert_new(Cache c, Py_ssize_t slot, hash_t h, object key, ob
 
 cdef inline bint _plain_store(Cache c):
     """True when an insertion may go through cache_insert_new (no sizes, hooks or expiry)."""
-    return c._sizefn is None and c._native_evict and c._exp == NULL and c._max_entries >= 1
+    return c._sizefn is None and c._native_evict and c._native_setitem and c._exp == NULL \
+        and c._max_entries >= 1
 
 
 cdef inline void _release_pair(PyObject* k, PyObject* v):

@@ -101,6 +101,22 @@ def error_func(*args, **kwargs):
 # -- cached -------------------------------------------------------------------
 
 
+def test_cached_stores_through_an_overridden_setitem():
+    log = []
+
+    class Logged(kvcache.LRUCache):
+        def __setitem__(self, key, value):
+            log.append(key)
+            super().__setitem__(key, value)
+
+    @kvcache.cached(Logged(10))
+    def f(x):
+        return 2 * x
+
+    assert f(1) == 2 and f(1) == 2
+    assert log == [(1,)]
+
+
 def test_decorator(impl, make_cache):
     cache = make_cache(2)
     wrapper = impl.cached(cache)(Counter())

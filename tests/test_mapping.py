@@ -218,6 +218,20 @@ def test_inf_maxsize_grows_geometrically(cache_cls):
     assert huge._nbytes() < 200_000
 
 
+def test_an_overridden_popitem_need_not_return_the_pair(cache_cls):
+    # cachetools' __setitem__ ignores what popitem returns: nothing is lost when it is None
+    class Quiet(cache_cls):
+        def popitem(self):
+            super().popitem()
+
+    c = make(Quiet, 1)
+    c["a"] = 1
+    c["b"] = 2
+    assert dict(c) == {"b": 2}
+    c.resize(0)
+    assert len(c) == 0
+
+
 def test_an_empty_cache_is_small(cache_cls):
     # buffers start at 64 entries and double (TinyLFU's at 1024: they size its sketch), so a
     # cache per instance or per closure costs a few KB until it fills
