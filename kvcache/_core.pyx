@@ -664,6 +664,7 @@ cdef class Cache:
     cdef bint _native_missing        # False when a subclass defines __missing__
     cdef bint _native_getitem        # False when a subclass overrides __getitem__
     cdef bint _native_setitem        # False when a subclass overrides __setitem__
+    cdef bint _native_delitem        # False when a subclass overrides __delitem__
     # expiry (_ttl.pxi): NULL / None until a time-to-live is first used, so a cache without
     # expiry pays one pointer test per operation and no memory
     cdef double* _exp                # entry -> expiry time (+inf: never)
@@ -681,6 +682,7 @@ cdef class Cache:
         self._native_missing = True
         self._native_getitem = True
         self._native_setitem = True
+        self._native_delitem = True
         self.t.index = _EMPTY_INDEX
         self.t.tags = _EMPTY_TAGS
         self.t.mask = 7
@@ -738,7 +740,10 @@ cdef class Cache:
         self.t.seed = _random_seed() if seed is None else seed
         self.o.rng = (self.t.seed * <uint64_t>0x9E3779B97F4A7C15) | 1
         self._native_popitem = cls.popitem in _NATIVE_POPITEMS
-        self._native_evict = self._native_popitem and self._choice is None
+        self._native_delitem = cls.__delitem__ is Cache.__delitem__
+        # cachetools removes through `del self[key]` (evictions, pop, popitem): a subclass's
+        # __delitem__ sees them all, so it turns the native removals off
+        self._native_evict = self._native_popitem and self._native_delitem and self._choice is None
         self._native_missing = cls.__missing__ is Cache.__missing__
         self._native_getitem = cls.__getitem__ in _NATIVE_GETITEMS
         self._native_setitem = cls.__setitem__ is Cache.__setitem__
@@ -1105,9 +1110,19 @@ cdef class Cache:
     def pop(self, key, default=_MARKER):
         """Remove key and return its value; return default, or raise KeyError, if it is absent."""
         cdef Py_ssize_t slot, e
-        cdef hash_t h = _key_hash(self, key)
+        cdef hash_t h
         cdef object k, v
-        cdef double now = _ttl_now(self) if self._exp != NULL else 0.0   # expiry clock (_ttl.pxi)
+        cdef double now
+        if not self._native_delitem:     # cachetools' pop, through the subclass's hooks
+            if key in self:
+                v = self[key]
+                del self[key]
+                return v
+            if default is _MARKER:
+                raise KeyError(key)
+            return default
+        h = _key_hash(self, key)
+        now = _ttl_now(self) if self._exp != NULL else 0.0   # expiry clock (_ttl.pxi)
         with cython.critical_section(self):
             e = table_find(self, key, h, &slot)
             if e >= 0 and not _dead(self, e, now):
@@ -1139,16 +1154,26 @@ cdef class Cache:
                 e = table_find(self, key, h, &slot)
                 if e < 0:
                     raise KeyError(key)
-                value = self._remove(<entry_t>e, slot)
-                self._removed_key = None
-                return (key, value)
+                if self._native_delitem:
+                    value = self._remove(<entry_t>e, slot)
+                    self._removed_key = None
+                    return (key, value)
+                value = self._kv[2 * e + 1]
+            del self[key]                  # a subclass hook: outside the critical section
+            return (key, value)
         with cython.critical_section(self):
             if self.t.count == 0:
                 raise KeyError("%s is empty" % type(self).__name__)
-            value = self._remove(order_victim(&self.o, &self.t), -1)
-            key = self._removed_key
-            self._removed_key = None
-            return (key, value)
+            e = order_victim(&self.o, &self.t)
+            if self._native_delitem:
+                value = self._remove(<entry_t>e, -1)
+                key = self._removed_key
+                self._removed_key = None
+                return (key, value)
+            key = self._kv[2 * e]
+            value = self._kv[2 * e + 1]
+        del self[key]
+        return (key, value)
 
     def setdefault(self, key, default=None):
         """Return the value of key (a lookup); if absent, insert key with default and return default."""

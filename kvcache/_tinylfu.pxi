@@ -893,10 +893,15 @@ cdef class TinyLFUCache(Cache):
                 e = s.head[TLFU_PROTECTED]
             if e == ENTRY_NONE:
                 e = s.head[TLFU_WINDOW]
-            value = self._remove(e, -1)
-            key = self._removed_key
-            self._removed_key = None
-            return (key, value)
+            if self._native_delitem:
+                value = self._remove(e, -1)
+                key = self._removed_key
+                self._removed_key = None
+                return (key, value)
+            key = self._kv[2 * e]
+            value = self._kv[2 * e + 1]
+        del self[key]                      # a subclass's __delitem__ (as cachetools)
+        return (key, value)
 
     def _export_state(self):
         """Return (keys, values, aux) in iteration order; aux packs regions, sketch and ghosts.

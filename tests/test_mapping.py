@@ -232,6 +232,31 @@ def test_an_overridden_popitem_need_not_return_the_pair(cache_cls):
     assert len(c) == 0
 
 
+def test_an_overridden_delitem_sees_evictions_pop_and_popitem(cache_cls):
+    # cachetools removes through `del self[key]` everywhere but expiry and clear
+    deleted = []
+
+    class Hooked(cache_cls):
+        def __delitem__(self, key):
+            deleted.append(key)
+            super().__delitem__(key)
+
+    c = make(Hooked, 2)
+    c["a"] = 1
+    c["b"] = 2
+    c["c"] = 3                                  # evicts one of a, b
+    assert len(deleted) == 1 and deleted[0] in ("a", "b") and deleted[0] not in c
+    assert c.pop("c") == 3 and deleted[-1] == "c"
+    assert c.pop("zz", "D") == "D" and len(deleted) == 2
+    k, v = c.popitem()
+    assert deleted[-1] == k and len(c) == 0
+    c["x"] = 1
+    c["y"] = 2
+    c.resize(1)
+    assert len(deleted) == 4 and len(c) == 1
+    c._check()
+
+
 def test_an_empty_cache_is_small(cache_cls):
     # buffers start at 64 entries and double (TinyLFU's at 1024: they size its sketch), so a
     # cache per instance or per closure costs a few KB until it fills
