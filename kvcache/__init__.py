@@ -16,6 +16,7 @@ from kvcache._core import (
 )
 from kvcache.decorators import (
     LRU,
+    CacheInfo,
     cache,
     cached,
     cachedmethod,
@@ -33,6 +34,7 @@ __version__ = "0.1.0"
 __all__ = [
     "LRU",
     "Cache",
+    "CacheInfo",
     "CacheStats",
     "CachedEmbedder",
     "FIFOCache",

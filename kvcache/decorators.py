@@ -16,6 +16,10 @@ import types
 import weakref
 from functools import _CacheInfo
 
+# cache_info()'s type: functools' named tuple (hits, misses, maxsize, currsize), under the name
+# cachetools exports it by
+CacheInfo = _CacheInfo
+
 from . import keys
 from ._core import (
     LRU,
@@ -40,6 +44,7 @@ from ._core import (
 
 __all__ = (
     "LRU",
+    "CacheInfo",
     "cache",
     "cached",
     "cachedmethod",

@@ -101,6 +101,18 @@ def error_func(*args, **kwargs):
 # -- cached -------------------------------------------------------------------
 
 
+def test_cache_info_type_is_exported_as_in_cachetools():
+    @kvcache.cached(kvcache.LRUCache(4), info=True)
+    def f(x):
+        return x
+
+    f(1)
+    f(1)
+    assert isinstance(f.cache_info(), kvcache.CacheInfo)
+    assert f.cache_info() == kvcache.CacheInfo(1, 1, 4, 1)
+    assert "CacheInfo" in kvcache.__all__
+
+
 def test_cached_stores_through_an_overridden_setitem():
     log = []
 
