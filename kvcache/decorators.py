@@ -405,6 +405,8 @@ class _BoundCachedMethod(_cm_bound):
 
 class _BoundCachedMethodInfo(_BoundCachedMethod):
     __slots__ = ()
+    # a class body without a docstring sets __doc__ = None, which would hide the method's
+    __doc__ = _BoundCachedMethod.__dict__["__doc__"]
 
     def cache_info(self):
         obj = self.__self__

@@ -113,6 +113,20 @@ def test_cache_info_type_is_exported_as_in_cachetools():
     assert "CacheInfo" in kvcache.__all__
 
 
+@pytest.mark.parametrize("info", [False, True])
+def test_bound_cachedmethod_keeps_the_docstring(info):
+    class A:
+        def __init__(self):
+            self.c = kvcache.LRUCache(4)
+
+        @kvcache.cachedmethod(lambda self: self.c, info=info)
+        def m(self, x):
+            """Doc of m."""
+            return x
+
+    assert A().m.__doc__ == "Doc of m." and A.m.__doc__ == "Doc of m."
+
+
 def test_cached_stores_through_an_overridden_setitem():
     log = []
 
