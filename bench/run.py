@@ -151,6 +151,8 @@ def load_groups(json_paths, stat) -> dict:
     """Read pytest-benchmark JSON files into {group: [row]}; repeated rows keep their best."""
     groups = {}
     for path in json_paths:
+        if os.path.getsize(path) == 0:
+            continue                     # -k selected no timed benchmark: pytest wrote nothing
         with open(path) as f:
             data = json.load(f)
         for b in data.get("benchmarks", []):
