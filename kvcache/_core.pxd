@@ -139,4 +139,5 @@ cdef entry_t tinylfu_victim(order_t* o, table_t* t) noexcept nogil
 cdef Py_ssize_t tinylfu_fill(order_t* o, table_t* t, entry_t* out) noexcept nogil
 cdef void tinylfu_reset(order_t* o, table_t* t) noexcept nogil
 cdef void tinylfu_set_cap(order_t* o, table_t* t, Py_ssize_t cap) noexcept nogil
-cdef object tinylfu_buffers(order_t* o, Py_ssize_t capacity, Py_ssize_t cap, object old)
+cdef object tinylfu_alloc(Py_ssize_t capacity, Py_ssize_t cap, bint fresh)
+cdef void tinylfu_adopt(order_t* o, object new, object old, Py_ssize_t cap) noexcept

@@ -34,7 +34,10 @@ from murmurhash.mrmr cimport hash64
 
 import collections
 import collections.abc
+import decimal
 import math
+import numbers
+import operator
 import os
 import random
 import sys
@@ -583,15 +586,46 @@ cdef uint64_t _slots_for(Py_ssize_t capacity):
 
 @cython.final
 cdef class _Buffers:
-    """The numpy arrays behind one cache's table_t and order_t (allocated once per capacity)."""
+    """The numpy arrays behind one cache's table_t and order_t (allocated once per capacity).
+
+    Between `Cache._new_buffers` and `Cache._adopt` it also carries the new object lists and
+    expiry arrays, so that every allocation of a rebuild happens before its first write.
+    """
     cdef object index, tags, ent, bucket_of, bfreq, bhead, btail, bprev, bnext, dense
     cdef object ext                  # a policy's own buffers (TinyLFU), with an nbytes() method
+    cdef Py_ssize_t capacity
+    cdef Py_ssize_t max_entries      # the cache's entry limit the buffers were sized for
+    cdef list kv, sizes              # only until adopted
+    cdef object xexp, xlink, xbkt    # only until adopted: expiry buffers (_ttl.pxi)
 
     def nbytes(self):
         return sum(a.nbytes for a in (self.index, self.tags, self.ent, self.bucket_of,
                                       self.bfreq, self.bhead, self.btail, self.bprev, self.bnext,
                                       self.dense) if a is not None) + \
             (self.ext.nbytes() if self.ext is not None else 0)
+
+
+cdef inline void _copy_prefix(object dst, object src, Py_ssize_t nbytes) noexcept:
+    """Copy the first nbytes of one buffer into another (plain memcpy: keeps the GIL)."""
+    memcpy(_data(dst), _data(src), nbytes)
+
+
+cdef extern from *:
+    """
+    /* Move src[0:n] into dst[0:n], where dst holds None, leaving None in src.  References
+       move with the items, so no object is freed and no Python code runs. */
+    static void kv_move_items(PyObject* dst, PyObject* src, Py_ssize_t n) {
+        PyObject** d = ((PyListObject*)dst)->ob_item;
+        PyObject** s = ((PyListObject*)src)->ob_item;
+        Py_ssize_t i;
+        for (i = 0; i < n; i++) {
+            PyObject* none = d[i];
+            d[i] = s[i];
+            s[i] = none;
+        }
+    }
+    """
+    void _move_items "kv_move_items" (list dst, list src, Py_ssize_t n) noexcept
 
 
 # ---------------------------------------------------------------------------------------------
@@ -762,12 +796,19 @@ cdef class Cache:
         self._allocate(max(cap, 1))
 
     # -- buffers ------------------------------------------------------------------------------
+    #
+    # A rebuild (the first buffers, growth, load) happens in two steps.  `_new_buffers`
+    # allocates everything, numpy arrays and object lists alike, and changes nothing: the
+    # allocations may run the GC (so finalizers and other threads) and numpy may release the
+    # GIL.  The caller then checks that the cache still is what the buffers were sized for
+    # (`_fits`) and `_adopt`s them: memcpy, pointer and list swaps, no Python code at all.
 
-    cdef _allocate(self, Py_ssize_t capacity):
-        """Allocate empty buffers for `capacity` entries (drops any contents without releasing them)."""
+    cdef _Buffers _new_buffers(self, Py_ssize_t capacity, bint fresh):
+        """Allocate empty buffers for `capacity` entries; change nothing in the cache."""
         cdef _Buffers b = _Buffers()
         cdef uint64_t nslots = _slots_for(capacity)
-        cdef Py_ssize_t e
+        b.capacity = capacity
+        b.max_entries = self._max_entries
         b.index = np.full(nslots, SLOT_EMPTY, dtype=np.int32)
         b.tags = np.zeros(nslots, dtype=np.uint8)              # all TAG_EMPTY
         b.ent = np.zeros((capacity, 2), dtype=np.uint64)     # entry_rec: hash, prev, next
@@ -781,22 +822,83 @@ cdef class Cache:
         elif self.o.policy == POLICY_RR:
             b.dense = np.zeros(capacity, dtype=np.int32)
         elif self.o.policy == POLICY_TINYLFU:
-            b.ext = tinylfu_buffers(&self.o, capacity, self._max_entries, None)
+            b.ext = tinylfu_alloc(capacity, self._max_entries, fresh)
+        b.kv = [None] * (2 * capacity)
+        if self._sizes is not None:
+            b.sizes = [None] * capacity
+        if self._exp != NULL:            # expiry buffers follow the capacity (_ttl.pxi)
+            _ttl_new_buffers(b, capacity)
+        return b
+
+    cdef bint _fits(self, _Buffers b, Py_ssize_t capacity) noexcept:
+        """Whether buffers allocated when the cache had `capacity` entries still suit it."""
+        return self.t.capacity == capacity and b.max_entries == self._max_entries \
+            and (b.sizes is None) == (self._sizes is None) \
+            and (b.xexp is None) == (self._exp == NULL)
+
+    cdef void _adopt(self, _Buffers b, Py_ssize_t old) noexcept:
+        """Make `b` the cache's buffers, moving entries 0..old-1 into it (old 0: start empty).
+
+        One step of plain C: the caller holds the previous object lists when old is 0, so
+        that their contents are released after the cache is consistent again.
+        """
+        cdef _Buffers ob = self._buf         # kept alive until the copies are done
+        cdef Py_ssize_t capacity = b.capacity, e, i
+        if old:
+            _copy_prefix(b.ent, ob.ent, old * sizeof(entry_rec))
+            if ob.bucket_of is not None:
+                _copy_prefix(b.bucket_of, ob.bucket_of, old * sizeof(int32_t))
+                _copy_prefix(b.bfreq, ob.bfreq, old * sizeof(int64_t))
+                _copy_prefix(b.bhead, ob.bhead, old * sizeof(int32_t))
+                _copy_prefix(b.btail, ob.btail, old * sizeof(int32_t))
+                _copy_prefix(b.bprev, ob.bprev, old * sizeof(int32_t))
+                _copy_prefix(b.bnext, ob.bnext, old * sizeof(int32_t))
+            if ob.dense is not None:
+                _copy_prefix(b.dense, ob.dense, old * sizeof(int32_t))
+            _move_items(b.kv, self._kv, 2 * old)
+            if b.sizes is not None:
+                _move_items(b.sizes, self._sizes, old)
+        if b.ext is not None:
+            tinylfu_adopt(&self.o, b.ext, ob.ext if old else None, b.max_entries)
+        if b.xexp is not None:           # (_ttl.pxi)
+            _ttl_adopt(self, b, old)
         self._buf = b
         self._point(b)
-        self.t.mask = nslots - 1
+        self._kv = b.kv
+        b.kv = None
+        if b.sizes is not None:
+            self._sizes = b.sizes
+            b.sizes = None
         self.t.capacity = capacity
-        self.t.count = 0
-        self.t.free_head = ENTRY_NONE
-        for e in range(capacity - 1, -1, -1):
-            table_put_free(&self.t, <entry_t>e)
-        self._reset_order()
-        self._kv = [None] * (2 * capacity)
-        if self._sizes is not None:
-            self._sizes = [None] * capacity
-        if self._exp != NULL:            # expiry buffers follow the capacity (_ttl.pxi)
-            _ttl_alloc(self, capacity)
+        self.t.mask = _slots_for(capacity) - 1
+        if old:
+            for e in range(capacity - 1, old - 1, -1):
+                table_put_free(&self.t, <entry_t>e)
+            if self.o.policy == POLICY_LFU:
+                for i in range(capacity - 1, old - 1, -1):
+                    self.o.bnext[i] = self.o.bfree
+                    self.o.bfree = <int32_t>i
+            table_rebuild_index(&self.t)
+            self._mark_int_tags()
+        else:
+            self.t.count = 0
+            self.t.free_head = ENTRY_NONE
+            for e in range(capacity - 1, -1, -1):
+                table_put_free(&self.t, <entry_t>e)
+            self._reset_order()
         self._version += 1
+
+    cdef _allocate(self, Py_ssize_t capacity):
+        """Replace the contents with empty buffers for `capacity` entries."""
+        cdef _Buffers b
+        cdef list kv = self._kv, sizes = self._sizes    # released once the cache is consistent
+        while True:
+            b = self._new_buffers(capacity, True)
+            if b.max_entries == self._max_entries and (b.sizes is None) == (self._sizes is None) \
+                    and (b.xexp is None) == (self._exp == NULL):
+                break
+        kv, sizes = self._kv, self._sizes
+        self._adopt(b, 0)
 
     cdef void _point(self, _Buffers b):
         self.t.index = <int32_t*>_data(b.index)
@@ -826,51 +928,39 @@ cdef class Cache:
         elif self.o.policy == POLICY_TINYLFU:
             tinylfu_reset(&self.o, &self.t)
 
-    cdef _grow(self, Py_ssize_t capacity):
-        """Rebuild into buffers for `capacity` entries; entry numbers (and so all links) are kept."""
-        cdef Py_ssize_t old = self.t.capacity, e, i
-        cdef _Buffers b = _Buffers(), ob = self._buf
-        cdef uint64_t nslots = _slots_for(capacity)
-        b.index = np.full(nslots, SLOT_EMPTY, dtype=np.int32)
-        b.tags = np.zeros(nslots, dtype=np.uint8)              # all TAG_EMPTY
-        b.ent = np.zeros((capacity, 2), dtype=np.uint64)     # entry_rec: hash, prev, next
-        b.ent[:old] = ob.ent
-        if ob.bucket_of is not None:
-            b.bucket_of = np.zeros(capacity, dtype=np.int32)
-            b.bfreq = np.zeros(capacity, dtype=np.int64)
-            b.bhead = np.zeros(capacity, dtype=np.int32)
-            b.btail = np.zeros(capacity, dtype=np.int32)
-            b.bprev = np.zeros(capacity, dtype=np.int32)
-            b.bnext = np.zeros(capacity, dtype=np.int32)
-            b.bucket_of[:old] = ob.bucket_of
-            b.bfreq[:old] = ob.bfreq
-            b.bhead[:old] = ob.bhead
-            b.btail[:old] = ob.btail
-            b.bprev[:old] = ob.bprev
-            b.bnext[:old] = ob.bnext
-        if ob.dense is not None:
-            b.dense = np.zeros(capacity, dtype=np.int32)
-            b.dense[:old] = ob.dense
-        if ob.ext is not None:
-            b.ext = tinylfu_buffers(&self.o, capacity, self._max_entries, ob.ext)
-        self._kv.extend([None] * (2 * (capacity - old)))
-        if self._sizes is not None:
-            self._sizes.extend([None] * (capacity - old))
-        self._buf = b
-        self._point(b)
-        self.t.capacity = capacity
-        self.t.mask = nslots - 1
-        for e in range(capacity - 1, old - 1, -1):
-            table_put_free(&self.t, <entry_t>e)
-        if self.o.policy == POLICY_LFU:
-            for i in range(capacity - 1, old - 1, -1):
-                self.o.bnext[i] = self.o.bfree
-                self.o.bfree = <int32_t>i
-        table_rebuild_index(&self.t)
-        self._mark_int_tags()
-        if self._exp != NULL:            # expiry buffers follow the capacity (_ttl.pxi)
-            _ttl_grow(self, capacity)
-        self._version += 1
+    cdef int _grow_for_one(self) except -1:
+        """Make room for one more entry number if the cache is out of them (double the buffers).
+
+        The allocation may run Python code, including other threads' operations on this
+        cache: every caller looks its key up again afterwards.  Another thread may have grown
+        the cache meanwhile; the buffers are then dropped unused.
+        """
+        cdef Py_ssize_t cap0 = self.t.capacity, cap
+        cdef _Buffers b
+        if self.t.free_head != ENTRY_NONE:
+            return 0
+        if cap0 >= _MAX_ENTRIES:
+            raise MemoryError("cache cannot hold more than %d entries" % _MAX_ENTRIES)
+        cap = cap0 * 2
+        if cap > self._max_entries and self._max_entries > cap0:
+            cap = self._max_entries
+        if cap > _MAX_ENTRIES:
+            cap = _MAX_ENTRIES
+        b = self._new_buffers(cap, False)
+        if self._fits(b, cap0) and self.t.free_head == ENTRY_NONE:
+            self._adopt(b, cap0)
+        return 0
+
+    cdef int _reserve(self, Py_ssize_t capacity) except -1:
+        """Grow the buffers to at least `capacity` entries (as _grow_for_one: look up again after)."""
+        cdef Py_ssize_t cap0
+        cdef _Buffers b
+        while self.t.capacity < capacity:
+            cap0 = self.t.capacity
+            b = self._new_buffers(capacity, False)
+            if self._fits(b, cap0):
+                self._adopt(b, cap0)
+        return 0
 
     cdef void _mark_int_tags(self) noexcept:
         """Set TAG_INT again on every slot of an index rebuilt from the stored hashes alone."""
@@ -880,21 +970,6 @@ cdef class Cache:
             e = self.t.index[i]
             if e >= 0 and _may_tag_int(<object>PyList_GET_ITEM(self._kv, 2 * e)):
                 self.t.tags[i] |= TAG_INT
-
-    cdef int _make_room_for_one(self) except -1:
-        """Ensure a free entry number exists (grows the buffers; no Python code runs)."""
-        cdef Py_ssize_t cap
-        if self.t.free_head != ENTRY_NONE:
-            return 0
-        if self.t.capacity >= _MAX_ENTRIES:
-            raise MemoryError("cache cannot hold more than %d entries" % _MAX_ENTRIES)
-        cap = self.t.capacity * 2
-        if cap > self._max_entries and self._max_entries > self.t.capacity:
-            cap = self._max_entries
-        if cap > _MAX_ENTRIES:
-            cap = _MAX_ENTRIES
-        self._grow(cap)
-        return 0
 
     # -- lookups ------------------------------------------------------------------------------
 
@@ -937,6 +1012,8 @@ cdef class Cache:
         if self._sizes is not None:
             self._currsize = self._currsize - self._sizes[e]
             self._sizes[e] = None
+            if self.t.count == 0 or self._currsize < 0:
+                self._currsize = 0       # float sizes: rounding must not outlive the entries
         self._version += 1
         return value
 
@@ -1014,17 +1091,20 @@ cdef class Cache:
             self._set_slow(key, h, value)
             return
         with cython.critical_section(self):
-            if self.t.count >= self._max_entries:
-                prefetch_victim_slot(self)
-            e = table_find(self, key, h, &slot)
-            if e >= 0:
-                old = self._kv[2 * e + 1]           # released after the update, not during it
-                self._kv[2 * e + 1] = value
-                order_update(&self.o, &self.t, <entry_t>e)
-                return
-            if self._max_entries < 1:
-                raise ValueError("value too large")
-            cache_insert_new(self, slot, h, key, value, &evk, &evv)
+            while True:
+                if self.t.count >= self._max_entries:
+                    prefetch_victim_slot(self)
+                e = table_find(self, key, h, &slot)
+                if e >= 0:
+                    old = self._kv[2 * e + 1]           # released after the update, not during it
+                    self._kv[2 * e + 1] = value
+                    order_update(&self.o, &self.t, <entry_t>e)
+                    return
+                if self._max_entries < 1:
+                    raise ValueError("value too large")
+                if cache_insert_new(self, slot, h, key, value, &evk, &evv) >= 0:
+                    break
+                self._grow_for_one()                # may run Python code: look the key up again
         if evk != NULL:
             try:
                 if self._on_evict is not None:
@@ -1039,11 +1119,7 @@ cdef class Cache:
         cdef list evicted = None
         cdef object kv
         if self._sizefn is not None:
-            size = self._sizefn(value)
-            if size > self._maxsize:
-                raise ValueError("value too large")
-            if size < 0:
-                raise ValueError("value size must be non-negative")
+            size = _checked_size(self._sizefn(value), self._maxsize)
         else:
             size = 1
             if self._max_entries < 1:
@@ -1066,8 +1142,8 @@ cdef class Cache:
                         order_update(&self.o, &self.t, <entry_t>e)
                     else:
                         if self.t.free_head == ENTRY_NONE:
-                            self._make_room_for_one()
-                        slot = table_probe_free(&self.t, h)
+                            self._grow_for_one()    # may run Python code: look the key up again
+                            continue
                         e = self._insert_at(slot, h, key, value, size)
                     if self._exp != NULL:    # the entry's expiry time (_ttl.pxi)
                         _ttl_stamp(self, <entry_t>e, exp)
@@ -1208,14 +1284,22 @@ cdef class Cache:
 
     def clear(self):
         """Remove every entry (not counted as evictions)."""
-        cdef list kv, sizes
-        with cython.critical_section(self):
-            kv, sizes = self._kv, self._sizes
-            self._kv = [None] * (2 * self.t.capacity)   # old objects are released after the reset
-            if sizes is not None:
-                self._sizes = [None] * self.t.capacity
-            self._currsize = 0
-            self._clear_table()
+        cdef list kv = None, sizes = None, nkv, nsizes
+        cdef Py_ssize_t cap
+        cdef bint done = False
+        while not done:
+            # the new lists first: their allocation may run other threads (and grow the cache)
+            cap = self.t.capacity
+            nkv = [None] * (2 * cap)
+            nsizes = [None] * cap if self._sizes is not None else None
+            with cython.critical_section(self):
+                if self.t.capacity == cap and (nsizes is None) == (self._sizes is None):
+                    kv, sizes = self._kv, self._sizes   # released after the reset
+                    self._kv = nkv
+                    self._sizes = nsizes
+                    self._currsize = 0
+                    self._clear_table()
+                    done = True
 
     cdef void _clear_table(self):
         cdef Py_ssize_t e
@@ -1548,16 +1632,16 @@ cdef class Cache:
                      None if self._capacity_arg < 0 else self._capacity_arg, self._choice)
         exps = _ttl_import_prepare(self, fresh, n, ttl, _expires)   # expiry times (_ttl.pxi)
         if n > fresh.t.capacity:
-            fresh._grow(min(max(n, 1), _MAX_ENTRIES))
+            fresh._reserve(min(max(n, 1), _MAX_ENTRIES))
         for i in range(n):
             key = keys[i]
             value = values[i]
             h = _key_hash(fresh, key)
-            size = fresh._sizefn(value) if fresh._sizefn is not None else None
+            size = _checked_size(fresh._sizefn(value), fresh._maxsize) if fresh._sizefn is not None else None
             if table_find(fresh, key, h, &slot) >= 0:
                 raise ValueError("state holds the key %r twice" % (key,))
             if fresh.t.free_head == ENTRY_NONE:
-                fresh._make_room_for_one()
+                fresh._grow_for_one()        # fresh is ours alone: the key is still absent
             slot = table_probe_free(&fresh.t, h)
             if aux is not None:
                 f = aux[i]
@@ -1639,10 +1723,14 @@ cdef class Cache:
                 total = 0
                 for e in order.tolist():
                     total += self._sizes[e]
-                if total != self._currsize:
+                if total != self._currsize and not (
+                        isinstance(total, float) and math.isclose(total, self._currsize,
+                                                                  rel_tol=1e-9, abs_tol=1e-9)):
                     raise AssertionError("currsize %r != sum of sizes %r" % (self._currsize, total))
                 if self._currsize > self._maxsize:
                     raise AssertionError("currsize above maxsize")
+                if self.t.count == 0 and self._currsize != 0:
+                    raise AssertionError("an empty cache has currsize %r" % (self._currsize,))
             elif self.t.count > self._max_entries:
                 raise AssertionError("more entries than maxsize")
             used = 0
@@ -1887,15 +1975,16 @@ cdef entry_t cache_insert_new(Cache c, Py_ssize_t slot, hash_t h, object key, ob
     `slot` comes from a lookup made at the current version.  For caches counted one per entry
     with native eviction and no expiry (the caller checks `_plain_store`).  An evicted pair is
     handed back in evk/evv as owned references (NULL when nothing was evicted): the caller
-    releases them, with `_release_pair`, once it has left the critical section.
+    releases them, with `_release_pair`, once it has left the critical section.  Returns -1,
+    changing nothing, when the cache may grow but has no free entry number: the caller then
+    calls `_grow_for_one` and looks the key up again.
     """
     cdef entry_t e
     evk[0] = NULL
     evv[0] = NULL
     if c.t.count < c._max_entries:
         if c.t.free_head == ENTRY_NONE:
-            c._make_room_for_one()              # rebuilds the index
-            slot = table_probe_free(&c.t, h)
+            return -1
         return c._insert_at(slot, h, key, value, None)
     # Evict and insert in one step: the victim's entry number takes the new key, and its key
     # and value move out to evk/evv without passing through the free list or the lists.
@@ -1934,6 +2023,28 @@ cdef inline void _release_pair(PyObject* k, PyObject* v):
 
 cdef inline hash_t _key_hash(Cache c, object key) except? 0:
     return mix_hash(hash(key), c.t.seed)
+
+
+cdef object _checked_size(object size, object maxsize):
+    """Return getsizeof's result as an int or float, or raise before anything changes.
+
+    Sizes are kept as exact ints and floats so that the sums run no user code; NaN, infinite
+    and negative sizes would leave the cache unbounded or stuck, so they are errors.
+    """
+    cdef type tp = type(size)
+    if tp is not int and tp is not float:
+        try:
+            size = operator.index(size)
+        except TypeError:
+            if not isinstance(size, (numbers.Real, decimal.Decimal)):
+                raise TypeError("getsizeof must return a number, not %s"
+                                % type(size).__name__) from None
+            size = float(size)
+    if size != size or size == INFINITY or size < 0:
+        raise ValueError("value size must be a finite non-negative number, not %r" % (size,))
+    if size > maxsize:
+        raise ValueError("value too large")
+    return size
 
 
 def _rebuild(cls, params):

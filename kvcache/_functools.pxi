@@ -260,13 +260,17 @@ cdef inline object _table_store(Cache c, object key, hash_t h, object value,
                 pass  # value too large
         return None
     with cython.critical_section(c):
-        if known_slot >= 0 and c._version == version:
-            slot = known_slot
-        else:
-            e = table_find(c, key, h, &slot)
-            if e >= 0:
-                return None       # stored meanwhile (recursion or another thread): keep it
-        cache_insert_new(c, slot, h, key, value, &evk, &evv)
+        while True:
+            if known_slot >= 0 and c._version == version:
+                slot = known_slot
+            else:
+                e = table_find(c, key, h, &slot)
+                if e >= 0:
+                    return None   # stored meanwhile (recursion or another thread): keep it
+            if cache_insert_new(c, slot, h, key, value, &evk, &evv) >= 0:
+                break
+            c._grow_for_one()     # may run Python code: look the key up again
+            known_slot = -1
     _release_pair(evk, evv)
     return None
 
@@ -607,14 +611,19 @@ cdef object _memo_claim_and_compute(_memo_base self, object owner, object key, h
     cdef PyObject* evv = NULL
     cdef _Flight flight = _new_flight()       # may run the GC (and other threads): check below
     with cython.critical_section(c):
-        if c._version != version:
-            e = table_find(c, key, h, &slot)
-            if e >= 0:
-                value = c._kv[2 * e + 1]
-                if type(value) is _Flight:
-                    return _memo_wait(self, owner, <_Flight>value, args, kwargs)
-                return value          # stored meanwhile by another thread
-        claimed = cache_insert_new(c, slot, h, key, flight, &evk, &evv)
+        while True:
+            if c._version != version:
+                e = table_find(c, key, h, &slot)
+                if e >= 0:
+                    value = c._kv[2 * e + 1]
+                    if type(value) is _Flight:
+                        return _memo_wait(self, owner, <_Flight>value, args, kwargs)
+                    return value      # stored meanwhile by another thread
+            claimed = cache_insert_new(c, slot, h, key, flight, &evk, &evv)
+            if claimed >= 0:
+                break
+            c._grow_for_one()         # may run Python code: look the key up again
+            version = c._version - 1
     _release_pair(evk, evv)           # released now that the table is consistent
     try:
         result = _memo_compute(self, owner, args, kwargs)

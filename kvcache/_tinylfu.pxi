@@ -747,9 +747,17 @@ cdef void tinylfu_set_cap(order_t* o, table_t* t, Py_ssize_t cap) noexcept nogil
 
 @cython.final
 cdef class _TinyLFUBuffers:
-    """The numpy arrays behind one cache's tinylfu_t."""
+    """The numpy arrays behind one cache's tinylfu_t, with their sizes as C numbers.
+
+    `tinylfu_alloc` makes them (Python allocations: may run other threads); `tinylfu_adopt`
+    points the policy at them in one step of plain C (see Cache._new_buffers / _adopt).
+    """
     cdef object region, sketch, gwin, gmain
     cdef list shadow                   # the shadows' arrays (allocated once, kept on growth)
+    cdef Py_ssize_t capacity           # entries region holds
+    cdef uint64_t words, nwin_slots, nmain_slots
+    cdef Py_ssize_t shadow_n           # entries per shadow (0: no shadow arrays here)
+    cdef uint64_t shadow_isz           # index slots per shadow
 
     def nbytes(self):
         return (self.region.nbytes + self.sketch.nbytes + self.gwin.nbytes + self.gmain.nbytes
@@ -763,77 +771,99 @@ cdef inline uint64_t _ghost_slots(Py_ssize_t bufcap, uint64_t per) noexcept nogi
     return gs
 
 
-cdef void _copy_ghosts(object src_arr, object dst_arr) noexcept:
+cdef void _copy_ghosts(uint64_t* src, uint64_t nsrc, uint64_t* dst, uint64_t ndst) noexcept nogil:
     # each ghost goes to its slot in the new size (its fingerprint's low bits)
-    cdef uint64_t* src = <uint64_t*>_data(src_arr)
-    cdef uint64_t* dst = <uint64_t*>_data(dst_arr)
-    cdef uint64_t j, v, mask = <uint64_t>dst_arr.shape[0] - 1
-    for j in range(<uint64_t>src_arr.shape[0]):
+    cdef uint64_t j, v, mask = ndst - 1
+    for j in range(nsrc):
         v = src[j]
         if v != 0:
             dst[(v >> 32) & mask] = v
 
 
-cdef list _shadow_buffers(tinylfu_t* s, Py_ssize_t cap):
-    """Allocate the two shadows for at most min(cap, _TLFU_SHADOW) entries and point s at them."""
+cdef void _shadow_alloc(_TinyLFUBuffers b, Py_ssize_t cap):
+    """Allocate the two shadows' arrays for at most min(cap, _TLFU_SHADOW) entries."""
     cdef Py_ssize_t n = cap if cap < _TLFU_SHADOW else _TLFU_SHADOW
     cdef uint64_t isz = 16
-    cdef tlfu_shadow_t* d
     cdef int k
-    cdef list keep = []
     if n < 1:
         n = 1
     while isz < <uint64_t>(2 * n):
         isz <<= 1
-    s.salloc = n
+    b.shadow = []
+    for k in range(2):
+        b.shadow.extend([np.zeros(n, dtype=np.uint64), np.zeros(n, dtype=np.int32),
+                         np.zeros(n, dtype=np.int32), np.zeros(n, dtype=np.int8),
+                         np.full(isz, -1, dtype=np.int32),
+                         np.zeros(_ghost_slots(n, _TLFU_GWIN_DIV), dtype=np.uint64),
+                         np.zeros(_ghost_slots(n, _TLFU_GMAIN_DIV), dtype=np.uint64)])
+    b.shadow_n = n
+    b.shadow_isz = isz
+
+
+cdef void _shadow_point(tinylfu_t* s, _TinyLFUBuffers b) noexcept:
+    cdef tlfu_shadow_t* d
+    cdef int k
+    cdef list a = b.shadow
+    s.salloc = b.shadow_n
     for k in range(2):
         d = &s.shadow[k]
-        arrs = [np.zeros(n, dtype=np.uint64), np.zeros(n, dtype=np.int32), np.zeros(n, dtype=np.int32),
-                np.zeros(n, dtype=np.int8), np.full(isz, -1, dtype=np.int32),
-                np.zeros(_ghost_slots(n, _TLFU_GWIN_DIV), dtype=np.uint64),
-                np.zeros(_ghost_slots(n, _TLFU_GMAIN_DIV), dtype=np.uint64)]
-        d.hs = <uint64_t*>_data(arrs[0])
-        d.prev = <int32_t*>_data(arrs[1])
-        d.next = <int32_t*>_data(arrs[2])
-        d.region = <int8_t*>_data(arrs[3])
-        d.index = <int32_t*>_data(arrs[4])
-        d.imask = isz - 1
-        d.gwin = <uint64_t*>_data(arrs[5])
-        d.gwmask = <uint64_t>arrs[5].shape[0] - 1
-        d.gmain = <uint64_t*>_data(arrs[6])
-        d.gmmask = <uint64_t>arrs[6].shape[0] - 1
-        keep.extend(arrs)
-    return keep
+        d.hs = <uint64_t*>_data(<object>PyList_GET_ITEM(a, 7 * k))
+        d.prev = <int32_t*>_data(<object>PyList_GET_ITEM(a, 7 * k + 1))
+        d.next = <int32_t*>_data(<object>PyList_GET_ITEM(a, 7 * k + 2))
+        d.region = <int8_t*>_data(<object>PyList_GET_ITEM(a, 7 * k + 3))
+        d.index = <int32_t*>_data(<object>PyList_GET_ITEM(a, 7 * k + 4))
+        d.imask = b.shadow_isz - 1
+        d.gwin = <uint64_t*>_data(<object>PyList_GET_ITEM(a, 7 * k + 5))
+        d.gwmask = _ghost_slots(b.shadow_n, _TLFU_GWIN_DIV) - 1
+        d.gmain = <uint64_t*>_data(<object>PyList_GET_ITEM(a, 7 * k + 6))
+        d.gmmask = _ghost_slots(b.shadow_n, _TLFU_GMAIN_DIV) - 1
 
 
-cdef object tinylfu_buffers(order_t* o, Py_ssize_t capacity, Py_ssize_t cap, object old):
-    """Allocate (old is None: fresh state) or grow (old: keep everything) the TinyLFU buffers."""
-    cdef tinylfu_t* s = &o.tl
-    cdef _TinyLFUBuffers b = _TinyLFUBuffers(), ob
-    cdef uint64_t words = 1, j, omask
-    cdef uint64_t* src
-    cdef uint64_t* dst
-    cdef Py_ssize_t bufcap = capacity, floor
-    while words < <uint64_t>bufcap:
+cdef object tinylfu_alloc(Py_ssize_t capacity, Py_ssize_t cap, bint fresh):
+    """Allocate TinyLFU buffers for `capacity` entries (fresh: the shadows too, sized by cap)."""
+    cdef _TinyLFUBuffers b = _TinyLFUBuffers()
+    cdef uint64_t words = 1
+    while words < <uint64_t>capacity:
         words <<= 1
     if words < _TLFU_MIN_WORDS:
         words = _TLFU_MIN_WORDS
+    b.capacity = capacity
+    b.words = words
+    b.nwin_slots = _ghost_slots(capacity, _TLFU_GWIN_DIV)
+    b.nmain_slots = _ghost_slots(capacity, _TLFU_GMAIN_DIV)
     b.region = np.zeros(capacity, dtype=np.int8)
     b.sketch = _zeros_line_aligned(words, np.uint64)     # one block = one cache line
-    b.gwin = np.zeros(_ghost_slots(bufcap, _TLFU_GWIN_DIV), dtype=np.uint64)
-    b.gmain = np.zeros(_ghost_slots(bufcap, _TLFU_GMAIN_DIV), dtype=np.uint64)
+    b.gwin = np.zeros(b.nwin_slots, dtype=np.uint64)
+    b.gmain = np.zeros(b.nmain_slots, dtype=np.uint64)
+    if fresh:
+        _shadow_alloc(b, cap)
+    return b
+
+
+cdef void tinylfu_adopt(order_t* o, object new, object old, Py_ssize_t cap) noexcept:
+    """Point the policy at `new` (old is None: fresh state; else keep everything of `old`).
+
+    Plain C: part of Cache._adopt's single step, after every allocation."""
+    cdef tinylfu_t* s = &o.tl
+    cdef _TinyLFUBuffers b = <_TinyLFUBuffers>new, ob
+    cdef uint64_t j, omask
+    cdef uint64_t* src
+    cdef uint64_t* dst
+    cdef Py_ssize_t floor
     if old is not None:
         ob = <_TinyLFUBuffers>old
-        b.region[:ob.region.shape[0]] = ob.region
+        memcpy(_data(b.region), _data(ob.region), ob.capacity)
         # each new word j copies old word j mod old size: estimates are unchanged
         src = <uint64_t*>_data(ob.sketch)
         dst = <uint64_t*>_data(b.sketch)
-        omask = <uint64_t>ob.sketch.shape[0] - 1
-        for j in range(words):
+        omask = ob.words - 1
+        for j in range(b.words):
             dst[j] = src[j & omask]
-        _copy_ghosts(ob.gwin, b.gwin)
-        _copy_ghosts(ob.gmain, b.gmain)
+        _copy_ghosts(<uint64_t*>_data(ob.gwin), ob.nwin_slots, <uint64_t*>_data(b.gwin), b.nwin_slots)
+        _copy_ghosts(<uint64_t*>_data(ob.gmain), ob.nmain_slots, <uint64_t*>_data(b.gmain), b.nmain_slots)
         b.shadow = ob.shadow           # sized by maxsize, not the buffers: s points there
+        b.shadow_n = ob.shadow_n
+        b.shadow_isz = ob.shadow_isz
     else:
         s.nwin = 0
         s.nmev = 0
@@ -844,22 +874,21 @@ cdef object tinylfu_buffers(order_t* o, Py_ssize_t capacity, Py_ssize_t cap, obj
             s.head[j] = ENTRY_NONE
             s.tail[j] = ENTRY_NONE
             s.size[j] = 0
-        b.shadow = _shadow_buffers(s, cap)
+        _shadow_point(s, b)
     s.region = <int8_t*>_data(b.region)
     s.sketch = <uint64_t*>_data(b.sketch)
-    s.smask = words - 1
+    s.smask = b.words - 1
     s.gwin = <uint64_t*>_data(b.gwin)
-    s.gwmask = <uint64_t>b.gwin.shape[0] - 1
+    s.gwmask = b.nwin_slots - 1
     s.gmain = <uint64_t*>_data(b.gmain)
-    s.gmask = <uint64_t>b.gmain.shape[0] - 1
-    s.bufcap = bufcap
-    floor = bufcap if bufcap > _TLFU_SAMPLE_FLOOR else _TLFU_SAMPLE_FLOOR
+    s.gmask = b.nmain_slots - 1
+    s.bufcap = b.capacity
+    floor = b.capacity if b.capacity > _TLFU_SAMPLE_FLOOR else _TLFU_SAMPLE_FLOOR
     s.sample = _TLFU_SAMPLE * floor
     _tlfu_cap(s, cap)
     if old is None:
         _tlfu_shadow_setup(s)
     _tlfu_targets(s)      # no demotion here: while growing, t still points at the old links
-    return b
 
 
 cdef class TinyLFUCache(Cache):
@@ -955,7 +984,7 @@ cdef class TinyLFUCache(Cache):
         Cache._import_state(self, keys, values, None)
         with cython.critical_section(self):
             if self.t.capacity < capacity:
-                self._grow(capacity)
+                self._reserve(capacity)
             b = <_TinyLFUBuffers>self._buf.ext
             if self.t.count == n and b.sketch.shape[0] == words and b.gmain.shape[0] == slots \
                     and b.gwin.shape[0] == wslots:
@@ -1036,7 +1065,7 @@ cdef class _Replayer:
     cdef void _grow(self) except *:
         cdef Cache c = self.cache
         cdef Py_ssize_t old = c.t.capacity
-        c._make_room_for_one()
+        c._grow_for_one()
         raw = np.zeros(c.t.capacity, dtype=np.uint64)
         raw[:old] = self.raw
         self.raw = raw

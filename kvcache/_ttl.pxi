@@ -272,6 +272,7 @@ cdef class _Expiry:
     cdef bint drop_expired           # TLRU: setting an already expired item removes the key
     cdef bint native_expire          # False when a subclass overrides expire(): call it instead
     cdef object exp_arr, link_arr, bkt_arr
+    cdef Py_ssize_t capacity         # entries the buffers hold
     cdef double* exp                 # entry -> expiry time (+inf: never)
     cdef int32_t* link               # entry -> prev (2e), next (2e+1) in its bucket
     cdef int8_t* bkt                 # entry -> its bucket, -1 when not in the heap
@@ -427,40 +428,54 @@ cdef list _ttl_expire_locked(Cache c, double now):
 # Buffers (kept in step with the table's capacity by Cache._allocate / _grow / _clear_table)
 # ---------------------------------------------------------------------------------------------
 
-cdef _ttl_alloc(Cache c, Py_ssize_t capacity):
-    """Allocate empty expiry buffers for `capacity` entries."""
+cdef _ttl_new_buffers(_Buffers b, Py_ssize_t capacity):
+    """Allocate empty expiry buffers for `capacity` entries into b (see Cache._new_buffers)."""
+    b.xexp = np.full(capacity, np.inf, dtype=np.float64)
+    b.xlink = np.full(2 * capacity, ENTRY_NONE, dtype=np.int32)
+    b.xbkt = np.full(capacity, -1, dtype=np.int8)
+
+
+cdef void _ttl_adopt(Cache c, _Buffers b, Py_ssize_t old) noexcept:
+    """Move the expiry of entries 0..old-1 into b's buffers and use them (old 0: empty heap).
+
+    Plain C, part of Cache._adopt's single step."""
     cdef _Expiry x = <_Expiry>c._xp
-    x.exp_arr = np.full(capacity, np.inf, dtype=np.float64)
-    x.link_arr = np.full(2 * capacity, ENTRY_NONE, dtype=np.int32)
-    x.bkt_arr = np.full(capacity, -1, dtype=np.int8)
+    if old:
+        memcpy(_data(b.xexp), x.exp, old * sizeof(double))
+        memcpy(_data(b.xlink), x.link, 2 * old * sizeof(int32_t))
+        memcpy(_data(b.xbkt), x.bkt, old * sizeof(int8_t))
+    x.exp_arr, x.link_arr, x.bkt_arr = b.xexp, b.xlink, b.xbkt
+    b.xexp = b.xlink = b.xbkt = None
+    x.capacity = b.capacity
     x.exp = <double*>_data(x.exp_arr)
     x.link = <int32_t*>_data(x.link_arr)
     x.bkt = <int8_t*>_data(x.bkt_arr)
-    x._clear_heap()
+    if not old:
+        x._clear_heap()
     c._exp = x.exp
 
 
-cdef _ttl_grow(Cache c, Py_ssize_t capacity):
-    cdef _Expiry x = <_Expiry>c._xp
-    cdef Py_ssize_t old = x.exp_arr.shape[0]
-    exp_arr = np.full(capacity, np.inf, dtype=np.float64)
-    link_arr = np.full(2 * capacity, ENTRY_NONE, dtype=np.int32)
-    bkt_arr = np.full(capacity, -1, dtype=np.int8)
-    exp_arr[:old] = x.exp_arr
-    link_arr[:2 * old] = x.link_arr
-    bkt_arr[:old] = x.bkt_arr
-    x.exp_arr, x.link_arr, x.bkt_arr = exp_arr, link_arr, bkt_arr
-    x.exp = <double*>_data(exp_arr)
-    x.link = <int32_t*>_data(link_arr)
-    x.bkt = <int8_t*>_data(bkt_arr)
-    c._exp = x.exp
+cdef int _ttl_start(Cache c) except -1:
+    """Give a cache that has an _Expiry but no expiry buffers its buffers (all: never expire)."""
+    cdef _Buffers b = _Buffers()
+    cdef Py_ssize_t cap
+    while c._exp == NULL:
+        cap = c.t.capacity
+        _ttl_new_buffers(b, cap)         # may run other threads: check before using them
+        if c._exp == NULL and c.t.capacity == cap:
+            b.capacity = cap
+            _ttl_adopt(c, b, 0)
+    return 0
 
 
-cdef void _ttl_reset(Cache c):
+cdef void _ttl_reset(Cache c) noexcept:
     cdef _Expiry x = <_Expiry>c._xp
-    x.exp_arr.fill(np.inf)
-    x.link_arr.fill(ENTRY_NONE)
-    x.bkt_arr.fill(-1)
+    cdef Py_ssize_t e
+    for e in range(x.capacity):
+        x.exp[e] = INFINITY
+        x.link[2 * e] = ENTRY_NONE
+        x.link[2 * e + 1] = ENTRY_NONE
+        x.bkt[e] = -1
     x._clear_heap()
 
 
@@ -484,17 +499,14 @@ cdef _ttl_enable(Cache c, object timer, int mode, object param):
     """Give a fresh cache its timer and default expiry and allocate the buffers (TTL/TLRU init)."""
     cdef _Expiry x = _new_expiry(c, timer)
     x.set_default(mode, param)
-    with cython.critical_section(c):
-        c._xp = x
-        _ttl_alloc(c, c.t.capacity)
+    c._exp = NULL                    # the new state gets buffers of its own (entries: no expiry)
+    c._xp = x
+    _ttl_start(c)
 
 
 cdef void _ttl_need_buffers(Cache c) except *:
     _ttl_state(c)
-    if c._exp == NULL:
-        with cython.critical_section(c):
-            if c._exp == NULL:
-                _ttl_alloc(c, c.t.capacity)
+    _ttl_start(c)
 
 
 cdef inline double _ttl_now(Cache c) except? -1:
@@ -591,24 +603,26 @@ cdef bint _ttl_set_fast(Cache c, object key, hash_t h, object value, double exp)
     if c._sizefn is not None or not c._native_evict:
         return False
     with cython.critical_section(c):
-        e = table_find(c, key, h, &slot)
-        if e >= 0:
-            old = c._kv[2 * e + 1]              # released after the update, not during it
-            c._kv[2 * e + 1] = value
-            order_update(&c.o, &c.t, <entry_t>e)
-            _ttl_stamp(c, <entry_t>e, exp)
-            return True
-        if c._max_entries < 1:
-            raise ValueError("value too large")
+        while True:
+            e = table_find(c, key, h, &slot)
+            if e >= 0:
+                old = c._kv[2 * e + 1]              # released after the update, not during it
+                c._kv[2 * e + 1] = value
+                order_update(&c.o, &c.t, <entry_t>e)
+                _ttl_stamp(c, <entry_t>e, exp)
+                return True
+            if c._max_entries < 1:
+                raise ValueError("value too large")
+            if c.t.count < c._max_entries and c.t.free_head == ENTRY_NONE:
+                c._grow_for_one()                   # may run Python code: look the key up again
+                continue
+            break
         if c.t.count >= c._max_entries:
             evv = c._remove(order_victim(&c.o, &c.t), -1)
             evk = c._removed_key
             c._removed_key = None
             c._evictions += 1
             evicted = True
-            slot = table_probe_free(&c.t, h)
-        elif c.t.free_head == ENTRY_NONE:
-            c._make_room_for_one()
             slot = table_probe_free(&c.t, h)
         e = c._insert_at(slot, h, key, value, None)
         _ttl_stamp(c, <entry_t>e, exp)
@@ -719,7 +733,7 @@ cdef object _ttl_import_prepare(Cache self, Cache fresh, Py_ssize_t n, object tt
     fx.ttl_numeric, fx.drop_expired = x.ttl_numeric, x.drop_expired
     fresh._xp = fx
     if self._exp != NULL or fx.mode != 0 or ttl is not None or expires is not None:
-        _ttl_alloc(fresh, fresh.t.capacity)
+        _ttl_start(fresh)
     if expires is not None:
         arr = np.array(expires, dtype=np.float64)
     elif ttl is not None:
