@@ -15,10 +15,21 @@ GIL (letting another thread in), or mutate this very cache.  Every method follow
    ``__del__`` may run arbitrary code (including calls into this cache).
 4. User callbacks outside.  ``getsizeof`` runs before any change; ``on_evict`` runs after the
    operation has finished, outside the critical section.
+5. Allocate before the first write.  Allocating any object (a list, a numpy array, a tuple)
+   can start the garbage collector, whose finalizers run Python code and may switch threads;
+   numpy calls are Python calls and may release the GIL during a copy.  So a structural change
+   contains none: a rebuild allocates all its buffers first (``Cache._new_buffers``), checks
+   that the cache is still what they were sized for (``_fits``; otherwise it drops them and the
+   caller looks again), then moves everything across with memcpy and pointer swaps
+   (``_adopt``).  An insertion that finds no free entry number grows and looks its key up
+   again.  Sizes from ``getsizeof`` are kept as exact ints and floats, so that their sums run
+   no user code either.
 
-Threads: every public method runs inside ``cython.critical_section(self)`` -- nothing under
-the GIL build (the GIL plus rule 2 keep the structure consistent), a per-object lock on a
-free-threaded build.  The module does not declare itself free-threading compatible yet.
+Threads: under the GIL, rules 1-5 are the whole locking contract: between its first write and
+the structure being consistent again no operation runs Python code, so no other thread (and
+no finalizer) can see a half-made change, and no lock is taken on the hit path.  Every public
+method also runs inside ``cython.critical_section(self)``, a per-object lock on a free-threaded
+build; the module does not declare itself free-threading compatible yet.
 """
 
 cimport cython
