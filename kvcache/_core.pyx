@@ -1030,7 +1030,10 @@ cdef class Cache:
 
     cdef tuple _evict_one(self):
         """Evict the policy's victim; return (key, value) (used where several are collected)."""
-        cdef entry_t e = order_victim(&self.o, &self.t)
+        cdef entry_t e
+        if self.t.count == 0:            # callers check; an empty table has no victim to read
+            raise KeyError("%s is empty" % type(self).__name__)
+        e = order_victim(&self.o, &self.t)
         self._evictions += 1
         value = self._remove(e, -1)
         key = self._removed_key
@@ -1039,8 +1042,17 @@ cdef class Cache:
 
 
     cdef list _dense_keys(self):
-        cdef Py_ssize_t i
-        return [self._kv[2 * self.o.dense[i]] for i in range(self.t.count)]
+        """Return the keys of RR's dense array (in one state: allocation may let threads in)."""
+        cdef Py_ssize_t i, n
+        cdef list keys
+        while True:
+            n = self.t.count
+            keys = [None] * n
+            if self.t.count == n:
+                break
+        for i in range(n):
+            keys[i] = <object>PyList_GET_ITEM(self._kv, 2 * self.o.dense[i])
+        return keys
 
     # -- the mapping protocol --------------------------------------------------------------------
 
@@ -1501,8 +1513,15 @@ cdef class Cache:
     # -- iteration and views --------------------------------------------------------------------
 
     cdef object _order_array(self):
-        cdef cnp.ndarray arr = np.empty(self.t.count, dtype=np.int32)
-        if self.t.count:
+        """Return the live entry numbers in iteration order (int32 array)."""
+        cdef cnp.ndarray arr
+        cdef Py_ssize_t n
+        while True:
+            n = self.t.count
+            arr = np.empty(n, dtype=np.int32)
+            if self.t.count == n:        # the allocation may have let other threads in
+                break
+        if n:
             order_fill(&self.o, &self.t, <entry_t*>cnp.PyArray_DATA(arr))
         return arr
 
@@ -1596,21 +1615,28 @@ cdef class Cache:
         cdef entry_t* op
         cdef int64_t* fp
         cdef double now = _ttl_now(self) if self._exp != NULL else 0.0   # expiry clock (_ttl.pxi)
+        cdef uint64_t version
         with cython.critical_section(self):
-            order = self._order_array()
-            if self._exp != NULL:        # expired entries are not exported (_ttl.pxi)
-                order = _ttl_live_order(self, order, now)
-            rem = _ttl_export(self, order, now, ttl) if ttl else None
-            op = <entry_t*>cnp.PyArray_DATA(order)
-            n = order.shape[0]
-            keys = [self._kv[2 * op[i]] for i in range(n)]
-            values = [self._kv[2 * op[i] + 1] for i in range(n)]
-            aux = None
-            if self.o.policy == POLICY_LFU:
-                aux = np.empty(n, dtype=np.int64)
-                fp = <int64_t*>cnp.PyArray_DATA(aux)
-                for i in range(n):
-                    fp[i] = self.o.bfreq[self.o.bucket_of[op[i]]]
+            while True:
+                # the allocations below may let other threads in: start again if they changed
+                # the table, so that keys, values and frequencies come from one state
+                version = self._version
+                order = self._order_array()
+                if self._exp != NULL:    # expired entries are not exported (_ttl.pxi)
+                    order = _ttl_live_order(self, order, now)
+                rem = _ttl_export(self, order, now, ttl) if ttl else None
+                op = <entry_t*>cnp.PyArray_DATA(order)
+                n = order.shape[0]
+                keys = [self._kv[2 * op[i]] for i in range(n)]
+                values = [self._kv[2 * op[i] + 1] for i in range(n)]
+                aux = None
+                if self.o.policy == POLICY_LFU:
+                    aux = np.empty(n, dtype=np.int64)
+                    fp = <int64_t*>cnp.PyArray_DATA(aux)
+                    for i in range(n):
+                        fp[i] = self.o.bfreq[self.o.bucket_of[op[i]]]
+                if self._version == version:
+                    break
         if ttl:
             return keys, values, aux, rem
         return keys, values, aux

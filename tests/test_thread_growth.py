@@ -197,3 +197,40 @@ def test_load_while_other_threads_write(tmp_path, fast_switching):
     cache._check()
     for k, v in list(cache.items()):
         assert v == k[1]
+
+
+@pytest.mark.parametrize("make", FACTORIES, ids=lambda f: f.__name__)
+def test_copies_taken_while_other_threads_write(make, fast_switching):
+    """An export (copy, pickle, save) reads one state, even while the buffers grow under it."""
+    import copy
+    cache = make(1_000_000)
+    copies = []
+
+    def writer(t):
+        for i in range(PER_THREAD):
+            cache[(t, i)] = i
+
+    def copier():
+        for _ in range(6):
+            copies.append(copy.copy(cache))
+
+    _run([(writer, 0), (writer, 1), (copier,)])
+    for c in copies:
+        c._check()
+        for k, v in c.items():
+            assert v == k[1]
+
+
+def test_rr_with_a_choice_function_under_threads(fast_switching):
+    """RRCache's user choice sees a list of live keys, taken in one state."""
+    cache = kvcache.RRCache(500, choice=random.choice)
+
+    def work(t):
+        for i in range(PER_THREAD):
+            cache[(t, i)] = i
+
+    _run([(work, t) for t in range(THREADS)])
+    cache._check()
+    assert len(cache) == 500
+    for k, v in cache.items():
+        assert v == k[1]
