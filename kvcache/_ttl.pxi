@@ -368,31 +368,33 @@ cdef tuple _ttl_pop(Cache c, entry_t e):
 
 
 cdef list _ttl_expire_locked(Cache c, double now):
-    """Remove every entry expired at `now`; return their pairs (None if there are none)."""
+    """Remove every entry expired at `now`; return their pairs (None or [] if there are none)."""
     cdef _Expiry x = <_Expiry>c._xp
     cdef uint64_t nk, lb, m, k
     cdef entry_t e, nx
     cdef int i
     cdef list out = None
-    cdef uint64_t v0 = c._version
+    cdef uint64_t v0 = c._version, v1
     if x is None or x.n == 0:
         return None
     nk = _tkey(now)
     while True:
         if x.head[0] != ENTRY_NONE:
+            if out is None:
+                out = []         # allocated before anything is removed: it may let other code in
+                continue
             if x.last <= nk:
                 while x.head[0] != ENTRY_NONE:
-                    if out is None:
-                        out = []
                     out.append(_ttl_pop(c, x.head[0]))
             else:                                    # time ran backwards: check each entry
                 e = x.head[0]
                 while e != ENTRY_NONE:
                     nx = x.link[2 * e + 1]
                     if _tkey(x.exp[e]) <= nk:
-                        if out is None:
-                            out = []
-                        out.append(_ttl_pop(c, e))
+                        v1 = c._version + 1
+                        out.append(_ttl_pop(c, e))   # the pair is allocated once e is out
+                        if c._version != v1:
+                            nx = x.head[0]           # other code ran meanwhile: nx may be gone
                     e = nx
         if x.nonempty == 0:
             break

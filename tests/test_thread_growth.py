@@ -234,3 +234,47 @@ def test_rr_with_a_choice_function_under_threads(fast_switching):
     assert len(cache) == 500
     for k, v in cache.items():
         assert v == k[1]
+
+
+class _Popper:
+    """Cyclic garbage whose finalizer removes some keys from the cache."""
+
+    def __init__(self, cache, keys):
+        self.cache = cache
+        self.keys = keys
+        self.cycle = self
+
+    def __del__(self):
+        for k in self.keys:
+            self.cache.pop(k, None)
+
+
+def test_finalizers_that_remove_during_expiry_with_time_running_backwards():
+    """Expiry removes entry after entry; a collection between two removals (here: finalizers
+    removing the entries expiry would visit next) must not leave it following a stale link."""
+    clock = [0.0]
+    cache = kvcache.TTLCache(1_000_000, ttl=10, timer=lambda: clock[0])
+    rnd = random.Random(5)
+    cache.set("early", 0, ttl=1000)
+    cache.expire(60)                          # the heap's clock now runs ahead of the timer
+    old = gc.get_threshold()
+    try:
+        for rep in range(30):
+            clock[0] = rep
+            for i in range(300):
+                cache.set(("own", rep, i), i, ttl=rnd.uniform(0.5, 3))
+            gc.disable()
+            for _ in range(30):
+                _Popper(cache, [("own", rep, rnd.randrange(300)) for _ in range(10)])
+            gc.set_threshold(1, 1, 1)
+            gc.enable()
+            cache.expire(clock[0] + 2)        # below the heap's clock: entry-by-entry scan
+            gc.set_threshold(*old)
+            cache._check()
+    finally:
+        gc.set_threshold(*old)
+        gc.enable()
+    gc.collect()
+    cache._check()
+    for k, v in list(cache.items()):
+        assert k == "early" or v == k[2]
