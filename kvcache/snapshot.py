@@ -345,13 +345,14 @@ def _fit_aux(cache, aux, n):
     return aux
 
 
-def _default_ttl(cache, ttl, n):
-    """Give the entries the file holds no time-to-live for `cache`'s default ttl, if it has one.
+def _default_ttl(cache, header, ttl, n):
+    """Give `cache`'s default ttl, if it has one, to the entries of a cache that had none.
 
-    They are then as if set at load time, as a TTLCache promises for every entry.
+    They are then as if set at load time, as a TTLCache promises for every entry.  A file
+    from a cache with a default ttl keeps its times, "never" included.
     """
     default = getattr(cache, "ttl", None)
-    if default is None:
+    if default is None or header.get("ttl") is not None:
         return ttl
     seconds = default.total_seconds() if isinstance(default, datetime.timedelta) else float(default)
     ttl = np.full(n, math.inf) if ttl is None else ttl.copy()
@@ -359,8 +360,8 @@ def _default_ttl(cache, ttl, n):
     return ttl
 
 
-def _import(cache, path, keys, values, aux, ttl):
-    ttl = _default_ttl(cache, ttl, len(keys))
+def _import(cache, path, header, keys, values, aux, ttl):
+    ttl = _default_ttl(cache, header, ttl, len(keys))
     try:
         cache._import_state(keys, values, _fit_aux(cache, aux, len(keys)), ttl)
     except (TypeError, ValueError) as exc:
@@ -372,15 +373,15 @@ def load_into(cache, path, *, pickle_key=None):
 
     Order and frequencies are restored (frequencies only into a cache that keeps
     them); a snapshot of another class fills any cache.  In a cache with a
-    default ttl (TTLCache), entries the file holds no time-to-live for get that
-    default, counted from the load.  Any defect in the file
+    default ttl (TTLCache), the entries of a snapshot from a cache without one
+    get that default, counted from the load, unless the file gives them a time-to-live.  Any defect in the file
     raises SnapshotError and leaves the cache untouched.  With `pickle_key`,
     only a file signed with that key is accepted.
     """
     pickle_key = _norm_key(pickle_key)
     header, payload = _read(path, pickle_key)
     keys, values, aux, ttl = _decode(path, header, payload, pickle_key)
-    _import(cache, path, keys, values, aux, ttl)
+    _import(cache, path, header, keys, values, aux, ttl)
     return cache
 
 
@@ -410,5 +411,5 @@ def load(cls, path, *, pickle_key=None, **kwargs):
         cache = cls(**kwargs)
     except TypeError as exc:
         raise TypeError(f"{cls.__name__}.load: {exc} (pass the constructor arguments a snapshot does not hold)") from exc
-    _import(cache, path, keys, values, aux, ttl)
+    _import(cache, path, header, keys, values, aux, ttl)
     return cache

@@ -1,5 +1,6 @@
 """Warm-start snapshots: cache.save(path), Class.load(path), cache.load(path)."""
 
+import math
 import os
 import pathlib
 import struct
@@ -511,3 +512,20 @@ def test_read_header_checks_fields(tmp_path):
     (tmp_path / "h").write_bytes(crafted(header_fields(created="yesterday"), [b"\x90", b"\x90", b"\xc0"]))
     with pytest.raises(SnapshotError, match="created"):
         snapshot.read_header(tmp_path / "h")
+
+
+def test_ttlcache_keeps_a_ttlcache_files_times(tmp_path):
+    now = [0.0]
+    c = kvcache.TTLCache(4, ttl=10, timer=lambda: now[0])
+    c["a"] = 1
+    c.set("never", 2, ttl=math.inf)
+    c.save(tmp_path / "ttl")
+    d = kvcache.TTLCache(4, ttl=99, timer=lambda: now[0])
+    d.load(tmp_path / "ttl")
+    assert 9 < d.ttl_of("a") <= 10 and d.ttl_of("never") is None
+    e = kvcache.LRUCache(4)
+    e["x"] = 1
+    e.set("y", 2, ttl=5)
+    e.save(tmp_path / "lru")
+    d.load(tmp_path / "lru")                   # from a cache without a default: d's default
+    assert 98 < d.ttl_of("x") <= 99 and 4 < d.ttl_of("y") <= 5
