@@ -97,10 +97,8 @@ _LEAVES = frozenset((type(None), bool, int, float, str, bytes))
 _NESTING_EXTS = frozenset()  # filled in below, once the codes are named
 
 
-def _too_deep(limit):
-    return SerializationError(
-        f"containers nest more than {limit} levels deep (the limit is kvcache.serialize.MAX_DEPTH)"
-    )
+def _too_deep():
+    return SerializationError(f"containers nest more than MAX_DEPTH = {MAX_DEPTH} levels deep")
 
 
 def _check_depth(obj, limit):
@@ -122,7 +120,7 @@ def _check_depth(obj, limit):
             return
         depth += 1
         if depth > limit:
-            raise _too_deep(limit)
+            raise _too_deep()
         found = compress(level, map(kinds.__contains__, map(type, level)))
         maps = {t for t in kinds if issubclass(t, dict)} if not kinds <= _SEQUENCES else ()
         if not maps:
@@ -144,7 +142,7 @@ def _default(budget, obj):
     # None/bool/int/float/str/bytes/list/dict; subclasses land here too.
     if isinstance(obj, (tuple, set, frozenset)):
         if budget <= 0:
-            raise _too_deep(MAX_DEPTH)
+            raise _too_deep()
         if isinstance(obj, tuple):
             code = _EXT_TUPLE
         else:
@@ -233,7 +231,7 @@ def _unpack_leaf(data, n):
 def _ext_hook(budget, code, data):
     if code in _NESTING_EXTS:
         if budget <= 0:
-            raise _too_deep(MAX_DEPTH)
+            raise _too_deep()
         items = _unpack_nested(data, budget - 1)
         if type(items) is not list:
             raise SerializationError("malformed tuple/set payload")
@@ -410,7 +408,7 @@ class Serializer:
         except SerializationError:
             raise
         except msgpack.StackError:      # plain arrays/maps past msgpack's own stack
-            raise _too_deep(MAX_DEPTH) from None
+            raise _too_deep() from None
         except Exception as exc:  # msgpack raises several unrelated types on garbage
             raise SerializationError(f"corrupt payload: {exc!r}") from None
 
@@ -480,7 +478,7 @@ def _canon(obj, budget=MAX_DEPTH):
         return msgpack.ExtType(_EXT_BIGINT, str(obj).encode())
     if isinstance(obj, (tuple, frozenset)):
         if budget <= 0:
-            raise _too_deep(MAX_DEPTH)
+            raise _too_deep()
         if isinstance(obj, tuple):
             return msgpack.ExtType(_EXT_TUPLE, _packb_plain([_canon(x, budget - 1) for x in obj]))
         items = sorted(_packb_plain(_canon(x, budget - 1)) for x in obj)
@@ -530,7 +528,7 @@ def _ext_hook_key(budget, code, data):
     # unhashable, so nothing here hashes deeper than the budget of tuples.
     if code == _EXT_TUPLE or code == _EXT_FROZENSET:
         if budget <= 0:
-            raise _too_deep(MAX_DEPTH)
+            raise _too_deep()
         hook = _KEY_HOOKS[budget - 1]
         if code == _EXT_TUPLE:
             items = _unpack_exact(data, hook)
@@ -563,6 +561,6 @@ def decode_key(data):
     except SerializationError:
         raise
     except msgpack.StackError:
-        raise _too_deep(MAX_DEPTH) from None
+        raise _too_deep() from None
     except Exception as exc:
         raise SerializationError(f"corrupt key: {exc!r}") from None

@@ -8,7 +8,8 @@ File layout (all integers little-endian)::
     hlen      u32       length of the header
     header    msgpack   {"class", "module", "maxsize", "count", "created", "keys", "kvcache"}
     plen      u64       length of the payload
-    payload   bytes     a kvcache.serialize frame of [keys, values, frequencies or None]
+    payload   bytes     a kvcache.serialize frame of [keys, values, frequencies or None,
+                        remaining times-to-live or None]
     checksum  32 bytes  SHA-256 (or HMAC-SHA256) of everything before it
 
 Loading reads and checks the whole file (magic, version, lengths, checksum),
@@ -374,9 +375,10 @@ def load_into(cache, path, *, pickle_key=None):
     Order and frequencies are restored (frequencies only into a cache that keeps
     them); a snapshot of another class fills any cache.  In a cache with a
     default ttl (TTLCache), the entries of a snapshot from a cache without one
-    get that default, counted from the load, unless the file gives them a time-to-live.  Any defect in the file
-    raises SnapshotError and leaves the cache untouched.  With `pickle_key`,
-    only a file signed with that key is accepted.
+    get that default, counted from the load, unless the file gives them a
+    time-to-live.  Any defect in the file raises SnapshotError and leaves the
+    cache untouched.  With `pickle_key`, only a file signed with that key is
+    accepted.
     """
     pickle_key = _norm_key(pickle_key)
     header, payload = _read(path, pickle_key)
