@@ -531,7 +531,10 @@ def _ext_hook_key(budget, code, data):
             raise _too_deep()
         hook = _KEY_HOOKS[budget - 1]
         if code == _EXT_TUPLE:
-            items = _unpack_exact(data, hook)
+            if budget > _SHALLOW:           # as _unpack_nested: unpackb near the top only
+                items = msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=hook)
+            else:
+                items = _unpack_exact(data, hook)
             if type(items) is not list:
                 raise SerializationError("malformed tuple in a key")
             return tuple(items)
@@ -555,7 +558,8 @@ def decode_key(data):
     """
     try:
         key = msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=_KEY_HOOKS[MAX_DEPTH])
-        _check_depth(key, MAX_DEPTH)
+        # Hashable means made of scalars, tuples and frozensets only (lists and dicts are
+        # not), each level of which the hooks' budget counted: no walk needed.
         hash(key)
         return key
     except SerializationError:
