@@ -89,12 +89,13 @@ def _array_header(arr):
 # budget: how many more such levels it may open.  The hooks are built once per
 # budget (no state shared between threads).  The budget bounds the recursion;
 # _check_depth, run on every value before encoding and after decoding, bounds
-# the nesting as a whole (lists and dicts included).
+# the nesting as a whole (lists and dicts included; keys need no walk, see
+# decode_key).
 
 _CONTAINERS = (list, tuple, dict, set, frozenset)
 _SEQUENCES = frozenset((list, tuple, set, frozenset))
 _LEAVES = frozenset((type(None), bool, int, float, str, bytes))
-_NESTING_EXTS = frozenset()  # filled in below, once the codes are named
+_NESTING_EXTS = frozenset((_EXT_TUPLE, _EXT_SET, _EXT_FROZENSET))
 
 
 def _too_deep():
@@ -276,7 +277,6 @@ def _ext_hook(budget, code, data):
     raise SerializationError(f"unknown msgpack extension type {code}")
 
 
-_NESTING_EXTS = frozenset((_EXT_TUPLE, _EXT_SET, _EXT_FROZENSET))
 # Snapshots wrap values in two plain lists of their own ([keys, values, ...]): the
 # walk allows for them, the extension budget need not.
 _FRAME_LEVELS = 2
