@@ -339,7 +339,7 @@ def _fit_aux(cache, aux, n):
     """Drop policy state that `cache` cannot take (LFU frequencies vs a TinyLFU state)."""
     if aux is None:
         return None
-    from kvcache._core import TinyLFUCache
+    from kvcache import TinyLFUCache
 
     if isinstance(cache, TinyLFUCache) != (aux.shape[0] != n):
         return None

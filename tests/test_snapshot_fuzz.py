@@ -244,6 +244,7 @@ def payload_cases():
     yield "value-lists-65", lambda n: {"values": array(n, [b"\x91" * 65 + b"\x00"] + [b"\x00"] * (n - 1))}
     yield "freq-2**63-1", lambda n: freqs(n, 2**63 - 1)
     yield "freq-2**62", lambda n: freqs(n, 2**62)
+    yield "freq-2**63", lambda n: freqs(n, 2**63)
     yield "freq-2**64-1", lambda n: freqs(n, 2**64 - 1)
     yield "freq-negative", lambda n: freqs(n, -5)
     yield "freq-zero", lambda n: freqs(n, 0)
