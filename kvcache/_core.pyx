@@ -663,7 +663,9 @@ def _snapshot_load(target, path, *, pickle_key=None, **kwargs):
     """Load the snapshot at `path`: ``Class.load(path, **ctor_kwargs)`` returns a new cache,
     ``cache.load(path)`` replaces this cache's contents (left untouched if the file is bad).
 
-    Contents, order and frequencies are restored; nothing in the file is executed.
+    Contents, order and frequencies are restored; nothing in the file is executed, and a
+    malformed file raises SnapshotError (a ValueError).  With `pickle_key`, only a file signed
+    with that key is accepted (see kvcache.snapshot.load for other classes' files).
     """
     from kvcache import snapshot
     if isinstance(target, type):
@@ -1833,7 +1835,9 @@ cdef class Cache:
         """Write contents, order and frequencies to `path` atomically (temp file, fsync, rename).
 
         Values must be msgpack-representable (see kvcache.serialize) unless `pickle_key`
-        enables signed pickle; the same key is then needed to load the file.
+        enables signed pickle; the same key is then needed to load the file.  `pickle_key`
+        signs the file (HMAC-SHA256): use it to load files from untrusted places.  Without it
+        the SHA-256 trailer is a checksum against corruption, not a signature.
         """
         from kvcache import snapshot
         snapshot.save(self, path, pickle_key=pickle_key)

@@ -10,25 +10,38 @@ Anything else is refused with :class:`TypeError` unless the caller opts into
 pickle by giving an HMAC key: pickled payloads are signed and a payload whose
 signature does not verify is rejected before it is unpickled.
 
+Containers (lists, dicts, tuples, sets, frozensets: one level each) nest at
+most :data:`MAX_DEPTH` deep in a value or a key.  Encoding refuses anything
+deeper with :class:`SerializationError` and every decoder (``Serializer.loads``,
+:func:`decode_key`, snapshots) rejects it the same way, counting levels before
+it descends: hostile bytes never recurse on the C stack.
+
 Frames are ``format byte, flags byte, [32-byte HMAC-SHA256], payload``;
 payloads larger than ``compress_over`` bytes are zstd-compressed.
 """
 
 import datetime
 import decimal
+import functools
 import hashlib
 import hmac
 import numbers
 import pickle
+from itertools import chain, compress
 
 import msgpack
 import numpy as np
 
-__all__ = ["Serializer", "SerializationError", "SignatureError", "encode_key", "decode_key"]
+__all__ = ["MAX_DEPTH", "Serializer", "SerializationError", "SignatureError", "encode_key", "decode_key"]
+
+# Each level of tuples/sets/frozensets costs one nested msgpack call (about 2 KB of C
+# stack while decoding, more while encoding): 64 levels stay far below the smallest
+# thread stacks in use, and far above what cached values and keys need.
+MAX_DEPTH = 64
 
 
 class SerializationError(ValueError):
-    """Raised when bytes cannot be decoded into a value."""
+    """Raised when bytes cannot be decoded into a value, or a value nests deeper than MAX_DEPTH."""
 
 
 class SignatureError(SerializationError):
@@ -69,11 +82,73 @@ def _array_header(arr):
     return arr.dtype.str
 
 
-def _default(obj):
+# --- nesting ------------------------------------------------------------------
+# msgpack packs lists and dicts itself; tuples, sets and frozensets become
+# extensions whose payload is packed and unpacked by a nested msgpack call, so
+# both directions recurse on the C stack.  Every hook below therefore carries a
+# budget: how many more such levels it may open.  The hooks are built once per
+# budget (no state shared between threads).  The budget bounds the recursion;
+# _check_depth, run on every value before encoding and after decoding, bounds
+# the nesting as a whole (lists and dicts included; keys need no walk, see
+# decode_key).
+
+_CONTAINERS = (list, tuple, dict, set, frozenset)
+_SEQUENCES = frozenset((list, tuple, set, frozenset))
+_LEAVES = frozenset((type(None), bool, int, float, str, bytes))
+_NESTING_EXTS = frozenset((_EXT_TUPLE, _EXT_SET, _EXT_FROZENSET))
+
+
+def _too_deep():
+    return SerializationError(f"containers nest more than MAX_DEPTH = {MAX_DEPTH} levels deep")
+
+
+def _check_depth(obj, limit):
+    """Raise SerializationError if containers nest more than `limit` levels deep in `obj`.
+
+    Walks one level at a time with C iterators: no recursion, and Python code runs
+    per level and per distinct type, never per element.
+    """
+    if type(obj) in _LEAVES:
+        return
+    level = [obj]
+    depth = 0
+    while True:
+        kinds = set(map(type, level))
+        kinds -= _LEAVES
+        if not kinds <= _SEQUENCES:
+            kinds = {t for t in kinds if issubclass(t, _CONTAINERS)}
+        if not kinds:
+            return
+        depth += 1
+        if depth > limit:
+            raise _too_deep()
+        found = compress(level, map(kinds.__contains__, map(type, level)))
+        maps = {t for t in kinds if issubclass(t, dict)} if not kinds <= _SEQUENCES else ()
+        if not maps:
+            level = list(chain.from_iterable(found))
+            continue
+        if maps == kinds:
+            dicts, seqs = list(found), ()
+        else:
+            found = list(found)
+            is_map = list(map(maps.__contains__, map(type, found)))
+            dicts = list(compress(found, is_map))
+            seqs = compress(found, [not m for m in is_map])
+        level = list(chain(chain.from_iterable(seqs), chain.from_iterable(map(dict.keys, dicts)),
+                           chain.from_iterable(map(dict.values, dicts))))
+
+
+def _default(budget, obj):
     # Called by msgpack (strict_types=True) for every object that is not exactly
     # None/bool/int/float/str/bytes/list/dict; subclasses land here too.
-    if isinstance(obj, tuple):
-        return msgpack.ExtType(_EXT_TUPLE, _packb(list(obj)))
+    if isinstance(obj, (tuple, set, frozenset)):
+        if budget <= 0:
+            raise _too_deep()
+        if isinstance(obj, tuple):
+            code = _EXT_TUPLE
+        else:
+            code = _EXT_FROZENSET if isinstance(obj, frozenset) else _EXT_SET
+        return msgpack.ExtType(code, _packb(list(obj), budget - 1))
     if isinstance(obj, list):
         return list(obj)
     if isinstance(obj, dict):
@@ -81,11 +156,11 @@ def _default(obj):
     if isinstance(obj, np.ndarray):
         dtype = _array_header(obj)
         data = np.ascontiguousarray(obj).tobytes()
-        return msgpack.ExtType(_EXT_NDARRAY, _packb([dtype, list(obj.shape), data]))
+        return msgpack.ExtType(_EXT_NDARRAY, _packb_plain([dtype, list(obj.shape), data]))
     if isinstance(obj, np.generic):
         arr = np.asarray(obj)
         dtype = _array_header(arr)
-        return msgpack.ExtType(_EXT_NPSCALAR, _packb([dtype, arr.tobytes()]))
+        return msgpack.ExtType(_EXT_NPSCALAR, _packb_plain([dtype, arr.tobytes()]))
     if isinstance(obj, bool):
         return bool(obj)
     if isinstance(obj, int):
@@ -98,11 +173,8 @@ def _default(obj):
         return str(obj)
     if isinstance(obj, bytes):
         return bytes(obj)
-    if isinstance(obj, (set, frozenset)):
-        code = _EXT_FROZENSET if isinstance(obj, frozenset) else _EXT_SET
-        return msgpack.ExtType(code, _packb(list(obj)))
     if isinstance(obj, complex):
-        return msgpack.ExtType(_EXT_COMPLEX, _packb([obj.real, obj.imag]))
+        return msgpack.ExtType(_EXT_COMPLEX, _packb_plain([float(obj.real), float(obj.imag)]))
     # datetime is a subclass of date: test it first.
     if isinstance(obj, datetime.datetime):
         return msgpack.ExtType(_EXT_DATETIME, obj.isoformat().encode())
@@ -111,7 +183,7 @@ def _default(obj):
     if isinstance(obj, datetime.time):
         return msgpack.ExtType(_EXT_TIME, obj.isoformat().encode())
     if isinstance(obj, datetime.timedelta):
-        return msgpack.ExtType(_EXT_TIMEDELTA, _packb([obj.days, obj.seconds, obj.microseconds]))
+        return msgpack.ExtType(_EXT_TIMEDELTA, _packb_plain([obj.days, obj.seconds, obj.microseconds]))
     if isinstance(obj, decimal.Decimal):
         return msgpack.ExtType(_EXT_DECIMAL, str(obj).encode())
     raise TypeError(
@@ -121,28 +193,69 @@ def _default(obj):
     )
 
 
-def _ext_hook(code, data):
-    if code == _EXT_TUPLE:
-        return tuple(_unpackb(data))
-    if code == _EXT_SET:
-        return set(_unpackb(data))
-    if code == _EXT_FROZENSET:
-        return frozenset(_unpackb(data))
+def _unpack_nested(data, budget):
+    """Decode the one object filling `data`, a payload nested `budget` levels from the limit.
+
+    unpackb keeps its parse stack on the C stack (~40 KB a call): fine for the first
+    few levels, where most data lives; deeper payloads go through an Unpacker, five
+    times slower but with its parse stack on the heap (~2 KB of C stack a level).
+    """
+    hook = _HOOKS[budget]
+    if budget >= _SHALLOW:
+        return msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=hook)
+    return _unpack_exact(data, hook)
+
+
+def _unpack_exact(data, hook):
+    """Decode the one object filling `data` with an Unpacker (parse stack on the heap)."""
+    unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, ext_hook=hook,
+                                max_buffer_size=max(len(data), 1))
+    unpacker.feed(data)
+    obj = unpacker.unpack()
+    if unpacker.tell() != len(data):
+        raise SerializationError("extra bytes after a nested value")
+    return obj
+
+
+def _no_ext(code, data):
+    raise SerializationError(f"unexpected msgpack extension {code} inside a scalar")
+
+
+def _unpack_leaf(data, n):
+    """Decode the list of `n` scalars inside a numpy/complex/timedelta extension."""
+    items = msgpack.unpackb(data, raw=False, ext_hook=_no_ext)
+    if type(items) is not list or len(items) != n:
+        raise SerializationError("malformed extension payload")
+    return items
+
+
+def _ext_hook(budget, code, data):
+    if code in _NESTING_EXTS:
+        if budget <= 0:
+            raise _too_deep()
+        items = _unpack_nested(data, budget - 1)
+        if type(items) is not list:
+            raise SerializationError("malformed tuple/set payload")
+        if code == _EXT_TUPLE:
+            return tuple(items)
+        return set(items) if code == _EXT_SET else frozenset(items)
     if code == _EXT_NDARRAY:
-        dtype, shape, raw = _unpackb(data)
+        dtype, shape, raw = _unpack_leaf(data, 3)
         dt = np.dtype(dtype)
         if dt.hasobject:
             raise SerializationError("refusing numpy dtype object in serialized data")
         # frombuffer over bytes is read-only; users expect a writable array as with pickle.
         return np.frombuffer(raw, dtype=dt).reshape(shape).copy()
     if code == _EXT_NPSCALAR:
-        dtype, raw = _unpackb(data)
+        dtype, raw = _unpack_leaf(data, 2)
         dt = np.dtype(dtype)
         if dt.hasobject:
             raise SerializationError("refusing numpy dtype object in serialized data")
         return np.frombuffer(raw, dtype=dt)[0]
     if code == _EXT_COMPLEX:
-        real, imag = _unpackb(data)
+        real, imag = _unpack_leaf(data, 2)
+        if type(real) is not float or type(imag) is not float:
+            raise SerializationError("malformed complex payload")
         return complex(real, imag)
     if code == _EXT_BIGINT:
         return int(data.decode())
@@ -153,7 +266,7 @@ def _ext_hook(code, data):
     if code == _EXT_TIME:
         return datetime.time.fromisoformat(data.decode())
     if code == _EXT_TIMEDELTA:
-        days, seconds, micros = _unpackb(data)
+        days, seconds, micros = _unpack_leaf(data, 3)
         return datetime.timedelta(days, seconds, micros)
     if code == _EXT_DECIMAL:
         return decimal.Decimal(data.decode())
@@ -164,13 +277,25 @@ def _ext_hook(code, data):
     raise SerializationError(f"unknown msgpack extension type {code}")
 
 
-def _packb(obj):
-    return msgpack.packb(obj, use_bin_type=True, strict_types=True, default=_default)
+# Snapshots wrap values in two plain lists of their own ([keys, values, ...]): the
+# walk allows for them, the extension budget need not.
+_FRAME_LEVELS = 2
+_DEFAULTS = [functools.partial(_default, b) for b in range(MAX_DEPTH + 1)]
+_HOOKS = [functools.partial(_ext_hook, b) for b in range(MAX_DEPTH + 1)]
+# Budgets at or above this decode with unpackb: at most two such levels under any top level.
+_SHALLOW = MAX_DEPTH - 2
 
 
-def _unpackb(data):
-    return msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=_ext_hook)
+def _packb(obj, budget=MAX_DEPTH):
+    return msgpack.packb(obj, use_bin_type=True, strict_types=True, default=_DEFAULTS[budget])
 
+
+def _packb_plain(obj):
+    return msgpack.packb(obj, use_bin_type=True, strict_types=True)
+
+
+def _unpackb(data, budget=MAX_DEPTH):
+    return msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=_HOOKS[budget])
 
 class Serializer:
     """Turn values into bytes and back, safely.
@@ -181,9 +306,10 @@ class Serializer:
     load.  ``max_size`` bounds decompressed size (a guard against zstd bombs).
     """
 
-    __slots__ = ("compress_over", "compress_level", "max_size", "_pickle_key", "_cctx", "_dctx")
+    __slots__ = ("compress_over", "compress_level", "max_size", "_pickle_key", "_cctx", "_dctx", "_depth")
 
-    def __init__(self, *, compress_over=None, compress_level=3, pickle_key=None, max_size=1 << 31):
+    def __init__(self, *, compress_over=None, compress_level=3, pickle_key=None, max_size=1 << 31,
+                 _frame=False):
         if compress_over is not None and compress_over < 0:
             raise ValueError("compress_over must be >= 0 or None")
         if pickle_key is not None:
@@ -198,6 +324,8 @@ class Serializer:
         self._pickle_key = pickle_key
         self._cctx = None
         self._dctx = None
+        # _frame: the caller wraps each value in _FRAME_LEVELS containers of its own (snapshots)
+        self._depth = MAX_DEPTH + (_FRAME_LEVELS if _frame else 0)
 
     @property
     def allows_pickle(self):
@@ -208,9 +336,14 @@ class Serializer:
         return hmac.new(self._pickle_key, head + payload, hashlib.sha256).digest()
 
     def dumps(self, obj):
-        """Return `obj` as bytes; raise TypeError if it cannot be represented safely."""
+        """Return `obj` as bytes; raise TypeError if it cannot be represented safely.
+
+        SerializationError if containers nest more than MAX_DEPTH levels deep (with
+        or without pickle: no decoder would read it back).
+        """
+        _check_depth(obj, self._depth)
         try:
-            payload = _packb(obj)
+            payload = _packb(obj, MAX_DEPTH)
             fmt = _FMT_MSGPACK
         except TypeError:
             if self._pickle_key is None:
@@ -268,9 +401,14 @@ class Serializer:
         if fmt == _FMT_PICKLE:
             return pickle.loads(payload)
         try:
-            return _unpackb(payload)
+            obj = _unpackb(payload, MAX_DEPTH)
+            if len(payload) > self._depth:     # every level takes a byte at least
+                _check_depth(obj, self._depth)
+            return obj
         except SerializationError:
             raise
+        except msgpack.StackError:      # plain arrays/maps past msgpack's own stack
+            raise _too_deep() from None
         except Exception as exc:  # msgpack raises several unrelated types on garbage
             raise SerializationError(f"corrupt payload: {exc!r}") from None
 
@@ -329,7 +467,8 @@ def _resolve_type(data):
     return TypeMark(name)
 
 
-def _canon(obj):
+def _canon(obj, budget=MAX_DEPTH):
+    # budget: how many more tuple/frozenset levels the key may open (see "nesting")
     t = type(obj)
     if t is str or t is bytes or obj is None:
         return obj
@@ -337,22 +476,25 @@ def _canon(obj):
         if _INT64_MIN <= obj <= _UINT64_MAX:
             return obj
         return msgpack.ExtType(_EXT_BIGINT, str(obj).encode())
-    if isinstance(obj, tuple):
-        return msgpack.ExtType(_EXT_TUPLE, _packb_key([_canon(x) for x in obj]))
+    if isinstance(obj, (tuple, frozenset)):
+        if budget <= 0:
+            raise _too_deep()
+        if isinstance(obj, tuple):
+            return msgpack.ExtType(_EXT_TUPLE, _packb_plain([_canon(x, budget - 1) for x in obj]))
+        items = sorted(_packb_plain(_canon(x, budget - 1)) for x in obj)
+        return msgpack.ExtType(_EXT_FROZENSET, b"".join(items))
     if isinstance(obj, str):
         return str(obj)
     if isinstance(obj, bytes):
         return bytes(obj)
-    if isinstance(obj, frozenset):
-        items = sorted(_packb_key(_canon(x)) for x in obj)
-        return msgpack.ExtType(_EXT_FROZENSET, b"".join(items))
     if isinstance(obj, type):
         name = f"{obj.__module__}:{obj.__qualname__}".encode()
         _TYPES_SEEN.setdefault(name, obj)
         return msgpack.ExtType(_EXT_TYPE, name)
     if isinstance(obj, complex):
         if obj.imag:
-            return msgpack.ExtType(_EXT_COMPLEX, _packb([obj.real, obj.imag]))
+            # float(): numpy complex parts are numpy floats, and must give the same bytes
+            return msgpack.ExtType(_EXT_COMPLEX, _packb_plain([float(obj.real), float(obj.imag)]))
         obj = obj.real
     if isinstance(obj, (numbers.Number, np.generic)) and not isinstance(obj, np.ndarray):
         try:
@@ -372,30 +514,57 @@ def _canon(obj):
     )
 
 
-def _packb_key(obj):
-    return msgpack.packb(obj, use_bin_type=True, strict_types=True)
-
-
 def encode_key(key):
-    """Return the canonical bytes of `key`: keys equal in Python give equal bytes."""
-    return _packb_key(_canon(key))
+    """Return the canonical bytes of `key`: keys equal in Python give equal bytes.
+
+    TypeError for a key of another type; SerializationError for tuples or
+    frozensets nested more than MAX_DEPTH levels deep.
+    """
+    return _packb_plain(_canon(key))
 
 
-def _ext_hook_key(code, data):
-    if code == _EXT_FROZENSET:
-        unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, ext_hook=_ext_hook_key)
+def _ext_hook_key(budget, code, data):
+    # Only what _canon writes.  Lists and dicts decoded from hostile bytes stay
+    # unhashable, so nothing here hashes deeper than the budget of tuples.
+    if code == _EXT_TUPLE or code == _EXT_FROZENSET:
+        if budget <= 0:
+            raise _too_deep()
+        hook = _KEY_HOOKS[budget - 1]
+        if code == _EXT_TUPLE:
+            if budget > _SHALLOW:           # as _unpack_nested: unpackb near the top only
+                items = msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=hook)
+            else:
+                items = _unpack_exact(data, hook)
+            if type(items) is not list:
+                raise SerializationError("malformed tuple in a key")
+            return tuple(items)
+        unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, ext_hook=hook,
+                                    max_buffer_size=max(len(data), 1))
         unpacker.feed(data)
         return frozenset(unpacker)
-    if code == _EXT_TUPLE:
-        return tuple(msgpack.unpackb(data, raw=False, ext_hook=_ext_hook_key))
-    return _ext_hook(code, data)
+    if code in (_EXT_BIGINT, _EXT_TYPE, _EXT_COMPLEX):
+        return _ext_hook(0, code, data)
+    raise SerializationError(f"msgpack extension {code} is not part of a key")
+
+
+_KEY_HOOKS = [functools.partial(_ext_hook_key, b) for b in range(MAX_DEPTH + 1)]
 
 
 def decode_key(data):
-    """Return the key encoded by :func:`encode_key` (equal to the original)."""
+    """Return the key encoded by :func:`encode_key` (equal to the original).
+
+    SerializationError for bytes that are not a key: corrupt, nested deeper than
+    MAX_DEPTH, or decoding to something unhashable.
+    """
     try:
-        return msgpack.unpackb(data, raw=False, ext_hook=_ext_hook_key)
+        key = msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=_KEY_HOOKS[MAX_DEPTH])
+        # Hashable means made of scalars, tuples and frozensets only (lists and dicts are
+        # not), each level of which the hooks' budget counted: no walk needed.
+        hash(key)
+        return key
     except SerializationError:
         raise
+    except msgpack.StackError:
+        raise _too_deep() from None
     except Exception as exc:
         raise SerializationError(f"corrupt key: {exc!r}") from None

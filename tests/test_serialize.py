@@ -227,3 +227,151 @@ def test_unencodable_keys(key):
 def test_corrupt_key():
     with pytest.raises(SerializationError):
         decode_key(b"\xc1")
+
+
+# --- nesting depth (issue 14): one limit for every encoder and decoder, never a crash ------
+
+from kvcache.serialize import MAX_DEPTH  # noqa: E402
+
+
+def nested(depth, kind=tuple, leaf=0):
+    """`depth` containers of `kind` around `leaf`."""
+    v = leaf
+    for _ in range(depth):
+        v = kind([v])
+    return v
+
+
+def ext_chain(depth, code=1):
+    """msgpack bytes of `depth` nested extensions of `code`, built without kvcache's encoder."""
+    b = msgpack.packb([])
+    for _ in range(depth):
+        b = msgpack.packb([msgpack.ExtType(code, b)])
+    return b
+
+
+@pytest.mark.parametrize("kind", [tuple, list, frozenset, lambda x: {"k": x[0]}], ids=["tuple", "list", "frozenset", "dict"])
+def test_nesting_up_to_the_limit_roundtrips_and_one_more_is_refused(kind):
+    s = Serializer()
+    ok = nested(MAX_DEPTH, kind)
+    assert s.loads(s.dumps(ok)) == ok
+    with pytest.raises(SerializationError, match="MAX_DEPTH"):
+        s.dumps(nested(MAX_DEPTH + 1, kind))
+    # the refusal holds with pickle enabled too: one limit, whatever the format
+    with pytest.raises(SerializationError):
+        Serializer(pickle_key=KEY).dumps(nested(MAX_DEPTH + 1, kind))
+
+
+def test_mixed_lists_and_tuples_count_every_level():
+    s = Serializer()
+    v = 0
+    for i in range(MAX_DEPTH):
+        v = [v] if i % 2 else (v,)
+    assert s.loads(s.dumps(v)) == v
+    with pytest.raises(SerializationError):
+        s.dumps([v])
+    with pytest.raises(SerializationError):
+        s.dumps({"a": [1, 2, v]})
+    with pytest.raises(SerializationError):
+        s.dumps({(nested(MAX_DEPTH),): 1})      # dict keys are walked too
+
+
+def test_deep_values_are_refused_not_crashing():
+    # 60 tuples each around 500 lists used to overflow the C stack inside msgpack's packer.
+    v = 0
+    for _ in range(60):
+        v = (nested(500, list, v),)
+    with pytest.raises(SerializationError):
+        Serializer().dumps(v)
+    with pytest.raises(SerializationError):
+        Serializer().dumps(nested(100_000))
+    cyclic = []
+    cyclic.append(cyclic)
+    with pytest.raises(SerializationError):
+        Serializer().dumps(cyclic)
+
+
+@pytest.mark.parametrize("depth", [MAX_DEPTH + 1, 200, 2000])
+@pytest.mark.parametrize("code", [1, 2, 3])
+def test_crafted_deep_extensions_raise_serialization_error(depth, code):
+    # 200 nested tuple extensions crashed the process (one C-stack msgpack call per level).
+    frame = b"\x01\x00" + ext_chain(depth, code)
+    with pytest.raises(SerializationError):
+        Serializer().loads(frame)
+
+
+def test_crafted_deep_plain_arrays_raise_serialization_error():
+    for depth in (MAX_DEPTH + 1, 1000, 5000):
+        with pytest.raises(SerializationError):
+            Serializer().loads(b"\x01\x00" + b"\x91" * depth + b"\x00")
+    # plain arrays between extensions: each level counts
+    b = b"\x00"
+    for _ in range(40):
+        b = b"\x91" * 30 + msgpack.packb(msgpack.ExtType(1, b"\x91" + b))
+    with pytest.raises(SerializationError):
+        Serializer().loads(b"\x01\x00" + b)
+
+
+def test_decoding_at_the_limit_fits_a_small_thread_stack():
+    import threading
+
+    s = Serializer()
+    frames = [s.dumps(nested(MAX_DEPTH, kind)) for kind in (tuple, frozenset, list)]
+    key = encode_key(nested(MAX_DEPTH))
+    bad = [b"\x01\x00" + ext_chain(5000), ext_chain(5000)]
+    out = []
+
+    def work():
+        for f in frames:
+            out.append(s.loads(f))
+        out.append(s.dumps(nested(MAX_DEPTH)))
+        out.append(decode_key(key))
+        out.append(encode_key(nested(MAX_DEPTH)))
+        for b, dec in zip(bad, (s.loads, decode_key)):
+            try:
+                dec(b)
+            except SerializationError:
+                out.append("refused")
+
+    old = threading.stack_size(512 * 1024)
+    try:
+        t = threading.Thread(target=work)
+        t.start()
+        t.join()
+    finally:
+        threading.stack_size(old)
+    assert len(out) == 8 and out[-2:] == ["refused", "refused"]
+    assert out[:3] == [nested(MAX_DEPTH, k) for k in (tuple, frozenset, list)]
+    assert out[4] == nested(MAX_DEPTH) and out[5] == key
+
+
+def test_key_nesting_limit():
+    ok = nested(MAX_DEPTH)
+    assert decode_key(encode_key(ok)) == ok
+    assert decode_key(encode_key(nested(MAX_DEPTH, frozenset))) == nested(MAX_DEPTH, frozenset)
+    with pytest.raises(SerializationError):
+        encode_key(nested(MAX_DEPTH + 1))
+    with pytest.raises(SerializationError):
+        encode_key(nested(MAX_DEPTH + 1, frozenset))
+    for depth in (MAX_DEPTH + 1, 200, 3000):
+        with pytest.raises(SerializationError):
+            decode_key(ext_chain(depth))
+        with pytest.raises(SerializationError):
+            decode_key(ext_chain(depth, 3))
+
+
+@pytest.mark.parametrize(
+    "data",
+    [msgpack.packb([1, 2]), msgpack.packb({"a": 1}), msgpack.packb(msgpack.ExtType(1, msgpack.packb([[1]]))),
+     msgpack.packb(msgpack.ExtType(2, msgpack.packb([1]))), msgpack.packb(msgpack.ExtType(4, b"")),
+     msgpack.packb(msgpack.ExtType(1, msgpack.packb([1]) + b"x")), msgpack.packb(msgpack.ExtType(1, b"\x05"))],
+    ids=["list", "dict", "tuple-of-list", "set", "ndarray", "trailing", "not-a-list"],
+)
+def test_decode_key_refuses_what_is_not_a_key(data):
+    with pytest.raises(SerializationError):
+        decode_key(data)
+
+
+def test_numpy_complex_key_encodes_as_complex():
+    assert encode_key(np.complex128(1 + 2j)) == encode_key(1 + 2j)
+    assert decode_key(encode_key(np.complex128(1 + 2j))) == 1 + 2j

@@ -1,5 +1,6 @@
 """Warm-start snapshots: cache.save(path), Class.load(path), cache.load(path)."""
 
+import math
 import os
 import pathlib
 import struct
@@ -199,6 +200,20 @@ def rewrite(data, *, version=None, header=None, payload=None, key=None):
     return body + snapshot._digest(key, body)
 
 
+def header_fields(cls="LFUCache", count=0, **over):
+    """A complete, valid header, with some fields replaced."""
+    h = {"class": cls, "module": "kvcache._core", "maxsize": 5, "ttl": None, "count": count,
+         "created": 1.7e9, "keys": "canonical", "kvcache": "0.1.0"}
+    h.update(over)
+    return h
+
+
+def header_bytes(**over):
+    import msgpack
+
+    return msgpack.packb(header_fields(**over), use_bin_type=True)
+
+
 def test_other_version_and_inconsistent_content(good, victim, tmp_path):
     import msgpack
 
@@ -211,9 +226,9 @@ def test_other_version_and_inconsistent_content(good, victim, tmp_path):
         "count": (rewrite(data, payload=Serializer().dumps([[], [], None])), "header says"),
         "payload": (rewrite(data, payload=b"\x01\x00\xc1"), "payload"),
         "dupkeys": (
-            rewrite(data, header=msgpack.packb({"class": "LFUCache", "maxsize": 5, "count": 2, "keys": "canonical"}),
+            rewrite(data, header=header_bytes(count=2),
                     payload=Serializer().dumps([[b"\x01", b"\x01"], [1, 2], None])),
-            "does not fit",
+            "twice",
         ),
     }
     for name, (blob, msg) in cases.items():
@@ -283,7 +298,7 @@ def test_unsigned_file_with_pickled_payload_is_refused(tmp_path, victim):
     payload = bytes((0x02, 0)) + b"\x00" * 32 + pickle.dumps([[b"\x01"], [Evil()], None])
     import msgpack
 
-    header = msgpack.packb({"class": "LRUCache", "maxsize": 5, "count": 1, "keys": "canonical"})
+    header = header_bytes(cls="LRUCache", count=1)
     body = snapshot._HEAD.pack(snapshot.MAGIC, 1, 0, len(header)) + header + struct.pack("<Q", len(payload)) + payload
     (tmp_path / "evil").write_bytes(body + snapshot._digest(None, body))
     RAN.clear()
@@ -331,3 +346,186 @@ def test_snapshot_keeps_remaining_ttl(tmp_path):
     e = kvcache.LRUCache(10)
     e.load(path)                                              # TTLs reach a plain LRUCache too
     assert 0 < e.ttl_of("b") <= 5 and e.ttl_of("a") > 0
+
+
+# --- issue 14: nesting, hostile fields, other classes, authentication --------------------
+
+from kvcache.serialize import MAX_DEPTH, SerializationError  # noqa: E402
+
+
+def nested(depth, leaf=0):
+    v = leaf
+    for _ in range(depth):
+        v = (v,)
+    return v
+
+
+def test_nesting_at_the_limit_roundtrips(tmp_path):
+    c = kvcache.LRUCache(maxsize=5)
+    c[nested(MAX_DEPTH, "k")] = nested(MAX_DEPTH, "v")
+    c["list"] = [[[[1]]]]
+    c.save(tmp_path / "s")
+    d = kvcache.LRUCache.load(tmp_path / "s")
+    assert d[nested(MAX_DEPTH, "k")] == nested(MAX_DEPTH, "v") and d["list"] == [[[[1]]]]
+
+
+@pytest.mark.parametrize("where", ["value", "key"])
+@pytest.mark.parametrize("depth", [MAX_DEPTH + 1, 200])
+def test_too_deep_is_refused_at_save_and_nothing_is_written(tmp_path, where, depth):
+    # 200 levels saved fine and then crashed the process on load.
+    path = tmp_path / "s"
+    kvcache.LRUCache(maxsize=3).save(path)
+    before = path.read_bytes()
+    c = kvcache.LRUCache(maxsize=3)
+    c["ok"] = 1
+    if where == "value":
+        c["deep"] = nested(depth)
+    else:
+        c[nested(depth)] = 1
+    with pytest.raises(SerializationError, match="MAX_DEPTH"):
+        c.save(path)
+    with pytest.raises(SerializationError):
+        c.save(path, pickle_key=KEY)          # pickle does not lift the limit
+    with pytest.raises(SerializationError):
+        c.save(tmp_path / "new")
+    assert path.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["s"]
+
+
+def crafted(header, payload_items, key=None):
+    """A snapshot with the given header (dict) and payload (msgpack bytes of each state item)."""
+    import msgpack
+
+    head = msgpack.packb(header, use_bin_type=True)
+    payload = b"\x01\x00" + bytes([0x90 + len(payload_items)]) + b"".join(payload_items)
+    flags = snapshot._FLAG_HMAC if key is not None else 0
+    body = snapshot._HEAD.pack(snapshot.MAGIC, 1, flags, len(head)) + head + struct.pack("<Q", len(payload)) + payload
+    return body + snapshot._digest(key, body)
+
+
+def ext_chain(depth, code=1):
+    import msgpack
+
+    b = msgpack.packb([])
+    for _ in range(depth):
+        b = msgpack.packb([msgpack.ExtType(code, b)])
+    return b
+
+
+@pytest.mark.parametrize("depth", [MAX_DEPTH + 1, 200, 3000])
+def test_crafted_deep_snapshots_raise(tmp_path, victim, depth):
+    import msgpack
+
+    one = msgpack.packb([kvcache.serialize.encode_key("k")])
+    files = {
+        "value": crafted(header_fields(count=1), [one, b"\x91" + ext_chain(depth), b"\xc0"]),
+        "key": crafted(header_fields(count=1), [msgpack.packb([ext_chain(depth)]), b"\x91\x01", b"\xc0"]),
+        "lists": crafted(header_fields(count=1), [one, b"\x91" + b"\x91" * depth + b"\x01", b"\xc0"]),
+    }
+    for name, blob in files.items():
+        (tmp_path / name).write_bytes(blob)
+        with pytest.raises(SnapshotError, match="nest"):
+            victim.load(tmp_path / name)
+        with pytest.raises(SnapshotError):
+            kvcache.LRUCache.load(tmp_path / name)
+        check_untouched(victim)
+
+
+@pytest.mark.parametrize(
+    "freqs",
+    [[2**63 - 1], [2**62], [0], [-1], [2**64 - 1]],
+    ids=["2**63-1", "2**62", "zero", "negative", "2**64-1"],
+)
+def test_out_of_range_frequencies_raise(tmp_path, victim, freqs):
+    # near 2**63 used to load and then wrap negative; 2**64-1 escaped as OverflowError
+    import msgpack
+
+    from kvcache.serialize import Serializer
+
+    dtype = np.uint64 if freqs[0] >= 2**63 else np.int64
+    payload = Serializer().dumps([[kvcache.serialize.encode_key("k")], [1], np.array(freqs, dtype=dtype), None])
+    head = msgpack.packb(header_fields(count=1))
+    body = snapshot._HEAD.pack(snapshot.MAGIC, 1, 0, len(head)) + head + struct.pack("<Q", len(payload)) + payload
+    (tmp_path / "f").write_bytes(body + snapshot._digest(None, body))
+    with pytest.raises(SnapshotError, match="frequenc"):
+        victim.load(tmp_path / "f")
+    with pytest.raises(SnapshotError, match="frequenc"):
+        kvcache.LFUCache.load(tmp_path / "f")
+    check_untouched(victim)
+
+
+def test_largest_frequency_loads_and_keeps_counting(tmp_path):
+    c = kvcache.LFUCache(maxsize=3)
+    c._import_state(["a", "b"], [1, 2], [5, snapshot.MAX_FREQUENCY - 1])
+    c.save(tmp_path / "s")
+    d = kvcache.LFUCache.load(tmp_path / "s")
+    d.get("b")
+    d._check()
+    assert d._export_state()[2].tolist() == [5, snapshot.MAX_FREQUENCY]
+    with pytest.raises(ValueError, match="2\\*\\*62"):
+        d.save(tmp_path / "t")                 # load would refuse it: not written
+    assert not (tmp_path / "t").exists()
+
+
+def test_ttlcache_load_of_a_file_without_ttl(tmp_path):
+    c = kvcache.LRUCache(maxsize=4)
+    c["a"] = 1
+    c.save(tmp_path / "lru")
+    with pytest.raises(SnapshotError, match="ttl="):
+        kvcache.TTLCache.load(tmp_path / "lru")
+    d = kvcache.TTLCache.load(tmp_path / "lru", ttl=30)
+    assert type(d) is kvcache.TTLCache and d.ttl == 30 and d.maxsize == 4 and dict(d) == {"a": 1}
+    assert 29 < d.ttl_of("a") <= 30
+
+
+def test_tlrucache_load_names_the_missing_argument(tmp_path):
+    c = kvcache.LRUCache(maxsize=4)
+    c["a"] = 1
+    c.save(tmp_path / "lru")
+    with pytest.raises(TypeError, match="TLRUCache.load"):
+        kvcache.TLRUCache.load(tmp_path / "lru")
+    d = kvcache.TLRUCache.load(tmp_path / "lru", ttu=lambda k, v, now: now + 10)
+    assert dict(d) == {"a": 1}
+
+
+def test_a_key_authenticates_the_file(tmp_path, victim):
+    c = kvcache.LRUCache(maxsize=5)
+    c["a"] = "genuine"
+    c.save(tmp_path / "signed", pickle_key=KEY)
+    assert kvcache.LRUCache.load(tmp_path / "signed", pickle_key=KEY)["a"] == "genuine"
+    # An attacker without the key rewrites the file unsigned, with a valid plain SHA-256 trailer:
+    forged = kvcache.LRUCache(maxsize=5)
+    forged["a"] = "forged"
+    forged.save(tmp_path / "forged")
+    with pytest.raises(SnapshotError, match="not signed"):
+        victim.load(tmp_path / "forged", pickle_key=KEY)
+    # ... or keeps the signed flag and recomputes the trailer without the key:
+    data = bytearray((tmp_path / "forged").read_bytes())
+    struct.pack_into("<H", data, 10, snapshot._FLAG_HMAC)
+    body = bytes(data[:-32])
+    (tmp_path / "forged2").write_bytes(body + snapshot._digest(None, body))
+    with pytest.raises(SnapshotError, match="checksum"):
+        victim.load(tmp_path / "forged2", pickle_key=KEY)
+    check_untouched(victim)
+
+
+def test_read_header_checks_fields(tmp_path):
+    (tmp_path / "h").write_bytes(crafted(header_fields(created="yesterday"), [b"\x90", b"\x90", b"\xc0"]))
+    with pytest.raises(SnapshotError, match="created"):
+        snapshot.read_header(tmp_path / "h")
+
+
+def test_ttlcache_keeps_a_ttlcache_files_times(tmp_path):
+    now = [0.0]
+    c = kvcache.TTLCache(4, ttl=10, timer=lambda: now[0])
+    c["a"] = 1
+    c.set("never", 2, ttl=math.inf)
+    c.save(tmp_path / "ttl")
+    d = kvcache.TTLCache(4, ttl=99, timer=lambda: now[0])
+    d.load(tmp_path / "ttl")
+    assert 9 < d.ttl_of("a") <= 10 and d.ttl_of("never") is None
+    e = kvcache.LRUCache(4)
+    e["x"] = 1
+    e.set("y", 2, ttl=5)
+    e.save(tmp_path / "lru")
+    d.load(tmp_path / "lru")                   # from a cache without a default: d's default
+    assert 98 < d.ttl_of("x") <= 99 and 4 < d.ttl_of("y") <= 5
