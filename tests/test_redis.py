@@ -564,13 +564,14 @@ def test_get_or_set_single_flight_across_tiers(make_tier):
 
 
 def test_get_or_set_releases_lock_on_error_and_renews_lease(make_tier, redis_server):
-    t = make_tier(lock_lease=0.6)
+    # renewed every lease/3: a lease of 1.5 s survives a loaded machine's scheduling delays
+    t = make_tier(lock_lease=1.5)
     raw = redis_server.client()
     lname = t.namespace + b":l:" + encode_key("k")
     seen_ttl = []
 
     def slow():
-        time.sleep(0.9)  # > lease: only renewal keeps the lock
+        time.sleep(2.0)  # > lease: only renewal keeps the lock
         seen_ttl.append(raw.pttl(lname))
         return 1
 
