@@ -226,6 +226,13 @@ def _takes_ttl(cls):
     return hasattr(cls, "ttl")
 
 
+def _size_keyword(cls):
+    # lru-dict's LRU(size, callback) names its bound `size`
+    from kvcache import LRU
+
+    return "size" if issubclass(cls, LRU) else "maxsize"
+
+
 def _plain_number(x):
     return x if isinstance(x, (int, float)) and not isinstance(x, bool) else None
 
@@ -255,7 +262,7 @@ def load(cls, path, *, pickle_key=None, **kwargs):
     pickle_key = _norm_key(pickle_key)
     header, payload = _read(path, pickle_key)
     keys, values, aux, ttl = _decode(path, header, payload, pickle_key)
-    kwargs.setdefault("maxsize", header["maxsize"])
+    kwargs.setdefault(_size_keyword(cls), header["maxsize"])
     if header.get("ttl") is not None and _takes_ttl(cls):
         kwargs.setdefault("ttl", header["ttl"])
     cache = cls(**kwargs)
