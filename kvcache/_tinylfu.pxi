@@ -1254,6 +1254,8 @@ cdef class TinyLFUCache(Cache):
         _ttl_import_prepare(self, fresh, 0, None, None)      # this cache's timer and default ttl
         Cache._import_state(fresh, keys, values, None, ttl, _expires=_expires)
         _tlfu_restore(fresh, aux, head, ext, shadows, keys, hashed_alike)
+        if self._capacity_arg > fresh.t.capacity:
+            fresh._grow(self._capacity_arg)      # this cache's own preallocation, grown into
         with cython.critical_section(self):
             self._swap(fresh)
 

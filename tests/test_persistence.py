@@ -12,6 +12,8 @@ import copy
 import math
 import pickle
 import random
+import sys
+import threading
 
 import numpy as np
 import pytest
@@ -420,6 +422,58 @@ def test_tinylfu_load_into_another_maxsize(tmp_path):
         b._check()
         tinylfu_workload(b, n=2000, keyspace=800, seed=5)
         b._check()
+
+
+def test_tinylfu_load_keeps_the_target_preallocation(tmp_path):
+    a = kvcache.TinyLFUCache(200)
+    tinylfu_workload(a, n=3000, keyspace=600)
+    a.save(tmp_path / "t.kvc")
+    b = kvcache.TinyLFUCache(200, capacity=5000)
+    b.load(tmp_path / "t.kvc")
+    assert items(b) == items(a)
+    assert b._policy_state()["sketch_words"] == 8192      # one word per preallocated entry
+    b._check()
+    tinylfu_workload(b, n=2000, keyspace=600, seed=7)
+    b._check()
+
+
+RACY_EXPORT = pytest.mark.xfail(
+    strict=False, raises=ValueError,
+    reason="Cache._export_state reads the order, then keys and frequencies, with numpy calls "
+           "(Python code: a thread switch) between them: a write in between gives a state the "
+           "import refuses (LFU: frequencies out of order).  Reported; TinyLFU's export copies "
+           "with no Python code running.")
+
+
+@pytest.mark.parametrize("cls", [kvcache.TinyLFUCache,
+                                 pytest.param(kvcache.LFUCache, marks=RACY_EXPORT),
+                                 pytest.param(kvcache.LRUCache, marks=RACY_EXPORT)])
+def test_copies_taken_while_another_thread_writes_are_consistent(cls):
+    cache = cls(500)
+    cache.timer = SharedClock()
+    stop = threading.Event()
+
+    def writer():
+        i = 0
+        while not stop.is_set():
+            cache.set(i % 3000, i, ttl=None if i % 3 else 5 * TICK)
+            cache.get((i * 7) % 3000)
+            i += 1
+
+    thread = threading.Thread(target=writer)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        thread.start()
+        for _ in range(100):
+            copied = copy.copy(cache)
+            copied._check()
+            assert len(copied) <= 500
+            assert all(copied.peek(k) % 3000 == k for k in copied)
+    finally:
+        stop.set()
+        thread.join()
+        sys.setswitchinterval(interval)
 
 
 def _tinylfu_state():
