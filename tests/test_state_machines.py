@@ -177,7 +177,8 @@ class ProtocolMachine(RuleBasedStateMachine):
     def length_and_stats(self):
         assert len(self.cache) == len(self.model)
         stats = self.cache.stats()
-        assert (stats.hits, stats.misses, stats.evictions) == (self.hits, self.misses, self.evictions)
+        assert (stats.hits, stats.misses, stats.evictions) == \
+            (self.hits, self.misses, self.evictions)
         assert stats.maxsize == self.model.maxsize
 
     def _resize(self, maxsize):
