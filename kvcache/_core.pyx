@@ -2162,6 +2162,21 @@ cdef class RRCache(Cache):
         """Remove and return a random `(key, value)` pair."""
         return self._popitem()
 
+    def __reduce__(self):
+        fn, args, state = Cache.__reduce__(self)
+        # the built-in generator's position travels too: a copy draws the victims the original would
+        return (fn, args, (state, self.o.rng))
+
+    def __setstate__(self, state):
+        if len(state) != 2:              # pickled before the generator travelled
+            Cache.__setstate__(self, state)
+            return
+        rng = state[1]
+        if not isinstance(rng, int) or not 0 < rng < 2**64:
+            raise ValueError("state holds an invalid random generator position")
+        Cache.__setstate__(self, state[0])
+        self.o.rng = rng
+
 
 
 include "_ttl.pxi"

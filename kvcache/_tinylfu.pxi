@@ -891,6 +891,241 @@ cdef void tinylfu_adopt(order_t* o, object new, object old, Py_ssize_t cap) noex
     _tlfu_targets(s)      # no demotion here: while growing, t still points at the old links
 
 
+# ---------------------------------------------------------------------------------------------
+# State for pickling, copying and snapshots (format 2): one int64 array
+#
+#   [0, n)        each entry's region byte (the region, plus 4 per pending hit), iteration order
+#   [n, n + 10)   header: 2 (the format), buffer capacity, window target (float64 bits), window
+#                 insertions, main evictions, sample count, sketch words, main-ghost slots,
+#                 window-ghost slots, chosen shadow
+#   then          the sketch, the window ghosts, the main ghosts
+#   then          hash seed, region capacity (s.cap), shadow slots, the shadows' epoch count,
+#                 length of the shadow part
+#   then, twice   a shadow: region sizes (3), window target (float64 bits), insertions, main
+#                 evictions, hits, score (float64 bits), window- and main-ghost slots; its hashes
+#                 (window, probation, protected, each least recent first); its two ghost tables
+#
+# The hash seed travels with the state: the sketch, the ghosts and the shadows are addressed by
+# seeded hashes, so only a copy that hashes as the original can decide as it does.
+# ---------------------------------------------------------------------------------------------
+
+cdef enum:
+    _TLFU_FORMAT = 2
+    _ST_CAPACITY = 1
+    _ST_WF = 2
+    _ST_NWIN = 3
+    _ST_NMEV = 4
+    _ST_SCOUNT = 5
+    _ST_WORDS = 6
+    _ST_GMAIN = 7
+    _ST_GWIN = 8
+    _ST_SCUR = 9
+    _ST_HEADER = 10
+    _SX_SEED = 0                          # the fields after the ghosts
+    _SX_CAP = 1
+    _SX_SALLOC = 2
+    _SX_STICKS = 3
+    _SX_SHADOWS = 4
+    _SX_HEADER = 5
+    _SH_HEADER = 10
+
+
+cdef inline int64_t _f64_bits(double x) noexcept nogil:
+    cdef int64_t v
+    memcpy(&v, &x, 8)
+    return v
+
+
+cdef inline double _bits_f64(int64_t v) noexcept nogil:
+    cdef double x
+    memcpy(&x, &v, 8)
+    return x
+
+
+cdef Py_ssize_t _tlfu_shadow_len(tinylfu_t* s) noexcept nogil:
+    """Length of the shadow part of the state."""
+    cdef Py_ssize_t n = 0
+    cdef int k
+    for k in range(2):
+        n += _SH_HEADER + s.shadow[k].count + <Py_ssize_t>(s.shadow[k].gwmask + 1) \
+            + <Py_ssize_t>(s.shadow[k].gmmask + 1)
+    return n
+
+
+cdef void _tlfu_shadows_out(tinylfu_t* s, int64_t* out) noexcept nogil:
+    cdef tlfu_shadow_t* d
+    cdef Py_ssize_t q = 0
+    cdef int k, r
+    cdef int32_t e
+    for k in range(2):
+        d = &s.shadow[k]
+        for r in range(3):
+            out[q + r] = d.size[r]
+        out[q + 3] = _f64_bits(d.wf)
+        out[q + 4] = d.nwin
+        out[q + 5] = d.nmev
+        out[q + 6] = d.hits
+        out[q + 7] = _f64_bits(d.score)
+        out[q + 8] = <int64_t>(d.gwmask + 1)
+        out[q + 9] = <int64_t>(d.gmmask + 1)
+        q += _SH_HEADER
+        for r in range(3):
+            e = d.head[r]
+            while e >= 0:
+                out[q] = <int64_t>d.hs[e]
+                q += 1
+                e = d.next[e]
+        memcpy(&out[q], d.gwin, (d.gwmask + 1) * sizeof(uint64_t))
+        q += <Py_ssize_t>(d.gwmask + 1)
+        memcpy(&out[q], d.gmain, (d.gmmask + 1) * sizeof(uint64_t))
+        q += <Py_ssize_t>(d.gmmask + 1)
+
+
+cdef void _tlfu_shadows_in(tinylfu_t* s, const int64_t* src) noexcept nogil:
+    """Refill the shadows (just set up, empty) from a checked state.  Slot numbers and the index
+    layout may differ from the original's: lookups go by hash, so no decision changes."""
+    cdef tlfu_shadow_t* d
+    cdef Py_ssize_t q = 0, j, pos
+    cdef int k, r
+    cdef int32_t e
+    cdef uint64_t h
+    for k in range(2):
+        d = &s.shadow[k]
+        e = 0
+        for r in range(3):
+            for j in range(src[q + r]):
+                h = <uint64_t>src[q + _SH_HEADER + e]
+                pos = _sh_find(d, h)               # hashes are distinct: a free position
+                d.hs[e] = h
+                d.index[-1 - pos] = e
+                _sh_append(d, r, e)
+                e += 1
+        d.count = e
+        d.wf = _bits_f64(src[q + 3])
+        d.nwin = src[q + 4]
+        d.nmev = src[q + 5]
+        d.hits = src[q + 6]
+        d.score = _bits_f64(src[q + 7])
+        q += _SH_HEADER + e
+        memcpy(d.gwin, &src[q], (d.gwmask + 1) * sizeof(uint64_t))
+        q += <Py_ssize_t>(d.gwmask + 1)
+        memcpy(d.gmain, &src[q], (d.gmmask + 1) * sizeof(uint64_t))
+        q += <Py_ssize_t>(d.gmmask + 1)
+        _sh_targets(s, d)
+
+
+cdef inline bint _pow2(int64_t x) noexcept nogil:
+    return x > 0 and (x & (x - 1)) == 0
+
+
+cdef tuple _tlfu_check_state(object aux, Py_ssize_t n):
+    """Check a TinyLFU state for n keys: return it as a contiguous int64 array, its header, its
+    fields after the ghosts and the offset of its shadows.  Raise ValueError for anything the
+    original could not have written."""
+    cdef Py_ssize_t o, x, q, k, scap
+    cdef int64_t capacity, words, gm, gw, cap, salloc
+    try:
+        aux = np.asarray(aux)
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError("state does not come from a TinyLFUCache") from None
+    if aux.dtype.kind not in "iu":
+        raise ValueError("state does not come from a TinyLFUCache (not integers)")
+    aux = np.ascontiguousarray(aux, dtype=np.int64)
+    if aux.ndim != 1 or aux.shape[0] < n + _ST_HEADER or aux[n] != _TLFU_FORMAT:
+        raise ValueError("state does not come from a TinyLFUCache of this version (format %d)"
+                         % _TLFU_FORMAT)
+    head = aux[n:n + _ST_HEADER].tolist()
+    regions = aux[:n]
+    if ((regions < 0) | (regions > 63) | ((regions & _TLFU_REGION) == 3)).any():
+        raise ValueError("state holds an invalid region byte")
+    capacity, words, gm, gw = head[_ST_CAPACITY], head[_ST_WORDS], head[_ST_GMAIN], head[_ST_GWIN]
+    # one sketch word per entry: the state's own length bounds the buffers it makes us allocate
+    if not (max(n, 1) <= capacity <= min(words, _MAX_ENTRIES)) or not (
+            _pow2(words) and _pow2(gm) and _pow2(gw) and gm <= words and gw <= words):
+        raise ValueError("state has an invalid buffer capacity or sketch size")
+    o = n + _ST_HEADER
+    x = o + words + gw + gm
+    if aux.shape[0] < x + _SX_HEADER:
+        raise ValueError("state length does not match its header")
+    ext = aux[x:x + _SX_HEADER].tolist()
+    cap, salloc = ext[_SX_CAP], ext[_SX_SALLOC]
+    if not (0 <= cap <= _MAX_ENTRIES and 1 <= salloc <= _TLFU_SHADOW) \
+            or head[_ST_SCUR] not in (0, 1) or min(head[_ST_NWIN], head[_ST_NMEV], head[_ST_SCOUNT], ext[_SX_STICKS]) < 0 \
+            or not math.isfinite(_bits_f64(head[_ST_WF])):
+        raise ValueError("state has invalid TinyLFU counters")
+    q = x + _SX_HEADER
+    if aux.shape[0] != q + ext[_SX_SHADOWS]:
+        raise ValueError("state length does not match its header")
+    end = aux.shape[0]
+    scap = 0 if cap < 1 else min(cap, salloc)
+    for k in range(2):
+        if q + _SH_HEADER > end:
+            raise ValueError("state has a truncated shadow")
+        sh = aux[q:q + _SH_HEADER].tolist()
+        cnt = sh[0] + sh[1] + sh[2]
+        if min(sh[0], sh[1], sh[2], sh[4], sh[5], sh[6]) < 0 or cnt > scap \
+                or not math.isfinite(_bits_f64(sh[3])) or not _bits_f64(sh[7]) >= 0.0 \
+                or not math.isfinite(_bits_f64(sh[7])) or not (_pow2(sh[8]) and _pow2(sh[9])) \
+                or q + _SH_HEADER + cnt + sh[8] + sh[9] > end:
+            raise ValueError("state has an invalid shadow")
+        if np.unique(aux[q + _SH_HEADER:q + _SH_HEADER + cnt]).shape[0] != cnt:
+            raise ValueError("state has a shadow holding a hash twice")
+        q += _SH_HEADER + cnt + sh[8] + sh[9]
+    if q != end:
+        raise ValueError("state length does not match its shadows")
+    return aux, head, ext, x + _SX_HEADER
+
+
+cdef void _tlfu_restore(Cache c, object aux, list head, list ext, Py_ssize_t shadows,
+                        list keys, bint hashed_alike) except *:
+    """Relink c's entries (just imported from `keys`) as the checked state says; when they hash
+    alike (same seed) also its sketch and ghosts, and for the same maxsize its shadows."""
+    cdef tinylfu_t* s = &c.o.tl
+    cdef _TinyLFUBuffers b = <_TinyLFUBuffers>c._buf.ext
+    cdef Py_ssize_t n = len(keys), i, e, q, o = n + _ST_HEADER
+    cdef int64_t words = head[_ST_WORDS], gw = head[_ST_GWIN], gm = head[_ST_GMAIN]
+    cdef int64_t* ap = <int64_t*>_data(aux)
+    cdef bint same_shadows = hashed_alike and ext[_SX_CAP] == s.cap
+    cdef int k
+    if hashed_alike and (b.sketch.shape[0] != words or b.gwin.shape[0] != gw
+                         or b.gmain.shape[0] != gm or head[_ST_SCOUNT] >= s.sample):
+        raise ValueError("state was sized by another version of TinyLFUCache")
+    if same_shadows:
+        if ext[_SX_SALLOC] != s.salloc:      # the original's were sized at its creation
+            _shadow_alloc(b, ext[_SX_SALLOC])
+            _shadow_point(s, b)
+        q = shadows
+        for k in range(2):
+            if <int64_t>(s.shadow[k].gwmask + 1) != ap[q + 8] or \
+                    <int64_t>(s.shadow[k].gmmask + 1) != ap[q + 9]:
+                raise ValueError("state was sized by another version of TinyLFUCache")
+            q += _SH_HEADER + ap[q] + ap[q + 1] + ap[q + 2] + ap[q + 8] + ap[q + 9]
+        if ext[_SX_STICKS] >= max(min(s.cap, s.salloc), 16):
+            raise ValueError("state has invalid TinyLFU counters")
+    # c is private to the import: nobody sees it half relinked.  The entries the import dropped
+    # (expired meanwhile, beyond maxsize) are skipped.
+    where = {id(c._kv[2 * e]): e for e in c._order_array().tolist()}
+    tinylfu_reset(&c.o, &c.t)
+    for i in range(n):
+        e = where.get(id(keys[i]), -1)
+        if e >= 0:
+            _region_append(s, &c.t, <int>ap[i] & _TLFU_REGION, <entry_t>e)
+            s.region[e] = <int8_t>ap[i]              # with its pending hits
+    s.wf = _bits_f64(ap[n + _ST_WF])
+    s.scur = <int>ap[n + _ST_SCUR]
+    if hashed_alike:
+        memcpy(s.sketch, &ap[o], words * sizeof(uint64_t))
+        memcpy(s.gwin, &ap[o + words], gw * sizeof(uint64_t))
+        memcpy(s.gmain, &ap[o + words + gw], gm * sizeof(uint64_t))
+        s.nwin, s.nmev, s.scount = ap[n + _ST_NWIN], ap[n + _ST_NMEV], ap[n + _ST_SCOUNT]
+    _tlfu_shadow_setup(s)                # empty shadows, the reach of the chosen one
+    if same_shadows:
+        _tlfu_shadows_in(s, &ap[shadows])
+        s.sticks = ext[_SX_STICKS]
+    _tlfu_set_targets(s, &c.t)
+    c._version += 1
+
+
 cdef class TinyLFUCache(Cache):
     """Adaptive W-TinyLFU cache: the best hit ratio of the classes here on most workloads.
 
@@ -932,78 +1167,127 @@ cdef class TinyLFUCache(Cache):
         del self[key]                      # a subclass's __delitem__ (as cachetools)
         return (key, value)
 
-    def _export_state(self):
-        """Return (keys, values, aux) in iteration order; aux packs regions, sketch and ghosts.
+    def _export_state(self, ttl=False):
+        """Return (keys, values, aux) in iteration order; aux: the policy state (see above).
 
-        aux (int64): the region byte of each entry (the region, plus 4 per pending hit), then [1, buffer capacity, window target bits,
-        window insertions, main evictions, sample count, sketch words, main-ghost slots,
-        window-ghost slots, chosen shadow], then the sketch, then the window and main ghost tables.
-        The shadows are not saved: a copy restarts them (keeping the choice).
+        Expired entries are left out (their pending hits go into the saved sketch, as they
+        would into the original's when it drops them).  With ttl=True a fourth item follows:
+        each entry's remaining time-to-live in seconds (inf: never expires).
         """
-        cdef Py_ssize_t i, n
-        cdef cnp.ndarray order
-        cdef entry_t* op
         cdef tinylfu_t* s = &self.o.tl
-        with cython.critical_section(self):
-            order = self._order_array()
-            op = <entry_t*>cnp.PyArray_DATA(order)
-            n = order.shape[0]
-            keys = [self._kv[2 * op[i]] for i in range(n)]
-            values = [self._kv[2 * op[i] + 1] for i in range(n)]
-            regions = np.array([s.region[op[i]] for i in range(n)], dtype=np.int64)
-            header = np.array([1, self.t.capacity, 0, s.nwin, s.nmev, s.scount,
-                               <int64_t>(s.smask + 1), <int64_t>(s.gmask + 1),
-                               <int64_t>(s.gwmask + 1), s.scur], dtype=np.int64)
-            header[2:3] = np.array([s.wf], dtype=np.float64).view(np.int64)
-            b = <_TinyLFUBuffers>self._buf.ext
-            aux = np.concatenate([regions, header, b.sketch.view(np.int64), b.gwin.view(np.int64),
-                                  b.gmain.view(np.int64)])
+        cdef Py_ssize_t n, i, live, o, words, gw, gm, hlen
+        cdef uint64_t version
+        cdef double now = 0.0, scale = 1.0, exp
+        cdef bint expiring = self._exp != NULL, absolute = ttl is _ABSOLUTE, changed = True
+        cdef list keys, values
+        cdef entry_t e
+        cdef entry_t* op
+        cdef int64_t* ap
+        cdef double* tp
+        if expiring:
+            now = _resolve(_ttl_now(self))
+            scale = (<_Expiry>self._xp).timer.scale()
+        while changed:
+            # allocate, then copy with no Python code running, unless the cache changed meanwhile
+            n, words, gw, gm = self.t.count, s.smask + 1, s.gwmask + 1, s.gmask + 1
+            hlen = _tlfu_shadow_len(s)
+            version = self._version
+            order = np.empty(max(n, 1), dtype=np.int32)
+            aux = np.empty(n + _ST_HEADER + words + gw + gm + _SX_HEADER + hlen, dtype=np.int64)
+            rem = np.empty(n, dtype=np.float64)
+            keys = [None] * n
+            values = [None] * n
+            with cython.critical_section(self):
+                changed = (self._version != version or self.t.count != n
+                           or <Py_ssize_t>s.smask + 1 != words or <Py_ssize_t>s.gwmask + 1 != gw
+                           or <Py_ssize_t>s.gmask + 1 != gm or _tlfu_shadow_len(s) != hlen)
+                if not changed:
+                    op = <entry_t*>_data(order)
+                    ap = <int64_t*>_data(aux)
+                    tp = <double*>_data(rem)
+                    order_fill(&self.o, &self.t, op)
+                    live = n
+                    if expiring:
+                        live = 0
+                        for i in range(n):
+                            if not _expired_at(self._exp[op[i]], now):
+                                live += 1
+                    o = live + _ST_HEADER
+                    memcpy(&ap[o], s.sketch, words * sizeof(uint64_t))
+                    memcpy(&ap[o + words], s.gwin, gw * sizeof(uint64_t))
+                    memcpy(&ap[o + words + gw], s.gmain, gm * sizeof(uint64_t))
+                    o += words + gw + gm
+                    ap[o + _SX_SEED] = <int64_t>self.t.seed
+                    ap[o + _SX_CAP] = s.cap
+                    ap[o + _SX_SALLOC] = s.salloc
+                    ap[o + _SX_STICKS] = s.sticks
+                    ap[o + _SX_SHADOWS] = hlen
+                    _tlfu_shadows_out(s, &ap[o + _SX_HEADER])
+                    o = live + _ST_HEADER
+                    live = 0
+                    for i in range(n):
+                        e = op[i]
+                        exp = self._exp[e] if expiring else INFINITY
+                        if expiring and _expired_at(exp, now):
+                            if <uint8_t>s.region[e] >= _TLFU_PEND1:
+                                _sketch_count_n(<uint64_t*>&ap[o], s.smask >> 3,
+                                                _tlfu_mix(self.t.ent[e].hash),
+                                                (<uint8_t>s.region[e]) >> 2)
+                            continue
+                        keys[live] = self._kv[2 * e]
+                        values[live] = self._kv[2 * e + 1]
+                        ap[live] = <uint8_t>s.region[e]
+                        tp[live] = exp if absolute or exp == INFINITY else (exp - now) / scale
+                        live += 1
+                    o = live
+                    ap[o] = _TLFU_FORMAT
+                    ap[o + _ST_CAPACITY] = self.t.capacity
+                    ap[o + _ST_WF] = _f64_bits(s.wf)
+                    ap[o + _ST_NWIN] = s.nwin
+                    ap[o + _ST_NMEV] = s.nmev
+                    ap[o + _ST_SCOUNT] = s.scount
+                    ap[o + _ST_WORDS] = words
+                    ap[o + _ST_GMAIN] = gm
+                    ap[o + _ST_GWIN] = gw
+                    ap[o + _ST_SCUR] = s.scur
+        if live < n:
+            del keys[live:], values[live:]
+            aux = np.ascontiguousarray(
+                aux[:live + _ST_HEADER + words + gw + gm + _SX_HEADER + hlen])
+            rem = rem[:live]
+        if ttl:
+            return keys, values, aux, rem
         return keys, values, aux
 
-    def _import_state(self, keys, values, aux=None):
-        """Replace the contents (see Cache._import_state); with aux from _export_state, the
-        regions, sketch, ghosts and window target too, so the copy decides exactly as the original."""
-        cdef Py_ssize_t n, i, e, capacity, words, slots, wslots, o
-        cdef tinylfu_t* s = &self.o.tl
-        cdef _TinyLFUBuffers b
+    def _import_state(self, keys, values, aux=None, ttl=None, *, _expires=None):
+        """Replace the contents (see Cache._import_state); with aux from _export_state also the
+        policy state, so that the copy decides exactly as the original.
+
+        The hash seed comes with the state unless this cache was given one (seed=); with
+        another seed or another maxsize the sketch or the shadows cannot apply and restart.
+        """
+        cdef TinyLFUCache fresh
+        cdef bint hashed_alike
         if aux is None:
-            return Cache._import_state(self, keys, values, None)
+            return Cache._import_state(self, keys, values, None, ttl, _expires=_expires)
         keys = list(keys)
         values = list(values)
-        n = len(keys)
-        aux = np.asarray(aux, dtype=np.int64)
-        if aux.ndim != 1 or aux.shape[0] < n + 10 or aux[n] != 1:
-            raise ValueError("state does not come from a TinyLFUCache")
-        regions = aux[:n]
-        capacity, words, slots, wslots = aux[n + 1], aux[n + 6], aux[n + 7], aux[n + 8]
-        o = n + 10
-        if aux.shape[0] != o + words + slots + wslots or ((regions < 0) | (regions > 63)
-                                                         | ((regions & 3) == 3)).any() \
-                or capacity < n or capacity > _MAX_ENTRIES or aux[n + 9] not in (0, 1):
-            raise ValueError("state does not come from a TinyLFUCache")
-        Cache._import_state(self, keys, values, None)
+        aux, head, ext, shadows = _tlfu_check_state(aux, len(keys))
+        seed = ext[_SX_SEED] & 0xFFFFFFFFFFFFFFFF
+        hashed_alike = self._seed_arg is None or self._seed_arg == seed
+        # built aside with the original's seed and capacity (which sizes the sketch and the
+        # ghosts), then swapped in: on any error this cache is left untouched
+        fresh = type(self).__new__(type(self))
+        Cache._setup(fresh, self._maxsize, self._user_getsizeof, self._on_evict,
+                     seed if self._seed_arg is None else self._seed_arg, head[_ST_CAPACITY],
+                     self._choice)
+        _ttl_import_prepare(self, fresh, 0, None, None)      # this cache's timer and default ttl
+        Cache._import_state(fresh, keys, values, None, ttl, _expires=_expires)
+        _tlfu_restore(fresh, aux, head, ext, shadows, keys, hashed_alike)
+        if self._capacity_arg > fresh.t.capacity:
+            fresh._reserve(self._capacity_arg)   # this cache's own preallocation, grown into
         with cython.critical_section(self):
-            if self.t.capacity < capacity:
-                self._reserve(capacity)
-            b = <_TinyLFUBuffers>self._buf.ext
-            if self.t.count == n and b.sketch.shape[0] == words and b.gmain.shape[0] == slots \
-                    and b.gwin.shape[0] == wslots:
-                # relink in the saved order: entry of each key found by identity, no user code
-                where = {id(self._kv[2 * e]): e for e in self._order_array().tolist()}
-                tinylfu_reset(&self.o, &self.t)
-                for i in range(n):
-                    e = <entry_t>where[id(keys[i])]
-                    _region_append(s, &self.t, <int>regions[i] & _TLFU_REGION, <entry_t>e)
-                    s.region[e] = <int8_t>regions[i]          # with its pending hits
-                b.sketch[:] = aux[o:o + words].view(np.uint64)
-                b.gwin[:] = aux[o + words:o + words + wslots].view(np.uint64)
-                b.gmain[:] = aux[o + words + wslots:].view(np.uint64)
-                s.wf = aux[n + 2:n + 3].view(np.float64)[0]
-                s.nwin, s.nmev, s.scount = aux[n + 3], aux[n + 4], aux[n + 5]
-                s.scur = <int>aux[n + 9]
-                _tlfu_shadow_setup(s)
-                _tlfu_set_targets(s, &self.t)
-                self._version += 1
+            self._swap(fresh)
 
     def _frequency(self, key):
         """Return the sketch's estimate of key's uses, its pending hits included (for tests)."""

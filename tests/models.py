@@ -1,10 +1,13 @@
 """Small pure-Python reference models of each eviction policy, used side by side with the engine.
 
-Each model implements the policy as literally as possible on an OrderedDict, with sizes of 1.
-`order()` is the iteration order the engine documents (eviction order where there is one).
+Each model implements the policy as literally as possible on an OrderedDict, with sizes of 1
+or, given a `getsizeof`, cachetools 8's sized algorithm in exact arithmetic (Fractions of the
+sizes: what float running sums approximate).  `order()` is the iteration order the engine
+documents (eviction order where there is one).
 """
 import collections
 import itertools
+from fractions import Fraction
 
 
 class CacheModel:
@@ -13,9 +16,17 @@ class CacheModel:
     move_on_update = False
     move_on_hit = False
 
-    def __init__(self, maxsize):
+    def __init__(self, maxsize, getsizeof=None):
         self.maxsize = maxsize
+        self.getsizeof = getsizeof
+        self.sizes = {}
         self.data = collections.OrderedDict()
+
+    @property
+    def currsize(self):
+        if self.getsizeof is None:
+            return len(self.data)
+        return sum(map(Fraction, self.sizes.values()), Fraction(0))
 
     def __len__(self):
         return len(self.data)
@@ -39,6 +50,8 @@ class CacheModel:
 
     def set(self, key, value):
         """Assign; return the list of evicted (key, value)."""
+        if self.getsizeof is not None:
+            return self._set_sized(key, value)
         evicted = []
         if key in self.data:
             self.data[key] = value
@@ -52,6 +65,27 @@ class CacheModel:
         self.inserted(key)
         return evicted
 
+    def _set_sized(self, key, value):
+        size = self.getsizeof(value)
+        if size > self.maxsize:
+            raise ValueError("value too large")
+        if size < 0:
+            raise ValueError("value size must be non-negative")
+        evicted = []
+        diff = Fraction(size) - Fraction(self.sizes[key]) if key in self.data else Fraction(size)
+        while self.currsize + diff > self.maxsize:
+            evicted.append(self.popitem())
+            if key not in self.data:             # evicted itself: now a new key
+                diff = Fraction(size)
+        self.sizes[key] = size
+        if key in self.data:
+            self.data[key] = value
+            self.updated(key)
+        else:
+            self.data[key] = value
+            self.inserted(key)
+        return evicted
+
     def updated(self, key):
         if self.move_on_update:
             self.data.move_to_end(key)
@@ -61,6 +95,7 @@ class CacheModel:
 
     def delete(self, key):
         del self.data[key]
+        self.sizes.pop(key, None)
         self.removed(key)
 
     def removed(self, key):
@@ -75,7 +110,7 @@ class CacheModel:
     def resize(self, maxsize):
         self.maxsize = maxsize
         evicted = []
-        while len(self.data) > maxsize:
+        while self.data and self.currsize > maxsize:
             evicted.append(self.popitem())
         return evicted
 
@@ -99,8 +134,8 @@ class LRUModel(CacheModel):
 class LFUModel(CacheModel):
     """Victim: the lowest use count; among equals, the one that reached that count first."""
 
-    def __init__(self, maxsize):
-        super().__init__(maxsize)
+    def __init__(self, maxsize, getsizeof=None):
+        super().__init__(maxsize, getsizeof)
         self.count = {}
         self.stamp = {}
         self.clock = itertools.count()
@@ -132,8 +167,8 @@ class LFUModel(CacheModel):
 class RRModel(CacheModel):
     """cachetools' RRCache bookkeeping: a dense key list, removal swaps the last key in."""
 
-    def __init__(self, maxsize, choice=min):
-        super().__init__(maxsize)
+    def __init__(self, maxsize, choice=min, getsizeof=None):
+        super().__init__(maxsize, getsizeof)
         self.keys = []
         self.choice = choice
 
