@@ -17,13 +17,19 @@
 #
 # _memo_base gives kvcache.memoize the same hit path and a compiled miss path with single
 # flight: the first thread to miss a key (the leader) computes it; others that miss it
-# meanwhile wait for the leader's result or exception.  The leader claims the key by storing
-# a _Flight placeholder in the table itself (so claiming costs what storing costs, and the
-# result later replaces the placeholder in place); a lookup that finds a placeholder waits.
+# meanwhile wait for the leader's result or exception.  Computations in progress live in the
+# memo's `pending` dict (key -> _Flight), never in the table: the cache the user sees holds
+# finished results only (no method of it can show, hand out or remove a computation), and
+# the hit path is a plain table lookup.  The table lookup and the `pending` check are two
+# steps; a leader stores its result before it leaves `pending`, so a thread that missed the
+# table looks it up again (under the memo's lock) when the table's version moved since.
 # A thread that would wait for itself (a recursive call on the key it computes) or for a
 # thread that waits for it (a cycle across threads) computes directly instead: a
-# single-flight wait never deadlocks.  A cache that cannot hold a placeholder (maxsize 0)
-# tracks its computations in the `pending` dict instead.
+# single-flight wait never deadlocks.  cache_invalidate and cache_clear mark the key's
+# computation stale: its callers still get its outcome, but it is not stored, and a call
+# after the invalidation starts a new computation.
+# Counts: `misses` is the number of calls that ran the function; every other call (a table
+# hit, or a wait for another caller's computation) is a hit.
 # Coroutine functions take the Python path in decorators._AsyncMemo.
 
 from cpython.dict cimport PyDict_Size
@@ -259,6 +265,8 @@ cdef inline object _table_store(Cache c, object key, hash_t h, object value,
             except ValueError:
                 pass  # value too large
         return None
+    # The one place where the decorators insert after a lookup.  Growth allocates, and other
+    # threads (or finalizers) may run while it does: the lookup is redone after it.
     with cython.critical_section(c):
         while True:
             if known_slot >= 0 and c._version == version:
@@ -273,6 +281,27 @@ cdef inline object _table_store(Cache c, object key, hash_t h, object value,
             known_slot = -1
     _release_pair(evk, evv)
     return None
+
+
+cdef int _table_discard(Cache c, object key, hash_t h, object value) except -1:
+    """Remove key's entry if it still holds `value` (a stored result that became stale)."""
+    cdef Py_ssize_t slot, e
+    cdef object old_key = None, old_value = None      # released after the critical section
+    if not c._native_delitem:
+        # a subclass's __delitem__ sees every removal
+        if c.peek(key, _MARKER) is value:
+            try:
+                del c[key]
+            except KeyError:
+                pass
+        return 0
+    with cython.critical_section(c):
+        e = table_find(c, key, h, &slot)
+        if e >= 0 and <object>PyList_GET_ITEM(c._kv, 2 * e + 1) is value:
+            old_value = c._remove(<entry_t>e, slot)
+            old_key = c._removed_key
+            c._removed_key = None
+    return 0
 
 
 @cython.final
@@ -330,6 +359,11 @@ cdef class _lru_cache_wrapper:
         if self.cache is not None:
             self.cache.clear()
 
+    @property
+    def _cache(self):
+        """The engine's table behind the wrapper (None for maxsize 0), for tests and debugging."""
+        return self.cache
+
     def __get__(self, obj, objtype):
         # bind like a function, so methods work
         if obj is None:
@@ -360,6 +394,7 @@ cdef class _Flight:
     """
     cdef unsigned long owner
     cdef bint done
+    cdef bint stale            # invalidated while computing: the outcome is not stored
     cdef object result
     cdef object error
     cdef object event          # a threading.Event, made by the first waiter
@@ -390,6 +425,7 @@ cdef class _memo_base:
     cdef public bint _is_async    # calls go through the Python-level _invoke
     cdef PyThread_type_lock lock  # guards pending and waiting (never held across user code
                                   # other than a key's __hash__/__eq__)
+    cdef unsigned long lock_owner # the thread holding `lock` (0: none), to refuse reentry
     cdef void* vectorcall         # read by CPython at tp_vectorcall_offset
 
     def __cinit__(self, *args, **kwargs):
@@ -435,18 +471,46 @@ cdef class _memo_base:
         return _fast_key(args, kwargs, self.typed)
 
     def _lookup(self, key):
-        """Return (True, value) on a hit, (False, None) on a miss; counts either."""
+        """Return (True, value) on a hit, counted; (False, None) on a miss, left to the caller
+        to count as a hit (it shares a computation) or a miss (it runs the function)."""
         cdef Cache c = self.cache
         cdef Py_ssize_t slot, e
         cdef hash_t h = _mix(PyObject_Hash(key), c.t.seed)
+        cdef double now = _ttl_now(c) if c._exp != NULL else 0.0
         with cython.critical_section(c):
             e = table_find(c, key, h, &slot)
-            if e >= 0:
+            if e >= 0 and not (c._exp != NULL and _dead(c, e, now)):
                 _hit_touch(c, <entry_t>e)
                 self.hits += 1
                 return True, c._kv[2 * e + 1]
-            self.misses += 1
         return False, None
+
+    def _count(self, bint hit):
+        """Count one call that _lookup missed: a hit (it shared a computation) or a miss."""
+        if hit:
+            self.hits += 1
+        else:
+            self.misses += 1
+
+    def _forget_pending(self, key=_MARKER):
+        """Mark the computation of key (of every key by default) stale: not to be stored.
+
+        Its callers still get its outcome; a later call starts a new computation.
+        """
+        cdef dict old
+        cdef dict fresh = {}       # allocated before the lock: the GC may run finalizers
+        _memo_lock(self)
+        try:
+            if key is _MARKER:
+                old, self.pending = self.pending, fresh
+                for flight in old.values():
+                    (<_Flight>flight).stale = True
+            else:
+                flight = self.pending.pop(key, None)
+                if flight is not None:
+                    (<_Flight>flight).stale = True
+        finally:
+            _memo_unlock(self)
 
     def _store(self, key, value):
         """Store value unless the key is present; raise ValueError if nothing fits (maxsize 0)."""
@@ -525,14 +589,21 @@ cdef object _memo_bound_tp_call(PyObject* self, PyObject* args, PyObject* kwds):
 
 
 cdef inline int _memo_lock(_memo_base self) except -1:
+    cdef unsigned long me = PyThread_get_thread_ident()
+    if self.lock_owner == me:
+        # a key's __hash__/__eq__ (run under the lock) called back into this memo: waiting
+        # for the lock would never end
+        raise RuntimeError("memoize: a key's __hash__ or __eq__ called the memoized function")
     # Never block while holding the GIL: the holder may need it to finish.
     if not PyThread_acquire_lock(self.lock, NOWAIT_LOCK):
         with nogil:
             PyThread_acquire_lock(self.lock, WAIT_LOCK)
+    self.lock_owner = me
     return 0
 
 
 cdef inline void _memo_unlock(_memo_base self) noexcept:
+    self.lock_owner = 0
     PyThread_release_lock(self.lock)
 
 
@@ -576,90 +647,19 @@ cdef object _memo_run(_memo_base self, object owner, object key, tuple args, dic
     cdef double now = _ttl_now(c) if c._exp != NULL else 0.0    # the timer runs before the lookup
     with cython.critical_section(c):
         e = table_find(c, key, h, &slot)
-        if e >= 0 and c._exp != NULL and _dead(c, e, now):
-            e = -1                  # expired: a miss; the store below goes through the mapping
-        if e >= 0:
-            value = <object>PyList_GET_ITEM(c._kv, 2 * e + 1)
-            if type(value) is _Flight:
-                self.misses += 1
-                if args is None:
-                    args = _vector_tuple(vargs, nvargs)
-                return _memo_wait(self, owner, <_Flight>value, args, kwargs)
+        if e >= 0 and not (c._exp != NULL and _dead(c, e, now)):
             _hit_touch(c, <entry_t>e)
             self.hits += 1
-            return value
-        self.misses += 1
+            return <object>PyList_GET_ITEM(c._kv, 2 * e + 1)
         version = c._version
     if args is None:
         args = _vector_tuple(vargs, nvargs)
     if not self.single_flight:
+        self.misses += 1
         result = _memo_compute(self, owner, args, kwargs)
         _table_store(c, key, h, result, version, slot)
         return result
-    if _plain_store(c):
-        return _memo_claim_and_compute(self, owner, key, h, version, slot, args, kwargs)
-    return _memo_single_flight(self, owner, key, h, version, slot, args, kwargs)
-
-
-cdef object _memo_claim_and_compute(_memo_base self, object owner, object key, hash_t h,
-                                    uint64_t version, Py_ssize_t slot, tuple args, dict kwargs):
-    """Single flight through a placeholder in the table: claim, compute, then replace."""
-    cdef Cache c = self.cache
-    cdef Py_ssize_t e
-    cdef entry_t claimed
-    cdef PyObject* evk = NULL
-    cdef PyObject* evv = NULL
-    cdef _Flight flight = _new_flight()       # may run the GC (and other threads): check below
-    with cython.critical_section(c):
-        while True:
-            if c._version != version:
-                e = table_find(c, key, h, &slot)
-                if e >= 0:
-                    value = c._kv[2 * e + 1]
-                    if type(value) is _Flight:
-                        return _memo_wait(self, owner, <_Flight>value, args, kwargs)
-                    return value      # stored meanwhile by another thread
-            claimed = cache_insert_new(c, slot, h, key, flight, &evk, &evv)
-            if claimed >= 0:
-                break
-            c._grow_for_one()         # may run Python code: look the key up again
-            version = c._version - 1
-    _release_pair(evk, evv)           # released now that the table is consistent
-    try:
-        result = _memo_compute(self, owner, args, kwargs)
-    except BaseException as exc:
-        flight.error = exc
-        _memo_settle(self, c, key, h, claimed, flight, None, True)
-        raise
-    _memo_settle(self, c, key, h, claimed, flight, result, False)
-    return result
-
-
-cdef int _memo_settle(_memo_base self, Cache c, object key, hash_t h, entry_t e, _Flight flight,
-                      object result, bint failed) except -1:
-    """Replace the placeholder with the result (or drop it on failure), then wake the waiters."""
-    cdef Py_ssize_t slot, found
-    cdef object old_key = None, old_value = None
-    with cython.critical_section(c):
-        if not (c._kv[2 * e] is key and c._kv[2 * e + 1] is flight):
-            # the entry moved (the table was rebuilt) or was evicted / invalidated meanwhile
-            found = table_find(c, key, h, &slot)
-            e = <entry_t>found if found >= 0 and c._kv[2 * found + 1] is flight else ENTRY_NONE
-        if e != ENTRY_NONE:
-            if failed:
-                old_value = c._remove(e, -1)
-                old_key = c._removed_key
-                c._removed_key = None
-            else:
-                c._kv[2 * e + 1] = result
-                if c.o.policy == POLICY_LRU:
-                    _list_move_to_end(&c.o, &c.t, e)
-    flight.result = result
-    flight.done = True
-    event = flight.event
-    if event is not None:
-        event.set()
-    return 0
+    return _memo_single_flight(self, owner, key, h, version, slot, now, args, kwargs)
 
 
 cdef object _memo_wait(_memo_base self, object owner, _Flight flight, tuple args, dict kwargs):
@@ -674,6 +674,10 @@ cdef object _memo_wait(_memo_base self, object owner, _Flight flight, tuple args
             else:
                 self.waiting[me] = flight
                 role = 1
+        if role == 2:
+            self.misses += 1
+        else:
+            self.hits += 1     # served by the leader's computation, not by running the function
     finally:
         _memo_unlock(self)
     if role == 2:
@@ -698,63 +702,77 @@ cdef object _memo_wait(_memo_base self, object owner, _Flight flight, tuple args
 
 
 cdef object _memo_single_flight(_memo_base self, object owner, object key, hash_t h,
-                                uint64_t version, Py_ssize_t known_slot, tuple args, dict kwargs):
-    """Single flight through the `pending` dict, for caches that cannot hold a placeholder
-    (maxsize 0, sizes, user eviction hooks)."""
+                                uint64_t version, Py_ssize_t known_slot, double now,
+                                tuple args, dict kwargs):
+    """After a table miss: join the key's computation in `pending`, or lead a new one."""
     cdef Cache c = self.cache
     cdef Py_ssize_t slot, e
-    cdef _Flight flight
-    cdef unsigned long me = PyThread_get_thread_ident()
-    cdef bint leader = False
+    cdef _Flight flight = _new_flight()     # allocated before the lock: the GC may run finalizers
+    cdef object existing = None
     cdef object found = _MARKER
+    cdef bint stored = False
     _memo_lock(self)
     try:
         if c._version != version:
-            # the table changed since our lookup: a leader may have stored the key
+            # The table changed since our lookup: a leader may have stored the key and left
+            # `pending` meanwhile.  (A leader stores before it leaves, so with the version
+            # unchanged, absent from the table means still pending or not started.)
             with cython.critical_section(c):
                 e = table_find(c, key, h, &slot)
-                if e >= 0:
-                    found = c._kv[2 * e + 1]
+                if e >= 0 and not (c._exp != NULL and _dead(c, e, now)):
+                    _hit_touch(c, <entry_t>e)
+                    self.hits += 1
+                    found = <object>PyList_GET_ITEM(c._kv, 2 * e + 1)
+                else:
+                    version = c._version
+                    known_slot = slot
         if found is _MARKER:
             existing = self.pending.get(key) if self.pending else None
             if existing is None:
-                flight = _new_flight()
                 self.pending[key] = flight
-                leader = True
-            else:
-                flight = <_Flight>existing
+                self.misses += 1
     finally:
         _memo_unlock(self)
     if found is not _MARKER:
         return found
-    if not leader:
-        return _memo_wait(self, owner, flight, args, kwargs)
+    if existing is not None:
+        return _memo_wait(self, owner, <_Flight>existing, args, kwargs)
     try:
         result = _memo_compute(self, owner, args, kwargs)
     except BaseException as exc:
         flight.error = exc
-        _memo_finish(self, key, flight)
+        _memo_finish(self, key, h, flight, False)
         raise
     flight.result = result
     try:
-        _table_store(c, key, h, result, version, known_slot)
+        if not flight.stale:
+            _table_store(c, key, h, result, version, known_slot)
+            stored = True
     finally:
-        _memo_finish(self, key, flight)
+        _memo_finish(self, key, h, flight, stored)
     return result
 
 
-cdef int _memo_finish(_memo_base self, object key, _Flight flight) except -1:
+cdef int _memo_finish(_memo_base self, object key, hash_t h, _Flight flight,
+                      bint stored) except -1:
     """Retire the leader's flight and wake its waiters (outcome already recorded)."""
+    cdef bint stale
     _memo_lock(self)
     try:
         if self.pending.get(key) is flight:
             del self.pending[key]
+        stale = flight.stale
     finally:
         _memo_unlock(self)
-    flight.done = True
-    event = flight.event
-    if event is not None:
-        event.set()
+    try:
+        if stored and stale:
+            # invalidated while the result was being stored: take it out again
+            _table_discard(self.cache, key, h, flight.result)
+    finally:
+        flight.done = True
+        event = flight.event
+        if event is not None:
+            event.set()
     return 0
 
 
@@ -927,10 +945,29 @@ cdef class LRU(LRUCache):
     def items(self):
         """Return the (key, value) pairs as a list, most recently used first."""
         cdef Py_ssize_t i
-        with cython.critical_section(self):
-            order = self._order_array().tolist()
-            return [(self._kv[2 * order[i]], self._kv[2 * order[i] + 1])
-                    for i in range(len(order) - 1, -1, -1)]
+        cdef entry_t e
+        cdef entry_t* op
+        cdef uint64_t version
+        cdef int restarts = 0
+        cdef list out
+        while True:
+            with cython.critical_section(self):
+                version = self._version
+                order = self._order_array()
+                op = <entry_t*>cnp.PyArray_DATA(<cnp.ndarray>order)
+                out = []
+                # each pair allocates (the GC may run a finalizer that changes this cache):
+                # the entry numbers hold only while the version does
+                for i in range(len(order) - 1, -1, -1):
+                    if self._version != version:
+                        break
+                    e = op[i]
+                    out.append((self._kv[2 * e], self._kv[2 * e + 1]))
+                else:
+                    return out
+            restarts += 1
+            if restarts > _MAX_RESTARTS:
+                raise RuntimeError("LRU changed during items() too many times")
 
     def __iter__(self):
         return _CacheIterator(self, 3)

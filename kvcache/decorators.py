@@ -20,6 +20,8 @@ from functools import _CacheInfo
 # cachetools exports it by
 CacheInfo = _CacheInfo
 
+_MISSING = object()
+
 from . import keys
 from ._core import (
     LRU,
@@ -821,14 +823,23 @@ class _Memo(_memo_base):
         return _CacheInfo(hits, misses, self._params["maxsize"], currsize)
 
     def cache_clear(self):
-        """Empty the cache and reset the counts (of every instance, for methods)."""
+        """Empty the cache and reset the counts (of every instance, for methods).
+
+        Computations in progress still return to their callers but are not stored.
+        """
         for memo in self._memos():
+            memo._forget_pending()
             memo.cache.clear()
             memo._reset_counts()
 
     def cache_invalidate(self, /, *args, **kwargs):
-        """Drop the entry for these arguments; return whether there was one."""
+        """Drop the entry for these arguments; return whether there was one.
+
+        A computation of them in progress still returns to its callers but is not stored,
+        and a call made after the invalidation computes afresh.
+        """
         key = self._make_key(args, kwargs)
+        self._forget_pending(key)
         return self.cache.pop(key, _MISSING) is not _MISSING
 
     def cache_parameters(self):
@@ -878,11 +889,14 @@ class _AsyncMemo(_Memo):
         return self._ainvoke(owner, args, kwargs)
 
     async def _ainvoke(self, owner, args, kwargs):
+        # counted as the compiled path counts threads: a miss runs the function, an awaiter
+        # of another call's task is a hit
         key = self._make_key(args, kwargs)
         found, val = self._lookup(key)
         if found:
             return val
         if not self._single_flight:
+            self._count(False)
             val = await self._call(owner, args, kwargs)
             self._store_quietly(key, val)
             return val
@@ -890,30 +904,41 @@ class _AsyncMemo(_Memo):
         task_key = (loop, key)  # a task belongs to one event loop
         task = self._tasks.get(task_key)
         if task is None:
+            self._count(False)
             task = loop.create_task(self._call(owner, args, kwargs))
             self._tasks[task_key] = task
             task.add_done_callback(functools.partial(self._task_done, task_key, key))
         elif task is asyncio.current_task():
             # A recursive call on the key this very task computes: awaiting
             # itself would never end, so compute directly.
+            self._count(False)
             return await self._call(owner, args, kwargs)
+        else:
+            self._count(True)
         # shield: cancelling one awaiter must not cancel the shared call.
         return await asyncio.shield(task)
 
     def _task_done(self, task_key, key, task):
-        if self._tasks.get(task_key) is task:
+        # not registered any more: invalidated or cleared while running, so not stored
+        registered = self._tasks.get(task_key) is task
+        if registered:
             del self._tasks[task_key]  # finished tasks are not retained
         if task.cancelled():
             return
         exc = task.exception()  # also marks it retrieved when nobody awaits
-        if exc is None:
+        if exc is None and registered:
             self._store_quietly(key, task.result())
+
+    def _forget_pending(self, key=_MISSING):
+        # the tasks computing key (in any event loop) are no longer joined nor stored
+        for task_key in list(self._tasks):
+            if key is _MISSING or task_key[1] == key:
+                self._tasks.pop(task_key, None)
 
     def __repr__(self):
         return f"<memoize async {self.__wrapped__!r}>"
 
 
-_MISSING = object()
 _MEMO_ATTR = "__kvcache_memos"
 
 
@@ -966,6 +991,12 @@ def memoize(maxsize=128, *, policy="lru", typed=False, key=None, single_flight=T
     function once and all callers get its result or its exception; an
     exception is never cached.  For coroutine functions the result is
     cached, and cancelling one awaiter does not cancel the shared call.
+    `cache_info().misses` counts the calls that ran the function; every other
+    call is a hit, including one that waited for a concurrent call's result
+    (or exception), in threads and coroutines alike.  `f.cache` holds finished
+    results only: a computation in progress is not visible there, and
+    `cache_invalidate` or `cache_clear` keep it from being stored (its
+    callers still get its outcome).
     Methods get one cache per instance, stored on the instance, so no
     instance is kept alive by the decorator.
     """

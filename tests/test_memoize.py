@@ -224,7 +224,8 @@ def test_stampede_runs_once_and_shares_the_object():
     results = []
     threads = run_threads(n, lambda: results.append(f(1)))
     wait_until(lambda: calls)
-    wait_until(lambda: f.cache_info().misses == n)  # everyone has missed and is waiting
+    # everyone has been counted, so is computing or waiting
+    wait_until(lambda: f.cache_info().hits + f.cache_info().misses == n)
     release.set()
     join_all(threads)
     assert calls == [1]
@@ -252,7 +253,7 @@ def test_stampede_exception_reaches_every_waiter_and_is_not_cached():
             errors.append(exc)
 
     threads = run_threads(n, worker)
-    wait_until(lambda: f.cache_info().misses == n)
+    wait_until(lambda: f.cache_info().hits + f.cache_info().misses == n)
     release.set()
     join_all(threads)
     assert len(calls) == 1
@@ -614,7 +615,7 @@ def test_stampede_runs_once_for_every_size(maxsize):
 
     results = []
     threads = run_threads(n, lambda: results.append(f(1)))
-    wait_until(lambda: f.cache_info().misses == n)
+    wait_until(lambda: f.cache_info().hits + f.cache_info().misses == n)
     release.set()
     join_all(threads)
     assert calls == [1]
@@ -622,8 +623,8 @@ def test_stampede_runs_once_for_every_size(maxsize):
     assert f.cache_info().currsize == (0 if maxsize == 0 else 1)
 
 
-def test_placeholder_evicted_while_computing():
-    # maxsize 1: another key evicts the key being computed; its callers still get the result
+def test_other_keys_stored_while_computing_do_not_lose_the_result():
+    # maxsize 1: another key is stored while "slow" computes; "slow" is stored when it is done
     release = threading.Event()
     started = threading.Event()
     calls = []
@@ -639,12 +640,14 @@ def test_placeholder_evicted_while_computing():
     results = []
     slow = run_threads(1, lambda: results.append(f("slow")))
     started.wait(5)
-    assert f("other") == ["other"]  # evicts the placeholder of "slow"
+    assert f("other") == ["other"]
+    assert list(f.cache.keys()) == ["other"]
     release.set()
     join_all(slow)
     assert results == [["slow"]]
-    assert list(f.cache.keys()) == ["other"]  # "slow" was not stored over "other"
-    assert f("slow") == ["slow"] and calls.count("slow") == 2
+    assert list(f.cache.keys()) == ["slow"]  # the newest result, as any LRU insertion
+    assert f("slow") == ["slow"] and calls.count("slow") == 1
+    f.cache._check()
 
 
 @pytest.mark.parametrize("action", ["invalidate", "clear"])
@@ -662,7 +665,7 @@ def test_invalidated_while_computing(action):
     t = run_threads(1, lambda: results.append(f(1)))
     started.wait(5)
     if action == "invalidate":
-        assert f.cache_invalidate(1) is True  # drops the computation's placeholder
+        assert f.cache_invalidate(1) is False  # nothing cached yet: the computation runs on
     else:
         f.cache_clear()
     release.set()
@@ -690,7 +693,7 @@ def test_waiters_of_a_failing_leader_with_maxsize_zero():
             errors.append(exc)
 
     threads = run_threads(4, worker)
-    wait_until(lambda: f.cache_info().misses == 4)
+    wait_until(lambda: f.cache_info().hits + f.cache_info().misses == 4)
     release.set()
     join_all(threads)
     assert len(calls) == 1 and len(errors) == 4
@@ -739,3 +742,275 @@ def test_threads_with_evictions_and_a_tiny_switch_interval(policy):
     assert not errors
     f.cache._check()
     assert len(f.cache) <= 4
+
+
+# -- a computation in progress is invisible through the cache -------------------------------------
+
+
+def _start_blocked_call(f, key, started, n_waiters=0):
+    """Run f(key) in a thread that blocks in the function; return (threads, results)."""
+    results = []
+    calls_before = sum(f.cache_info()[:2])
+    threads = run_threads(1, lambda: results.append(f(key)))
+    started.wait(5)
+    if n_waiters:
+        threads += run_threads(n_waiters, lambda: results.append(f(key)))
+        # every waiter has been counted, so it has found the computation and waits for it
+        wait_until(lambda: sum(f.cache_info()[:2]) == calls_before + 1 + n_waiters)
+    return threads, results
+
+
+@pytest.mark.parametrize("maxsize", [1, 2, 128, None])
+@pytest.mark.parametrize("policy", ["lru", "lfu", "fifo", "rr", "tinylfu"])
+def test_in_flight_key_is_invisible_through_every_cache_method(maxsize, policy, tmp_path):
+    import copy
+    import pickle
+
+    release = threading.Event()
+    started = threading.Event()
+
+    @memoize(maxsize, policy=policy)
+    def f(x):
+        if x == "busy":
+            started.set()
+            release.wait(10)
+        return x.upper()
+
+    cache = f.cache
+    if maxsize != 1:
+        assert f("done") == "DONE"
+    expect = [] if maxsize == 1 else [("done", "DONE")]
+    threads, results = _start_blocked_call(f, "busy", started, n_waiters=2)
+    try:
+        assert len(cache) == len(expect)
+        assert list(cache.items()) == expect
+        assert list(cache.keys()) == [k for k, _ in expect]
+        assert list(cache) == [k for k, _ in expect]
+        assert list(reversed(cache)) == [k for k, _ in expect][::-1]
+        assert list(cache.values()) == [v for _, v in expect]
+        assert "busy" not in cache
+        assert cache.get("busy") is None and cache.get("busy", 7) == 7
+        assert cache.peek("busy", 7) == 7
+        with pytest.raises(KeyError):
+            cache["busy"]
+        assert cache.get_many(["busy", "done"]) == [None, "DONE" if expect else None]
+        assert cache.stats().currsize == len(expect)
+        assert f.cache_info().currsize == len(expect) and f.stats().currsize == len(expect)
+        assert list(copy.copy(cache).items()) == expect
+        assert list(pickle.loads(pickle.dumps(cache)).items()) == expect
+        assert dict(cache) == dict(expect) and cache == dict(expect)
+        cache.save(tmp_path / "snap")
+        loaded = type(cache).load(tmp_path / "snap", maxsize=maxsize or 1000)
+        assert list(loaded.items()) == expect
+        # removals neither hand out nor remove the computation
+        with pytest.raises(KeyError):
+            cache.pop("busy")
+        assert cache.pop("busy", 7) == 7
+        with pytest.raises(KeyError):
+            del cache["busy"]
+        if expect:
+            assert cache.popitem() == expect[0]
+        with pytest.raises(KeyError):
+            cache.popitem()
+        cache._check()
+    finally:
+        release.set()
+        join_all(threads)
+    assert results == ["BUSY"] * 3
+    assert f("busy") == "BUSY"
+    assert f.cache_info().misses == (2 if expect else 1)   # "busy" ran once, and "done"
+    cache._check()
+
+
+def test_clearing_the_cache_during_a_computation_spares_its_waiters():
+    release = threading.Event()
+    started = threading.Event()
+    calls = []
+
+    @memoize()
+    def f(x):
+        calls.append(x)
+        started.set()
+        release.wait(10)
+        return [x]
+
+    threads, results = _start_blocked_call(f, 1, started, n_waiters=3)
+    f.cache.clear()
+    assert list(f.cache.items()) == []
+    release.set()
+    join_all(threads)
+    assert results == [[1]] * 4 and all(r is results[0] for r in results)
+    assert calls == [1]
+    f.cache._check()
+
+
+# -- hit and miss counts: a caller that shares another's computation is a hit ----------------------
+
+
+@pytest.mark.parametrize("maxsize", [0, 128, None])
+def test_threads_waiting_for_a_computation_count_as_hits(maxsize):
+    n = 5
+    release = threading.Event()
+    started = threading.Event()
+    calls = []
+
+    @memoize(maxsize)
+    def f(x):
+        calls.append(x)
+        started.set()
+        release.wait(10)
+        return x
+
+    threads, results = _start_blocked_call(f, 1, started, n_waiters=n - 1)
+    release.set()
+    join_all(threads)
+    assert results == [1] * n and calls == [1]
+    info = f.cache_info()
+    assert (info.hits, info.misses) == (n - 1, 1)   # misses: the times the function ran
+
+
+@pytest.mark.parametrize("maxsize", [0, 128, None])
+def test_async_awaiters_of_one_computation_count_as_hits(maxsize):
+    n = 5
+    calls = []
+
+    @memoize(maxsize)
+    async def f(x):
+        calls.append(x)
+        await asyncio.sleep(0.01)
+        return x
+
+    async def main():
+        return await asyncio.gather(*[f(1) for _ in range(n)])
+
+    assert asyncio.run(main()) == [1] * n and calls == [1]
+    info = f.cache_info()
+    assert (info.hits, info.misses) == (n - 1, 1)   # the same counts as threads
+
+
+def test_waiters_of_a_failing_computation_count_as_hits():
+    release = threading.Event()
+    started = threading.Event()
+
+    @memoize()
+    def f(x):
+        started.set()
+        release.wait(10)
+        raise KeyError(x)
+
+    errors = []
+
+    def call():
+        try:
+            f(1)
+        except KeyError as exc:
+            errors.append(exc)
+
+    threads = run_threads(1, call)
+    started.wait(5)
+    threads += run_threads(3, call)
+    wait_until(lambda: f.cache_info().hits == 3)
+    release.set()
+    join_all(threads)
+    assert len(errors) == 4 and all(e is errors[0] for e in errors)
+    assert f.cache_info()[:2] == (3, 1)
+
+
+def test_a_call_after_invalidation_computes_afresh():
+    # the computation that was running when the key was invalidated may have read stale data:
+    # a call made afterwards does not join it, and only the fresh result is stored
+    release_first = threading.Event()
+    started = threading.Event()
+    version = ["old"]
+
+    @memoize()
+    def f(x):
+        seen = version[0]
+        if seen == "old":
+            started.set()
+            release_first.wait(10)
+        return seen
+
+    threads, results = _start_blocked_call(f, 1, started)
+    version[0] = "new"
+    assert f.cache_invalidate(1) is False
+    assert f(1) == "new"             # not the stale computation's result
+    release_first.set()
+    join_all(threads)
+    assert results == ["old"]        # its own caller still gets it
+    assert f(1) == "new" and list(f.cache.items()) == [(1, "new")]
+    f.cache._check()
+
+
+@pytest.mark.parametrize("action", ["invalidate", "clear"])
+def test_async_invalidated_while_computing(action):
+    calls = []
+    gates = []
+
+    @memoize()
+    async def f(x):
+        calls.append(x)
+        n = len(calls)                           # which computation this is
+        await gates[n - 1].wait()
+        return n
+
+    async def main():
+        gates.extend([asyncio.Event(), asyncio.Event()])
+        first = asyncio.ensure_future(f(1))
+        await asyncio.sleep(0.01)
+        if action == "invalidate":
+            assert f.cache_invalidate(1) is False
+        else:
+            f.cache_clear()
+        second = asyncio.ensure_future(f(1))     # does not join the invalidated computation
+        await asyncio.sleep(0.01)
+        gates[1].set()
+        b = await second
+        gates[0].set()
+        return await first, b
+
+    assert asyncio.run(main()) == (1, 2)
+    assert calls == [1, 1]
+    # the stale computation ended after the fresh one, and was not stored over it
+    assert list(f.cache.items()) == [(1, 2)]
+
+
+def test_async_ttl_expires():
+    calls = []
+    now = [0.0]
+
+    @memoize(ttl=10)
+    async def f(x):
+        calls.append(x)
+        return x
+
+    f.cache.timer = lambda: now[0]
+    assert asyncio.run(f(1)) == 1 and asyncio.run(f(1)) == 1 and calls == [1]
+    now[0] = 11.0
+    assert asyncio.run(f(1)) == 1 and calls == [1, 1]   # expired: computed again
+    assert f.cache_info()[:2] == (1, 2)
+
+
+def test_key_hash_calling_back_under_the_memo_lock_raises():
+    # a key's __hash__ runs under the memo's lock when the key joins `pending`; calling the
+    # memoized function from there would wait for that lock forever: it raises instead
+    hashes = []
+
+    class Key:
+        def __hash__(self):
+            hashes.append(1)
+            if len(hashes) == 2:
+                f("other")
+            return 1
+
+        def __eq__(self, other):
+            return self is other
+
+    @memoize()
+    def f(x):
+        return x
+
+    with pytest.raises(RuntimeError, match="__hash__ or __eq__"):
+        f(Key())
+    assert f("other") == "other" and f(2) == 2       # the memo still works
+    f.cache._check()
