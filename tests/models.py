@@ -195,3 +195,21 @@ MODELS = {
     "LFUCache": LFUModel,
     "RRCache": RRModel,
 }
+
+
+class Collider:
+    """A key whose hash collides with others often; equal by value."""
+
+    __slots__ = ("v",)
+
+    def __init__(self, v):
+        self.v = v
+
+    def __hash__(self):
+        return self.v % 3
+
+    def __eq__(self, other):
+        return isinstance(other, Collider) and other.v == self.v
+
+    def __repr__(self):
+        return "Collider(%d)" % self.v

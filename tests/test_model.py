@@ -8,25 +8,7 @@ from hypothesis import settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 import kvcache
-from models import MODELS
-
-
-class Collider:
-    """A key whose hash collides with others often; equal by value."""
-
-    __slots__ = ("v",)
-
-    def __init__(self, v):
-        self.v = v
-
-    def __hash__(self):
-        return self.v % 3
-
-    def __eq__(self, other):
-        return isinstance(other, Collider) and other.v == self.v
-
-    def __repr__(self):
-        return "Collider(%d)" % self.v
+from models import MODELS, Collider
 
 
 keys = st.one_of(st.integers(-5, 12), st.builds(Collider, st.integers(0, 12)),

@@ -24,26 +24,8 @@ from hypothesis import settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 import kvcache
-from models import MODELS, LRUModel
+from models import MODELS, Collider, LRUModel
 from tinylfu_model import TinyLFUModel
-
-
-class Collider:
-    """A key whose hash collides with others often; equal by value."""
-
-    __slots__ = ("v",)
-
-    def __init__(self, v):
-        self.v = v
-
-    def __hash__(self):
-        return self.v % 3
-
-    def __eq__(self, other):
-        return isinstance(other, Collider) and other.v == self.v
-
-    def __repr__(self):
-        return "Collider(%d)" % self.v
 
 
 def positional_choice(seq):

@@ -14,6 +14,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 import kvcache
 from kvcache import TinyLFUCache
 from kvcache.simulate import replay
+from models import Collider
 from tinylfu_model import TinyLFUModel, key_hash
 
 # ---------------------------------------------------------------------------------------------
@@ -323,22 +324,6 @@ def test_model_hash_matches_the_engine():
             m.set(k, 1)
             assert c._frequency(k) == m.estimate(key_hash(k, seed))
         assert sketch_words(c) == m.sketch
-
-
-class Collider:
-    __slots__ = ("v",)
-
-    def __init__(self, v):
-        self.v = v
-
-    def __hash__(self):
-        return self.v % 3
-
-    def __eq__(self, other):
-        return isinstance(other, Collider) and other.v == self.v
-
-    def __repr__(self):
-        return "Collider(%d)" % self.v
 
 
 keys = st.one_of(st.integers(-5, 20), st.builds(Collider, st.integers(0, 12)),
