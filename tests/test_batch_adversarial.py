@@ -633,3 +633,72 @@ def test_prefix_cache_threads_under_fast_switching_never_share_a_wrong_block():
     st_ = pc.stats()
     assert st_.in_use == 0 and st_.free + st_.evictable == 96
     pc._blocks._check()
+
+
+TOKEN = st.one_of(st.integers(0, 40), st.integers(-3, 2**33), st.sampled_from(
+    [True, False, 1.0, None, "1", 2**31 - 1, 2**31, 2**63, -(2**63) - 1, np.int32(3), np.uint64(2),
+     np.int64(-1), np.float32(1), np.bool_(True)]))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@given(items=st.lists(TOKEN, max_size=12), form=st.sampled_from(["list", "tuple", "iter", "array"]))
+def test_prefix_cache_fuzzed_tokens_match_exactly_or_change_nothing(items, form):
+    pc = make_pc(num_blocks=8, block_size=2)
+    ids = pc.allocate(2)
+    pc.commit([1, 2, 3, 4], ids)
+    pc.release(ids)
+    if form == "array":
+        try:
+            arg = np.array(items)
+        except (OverflowError, ValueError):
+            return
+    else:
+        arg = {"list": list, "tuple": tuple, "iter": iter}[form](items)
+    if form == "array":   # numpy has converted the items already: judge the array
+        items = arg.tolist() if arg.dtype.kind in "iu" else [None]
+    valid = all(type(t) in (int, np.int32, np.uint64, np.int64) and not isinstance(t, bool)
+                and 0 <= int(t) < 2**31 for t in items)
+    before = pstate(pc)
+    try:
+        n, hit = pc.match(arg)
+    except BAD:
+        assert not valid, items
+        assert pstate(pc) == before
+        return
+    assert valid, items
+    toks = [int(t) for t in items]
+    expect = 4 if toks[:4] == [1, 2, 3, 4] else 2 if toks[:2] == [1, 2] else 0
+    assert n == expect and hit.tolist() == ids.tolist()[:expect // 2]
+    pc.release(hit)
+    assert pstate(pc)[:4] == before[:4]
+
+
+HKEY = st.one_of(st.integers(-5, 20), st.text(max_size=2), st.tuples(st.integers(0, 3)),
+                 st.just([1]), st.just({}), st.floats(allow_nan=False, width=16))
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+@given(cls=st.sampled_from(CLASSES), keys=st.lists(HKEY, max_size=8),
+       sizes=st.lists(st.integers(0, 12), min_size=8, max_size=8), extra=st.integers(-1, 1))
+def test_set_many_fuzzed_batches_store_everything_or_nothing(cls, keys, sizes, extra):
+    c = cls(10, getsizeof=len, seed=2)
+    c.set_many([100, 101], ["a", "b"])
+    values = ["x" * sizes[i] for i in range(len(keys))]
+    if extra and keys:
+        values = values[:len(keys) + extra] if extra < 0 else values + ["y"]
+    bad = (len(values) != len(keys) or any(isinstance(k, (list, dict)) for k in keys)
+           or any(len(v) > 10 for v in values))
+    before = cstate(c)
+    try:
+        c.set_many(keys, values)
+    except (TypeError, ValueError):
+        assert bad
+        assert cstate(c) == before
+    else:
+        assert not bad
+        ref = cls(10, getsizeof=len, seed=2)
+        ref.set_many([100, 101], ["a", "b"])
+        for k, v in zip(keys, values):
+            ref[k] = v
+        assert cstate(c) == cstate(ref)
+    c._check()
