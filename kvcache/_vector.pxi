@@ -194,18 +194,19 @@ cdef object _vec_key_array(object keys):
     """
     if isinstance(keys, (str, bytes)):
         raise TypeError(_VEC_KEY_ERROR + "; hash texts with kvcache.digest() first")
-    arr = _vnp.asarray(keys)
-    if arr.ndim == 0:
+    cdef cnp.ndarray arr = keys if type(keys) is _vnp.ndarray else _vnp.asarray(keys)
+    cdef int ndim = cnp.PyArray_NDIM(arr)
+    if ndim == 0:
         # numpy makes a 0-d object array of a set, a dict or a generator as well as of a scalar.
         raise TypeError(f"{_VEC_KEY_ERROR}, in a list, tuple or array, not a "
                         f"{type(keys).__name__}; use cache[key] for a single key")
-    if not (arr.ndim == 1 or (arr.ndim == 2 and arr.shape[1] == 2)):
-        raise ValueError(f"{_VEC_KEY_ERROR}; got shape {arr.shape}")
+    if not (ndim == 1 or (ndim == 2 and cnp.PyArray_DIM(arr, 1) == 2)):
+        raise ValueError(f"{_VEC_KEY_ERROR}; got shape {(<object>arr).shape}")
     kind = arr.dtype.kind
-    if arr.size == 0:
+    if cnp.PyArray_SIZE(arr) == 0:
         if kind not in "iuO" and isinstance(keys, _vnp.ndarray):
             raise TypeError(f"{_VEC_KEY_ERROR}, not an array of {arr.dtype}")
-        return _vnp.empty(arr.shape, dtype=_vnp.uint64)
+        return _vnp.empty((<object>arr).shape, dtype=_vnp.uint64)
     if kind not in "iuO" and not isinstance(keys, _vnp.ndarray):
         # numpy turns [2**64 - 1, -1] into floats: look at the Python objects themselves.
         arr = _vnp.asarray(keys, dtype=object)
@@ -213,7 +214,7 @@ cdef object _vec_key_array(object keys):
     if kind == "O":
         # Python ints beyond int64 mixed with negatives: check each one, as dict would hash it.
         return _vnp.array([_vec_key64(x) for x in arr.ravel()],
-                          dtype=_vnp.uint64).reshape(arr.shape)
+                          dtype=_vnp.uint64).reshape((<object>arr).shape)
     elif kind == "i":
         arr = _vnp.ascontiguousarray(arr, dtype=_vnp.int64).view(_vnp.uint64)
     elif kind == "u":
@@ -221,7 +222,7 @@ cdef object _vec_key_array(object keys):
     else:
         raise TypeError(f"{_VEC_KEY_ERROR}, not an array of {arr.dtype}")
     # ascontiguousarray keeps an unaligned buffer as it is; the batch loops load whole words.
-    return arr if cnp.PyArray_ISCARRAY_RO(<cnp.ndarray>arr) else arr.copy()
+    return arr if cnp.PyArray_ISCARRAY_RO(arr) else arr.copy()
 
 
 cdef uint64_t _vec_key64(object x) except? 0:
