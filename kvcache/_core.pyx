@@ -1402,20 +1402,30 @@ cdef class Cache:
     # -- batch ------------------------------------------------------------------------------------
 
     def get_many(self, keys, default=None):
-        """Return a list with get(key, default) for each key (int64/uint64 arrays skip per-key objects)."""
+        """Return a list with get(key, default) for each key (int64/uint64 arrays skip per-key objects).
+
+        ``keys`` is an iterable of keys or a 1-d numpy array; a str or bytes is refused rather
+        than taken as a batch of its characters.
+        """
         cdef Py_ssize_t n, i
         cdef list out
-        if isinstance(keys, np.ndarray) and (<cnp.ndarray>keys).ndim == 1 and _int_hash_native and \
-                self._native_getitem and (keys.dtype == np.int64 or keys.dtype == np.uint64):
-            return self._get_many_int(keys, default)
         if isinstance(keys, np.ndarray):
+            if (<cnp.ndarray>keys).ndim != 1:
+                raise ValueError(f"a batch of keys must be 1-d, not an array of shape {keys.shape}")
+            if _int_hash_native and self._native_getitem and \
+                    (keys.dtype == np.int64 or keys.dtype == np.uint64):
+                return self._get_many_int(keys, default)
             keys = keys.tolist()
+        elif isinstance(keys, (str, bytes)):
+            raise TypeError("get_many() takes a batch of keys; wrap a single str or bytes key "
+                            "in a list")
         out = []
         for key in keys:
             out.append(self.get(key, default))
         return out
 
     cdef list _get_many_int(self, cnp.ndarray arr, object default):
+        # arr is 1-d int64 or uint64 (checked by get_many).
         # Software pipeline: a key's hash is computed and its index slot prefetched 32 keys
         # ahead, its entry record and key/value pointers 16 ahead, and its key and value objects
         # and LRU neighbours 8 ahead, so the random accesses of successive keys overlap
@@ -1423,7 +1433,9 @@ cdef class Cache:
         # happen in key order exactly as in a loop of get().
         cdef Py_ssize_t n = arr.shape[0], i, j
         cdef bint unsigned = arr.dtype == np.uint64
-        cdef cnp.ndarray carr = np.ascontiguousarray(arr)
+        # Read in place only when aligned and contiguous (ascontiguousarray alone keeps an
+        # unaligned buffer, whose int64 loads are undefined behaviour in C).
+        cdef cnp.ndarray carr = arr if cnp.PyArray_ISCARRAY_RO(arr) else np.array(arr, order="C")
         cdef int64_t* sp = <int64_t*>cnp.PyArray_DATA(carr)
         cdef uint64_t* up = <uint64_t*>cnp.PyArray_DATA(carr)
         cdef list out = [default] * n
@@ -1498,17 +1510,43 @@ cdef class Cache:
             i = (i + 1) & self.t.mask
 
     def set_many(self, keys, values):
-        """Set cache[keys[i]] = values[i] for every i (the two must have the same length)."""
+        """Set cache[keys[i]] = values[i] for every i (the two must have the same length).
+
+        Bad input changes nothing: before the first store, the lengths are compared, every key
+        is hashed (an unhashable one raises TypeError) and, with ``getsizeof``, every value is
+        sized (so ``getsizeof`` runs twice per value; one too large raises ValueError). An
+        exception from a key's ``__eq__``, a subclass's ``__setitem__`` or ``on_evict`` still
+        stops the batch where it happens, with the pairs before it stored.
+        """
         if isinstance(keys, np.ndarray):
+            if (<cnp.ndarray>keys).ndim != 1:
+                raise ValueError(f"a batch of keys must be 1-d, not an array of shape {keys.shape}")
             keys = keys.tolist()
+        elif isinstance(keys, (str, bytes)):
+            raise TypeError("set_many() takes a batch of keys; wrap a single str or bytes key "
+                            "in a list")
         else:
             keys = list(keys)
-        if isinstance(values, np.ndarray) and values.ndim == 1:
-            values = values.tolist()
+        if isinstance(values, np.ndarray):
+            if values.ndim == 0:
+                raise ValueError("set_many() values must be a batch, not a 0-d array")
+            values = values.tolist() if values.ndim == 1 else list(values)
         else:
             values = list(values)
         if len(keys) != len(values):
             raise ValueError("set_many: %d keys but %d values" % (len(keys), len(values)))
+        for key in keys:
+            if type(key) is not int and type(key) is not str:   # whose hash cannot fail
+                hash(key)
+        if self._sizefn is not None:
+            for value in values:
+                size = self._sizefn(value)
+                if size > self._maxsize:
+                    raise ValueError("value too large")
+                if size < 0:
+                    raise ValueError("value size must be non-negative")
+        elif self._max_entries < 1 and keys:
+            raise ValueError("value too large")
         for i in range(len(keys)):
             self[keys[i]] = values[i]
 

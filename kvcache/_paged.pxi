@@ -42,7 +42,11 @@
 #
 # Reentrancy: nothing here calls user Python code once the arguments are converted
 # (`_paged_load`, into each call's own stack buffer, before the critical section), and
-# errors are raised before any mutation.
+# errors are raised before any mutation. Nothing is allocated inside a critical section
+# either (an allocation may run the GC, so finalizers, and on a free-threaded build
+# suspend the section): results are made before it (allocate, refcounts) or after it
+# from the call's own buffer (match, digests), and enable_prefix builds its arrays first
+# and installs them in one step.
 
 cimport cython
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
@@ -224,6 +228,8 @@ _cnp.import_array()
 cdef Py_ssize_t _PAGED_WINDOW = 8
 
 import numpy as _paged_np
+from operator import index as _paged_index
+from collections.abc import Mapping as _PagedMapping, Set as _PagedSet
 from collections import namedtuple as _paged_namedtuple
 
 
@@ -338,7 +344,8 @@ cdef object _paged_load(object obj, bint tokens, int64_t limit, int32_t* local,
         if i < n:
             bad = 1
             bad_val = v64[i]
-    elif isinstance(obj, (str, bytes, bytearray)):
+    elif isinstance(obj, (str, bytes, bytearray, _PagedSet, _PagedMapping)):
+        # A set or a dict iterates in no order that could match positions or a block table.
         raise TypeError(f"{what} must be a sequence of ints, not {type(obj).__name__}")
     elif type(obj) is not tuple:
         obj = tuple(obj)
@@ -369,6 +376,15 @@ cdef object _paged_load(object obj, bint tokens, int64_t limit, int32_t* local,
     out.v = dst
     out.n = n
     return owner
+
+
+cdef Py_ssize_t _paged_int(object value, str what) except? -1:
+    # A count or a block id: an int or numpy integer, never a bool or a float.
+    if type(value) is not int:
+        if isinstance(value, (bool, _paged_np.bool_)):
+            raise TypeError(f"{what} must be an int, not bool")
+        value = _paged_index(value)
+    return value
 
 
 ctypedef struct _paged_meta_t:
@@ -414,7 +430,6 @@ cdef class _PagedBlocks:
     cdef int32_t* plan_parent
     cdef uint64_t* plan_gen
     cdef int32_t* plan_pos
-    cdef int64_t* plan_ids
     cdef char* buf
     cdef Py_ssize_t buf_len
     # numpy arrays owning the memory behind the pointers above
@@ -455,48 +470,69 @@ cdef class _PagedBlocks:
     def enable_prefix(self, salt=b"", int digest_bits=128):
         """Allocate the prefix table; `digest_bits` < 128 truncates digests (test hook)."""
         cdef Py_ssize_t cap, n = self.num_blocks, i
+        cdef uint64_t mask_lo, mask_hi
+        cdef entry_rec* ent
         if self.prefix_enabled:
             raise ValueError("this pool already has a PrefixCache attached")
         if not isinstance(salt, (bytes, bytearray, memoryview)):
             raise TypeError("salt must be bytes")
         if digest_bits < 0 or digest_bits > 128:
             raise ValueError("digest_bits must be in [0, 128]")
-        self.salt = bytes(salt)
-        self.digest_bits = digest_bits
+        salt = bytes(salt)
         if digest_bits >= 64:
-            self.mask_lo = <uint64_t>0xFFFFFFFFFFFFFFFF
-            self.mask_hi = (<uint64_t>0xFFFFFFFFFFFFFFFF) if digest_bits == 128 else \
+            mask_lo = <uint64_t>0xFFFFFFFFFFFFFFFF
+            mask_hi = (<uint64_t>0xFFFFFFFFFFFFFFFF) if digest_bits == 128 else \
                 ((<uint64_t>1 << (digest_bits - 64)) - 1)
         else:
-            self.mask_lo = ((<uint64_t>1 << digest_bits) - 1) if digest_bits > 0 else 0
-            self.mask_hi = 0
+            mask_lo = ((<uint64_t>1 << digest_bits) - 1) if digest_bits > 0 else 0
+            mask_hi = 0
+        # Everything is allocated and initialised first, then installed in one step with no
+        # Python code in between: two threads attaching at once (or a finalizer run by one of
+        # the allocations) cannot both pass the check above and mix their arrays.
         cap = <Py_ssize_t>_slots_for(n)
-        self.tokens = <int32_t*>self._alloc(n * self.block_size, _paged_np.int32)
-        self.t.index = <int32_t*>self._alloc(cap, _paged_np.int32)
-        self.t.mask = <uint64_t>(cap - 1)
-        self.t.ent = <entry_rec*>self._alloc(n * sizeof(entry_rec), _paged_np.uint8)
-        self.t.capacity = n
-        self.t.count = 0
-        self.t.free_head = ENTRY_NONE   # block ids come from the pool's free stack instead
-        self.t.seed = 0
-        self.plan = <int32_t*>self._alloc(n, _paged_np.int32)
-        self.plan_dig = <uint64_t*>self._alloc(2 * n, _paged_np.uint64)
-        self.plan_parent = <int32_t*>self._alloc(n, _paged_np.int32)
-        self.plan_gen = <uint64_t*>self._alloc(n, _paged_np.uint64)
-        self.plan_pos = <int32_t*>self._alloc(n, _paged_np.int32)
-        self.plan_ids = <int64_t*>self._alloc(n, _paged_np.int64)
-        for i in range(cap):
-            self.t.index[i] = SLOT_EMPTY
+        tokens = _paged_np.zeros(n * self.block_size, dtype=_paged_np.int32)
+        index_arr = _paged_np.full(cap, SLOT_EMPTY, dtype=_paged_np.int32)
+        ent_arr = _paged_np.zeros(n * sizeof(entry_rec), dtype=_paged_np.uint8)
+        plan = _paged_np.zeros(n, dtype=_paged_np.int32)
+        plan_dig = _paged_np.zeros(2 * n, dtype=_paged_np.uint64)
+        plan_parent = _paged_np.zeros(n, dtype=_paged_np.int32)
+        plan_gen = _paged_np.zeros(n, dtype=_paged_np.uint64)
+        plan_pos = _paged_np.zeros(n, dtype=_paged_np.int32)
+        arrays = self._arrays + [tokens, index_arr, ent_arr, plan, plan_dig, plan_parent,
+                                 plan_gen, plan_pos]
+        ent = <entry_rec*>_cnp.PyArray_DATA(<_cnp.ndarray>ent_arr)
         for i in range(n):
-            self.t.ent[i].prev = ENTRY_FREE
-            self.t.ent[i].next = ENTRY_NONE
+            ent[i].prev = ENTRY_FREE
+            ent[i].next = ENTRY_NONE
         # Hash input: parent digest (16 bytes) | block tokens (int32, native order, i.e.
         # little-endian on every platform the wheels target) | salt.
-        self.buf_len = 16 + 4 * self.block_size + len(self.salt)
-        self._buf = bytearray(self.buf_len)
-        self.buf = <char*>self._buf
-        memcpy(self.buf + 16 + 4 * self.block_size, <char*>self.salt, len(self.salt))
-        self.prefix_enabled = True
+        buf = bytearray(16 + 4 * self.block_size + len(salt))
+        memcpy(<char*>buf + 16 + 4 * self.block_size, <char*>salt, len(salt))
+        with cython.critical_section(self):
+            if self.prefix_enabled:
+                raise ValueError("this pool already has a PrefixCache attached")
+            self._arrays = arrays
+            self.salt = salt
+            self.digest_bits = digest_bits
+            self.mask_lo = mask_lo
+            self.mask_hi = mask_hi
+            self.tokens = <int32_t*>_cnp.PyArray_DATA(<_cnp.ndarray>tokens)
+            self.t.index = <int32_t*>_cnp.PyArray_DATA(<_cnp.ndarray>index_arr)
+            self.t.mask = <uint64_t>(cap - 1)
+            self.t.ent = ent
+            self.t.capacity = n
+            self.t.count = 0
+            self.t.free_head = ENTRY_NONE   # block ids come from the pool's free stack instead
+            self.t.seed = 0
+            self.plan = <int32_t*>_cnp.PyArray_DATA(<_cnp.ndarray>plan)
+            self.plan_dig = <uint64_t*>_cnp.PyArray_DATA(<_cnp.ndarray>plan_dig)
+            self.plan_parent = <int32_t*>_cnp.PyArray_DATA(<_cnp.ndarray>plan_parent)
+            self.plan_gen = <uint64_t*>_cnp.PyArray_DATA(<_cnp.ndarray>plan_gen)
+            self.plan_pos = <int32_t*>_cnp.PyArray_DATA(<_cnp.ndarray>plan_pos)
+            self._buf = buf
+            self.buf = <char*>buf
+            self.buf_len = len(buf)
+            self.prefix_enabled = True
 
     # ---- C-level helpers; all assume the critical section is held ----
 
@@ -669,20 +705,27 @@ cdef class _PagedBlocks:
 
     # ---- public API ----
 
-    def allocate(self, Py_ssize_t n):
+    cdef int _exhausted(self, Py_ssize_t n) except -1:
+        raise PoolExhaustedError(
+            f"block pool exhausted: {n} block(s) requested, {self.n_free} free and "
+            f"{self.n_lru} evictable of {self.num_blocks}; the rest are referenced")
+
+    def allocate(self, n):
         """Return `n` block ids with refcount 1, evicting LRU free cached blocks if needed."""
-        cdef Py_ssize_t i
+        cdef Py_ssize_t count = _paged_int(n, "the number of blocks")
         cdef int64_t* out
-        if n < 0:
+        if count < 0:
             raise ValueError("cannot allocate a negative number of blocks")
-        res = _paged_new(n, _cnp.NPY_INT64)
+        # Checked before the result is allocated (a request for 10**12 blocks is refused, not
+        # a MemoryError), and again after: the allocation may have let another thread in.
+        if count > <Py_ssize_t>self.n_free + self.n_lru:
+            self._exhausted(count)
+        res = _paged_new(count, _cnp.NPY_INT64)
         out = _paged_data(res)
         with cython.critical_section(self):
-            if n > <Py_ssize_t>self.n_free + self.n_lru:
-                raise PoolExhaustedError(
-                    f"block pool exhausted: {n} block(s) requested, {self.n_free} free and "
-                    f"{self.n_lru} evictable of {self.num_blocks}; the rest are referenced")
-            self._take_locked(n, out)
+            if count > <Py_ssize_t>self.n_free + self.n_lru:
+                self._exhausted(count)
+            self._take_locked(count, out)
         return res
 
     def release(self, ids):
@@ -719,6 +762,7 @@ cdef class _PagedBlocks:
         Return `(n_cached_tokens, block_ids)`.
         """
         cdef int32_t local[_PAGED_LOCAL_TOKENS]
+        cdef int64_t idlocal[_PAGED_LOCAL_IDS]
         cdef _paged_in_t a
         cdef int32_t* t
         cdef int64_t* out
@@ -732,7 +776,12 @@ cdef class _PagedBlocks:
         keep = _paged_load(tokens, True, _PAGED_TOKEN_LIMIT, local, _PAGED_LOCAL_TOKENS, &a)
         t = a.v
         nfull = min(a.n // self.block_size, <Py_ssize_t>self.num_blocks)
-        out = self.plan_ids
+        # The matched ids go to this call's own buffer, and the result array is made after
+        # the critical section: an allocation can run a finalizer that calls match() again.
+        out = idlocal
+        if nfull > _PAGED_LOCAL_IDS:
+            ids_owner = _paged_new(nfull, _cnp.NPY_INT64)
+            out = _paged_data(ids_owner)
         with cython.critical_section(self):
             # A digest depends on the tokens only, so the blocks go by windows, in a
             # pipeline: hash window w+1 (prefetching its index slots) while the records of
@@ -768,8 +817,14 @@ cdef class _PagedBlocks:
                 self.meta[b].refcount += 1
             self.n_queries += 1
             self.n_hit_blocks += k
+        try:
             res = _paged_new(k, _cnp.NPY_INT64)
-            memcpy(_paged_data(res), out, k * sizeof(int64_t))
+        except BaseException:
+            with cython.critical_section(self):
+                for i in range(k - 1, -1, -1):
+                    self._decref_locked(<int32_t>out[i])
+            raise
+        memcpy(_paged_data(res), out, k * sizeof(int64_t))
         return k * self.block_size, res
 
     def commit(self, tokens, ids):
@@ -893,27 +948,33 @@ cdef class _PagedBlocks:
         cdef uint64_t plo = 0, phi = 0
         self._require_prefix()
         keep = _paged_load(tokens, True, _PAGED_TOKEN_LIMIT, local, _PAGED_LOCAL_TOKENS, &a)
-        result = []
+        cdef Py_ssize_t nfull = a.n // self.block_size
+        # Digests go to an array of this call's, the bytes objects are made after: the
+        # critical section holds no allocation (self.buf is shared scratch).
+        digs = _paged_new(2 * nfull, _cnp.NPY_UINT64)
+        cdef uint64_t* dv = <uint64_t*>_cnp.PyArray_DATA(<_cnp.ndarray>digs)
         with cython.critical_section(self):
-            for i in range(a.n // self.block_size):
+            for i in range(nfull):
                 self._pack_locked(a.v + i * self.block_size)
-                self._digest_locked(plo, phi, d)
-                result.append((<char*>d)[:16])
-                plo = d[0]
-                phi = d[1]
-        return result
+                self._digest_locked(plo, phi, dv + 2 * i)
+                plo = dv[2 * i]
+                phi = dv[2 * i + 1]
+        raw = digs.tobytes()
+        return [raw[16 * i:16 * i + 16] for i in range(nfull)]
 
-    def refcount_of(self, Py_ssize_t b):
+    cdef int32_t _block_id(self, object b) except -1:
+        cdef Py_ssize_t v = _paged_int(b, "a block id")
+        if v < 0 or v >= self.num_blocks:
+            raise ValueError(f"block id {v} out of range [0, {self.num_blocks})")
+        return <int32_t>v
+
+    def refcount_of(self, b):
         """Return the reference count of block `b`."""
-        if b < 0 or b >= self.num_blocks:
-            raise ValueError(f"block id {b} out of range [0, {self.num_blocks})")
-        return self.meta[b].refcount
+        return self.meta[self._block_id(b)].refcount
 
-    def is_cached(self, Py_ssize_t b):
+    def is_cached(self, b):
         """Return True if block `b` is in the prefix table."""
-        if b < 0 or b >= self.num_blocks:
-            raise ValueError(f"block id {b} out of range [0, {self.num_blocks})")
-        return bool(self.meta[b].registered)
+        return bool(self.meta[self._block_id(b)].registered)
 
     def refcounts(self):
         """Return a copy of all reference counts."""
@@ -970,8 +1031,78 @@ cdef class _PagedBlocks:
 
     def stats(self):
         """Return a PrefixCacheStats snapshot."""
+        cdef int64_t q, hits, committed, evictions
+        cdef int32_t registered, nfree, nlru
         with cython.critical_section(self):
-            return PrefixCacheStats(
-                self.n_queries, self.n_hit_blocks, self.n_hit_blocks * self.block_size,
-                self.n_committed, self.n_evictions, self.n_registered, self.n_free,
-                self.n_lru, self.num_blocks - self.n_free - self.n_lru, self.num_blocks)
+            q, hits, committed, evictions = (self.n_queries, self.n_hit_blocks, self.n_committed,
+                                             self.n_evictions)
+            registered, nfree, nlru = self.n_registered, self.n_free, self.n_lru
+        return PrefixCacheStats(q, hits, hits * self.block_size, committed, evictions,
+                                registered, nfree, nlru, self.num_blocks - nfree - nlru,
+                                self.num_blocks)
+
+    def _check(self):
+        """Verify refcounts, the free stack, the LRU list and the prefix table (for tests)."""
+        cdef Py_ssize_t i, n = self.num_blocks, k, nzero = 0, nreg = 0, used = 0
+        cdef int32_t b, prev
+        cdef uint64_t j
+        seen = _paged_np.zeros(n, dtype=_paged_np.uint8)
+        cdef uint8_t[::1] mark = seen
+        with cython.critical_section(self):
+            for i in range(n):
+                if self.meta[i].refcount < 0:
+                    raise AssertionError(f"block {i} has refcount {self.meta[i].refcount}")
+                nzero += self.meta[i].refcount == 0
+                nreg += self.meta[i].registered != 0
+            if not 0 <= self.n_free <= n or not 0 <= self.n_lru <= n:
+                raise AssertionError("free or evictable counts out of range")
+            for i in range(self.n_free):
+                b = self.free_stack[i]
+                if b < 0 or b >= n or mark[b]:
+                    raise AssertionError(f"free stack slot {i} holds block {b} twice or out of range")
+                mark[b] = 1
+                if self.meta[b].refcount != 0 or self.meta[b].registered:
+                    raise AssertionError(f"free block {b} is referenced or cached")
+            k = 0
+            prev = -1
+            b = self.lru_head
+            while b >= 0:
+                k += 1
+                if k > n or mark[b] or self.lru[b].prev != prev:
+                    raise AssertionError("the LRU list is corrupt")
+                mark[b] = 1
+                if self.meta[b].refcount != 0 or not self.meta[b].registered:
+                    raise AssertionError(f"evictable block {b} is referenced or not cached")
+                prev = b
+                b = self.lru[b].next
+            if k != self.n_lru or prev != self.lru_tail:
+                raise AssertionError("the LRU list does not match its count or tail")
+            if nzero != self.n_free + self.n_lru:
+                raise AssertionError(f"{nzero} unreferenced blocks, but {self.n_free} free and "
+                                     f"{self.n_lru} evictable")
+            if nreg != self.n_registered:
+                raise AssertionError("the cached count is wrong")
+            if not self.prefix_enabled:
+                return
+            if self.t.count != nreg:
+                raise AssertionError("the prefix table count is wrong")
+            for i in range(<Py_ssize_t>self.t.mask + 1):
+                b = self.t.index[i]
+                if b != SLOT_EMPTY:
+                    used += 1
+                    if b < 0 or b >= n or not self.meta[b].registered:
+                        raise AssertionError(f"slot {i} points to uncached block {b}")
+            if used != nreg:
+                raise AssertionError("the prefix table slots do not match the cached blocks")
+            for i in range(n):
+                if not self.meta[i].registered:
+                    if self.t.ent[i].prev != ENTRY_FREE:
+                        raise AssertionError(f"uncached block {i} is marked live in the table")
+                    continue
+                if self.t.ent[i].hash != self.meta[i].lo:
+                    raise AssertionError(f"block {i} has a stale table hash")
+                j = self.meta[i].lo & self.t.mask
+                while self.t.index[j] != i:
+                    if self.t.index[j] == SLOT_EMPTY:
+                        raise AssertionError(f"cached block {i} is not reachable in the table")
+                    j = (j + 1) & self.t.mask

@@ -176,32 +176,53 @@ cdef inline uint64_t _vec_mix(uint64_t k) noexcept nogil:
     return k
 
 
+cdef object _vec_size(str name, object value):
+    """Return value as a Python int of at least 1 (bools and floats are not sizes)."""
+    if isinstance(value, (bool, _vnp.bool_)):
+        raise TypeError(f"{name} must be an int, not bool")
+    value = _vindex(value)
+    if value < 1:
+        raise ValueError(f"{name} must be at least 1, not {value}")
+    return value
+
+
 cdef object _vec_key_array(object keys):
-    """Return keys as a C-contiguous uint64 array of shape (n,) or (n, 2)."""
+    """Return keys as a C-contiguous uint64 array of shape (n,) or (n, 2).
+
+    A batch is always a sequence: a scalar (even a 0-d array) is refused rather than taken as
+    a batch of one, and an empty batch must still have a valid shape and integer dtype.
+    """
     if isinstance(keys, (str, bytes)):
         raise TypeError(_VEC_KEY_ERROR + "; hash texts with kvcache.digest() first")
-    arr = _vnp.asarray(keys)
-    if arr.size == 0:
-        if arr.ndim == 2 and arr.shape[1] == 2:
-            return _vnp.empty((0, 2), dtype=_vnp.uint64)
-        return _vnp.empty(0, dtype=_vnp.uint64)
+    cdef cnp.ndarray arr = keys if type(keys) is _vnp.ndarray else _vnp.asarray(keys)
+    cdef int ndim = cnp.PyArray_NDIM(arr)
+    if ndim == 0:
+        # numpy makes a 0-d object array of a set, a dict or a generator as well as of a scalar.
+        raise TypeError(f"{_VEC_KEY_ERROR}, in a list, tuple or array, not a "
+                        f"{type(keys).__name__}; use cache[key] for a single key")
+    if not (ndim == 1 or (ndim == 2 and cnp.PyArray_DIM(arr, 1) == 2)):
+        raise ValueError(f"{_VEC_KEY_ERROR}; got shape {(<object>arr).shape}")
     kind = arr.dtype.kind
+    if cnp.PyArray_SIZE(arr) == 0:
+        if kind not in "iuO" and isinstance(keys, _vnp.ndarray):
+            raise TypeError(f"{_VEC_KEY_ERROR}, not an array of {arr.dtype}")
+        return _vnp.empty((<object>arr).shape, dtype=_vnp.uint64)
     if kind not in "iuO" and not isinstance(keys, _vnp.ndarray):
         # numpy turns [2**64 - 1, -1] into floats: look at the Python objects themselves.
         arr = _vnp.asarray(keys, dtype=object)
         kind = "O"
     if kind == "O":
         # Python ints beyond int64 mixed with negatives: check each one, as dict would hash it.
-        arr = _vnp.array([_vec_key64(x) for x in arr.ravel()], dtype=_vnp.uint64).reshape(arr.shape)
+        return _vnp.array([_vec_key64(x) for x in arr.ravel()],
+                          dtype=_vnp.uint64).reshape((<object>arr).shape)
     elif kind == "i":
         arr = _vnp.ascontiguousarray(arr, dtype=_vnp.int64).view(_vnp.uint64)
     elif kind == "u":
         arr = _vnp.ascontiguousarray(arr, dtype=_vnp.uint64)
     else:
         raise TypeError(f"{_VEC_KEY_ERROR}, not an array of {arr.dtype}")
-    if arr.ndim == 1 or (arr.ndim == 2 and arr.shape[1] == 2):
-        return arr
-    raise ValueError(f"{_VEC_KEY_ERROR}; got shape {arr.shape}")
+    # ascontiguousarray keeps an unaligned buffer as it is; the batch loops load whole words.
+    return arr if cnp.PyArray_ISCARRAY_RO(arr) else arr.copy()
 
 
 cdef uint64_t _vec_key64(object x) except? 0:
@@ -252,59 +273,78 @@ cdef class VectorCache:
     cdef cython.pymutex _lock
 
     def __init__(self, maxsize, dim, dtype=_vnp.float32, policy="lru", *, seed=None):
-        maxsize = _vindex(maxsize)
-        dim = _vindex(dim)
-        if not 1 <= maxsize < (1 << 30):
+        if self._slots != NULL:
+            # A batch on another thread may be running over the buffers a second call would swap.
+            raise TypeError("VectorCache is already initialised")
+        maxsize = _vec_size("maxsize", maxsize)
+        dim = _vec_size("dim", dim)
+        if maxsize >= (1 << 30):
             raise ValueError("maxsize must be between 1 and 2**30 - 1")
-        if dim < 1:
-            raise ValueError("dim must be at least 1")
-        if policy not in _VEC_POLICIES:
+        if not isinstance(policy, str) or policy not in _VEC_POLICIES:
             raise ValueError(f"policy must be one of {sorted(_VEC_POLICIES)}, not {policy!r}")
         dt = _vnp.dtype(dtype)
-        if dt.hasobject or dt.itemsize == 0:
-            raise TypeError(f"VectorCache needs a fixed-size numeric dtype, not {dt}")
-        self.maxsize = maxsize
-        self.dim = dim
-        self.dtype = dt
-        self.policy = policy
-        self.o.policy = _VEC_POLICIES[policy]
-        self.t.seed = (_vec_key64(int.from_bytes(_vurandom(8), "little"))
-                       if seed is None else _vec_key64(seed))
-        self.o.rng = (self.t.seed * <uint64_t>0x9E3779B97F4A7C15) | 1
-        self._slab = _vnp.zeros((maxsize, dim), dtype=dt)
-        self._rowbytes = dim * dt.itemsize
-        self._slab_p = <char *>cnp.PyArray_DATA(self._slab)
+        # Rows are copied as raw bytes and handed back as arrays of this dtype: a sub-array,
+        # structured, string or object dtype would change the shape of what comes back, or
+        # put Python objects in a slab that the GC does not see.
+        if dt.kind not in "biufc" or dt.subdtype is not None or dt.itemsize == 0:
+            raise TypeError(f"VectorCache needs a numeric dtype (bool, int, float, complex), not {dt}")
+        cache_seed = (_vec_key64(int.from_bytes(_vurandom(8), "little"))
+                      if seed is None else _vec_key64(seed))
         # At most 2/3 of the slots are live, so probe runs stay short.
         nslots = 8
         while nslots < maxsize + maxsize // 2:
             nslots *= 2
+        # Everything is allocated before the first pointer is set: a failed allocation leaves
+        # the instance uninitialised (every method refuses it), never half built.
+        slab = _vnp.zeros((maxsize, dim), dtype=dt)
         slots = _vnp.empty(nslots * sizeof(kv_vslot_t), dtype=_vnp.uint8)
         ent = _vnp.zeros((maxsize, 2), dtype=_vnp.uint64)   # entry_rec: low word, prev, next
         hi = _vnp.zeros(maxsize, dtype=_vnp.uint64)
-        self._bufs = [self._slab, slots, ent, hi]
-        self._slots = <kv_vslot_t *>cnp.PyArray_DATA(slots)
+        bufs = [slab, slots, ent, hi]
+        pol = _VEC_POLICIES[policy]
+        if pol == POLICY_LFU:
+            bufs += [_vnp.zeros(maxsize, dtype=t) for t in (_vnp.int32, _vnp.int64, _vnp.int32,
+                                                             _vnp.int32, _vnp.int32, _vnp.int32)]
+        elif pol == POLICY_RR:
+            bufs.append(_vnp.zeros(maxsize, dtype=_vnp.int32))
+        if self._slots != NULL:
+            # Another thread's __init__ finished while this one allocated; from here to the end
+            # no Python code runs, so the check and the setup are one step.
+            raise TypeError("VectorCache is already initialised")
+        self.maxsize = maxsize
+        self.dim = dim
+        self.dtype = dt
+        self.policy = policy
+        self._slab = slab
+        self._bufs = bufs
+        self.o.policy = pol
+        self.t.seed = cache_seed
+        self.o.rng = (self.t.seed * <uint64_t>0x9E3779B97F4A7C15) | 1
+        self._rowbytes = dim * dt.itemsize
+        self._slab_p = <char *>cnp.PyArray_DATA(slab)
         self._mask = nslots - 1
         self.t.ent = <entry_rec *>cnp.PyArray_DATA(ent)
-        self.t.index = NULL                                  # the slots above replace it
+        self.t.index = NULL                                  # the slots below replace it
         self.t.mask = 0
         self.t.capacity = maxsize
         self._hi = <uint64_t *>cnp.PyArray_DATA(hi)
-        if self.o.policy == POLICY_LFU:
-            self.o.bucket_of = <int32_t *>self._buffer(maxsize, _vnp.int32)
-            self.o.bfreq = <int64_t *>self._buffer(maxsize, _vnp.int64)
-            self.o.bhead = <entry_t *>self._buffer(maxsize, _vnp.int32)
-            self.o.btail = <entry_t *>self._buffer(maxsize, _vnp.int32)
-            self.o.bprev = <int32_t *>self._buffer(maxsize, _vnp.int32)
-            self.o.bnext = <int32_t *>self._buffer(maxsize, _vnp.int32)
-        elif self.o.policy == POLICY_RR:
-            self.o.dense = <entry_t *>self._buffer(maxsize, _vnp.int32)
+        if pol == POLICY_LFU:
+            self.o.bucket_of = <int32_t *>cnp.PyArray_DATA(bufs[4])
+            self.o.bfreq = <int64_t *>cnp.PyArray_DATA(bufs[5])
+            self.o.bhead = <entry_t *>cnp.PyArray_DATA(bufs[6])
+            self.o.btail = <entry_t *>cnp.PyArray_DATA(bufs[7])
+            self.o.bprev = <int32_t *>cnp.PyArray_DATA(bufs[8])
+            self.o.bnext = <int32_t *>cnp.PyArray_DATA(bufs[9])
+        elif pol == POLICY_RR:
+            self.o.dense = <entry_t *>cnp.PyArray_DATA(bufs[4])
         with self._lock:
+            self._slots = <kv_vslot_t *>cnp.PyArray_DATA(slots)   # set last: the "ready" mark
             self._reset_locked()
 
-    cdef void *_buffer(self, Py_ssize_t n, object dtype) except NULL:
-        arr = _vnp.zeros(n, dtype=dtype)
-        self._bufs.append(arr)
-        return cnp.PyArray_DATA(arr)
+    cdef inline int _ready(self) except -1:
+        if self._slots == NULL:
+            raise TypeError("VectorCache is not initialised (call VectorCache(maxsize, dim))")
+        return 0
 
     cdef void _reset_locked(self) noexcept nogil:
         cdef Py_ssize_t i
@@ -466,7 +506,7 @@ cdef class VectorCache:
         arr = _vnp.asarray(rows)
         if arr.dtype.hasobject or not _vnp.can_cast(arr.dtype, self.dtype, "same_kind"):
             raise TypeError(f"cannot store rows of {arr.dtype} in a VectorCache of {self.dtype}")
-        if arr.shape != (n, self.dim):
+        if arr.shape != (n, self.dim) and not (n == 0 and arr.shape == (0,)):
             raise ValueError(f"rows must have shape ({n}, {self.dim}), not {arr.shape}")
         return _vnp.ascontiguousarray(arr, dtype=self.dtype)
 
@@ -476,6 +516,7 @@ cdef class VectorCache:
         Row numbers index the internal slab and are only meaningful until the next write; this
         is the lookup half of get_many, exposed for benchmarks and tests.
         """
+        self._ready()
         k = _vec_key_array(keys)
         cdef Py_ssize_t n = k.shape[0]
         cdef int stride = 2 if k.ndim == 2 else 1
@@ -500,7 +541,9 @@ cdef class VectorCache:
         ``rows`` is an ``(n, dim)`` array (``out`` if given, else a new zeroed one) holding a copy
         of each found key's vector; rows of missing keys are left as they were. ``found`` is a
         bool mask. Every key counts as a hit or a miss and refreshes the policy, in batch order.
+        ``keys`` may share memory with ``out``: every key is read before the first row is written.
         """
+        self._ready()
         k = _vec_key_array(keys)
         cdef Py_ssize_t n = k.shape[0]
         cdef int stride = 2 if k.ndim == 2 else 1
@@ -536,8 +579,13 @@ cdef class VectorCache:
         """Store ``rows[i]`` under ``keys[i]``, in order (a repeated key keeps its last row).
 
         New keys evict by the policy when the cache is full and reuse the evicted rows. Keys and
-        rows are checked before anything changes: on error the cache is as it was.
+        rows are checked before anything changes: on error the cache is as it was. Rows are
+        converted to the cache's dtype as numpy's "same_kind" casting does (float64 rounds to
+        float32; int to float is allowed, float to int is not); NaN and infinities are data,
+        stored and returned bit for bit. Keys and rows must not be written by another thread
+        during the call.
         """
+        self._ready()
         k = _vec_key_array(keys)
         cdef Py_ssize_t n = k.shape[0]
         cdef int stride = 2 if k.ndim == 2 else 1
@@ -555,6 +603,8 @@ cdef class VectorCache:
 
     cdef object _one_key(self, object key):
         # Shape (1,) for a 64-bit key, (1, 2) for a 128-bit one: a batch of one.
+        if isinstance(key, _vnp.ndarray) and key.ndim == 0:
+            key = key[()]
         if isinstance(key, (tuple, list, _vnp.ndarray)):
             k = _vec_key_array(key)
             if k.shape == (2,):
@@ -581,6 +631,7 @@ cdef class VectorCache:
 
     def __contains__(self, key):
         cdef uint64_t[::1] k
+        self._ready()
         try:
             k = self._one_key(key).reshape(-1)
         except (TypeError, ValueError, OverflowError):
@@ -589,8 +640,10 @@ cdef class VectorCache:
             return self._find(k[0], k[1] if k.shape[0] == 2 else 0) >= 0
 
     def __delitem__(self, key):
-        cdef uint64_t[::1] k = self._one_key(key).reshape(-1)
+        cdef uint64_t[::1] k
         cdef entry_t e
+        self._ready()
+        k = self._one_key(key).reshape(-1)
         with self._lock:
             e = self._find(k[0], k[1] if k.shape[0] == 2 else 0)
             if e >= 0:
@@ -603,14 +656,20 @@ cdef class VectorCache:
 
     def clear(self):
         """Remove every entry (the slab and the statistics are kept)."""
+        self._ready()
         with self._lock:
             self._reset_locked()
 
     def stats(self):
         """Return ``CacheStats(hits, misses, evictions, currsize, maxsize)``."""
+        cdef uint64_t hits, misses, evictions
+        cdef Py_ssize_t count
+        # Read under the mutex, build the tuple after: the namedtuple's __new__ is Python code,
+        # and anything it runs (a finalizer, a signal handler) that calls back into this cache
+        # would wait forever on a mutex its own thread holds.
         with self._lock:
-            return CacheStats(self._hits, self._misses, self._evictions, self.t.count,
-                              self.maxsize)
+            hits, misses, evictions, count = self._hits, self._misses, self._evictions, self.t.count
+        return CacheStats(hits, misses, evictions, count, self.maxsize)
 
     @property
     def currsize(self):
@@ -619,16 +678,108 @@ cdef class VectorCache:
     @property
     def nbytes(self):
         """Bytes held by the slab, the index and the policy links."""
-        return sum(a.nbytes for a in self._bufs)
+        return sum(a.nbytes for a in self._bufs) if self._bufs is not None else 0
 
     @property
     def overhead_bytes(self):
         """Bytes held beyond the slab (index, entry records, policy), for all maxsize entries."""
-        return self.nbytes - self._slab.nbytes
+        return self.nbytes - (self._slab.nbytes if self._slab is not None else 0)
 
     def __reduce__(self):
         raise TypeError("VectorCache cannot be pickled")
 
     def __repr__(self):
+        if self._slots == NULL:
+            return "<uninitialised VectorCache>"
         return (f"VectorCache(maxsize={self.maxsize}, dim={self.dim}, "
                 f"dtype={self.dtype.name}, policy={self.policy!r}, currsize={self.t.count})")
+
+    # -- test hooks ---------------------------------------------------------------------------
+
+    def _export(self):
+        """Return (keys, rows): every entry's (low, high) key words in policy order, its row."""
+        self._ready()
+        order = _vnp.empty(self.maxsize, dtype=_vnp.int32)
+        keys = _vnp.empty((self.maxsize, 2), dtype=_vnp.uint64)
+        rows = _vnp.empty((self.maxsize, self.dim), dtype=self.dtype)
+        cdef int32_t[::1] ov = order
+        cdef uint64_t[:, ::1] kv = keys
+        cdef char *rp = <char *>cnp.PyArray_DATA(rows)
+        cdef Py_ssize_t i, n
+        cdef entry_t e
+        with self._lock:
+            n = order_fill(&self.o, &self.t, &ov[0])
+            for i in range(n):
+                e = ov[i]
+                kv[i, 0] = self.t.ent[e].hash
+                kv[i, 1] = self._hi[e]
+                memcpy(rp + i * self._rowbytes, self._slab_p + e * self._rowbytes, self._rowbytes)
+        return keys[:n].copy(), rows[:n].copy()
+
+    def _check(self):
+        """Verify the slots, entry records, free list and policy order; raise AssertionError."""
+        self._ready()
+        order = _vnp.empty(self.maxsize, dtype=_vnp.int32)
+        seen = _vnp.zeros(self.maxsize, dtype=_vnp.uint8)
+        cdef int32_t[::1] ov = order
+        cdef uint8_t[::1] sv = seen
+        cdef int err
+        with self._lock:
+            err = self._check_locked(&ov[0], &sv[0])
+        if err:
+            raise AssertionError(_VEC_CHECK_ERRORS[err])
+
+    cdef int _check_locked(self, entry_t *order, uint8_t *seen) noexcept nogil:
+        # Error codes, not exceptions: raising allocates, and nothing under the mutex may.
+        cdef Py_ssize_t e, i, live = 0, nhi = 0, used = 0, nfree = 0, n
+        cdef kv_vslot_t *s
+        for e in range(self.t.capacity):
+            if self.t.ent[e].prev == ENTRY_FREE:
+                continue
+            live += 1
+            nhi += self._hi[e] != 0
+            if self._find(self.t.ent[e].hash, self._hi[e]) != e:
+                return 1
+        if live != self.t.count:
+            return 2
+        if nhi != self._nhi:
+            return 3
+        for i in range(<Py_ssize_t>self._mask + 1):
+            s = &self._slots[i]
+            if s.entry < 0:
+                continue
+            used += 1
+            if (s.entry >= self.t.capacity or self.t.ent[s.entry].prev == ENTRY_FREE
+                    or s.lo != self.t.ent[s.entry].hash or s.hi32 != <uint32_t>self._hi[s.entry]):
+                return 4
+        if used != live:
+            return 5
+        e = self.t.free_head
+        while e != ENTRY_NONE:
+            nfree += 1
+            if nfree > self.t.capacity or e < 0 or e >= self.t.capacity \
+                    or self.t.ent[e].prev != ENTRY_FREE:
+                return 6
+            e = self.t.ent[e].next
+        if nfree + live != self.t.capacity:
+            return 6
+        n = order_fill(&self.o, &self.t, order)
+        if n != live:
+            return 7
+        for i in range(n):
+            e = order[i]
+            if e < 0 or e >= self.t.capacity or seen[e] or self.t.ent[e].prev == ENTRY_FREE:
+                return 7
+            seen[e] = 1
+        return 0
+
+
+_VEC_CHECK_ERRORS = {
+    1: "a live entry is not found by its key",
+    2: "the live entries do not match the count",
+    3: "the count of non-zero high words is wrong",
+    4: "a slot points to a free entry or holds another key",
+    5: "the used slots do not match the live entries",
+    6: "the free list is corrupt",
+    7: "the policy order does not list each live entry once",
+}

@@ -8,6 +8,7 @@ correct and measure it. The block bookkeeping is compiled (`kvcache._core`).
 """
 from __future__ import annotations
 
+import operator
 import time
 from typing import NamedTuple
 
@@ -56,6 +57,9 @@ class BlockPool:
         layers = _positive_int("layers", layers)
         kv_heads = _positive_int("kv_heads", kv_heads)
         head_dim = _positive_int("head_dim", head_dim)
+        dtype = np.dtype(dtype)
+        if dtype.kind not in "iufc" or dtype.subdtype is not None:
+            raise TypeError(f"a BlockPool holds numeric K/V (int, float, complex), not {dtype}")
         self._blocks = _PagedBlocks(num_blocks, block_size)
         self.kv = np.zeros((layers, 2, num_blocks, block_size, kv_heads, head_dim), dtype=dtype)
         self.num_blocks = num_blocks
@@ -335,7 +339,9 @@ class Decoder:
             raise ValueError("prompt_ids must be a non-empty 1-d sequence of ints")
         if prompt.min() < 0 or prompt.max() >= self.vocab_size:
             raise ValueError(f"token ids must be in [0, {self.vocab_size})")
-        max_new_tokens = int(max_new_tokens)
+        if isinstance(max_new_tokens, (bool, np.bool_)):
+            raise TypeError("max_new_tokens must be an int, not bool")
+        max_new_tokens = operator.index(max_new_tokens)
         if max_new_tokens < 0:
             raise ValueError("max_new_tokens must be >= 0")
         if prompt.size + max_new_tokens > self.max_seq_len:
