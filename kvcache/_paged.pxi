@@ -362,7 +362,8 @@ cdef object _paged_load(object obj, bint tokens, int64_t limit, int32_t* local,
             snap = obj if type(obj) is tuple else tuple(obj)
             while i < n:
                 p = _paged_tuple_item(snap, i)
-                if _paged_is_bool(p):
+                if _paged_is_bool(p) or isinstance(<object>p, _paged_np.bool_):
+                    # numpy < 2.? gives np.bool_ an __index__: refuse it whatever the version
                     raise TypeError(f"{what} must be ints, not bool")
                 x = _paged_as_longlong(p)
                 if <unsigned long long>x >= <unsigned long long>limit and not bad:
