@@ -904,13 +904,14 @@ cdef class Cache:
     cdef _allocate(self, Py_ssize_t capacity):
         """Replace the contents with empty buffers for `capacity` entries."""
         cdef _Buffers b
-        cdef list kv = self._kv, sizes = self._sizes    # released once the cache is consistent
+        cdef list kv, sizes
+        cdef Py_ssize_t cap0
         while True:
+            cap0 = self.t.capacity
             b = self._new_buffers(capacity, True)
-            if b.max_entries == self._max_entries and (b.sizes is None) == (self._sizes is None) \
-                    and (b.xexp is None) == (self._exp == NULL):
+            if self._fits(b, cap0):
                 break
-        kv, sizes = self._kv, self._sizes
+        kv, sizes = self._kv, self._sizes    # released once the cache is consistent
         self._adopt(b, 0)
 
     cdef void _point(self, _Buffers b):
