@@ -28,15 +28,20 @@ elif DEBUG:
 else:
     compile_args, link_args = (["/O2"] if os.name == "nt" else ["-O3"]), []
 
+# One extension per compiled part (docs/architecture.md): each cimports the engine through
+# kvcache/_core.pxd, so an edit to one part recompiles that part alone.
+PARTS = ["_core", "_expiry", "_tinylfu", "_simulate", "_memo", "_vector", "_paged", "_tiered"]
+
 extensions = [
     Extension(
-        "kvcache._core",
-        ["kvcache/_core.pyx"],
+        f"kvcache.{part}",
+        [f"kvcache/{part}.pyx"],
         include_dirs=[numpy.get_include()],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         extra_compile_args=compile_args,
         extra_link_args=link_args,
     )
+    for part in PARTS
 ]
 
 setup(

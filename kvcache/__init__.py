@@ -1,19 +1,10 @@
 """kvcache: compiled drop-in caches (cachetools / functools / lru-dict compatible)."""
 
 from kvcache import keys
-from kvcache._core import (
-    Cache,
-    CacheStats,
-    FIFOCache,
-    LFUCache,
-    LRUCache,
-    RRCache,
-    TLRUCache,
-    TinyLFUCache,
-    TTLCache,
-    VectorCache,
-    digest,
-)
+from kvcache._core import Cache, CacheStats, FIFOCache, LFUCache, LRUCache, RRCache
+from kvcache._expiry import TLRUCache, TTLCache
+from kvcache._tinylfu import TinyLFUCache
+from kvcache._vector import VectorCache, digest
 from kvcache.decorators import (
     LRU,
     CacheInfo,

@@ -5,6 +5,11 @@
 # owning cdef class keeps alive.  Keys and values live in two Python lists owned by
 # the class (GC-traversable); the C structs only ever see entry numbers.
 
+cimport cython
+cimport numpy as cnp
+from cpython.object cimport Py_EQ, PyObject_RichCompareBool
+from cpython.ref cimport PyObject, Py_XDECREF
+from libc.math cimport INFINITY
 from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint32_t, uint64_t
 
 ctypedef int32_t entry_t      # an entry number; ENTRY_NONE when there is none
@@ -96,8 +101,11 @@ cdef struct tinylfu_t:
     int64_t sticks            # sampled accesses in the current epoch
     int scur                  # the shadow whose reach the cache uses
 
+cdef struct policy_ops_t
+
 cdef struct order_t:
     int policy
+    const policy_ops_t* ext   # a policy defined in another part (TinyLFU): its functions
     entry_t head              # oldest / next victim (list policies)
     entry_t tail              # newest
     # LFU: buckets of equal frequency in a list sorted by frequency, each a list of entries
@@ -115,7 +123,192 @@ cdef struct order_t:
     uint64_t rng              # xorshift64* state
     tinylfu_t tl
 
-cdef hash_t mix_hash(Py_hash_t h, uint64_t seed) noexcept nogil
+
+cdef struct policy_ops_t:
+    # A policy kept outside the engine (kvcache._tinylfu) plugs into the order layer through
+    # these; the engine's own policies (FIFO, LRU, LFU, RR) are branches of the order_* functions.
+    void (*link_new)(order_t* o, table_t* t, entry_t e) noexcept nogil
+    void (*unlink)(order_t* o, table_t* t, entry_t e) noexcept nogil
+    void (*touch)(order_t* o, table_t* t, entry_t e) noexcept nogil
+    entry_t (*victim)(order_t* o, table_t* t) noexcept nogil
+    Py_ssize_t (*fill)(order_t* o, table_t* t, entry_t* out) noexcept nogil
+
+
+cdef enum:
+    MAX_RESTARTS = 1000       # a lookup restarted this often by concurrent mutation gives up
+    MAX_ENTRIES = 2147483646  # entry numbers are int32 (INT32_MAX - 1)
+
+cdef extern from *:
+    """
+    #define KV_PYHASH_MODULUS ((((uint64_t)1) << 61) - 1)
+    """
+    const uint64_t PYHASH_MODULUS "KV_PYHASH_MODULUS"   # CPython's int hash modulus (64-bit)
+
+
+# ---------------------------------------------------------------------------------------------
+# C helpers every part inlines
+# ---------------------------------------------------------------------------------------------
+
+cdef extern from *:
+    """
+    /* MurmurHash64A over one 8-byte word (murmurhash's hash64 of those 8 bytes on a
+       little-endian machine; tests/test_digest.py checks it): the one mixer of every table
+       (the engine's, the vector cache's, the block pool's, TinyLFU's shadows), inlined into
+       each lookup. */
+    static inline uint64_t kv_murmur64a_word(uint64_t k, uint64_t seed) {
+        const uint64_t m = 0xc6a4a7935bd1e995ULL;
+        uint64_t h = seed ^ (8 * m);
+        k *= m; k ^= k >> 47; k *= m;
+        h ^= k; h *= m;
+        h ^= h >> 47; h *= m; h ^= h >> 47;
+        return h;
+    }
+    /* A hint that a cache line is about to be read; nothing where no intrinsic is known. */
+    #if defined(__GNUC__) || defined(__clang__)
+    #define kv_prefetch(p) __builtin_prefetch((const void*)(p))
+    #elif defined(_MSC_VER) && (defined(_M_X64) || defined(_M_IX86))
+    #include <xmmintrin.h>
+    #define kv_prefetch(p) _mm_prefetch((const char*)(p), _MM_HINT_T0)
+    #else
+    #define kv_prefetch(p) ((void)(p))
+    #endif
+    /* a == b, decided without running Python code: 1 or 0 for two exact ints or two exact
+       strs (their comparisons are C code that cannot fail) and for tuples of up to eight
+       items that are identical or such scalars (lru_cache's keys); -1 when it might run
+       Python code. Borrowed references are enough, since nothing can drop the objects. */
+    static inline int kv_scalar_eq(PyObject* a, PyObject* b) {
+        if (Py_TYPE(a) != Py_TYPE(b) || !(PyLong_CheckExact(a) || PyUnicode_CheckExact(a)))
+            return -1;
+        return PyObject_RichCompareBool(a, b, Py_EQ);
+    }
+    static inline int kv_plain_eq(PyObject* a, PyObject* b) {
+        Py_ssize_t n, i;
+        int eq;
+        if (!PyTuple_CheckExact(a) || !PyTuple_CheckExact(b))
+            return kv_scalar_eq(a, b);
+        n = PyTuple_GET_SIZE(a);
+        if (n != PyTuple_GET_SIZE(b))
+            return 0;
+        if (n > 8)
+            return -1;
+        for (i = 0; i < n; i++) {
+            PyObject* x = PyTuple_GET_ITEM(a, i);
+            PyObject* y = PyTuple_GET_ITEM(b, i);
+            if (x == y)
+                continue;
+            eq = kv_scalar_eq(x, y);
+            if (eq <= 0)
+                return eq;
+        }
+        return 1;
+    }
+    /* Is o an exact int that its header alone shows to be in [0, 2**60) (below the hash
+       modulus on 64-bit builds)?  Never reads beyond the header: this runs on every insert. */
+    static inline int kv_is_small_int(PyObject* o) {
+        if (!PyLong_CheckExact(o))
+            return 0;
+    #if SIZEOF_PY_HASH_T != 8
+        return 0;
+    #elif PY_VERSION_HEX >= 0x030C0000
+        return PyUnstable_Long_IsCompact((PyLongObject*)o) &&
+               PyUnstable_Long_CompactValue((PyLongObject*)o) >= 0;
+    #else
+        return Py_SIZE(o) >= 0 && Py_SIZE(o) <= 2;    /* two digits of at most 30 bits */
+    #endif
+    }
+    static inline PyObject** kv_list_items(PyObject* list) { return ((PyListObject*)list)->ob_item; }
+    /* time.monotonic() read in C: on Linux CPython reads CLOCK_MONOTONIC and divides the
+       nanoseconds by 1e9 exactly like this, so both give the same doubles.  Elsewhere the
+       Python function is called. */
+    #if defined(__linux__)
+    #include <time.h>
+    #define KV_HAVE_CLOCK 1
+    static inline double kv_monotonic_coarse(void) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+        return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+    }
+    static inline double kv_coarse_resolution(void) {
+        struct timespec ts;
+        if (clock_getres(CLOCK_MONOTONIC_COARSE, &ts) != 0) return -1.0;
+        return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+    }
+    static inline double kv_monotonic(void) {
+        struct timespec ts;
+        long long ns;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        ns = (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+        if (ns % 1000000000LL == 0) return (double)(ns / 1000000000LL);
+        return (double)ns / 1e9;
+    }
+    #else
+    #define KV_HAVE_CLOCK 0
+    static inline double kv_monotonic(void) { return 0.0; }
+    static inline double kv_monotonic_coarse(void) { return 0.0; }
+    static inline double kv_coarse_resolution(void) { return -1.0; }
+    #endif
+    /* A hit needs the time only to confirm that the entry has not expired.  With
+       time.monotonic on Linux, an entry whose expiry is more than this margin ahead of the
+       kernel's coarse clock (updated every tick, never more than a tick behind
+       CLOCK_MONOTONIC: 1-10 ms) is alive for certain, and the coarse clock costs a fifth of
+       the precise one.  Only entries that close to expiring read the precise clock.
+       (inf: no coarse clock, always precise.)  Computed once per module that inlines it. */
+    static double kv_coarse_margin_value = -1.0;
+    static inline double kv_coarse_margin(void) {
+        if (kv_coarse_margin_value < 0) {
+            double r = KV_HAVE_CLOCK ? kv_coarse_resolution() : -1.0;
+            kv_coarse_margin_value = r > 0 ? (16 * r > 0.05 ? 16 * r : 0.05) : HUGE_VAL;
+        }
+        return kv_coarse_margin_value;
+    }
+    """
+    uint64_t kv_murmur64a_word(uint64_t k, uint64_t seed) noexcept nogil
+    void kv_prefetch(const void* p) noexcept nogil
+    int kv_plain_eq(PyObject* a, PyObject* b)
+    bint kv_is_small_int(object key) noexcept   # may key's slot carry TAG_INT?
+    PyObject** kv_list_items(object lst) noexcept nogil
+    double kv_monotonic() noexcept nogil
+    double kv_monotonic_coarse() noexcept nogil
+    double kv_coarse_margin() noexcept nogil
+    int KV_HAVE_CLOCK
+
+
+cdef inline hash_t mix_hash(Py_hash_t h, uint64_t seed) noexcept nogil:
+    """Spread Python's hash (often the identity for ints) over 64 bits: the one mixer."""
+    return kv_murmur64a_word(<uint64_t>h, seed)
+
+
+cdef inline Py_hash_t hash_i64(int64_t v) noexcept nogil:
+    """hash(int(v)) as CPython computes it on 64-bit builds, with no object."""
+    cdef uint64_t a
+    cdef Py_hash_t r
+    if v < 0:
+        a = <uint64_t>(-(v + 1)) + 1
+        r = -<Py_hash_t>(a % PYHASH_MODULUS)
+    else:
+        r = <Py_hash_t>(<uint64_t>v % PYHASH_MODULUS)
+    if r == -1:
+        r = -2
+    return r
+
+
+cdef inline Py_hash_t hash_u64(uint64_t v) noexcept nogil:
+    return <Py_hash_t>(v % PYHASH_MODULUS)
+
+
+cdef inline uint8_t slot_tag(hash_t h) noexcept nogil:
+    """The tag of a used slot, without its TAG_INT bit (compare with `tags[i] & ~TAG_INT`)."""
+    return <uint8_t>(0x80 | (h >> 58))
+
+
+# The table (open addressing, linear probing, backward-shift deletion) --------------------------
+cdef inline uint64_t table_slots_for(Py_ssize_t capacity) noexcept nogil:
+    """Index size for `capacity` entries: a power of two, at most half full of live entries."""
+    cdef uint64_t n = 8
+    while n < <uint64_t>capacity * 2:
+        n <<= 1
+    return n
+
 cdef Py_ssize_t table_probe_free(table_t* t, hash_t h) noexcept nogil
 cdef void table_remove_slot(table_t* t, Py_ssize_t slot) noexcept nogil
 cdef void table_put_slot(table_t* t, Py_ssize_t slot, entry_t e) noexcept nogil
@@ -124,6 +317,36 @@ cdef void table_rebuild_index(table_t* t) noexcept nogil
 cdef entry_t table_take_free(table_t* t) noexcept nogil
 cdef void table_put_free(table_t* t, entry_t e) noexcept nogil
 
+
+# The order layer: every policy-specific step goes through these -------------------------------
+cdef inline void list_append(order_t* o, table_t* t, entry_t e) noexcept nogil:
+    t.ent[e].prev = o.tail
+    t.ent[e].next = ENTRY_NONE
+    if o.tail == ENTRY_NONE:
+        o.head = e
+    else:
+        t.ent[o.tail].next = e
+    o.tail = e
+
+
+cdef inline void list_unlink(order_t* o, table_t* t, entry_t e) noexcept nogil:
+    cdef entry_t p = t.ent[e].prev, n = t.ent[e].next
+    if p == ENTRY_NONE:
+        o.head = n
+    else:
+        t.ent[p].next = n
+    if n == ENTRY_NONE:
+        o.tail = p
+    else:
+        t.ent[n].prev = p
+
+
+cdef inline void list_move_to_end(order_t* o, table_t* t, entry_t e) noexcept nogil:
+    if o.tail != e:
+        list_unlink(o, t, e)
+        list_append(o, t, e)
+
+
 cdef void order_link_new(order_t* o, table_t* t, entry_t e) noexcept nogil
 cdef void order_unlink(order_t* o, table_t* t, entry_t e) noexcept nogil
 cdef void order_touch(order_t* o, table_t* t, entry_t e) noexcept nogil
@@ -131,13 +354,270 @@ cdef void order_update(order_t* o, table_t* t, entry_t e) noexcept nogil
 cdef entry_t order_victim(order_t* o, table_t* t) noexcept nogil
 cdef Py_ssize_t order_fill(order_t* o, table_t* t, entry_t* out) noexcept nogil
 
-# The W-TinyLFU policy (defined in _tinylfu.pxi, included at the end of _core.pyx)
-cdef void tinylfu_link_new(order_t* o, table_t* t, entry_t e) noexcept nogil
-cdef void tinylfu_unlink(order_t* o, table_t* t, entry_t e) noexcept nogil
-cdef void tinylfu_touch(order_t* o, table_t* t, entry_t e) noexcept nogil
-cdef entry_t tinylfu_victim(order_t* o, table_t* t) noexcept nogil
-cdef Py_ssize_t tinylfu_fill(order_t* o, table_t* t, entry_t* out) noexcept nogil
-cdef void tinylfu_reset(order_t* o, table_t* t) noexcept nogil
-cdef void tinylfu_set_cap(order_t* o, table_t* t, Py_ssize_t cap) noexcept nogil
-cdef object tinylfu_alloc(Py_ssize_t capacity, Py_ssize_t cap, bint fresh)
-cdef void tinylfu_adopt(order_t* o, object new, object old, Py_ssize_t cap) noexcept
+
+cdef inline void order_hit(order_t* o, table_t* t, entry_t e) noexcept nogil:
+    """Record a lookup hit: LRU's move is inlined into every caller, the rest dispatched."""
+    if o.policy == POLICY_LRU:
+        list_move_to_end(o, t, e)
+    elif o.ext != NULL:
+        o.ext.touch(o, t, e)
+    else:
+        order_touch(o, t, e)
+
+
+# ---------------------------------------------------------------------------------------------
+# Buffers and the cache classes
+# ---------------------------------------------------------------------------------------------
+
+cdef void* buffer_data(object arr) noexcept
+cdef object zeros_line_aligned(Py_ssize_t n, object dtype)
+
+
+cdef class _Buffers:
+    cdef object index, tags, ent, bucket_of, bfreq, bhead, btail, bprev, bnext, dense
+    cdef object ext                  # a policy's own buffers (TinyLFU), with an nbytes() method
+    cdef Py_ssize_t capacity
+    cdef Py_ssize_t max_entries      # the cache's entry limit the buffers were sized for
+    cdef list kv, sizes              # only until adopted
+    cdef object xexp, xlink, xbkt    # only until adopted: expiry buffers (kvcache._expiry)
+
+
+cdef class Cache
+
+
+cdef class ExpiryHooks:
+    # What the engine asks of the expiry layer (kvcache._expiry implements it and registers one
+    # instance with `register_expiry` when imported).  Cache._xp holds a cache's own expiry
+    # state, opaque here; Cache._exp its per-entry expiry times (NULL: no expiry in use).
+    cdef double now(self, Cache c) except? -1             # NaN: the C clock, read when needed
+    cdef uint64_t bumps(self, Cache c) noexcept           # version bumps that were expirations
+    cdef void stamp(self, Cache c, entry_t e, double exp) noexcept
+    cdef void forget(self, Cache c, entry_t e) noexcept
+    cdef object expire_now(self, Cache c)
+    cdef object setitem(self, Cache c, object key, hash_t h, object value, object ttl)
+    cdef void reset(self, Cache c) noexcept
+    cdef object new_buffers(self, _Buffers b, Py_ssize_t capacity)
+    cdef void adopt(self, Cache c, _Buffers b, Py_ssize_t old) noexcept
+    cdef tuple getstate(self, Cache c)
+    cdef object setstate(self, Cache c, tuple st)
+    cdef object live_order(self, Cache c, object order, double now)
+    cdef object export(self, Cache c, object order, double now, bint absolute)
+    cdef object import_prepare(self, Cache c, Cache fresh, Py_ssize_t n, object ttl, object expires)
+    cdef object check(self, Cache c)
+    cdef Py_ssize_t nbytes(self, Cache c) except -1
+    cdef object set(self, Cache c, object key, object value, object ttl)
+    cdef object ttl_of(self, Cache c, object key)
+    cdef object expire(self, Cache c, object time)
+    cdef object get_timer(self, Cache c)
+    cdef object set_timer(self, Cache c, object timer)
+    cdef double scale(self, Cache c) except? -1           # timer units per second
+
+
+cdef class Cache:
+    cdef table_t t
+    cdef order_t o
+    cdef _Buffers _buf
+    cdef list _kv                    # key of entry e at 2*e, its value at 2*e+1 (one cache line)
+    cdef list _sizes                 # per-entry sizes, only when a getsizeof is in use
+    cdef object _maxsize
+    cdef object _currsize            # sum of sizes when a getsizeof is in use
+    cdef object _sizefn              # the getsizeof callable, or None for "1 per entry"
+    cdef object _user_getsizeof      # what the user passed (for pickling)
+    cdef object _on_evict
+    cdef object _removed_key         # handed from _remove to its caller (see _remove)
+    cdef object _choice              # RR: user choice function, or None for the built-in RNG
+    cdef object _seed_arg
+    cdef Py_ssize_t _max_entries     # entry limit when sizes are all 1
+    cdef Py_ssize_t _capacity_arg
+    cdef uint64_t _version           # bumped by every change to table_t (not by reordering)
+    cdef Py_ssize_t _hits, _misses, _evictions
+    cdef bint _native_popitem        # False when a subclass overrides popitem()
+    cdef bint _native_evict          # evict in C: popitem not overridden, no choice function
+    cdef bint _native_missing        # False when a subclass defines __missing__
+    cdef bint _native_getitem        # False when a subclass overrides __getitem__
+    cdef bint _native_setitem        # False when a subclass overrides __setitem__
+    cdef bint _native_delitem        # False when a subclass overrides __delitem__
+    # expiry (kvcache._expiry): NULL / None until a time-to-live is first used, so a cache
+    # without expiry pays one pointer test per operation and no memory
+    cdef double* _exp                # entry -> expiry time (+inf: never)
+    cdef object _xp                  # the expiry layer's state for this cache
+    cdef dict __dict__
+    cdef object __weakref__
+
+    # the policy: FIFO/LRU/LFU/RR are the order layer's; a class in another part overrides these
+    cdef int _policy(self)
+    cdef const policy_ops_t* _policy_ops(self)
+    cdef Py_ssize_t _initial_capacity(self, Py_ssize_t limit)
+    cdef object _policy_alloc(self, Py_ssize_t capacity, bint fresh)
+    cdef void _policy_adopt(self, object new, object old, Py_ssize_t cap) noexcept
+    cdef void _policy_reset(self) noexcept
+    cdef void _policy_resize(self) noexcept
+    cdef str _policy_check(self)
+
+    cdef _Buffers _new_buffers(self, Py_ssize_t capacity, bint fresh)
+    cdef bint _fits(self, _Buffers b, Py_ssize_t capacity) noexcept
+    cdef void _adopt(self, _Buffers b, Py_ssize_t old) noexcept
+    cdef _allocate(self, Py_ssize_t capacity)
+    cdef void _point(self, _Buffers b)
+    cdef void _reset_order(self)
+    cdef int _grow_for_one(self) except -1
+    cdef int _reserve(self, Py_ssize_t capacity) except -1
+    cdef void _mark_int_tags(self) noexcept
+    cdef entry_t _insert_at(self, Py_ssize_t slot, hash_t h, object key, object value, object size)
+    cdef object _remove(self, entry_t e, Py_ssize_t slot)
+    cdef tuple _evict_one(self)
+    cdef list _dense_keys(self)
+    cdef _set_slow(self, object key, hash_t h, object value, double exp=*)
+    cdef tuple _popitem(self)
+    cdef void _clear_table(self)
+    cdef list _get_many_int(self, cnp.ndarray arr, object default)
+    cdef Py_ssize_t _find_int(self, int64_t sv, uint64_t uv, bint unsigned, hash_t h) except -3
+    cdef object _order_array(self)
+    cdef void _swap(self, Cache other)
+
+
+cdef class FIFOCache(Cache):
+    pass
+
+
+cdef class LRUCache(Cache):
+    pass
+
+
+cdef class LFUCache(Cache):
+    pass
+
+
+cdef class RRCache(Cache):
+    pass
+
+
+cdef class _CacheIterator:
+    cdef Cache cache
+    cdef object order          # int32 array of entry numbers
+    cdef entry_t* op
+    cdef Py_ssize_t pos, n
+    cdef uint64_t version
+    cdef int mode              # 0 keys, 1 values, 2 items; +3 reversed keys
+
+
+cdef ExpiryHooks EXPIRY          # the registered expiry layer (a do-nothing one until then)
+cdef void register_expiry(ExpiryHooks hooks)
+cdef void register_native_popitem(object method)
+cdef dict instance_dict(object obj)
+cdef object checked_size(object size, object maxsize)
+cdef entry_t cache_insert_new(Cache c, Py_ssize_t slot, hash_t h, object key, object value,
+                              PyObject** evk, PyObject** evv) except -2
+
+
+# ---------------------------------------------------------------------------------------------
+# The hot path, inlined into every part that looks keys up
+# ---------------------------------------------------------------------------------------------
+
+cdef inline hash_t key_hash(Cache c, object key) except? 0:
+    return mix_hash(hash(key), c.t.seed)
+
+
+cdef inline bint expired_at(double exp, double now) noexcept nogil:
+    if exp == INFINITY:
+        return False
+    if now != now:
+        if exp - kv_monotonic_coarse() > kv_coarse_margin():
+            return False
+        now = kv_monotonic()
+    return not (now < exp)
+
+
+cdef inline bint entry_dead(Cache c, Py_ssize_t e, double now) noexcept nogil:
+    """Has entry e expired at `now` (NaN: the C clock, read when needed)?  False without expiry."""
+    return c._exp != NULL and expired_at(c._exp[e], now)
+
+
+cdef inline double resolve_clock(double now) noexcept nogil:
+    """The time itself, where `now` may be NaN (the C clock, not read yet)."""
+    return kv_monotonic() if now != now else now
+
+
+cdef inline double expiry_clock(Cache c) except? -1:
+    """The time for a lookup (read before the critical section): 0 when no expiry is in use."""
+    return 0.0 if c._exp == NULL else EXPIRY.now(c)
+
+
+cdef inline Py_ssize_t table_find(Cache self, object key, hash_t h, Py_ssize_t* slot_out) except -2:
+    """Return key's entry (or -1 and the slot to insert it at); may run key.__eq__."""
+    cdef uint64_t i
+    cdef int32_t e
+    cdef PyObject* po
+    cdef int eq, restarts = 0
+    cdef uint64_t version
+    cdef object other
+    cdef uint8_t tag = slot_tag(h), tg
+    while True:
+        i = h & self.t.mask
+        version = self._version
+        while True:
+            # the tags alone answer most probes: a miss never reads an entry record
+            tg = self.t.tags[i]
+            if tg == TAG_EMPTY:
+                slot_out[0] = <Py_ssize_t>i
+                return -1
+            if (tg & ~TAG_INT) == tag and self.t.ent[self.t.index[i]].hash == h:
+                e = self.t.index[i]
+                po = kv_list_items(self._kv)[2 * e]
+                if po == <PyObject*>key:
+                    slot_out[0] = <Py_ssize_t>i     # identity: no reference taken, no Python code
+                    return e
+                eq = kv_plain_eq(po, <PyObject*>key)  # ints, strs, their tuples: no reference either
+                if eq < 0:
+                    other = <object>po              # a strong reference: __eq__ may drop the entry
+                    eq = PyObject_RichCompareBool(other, key, Py_EQ)
+                    if self._version != version:
+                        break                       # mutated by __eq__ (or another thread): restart
+                if eq:
+                    slot_out[0] = <Py_ssize_t>i
+                    return e
+            i = (i + 1) & self.t.mask
+        restarts += 1
+        if restarts > MAX_RESTARTS:
+            raise RuntimeError("cache mutated during lookup too many times")
+
+
+cdef inline Py_ssize_t cache_lookup(Cache c, object key, hash_t h, double now) except -2:
+    """A counted lookup: find key, treat an expired entry as absent, record the hit or miss.
+
+    `now` is the expiry clock read before the critical section (0 when no TTL is in use).
+    """
+    cdef Py_ssize_t slot
+    cdef Py_ssize_t e
+    e = table_find(c, key, h, &slot)
+    if e >= 0 and entry_dead(c, e, now):        # expired: a miss
+        e = -1
+    if e < 0:
+        c._misses += 1
+        return -1
+    c._hits += 1
+    order_hit(&c.o, &c.t, <entry_t>e)
+    return e
+
+
+cdef inline object cache_get(Cache c, object key, object default):
+    """The value of key after a counted lookup (Cache.__getitem__ and get), else `default`."""
+    cdef Py_ssize_t e
+    cdef hash_t h = key_hash(c, key)
+    cdef double now = expiry_clock(c)
+    with cython.critical_section(c):
+        e = cache_lookup(c, key, h, now)
+        if e >= 0:
+            return <object>kv_list_items(c._kv)[2 * e + 1]
+    return default
+
+
+cdef inline bint plain_store(Cache c):
+    """True when an insertion may go through cache_insert_new (no sizes, hooks or expiry)."""
+    return c._sizefn is None and c._native_evict and c._native_setitem and c._exp == NULL \
+        and c._max_entries >= 1
+
+
+cdef inline void release_pair(PyObject* k, PyObject* v) noexcept:
+    Py_XDECREF(k)
+    Py_XDECREF(v)

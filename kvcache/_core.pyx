@@ -69,12 +69,8 @@ CacheStats.__doc__ = "Counters of one cache: hits, misses, evictions, currsize, 
 
 cdef object _MARKER = object()
 cdef object _random_choice = random.choice
-cdef Py_ssize_t _MAX_ENTRIES = INT32_MAX - 1     # entry numbers are int32
 cdef Py_ssize_t _INITIAL_CAPACITY = 64           # grown geometrically up to the limit: an empty
                                                 # cache (one per instance, per closure) is small
-cdef Py_ssize_t _INITIAL_CAPACITY_TINYLFU = 1024  # TinyLFU sizes its sketch and ghosts by the
-                                                # buffers: its figures were measured from 1024
-cdef int _MAX_RESTARTS = 1000
 cdef int32_t[8] _EMPTY_INDEX = [SLOT_EMPTY] * 8     # the index of a cache not set up yet
 cdef uint8_t[8] _EMPTY_TAGS = [TAG_EMPTY] * 8
 
@@ -83,130 +79,16 @@ cdef uint8_t[8] _EMPTY_TAGS = [TAG_EMPTY] * 8
 # Hashing
 # ---------------------------------------------------------------------------------------------
 
-cdef extern from *:
-    """
-    /* MurmurHash64A over one 8-byte word: exactly what murmurhash's hash64 computes for
-       8 bytes, written out so that the compiler can inline it into every lookup (the
-       cimported function is an indirect call into another extension module). */
-    static inline uint64_t kv_murmur64a_word(uint64_t k, uint64_t seed) {
-        const uint64_t m = 0xc6a4a7935bd1e995ULL;
-        uint64_t h = seed ^ (8 * m);
-        k *= m; k ^= k >> 47; k *= m;
-        h ^= k; h *= m;
-        h ^= h >> 47; h *= m; h ^= h >> 47;
-        return h;
-    }
-    """
-    uint64_t kv_murmur64a_word(uint64_t k, uint64_t seed) nogil
-
-
-cdef extern from *:
-    """
-    /* A hint that a cache line is about to be read; nothing where no intrinsic is known. */
-    #if defined(__GNUC__) || defined(__clang__)
-    #define kv_prefetch(p) __builtin_prefetch((const void*)(p))
-    #elif defined(_MSC_VER) && (defined(_M_X64) || defined(_M_IX86))
-    #include <xmmintrin.h>
-    #define kv_prefetch(p) _mm_prefetch((const char*)(p), _MM_HINT_T0)
-    #else
-    #define kv_prefetch(p) ((void)(p))
-    #endif
-    """
-    void kv_prefetch(const void* p) nogil
-
-
-cdef extern from *:
-    """
-    /* a == b, decided without running Python code: 1 or 0 for two exact ints or two exact
-       strs (their comparisons are C code that cannot fail) and for tuples of up to eight
-       items that are identical or such scalars (lru_cache's keys); -1 when it might run
-       Python code. Borrowed references are enough, since nothing can drop the objects. */
-    static inline int kv_scalar_eq(PyObject* a, PyObject* b) {
-        if (Py_TYPE(a) != Py_TYPE(b) || !(PyLong_CheckExact(a) || PyUnicode_CheckExact(a)))
-            return -1;
-        return PyObject_RichCompareBool(a, b, Py_EQ);
-    }
-    static inline int kv_plain_eq(PyObject* a, PyObject* b) {
-        Py_ssize_t n, i;
-        int eq;
-        if (!PyTuple_CheckExact(a) || !PyTuple_CheckExact(b))
-            return kv_scalar_eq(a, b);
-        n = PyTuple_GET_SIZE(a);
-        if (n != PyTuple_GET_SIZE(b))
-            return 0;
-        if (n > 8)
-            return -1;
-        for (i = 0; i < n; i++) {
-            PyObject* x = PyTuple_GET_ITEM(a, i);
-            PyObject* y = PyTuple_GET_ITEM(b, i);
-            if (x == y)
-                continue;
-            eq = kv_scalar_eq(x, y);
-            if (eq <= 0)
-                return eq;
-        }
-        return 1;
-    }
-    """
-    int kv_plain_eq(PyObject* a, PyObject* b)
-
-
-cdef bint _inline_murmur = False     # set at import, once checked against the cimported hash64
-
-
-cdef hash_t mix_hash(Py_hash_t h, uint64_t seed) noexcept nogil:
-    """Spread Python's hash (often the identity for ints) over 64 bits with MurmurHash64A.
-
-    The cimported `murmurhash.mrmr.hash64` is the definition; the inlined word version is
-    used only when the import-time check below found it bit-identical on this platform.
-    """
-    if _inline_murmur:
-        return kv_murmur64a_word(<uint64_t>h, seed)
-    return hash64(&h, sizeof(Py_hash_t), seed)
-
-
-def _check_inline_murmur():
-    cdef uint64_t seed
-    cdef Py_hash_t h
-    cdef object rnd = random.Random(12345)
-    if sizeof(Py_hash_t) != 8:
-        return False
-    for seed in [0, 1, 0x9E3779B97F4A7C15, 2**64 - 1] + [rnd.getrandbits(64) for _ in range(64)]:
-        for h in [0, 1, -1, -2, 2**61 - 1, -(2**63), 2**63 - 1] + \
-                 [rnd.getrandbits(64) - 2**63 for _ in range(64)]:
-            if kv_murmur64a_word(<uint64_t>h, seed) != hash64(&h, sizeof(Py_hash_t), seed):
-                return False
-    return True
-
-
-_inline_murmur = _check_inline_murmur()
-
-
-cdef uint64_t _PYHASH_MODULUS = (<uint64_t>1 << 61) - 1
 cdef bint _int_hash_native = False   # set at import: does our int hash equal Python's?
 
 
-cdef inline Py_hash_t _hash_i64(int64_t v) noexcept nogil:
-    """hash(int(v)) as CPython computes it on 64-bit builds, with no object."""
-    cdef uint64_t a
-    cdef Py_hash_t r
-    if v < 0:
-        a = <uint64_t>(-(v + 1)) + 1
-        r = -<Py_hash_t>(a % _PYHASH_MODULUS)
-    else:
-        r = <Py_hash_t>(<uint64_t>v % _PYHASH_MODULUS)
-    if r == -1:
-        r = -2
-    return r
-
-
-cdef inline Py_hash_t _hash_u64(uint64_t v) noexcept nogil:
-    return <Py_hash_t>(v % _PYHASH_MODULUS)
+cdef inline hash_t _int_hash(uint64_t seed, int64_t sv, uint64_t uv, bint unsigned) noexcept nogil:
+    return mix_hash(hash_u64(uv) if unsigned else hash_i64(sv), seed)
 
 
 def _check_int_hash():
     probes = [0, 1, -1, -2, 2**61 - 1, 2**61, -(2**61), 2**63 - 1, -(2**63), 12345678901234]
-    return all(hash(p) == _hash_i64(p) for p in probes) and hash(2**64 - 1) == _hash_u64(2**64 - 1)
+    return all(hash(p) == hash_i64(p) for p in probes) and hash(2**64 - 1) == hash_u64(2**64 - 1)
 
 
 _int_hash_native = _check_int_hash()
@@ -220,37 +102,12 @@ cdef uint64_t _random_seed():
 # The table: open addressing with linear probing over an int32 index
 # ---------------------------------------------------------------------------------------------
 
-cdef inline uint8_t slot_tag(hash_t h) noexcept nogil:
-    """The tag of a used slot, without its TAG_INT bit (compare with `tags[i] & ~TAG_INT`)."""
-    return <uint8_t>(0x80 | (h >> 58))
-
-
 # TAG_INT marks a slot whose key is an exact int in [0, hash modulus): Python hashes such an
 # int to itself, and the stored hash is a bijection of Python's hash (MurmurHash64A of one
 # word), so when the key looked up is such an int too, equal stored hashes mean equal keys:
 # get_many's int path confirms a hit without loading the stored key object.  Only ints that
 # the object header shows to be small get the tag (a tag is a promise, its absence is not).
 cdef Py_ssize_t _INT_ID_LIMIT = <Py_ssize_t>sys.hash_info.modulus
-
-
-cdef extern from *:
-    """
-    /* Is o an exact int that its header alone shows to be in [0, 2**60) (below the hash
-       modulus on 64-bit builds)?  Never reads beyond the header: this runs on every insert. */
-    static inline int kv_is_small_int(PyObject* o) {
-        if (!PyLong_CheckExact(o))
-            return 0;
-    #if SIZEOF_PY_HASH_T != 8
-        return 0;
-    #elif PY_VERSION_HEX >= 0x030C0000
-        return PyUnstable_Long_IsCompact((PyLongObject*)o) &&
-               PyUnstable_Long_CompactValue((PyLongObject*)o) >= 0;
-    #else
-        return Py_SIZE(o) >= 0 && Py_SIZE(o) <= 2;    /* two digits of at most 30 bits */
-    #endif
-    }
-    """
-    bint _may_tag_int "kv_is_small_int" (object key) noexcept   # may key's slot carry TAG_INT?
 
 
 cdef Py_ssize_t table_probe_free(table_t* t, hash_t h) noexcept nogil:
@@ -342,34 +199,6 @@ cdef void table_put_free(table_t* t, entry_t e) noexcept nogil:
 # ---------------------------------------------------------------------------------------------
 # Policies: each keeps only its order, as integer links (O(1) per operation)
 # ---------------------------------------------------------------------------------------------
-
-cdef inline void _list_append(order_t* o, table_t* t, entry_t e) noexcept nogil:
-    t.ent[e].prev = o.tail
-    t.ent[e].next = ENTRY_NONE
-    if o.tail == ENTRY_NONE:
-        o.head = e
-    else:
-        t.ent[o.tail].next = e
-    o.tail = e
-
-
-cdef inline void _list_unlink(order_t* o, table_t* t, entry_t e) noexcept nogil:
-    cdef entry_t p = t.ent[e].prev, n = t.ent[e].next
-    if p == ENTRY_NONE:
-        o.head = n
-    else:
-        t.ent[p].next = n
-    if n == ENTRY_NONE:
-        o.tail = p
-    else:
-        t.ent[n].prev = p
-
-
-cdef inline void _list_move_to_end(order_t* o, table_t* t, entry_t e) noexcept nogil:
-    if o.tail != e:
-        _list_unlink(o, t, e)
-        _list_append(o, t, e)
-
 
 # LFU buckets -----------------------------------------------------------------------------------
 
@@ -476,8 +305,8 @@ cdef inline uint64_t _rng_next(order_t* o) noexcept nogil:
 
 cdef void order_link_new(order_t* o, table_t* t, entry_t e) noexcept nogil:
     """Link a new entry (table count not yet incremented)."""
-    if o.policy == POLICY_TINYLFU:
-        tinylfu_link_new(o, t, e)
+    if o.ext != NULL:
+        o.ext.link_new(o, t, e)
     elif o.policy == POLICY_LFU:
         _lfu_insert(o, t, e, 1)
     elif o.policy == POLICY_RR:
@@ -485,15 +314,15 @@ cdef void order_link_new(order_t* o, table_t* t, entry_t e) noexcept nogil:
         t.ent[e].prev = <entry_t>t.count
         t.ent[e].next = ENTRY_NONE
     else:
-        _list_append(o, t, e)
+        list_append(o, t, e)
 
 
 cdef void order_unlink(order_t* o, table_t* t, entry_t e) noexcept nogil:
     """Unlink a live entry (table count not yet decremented)."""
     cdef entry_t pos, last
     cdef int32_t b
-    if o.policy == POLICY_TINYLFU:
-        tinylfu_unlink(o, t, e)
+    if o.ext != NULL:
+        o.ext.unlink(o, t, e)
     elif o.policy == POLICY_LFU:
         b = o.bucket_of[e]
         _bucket_unlink(o, t, e)
@@ -505,33 +334,33 @@ cdef void order_unlink(order_t* o, table_t* t, entry_t e) noexcept nogil:
         o.dense[pos] = last
         t.ent[last].prev = pos
     else:
-        _list_unlink(o, t, e)
+        list_unlink(o, t, e)
 
 
 cdef void order_touch(order_t* o, table_t* t, entry_t e) noexcept nogil:
     """Record a hit on entry e."""
     if o.policy == POLICY_LRU:
-        _list_move_to_end(o, t, e)
+        list_move_to_end(o, t, e)
     elif o.policy == POLICY_LFU:
         _lfu_touch(o, t, e)
-    elif o.policy == POLICY_TINYLFU:
-        tinylfu_touch(o, t, e)
+    elif o.ext != NULL:
+        o.ext.touch(o, t, e)
 
 
 cdef void order_update(order_t* o, table_t* t, entry_t e) noexcept nogil:
     """Record an assignment to the existing entry e."""
     if o.policy == POLICY_LRU or o.policy == POLICY_FIFO:
-        _list_move_to_end(o, t, e)
+        list_move_to_end(o, t, e)
     elif o.policy == POLICY_LFU:
         _lfu_touch(o, t, e)
-    elif o.policy == POLICY_TINYLFU:
-        tinylfu_touch(o, t, e)
+    elif o.ext != NULL:
+        o.ext.touch(o, t, e)
 
 
 cdef entry_t order_victim(order_t* o, table_t* t) noexcept nogil:
     """Return the entry the policy evicts next (the table must not be empty)."""
-    if o.policy == POLICY_TINYLFU:
-        return tinylfu_victim(o, t)     # may move entries and record ghosts: call only to evict
+    if o.ext != NULL:
+        return o.ext.victim(o, t)     # may move entries and record ghosts: call only to evict
     if o.policy == POLICY_LFU:
         return o.bhead[o.bfirst]
     elif o.policy == POLICY_RR:
@@ -544,8 +373,8 @@ cdef Py_ssize_t order_fill(order_t* o, table_t* t, entry_t* out) noexcept nogil:
     cdef Py_ssize_t n = 0
     cdef entry_t e
     cdef int32_t b
-    if o.policy == POLICY_TINYLFU:
-        return tinylfu_fill(o, t, out)
+    if o.ext != NULL:
+        return o.ext.fill(o, t, out)
     if o.policy == POLICY_LFU:
         b = o.bfirst
         while b != -1:
@@ -571,11 +400,11 @@ cdef Py_ssize_t order_fill(order_t* o, table_t* t, entry_t* out) noexcept nogil:
 # Buffers
 # ---------------------------------------------------------------------------------------------
 
-cdef inline void* _data(object arr):
+cdef void* buffer_data(object arr) noexcept:
     return cnp.PyArray_DATA(<cnp.ndarray>arr)
 
 
-cdef object _zeros_line_aligned(Py_ssize_t n, object dtype):
+cdef object zeros_line_aligned(Py_ssize_t n, object dtype):
     """Return n zeros starting on a 64-byte boundary (a view into a slightly larger array).
 
     numpy only promises 16-byte alignment; a structure read in 64-byte blocks (the TinyLFU
@@ -583,16 +412,8 @@ cdef object _zeros_line_aligned(Py_ssize_t n, object dtype):
     """
     cdef Py_ssize_t item = np.dtype(dtype).itemsize
     raw = np.zeros(n + 64 // item, dtype=dtype)
-    cdef Py_ssize_t off = ((-<Py_ssize_t>_data(raw)) & 63) // item
+    cdef Py_ssize_t off = ((-<Py_ssize_t>buffer_data(raw)) & 63) // item
     return raw[off:off + n]
-
-
-cdef uint64_t _slots_for(Py_ssize_t capacity):
-    """Index size for `capacity` entries: a power of two, at most half full of live entries."""
-    cdef uint64_t n = 8
-    while n < <uint64_t>capacity * 2:
-        n <<= 1
-    return n
 
 
 @cython.final
@@ -602,12 +423,6 @@ cdef class _Buffers:
     Between `Cache._new_buffers` and `Cache._adopt` it also carries the new object lists and
     expiry arrays, so that every allocation of a rebuild happens before its first write.
     """
-    cdef object index, tags, ent, bucket_of, bfreq, bhead, btail, bprev, bnext, dense
-    cdef object ext                  # a policy's own buffers (TinyLFU), with an nbytes() method
-    cdef Py_ssize_t capacity
-    cdef Py_ssize_t max_entries      # the cache's entry limit the buffers were sized for
-    cdef list kv, sizes              # only until adopted
-    cdef object xexp, xlink, xbkt    # only until adopted: expiry buffers (_ttl.pxi)
 
     def nbytes(self):
         return sum(a.nbytes for a in (self.index, self.tags, self.ent, self.bucket_of,
@@ -618,7 +433,7 @@ cdef class _Buffers:
 
 cdef inline void _copy_prefix(object dst, object src, Py_ssize_t nbytes) noexcept:
     """Copy the first nbytes of one buffer into another (plain memcpy: keeps the GIL)."""
-    memcpy(_data(dst), _data(src), nbytes)
+    memcpy(buffer_data(dst), buffer_data(src), nbytes)
 
 
 cdef extern from *:
@@ -689,35 +504,6 @@ cdef class Cache:
     key's `__eq__` mutates the cache restarts rather than reading a stale structure.
     """
 
-    cdef table_t t
-    cdef order_t o
-    cdef _Buffers _buf
-    cdef list _kv                    # key of entry e at 2*e, its value at 2*e+1 (one cache line)
-    cdef list _sizes                 # per-entry sizes, only when a getsizeof is in use
-    cdef object _maxsize
-    cdef object _currsize            # sum of sizes when a getsizeof is in use
-    cdef object _sizefn              # the getsizeof callable, or None for "1 per entry"
-    cdef object _user_getsizeof      # what the user passed (for pickling)
-    cdef object _on_evict
-    cdef object _removed_key         # handed from _remove to its caller (see _remove)
-    cdef object _choice              # RR: user choice function, or None for the built-in RNG
-    cdef object _seed_arg
-    cdef Py_ssize_t _max_entries     # entry limit when sizes are all 1
-    cdef Py_ssize_t _capacity_arg
-    cdef uint64_t _version           # bumped by every change to table_t (not by reordering)
-    cdef Py_ssize_t _hits, _misses, _evictions
-    cdef bint _native_popitem        # False when a subclass overrides popitem()
-    cdef bint _native_evict          # evict in C: popitem not overridden, no choice function
-    cdef bint _native_missing        # False when a subclass defines __missing__
-    cdef bint _native_getitem        # False when a subclass overrides __getitem__
-    cdef bint _native_setitem        # False when a subclass overrides __setitem__
-    cdef bint _native_delitem        # False when a subclass overrides __delitem__
-    # expiry (_ttl.pxi): NULL / None until a time-to-live is first used, so a cache without
-    # expiry pays one pointer test per operation and no memory
-    cdef double* _exp                # entry -> expiry time (+inf: never)
-    cdef object _xp                  # the _Expiry behind _exp: timer, default ttl, radix heap
-    cdef dict __dict__
-    cdef object __weakref__
 
     def __cinit__(self, *args, **kwargs):
         # An empty, valid state until _setup runs: a cache made by __new__ alone is safe to use
@@ -742,6 +528,31 @@ cdef class Cache:
 
     cdef int _policy(self):
         return POLICY_CACHE
+
+    cdef const policy_ops_t* _policy_ops(self):
+        return NULL
+
+    cdef Py_ssize_t _initial_capacity(self, Py_ssize_t limit):
+        return min(limit, _INITIAL_CAPACITY)
+
+    cdef object _policy_alloc(self, Py_ssize_t capacity, bint fresh):
+        """Allocate a policy's own buffers for `capacity` entries (None: it has none)."""
+        return None
+
+    cdef void _policy_adopt(self, object new, object old, Py_ssize_t cap) noexcept:
+        """Point o at the buffers `_policy_alloc` made, carrying state over from `old` (plain C)."""
+        pass
+
+    cdef void _policy_reset(self) noexcept:
+        pass
+
+    cdef void _policy_resize(self) noexcept:
+        """Follow a new _max_entries (inside the critical section)."""
+        pass
+
+    cdef str _policy_check(self):
+        """Return a description of the first broken invariant of the policy's state, or None."""
+        return None
 
     def _setup(self, maxsize, getsizeof, on_evict, seed, capacity, choice):
         """Validate the arguments and allocate the initial buffers (shared by __init__ and unpickling)."""
@@ -768,14 +579,15 @@ cdef class Cache:
                 raise TypeError("capacity must be an int or None")
             if capacity < 0:
                 raise ValueError("capacity must be non-negative")
-            if capacity > _MAX_ENTRIES:
-                raise ValueError("capacity must be at most %d" % _MAX_ENTRIES)
+            if capacity > MAX_ENTRIES:
+                raise ValueError("capacity must be at most %d" % MAX_ENTRIES)
         cls = type(self)
         self.o.policy = self._policy()
+        self.o.ext = self._policy_ops()
         self._maxsize = maxsize
         self._user_getsizeof = getsizeof
         if getsizeof is not None:
-            _instance_dict(self)["getsizeof"] = getsizeof
+            instance_dict(self)["getsizeof"] = getsizeof
             self._sizefn = getsizeof
         elif cls.getsizeof is not Cache.getsizeof:
             self._sizefn = self.getsizeof
@@ -795,14 +607,12 @@ cdef class Cache:
         self._native_getitem = cls.__getitem__ in _NATIVE_GETITEMS
         self._native_setitem = cls.__setitem__ is Cache.__setitem__
         if self._sizefn is None:
-            limit = _MAX_ENTRIES if maxsize >= _MAX_ENTRIES else <Py_ssize_t>math.floor(maxsize)
+            limit = MAX_ENTRIES if maxsize >= MAX_ENTRIES else <Py_ssize_t>math.floor(maxsize)
         else:
-            limit = _MAX_ENTRIES
+            limit = MAX_ENTRIES
         self._max_entries = limit
         self._capacity_arg = -1 if capacity is None else capacity
-        cap = capacity if capacity is not None else min(limit, _INITIAL_CAPACITY_TINYLFU
-                                                        if self.o.policy == POLICY_TINYLFU
-                                                        else _INITIAL_CAPACITY)
+        cap = capacity if capacity is not None else self._initial_capacity(limit)
         self._sizes = [] if self._sizefn is not None else None
         self._currsize = 0
         self._hits = self._misses = self._evictions = 0
@@ -819,7 +629,7 @@ cdef class Cache:
     cdef _Buffers _new_buffers(self, Py_ssize_t capacity, bint fresh):
         """Allocate empty buffers for `capacity` entries; change nothing in the cache."""
         cdef _Buffers b = _Buffers()
-        cdef uint64_t nslots = _slots_for(capacity)
+        cdef uint64_t nslots = table_slots_for(capacity)
         b.capacity = capacity
         b.max_entries = self._max_entries
         b.index = np.full(nslots, SLOT_EMPTY, dtype=np.int32)
@@ -834,13 +644,12 @@ cdef class Cache:
             b.bnext = np.zeros(capacity, dtype=np.int32)
         elif self.o.policy == POLICY_RR:
             b.dense = np.zeros(capacity, dtype=np.int32)
-        elif self.o.policy == POLICY_TINYLFU:
-            b.ext = tinylfu_alloc(capacity, self._max_entries, fresh)
+        b.ext = self._policy_alloc(capacity, fresh)
         b.kv = [None] * (2 * capacity)
         if self._sizes is not None:
             b.sizes = [None] * capacity
-        if self._exp != NULL:            # expiry buffers follow the capacity (_ttl.pxi)
-            _ttl_new_buffers(b, capacity)
+        if self._exp != NULL:            # expiry buffers follow the capacity (kvcache._expiry)
+            EXPIRY.new_buffers(b, capacity)
         return b
 
     cdef bint _fits(self, _Buffers b, Py_ssize_t capacity) noexcept:
@@ -872,9 +681,9 @@ cdef class Cache:
             if b.sizes is not None:
                 _move_items(b.sizes, self._sizes, old)
         if b.ext is not None:
-            tinylfu_adopt(&self.o, b.ext, ob.ext if old else None, b.max_entries)
-        if b.xexp is not None:           # (_ttl.pxi)
-            _ttl_adopt(self, b, old)
+            self._policy_adopt(b.ext, ob.ext if old else None, b.max_entries)
+        if b.xexp is not None:           # (kvcache._expiry)
+            EXPIRY.adopt(self, b, old)
         self._buf = b
         self._point(b)
         self._kv = b.kv
@@ -883,7 +692,7 @@ cdef class Cache:
             self._sizes = b.sizes
             b.sizes = None
         self.t.capacity = capacity
-        self.t.mask = _slots_for(capacity) - 1
+        self.t.mask = table_slots_for(capacity) - 1
         if old:
             for e in range(capacity - 1, old - 1, -1):
                 table_put_free(&self.t, <entry_t>e)
@@ -915,18 +724,18 @@ cdef class Cache:
         self._adopt(b, 0)
 
     cdef void _point(self, _Buffers b):
-        self.t.index = <int32_t*>_data(b.index)
-        self.t.tags = <uint8_t*>_data(b.tags)
-        self.t.ent = <entry_rec*>_data(b.ent)
+        self.t.index = <int32_t*>buffer_data(b.index)
+        self.t.tags = <uint8_t*>buffer_data(b.tags)
+        self.t.ent = <entry_rec*>buffer_data(b.ent)
         if b.bucket_of is not None:
-            self.o.bucket_of = <int32_t*>_data(b.bucket_of)
-            self.o.bfreq = <int64_t*>_data(b.bfreq)
-            self.o.bhead = <entry_t*>_data(b.bhead)
-            self.o.btail = <entry_t*>_data(b.btail)
-            self.o.bprev = <int32_t*>_data(b.bprev)
-            self.o.bnext = <int32_t*>_data(b.bnext)
+            self.o.bucket_of = <int32_t*>buffer_data(b.bucket_of)
+            self.o.bfreq = <int64_t*>buffer_data(b.bfreq)
+            self.o.bhead = <entry_t*>buffer_data(b.bhead)
+            self.o.btail = <entry_t*>buffer_data(b.btail)
+            self.o.bprev = <int32_t*>buffer_data(b.bprev)
+            self.o.bnext = <int32_t*>buffer_data(b.bnext)
         if b.dense is not None:
-            self.o.dense = <entry_t*>_data(b.dense)
+            self.o.dense = <entry_t*>buffer_data(b.dense)
 
     cdef void _reset_order(self):
         cdef Py_ssize_t i
@@ -939,8 +748,7 @@ cdef class Cache:
             for i in range(self.t.capacity - 1, -1, -1):
                 self.o.bnext[i] = self.o.bfree
                 self.o.bfree = <int32_t>i
-        elif self.o.policy == POLICY_TINYLFU:
-            tinylfu_reset(&self.o, &self.t)
+        self._policy_reset()
 
     cdef int _grow_for_one(self) except -1:
         """Make room for one more entry number if the cache is out of them (double the buffers).
@@ -953,13 +761,13 @@ cdef class Cache:
         cdef _Buffers b
         if self.t.free_head != ENTRY_NONE:
             return 0
-        if cap0 >= _MAX_ENTRIES:
-            raise MemoryError("cache cannot hold more than %d entries" % _MAX_ENTRIES)
+        if cap0 >= MAX_ENTRIES:
+            raise MemoryError("cache cannot hold more than %d entries" % MAX_ENTRIES)
         cap = cap0 * 2
         if cap > self._max_entries and self._max_entries > cap0:
             cap = self._max_entries
-        if cap > _MAX_ENTRIES:
-            cap = _MAX_ENTRIES
+        if cap > MAX_ENTRIES:
+            cap = MAX_ENTRIES
         b = self._new_buffers(cap, False)
         if self._fits(b, cap0) and self.t.free_head == ENTRY_NONE:
             self._adopt(b, cap0)
@@ -982,7 +790,7 @@ cdef class Cache:
         cdef int32_t e
         for i in range(self.t.mask + 1):
             e = self.t.index[i]
-            if e >= 0 and _may_tag_int(<object>PyList_GET_ITEM(self._kv, 2 * e)):
+            if e >= 0 and kv_is_small_int(<object>PyList_GET_ITEM(self._kv, 2 * e)):
                 self.t.tags[i] |= TAG_INT
 
     # -- lookups ------------------------------------------------------------------------------
@@ -994,7 +802,7 @@ cdef class Cache:
         cdef entry_t e = table_take_free(&self.t)
         self.t.ent[e].hash = h
         table_put_slot(&self.t, slot, e)
-        if _may_tag_int(key):
+        if kv_is_small_int(key):
             self.t.tags[slot] |= TAG_INT
         self._kv[2 * e] = key
         self._kv[2 * e + 1] = value
@@ -1017,8 +825,8 @@ cdef class Cache:
             slot = table_slot_of(&self.t, e)
         table_remove_slot(&self.t, slot)
         order_unlink(&self.o, &self.t, e)
-        if self._exp != NULL:            # drop its expiry (_ttl.pxi)
-            _ttl_forget(self, e)
+        if self._exp != NULL:            # drop its expiry (kvcache._expiry)
+            EXPIRY.forget(self, e)
         self.t.count -= 1
         table_put_free(&self.t, e)
         self._kv[2 * e] = None
@@ -1060,17 +868,17 @@ cdef class Cache:
     # -- the mapping protocol --------------------------------------------------------------------
 
     def __len__(self):
-        if self._exp != NULL:            # expired entries do not count (_ttl.pxi)
-            _ttl_expire_now(self)
+        if self._exp != NULL:            # expired entries do not count (kvcache._expiry)
+            EXPIRY.expire_now(self)
         return self.t.count
 
     def __contains__(self, key):
         cdef Py_ssize_t slot, e
-        cdef hash_t h = _key_hash(self, key)
-        cdef double now = _ttl_now(self) if self._exp != NULL else 0.0   # expiry clock (_ttl.pxi)
+        cdef hash_t h = key_hash(self, key)
+        cdef double now = expiry_clock(self)
         with cython.critical_section(self):
             e = table_find(self, key, h, &slot)
-            return e >= 0 and not _dead(self, e, now)
+            return e >= 0 and not entry_dead(self, e, now)
 
     def __getitem__(self, key):
         v = cache_get(self, key, _ABSENT)
@@ -1098,20 +906,20 @@ cdef class Cache:
     def peek(self, key, default=None):
         """Return the value for key without counting a lookup or changing its recency or frequency."""
         cdef Py_ssize_t slot, e
-        cdef hash_t h = _key_hash(self, key)
-        cdef double now = _ttl_now(self) if self._exp != NULL else 0.0   # expiry clock (_ttl.pxi)
+        cdef hash_t h = key_hash(self, key)
+        cdef double now = expiry_clock(self)
         with cython.critical_section(self):
             e = table_find(self, key, h, &slot)
-            return self._kv[2 * e + 1] if e >= 0 and not _dead(self, e, now) else default
+            return self._kv[2 * e + 1] if e >= 0 and not entry_dead(self, e, now) else default
 
     def __setitem__(self, key, value):
         cdef Py_ssize_t slot, e
-        cdef hash_t h = _key_hash(self, key)
+        cdef hash_t h = key_hash(self, key)
         cdef object old = None
         cdef PyObject* evk = NULL        # the evicted pair, owned here until the end
         cdef PyObject* evv = NULL
-        if self._exp != NULL:            # expiry in use: expire what is due, stamp the entry (_ttl.pxi)
-            _ttl_setitem(self, key, h, value, None)
+        if self._exp != NULL:            # expiry in use: expire what is due, stamp the entry (kvcache._expiry)
+            EXPIRY.setitem(self, key, h, value, None)
             return
         if self._sizefn is not None or not self._native_evict:
             self._set_slow(key, h, value)
@@ -1136,7 +944,7 @@ cdef class Cache:
                 if self._on_evict is not None:
                     self._on_evict(<object>evk, <object>evv)
             finally:
-                _release_pair(evk, evv)       # released last: their __del__ sees a consistent cache
+                release_pair(evk, evv)       # released last: their __del__ sees a consistent cache
 
     cdef _set_slow(self, object key, hash_t h, object value, double exp=INFINITY):
         """__setitem__ with a getsizeof or an overridden popitem (cachetools' exact algorithm)."""
@@ -1145,7 +953,7 @@ cdef class Cache:
         cdef list evicted = None
         cdef object kv
         if self._sizefn is not None:
-            size = _checked_size(self._sizefn(value), self._maxsize)
+            size = checked_size(self._sizefn(value), self._maxsize)
         else:
             size = 1
             if self._max_entries < 1:
@@ -1171,8 +979,8 @@ cdef class Cache:
                             self._grow_for_one()    # may run Python code: look the key up again
                             continue
                         e = self._insert_at(slot, h, key, value, size)
-                    if self._exp != NULL:    # the entry's expiry time (_ttl.pxi)
-                        _ttl_stamp(self, <entry_t>e, exp)
+                    if self._exp != NULL:    # the entry's expiry time (kvcache._expiry)
+                        EXPIRY.stamp(self, <entry_t>e, exp)
                     break
                 if self._native_evict:
                     if evicted is None:
@@ -1194,15 +1002,15 @@ cdef class Cache:
 
     def __delitem__(self, key):
         cdef Py_ssize_t slot, e
-        cdef hash_t h = _key_hash(self, key)
+        cdef hash_t h = key_hash(self, key)
         cdef object k, v
-        cdef double now = _ttl_now(self) if self._exp != NULL else 0.0   # expiry clock (_ttl.pxi)
+        cdef double now = expiry_clock(self)
         cdef bint dead
         with cython.critical_section(self):
             e = table_find(self, key, h, &slot)
             if e < 0:
                 raise KeyError(key)
-            dead = _dead(self, e, now)
+            dead = entry_dead(self, e, now)
             v = self._remove(<entry_t>e, slot)
             k = self._removed_key
             self._removed_key = None
@@ -1223,11 +1031,11 @@ cdef class Cache:
             if default is _MARKER:
                 raise KeyError(key)
             return default
-        h = _key_hash(self, key)
-        now = _ttl_now(self) if self._exp != NULL else 0.0   # expiry clock (_ttl.pxi)
+        h = key_hash(self, key)
+        now = expiry_clock(self)
         with cython.critical_section(self):
             e = table_find(self, key, h, &slot)
-            if e >= 0 and not _dead(self, e, now):
+            if e >= 0 and not entry_dead(self, e, now):
                 v = self._remove(<entry_t>e, slot)
                 k = self._removed_key
                 self._removed_key = None
@@ -1243,15 +1051,15 @@ cdef class Cache:
     cdef tuple _popitem(self):
         cdef Py_ssize_t slot, e
         cdef list keys
-        if self._exp != NULL:            # expired entries go first, silently (_ttl.pxi)
-            _ttl_expire_now(self)
+        if self._exp != NULL:            # expired entries go first, silently (kvcache._expiry)
+            EXPIRY.expire_now(self)
         if self._choice is not None:
             with cython.critical_section(self):
                 keys = self._dense_keys()
             if not keys:
                 raise KeyError("%s is empty" % type(self).__name__)
             key = self._choice(keys)               # user code: outside the critical section
-            h = _key_hash(self, key)
+            h = key_hash(self, key)
             with cython.critical_section(self):
                 e = table_find(self, key, h, &slot)
                 if e < 0:
@@ -1280,14 +1088,14 @@ cdef class Cache:
     def setdefault(self, key, default=None):
         """Return the value of key (a lookup); if absent, insert key with default and return default."""
         cdef Py_ssize_t slot, e
-        cdef hash_t h = _key_hash(self, key)
-        cdef double now = _ttl_now(self) if self._exp != NULL else 0.0   # expiry clock (_ttl.pxi)
+        cdef hash_t h = key_hash(self, key)
+        cdef double now = expiry_clock(self)
         with cython.critical_section(self):
             e = table_find(self, key, h, &slot)
-            if e >= 0 and not _dead(self, e, now):
+            if e >= 0 and not entry_dead(self, e, now):
                 self._hits += 1
                 if self.o.policy == POLICY_LRU:
-                    _list_move_to_end(&self.o, &self.t, <entry_t>e)
+                    list_move_to_end(&self.o, &self.t, <entry_t>e)
                 else:
                     order_touch(&self.o, &self.t, <entry_t>e)
                 return <object>PyList_GET_ITEM(self._kv, 2 * e + 1)
@@ -1336,8 +1144,8 @@ cdef class Cache:
         for e in range(self.t.capacity - 1, -1, -1):
             table_put_free(&self.t, <entry_t>e)
         self._reset_order()
-        if self._exp != NULL:            # (_ttl.pxi)
-            _ttl_reset(self)
+        if self._exp != NULL:            # (kvcache._expiry)
+            EXPIRY.reset(self)
         self._version += 1
 
     # -- sizes, stats, resize -------------------------------------------------------------------
@@ -1350,8 +1158,8 @@ cdef class Cache:
     @property
     def currsize(self):
         """The current size of the cache."""
-        if self._exp != NULL:            # expired entries do not count (_ttl.pxi)
-            _ttl_expire_now(self)
+        if self._exp != NULL:            # expired entries do not count (kvcache._expiry)
+            EXPIRY.expire_now(self)
         if self._sizes is None:
             return self.t.count
         return self._currsize
@@ -1373,14 +1181,13 @@ cdef class Cache:
             raise TypeError("maxsize must be a number")
         if maxsize < 0:
             raise ValueError("maxsize must be non-negative")
-        if self._exp != NULL:            # expired entries go before any live one (_ttl.pxi)
-            _ttl_expire_now(self)
+        if self._exp != NULL:            # expired entries go before any live one (kvcache._expiry)
+            EXPIRY.expire_now(self)
         with cython.critical_section(self):
             self._maxsize = maxsize
             if self._sizefn is None:
-                self._max_entries = _MAX_ENTRIES if maxsize >= _MAX_ENTRIES else <Py_ssize_t>math.floor(maxsize)
-            if self.o.policy == POLICY_TINYLFU:
-                tinylfu_set_cap(&self.o, &self.t, self._max_entries)
+                self._max_entries = MAX_ENTRIES if maxsize >= MAX_ENTRIES else <Py_ssize_t>math.floor(maxsize)
+            self._policy_resize()
         while True:
             with cython.critical_section(self):
                 if self.t.count == 0:
@@ -1443,15 +1250,15 @@ cdef class Cache:
         cdef Py_ssize_t e
         cdef hash_t[32] ring
         cdef hash_t h, hi
-        cdef double now = _ttl_now(self) if self._exp != NULL else 0.0   # expiry clock (_ttl.pxi)
+        cdef double now = expiry_clock(self)
         for j in range(32 if n > 32 else n):
-            ring[j] = self._int_hash(sp[j], up[j], unsigned)
+            ring[j] = _int_hash(self.t.seed, sp[j], up[j], unsigned)
         for i in range(n):
             with cython.critical_section(self):
                 hi = ring[i & 31]                    # its slot takes the hash of key i + 32
                 j = i + 32
                 if j < n:
-                    h = self._int_hash(sp[j], up[j], unsigned)
+                    h = _int_hash(self.t.seed, sp[j], up[j], unsigned)
                     ring[j & 31] = h
                     _prefetch_home(&self.t, h)
                 if i + 16 < n:
@@ -1459,7 +1266,7 @@ cdef class Cache:
                 if i + 8 < n:
                     _prefetch_entry(&self.t, self._kv, ring[(i + 8) & 31], True)
                 e = self._find_int(sp[i], up[i], unsigned, hi)
-                if e >= 0 and _dead(self, e, now):   # expired: a miss (_ttl.pxi)
+                if e >= 0 and entry_dead(self, e, now):   # expired: a miss (kvcache._expiry)
                     e = -1
                 if e >= 0:
                     self._hits += 1
@@ -1473,9 +1280,6 @@ cdef class Cache:
             key = PyLong_FromUnsignedLongLong(up[i]) if unsigned else PyLong_FromLongLong(sp[i])
             out[i] = self.get(key, default)
         return out
-
-    cdef inline hash_t _int_hash(self, int64_t sv, uint64_t uv, bint unsigned) noexcept nogil:
-        return mix_hash(_hash_u64(uv) if unsigned else _hash_i64(sv), self.t.seed)
 
     cdef Py_ssize_t _find_int(self, int64_t sv, uint64_t uv, bint unsigned, hash_t h) except -3:
         """Find an int key given as a C integer (h: its hash): entry, -1 if absent, -2 if a slow
@@ -1600,8 +1404,8 @@ cdef class Cache:
     __hash__ = None
 
     def __repr__(self):
-        if self._exp != NULL:            # (_ttl.pxi)
-            _ttl_expire_now(self)
+        if self._exp != NULL:            # (kvcache._expiry)
+            EXPIRY.expire_now(self)
         if Py_ReprEnter(self) != 0:
             return "%s(...)" % type(self).__name__
         try:
@@ -1617,26 +1421,26 @@ cdef class Cache:
     def __reduce__(self):
         params = (self._maxsize, self._user_getsizeof, self._on_evict, self._seed_arg,
                   None if self._capacity_arg < 0 else self._capacity_arg, self._choice)
-        if self._xp is not None:         # expiry: absolute times and the timer ride along (_ttl.pxi)
+        if self._xp is not None:         # expiry: absolute times and the timer ride along (kvcache._expiry)
             keys, values, aux, expires = self._export_state(ttl=_ABSOLUTE)
         else:
             keys, values, aux = self._export_state()
-        extra = dict(_instance_dict(self))
+        extra = dict(instance_dict(self))
         extra.pop("getsizeof", None)
         state = (keys, values, aux, extra, self._hits, self._misses, self._evictions)
         if self._xp is not None:
-            state += (_ttl_getstate(self), expires)
+            state += (EXPIRY.getstate(self), expires)
         return (_rebuild, (type(self), params), state)
 
     def __setstate__(self, state):
         keys, values, aux, extra, hits, misses, evictions = state[:7]
-        if len(state) > 7:               # expiry state (_ttl.pxi)
-            _ttl_setstate(self, state[7])
+        if len(state) > 7:               # expiry state (kvcache._expiry)
+            EXPIRY.setstate(self, state[7])
             self._import_state(keys, values, aux, _expires=state[8])
         else:
             self._import_state(keys, values, aux)
         if extra:
-            _instance_dict(self).update(extra)
+            instance_dict(self).update(extra)
         self._hits, self._misses, self._evictions = hits, misses, evictions
 
     def __copy__(self):
@@ -1655,7 +1459,7 @@ cdef class Cache:
         cdef cnp.ndarray order
         cdef entry_t* op
         cdef int64_t* fp
-        cdef double now = _ttl_now(self) if self._exp != NULL else 0.0   # expiry clock (_ttl.pxi)
+        cdef double now = expiry_clock(self)
         cdef uint64_t version
         with cython.critical_section(self):
             while True:
@@ -1663,9 +1467,9 @@ cdef class Cache:
                 # the table, so that keys, values and frequencies come from one state
                 version = self._version
                 order = self._order_array()
-                if self._exp != NULL:    # expired entries are not exported (_ttl.pxi)
-                    order = _ttl_live_order(self, order, now)
-                rem = _ttl_export(self, order, now, ttl) if ttl else None
+                if self._exp != NULL:    # expired entries are not exported (kvcache._expiry)
+                    order = EXPIRY.live_order(self, order, now)
+                rem = EXPIRY.export(self, order, now, isinstance(ttl, str) and ttl == _ABSOLUTE) if ttl else None
                 op = <entry_t*>cnp.PyArray_DATA(order)
                 n = order.shape[0]
                 keys = [self._kv[2 * op[i]] for i in range(n)]
@@ -1708,14 +1512,14 @@ cdef class Cache:
         fresh = type(self).__new__(type(self))
         Cache._setup(fresh, self._maxsize, self._user_getsizeof, self._on_evict, self._seed_arg,
                      None if self._capacity_arg < 0 else self._capacity_arg, self._choice)
-        exps = _ttl_import_prepare(self, fresh, n, ttl, _expires)   # expiry times (_ttl.pxi)
+        exps = EXPIRY.import_prepare(self, fresh, n, ttl, _expires)   # expiry times (kvcache._expiry)
         if n > fresh.t.capacity:
-            fresh._reserve(min(max(n, 1), _MAX_ENTRIES))
+            fresh._reserve(min(max(n, 1), MAX_ENTRIES))
         for i in range(n):
             key = keys[i]
             value = values[i]
-            h = _key_hash(fresh, key)
-            size = _checked_size(fresh._sizefn(value), fresh._maxsize) if fresh._sizefn is not None else None
+            h = key_hash(fresh, key)
+            size = checked_size(fresh._sizefn(value), fresh._maxsize) if fresh._sizefn is not None else None
             if table_find(fresh, key, h, &slot) >= 0:
                 raise ValueError("state holds the key %r twice" % (key,))
             if fresh.t.free_head == ENTRY_NONE:
@@ -1734,8 +1538,8 @@ cdef class Cache:
                 fresh.t.count += 1
             else:
                 e = fresh._insert_at(slot, h, key, value, size)
-            if exps is not None:         # (_ttl.pxi)
-                _ttl_stamp(fresh, e, exps[i])
+            if exps is not None:         # (kvcache._expiry)
+                EXPIRY.stamp(fresh, e, exps[i])
         with cython.critical_section(self):
             self._swap(fresh)
         # a state bigger than maxsize is trimmed in policy order, like resize()
@@ -1748,7 +1552,7 @@ cdef class Cache:
         self._kv, other._kv = other._kv, self._kv
         self._sizes, other._sizes = other._sizes, self._sizes
         self._currsize, other._currsize = other._currsize, self._currsize
-        self._exp, other._exp = other._exp, self._exp      # expiry state (_ttl.pxi)
+        self._exp, other._exp = other._exp, self._exp      # expiry state (kvcache._expiry)
         self._xp, other._xp = other._xp, self._xp
         self._version += other._version + 1
 
@@ -1769,7 +1573,7 @@ cdef class Cache:
                     i = table_slot_of_checked(&self.t, <entry_t>e)
                     if i < 0:
                         raise AssertionError("live entry %d is not reachable in the index" % e)
-                    if self.t.ent[e].hash != _key_hash(self, self._kv[2 * e]):
+                    if self.t.ent[e].hash != key_hash(self, self._kv[2 * e]):
                         raise AssertionError("entry %d has a stale hash" % e)
             if nlive != self.t.count or nfree + nlive != cap:
                 raise AssertionError("count %d, live %d, free %d, capacity %d"
@@ -1786,10 +1590,9 @@ cdef class Cache:
             order = self._order_array()
             if len(set(order.tolist())) != self.t.count:
                 raise AssertionError("policy order does not list each live entry once")
-            if self.o.policy == POLICY_TINYLFU:
-                msg = tinylfu_check(&self.o, &self.t)
-                if msg is not None:
-                    raise AssertionError(msg)
+            msg = self._policy_check()
+            if msg is not None:
+                raise AssertionError(msg)
             if self.o.policy == POLICY_LFU:
                 b = self.o.bfirst
                 while b != -1:
@@ -1825,8 +1628,8 @@ cdef class Cache:
                                          % (i, self._kv[2 * self.t.index[i]]))
             if used != self.t.count:
                 raise AssertionError("%d used slots for %d entries" % (used, self.t.count))
-            if self._exp != NULL:        # the radix heap of expiry times (_ttl.pxi)
-                _ttl_check(self)
+            if self._exp != NULL:        # the radix heap of expiry times (kvcache._expiry)
+                EXPIRY.check(self)
 
     def _nbytes(self):
         """Bytes held by the engine for this cache, key and value objects not counted."""
@@ -1834,8 +1637,8 @@ cdef class Cache:
         n = self._buf.nbytes() + sys.getsizeof(self._kv)
         if self._sizes is not None:
             n += sys.getsizeof(self._sizes)
-        if self._exp != NULL:            # (_ttl.pxi)
-            n += _ttl_nbytes(self)
+        if self._exp != NULL:            # (kvcache._expiry)
+            n += EXPIRY.nbytes(self)
         return n
 
     # -- per-entry time-to-live (implemented in _ttl.pxi) -----------------------------------------
@@ -1846,27 +1649,27 @@ cdef class Cache:
         `ttl` may be a timedelta when the timer returns datetimes.  Setting a key again
         replaces its expiry.
         """
-        _ttl_set(self, key, value, ttl)
+        EXPIRY.set(self, key, value, ttl)
 
     def ttl_of(self, key):
         """Return the time key has left to live (seconds, or a timedelta for datetime timers); None if it never expires.
 
         Raises KeyError if key is absent or expired.  Not a lookup: nothing is counted or touched.
         """
-        return _ttl_of(self, key)
+        return EXPIRY.ttl_of(self, key)
 
     def expire(self, time=None):
         """Remove the items expired at `time` (default: now) and return their `(key, value)` pairs."""
-        return _ttl_expire(self, time)
+        return EXPIRY.expire(self, time)
 
     @property
     def timer(self):
         """The timer used for expiry (time.monotonic by default); `with cache.timer as now:` freezes time."""
-        return _ttl_get_timer(self)
+        return EXPIRY.get_timer(self)
 
     @timer.setter
     def timer(self, timer):
-        _ttl_set_timer(self, timer)
+        EXPIRY.set_timer(self, timer)
 
     # -- snapshots (issue 7; format and checks in kvcache.snapshot) ---------------------------
 
@@ -1903,73 +1706,11 @@ cdef void _lfu_append_sorted(order_t* o, table_t* t, entry_t e, int64_t freq) no
     _bucket_append(o, t, b, e)
 
 
-cdef dict _instance_dict(object obj):
+cdef dict instance_dict(object obj):
     return _object_getattribute(obj, "__dict__")
 
 
 cdef object _object_getattribute = object.__getattribute__
-
-
-cdef inline Py_ssize_t table_find(Cache self, object key, hash_t h, Py_ssize_t* slot_out) except -2:
-    """Return key's entry (or -1 and the slot to insert it at); may run key.__eq__."""
-    cdef uint64_t i
-    cdef int32_t e
-    cdef PyObject* po
-    cdef int eq, restarts = 0
-    cdef uint64_t version
-    cdef object other
-    cdef uint8_t tag = slot_tag(h), tg
-    while True:
-        i = h & self.t.mask
-        version = self._version
-        while True:
-            # the tags alone answer most probes: a miss never reads an entry record
-            tg = self.t.tags[i]
-            if tg == TAG_EMPTY:
-                slot_out[0] = <Py_ssize_t>i
-                return -1
-            if (tg & ~TAG_INT) == tag and self.t.ent[self.t.index[i]].hash == h:
-                e = self.t.index[i]
-                po = PyList_GET_ITEM(self._kv, 2 * e)
-                if po == <PyObject*>key:
-                    slot_out[0] = <Py_ssize_t>i     # identity: no reference taken, no Python code
-                    return e
-                eq = kv_plain_eq(po, <PyObject*>key)  # ints, strs, their tuples: no reference either
-                if eq < 0:
-                    other = <object>po              # a strong reference: __eq__ may drop the entry
-                    eq = PyObject_RichCompareBool(other, key, Py_EQ)
-                    if self._version != version:
-                        break                       # mutated by __eq__ (or another thread): restart
-                if eq:
-                    slot_out[0] = <Py_ssize_t>i
-                    return e
-            i = (i + 1) & self.t.mask
-        restarts += 1
-        if restarts > _MAX_RESTARTS:
-            raise RuntimeError("cache mutated during lookup too many times")
-
-
-cdef inline Py_ssize_t cache_lookup(Cache c, object key, hash_t h, double now) except -2:
-    """A counted lookup: find key, treat an expired entry as absent, record the hit or miss.
-
-    `now` is the expiry clock read before the critical section (0 when no TTL is in use).
-    """
-    cdef Py_ssize_t slot
-    cdef Py_ssize_t e
-    e = table_find(c, key, h, &slot)
-    if e >= 0 and _dead(c, e, now):             # expired: a miss (_ttl.pxi)
-        e = -1
-    if e < 0:
-        c._misses += 1
-        return -1
-    c._hits += 1
-    if c.o.policy == POLICY_LRU:
-        _list_move_to_end(&c.o, &c.t, <entry_t>e)
-    elif c.o.policy == POLICY_TINYLFU:
-        _tlfu_hit(&c.o.tl, &c.t, <entry_t>e)
-    else:
-        order_touch(&c.o, &c.t, <entry_t>e)
-    return e
 
 
 cdef inline void prefetch_victim_slot(Cache c) noexcept nogil:
@@ -1994,13 +1735,6 @@ cdef inline void prefetch_victim_slot(Cache c) noexcept nogil:
     if c.t.tags != NULL:
         kv_prefetch(&c.t.tags[i])
     kv_prefetch(&c.t.index[i])
-
-
-cdef extern from *:
-    """
-    static inline PyObject** kv_list_items(PyObject* list) { return ((PyListObject*)list)->ob_item; }
-    """
-    PyObject** kv_list_items(object lst) nogil
 
 
 cdef inline void _prefetch_home(table_t* t, hash_t h) noexcept nogil:
@@ -2033,19 +1767,8 @@ cdef inline void _prefetch_entry(table_t* t, list kv, hash_t h, bint objects) no
         kv_prefetch(&t.ent[t.ent[e].next])
 
 
+cdef str _ABSOLUTE = "absolute"      # _export_state(ttl="absolute"): absolute times (pickling)
 cdef object _ABSENT = object()      # "no such key" where None could be a value
-
-
-cdef inline object cache_get(Cache c, object key, object default):
-    """The value of key after a counted lookup (Cache.__getitem__ and get), else `default`."""
-    cdef Py_ssize_t e
-    cdef hash_t h = _key_hash(c, key)
-    cdef double now = _ttl_now(c) if c._exp != NULL else 0.0     # expiry clock (_ttl.pxi)
-    with cython.critical_section(c):
-        e = cache_lookup(c, key, h, now)
-        if e >= 0:
-            return <object>PyList_GET_ITEM(c._kv, 2 * e + 1)
-    return default
 
 
 cdef entry_t cache_insert_new(Cache c, Py_ssize_t slot, hash_t h, object key, object value,
@@ -2053,9 +1776,9 @@ cdef entry_t cache_insert_new(Cache c, Py_ssize_t slot, hash_t h, object key, ob
     """Insert a key known to be absent, evicting the policy's victim if the cache is full.
 
     `slot` comes from a lookup made at the current version.  For caches counted one per entry
-    with native eviction and no expiry (the caller checks `_plain_store`).  An evicted pair is
+    with native eviction and no expiry (the caller checks `plain_store`).  An evicted pair is
     handed back in evk/evv as owned references (NULL when nothing was evicted): the caller
-    releases them, with `_release_pair`, once it has left the critical section.  Returns -1,
+    releases them, with `release_pair`, once it has left the critical section.  Returns -1,
     changing nothing, when the cache may grow but has no free entry number: the caller then
     calls `_grow_for_one` and looks the key up again.
     """
@@ -2075,7 +1798,7 @@ cdef entry_t cache_insert_new(Cache c, Py_ssize_t slot, hash_t h, object key, ob
     slot = table_probe_free(&c.t, h)            # the removal may have emptied a slot before ours
     c.t.ent[e].hash = h
     table_put_slot(&c.t, slot, e)
-    if _may_tag_int(key):
+    if kv_is_small_int(key):
         c.t.tags[slot] |= TAG_INT
     evk[0] = PyList_GET_ITEM(c._kv, 2 * e)
     evv[0] = PyList_GET_ITEM(c._kv, 2 * e + 1)
@@ -2090,22 +1813,7 @@ cdef entry_t cache_insert_new(Cache c, Py_ssize_t slot, hash_t h, object key, ob
     return e
 
 
-cdef inline bint _plain_store(Cache c):
-    """True when an insertion may go through cache_insert_new (no sizes, hooks or expiry)."""
-    return c._sizefn is None and c._native_evict and c._native_setitem and c._exp == NULL \
-        and c._max_entries >= 1
-
-
-cdef inline void _release_pair(PyObject* k, PyObject* v):
-    Py_XDECREF(k)
-    Py_XDECREF(v)
-
-
-cdef inline hash_t _key_hash(Cache c, object key) except? 0:
-    return mix_hash(hash(key), c.t.seed)
-
-
-cdef object _checked_size(object size, object maxsize):
+cdef object checked_size(object size, object maxsize):
     """Return getsizeof's result as an int or float, or raise before anything changes.
 
     Sizes are kept as exact ints and floats so that the sums run no user code; NaN, infinite
@@ -2218,12 +1926,111 @@ cdef class RRCache(Cache):
 
 
 
-include "_ttl.pxi"
+# popitem methods that are the engine's own (`_popitem`): a class using one evicts in C.  Parts
+# defining cache classes register theirs.
+cdef set _NATIVE_POPITEMS = {Cache.popitem, FIFOCache.popitem, LRUCache.popitem, LFUCache.popitem,
+                             RRCache.popitem}
+cdef frozenset _NATIVE_GETITEMS = frozenset([Cache.__getitem__])
 
 
-_NATIVE_POPITEMS = frozenset([Cache.popitem, FIFOCache.popitem, LRUCache.popitem, LFUCache.popitem,
-                              RRCache.popitem, TTLCache.popitem, TLRUCache.popitem])
-_NATIVE_GETITEMS = frozenset([Cache.__getitem__])
+cdef void register_native_popitem(object method):
+    _NATIVE_POPITEMS.add(method)
+
+
+# ---------------------------------------------------------------------------------------------
+# The expiry layer's hooks: kvcache._expiry registers the real ones on import
+# ---------------------------------------------------------------------------------------------
+
+cdef class ExpiryHooks:
+    """The engine's view of expiry; this base serves caches while no expiry layer is loaded."""
+
+    cdef double now(self, Cache c) except? -1:
+        return 0.0
+
+    cdef uint64_t bumps(self, Cache c) noexcept:
+        return 0
+
+    cdef void stamp(self, Cache c, entry_t e, double exp) noexcept:
+        pass
+
+    cdef void forget(self, Cache c, entry_t e) noexcept:
+        pass
+
+    cdef object expire_now(self, Cache c):
+        return None
+
+    cdef object setitem(self, Cache c, object key, hash_t h, object value, object ttl):
+        raise RuntimeError("kvcache._expiry is not loaded")
+
+    cdef void reset(self, Cache c) noexcept:
+        pass
+
+    cdef object new_buffers(self, _Buffers b, Py_ssize_t capacity):
+        return None
+
+    cdef void adopt(self, Cache c, _Buffers b, Py_ssize_t old) noexcept:
+        pass
+
+    cdef tuple getstate(self, Cache c):
+        return None
+
+    cdef object setstate(self, Cache c, tuple st):
+        raise RuntimeError("kvcache._expiry is not loaded")
+
+    cdef object live_order(self, Cache c, object order, double now):
+        return order
+
+    cdef object export(self, Cache c, object order, double now, bint absolute):
+        return None
+
+    cdef object import_prepare(self, Cache c, Cache fresh, Py_ssize_t n, object ttl, object expires):
+        if ttl is not None or expires is not None:
+            raise RuntimeError("kvcache._expiry is not loaded")
+        return None
+
+    cdef object check(self, Cache c):
+        return None
+
+    cdef Py_ssize_t nbytes(self, Cache c) except -1:
+        return 0
+
+    cdef object set(self, Cache c, object key, object value, object ttl):
+        if ttl is not None:
+            raise RuntimeError("kvcache._expiry is not loaded")
+        c[key] = value
+
+    cdef object ttl_of(self, Cache c, object key):
+        if key not in c:
+            raise KeyError(key)
+        return None
+
+    cdef object expire(self, Cache c, object time):
+        return []
+
+    cdef object get_timer(self, Cache c):
+        raise RuntimeError("kvcache._expiry is not loaded")
+
+    cdef object set_timer(self, Cache c, object timer):
+        raise RuntimeError("kvcache._expiry is not loaded")
+
+    cdef double scale(self, Cache c) except? -1:
+        return 1.0
+
+
+EXPIRY = ExpiryHooks()
+
+
+cdef void register_expiry(ExpiryHooks hooks):
+    global EXPIRY
+    EXPIRY = hooks
+
+
+cdef inline uint64_t _iter_version(Cache c) noexcept:
+    # Iterators fail on any change but expiry: len(), currsize or expire() may remove expired
+    # entries while a loop runs (list(cache) itself calls len()); the iterator skips them.
+    if c._xp is None:
+        return c._version
+    return c._version - EXPIRY.bumps(c)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -2232,12 +2039,6 @@ _NATIVE_GETITEMS = frozenset([Cache.__getitem__])
 
 @cython.final
 cdef class _CacheIterator:
-    cdef Cache cache
-    cdef object order          # int32 array of entry numbers
-    cdef entry_t* op
-    cdef Py_ssize_t pos, n
-    cdef uint64_t version
-    cdef int mode              # 0 keys, 1 values, 2 items; +3 reversed keys
 
     def __cinit__(self, Cache cache, int mode):
         self.cache = cache
@@ -2245,7 +2046,7 @@ cdef class _CacheIterator:
         self.op = <entry_t*>cnp.PyArray_DATA(<cnp.ndarray>self.order)
         self.n = len(self.order)
         self.pos = 0
-        self.version = _iter_version(cache)     # expirations do not count (_ttl.pxi)
+        self.version = _iter_version(cache)     # expirations do not count (kvcache._expiry)
         self.mode = mode
 
     def __iter__(self):
@@ -2254,7 +2055,7 @@ cdef class _CacheIterator:
     def __next__(self):
         cdef Cache c = self.cache
         cdef entry_t e
-        cdef double now = _ttl_now(c) if c._exp != NULL else 0.0   # expiry clock (_ttl.pxi)
+        cdef double now = expiry_clock(c)
         if self.pos >= self.n:
             raise StopIteration
         with cython.critical_section(c):
@@ -2267,9 +2068,9 @@ cdef class _CacheIterator:
                 else:
                     e = self.op[self.pos]
                 self.pos += 1
-                if not _dead(c, e, now) and c.t.ent[e].prev != ENTRY_FREE:
+                if not entry_dead(c, e, now) and c.t.ent[e].prev != ENTRY_FREE:
                     break
-                if self.pos >= self.n:  # expired entries are skipped (_ttl.pxi)
+                if self.pos >= self.n:  # expired entries are skipped (kvcache._expiry)
                     raise StopIteration
             if self.mode == 1:
                 return c._kv[2 * e + 1]
@@ -2318,14 +2119,3 @@ class _ItemsView(collections.abc.ItemsView):
 
 collections.abc.MutableMapping.register(Cache)
 
-
-# Batch numpy layer for inference: digest() and VectorCache (issue 6).
-include "_vector.pxi"
-# Compiled call paths of lru_cache, cached, cachedmethod, memoize; lru-dict's LRU (issue 3).
-include "_functools.pxi"
-# The paged KV-cache block manager behind kvcache.llm (BlockPool, PrefixCache) (issue 8).
-include "_paged.pxi"
-# The adaptive W-TinyLFU policy (TinyLFUCache), the GIL-free replay loop and Belady's OPT (issue 5).
-include "_tinylfu.pxi"
-# The compiled local-hit path of kvcache.redis.TieredCache (issue 7).
-include "_tiered.pxi"

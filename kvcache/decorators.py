@@ -23,26 +23,21 @@ CacheInfo = _CacheInfo
 _MISSING = object()
 
 from . import keys
-from ._core import (
+from ._core import Cache, CacheStats, FIFOCache, LFUCache, LRUCache, RRCache
+from ._expiry import TTLCache, enable_default_ttl
+from ._memo import (
     LRU,
-    Cache,
-    CacheStats,
-    FIFOCache,
-    LFUCache,
-    LRUCache,
-    RRCache,
-    TinyLFUCache,
-    TTLCache,
-    _enable_default_ttl,
-    _cached_base,
-    _cm_bound,
-    _cm_desc_base,
-    _install_fast_call,
-    _lru_cache_wrapper,
-    _memo_base,
-    _register_plain_keyfunc,
-    _register_plain_methodkey,
+    MEMO_ATTR,
+    CachedBase,
+    CachedMethodBound,
+    CachedMethodDescriptorBase,
+    MemoBase,
+    install_fast_call,
+    lru_cache_wrapper,
+    register_plain_keyfunc,
+    register_plain_methodkey,
 )
+from ._tinylfu import TinyLFUCache
 
 __all__ = (
     "LRU",
@@ -102,7 +97,7 @@ class _CachedBase:
         return f"<cached {self.__wrapped__!r}>"
 
 
-class _Cached(_cached_base, _CachedBase):
+class _Cached(CachedBase, _CachedBase):
     # The call path (key, lookup, call, store) is compiled: _core._cached_tp_call.  With the
     # default key and no keyword arguments the key is the argument tuple itself, which
     # equals (and hashes like) hashkey(*args), as cachetools 8's keys are plain tuples.
@@ -110,8 +105,8 @@ class _Cached(_cached_base, _CachedBase):
         self.cache.clear()
 
 
-_register_plain_keyfunc(keys.hashkey)
-_install_fast_call(_Cached)
+register_plain_keyfunc(keys.hashkey)
+install_fast_call(_Cached)
 
 
 class _CachedLocked(_CachedBase):
@@ -330,7 +325,7 @@ class _MethodState:
 _STATE_ATTR = "__kvcache_cachedmethods"
 
 
-class _BoundCachedMethod(_cm_bound):
+class _BoundCachedMethod(CachedMethodBound):
     """A `@cachedmethod` bound to an instance: call it, or reach its cache."""
 
     # __self__ and _desc are the compiled base's; so is the call path (_core._cm_call)
@@ -421,9 +416,9 @@ class _BoundCachedMethodInfo(_BoundCachedMethod):
             return _make_info(desc._cache(obj), state.hits, state.misses)
 
 
-_register_plain_methodkey(keys.methodkey)
-_install_fast_call(_BoundCachedMethod)
-_install_fast_call(_BoundCachedMethodInfo)
+register_plain_methodkey(keys.methodkey)
+install_fast_call(_BoundCachedMethod)
+install_fast_call(_BoundCachedMethodInfo)
 
 
 class _UnboundCachedMethod:
@@ -468,8 +463,8 @@ class _UnboundCachedMethod:
             ) from None
 
 
-class _CachedMethodDescriptor(_cm_desc_base):
-    # the fields and __get__ (instance access) are compiled: _core._cm_desc_base
+class _CachedMethodDescriptor(CachedMethodDescriptorBase):
+    # the fields and __get__ (instance access) are compiled: _core.CachedMethodDescriptorBase
     def __init__(self, method, cache, key, lock, cond, info):
         functools.update_wrapper(self, method)
         self._method = method
@@ -654,7 +649,7 @@ def lru_cache(maxsize=128, typed=False):
 
 
 def _make_lru_wrapper(user_function, maxsize, typed):
-    wrapper = _lru_cache_wrapper(user_function, maxsize, typed, _CacheInfo)
+    wrapper = lru_cache_wrapper(user_function, maxsize, typed, _CacheInfo)
     wrapper.cache_parameters = lambda: {"maxsize": maxsize, "typed": typed}
     return functools.update_wrapper(wrapper, user_function)
 
@@ -732,7 +727,7 @@ def ttl_cache(maxsize=128, ttl=600, timer=time.monotonic, typed=False):
 
 # ---------------------------------------------------------------------------
 # memoize: kvcache's decorator.  Calls of plain functions run entirely in the
-# compiled _memo_base (hit path, and misses with single flight); this layer adds
+# compiled MemoBase (hit path, and misses with single flight); this layer adds
 # the policies, method binding, coroutines and introspection.
 
 _POLICIES = {
@@ -746,15 +741,15 @@ _POLICIES = {
 
 def _with_ttl(make_cache, ttl):
     cache = make_cache()
-    _enable_default_ttl(cache, ttl)
+    enable_default_ttl(cache, ttl)
     return cache
 
 
-class _Memo(_memo_base):
+class _Memo(MemoBase):
     """A memoized function: call it; inspect or reset its cache."""
 
     def __init__(self, func, make_cache, maxsize, policy, typed, key, single_flight):
-        _memo_base.__init__(self, func, make_cache(), typed, key, single_flight)
+        MemoBase.__init__(self, func, make_cache(), typed, key, single_flight)
         functools.update_wrapper(self, func)
         self._make_cache = make_cache
         self._params = {"maxsize": maxsize, "policy": policy, "typed": typed}
@@ -771,7 +766,7 @@ class _Memo(_memo_base):
 
     # -- method mode ---------------------------------------------------------
 
-    # __get__ is compiled (_memo_base.__get__): it finds the instance's memo and binds it
+    # __get__ is compiled (MemoBase.__get__): it finds the instance's memo and binds it
 
     def _unbound(self):
         return _MemoUnbound(self)
@@ -785,7 +780,7 @@ class _Memo(_memo_base):
 
     def _instance_memo(self, obj):
         try:
-            memos = obj.__dict__.setdefault(_MEMO_ATTR, {})
+            memos = obj.__dict__.setdefault(MEMO_ATTR, {})
         except AttributeError:
             raise TypeError(
                 f"@memoize method {self._attrname!r} needs a '__dict__' on "
@@ -870,7 +865,7 @@ class _Memo(_memo_base):
 
 
 # keep the compiled tp_call (a Python subclass would inherit the slower generic one)
-_install_fast_call(_Memo)
+install_fast_call(_Memo)
 
 
 class _AsyncMemo(_Memo):
@@ -938,8 +933,6 @@ class _AsyncMemo(_Memo):
     def __repr__(self):
         return f"<memoize async {self.__wrapped__!r}>"
 
-
-_MEMO_ATTR = "__kvcache_memos"
 
 
 class _MemoUnbound:

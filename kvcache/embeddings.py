@@ -3,7 +3,7 @@ import threading
 
 import numpy
 
-from ._core import VectorCache, digest
+from ._vector import VectorCache, digest
 
 __all__ = ["CachedEmbedder"]
 

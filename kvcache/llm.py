@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from kvcache._core import PoolExhaustedError, PrefixCacheStats, _PagedBlocks
+from kvcache._paged import PagedBlocks, PoolExhaustedError, PrefixCacheStats
 
 __all__ = [
     "BlockPool",
@@ -60,7 +60,7 @@ class BlockPool:
         dtype = np.dtype(dtype)
         if dtype.kind not in "iufc" or dtype.subdtype is not None:
             raise TypeError(f"a BlockPool holds numeric K/V (int, float, complex), not {dtype}")
-        self._blocks = _PagedBlocks(num_blocks, block_size)
+        self._blocks = PagedBlocks(num_blocks, block_size)
         self.kv = np.zeros((layers, 2, num_blocks, block_size, kv_heads, head_dim), dtype=dtype)
         self.num_blocks = num_blocks
         self.block_size = block_size

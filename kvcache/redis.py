@@ -36,13 +36,12 @@ from collections.abc import MutableMapping
 import redis as _redis
 from redis.exceptions import RedisError
 
-from kvcache._core import _TIER_MISSING, _Expiring, _TieredBase
+from kvcache._tiered import MISSING as _MISSING, Expiring, TieredBase
 from kvcache.serialize import SerializationError, Serializer, decode_key, encode_key
 
 __all__ = ["TieredCache", "TierStats", "CircuitOpenError"]
 
 _monotonic = time.monotonic
-_MISSING = _TIER_MISSING  # what the compiled read path returns for "not there"
 _DEFAULT = object()
 
 TierStats = namedtuple(
@@ -142,7 +141,7 @@ class _Breaker:
                 self.trial = False
 
 
-class TieredCache(_TieredBase, MutableMapping):
+class TieredCache(TieredBase, MutableMapping):
     """Cache values locally in `local` (any kvcache cache) and shared in Redis.
 
     ``client`` is a ``redis.Redis`` or ``redis.cluster.RedisCluster`` created with
@@ -347,14 +346,14 @@ class TieredCache(_TieredBase, MutableMapping):
             blob, pttl = reply
             value = self._ser.loads(blob)
             self._counts[0] += 1
-            entry = value if pttl < 0 else _Expiring(value, t0 + pttl / 1000.0)
+            entry = value if pttl < 0 else Expiring(value, t0 + pttl / 1000.0)
             return value
         finally:
             self._end(name, epoch, key, entry)
 
     # --- the mapping -----------------------------------------------------------
 
-    # __getitem__, get and __contains__ are compiled (_TieredBase): they answer a local hit
+    # __getitem__, get and __contains__ are compiled (TieredBase): they answer a local hit
     # and call _fetch for everything else.
 
     def _fetch(self, key):
@@ -389,7 +388,7 @@ class TieredCache(_TieredBase, MutableMapping):
         entry = _MISSING
         try:
             t0 = _monotonic()
-            entry = value if ttl is None else _Expiring(value, t0 + ttl)
+            entry = value if ttl is None else Expiring(value, t0 + ttl)
             if not self._blocked():
                 try:
                     self._client.set(name, blob, px=None if ttl is None else max(1, int(ttl * 1000)))

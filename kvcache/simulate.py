@@ -20,7 +20,8 @@ import sys
 
 import numpy as np
 
-from kvcache import _core
+from kvcache import _core, _simulate
+from kvcache._tinylfu import TinyLFUCache
 
 __all__ = ["POLICIES", "opt", "replay", "load_trace", "main"]
 
@@ -30,7 +31,7 @@ POLICIES = {
     "lfu": _core.LFUCache,
     "fifo": _core.FIFOCache,
     "rr": _core.RRCache,
-    "tinylfu": _core.TinyLFUCache,
+    "tinylfu": TinyLFUCache,
     "cache": _core.Cache,
 }
 
@@ -83,7 +84,7 @@ def replay(keys, policy, maxsize, *, seed=None, progress=None):
     cls = _policy_class(policy)
     maxsize = _check_maxsize(maxsize)
     arr = _as_keys(keys)
-    replayer = _core._Replayer(cls(maxsize, seed=seed))
+    replayer = _simulate.Replayer(cls(maxsize, seed=seed))
     n = arr.shape[0]
     if progress is None:
         return int(replayer.feed(arr))
@@ -100,7 +101,7 @@ def opt(keys, maxsize):
     if arr.shape[0] == 0 or maxsize == 0:
         return 0
     uniq, ids = np.unique(arr, return_inverse=True)
-    return int(_core._opt_hits(ids.astype(np.int64, copy=False).ravel(), uniq.shape[0], maxsize))
+    return int(_simulate.opt_hits(ids.astype(np.int64, copy=False).ravel(), uniq.shape[0], maxsize))
 
 
 def load_trace(path):

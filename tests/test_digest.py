@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import kvcache
-from kvcache import _core
+from kvcache import _vector
 
 M64 = (1 << 64) - 1
 
@@ -174,11 +174,11 @@ def test_rejects_a_bare_string():
 
 
 def test_truncation_hook_forces_64_bit_collisions():
-    previous = _core._set_digest_truncation(True)
+    previous = _vector._set_digest_truncation(True)
     try:
         got = kvcache.digest(["a", "b"])
     finally:
-        _core._set_digest_truncation(previous)
+        _vector._set_digest_truncation(previous)
     assert got[0, 0] == got[1, 0] == 0
     assert got[0, 1] != got[1, 1]
     assert tuple(map(int, kvcache.digest(["a"])[0]))[0] != 0

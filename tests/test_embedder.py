@@ -3,7 +3,7 @@ import numpy
 import pytest
 
 from kvcache import CachedEmbedder, VectorCache, digest
-from kvcache import _core
+from kvcache import _vector
 
 DIM = 8
 
@@ -65,7 +65,7 @@ def test_namespaces_never_share_entries():
 
 
 def test_texts_colliding_on_64_bits_are_not_confused():
-    previous = _core._set_digest_truncation(True)   # every text gets 64-bit key 0
+    previous = _vector._set_digest_truncation(True)   # every text gets 64-bit key 0
     try:
         enc, emb = make()
         keys = emb.keys(["first", "second", "third"])
@@ -73,7 +73,7 @@ def test_texts_colliding_on_64_bits_are_not_confused():
         first = emb(["first", "second"])
         again = emb(["second", "third", "first"])
     finally:
-        _core._set_digest_truncation(previous)
+        _vector._set_digest_truncation(previous)
     direct = FakeEncoder()
     assert numpy.array_equal(first, direct(["first", "second"]))
     assert numpy.array_equal(again, direct(["second", "third", "first"]))

@@ -592,9 +592,9 @@ def test_method_needs_instance_dict():
 
 
 def test_hit_path_is_compiled():
-    # the wrapper's type keeps the compiled tp_call of kvcache._core._memo_base
+    # the wrapper's type keeps the compiled tp_call of kvcache._memo.MemoBase
     f = memoize()(lambda x: x)
-    assert isinstance(f, kvcache._core._memo_base)
+    assert isinstance(f, kvcache._memo.MemoBase)
     assert "__call__" not in type(f).__dict__
 
 

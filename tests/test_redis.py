@@ -224,7 +224,7 @@ def test_per_key_ttl_overrides_default(make_tier, redis_server):
 
 def test_expired_local_entry_is_not_served(make_tier):
     # The local deadline alone expires a copy, without waiting for Redis' notice.
-    from kvcache.redis import _Expiring
+    from kvcache._tiered import Expiring as _Expiring
 
     t = make_tier()
     t.set("k", "v", ttl=5)
@@ -332,7 +332,7 @@ def test_local_hits_exact_across_threads(make_tier):
 @pytest.mark.parametrize("access", ACCESS)
 @pytest.mark.parametrize("local_name", ["LRUCache", "TTLCache", "dict", "get-override"])
 def test_expiring_local_copy_served_until_its_deadline(make_tier, redis_server, local_name, access):
-    from kvcache.redis import _Expiring
+    from kvcache._tiered import Expiring as _Expiring
 
     t = make_tier(local=LOCAL_TIERS[local_name]())
     read = ACCESS[access]
@@ -363,7 +363,7 @@ def test_expiring_local_copy_served_until_its_deadline(make_tier, redis_server, 
 
 
 def test_expired_local_copy_dropped_when_redis_is_down(make_tier, own_redis_server):
-    from kvcache.redis import _Expiring
+    from kvcache._tiered import Expiring as _Expiring
 
     t = make_tier(server=own_redis_server, failure_threshold=1, backoff=10)
     fill_locally(t, "live", "L", ttl=60)

@@ -1,5 +1,6 @@
-# The compiled call paths of kvcache's memoizing decorators, included at the end of _core.pyx
-# so that they reach the engine's table directly (no Python-level cache protocol per call).
+# cython: language_level=3, freethreading_compatible=False
+# The compiled call paths of kvcache's memoizing decorators: they reach the engine's table
+# directly through kvcache/_core.pxd (no Python-level cache protocol per call).
 #
 # _lru_cache_wrapper follows CPython's Modules/_functoolsmodule.c lru_cache:
 # - three paths chosen at construction: maxsize == 0 only counts misses, maxsize None never
@@ -15,7 +16,7 @@
 #   nothing is chained to them) and nothing is stored;
 # - evicted keys and values are released only once the table is consistent (rule 3 above).
 #
-# _memo_base gives kvcache.memoize the same hit path and a compiled miss path with single
+# MemoBase gives kvcache.memoize the same hit path and a compiled miss path with single
 # flight: the first thread to miss a key (the leader) computes it; others that miss it
 # meanwhile wait for the leader's result or exception.  Computations in progress live in the
 # memo's `pending` dict (key -> _Flight), never in the table: the cache the user sees holds
@@ -32,22 +33,36 @@
 # hit, or a wait for another caller's computation) is a hit.
 # Coroutine functions take the Python path in decorators._AsyncMemo.
 
+cimport cython
 from cpython.dict cimport PyDict_Size
+from cpython.list cimport PyList_GET_ITEM, PyList_SET_ITEM
+from cpython.ref cimport PyObject, Py_DECREF
+from libc.stdint cimport int32_t, int64_t, uint64_t
 from cpython.tuple cimport PyTuple_New, PyTuple_GET_SIZE, PyTuple_GET_ITEM, PyTuple_SET_ITEM
 from cpython.ref cimport Py_INCREF
 from cpython.object cimport PyObject_Hash
 from cpython.number cimport PyNumber_AsSsize_t
 from cpython.unicode cimport PyUnicode_CheckExact
+from cpython.long cimport PyLong_CheckExact
 from cpython.pythread cimport (PyThread_type_lock, PyThread_allocate_lock, PyThread_free_lock,
                                PyThread_acquire_lock, PyThread_release_lock, PyThread_get_thread_ident,
                                WAIT_LOCK, NOWAIT_LOCK)
 
 cdef extern from "Python.h":
     object PyMethod_New(object func, object self)   # Cython's pxd still has the 3-argument form
+    int Py_ReprEnter(object)
+    void Py_ReprLeave(object)
 
+import math
 import operator
+import threading
 
-cdef object _kwd_mark = object()   # separates positional from keyword arguments in a key
+from kvcache._core cimport *
+
+from kvcache._core import Cache
+
+cdef object _kwd_mark = object()
+cdef object _MARKER = object()   # separates positional from keyword arguments in a key
 
 
 # tp_call.  A Cython `def __call__(self, *args, **kwargs)` allocates a fresh kwargs dict on
@@ -166,7 +181,7 @@ cdef object _full_key(tuple args, dict kwds, Py_ssize_t nargs, Py_ssize_t nkw, b
 
 cdef inline void _hit_touch(Cache c, entry_t e) noexcept nogil:
     if c.o.policy == POLICY_LRU:
-        _list_move_to_end(&c.o, &c.t, e)
+        list_move_to_end(&c.o, &c.t, e)
     else:
         order_touch(&c.o, &c.t, e)
 
@@ -234,7 +249,7 @@ cdef object _lru_vectorcall(PyObject* self, PyObject** args, size_t nargsf, PyOb
 
 
 cdef object _memo_vectorcall(PyObject* self, PyObject** args, size_t nargsf, PyObject* kwnames):
-    cdef _memo_base m = <_memo_base>self
+    cdef MemoBase m = <MemoBase>self
     cdef Py_ssize_t n = kv_vc_nargs(nargsf)
     if not m.typed and m.keyfunc is None and _lone_scalar(n, args, kwnames):
         return _memo_run(m, None, <object>args[0], None, None, args, n)
@@ -242,7 +257,7 @@ cdef object _memo_vectorcall(PyObject* self, PyObject** args, size_t nargsf, PyO
 
 
 cdef object _memo_tp_call(PyObject* self, PyObject* args, PyObject* kwds):
-    return _memo_invoke(<_memo_base>self, None, <tuple>args,
+    return _memo_invoke(<MemoBase>self, None, <tuple>args,
                         None if kwds == NULL else <dict>kwds)
 
 
@@ -257,7 +272,7 @@ cdef inline object _table_store(Cache c, object key, hash_t h, object value,
     cdef Py_ssize_t slot, e
     cdef PyObject* evk = NULL              # an evicted pair, released once the table is
     cdef PyObject* evv = NULL              # consistent again
-    if not _plain_store(c):
+    if not plain_store(c):
         # a subclass's popitem or a user choice function decides what goes: the mapping protocol
         if key not in c:
             try:
@@ -279,7 +294,7 @@ cdef inline object _table_store(Cache c, object key, hash_t h, object value,
                 break
             c._grow_for_one()     # may run Python code: look the key up again
             known_slot = -1
-    _release_pair(evk, evv)
+    release_pair(evk, evv)
     return None
 
 
@@ -410,7 +425,7 @@ cdef object _threading_Event = None
 
 
 @cython.auto_pickle(False)
-cdef class _memo_base:
+cdef class MemoBase:
     """The compiled call path of kvcache.memoize: hits, and misses with single flight."""
 
     cdef readonly object func
@@ -476,10 +491,10 @@ cdef class _memo_base:
         cdef Cache c = self.cache
         cdef Py_ssize_t slot, e
         cdef hash_t h = _mix(PyObject_Hash(key), c.t.seed)
-        cdef double now = _ttl_now(c) if c._exp != NULL else 0.0
+        cdef double now = expiry_clock(c)
         with cython.critical_section(c):
             e = table_find(c, key, h, &slot)
-            if e >= 0 and not (c._exp != NULL and _dead(c, e, now)):
+            if e >= 0 and not (c._exp != NULL and entry_dead(c, e, now)):
                 _hit_touch(c, <entry_t>e)
                 self.hits += 1
                 return True, c._kv[2 * e + 1]
@@ -528,10 +543,11 @@ cdef class _memo_base:
         self.hits = self.misses = 0
 
 
-cdef str _MEMO_ATTR = "__kvcache_memos"
+MEMO_ATTR = "__kvcache_memos"    # the instance attribute holding its memos (decorators.py)
+cdef str _MEMO_ATTR = MEMO_ATTR
 
 
-cdef object _memo_bind(_memo_base self, object obj):
+cdef object _memo_bind(MemoBase self, object obj):
     cdef _memo_bound b
     memo = None
     d = getattr(obj, "__dict__", None)
@@ -543,7 +559,7 @@ cdef object _memo_bind(_memo_base self, object obj):
         memo = self._instance_memo(obj)      # first use on this instance (Python)
     b = _memo_bound.__new__(_memo_bound)
     b.__self__ = obj
-    b._memo = <_memo_base?>memo
+    b._memo = <MemoBase?>memo
     return b
 
 
@@ -554,7 +570,7 @@ cdef class _memo_bound:
     """A `@memoize` method bound to an instance; the instance's own memo does the caching."""
 
     cdef readonly object __self__
-    cdef _memo_base _memo
+    cdef MemoBase _memo
 
     def __call__(self, *args, **kwargs):
         return _memo_bound_call(self, args, kwargs)
@@ -588,7 +604,7 @@ cdef object _memo_bound_tp_call(PyObject* self, PyObject* args, PyObject* kwds):
     return _memo_bound_call(<_memo_bound>self, <tuple>args, None if kwds == NULL else <dict>kwds)
 
 
-cdef inline int _memo_lock(_memo_base self) except -1:
+cdef inline int _memo_lock(MemoBase self) except -1:
     cdef unsigned long me = PyThread_get_thread_ident()
     if self.lock_owner == me:
         # a key's __hash__/__eq__ (run under the lock) called back into this memo: waiting
@@ -602,18 +618,18 @@ cdef inline int _memo_lock(_memo_base self) except -1:
     return 0
 
 
-cdef inline void _memo_unlock(_memo_base self) noexcept:
+cdef inline void _memo_unlock(MemoBase self) noexcept:
     self.lock_owner = 0
     PyThread_release_lock(self.lock)
 
 
-cdef inline object _memo_compute(_memo_base self, object owner, tuple args, dict kwargs):
+cdef inline object _memo_compute(MemoBase self, object owner, tuple args, dict kwargs):
     if owner is not None:
         args = (owner,) + args
     return kv_call(self.func, args, NULL if kwargs is None else <PyObject*>kwargs)
 
 
-cdef bint _memo_would_deadlock(_memo_base self, _Flight flight, unsigned long me) except -1:
+cdef bint _memo_would_deadlock(MemoBase self, _Flight flight, unsigned long me) except -1:
     """Does waiting for `flight` wait (through other waiting threads) for this thread?"""
     cdef Py_ssize_t steps = 0
     cdef object waited
@@ -628,7 +644,7 @@ cdef bint _memo_would_deadlock(_memo_base self, _Flight flight, unsigned long me
     return False
 
 
-cdef object _memo_invoke(_memo_base self, object owner, tuple args, dict kwargs):
+cdef object _memo_invoke(MemoBase self, object owner, tuple args, dict kwargs):
     if self.keyfunc is None:
         key = _fast_key(args, kwargs, self.typed)
     else:
@@ -636,7 +652,7 @@ cdef object _memo_invoke(_memo_base self, object owner, tuple args, dict kwargs)
     return _memo_run(self, owner, key, args, kwargs, NULL, 0)
 
 
-cdef object _memo_run(_memo_base self, object owner, object key, tuple args, dict kwargs,
+cdef object _memo_run(MemoBase self, object owner, object key, tuple args, dict kwargs,
                       PyObject** vargs, Py_ssize_t nvargs):
     """Look key up; on a miss compute with args/kwargs (args None: built from vargs)."""
     cdef Cache c = self.cache
@@ -644,10 +660,10 @@ cdef object _memo_run(_memo_base self, object owner, object key, tuple args, dic
     cdef hash_t h
     cdef uint64_t version
     h = _mix(PyObject_Hash(key), c.t.seed)
-    cdef double now = _ttl_now(c) if c._exp != NULL else 0.0    # the timer runs before the lookup
+    cdef double now = expiry_clock(c)    # the timer runs before the lookup
     with cython.critical_section(c):
         e = table_find(c, key, h, &slot)
-        if e >= 0 and not (c._exp != NULL and _dead(c, e, now)):
+        if e >= 0 and not (c._exp != NULL and entry_dead(c, e, now)):
             _hit_touch(c, <entry_t>e)
             self.hits += 1
             return <object>PyList_GET_ITEM(c._kv, 2 * e + 1)
@@ -662,7 +678,7 @@ cdef object _memo_run(_memo_base self, object owner, object key, tuple args, dic
     return _memo_single_flight(self, owner, key, h, version, slot, now, args, kwargs)
 
 
-cdef object _memo_wait(_memo_base self, object owner, _Flight flight, tuple args, dict kwargs):
+cdef object _memo_wait(MemoBase self, object owner, _Flight flight, tuple args, dict kwargs):
     """Wait for another caller's computation of this key; compute directly if that would deadlock."""
     cdef unsigned long me = PyThread_get_thread_ident()
     cdef int role = 0          # 0 done already, 1 wait, 2 compute directly
@@ -701,7 +717,7 @@ cdef object _memo_wait(_memo_base self, object owner, _Flight flight, tuple args
     return flight.result
 
 
-cdef object _memo_single_flight(_memo_base self, object owner, object key, hash_t h,
+cdef object _memo_single_flight(MemoBase self, object owner, object key, hash_t h,
                                 uint64_t version, Py_ssize_t known_slot, double now,
                                 tuple args, dict kwargs):
     """After a table miss: join the key's computation in `pending`, or lead a new one."""
@@ -719,7 +735,7 @@ cdef object _memo_single_flight(_memo_base self, object owner, object key, hash_
             # unchanged, absent from the table means still pending or not started.)
             with cython.critical_section(c):
                 e = table_find(c, key, h, &slot)
-                if e >= 0 and not (c._exp != NULL and _dead(c, e, now)):
+                if e >= 0 and not (c._exp != NULL and entry_dead(c, e, now)):
                     _hit_touch(c, <entry_t>e)
                     self.hits += 1
                     found = <object>PyList_GET_ITEM(c._kv, 2 * e + 1)
@@ -753,7 +769,7 @@ cdef object _memo_single_flight(_memo_base self, object owner, object key, hash_
     return result
 
 
-cdef int _memo_finish(_memo_base self, object key, hash_t h, _Flight flight,
+cdef int _memo_finish(MemoBase self, object key, hash_t h, _Flight flight,
                       bint stored) except -1:
     """Retire the leader's flight and wake its waiters (outcome already recorded)."""
     cdef bint stale
@@ -781,14 +797,14 @@ cdef int _memo_finish(_memo_base self, object key, hash_t h, _Flight flight,
 cdef object _plain_keyfunc = None   # keys.hashkey: without keywords its key is the args tuple
 
 
-def _register_plain_keyfunc(fn):
+def register_plain_keyfunc(fn):
     """Tell the compiled path which key function builds (an equal of) the args tuple."""
     global _plain_keyfunc
     _plain_keyfunc = fn
 
 
 @cython.auto_pickle(False)
-cdef class _cached_base:
+cdef class CachedBase:
     """Compiled call path of `cached(cache)` without lock or info (a Python subclass adds the rest)."""
 
     cdef public object cache
@@ -800,7 +816,7 @@ cdef class _cached_base:
 
 
 cdef object _cached_tp_call(PyObject* self, PyObject* args, PyObject* kwds):
-    cdef _cached_base w = <_cached_base>self
+    cdef CachedBase w = <CachedBase>self
     keyfunc = w.cache_key
     if keyfunc is _plain_keyfunc and (kwds == NULL or PyDict_Size(<object>kwds) == 0):
         key = <object>args      # what hashkey(*args) equals, hashes like, and cachetools 8 returns
@@ -828,7 +844,7 @@ cdef object _mapping_memo_call(object cache, object key, object func, tuple args
             c._misses += 1
             version = c._version
         val = kv_call(func, args, kwds)
-        if c._version == version and _plain_store(c) and c._on_evict is None:
+        if c._version == version and plain_store(c) and c._on_evict is None:
             _table_store(c, key, h, val, version, slot)     # the key is still absent
         else:
             # the table changed meanwhile (maybe the key was stored: cachetools overwrites
@@ -855,21 +871,21 @@ cdef object _mapping_memo_call(object cache, object key, object func, tuple args
 cdef object _plain_methodkey = None    # keys.methodkey: without keywords, the args tuple
 
 
-def _register_plain_methodkey(fn):
+def register_plain_methodkey(fn):
     """Tell the compiled path which method key function builds (an equal of) the args tuple."""
     global _plain_methodkey
     _plain_methodkey = fn
 
 
 @cython.auto_pickle(False)
-cdef class _cm_desc_base:
+cdef class CachedMethodDescriptorBase:
     """Base of the `@cachedmethod` descriptor: its fields and its (compiled) __get__."""
 
     cdef public object _method, _cache, _key, _lock, _cond, _attrname, _bound
     cdef public bint _info, _plain
 
     def __get__(self, obj, objtype):
-        cdef _cm_bound b
+        cdef CachedMethodBound b
         if self._attrname is None or obj is None:
             return self._get_slow(obj)
         b = (<type>self._bound).__new__(self._bound)
@@ -879,18 +895,18 @@ cdef class _cm_desc_base:
 
 
 @cython.auto_pickle(False)
-cdef class _cm_bound:
+cdef class CachedMethodBound:
     """Base of a `@cachedmethod` bound to an instance (the Python subclass adds the API)."""
 
     cdef readonly object __self__
-    cdef readonly _cm_desc_base _desc
+    cdef readonly CachedMethodDescriptorBase _desc
 
     def __call__(self, *args, **kwargs):
         return _cm_call(self, args, kwargs)
 
 
-cdef object _cm_call(_cm_bound b, tuple args, dict kwds):
-    cdef _cm_desc_base desc = b._desc
+cdef object _cm_call(CachedMethodBound b, tuple args, dict kwds):
+    cdef CachedMethodDescriptorBase desc = b._desc
     obj = b.__self__
     if not desc._plain:
         return desc._call(obj, args, {} if kwds is None else kwds)   # lock, condition or info
@@ -905,7 +921,7 @@ cdef object _cm_call(_cm_bound b, tuple args, dict kwds):
 
 
 cdef object _cm_tp_call(PyObject* self, PyObject* args, PyObject* kwds):
-    return _cm_call(<_cm_bound>self, <tuple>args, None if kwds == NULL else <dict>kwds)
+    return _cm_call(<CachedMethodBound>self, <tuple>args, None if kwds == NULL else <dict>kwds)
 
 
 cdef class LRU(LRUCache):
@@ -966,7 +982,7 @@ cdef class LRU(LRUCache):
                 else:
                     return out
             restarts += 1
-            if restarts > _MAX_RESTARTS:
+            if restarts > MAX_RESTARTS:
                 raise RuntimeError("LRU changed during items() too many times")
 
     def __iter__(self):
@@ -1014,7 +1030,7 @@ cdef class LRU(LRUCache):
     def pop(self, key, default=_MARKER):
         """Remove key and return its value (a counted lookup); default or KeyError if absent."""
         cdef Py_ssize_t slot, e
-        cdef hash_t h = _key_hash(self, key)
+        cdef hash_t h = key_hash(self, key)
         cdef object k, v
         with cython.critical_section(self):
             e = table_find(self, key, h, &slot)
@@ -1072,46 +1088,51 @@ def _rebuild_lru(size, callback):
 
 
 kv_install_tp_call(_lru_cache_wrapper, <void*>_lru_tp_call)
-kv_install_tp_call(_memo_base, <void*>_memo_tp_call)
+kv_install_tp_call(MemoBase, <void*>_memo_tp_call)
 kv_install_tp_call(_memo_bound, <void*>_memo_bound_tp_call)
 
 
 cdef _install_vectorcalls():
     # the offset of each type's `vectorcall` field, measured on an instance
     cdef _lru_cache_wrapper lru = _lru_cache_wrapper.__new__(_lru_cache_wrapper)
-    cdef _memo_base memo = _memo_base.__new__(_memo_base)
+    cdef MemoBase memo = MemoBase.__new__(MemoBase)
     kv_install_vectorcall(_lru_cache_wrapper, <char*>&lru.vectorcall - <char*><PyObject*>lru, 1)
-    kv_install_vectorcall(_memo_base, <char*>&memo.vectorcall - <char*><PyObject*>memo, 1)
+    kv_install_vectorcall(MemoBase, <char*>&memo.vectorcall - <char*><PyObject*>memo, 1)
 
 _install_vectorcalls()
 
 
-def _install_fast_call(cls):
-    """Point a Python subclass of _memo_base or _cached_base at its compiled call path.
+def install_fast_call(cls):
+    """Point a Python subclass of MemoBase or CachedBase at its compiled call path.
 
     A subclass that defines __call__ itself keeps it.
     """
     cdef void* fn
-    if isinstance(cls, type) and issubclass(cls, _memo_base):
-        base, fn = _memo_base, <void*>_memo_tp_call
-    elif isinstance(cls, type) and issubclass(cls, _cached_base):
-        base, fn = _cached_base, <void*>_cached_tp_call
-    elif isinstance(cls, type) and issubclass(cls, _cm_bound):
-        base, fn = _cm_bound, <void*>_cm_tp_call
+    if isinstance(cls, type) and issubclass(cls, MemoBase):
+        base, fn = MemoBase, <void*>_memo_tp_call
+    elif isinstance(cls, type) and issubclass(cls, CachedBase):
+        base, fn = CachedBase, <void*>_cached_tp_call
+    elif isinstance(cls, type) and issubclass(cls, CachedMethodBound):
+        base, fn = CachedMethodBound, <void*>_cm_tp_call
     else:
-        raise TypeError("expected a subclass of _memo_base, _cached_base or _cm_bound")
+        raise TypeError("expected a subclass of MemoBase, CachedBase or CachedMethodBound")
     for klass in cls.__mro__:
         if "__call__" in klass.__dict__ and klass is not base:
             kv_install_vectorcall(cls, 0, 0)     # its own __call__ must be what runs
             return
     kv_install_tp_call(cls, fn)
-    if base is _memo_base:
-        kv_install_vectorcall(cls, kv_vectorcall_offset(_memo_base), 1)
+    if base is MemoBase:
+        kv_install_vectorcall(cls, kv_vectorcall_offset(MemoBase), 1)
 
 
-import threading as _threading_module
-_threading_Event = _threading_module.Event
+_threading_Event = threading.Event
 
 
 # LRU.popitem() without arguments evicts like the engine's own: keep the fast insertion path.
-_NATIVE_POPITEMS = _NATIVE_POPITEMS | frozenset([LRU.popitem])
+register_native_popitem(LRU.popitem)
+
+
+__all__ = ["LRU", "MEMO_ATTR", "CachedBase", "CachedMethodBound", "CachedMethodDescriptorBase",
+           "MemoBase", "install_fast_call", "lru_cache_wrapper", "register_plain_keyfunc",
+           "register_plain_methodkey"]
+lru_cache_wrapper = _lru_cache_wrapper   # functools' name for the type; the Python layer's handle

@@ -1,4 +1,5 @@
-# Expiry for the engine: per-entry time-to-live, TTLCache and TLRUCache (included by _core.pyx).
+# cython: language_level=3, freethreading_compatible=False
+# Expiry for the engine: per-entry time-to-live, TTLCache and TLRUCache (a layer over kvcache._core).
 #
 # A cache pays nothing for expiry until it first stores an entry with a time-to-live: then
 # `Cache._xp` gets an `_Expiry` (the timer, the default expiry policy, and the buffers below)
@@ -30,14 +31,26 @@
 # Keys below `last` can only appear when time runs backwards (a fake timer, or an explicit
 # expire(time) in the future); they sit in bucket 0, which is then checked entry by entry.
 
+cimport cython
+cimport numpy as cnp
+from cpython.float cimport PyFloat_AS_DOUBLE
+from cpython.ref cimport PyObject
+from libc.math cimport INFINITY, NAN
+from libc.stdint cimport int8_t, int32_t, int64_t, uint64_t
+from libc.string cimport memcpy
+
+from kvcache._core cimport *
+
+import copy as _copy
 import datetime as _datetime
 import numbers as _numbers
 import time as _time
-import copy as _copy
 
-from libc.stdint cimport int8_t
-from cpython.float cimport PyFloat_AS_DOUBLE
-from libc.math cimport NAN
+import numpy as np
+
+from kvcache._core import Cache
+
+cnp.import_array()
 
 cdef extern from *:
     """
@@ -49,63 +62,18 @@ cdef extern from *:
     static int kv_msb64(unsigned long long x) { return 63 - __builtin_clzll(x); }
     static int kv_lsb64(unsigned long long x) { return __builtin_ctzll(x); }
     #endif
-    /* time.monotonic() read in C: on Linux CPython reads CLOCK_MONOTONIC and divides the
-       nanoseconds by 1e9 exactly like this, so both give the same doubles.  Elsewhere the
-       Python function is called. */
-    #if defined(__linux__)
-    #include <time.h>
-    #define KV_HAVE_CLOCK 1
-    static double kv_monotonic_coarse(void) {
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
-        return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-    }
-    static double kv_coarse_resolution(void) {
-        struct timespec ts;
-        if (clock_getres(CLOCK_MONOTONIC_COARSE, &ts) != 0) return -1.0;
-        return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-    }
-    static double kv_monotonic(void) {
-        struct timespec ts;
-        long long ns;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        ns = (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-        if (ns % 1000000000LL == 0) return (double)(ns / 1000000000LL);
-        return (double)ns / 1e9;
-    }
-    #else
-    #define KV_HAVE_CLOCK 0
-    static double kv_monotonic(void) { return 0.0; }
-    static double kv_monotonic_coarse(void) { return 0.0; }
-    static double kv_coarse_resolution(void) { return -1.0; }
-    #endif
     """
     int kv_msb64(unsigned long long x) noexcept nogil
     int kv_lsb64(unsigned long long x) noexcept nogil
-    double kv_monotonic() noexcept nogil
-    double kv_monotonic_coarse() noexcept nogil
-    double kv_coarse_resolution() noexcept nogil
-    int KV_HAVE_CLOCK
 
-__all__ += ["TTLCache", "TLRUCache"]
+__all__ = ["TTLCache", "TLRUCache"]
 
 cdef object _time_monotonic = _time.monotonic
 cdef object _ONE_US = _datetime.timedelta(microseconds=1)
 cdef object _timedelta = _datetime.timedelta
 cdef object _Real = _numbers.Real
-cdef object _ABSOLUTE = object()     # _export_state(ttl=_ABSOLUTE): absolute times (pickling)
 cdef int _NBUCKETS = 65
 cdef uint64_t _TOP = <uint64_t>1 << 63
-
-# A hit needs the time only to confirm that the entry has not expired.  With time.monotonic
-# on Linux, an entry whose expiry is more than _COARSE_MARGIN ahead of the kernel's coarse
-# clock (updated every tick, never more than a tick behind CLOCK_MONOTONIC: 1-10 ms) is
-# alive for certain, and the coarse clock costs a fifth of the precise one.  Only entries
-# that close to expiring read the precise clock.  (inf: no coarse clock, always precise.)
-cdef double _COARSE_MARGIN = INFINITY
-if KV_HAVE_CLOCK and kv_coarse_resolution() > 0:
-    _COARSE_MARGIN = max(0.05, 16 * kv_coarse_resolution())
-
 
 cdef inline uint64_t _tkey(double d) noexcept nogil:
     """Map a time to a uint64 with the same order (NaN: before everything, i.e. expired)."""
@@ -118,33 +86,6 @@ cdef inline uint64_t _tkey(double d) noexcept nogil:
     if u & _TOP:
         return ~u
     return u | _TOP
-
-
-cdef inline uint64_t _iter_version(Cache c) noexcept:
-    # Iterators fail on any change but expiry: len(), currsize or expire() may remove expired
-    # entries while a loop runs (list(cache) itself calls len()); the iterator skips them.
-    if c._xp is None:
-        return c._version
-    return c._version - (<_Expiry>c._xp).bumps
-
-
-cdef inline bint _dead(Cache c, Py_ssize_t e, double now) noexcept nogil:
-    """Has entry e expired at `now` (NaN: the C clock, read when needed)?  False without expiry."""
-    return c._exp != NULL and _expired_at(c._exp[e], now)
-
-
-cdef inline bint _expired_at(double exp, double now) noexcept nogil:
-    if exp == INFINITY:
-        return False
-    if now != now:
-        if exp - kv_monotonic_coarse() > _COARSE_MARGIN:
-            return False
-        now = kv_monotonic()
-    return not (now < exp)
-
-
-cdef inline double _resolve(double now) noexcept nogil:
-    return kv_monotonic() if now != now else now
 
 
 # ---------------------------------------------------------------------------------------------
@@ -443,15 +384,15 @@ cdef void _ttl_adopt(Cache c, _Buffers b, Py_ssize_t old) noexcept:
     Plain C, part of Cache._adopt's single step."""
     cdef _Expiry x = <_Expiry>c._xp
     if old:
-        memcpy(_data(b.xexp), x.exp, old * sizeof(double))
-        memcpy(_data(b.xlink), x.link, 2 * old * sizeof(int32_t))
-        memcpy(_data(b.xbkt), x.bkt, old * sizeof(int8_t))
+        memcpy(buffer_data(b.xexp), x.exp, old * sizeof(double))
+        memcpy(buffer_data(b.xlink), x.link, 2 * old * sizeof(int32_t))
+        memcpy(buffer_data(b.xbkt), x.bkt, old * sizeof(int8_t))
     x.exp_arr, x.link_arr, x.bkt_arr = b.xexp, b.xlink, b.xbkt
     b.xexp = b.xlink = b.xbkt = None
     x.capacity = b.capacity
-    x.exp = <double*>_data(x.exp_arr)
-    x.link = <int32_t*>_data(x.link_arr)
-    x.bkt = <int8_t*>_data(x.bkt_arr)
+    x.exp = <double*>buffer_data(x.exp_arr)
+    x.link = <int32_t*>buffer_data(x.link_arr)
+    x.bkt = <int8_t*>buffer_data(x.bkt_arr)
     if not old:
         x._clear_heap()
     c._exp = x.exp
@@ -512,7 +453,7 @@ cdef void _ttl_need_buffers(Cache c) except *:
 
 
 cdef inline double _ttl_now(Cache c) except? -1:
-    """The time for a lookup: NaN when it is the C clock, read later only if needed (see _dead)."""
+    """The time for a lookup: NaN when it is the C clock, read later only if needed (see entry_dead)."""
     cdef _Timer tm = (<_Expiry>c._xp).timer
     if tm._nesting:
         return tm._time_f
@@ -638,25 +579,25 @@ cdef _ttl_set(Cache c, object key, object value, object ttl):
         c[key] = value
         return
     _ttl_need_buffers(c)
-    _ttl_setitem(c, key, _key_hash(c, key), value, ttl)
+    _ttl_setitem(c, key, key_hash(c, key), value, ttl)
 
 
 cdef object _ttl_of(Cache c, object key):
     cdef Py_ssize_t slot, e
-    cdef hash_t h = _key_hash(c, key)
-    cdef double now = _ttl_now(c) if c._exp != NULL else 0.0
+    cdef hash_t h = key_hash(c, key)
+    cdef double now = expiry_clock(c)
     cdef double exp
     cdef _Timer tm
     with cython.critical_section(c):
         e = table_find(c, key, h, &slot)
-        if e < 0 or _dead(c, e, now):
+        if e < 0 or entry_dead(c, e, now):
             raise KeyError(key)
         if c._exp == NULL:
             return None
         exp = c._exp[e]
     if exp == INFINITY:
         return None
-    now = _resolve(now)
+    now = resolve_clock(now)
     tm = (<_Expiry>c._xp).timer
     if tm._kind == 2:
         return _timedelta(microseconds=exp - now)
@@ -695,13 +636,13 @@ cdef object _ttl_live_order(Cache c, object order, double now):
     cdef entry_t* op = <entry_t*>cnp.PyArray_DATA(arr)
     cdef Py_ssize_t i, j = 0, n = arr.shape[0]
     for i in range(n):
-        if not _dead(c, op[i], now):
+        if not entry_dead(c, op[i], now):
             op[j] = op[i]
             j += 1
     return order[:j]
 
 
-cdef object _ttl_export(Cache c, object order, double now, object how):
+cdef object _ttl_export(Cache c, object order, double now, bint absolute):
     """Each entry's remaining time-to-live in seconds (or absolute expiry time), inf: never."""
     cdef cnp.ndarray arr = <cnp.ndarray>order
     cdef entry_t* op = <entry_t*>cnp.PyArray_DATA(arr)
@@ -711,10 +652,10 @@ cdef object _ttl_export(Cache c, object order, double now, object how):
     cdef double scale
     if c._exp == NULL:
         return out
-    now = _resolve(now)
+    now = resolve_clock(now)
     scale = (<_Expiry>c._xp).timer.scale()
     for i in range(n):
-        if how is _ABSOLUTE:
+        if absolute:
             fp[i] = c._exp[op[i]]
         elif c._exp[op[i]] != INFINITY:
             fp[i] = (c._exp[op[i]] - now) / scale
@@ -818,7 +759,83 @@ def _ttl_iter(Cache c):
 cdef object _CACHE_EXPIRE = Cache.expire
 
 
-def _enable_default_ttl(Cache c, ttl, timer=_time.monotonic):
+# ---------------------------------------------------------------------------------------------
+# The hooks the engine calls (declared in _core.pxd as ExpiryHooks)
+# ---------------------------------------------------------------------------------------------
+
+@cython.final
+cdef class _Hooks(ExpiryHooks):
+    cdef double now(self, Cache c) except? -1:
+        return _ttl_now(c)
+
+    cdef uint64_t bumps(self, Cache c) noexcept:
+        return (<_Expiry>c._xp).bumps
+
+    cdef void stamp(self, Cache c, entry_t e, double exp) noexcept:
+        _ttl_stamp(c, e, exp)
+
+    cdef void forget(self, Cache c, entry_t e) noexcept:
+        _ttl_forget(c, e)
+
+    cdef object expire_now(self, Cache c):
+        return _ttl_expire_now(c)
+
+    cdef object setitem(self, Cache c, object key, hash_t h, object value, object ttl):
+        return _ttl_setitem(c, key, h, value, ttl)
+
+    cdef void reset(self, Cache c) noexcept:
+        _ttl_reset(c)
+
+    cdef object new_buffers(self, _Buffers b, Py_ssize_t capacity):
+        return _ttl_new_buffers(b, capacity)
+
+    cdef void adopt(self, Cache c, _Buffers b, Py_ssize_t old) noexcept:
+        _ttl_adopt(c, b, old)
+
+    cdef tuple getstate(self, Cache c):
+        return _ttl_getstate(c)
+
+    cdef object setstate(self, Cache c, tuple st):
+        return _ttl_setstate(c, st)
+
+    cdef object live_order(self, Cache c, object order, double now):
+        return _ttl_live_order(c, order, now)
+
+    cdef object export(self, Cache c, object order, double now, bint absolute):
+        return _ttl_export(c, order, now, absolute)
+
+    cdef object import_prepare(self, Cache c, Cache fresh, Py_ssize_t n, object ttl, object expires):
+        return _ttl_import_prepare(c, fresh, n, ttl, expires)
+
+    cdef object check(self, Cache c):
+        return _ttl_check(c)
+
+    cdef Py_ssize_t nbytes(self, Cache c) except -1:
+        return _ttl_nbytes(c)
+
+    cdef object set(self, Cache c, object key, object value, object ttl):
+        return _ttl_set(c, key, value, ttl)
+
+    cdef object ttl_of(self, Cache c, object key):
+        return _ttl_of(c, key)
+
+    cdef object expire(self, Cache c, object time):
+        return _ttl_expire(c, time)
+
+    cdef object get_timer(self, Cache c):
+        return _ttl_get_timer(c)
+
+    cdef object set_timer(self, Cache c, object timer):
+        return _ttl_set_timer(c, timer)
+
+    cdef double scale(self, Cache c) except? -1:
+        return (<_Expiry>c._xp).timer.scale()
+
+
+register_expiry(_Hooks())
+
+
+def enable_default_ttl(Cache c, ttl, timer=_time.monotonic):
     """Give every entry set from now on a time-to-live of `ttl` (memoize(ttl=...) on any policy)."""
     _ttl_enable(c, timer, 1, ttl)
 
@@ -888,3 +905,7 @@ cdef class TLRUCache(Cache):
 
     def __iter__(self):
         return _ttl_iter(self)
+
+
+register_native_popitem(TTLCache.popitem)
+register_native_popitem(TLRUCache.popitem)

@@ -1,6 +1,7 @@
+# cython: language_level=3, freethreading_compatible=False
 # The read path of kvcache.redis.TieredCache (issue 7): a local-tier hit, compiled.
 #
-# Why this lives in the engine although the Redis tier is otherwise written against the public
+# Why this is compiled although the Redis tier is otherwise written against the public
 # API: a local hit is the tier's whole point, and the goal is "at most 2x a plain LRUCache hit".
 # A Python __getitem__ costs a frame, a bound `local.get` call, attribute loads for the live
 # flag and the counter and a float comparison for carried TTLs: 3-4x an LRUCache hit, measured.
@@ -15,9 +16,22 @@
 # so concurrent hits are never lost.  (The module is not declared free-threading compatible;
 # when it is, that counter needs an atomic add.)
 
+cimport cython
+from libc.math cimport NAN
+from libc.stdint cimport int64_t
+
+from kvcache._core cimport KV_HAVE_CLOCK, Cache, cache_get, expired_at
+
+import time
+
+__all__ = ["Expiring", "MISSING", "TieredBase"]
+
+cdef object _time_monotonic = time.monotonic
+
+
 @cython.final
 @cython.auto_pickle(False)
-cdef class _Expiring:
+cdef class Expiring:
     """A local value with the monotonic deadline (time.monotonic) of its Redis TTL."""
 
     cdef readonly object value
@@ -28,26 +42,26 @@ cdef class _Expiring:
         self.deadline = deadline
 
     def __reduce__(self):
-        return (_Expiring, (self.value, self.deadline))
+        return (Expiring, (self.value, self.deadline))
 
     def __repr__(self):
-        return "_Expiring(%r, deadline=%r)" % (self.value, self.deadline)
+        return "Expiring(%r, deadline=%r)" % (self.value, self.deadline)
 
 
 # What a local lookup returns for "not there"; kvcache.redis uses the same object.
-_TIER_MISSING = object()
-cdef object _tier_missing = _TIER_MISSING
+MISSING = object()
+cdef object _tier_missing = MISSING
 
 
 cdef inline bint _tier_alive(double deadline) except -1:
     """Is a carried deadline still ahead of time.monotonic()?"""
     if KV_HAVE_CLOCK:
-        return not _expired_at(deadline, NAN)      # the C clock (see _ttl.pxi): same doubles
+        return not expired_at(deadline, NAN)      # the C clock (see kvcache._core.pxd): same doubles
     return deadline > <double>_time_monotonic()
 
 
 @cython.auto_pickle(False)
-cdef class _TieredBase:
+cdef class TieredBase:
     """The compiled local-tier read path of kvcache.redis.TieredCache (not for direct use)."""
 
     cdef readonly object _local
@@ -66,7 +80,7 @@ cdef class _TieredBase:
             self._native = <Cache>local
         self._local = local
         self._local_get = get
-        self._own_getitem = type(self).__getitem__ is _TieredBase.__getitem__
+        self._own_getitem = type(self).__getitem__ is TieredBase.__getitem__
 
     @property
     def _local_hits(self):
@@ -114,18 +128,18 @@ cdef class _TieredBase:
         v = _tier_local_value(self, key)
         if v is _tier_missing:
             return v
-        if type(v) is _Expiring:
-            if not _tier_alive((<_Expiring>v).deadline):
+        if type(v) is Expiring:
+            if not _tier_alive((<Expiring>v).deadline):
                 self._local.pop(key, None)
                 return _tier_missing
-            v = (<_Expiring>v).value
+            v = (<Expiring>v).value
         self._hits += 1
         return v
 
 
 # Module-level rather than cdef methods: no vtable, so the compiler inlines them into the hit.
 
-cdef inline object _tier_local_value(_TieredBase t, object key):
+cdef inline object _tier_local_value(TieredBase t, object key):
     """`local.get(key, MISSING)`: through the engine's counted lookup when local is native."""
     cdef Cache c = t._native
     if c is not None and c._native_getitem:
@@ -135,7 +149,7 @@ cdef inline object _tier_local_value(_TieredBase t, object key):
     return t._local_get(key, _tier_missing)
 
 
-cdef inline object _tier_hit(_TieredBase t, object key):
+cdef inline object _tier_hit(TieredBase t, object key):
     """Return the local value of `key` if the local tier may answer (counted), else MISSING.
 
     A missing, expired or untrusted (stream down) copy is left in place: the caller's
@@ -143,10 +157,10 @@ cdef inline object _tier_hit(_TieredBase t, object key):
     """
     v = _tier_local_value(t, key)
     if v is not _tier_missing and t._live:
-        if type(v) is not _Expiring:
+        if type(v) is not Expiring:
             t._hits += 1
             return v
-        if _tier_alive((<_Expiring>v).deadline):
+        if _tier_alive((<Expiring>v).deadline):
             t._hits += 1
-            return (<_Expiring>v).value
+            return (<Expiring>v).value
     return _tier_missing

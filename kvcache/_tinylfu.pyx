@@ -1,4 +1,5 @@
-# Adaptive W-TinyLFU, the replay loop and Belady's OPT (included at the end of _core.pyx).
+# cython: language_level=3, freethreading_compatible=False
+# Adaptive W-TinyLFU: TinyLFUCache, a policy plugged into the engine's order layer.
 #
 # The policy (TinyLFUCache), after Einziger, Friedman & Manes, "TinyLFU: A Highly Efficient
 # Cache Admission Policy" (ACM ToS 2017) and Caffeine:
@@ -60,8 +61,25 @@
 # A cache filled only by insertions (no evictions yet) records no ghosts, so growing the
 # ghost tables while filling loses nothing.
 
-from libc.stdint cimport int8_t, uint8_t
-from libc.math cimport sqrt
+cimport cython
+cimport numpy as cnp
+from cpython.list cimport PyList_GET_ITEM
+from cpython.ref cimport PyObject
+from libc.math cimport INFINITY, sqrt
+from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint64_t
+from libc.string cimport memcpy, memset
+
+from kvcache._core cimport *
+
+import math
+
+import numpy as np
+
+from kvcache._core import Cache
+
+cnp.import_array()
+
+__all__ = ["TinyLFUCache"]
 
 cdef enum:
     TLFU_WINDOW = 0
@@ -807,15 +825,15 @@ cdef void _shadow_point(tinylfu_t* s, _TinyLFUBuffers b) noexcept:
     s.salloc = b.shadow_n
     for k in range(2):
         d = &s.shadow[k]
-        d.hs = <uint64_t*>_data(<object>PyList_GET_ITEM(a, 7 * k))
-        d.prev = <int32_t*>_data(<object>PyList_GET_ITEM(a, 7 * k + 1))
-        d.next = <int32_t*>_data(<object>PyList_GET_ITEM(a, 7 * k + 2))
-        d.region = <int8_t*>_data(<object>PyList_GET_ITEM(a, 7 * k + 3))
-        d.index = <int32_t*>_data(<object>PyList_GET_ITEM(a, 7 * k + 4))
+        d.hs = <uint64_t*>buffer_data(<object>PyList_GET_ITEM(a, 7 * k))
+        d.prev = <int32_t*>buffer_data(<object>PyList_GET_ITEM(a, 7 * k + 1))
+        d.next = <int32_t*>buffer_data(<object>PyList_GET_ITEM(a, 7 * k + 2))
+        d.region = <int8_t*>buffer_data(<object>PyList_GET_ITEM(a, 7 * k + 3))
+        d.index = <int32_t*>buffer_data(<object>PyList_GET_ITEM(a, 7 * k + 4))
         d.imask = b.shadow_isz - 1
-        d.gwin = <uint64_t*>_data(<object>PyList_GET_ITEM(a, 7 * k + 5))
+        d.gwin = <uint64_t*>buffer_data(<object>PyList_GET_ITEM(a, 7 * k + 5))
         d.gwmask = _ghost_slots(b.shadow_n, _TLFU_GWIN_DIV) - 1
-        d.gmain = <uint64_t*>_data(<object>PyList_GET_ITEM(a, 7 * k + 6))
+        d.gmain = <uint64_t*>buffer_data(<object>PyList_GET_ITEM(a, 7 * k + 6))
         d.gmmask = _ghost_slots(b.shadow_n, _TLFU_GMAIN_DIV) - 1
 
 
@@ -832,7 +850,7 @@ cdef object tinylfu_alloc(Py_ssize_t capacity, Py_ssize_t cap, bint fresh):
     b.nwin_slots = _ghost_slots(capacity, _TLFU_GWIN_DIV)
     b.nmain_slots = _ghost_slots(capacity, _TLFU_GMAIN_DIV)
     b.region = np.zeros(capacity, dtype=np.int8)
-    b.sketch = _zeros_line_aligned(words, np.uint64)     # one block = one cache line
+    b.sketch = zeros_line_aligned(words, np.uint64)     # one block = one cache line
     b.gwin = np.zeros(b.nwin_slots, dtype=np.uint64)
     b.gmain = np.zeros(b.nmain_slots, dtype=np.uint64)
     if fresh:
@@ -852,15 +870,15 @@ cdef void tinylfu_adopt(order_t* o, object new, object old, Py_ssize_t cap) noex
     cdef Py_ssize_t floor
     if old is not None:
         ob = <_TinyLFUBuffers>old
-        memcpy(_data(b.region), _data(ob.region), ob.capacity)
+        memcpy(buffer_data(b.region), buffer_data(ob.region), ob.capacity)
         # each new word j copies old word j mod old size: estimates are unchanged
-        src = <uint64_t*>_data(ob.sketch)
-        dst = <uint64_t*>_data(b.sketch)
+        src = <uint64_t*>buffer_data(ob.sketch)
+        dst = <uint64_t*>buffer_data(b.sketch)
         omask = ob.words - 1
         for j in range(b.words):
             dst[j] = src[j & omask]
-        _copy_ghosts(<uint64_t*>_data(ob.gwin), ob.nwin_slots, <uint64_t*>_data(b.gwin), b.nwin_slots)
-        _copy_ghosts(<uint64_t*>_data(ob.gmain), ob.nmain_slots, <uint64_t*>_data(b.gmain), b.nmain_slots)
+        _copy_ghosts(<uint64_t*>buffer_data(ob.gwin), ob.nwin_slots, <uint64_t*>buffer_data(b.gwin), b.nwin_slots)
+        _copy_ghosts(<uint64_t*>buffer_data(ob.gmain), ob.nmain_slots, <uint64_t*>buffer_data(b.gmain), b.nmain_slots)
         b.shadow = ob.shadow           # sized by maxsize, not the buffers: s points there
         b.shadow_n = ob.shadow_n
         b.shadow_isz = ob.shadow_isz
@@ -875,12 +893,12 @@ cdef void tinylfu_adopt(order_t* o, object new, object old, Py_ssize_t cap) noex
             s.tail[j] = ENTRY_NONE
             s.size[j] = 0
         _shadow_point(s, b)
-    s.region = <int8_t*>_data(b.region)
-    s.sketch = <uint64_t*>_data(b.sketch)
+    s.region = <int8_t*>buffer_data(b.region)
+    s.sketch = <uint64_t*>buffer_data(b.sketch)
     s.smask = b.words - 1
-    s.gwin = <uint64_t*>_data(b.gwin)
+    s.gwin = <uint64_t*>buffer_data(b.gwin)
     s.gwmask = b.nwin_slots - 1
-    s.gmain = <uint64_t*>_data(b.gmain)
+    s.gmain = <uint64_t*>buffer_data(b.gmain)
     s.gmask = b.nmain_slots - 1
     s.bufcap = b.capacity
     floor = b.capacity if b.capacity > _TLFU_SAMPLE_FLOOR else _TLFU_SAMPLE_FLOOR
@@ -1040,7 +1058,7 @@ cdef tuple _tlfu_check_state(object aux, Py_ssize_t n):
         raise ValueError("state holds an invalid region byte")
     capacity, words, gm, gw = head[_ST_CAPACITY], head[_ST_WORDS], head[_ST_GMAIN], head[_ST_GWIN]
     # one sketch word per entry: the state's own length bounds the buffers it makes us allocate
-    if not (max(n, 1) <= capacity <= min(words, _MAX_ENTRIES)) or not (
+    if not (max(n, 1) <= capacity <= min(words, MAX_ENTRIES)) or not (
             _pow2(words) and _pow2(gm) and _pow2(gw) and gm <= words and gw <= words):
         raise ValueError("state has an invalid buffer capacity or sketch size")
     o = n + _ST_HEADER
@@ -1049,7 +1067,7 @@ cdef tuple _tlfu_check_state(object aux, Py_ssize_t n):
         raise ValueError("state length does not match its header")
     ext = aux[x:x + _SX_HEADER].tolist()
     cap, salloc = ext[_SX_CAP], ext[_SX_SALLOC]
-    if not (0 <= cap <= _MAX_ENTRIES and 1 <= salloc <= _TLFU_SHADOW) \
+    if not (0 <= cap <= MAX_ENTRIES and 1 <= salloc <= _TLFU_SHADOW) \
             or head[_ST_SCUR] not in (0, 1) or min(head[_ST_NWIN], head[_ST_NMEV], head[_ST_SCOUNT], ext[_SX_STICKS]) < 0 \
             or not math.isfinite(_bits_f64(head[_ST_WF])):
         raise ValueError("state has invalid TinyLFU counters")
@@ -1084,7 +1102,7 @@ cdef void _tlfu_restore(Cache c, object aux, list head, list ext, Py_ssize_t sha
     cdef _TinyLFUBuffers b = <_TinyLFUBuffers>c._buf.ext
     cdef Py_ssize_t n = len(keys), i, e, q, o = n + _ST_HEADER
     cdef int64_t words = head[_ST_WORDS], gw = head[_ST_GWIN], gm = head[_ST_GMAIN]
-    cdef int64_t* ap = <int64_t*>_data(aux)
+    cdef int64_t* ap = <int64_t*>buffer_data(aux)
     cdef bint same_shadows = hashed_alike and ext[_SX_CAP] == s.cap
     cdef int k
     if hashed_alike and (b.sketch.shape[0] != words or b.gwin.shape[0] != gw
@@ -1126,6 +1144,15 @@ cdef void _tlfu_restore(Cache c, object aux, list head, list ext, Py_ssize_t sha
     c._version += 1
 
 
+# The policy's entry points in the engine's order layer (order_t.ext)
+cdef policy_ops_t _OPS
+_OPS.link_new = tinylfu_link_new
+_OPS.unlink = tinylfu_unlink
+_OPS.touch = tinylfu_touch
+_OPS.victim = tinylfu_victim
+_OPS.fill = tinylfu_fill
+
+
 cdef class TinyLFUCache(Cache):
     """Adaptive W-TinyLFU cache: the best hit ratio of the classes here on most workloads.
 
@@ -1140,6 +1167,28 @@ cdef class TinyLFUCache(Cache):
 
     cdef int _policy(self):
         return POLICY_TINYLFU
+
+    cdef const policy_ops_t* _policy_ops(self):
+        return &_OPS
+
+    cdef Py_ssize_t _initial_capacity(self, Py_ssize_t limit):
+        # the sketch and the ghosts are sized by the buffers: their figures were measured from 1024
+        return min(limit, 1024)
+
+    cdef object _policy_alloc(self, Py_ssize_t capacity, bint fresh):
+        return tinylfu_alloc(capacity, self._max_entries, fresh)
+
+    cdef void _policy_adopt(self, object new, object old, Py_ssize_t cap) noexcept:
+        tinylfu_adopt(&self.o, new, old, cap)
+
+    cdef void _policy_reset(self) noexcept:
+        tinylfu_reset(&self.o, &self.t)
+
+    cdef void _policy_resize(self) noexcept:
+        tinylfu_set_cap(&self.o, &self.t, self._max_entries)
+
+    cdef str _policy_check(self):
+        return tinylfu_check(&self.o, &self.t)
 
     def popitem(self):
         """Remove and return the first `(key, value)` pair in iteration order (main's least recent).
@@ -1178,15 +1227,15 @@ cdef class TinyLFUCache(Cache):
         cdef Py_ssize_t n, i, live, o, words, gw, gm, hlen
         cdef uint64_t version
         cdef double now = 0.0, scale = 1.0, exp
-        cdef bint expiring = self._exp != NULL, absolute = ttl is _ABSOLUTE, changed = True
+        cdef bint expiring = self._exp != NULL, absolute = isinstance(ttl, str) and ttl == "absolute", changed = True
         cdef list keys, values
         cdef entry_t e
         cdef entry_t* op
         cdef int64_t* ap
         cdef double* tp
         if expiring:
-            now = _resolve(_ttl_now(self))
-            scale = (<_Expiry>self._xp).timer.scale()
+            now = resolve_clock(expiry_clock(self))
+            scale = EXPIRY.scale(self)
         while changed:
             # allocate, then copy with no Python code running, unless the cache changed meanwhile
             n, words, gw, gm = self.t.count, s.smask + 1, s.gwmask + 1, s.gmask + 1
@@ -1202,15 +1251,15 @@ cdef class TinyLFUCache(Cache):
                            or <Py_ssize_t>s.smask + 1 != words or <Py_ssize_t>s.gwmask + 1 != gw
                            or <Py_ssize_t>s.gmask + 1 != gm or _tlfu_shadow_len(s) != hlen)
                 if not changed:
-                    op = <entry_t*>_data(order)
-                    ap = <int64_t*>_data(aux)
-                    tp = <double*>_data(rem)
+                    op = <entry_t*>buffer_data(order)
+                    ap = <int64_t*>buffer_data(aux)
+                    tp = <double*>buffer_data(rem)
                     order_fill(&self.o, &self.t, op)
                     live = n
                     if expiring:
                         live = 0
                         for i in range(n):
-                            if not _expired_at(self._exp[op[i]], now):
+                            if not expired_at(self._exp[op[i]], now):
                                 live += 1
                     o = live + _ST_HEADER
                     memcpy(&ap[o], s.sketch, words * sizeof(uint64_t))
@@ -1228,7 +1277,7 @@ cdef class TinyLFUCache(Cache):
                     for i in range(n):
                         e = op[i]
                         exp = self._exp[e] if expiring else INFINITY
-                        if expiring and _expired_at(exp, now):
+                        if expiring and expired_at(exp, now):
                             if <uint8_t>s.region[e] >= _TLFU_PEND1:
                                 _sketch_count_n(<uint64_t*>&ap[o], s.smask >> 3,
                                                 _tlfu_mix(self.t.ent[e].hash),
@@ -1281,7 +1330,7 @@ cdef class TinyLFUCache(Cache):
         Cache._setup(fresh, self._maxsize, self._user_getsizeof, self._on_evict,
                      seed if self._seed_arg is None else self._seed_arg, head[_ST_CAPACITY],
                      self._choice)
-        _ttl_import_prepare(self, fresh, 0, None, None)      # this cache's timer and default ttl
+        EXPIRY.import_prepare(self, fresh, 0, None, None)      # this cache's timer and default ttl
         Cache._import_state(fresh, keys, values, None, ttl, _expires=_expires)
         _tlfu_restore(fresh, aux, head, ext, shadows, keys, hashed_alike)
         if self._capacity_arg > fresh.t.capacity:
@@ -1291,7 +1340,7 @@ cdef class TinyLFUCache(Cache):
 
     def _frequency(self, key):
         """Return the sketch's estimate of key's uses, its pending hits included (for tests)."""
-        cdef hash_t h = _key_hash(self, key)
+        cdef hash_t h = key_hash(self, key)
         cdef Py_ssize_t slot, e
         cdef int v
         with cython.critical_section(self):
@@ -1319,186 +1368,6 @@ cdef class TinyLFUCache(Cache):
             }
 
 
-_NATIVE_POPITEMS = _NATIVE_POPITEMS | frozenset([TinyLFUCache.popitem])
-__all__.append("TinyLFUCache")
+register_native_popitem(TinyLFUCache.popitem)
 
 
-# ---------------------------------------------------------------------------------------------
-# Replay: the exact behaviour of a cache class over an int64/uint64 key array, without the GIL
-# ---------------------------------------------------------------------------------------------
-
-@cython.final
-cdef class _Replayer:
-    """Replays keys through a fresh native cache's own table and policy code, as a Python loop
-    `if c.get(k, MISS) is MISS: c[k] = v` would, but with keys kept as C integers."""
-    cdef Cache cache
-    cdef object raw            # uint64 array: the key of each entry (the cache's key lists stay None)
-    cdef uint64_t* rk
-    cdef readonly int64_t hits
-    cdef readonly int64_t accesses
-
-    def __init__(self, Cache cache):
-        if len(cache):
-            raise ValueError("replay needs an empty cache")
-        self.cache = cache
-        self.raw = np.zeros(cache.t.capacity, dtype=np.uint64)
-        self.rk = <uint64_t*>_data(self.raw)
-        self.hits = 0
-        self.accesses = 0
-
-    cdef void _grow(self) except *:
-        cdef Cache c = self.cache
-        cdef Py_ssize_t old = c.t.capacity
-        c._grow_for_one()
-        raw = np.zeros(c.t.capacity, dtype=np.uint64)
-        raw[:old] = self.raw
-        self.raw = raw
-        self.rk = <uint64_t*>_data(raw)
-
-    def feed(self, keys):
-        """Replay a 1-D int64 or uint64 array; return the hits among these keys."""
-        cdef cnp.ndarray arr = np.ascontiguousarray(keys)
-        cdef bint signed = arr.dtype == np.int64
-        cdef Py_ssize_t n = arr.shape[0], i, slot
-        cdef uint64_t* kp = <uint64_t*>cnp.PyArray_DATA(arr)
-        cdef Cache c = self.cache
-        cdef table_t* t = &c.t
-        cdef order_t* o = &c.o
-        cdef Py_ssize_t max_entries = c._max_entries
-        cdef uint64_t k, i2
-        cdef hash_t h
-        cdef int32_t e
-        cdef entry_t v
-        cdef int64_t hits = 0
-        if arr.ndim != 1 or not (signed or arr.dtype == np.uint64):
-            raise TypeError("keys must be a 1-D int64 or uint64 array")
-        with nogil:
-            for i in range(n):
-                k = kp[i]
-                h = mix_hash(_hash_i64(<int64_t>k) if signed else _hash_u64(k), t.seed)
-                i2 = h & t.mask
-                while True:
-                    e = t.index[i2]
-                    if e == SLOT_EMPTY:
-                        break
-                    if t.ent[e].hash == h and self.rk[e] == k:
-                        break
-                    i2 = (i2 + 1) & t.mask
-                if e >= 0:
-                    hits += 1
-                    order_touch(o, t, e)
-                    continue
-                if max_entries < 1:
-                    continue                        # the class raises "value too large"
-                slot = <Py_ssize_t>i2
-                if t.count >= max_entries:
-                    v = order_victim(o, t)
-                    table_remove_slot(t, table_slot_of(t, v))
-                    order_unlink(o, t, v)
-                    t.count -= 1
-                    table_put_free(t, v)
-                    slot = table_probe_free(t, h)
-                elif t.free_head == ENTRY_NONE:
-                    with gil:
-                        self._grow()
-                    slot = table_probe_free(t, h)
-                e = table_take_free(t)
-                t.ent[e].hash = h
-                table_put_slot(t, slot, e)
-                self.rk[e] = k
-                order_link_new(o, t, e)
-                t.count += 1
-        self.hits += hits
-        self.accesses += n
-        c._version += 1
-        return hits
-
-
-# ---------------------------------------------------------------------------------------------
-# Belady's OPT with bypass: on a miss, evict whichever of the cached keys and the new one is
-# used again furthest in the future (never again counts as infinitely far)
-# ---------------------------------------------------------------------------------------------
-
-cdef inline void _heap_push(int64_t* hk, int64_t* hv, Py_ssize_t* hs, int64_t key, int64_t val) noexcept nogil:
-    cdef Py_ssize_t j = hs[0], p
-    hs[0] += 1
-    while j > 0:
-        p = (j - 1) >> 1
-        if hk[p] >= key:
-            break
-        hk[j] = hk[p]
-        hv[j] = hv[p]
-        j = p
-    hk[j] = key
-    hv[j] = val
-
-
-cdef inline void _heap_pop(int64_t* hk, int64_t* hv, Py_ssize_t* hs) noexcept nogil:
-    cdef Py_ssize_t j = 0, c, n
-    cdef int64_t k, v
-    hs[0] -= 1
-    n = hs[0]
-    k = hk[n]
-    v = hv[n]
-    while True:
-        c = 2 * j + 1
-        if c >= n:
-            break
-        if c + 1 < n and hk[c + 1] > hk[c]:
-            c += 1
-        if hk[c] <= k:
-            break
-        hk[j] = hk[c]
-        hv[j] = hv[c]
-        j = c
-    if n > 0:
-        hk[j] = k
-        hv[j] = v
-
-
-def _opt_hits(ids, Py_ssize_t ndistinct, Py_ssize_t maxsize):
-    """Belady's hits for dense key ids 0..ndistinct-1 (a max-heap of next uses, lazily cleaned)."""
-    cdef cnp.ndarray ida = np.ascontiguousarray(ids, dtype=np.int64)
-    cdef Py_ssize_t n = ida.shape[0], i, size = 0, hs = 0
-    cdef int64_t* idp = <int64_t*>cnp.PyArray_DATA(ida)
-    nxt_a = np.empty(n, dtype=np.int64)
-    last_a = np.empty(max(ndistinct, 1), dtype=np.int64)
-    cur_a = np.empty(max(ndistinct, 1), dtype=np.int64)
-    in_a = np.zeros(max(ndistinct, 1), dtype=np.uint8)
-    hk_a = np.empty(n + 1, dtype=np.int64)
-    hv_a = np.empty(n + 1, dtype=np.int64)
-    cdef int64_t* nxt = <int64_t*>_data(nxt_a)
-    cdef int64_t* last = <int64_t*>_data(last_a)
-    cdef int64_t* cur = <int64_t*>_data(cur_a)
-    cdef uint8_t* inc = <uint8_t*>_data(in_a)
-    cdef int64_t* hk = <int64_t*>_data(hk_a)
-    cdef int64_t* hv = <int64_t*>_data(hv_a)
-    cdef int64_t hits = 0, d, top
-    if maxsize <= 0 or n == 0:
-        return 0
-    with nogil:
-        for i in range(ndistinct):
-            last[i] = n + i                 # "never again": distinct, later than any access
-        for i in range(n - 1, -1, -1):
-            d = idp[i]
-            nxt[i] = last[d]
-            last[d] = i
-        for i in range(n):
-            d = idp[i]
-            cur[d] = nxt[i]
-            _heap_push(hk, hv, &hs, nxt[i], d)
-            if inc[d]:
-                hits += 1
-                continue
-            inc[d] = 1
-            size += 1
-            if size > maxsize:
-                while True:                 # the furthest next use that is still current
-                    top = hv[0]
-                    d = hk[0]
-                    _heap_pop(hk, hv, &hs)
-                    if inc[top] and cur[top] == d:
-                        inc[top] = 0
-                        size -= 1
-                        break
-    return hits

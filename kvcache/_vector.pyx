@@ -1,7 +1,8 @@
+# cython: language_level=3, freethreading_compatible=False
 # Batch numpy layer for inference workloads (issue 6): stable text digests and VectorCache.
 #
-# Included at the end of _core.pyx, so it shares the module's compiler directives (no bounds
-# or wraparound checks): every index is checked here at the Python boundary, before the lock.
+# The module's directives turn bounds and wraparound checks off (setup.py): every index is
+# checked here at the Python boundary, before the lock.
 #
 # VectorCache reuses the engine's policies (see _core.pxd): its entries are `table_t` entry
 # records and free list, ordered by an `order_t` through the same order_* functions as the
@@ -29,6 +30,15 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 from murmurhash.mrmr cimport hash128_x64
 cimport cython
+cimport numpy as cnp
+
+from kvcache._core cimport *
+
+cnp.import_array()
+
+from kvcache._core import CacheStats
+
+__all__ = ["VectorCache", "digest"]
 
 import numpy as _vnp
 from operator import index as _vindex

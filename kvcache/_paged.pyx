@@ -1,10 +1,10 @@
+# cython: language_level=3, freethreading_compatible=False
 # Paged KV-cache block manager: block ids, reference counts, the LRU of free cached
 # blocks and the prefix table keyed by chained 128-bit digests.
 #
-# Included at the end of _core.pyx (`include "_paged.pxi"`), so it shares the module's
-# directives (boundscheck/wraparound off): every index that comes from Python is
-# checked in the `_paged_*` conversion helpers or at the top of each method, before
-# any state changes.
+# The module's directives turn bounds checks off (setup.py): every index that comes from
+# Python is checked in the `_paged_*` conversion helpers or at the top of each method,
+# before any state changes.
 #
 # Layout (preshed style: flat C arrays, a thin class around them). Per block b, one
 # 64-byte, cache-line aligned record meta[b] holds what a lookup needs beyond the table
@@ -50,10 +50,20 @@
 
 cimport cython
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
-from libc.string cimport memcmp, memcpy
+from libc.string cimport memcmp, memcpy, memset
 from murmurhash.mrmr cimport hash128_x64
 cimport numpy as _cnp
 from cpython.ref cimport PyObject
+
+from kvcache._core cimport (ENTRY_FREE, ENTRY_NONE, SLOT_EMPTY, entry_rec, entry_t, kv_prefetch,
+                            table_slots_for,
+                            table_probe_free, table_put_slot, table_remove_slot, table_t)
+
+import random
+
+_cnp.import_array()
+
+__all__ = ["PoolExhaustedError", "PrefixCacheStats", "PagedBlocks"]
 
 
 cdef extern from "Python.h":
@@ -407,7 +417,7 @@ ctypedef struct _paged_link_t:
 
 
 @cython.final
-cdef class _PagedBlocks:
+cdef class PagedBlocks:
     """Manage block ids of a KV pool: O(1) alloc/free, refcounts, prefix table, LRU.
 
     Thread-safety: every public method runs inside a critical section on the
@@ -490,7 +500,7 @@ cdef class _PagedBlocks:
         # Everything is allocated and initialised first, then installed in one step with no
         # Python code in between: two threads attaching at once (or a finalizer run by one of
         # the allocations) cannot both pass the check above and mix their arrays.
-        cap = <Py_ssize_t>_slots_for(n)
+        cap = <Py_ssize_t>table_slots_for(n)
         tokens = _paged_np.zeros(n * self.block_size, dtype=_paged_np.int32)
         index_arr = _paged_np.full(cap, SLOT_EMPTY, dtype=_paged_np.int32)
         ent_arr = _paged_np.zeros(n * sizeof(entry_rec), dtype=_paged_np.uint8)
