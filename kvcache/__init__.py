@@ -1,6 +1,6 @@
 """kvcache: compiled drop-in caches (cachetools / functools / lru-dict compatible)."""
 
-from kvcache import keys
+from kvcache import keys, snapshot
 from kvcache._core import Cache, CacheStats, FIFOCache, LFUCache, LRUCache, RRCache
 from kvcache._expiry import TLRUCache, TTLCache
 from kvcache._tinylfu import TinyLFUCache

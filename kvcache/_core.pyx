@@ -460,7 +460,8 @@ cdef extern from *:
 
 # ---------------------------------------------------------------------------------------------
 # Snapshots (issue 7): `Class.load(path)` builds a cache, `cache.load(path)` fills this one.
-# The format lives in kvcache.snapshot, imported lazily (the engine imports nothing of ours).
+# The format lives in kvcache.snapshot, which installs its functions here when imported
+# (`install_snapshots`; kvcache/__init__ imports it): the engine imports nothing of ours.
 # ---------------------------------------------------------------------------------------------
 
 class _ClassOrInstanceMethod:
@@ -482,12 +483,22 @@ def _snapshot_load(target, path, *, pickle_key=None, **kwargs):
     malformed file raises SnapshotError (a ValueError).  With `pickle_key`, only a file signed
     with that key is accepted (see kvcache.snapshot.load for other classes' files).
     """
-    from kvcache import snapshot
+    if _snapshots is None:
+        raise RuntimeError("snapshots need kvcache.snapshot: import kvcache")
     if isinstance(target, type):
-        return snapshot.load(target, path, pickle_key=pickle_key, **kwargs)
+        return _snapshots.load(target, path, pickle_key=pickle_key, **kwargs)
     if kwargs:
         raise TypeError("constructor arguments only apply to Class.load(path, ...)")
-    return snapshot.load_into(target, path, pickle_key=pickle_key)
+    return _snapshots.load_into(target, path, pickle_key=pickle_key)
+
+
+cdef object _snapshots = None        # the module that reads and writes snapshot files
+
+
+def install_snapshots(module):
+    """Serve `Cache.save` and `Cache.load` with `module.save`, `.load` and `.load_into`."""
+    global _snapshots
+    _snapshots = module
 
 
 cdef class Cache:
@@ -1681,8 +1692,9 @@ cdef class Cache:
         signs the file (HMAC-SHA256): use it to load files from untrusted places.  Without it
         the SHA-256 trailer is a checksum against corruption, not a signature.
         """
-        from kvcache import snapshot
-        snapshot.save(self, path, pickle_key=pickle_key)
+        if _snapshots is None:
+            raise RuntimeError("snapshots need kvcache.snapshot: import kvcache")
+        _snapshots.save(self, path, pickle_key=pickle_key)
 
     load = _ClassOrInstanceMethod(_snapshot_load)
 

@@ -44,9 +44,7 @@ from cpython.object cimport PyObject_Hash
 from cpython.number cimport PyNumber_AsSsize_t
 from cpython.unicode cimport PyUnicode_CheckExact
 from cpython.long cimport PyLong_CheckExact
-from cpython.pythread cimport (PyThread_type_lock, PyThread_allocate_lock, PyThread_free_lock,
-                               PyThread_acquire_lock, PyThread_release_lock, PyThread_get_thread_ident,
-                               WAIT_LOCK, NOWAIT_LOCK)
+from cpython.pythread cimport PyThread_get_thread_ident
 
 cdef extern from "Python.h":
     object PyMethod_New(object func, object self)   # Cython's pxd still has the 3-argument form
@@ -437,27 +435,32 @@ cdef class MemoBase:
     cdef dict pending            # key -> _Flight being computed
     cdef dict waiting            # thread id -> _Flight it waits for
     cdef public object _attrname  # method mode: the attribute name (set by __set_name__)
-    cdef public bint _is_async    # calls go through the Python-level _invoke
-    cdef PyThread_type_lock lock  # guards pending and waiting (never held across user code
-                                  # other than a key's __hash__/__eq__)
+    # The Python layer's slow paths, given at construction (never looked up by name).  Plain
+    # functions called with the memo first, not bound methods: a memo holding its own bound
+    # method would be a reference cycle, freed only by the cycle collector.
+    cdef object unbound           # (memo) -> what class access returns (method mode)
+    cdef object instance_memo     # (memo, obj) -> the instance's own memo, made on first use
+    cdef object async_invoke      # (memo, owner, args, kwargs) -> awaitable; None: not a coroutine
+    # Guards pending and waiting.  A mutex rather than a critical section: a thread holds it
+    # across a key's __hash__/__eq__, which may release the GIL, and a critical section is
+    # suspended whenever its thread blocks.  The engine's one kind of lock besides critical
+    # sections (VectorCache holds the same kind across its GIL-free batch loops).
+    cdef cython.pymutex lock
     cdef unsigned long lock_owner # the thread holding `lock` (0: none), to refuse reentry
     cdef void* vectorcall         # read by CPython at tp_vectorcall_offset
 
     def __cinit__(self, *args, **kwargs):
         self.vectorcall = <void*>_memo_vectorcall
-        self.lock = PyThread_allocate_lock()
-        if self.lock == NULL:
-            raise MemoryError("cannot allocate a lock")
         self.pending = {}
         self.waiting = {}
 
-    def __dealloc__(self):
-        if self.lock != NULL:
-            PyThread_free_lock(self.lock)
-
-    def __init__(self, func, cache, typed, key, single_flight=True):
+    def __init__(self, func, cache, typed, key, single_flight=True, *, unbound=None,
+                 instance_memo=None, async_invoke=None):
         if not isinstance(cache, Cache):
             raise TypeError("memoize needs a kvcache cache")
+        self.unbound = unbound
+        self.instance_memo = instance_memo
+        self.async_invoke = async_invoke
         self.func = func
         self.cache = cache
         self.typed = bool(typed)
@@ -473,7 +476,7 @@ cdef class MemoBase:
         if self._attrname is None:
             return self
         if obj is None:
-            return self._unbound()
+            return self.unbound(self)
         return _memo_bind(self, obj)
 
     def _invoke(self, owner, tuple args, dict kwargs):
@@ -556,7 +559,7 @@ cdef object _memo_bind(MemoBase self, object obj):
         if type(memos) is dict:
             memo = (<dict>memos).get(self)
     if memo is None:
-        memo = self._instance_memo(obj)      # first use on this instance (Python)
+        memo = self.instance_memo(self, obj)  # first use on this instance (Python)
     b = _memo_bound.__new__(_memo_bound)
     b.__self__ = obj
     b._memo = <MemoBase?>memo
@@ -595,8 +598,8 @@ cdef class _memo_bound:
 
 
 cdef object _memo_bound_call(_memo_bound self, tuple args, dict kwargs):
-    if self._memo._is_async:
-        return self._memo._invoke(self.__self__, args, kwargs)
+    if self._memo.async_invoke is not None:
+        return self._memo.async_invoke(self._memo, self.__self__, args, kwargs)
     return _memo_invoke(self._memo, self.__self__, args, kwargs)
 
 
@@ -610,17 +613,14 @@ cdef inline int _memo_lock(MemoBase self) except -1:
         # a key's __hash__/__eq__ (run under the lock) called back into this memo: waiting
         # for the lock would never end
         raise RuntimeError("memoize: a key's __hash__ or __eq__ called the memoized function")
-    # Never block while holding the GIL: the holder may need it to finish.
-    if not PyThread_acquire_lock(self.lock, NOWAIT_LOCK):
-        with nogil:
-            PyThread_acquire_lock(self.lock, WAIT_LOCK)
+    self.lock.acquire()              # releases the GIL while it waits: the holder may need it
     self.lock_owner = me
     return 0
 
 
 cdef inline void _memo_unlock(MemoBase self) noexcept:
     self.lock_owner = 0
-    PyThread_release_lock(self.lock)
+    self.lock.release()
 
 
 cdef inline object _memo_compute(MemoBase self, object owner, tuple args, dict kwargs):
@@ -883,11 +883,19 @@ cdef class CachedMethodDescriptorBase:
 
     cdef public object _method, _cache, _key, _lock, _cond, _attrname, _bound
     cdef public bint _info, _plain
+    # The Python layer's slow paths, given at construction (never looked up by name), as
+    # plain functions called with the descriptor first (no reference cycle through self):
+    cdef object get_slow          # (desc, obj) -> class access, or access before __set_name__
+    cdef object call_slow         # (desc, obj, args, kwargs) -> a call with a lock, condition or info
+
+    def __init__(self, get_slow, call_slow):
+        self.get_slow = get_slow
+        self.call_slow = call_slow
 
     def __get__(self, obj, objtype):
         cdef CachedMethodBound b
         if self._attrname is None or obj is None:
-            return self._get_slow(obj)
+            return self.get_slow(self, obj)
         b = (<type>self._bound).__new__(self._bound)
         b.__self__ = obj
         b._desc = self
@@ -909,7 +917,7 @@ cdef object _cm_call(CachedMethodBound b, tuple args, dict kwds):
     cdef CachedMethodDescriptorBase desc = b._desc
     obj = b.__self__
     if not desc._plain:
-        return desc._call(obj, args, {} if kwds is None else kwds)   # lock, condition or info
+        return desc.call_slow(desc, obj, args, {} if kwds is None else kwds)   # lock, condition or info
     cache = kv_call(desc._cache, (obj,), NULL)
     keyfunc = desc._key
     if keyfunc is _plain_methodkey and (kwds is None or PyDict_Size(kwds) == 0):

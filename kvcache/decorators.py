@@ -466,6 +466,7 @@ class _UnboundCachedMethod:
 class _CachedMethodDescriptor(CachedMethodDescriptorBase):
     # the fields and __get__ (instance access) are compiled: _core.CachedMethodDescriptorBase
     def __init__(self, method, cache, key, lock, cond, info):
+        CachedMethodDescriptorBase.__init__(self, type(self)._get_slow, type(self)._call)
         functools.update_wrapper(self, method)
         self._method = method
         self._cache = cache
@@ -748,8 +749,12 @@ def _with_ttl(make_cache, ttl):
 class _Memo(MemoBase):
     """A memoized function: call it; inspect or reset its cache."""
 
+    _is_async = False
+
     def __init__(self, func, make_cache, maxsize, policy, typed, key, single_flight):
-        MemoBase.__init__(self, func, make_cache(), typed, key, single_flight)
+        MemoBase.__init__(self, func, make_cache(), typed, key, single_flight,
+                          unbound=type(self)._unbound, instance_memo=type(self)._instance_memo,
+                          async_invoke=type(self)._ainvoke if self._is_async else None)
         functools.update_wrapper(self, func)
         self._make_cache = make_cache
         self._params = {"maxsize": maxsize, "policy": policy, "typed": typed}
@@ -871,10 +876,11 @@ install_fast_call(_Memo)
 class _AsyncMemo(_Memo):
     """A memoized coroutine function: awaiting it gives the cached result."""
 
+    _is_async = True
+
     def __init__(self, *args):
         _Memo.__init__(self, *args)
         self._tasks = {}
-        self._is_async = True
         _mark_coroutine_function(self)
 
     def __call__(self, /, *args, **kwargs):

@@ -20,19 +20,20 @@ import sys
 
 import numpy as np
 
-from kvcache import _core, _simulate
+from kvcache._core import Cache, FIFOCache, LFUCache, LRUCache, RRCache
+from kvcache._simulate import Replayer, opt_hits
 from kvcache._tinylfu import TinyLFUCache
 
 __all__ = ["POLICIES", "opt", "replay", "load_trace", "main"]
 
 #: Short names of the policies, mapped to their cache classes.
 POLICIES = {
-    "lru": _core.LRUCache,
-    "lfu": _core.LFUCache,
-    "fifo": _core.FIFOCache,
-    "rr": _core.RRCache,
+    "lru": LRUCache,
+    "lfu": LFUCache,
+    "fifo": FIFOCache,
+    "rr": RRCache,
     "tinylfu": TinyLFUCache,
-    "cache": _core.Cache,
+    "cache": Cache,
 }
 
 _CHUNK = 1 << 20          # accesses per progress step
@@ -84,7 +85,7 @@ def replay(keys, policy, maxsize, *, seed=None, progress=None):
     cls = _policy_class(policy)
     maxsize = _check_maxsize(maxsize)
     arr = _as_keys(keys)
-    replayer = _simulate.Replayer(cls(maxsize, seed=seed))
+    replayer = Replayer(cls(maxsize, seed=seed))
     n = arr.shape[0]
     if progress is None:
         return int(replayer.feed(arr))
@@ -101,7 +102,7 @@ def opt(keys, maxsize):
     if arr.shape[0] == 0 or maxsize == 0:
         return 0
     uniq, ids = np.unique(arr, return_inverse=True)
-    return int(_simulate.opt_hits(ids.astype(np.int64, copy=False).ravel(), uniq.shape[0], maxsize))
+    return int(opt_hits(ids.astype(np.int64, copy=False).ravel(), uniq.shape[0], maxsize))
 
 
 def load_trace(path):

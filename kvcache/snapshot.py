@@ -36,12 +36,14 @@ import hmac
 import math
 import os
 import struct
+import sys
 import tempfile
 import time
 
 import msgpack
 import numpy as np
 
+from kvcache._core import install_snapshots
 from kvcache.serialize import SerializationError, Serializer, decode_key, encode_key
 
 __all__ = ["SnapshotError", "save", "load", "load_into", "read_header"]
@@ -420,3 +422,8 @@ def load(cls, path, *, pickle_key=None, **kwargs):
         raise TypeError(f"{cls.__name__}.load: {exc} (pass the constructor arguments a snapshot does not hold)") from exc
     _import(cache, path, header, keys, values, aux, ttl)
     return cache
+
+
+# Cache.save and Cache.load call this module; the engine imports nothing of ours, so the
+# functions are handed to it here (kvcache/__init__ imports this module).
+install_snapshots(sys.modules[__name__])
