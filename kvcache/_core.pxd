@@ -355,6 +355,14 @@ cdef entry_t order_victim(order_t* o, table_t* t) noexcept nogil
 cdef Py_ssize_t order_fill(order_t* o, table_t* t, entry_t* out) noexcept nogil
 
 
+cdef void order_reset(order_t* o, Py_ssize_t capacity) noexcept nogil
+
+
+cdef inline bint order_hit_moves(order_t* o) noexcept nogil:
+    """Does a hit change the order (FIFO and RR ignore hits)?"""
+    return o.policy == POLICY_LRU or o.policy == POLICY_LFU or o.ext != NULL
+
+
 cdef inline void order_hit(order_t* o, table_t* t, entry_t e) noexcept nogil:
     """Record a lookup hit: LRU's move is inlined into every caller, the rest dispatched."""
     if o.policy == POLICY_LRU:
@@ -380,6 +388,12 @@ cdef class _Buffers:
     cdef Py_ssize_t max_entries      # the cache's entry limit the buffers were sized for
     cdef list kv, sizes              # only until adopted
     cdef object xexp, xlink, xbkt    # only until adopted: expiry buffers (kvcache._expiry)
+
+
+# The policies' own buffers live in a cache's _Buffers: allocated (may run Python code), then
+# pointed at (plain C)
+cdef void order_alloc(int policy, _Buffers b, Py_ssize_t capacity) except *
+cdef void order_point(order_t* o, _Buffers b) noexcept
 
 
 cdef class Cache

@@ -396,6 +396,120 @@ cdef Py_ssize_t order_fill(order_t* o, table_t* t, entry_t* out) noexcept nogil:
     return n
 
 
+# The policies' own buffers (LFU buckets, RR's dense array), kept in a cache's _Buffers ----------
+
+cdef void order_alloc(int policy, _Buffers b, Py_ssize_t capacity) except *:
+    """Allocate the arrays `policy` needs for `capacity` entries into b (may run Python code)."""
+    if policy == POLICY_LFU:
+        b.bucket_of = np.zeros(capacity, dtype=np.int32)
+        b.bfreq = np.zeros(capacity, dtype=np.int64)
+        b.bhead = np.zeros(capacity, dtype=np.int32)
+        b.btail = np.zeros(capacity, dtype=np.int32)
+        b.bprev = np.zeros(capacity, dtype=np.int32)
+        b.bnext = np.zeros(capacity, dtype=np.int32)
+    elif policy == POLICY_RR:
+        b.dense = np.zeros(capacity, dtype=np.int32)
+
+
+cdef void order_copy(_Buffers dst, _Buffers src, Py_ssize_t old) noexcept:
+    """Copy the policy arrays of entries 0..old-1 (plain memcpy)."""
+    if src.bucket_of is not None:
+        _copy_prefix(dst.bucket_of, src.bucket_of, old * sizeof(int32_t))
+        _copy_prefix(dst.bfreq, src.bfreq, old * sizeof(int64_t))
+        _copy_prefix(dst.bhead, src.bhead, old * sizeof(int32_t))
+        _copy_prefix(dst.btail, src.btail, old * sizeof(int32_t))
+        _copy_prefix(dst.bprev, src.bprev, old * sizeof(int32_t))
+        _copy_prefix(dst.bnext, src.bnext, old * sizeof(int32_t))
+    if src.dense is not None:
+        _copy_prefix(dst.dense, src.dense, old * sizeof(int32_t))
+
+
+cdef void order_point(order_t* o, _Buffers b) noexcept:
+    if b.bucket_of is not None:
+        o.bucket_of = <int32_t*>buffer_data(b.bucket_of)
+        o.bfreq = <int64_t*>buffer_data(b.bfreq)
+        o.bhead = <entry_t*>buffer_data(b.bhead)
+        o.btail = <entry_t*>buffer_data(b.btail)
+        o.bprev = <int32_t*>buffer_data(b.bprev)
+        o.bnext = <int32_t*>buffer_data(b.bnext)
+    if b.dense is not None:
+        o.dense = <entry_t*>buffer_data(b.dense)
+
+
+cdef void order_grow(order_t* o, Py_ssize_t old, Py_ssize_t capacity) noexcept nogil:
+    """Make room for entries old..capacity-1 (LFU: their buckets join the free list)."""
+    cdef Py_ssize_t i
+    if o.policy == POLICY_LFU:
+        for i in range(capacity - 1, old - 1, -1):
+            o.bnext[i] = o.bfree
+            o.bfree = <int32_t>i
+
+
+cdef void order_reset(order_t* o, Py_ssize_t capacity) noexcept nogil:
+    """Forget every entry (the table is emptied alongside)."""
+    o.head = ENTRY_NONE
+    o.tail = ENTRY_NONE
+    o.bfirst = -1
+    o.blast = -1
+    o.bfree = -1
+    order_grow(o, 0, capacity)
+
+
+cdef inline bint order_counts(order_t* o) noexcept nogil:
+    """Does the policy keep a use count per entry (saved and restored with the entries)?"""
+    return o.policy == POLICY_LFU
+
+
+cdef inline int64_t order_count_of(order_t* o, entry_t e) noexcept nogil:
+    return o.bfreq[o.bucket_of[e]]
+
+
+cdef void order_link_counted(order_t* o, table_t* t, entry_t e, int64_t count) noexcept nogil:
+    """Link a new entry with `count` uses, behind every entry of lower or equal count (loading)."""
+    cdef int32_t b = o.blast
+    if b == -1 or o.bfreq[b] != count:
+        b = _bucket_new(o, count, o.blast)
+    _bucket_append(o, t, b, e)
+
+
+cdef str order_check(order_t* o):
+    """Return the first broken invariant of the order's own structures, or None."""
+    cdef int32_t b
+    cdef int64_t lastf = 0
+    if o.policy == POLICY_LFU:
+        b = o.bfirst
+        while b != -1:
+            if o.bhead[b] == ENTRY_NONE or o.bfreq[b] <= lastf:
+                return "LFU buckets are not strictly increasing and non-empty"
+            lastf = o.bfreq[b]
+            b = o.bnext[b]
+    return None
+
+
+cdef inline void order_prefetch_victim(order_t* o, table_t* t) noexcept nogil:
+    """Start loading the index slot of the entry a full cache evicts next.
+
+    Called before probing for a new key: the victim's slot is a second random memory access,
+    and issued here its miss overlaps the probe's instead of following it.
+    """
+    cdef entry_t v
+    cdef uint64_t i
+    if t.count == 0:
+        return                          # maxsize 0: no victim (and LFU has no first bucket)
+    if o.policy <= POLICY_LRU:
+        v = o.head
+    elif o.policy == POLICY_LFU:
+        v = o.bhead[o.bfirst]
+    else:
+        return
+    if v < 0:
+        return
+    i = t.ent[v].hash & t.mask
+    if t.tags != NULL:
+        kv_prefetch(&t.tags[i])
+    kv_prefetch(&t.index[i])
+
+
 # ---------------------------------------------------------------------------------------------
 # Buffers
 # ---------------------------------------------------------------------------------------------
@@ -646,15 +760,7 @@ cdef class Cache:
         b.index = np.full(nslots, SLOT_EMPTY, dtype=np.int32)
         b.tags = np.zeros(nslots, dtype=np.uint8)              # all TAG_EMPTY
         b.ent = np.zeros((capacity, 2), dtype=np.uint64)     # entry_rec: hash, prev, next
-        if self.o.policy == POLICY_LFU:
-            b.bucket_of = np.zeros(capacity, dtype=np.int32)
-            b.bfreq = np.zeros(capacity, dtype=np.int64)
-            b.bhead = np.zeros(capacity, dtype=np.int32)
-            b.btail = np.zeros(capacity, dtype=np.int32)
-            b.bprev = np.zeros(capacity, dtype=np.int32)
-            b.bnext = np.zeros(capacity, dtype=np.int32)
-        elif self.o.policy == POLICY_RR:
-            b.dense = np.zeros(capacity, dtype=np.int32)
+        order_alloc(self.o.policy, b, capacity)
         b.ext = self._policy_alloc(capacity, fresh)
         b.kv = [None] * (2 * capacity)
         if self._sizes is not None:
@@ -679,15 +785,7 @@ cdef class Cache:
         cdef Py_ssize_t capacity = b.capacity, e, i
         if old:
             _copy_prefix(b.ent, ob.ent, old * sizeof(entry_rec))
-            if ob.bucket_of is not None:
-                _copy_prefix(b.bucket_of, ob.bucket_of, old * sizeof(int32_t))
-                _copy_prefix(b.bfreq, ob.bfreq, old * sizeof(int64_t))
-                _copy_prefix(b.bhead, ob.bhead, old * sizeof(int32_t))
-                _copy_prefix(b.btail, ob.btail, old * sizeof(int32_t))
-                _copy_prefix(b.bprev, ob.bprev, old * sizeof(int32_t))
-                _copy_prefix(b.bnext, ob.bnext, old * sizeof(int32_t))
-            if ob.dense is not None:
-                _copy_prefix(b.dense, ob.dense, old * sizeof(int32_t))
+            order_copy(b, ob, old)
             _move_items(b.kv, self._kv, 2 * old)
             if b.sizes is not None:
                 _move_items(b.sizes, self._sizes, old)
@@ -707,10 +805,7 @@ cdef class Cache:
         if old:
             for e in range(capacity - 1, old - 1, -1):
                 table_put_free(&self.t, <entry_t>e)
-            if self.o.policy == POLICY_LFU:
-                for i in range(capacity - 1, old - 1, -1):
-                    self.o.bnext[i] = self.o.bfree
-                    self.o.bfree = <int32_t>i
+            order_grow(&self.o, old, capacity)
             table_rebuild_index(&self.t)
             self._mark_int_tags()
         else:
@@ -738,27 +833,10 @@ cdef class Cache:
         self.t.index = <int32_t*>buffer_data(b.index)
         self.t.tags = <uint8_t*>buffer_data(b.tags)
         self.t.ent = <entry_rec*>buffer_data(b.ent)
-        if b.bucket_of is not None:
-            self.o.bucket_of = <int32_t*>buffer_data(b.bucket_of)
-            self.o.bfreq = <int64_t*>buffer_data(b.bfreq)
-            self.o.bhead = <entry_t*>buffer_data(b.bhead)
-            self.o.btail = <entry_t*>buffer_data(b.btail)
-            self.o.bprev = <int32_t*>buffer_data(b.bprev)
-            self.o.bnext = <int32_t*>buffer_data(b.bnext)
-        if b.dense is not None:
-            self.o.dense = <entry_t*>buffer_data(b.dense)
+        order_point(&self.o, b)
 
     cdef void _reset_order(self):
-        cdef Py_ssize_t i
-        self.o.head = ENTRY_NONE
-        self.o.tail = ENTRY_NONE
-        self.o.bfirst = -1
-        self.o.blast = -1
-        self.o.bfree = -1
-        if self.o.policy == POLICY_LFU:
-            for i in range(self.t.capacity - 1, -1, -1):
-                self.o.bnext[i] = self.o.bfree
-                self.o.bfree = <int32_t>i
+        order_reset(&self.o, self.t.capacity)
         self._policy_reset()
 
     cdef int _grow_for_one(self) except -1:
@@ -938,7 +1016,7 @@ cdef class Cache:
         with cython.critical_section(self):
             while True:
                 if self.t.count >= self._max_entries:
-                    prefetch_victim_slot(self)
+                    order_prefetch_victim(&self.o, &self.t)
                 e = table_find(self, key, h, &slot)
                 if e >= 0:
                     old = self._kv[2 * e + 1]           # released after the update, not during it
@@ -1105,10 +1183,7 @@ cdef class Cache:
             e = table_find(self, key, h, &slot)
             if e >= 0 and not entry_dead(self, e, now):
                 self._hits += 1
-                if self.o.policy == POLICY_LRU:
-                    list_move_to_end(&self.o, &self.t, <entry_t>e)
-                else:
-                    order_touch(&self.o, &self.t, <entry_t>e)
+                order_hit(&self.o, &self.t, <entry_t>e)
                 return <object>PyList_GET_ITEM(self._kv, 2 * e + 1)
         self[key] = default
         return default
@@ -1486,11 +1561,11 @@ cdef class Cache:
                 keys = [self._kv[2 * op[i]] for i in range(n)]
                 values = [self._kv[2 * op[i] + 1] for i in range(n)]
                 aux = None
-                if self.o.policy == POLICY_LFU:
+                if order_counts(&self.o):
                     aux = np.empty(n, dtype=np.int64)
                     fp = <int64_t*>cnp.PyArray_DATA(aux)
                     for i in range(n):
-                        fp[i] = self.o.bfreq[self.o.bucket_of[op[i]]]
+                        fp[i] = order_count_of(&self.o, op[i])
                 if self._version == version:
                     break
         if ttl:
@@ -1518,7 +1593,7 @@ cdef class Cache:
             aux = np.asarray(aux, dtype=np.int64)
             if aux.ndim != 1 or aux.shape[0] != n:
                 raise ValueError("state frequencies do not match the keys")
-            if self.o.policy != POLICY_LFU:
+            if not order_counts(&self.o):
                 aux = None
         fresh = type(self).__new__(type(self))
         Cache._setup(fresh, self._maxsize, self._user_getsizeof, self._on_evict, self._seed_arg,
@@ -1545,7 +1620,7 @@ cdef class Cache:
                 # re-link with the saved frequency: appended behind equal or lower frequencies
                 order_unlink(&fresh.o, &fresh.t, e)
                 fresh.t.count -= 1
-                _lfu_append_sorted(&fresh.o, &fresh.t, e, f)
+                order_link_counted(&fresh.o, &fresh.t, e, f)
                 fresh.t.count += 1
             else:
                 e = fresh._insert_at(slot, h, key, value, size)
@@ -1604,13 +1679,9 @@ cdef class Cache:
             msg = self._policy_check()
             if msg is not None:
                 raise AssertionError(msg)
-            if self.o.policy == POLICY_LFU:
-                b = self.o.bfirst
-                while b != -1:
-                    if self.o.bhead[b] == ENTRY_NONE or self.o.bfreq[b] <= lastf:
-                        raise AssertionError("LFU buckets are not strictly increasing and non-empty")
-                    lastf = self.o.bfreq[b]
-                    b = self.o.bnext[b]
+            msg = order_check(&self.o)
+            if msg is not None:
+                raise AssertionError(msg)
             if self._sizes is not None:
                 total = 0
                 for e in order.tolist():
@@ -1710,43 +1781,11 @@ cdef Py_ssize_t table_slot_of_checked(table_t* t, entry_t e) noexcept nogil:
     return <Py_ssize_t>i
 
 
-cdef void _lfu_append_sorted(order_t* o, table_t* t, entry_t e, int64_t freq) noexcept nogil:
-    """Link e at the back of the `freq` bucket, creating it at the end (loading in sorted order)."""
-    cdef int32_t b = o.blast
-    if b == -1 or o.bfreq[b] != freq:
-        b = _bucket_new(o, freq, o.blast)
-    _bucket_append(o, t, b, e)
-
-
 cdef dict instance_dict(object obj):
     return _object_getattribute(obj, "__dict__")
 
 
 cdef object _object_getattribute = object.__getattribute__
-
-
-cdef inline void prefetch_victim_slot(Cache c) noexcept nogil:
-    """Start loading the index slot of the entry a full cache evicts next.
-
-    Called before probing for a new key: the victim's slot is a second random memory access,
-    and issued here its miss overlaps the probe's instead of following it.
-    """
-    cdef entry_t v
-    cdef uint64_t i
-    if c.t.count == 0:
-        return                          # maxsize 0: no victim (and LFU has no first bucket)
-    if c.o.policy <= POLICY_LRU:
-        v = c.o.head
-    elif c.o.policy == POLICY_LFU:
-        v = c.o.bhead[c.o.bfirst]
-    else:
-        return
-    if v < 0:
-        return
-    i = c.t.ent[v].hash & c.t.mask
-    if c.t.tags != NULL:
-        kv_prefetch(&c.t.tags[i])
-    kv_prefetch(&c.t.index[i])
 
 
 cdef inline void _prefetch_home(table_t* t, hash_t h) noexcept nogil:

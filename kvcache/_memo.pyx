@@ -177,13 +177,6 @@ cdef object _full_key(tuple args, dict kwds, Py_ssize_t nargs, Py_ssize_t nkw, b
     return key
 
 
-cdef inline void _hit_touch(Cache c, entry_t e) noexcept nogil:
-    if c.o.policy == POLICY_LRU:
-        list_move_to_end(&c.o, &c.t, e)
-    else:
-        order_touch(&c.o, &c.t, e)
-
-
 cdef object _lru_call(_lru_cache_wrapper self, tuple args, dict kwds):
     """The whole lru_cache call from a tuple and a dict: key, then _lru_run."""
     if self.cache is None:
@@ -203,7 +196,7 @@ cdef object _lru_run(_lru_cache_wrapper self, object key, tuple args, dict kwds,
     with cython.critical_section(c):
         e = table_find(c, key, h, &slot)
         if e >= 0:
-            _hit_touch(c, <entry_t>e)
+            order_hit(&c.o, &c.t, <entry_t>e)
             self.hits += 1
             return <object>PyList_GET_ITEM(c._kv, 2 * e + 1)
         self.misses += 1
@@ -498,7 +491,7 @@ cdef class MemoBase:
         with cython.critical_section(c):
             e = table_find(c, key, h, &slot)
             if e >= 0 and not (c._exp != NULL and entry_dead(c, e, now)):
-                _hit_touch(c, <entry_t>e)
+                order_hit(&c.o, &c.t, <entry_t>e)
                 self.hits += 1
                 return True, c._kv[2 * e + 1]
         return False, None
@@ -664,7 +657,7 @@ cdef object _memo_run(MemoBase self, object owner, object key, tuple args, dict 
     with cython.critical_section(c):
         e = table_find(c, key, h, &slot)
         if e >= 0 and not (c._exp != NULL and entry_dead(c, e, now)):
-            _hit_touch(c, <entry_t>e)
+            order_hit(&c.o, &c.t, <entry_t>e)
             self.hits += 1
             return <object>PyList_GET_ITEM(c._kv, 2 * e + 1)
         version = c._version
@@ -736,7 +729,7 @@ cdef object _memo_single_flight(MemoBase self, object owner, object key, hash_t 
             with cython.critical_section(c):
                 e = table_find(c, key, h, &slot)
                 if e >= 0 and not (c._exp != NULL and entry_dead(c, e, now)):
-                    _hit_touch(c, <entry_t>e)
+                    order_hit(&c.o, &c.t, <entry_t>e)
                     self.hits += 1
                     found = <object>PyList_GET_ITEM(c._kv, 2 * e + 1)
                 else:

@@ -310,13 +310,10 @@ cdef class VectorCache:
         slots = _vnp.empty(nslots * sizeof(kv_vslot_t), dtype=_vnp.uint8)
         ent = _vnp.zeros((maxsize, 2), dtype=_vnp.uint64)   # entry_rec: low word, prev, next
         hi = _vnp.zeros(maxsize, dtype=_vnp.uint64)
-        bufs = [slab, slots, ent, hi]
         pol = _VEC_POLICIES[policy]
-        if pol == POLICY_LFU:
-            bufs += [_vnp.zeros(maxsize, dtype=t) for t in (_vnp.int32, _vnp.int64, _vnp.int32,
-                                                             _vnp.int32, _vnp.int32, _vnp.int32)]
-        elif pol == POLICY_RR:
-            bufs.append(_vnp.zeros(maxsize, dtype=_vnp.int32))
+        order_bufs = _Buffers()
+        order_alloc(pol, order_bufs, maxsize)        # the policy's own arrays (LFU, RR)
+        bufs = [slab, slots, ent, hi, order_bufs]
         if self._slots != NULL:
             # Another thread's __init__ finished while this one allocated; from here to the end
             # no Python code runs, so the check and the setup are one step.
@@ -338,15 +335,7 @@ cdef class VectorCache:
         self.t.mask = 0
         self.t.capacity = maxsize
         self._hi = <uint64_t *>cnp.PyArray_DATA(hi)
-        if pol == POLICY_LFU:
-            self.o.bucket_of = <int32_t *>cnp.PyArray_DATA(bufs[4])
-            self.o.bfreq = <int64_t *>cnp.PyArray_DATA(bufs[5])
-            self.o.bhead = <entry_t *>cnp.PyArray_DATA(bufs[6])
-            self.o.btail = <entry_t *>cnp.PyArray_DATA(bufs[7])
-            self.o.bprev = <int32_t *>cnp.PyArray_DATA(bufs[8])
-            self.o.bnext = <int32_t *>cnp.PyArray_DATA(bufs[9])
-        elif pol == POLICY_RR:
-            self.o.dense = <entry_t *>cnp.PyArray_DATA(bufs[4])
+        order_point(&self.o, order_bufs)
         with self._lock:
             self._slots = <kv_vslot_t *>cnp.PyArray_DATA(slots)   # set last: the "ready" mark
             self._reset_locked()
@@ -365,15 +354,7 @@ cdef class VectorCache:
         for i in range(self.t.capacity - 1, -1, -1):
             table_put_free(&self.t, <entry_t>i)
         self._nhi = 0
-        self.o.head = ENTRY_NONE
-        self.o.tail = ENTRY_NONE
-        self.o.bfirst = -1
-        self.o.blast = -1
-        self.o.bfree = -1
-        if self.o.policy == POLICY_LFU:
-            for i in range(self.t.capacity - 1, -1, -1):
-                self.o.bnext[i] = self.o.bfree
-                self.o.bfree = <int32_t>i
+        order_reset(&self.o, self.t.capacity)
 
     # -- index ------------------------------------------------------------------------------
 
@@ -469,7 +450,7 @@ cdef class VectorCache:
             return
         self._hits += nhits
         self._misses += <uint64_t>n - nhits
-        if self.o.policy != POLICY_LRU and self.o.policy != POLICY_LFU:
+        if not order_hit_moves(&self.o):
             return
         for i in range(n):
             if i + _VEC_PREFETCH < n and rows[i + _VEC_PREFETCH] >= 0:
@@ -688,7 +669,8 @@ cdef class VectorCache:
     @property
     def nbytes(self):
         """Bytes held by the slab, the index and the policy links."""
-        return sum(a.nbytes for a in self._bufs) if self._bufs is not None else 0
+        return sum(a.nbytes() if isinstance(a, _Buffers) else a.nbytes
+                   for a in self._bufs) if self._bufs is not None else 0
 
     @property
     def overhead_bytes(self):
