@@ -14,8 +14,8 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 import kvcache
 from kvcache import TinyLFUCache
 from kvcache.simulate import replay
-from models import Collider
-from tinylfu_model import TinyLFUModel, key_hash
+from tests.models import Collider
+from tests.tinylfu_model import TinyLFUModel, key_hash
 
 # ---------------------------------------------------------------------------------------------
 # The sketch
