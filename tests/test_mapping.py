@@ -29,6 +29,14 @@ def unbounded(spec):
     return math.inf if spec.weighted else sys.maxsize
 
 
+def test_the_suite_covers_every_exported_mapping_class():
+    # a new public cache class joins SPECS (tests/cache_specs.py) or this fails
+    exported = {getattr(kvcache, name) for name in kvcache.__all__
+                if isinstance(getattr(kvcache, name), type)
+                and issubclass(getattr(kvcache, name), collections.abc.MutableMapping)}
+    assert exported == {s.cls for s in SPECS}
+
+
 def test_defaults(spec):
     c = spec.make(1)
     assert c.maxsize == 1
