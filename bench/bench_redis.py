@@ -23,8 +23,10 @@ import argparse
 import contextlib
 import os
 import random
+import shutil
+import socket
 import statistics
-import sys
+import subprocess
 import tempfile
 import time
 
@@ -34,12 +36,72 @@ import pytest
 pytest.importorskip("redis")
 pytest.importorskip("msgpack")
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
-from redis_fixtures import RedisServer, require_redis_binaries  # noqa: E402
-
 import kvcache  # noqa: E402
 from kvcache.redis import TieredCache  # noqa: E402
 from kvcache.serialize import Serializer, encode_key  # noqa: E402
+
+REDIS_SERVER = shutil.which("redis-server")
+MISSING_REDIS = "redis-server not found; install Redis (apt-get install redis-server, brew install redis)"
+
+
+def require_redis_binaries():
+    """Skip the benchmark when redis-server is not installed."""
+    if REDIS_SERVER is None:
+        pytest.skip(MISSING_REDIS)
+
+
+class RedisServer:
+    """One throwaway redis-server on a free loopback port, no persistence.
+
+    The benchmarks keep their own launcher: bench/ imports nothing from tests/.
+    """
+
+    def __init__(self, directory):
+        self.directory = directory
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.proc = None
+
+    def start(self):
+        log = os.path.join(self.directory, "redis.log")
+        self.proc = subprocess.Popen(
+            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", self.directory, "--logfile", log],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                with open(log) as f:
+                    raise RuntimeError(f"redis-server exited: {f.read()[-2000:]}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return self
+            except OSError:
+                time.sleep(0.02)
+        self.stop()
+        raise RuntimeError("redis-server did not start")
+
+    def client(self):
+        import redis
+
+        # no hidden retries, as in the tests: a failure shows instead of a slow run
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1.0,
+                           socket_connect_timeout=0.5,
+                           retry=redis.retry.Retry(redis.backoff.NoBackoff(), 0))
+
+    def stop(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
 
 N_HIT_KEYS = 1000
 UNIVERSE = 20_000
@@ -272,7 +334,8 @@ def _ab_main(argv=None):
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--reps", type=int, default=50, help="passes over the keys per timing")
     args = ap.parse_args(argv)
-    require_redis_binaries()
+    if REDIS_SERVER is None:
+        raise SystemExit(MISSING_REDIS)
     loops = {"m[k]": _loop_getitem, "m.get(k)": _loop_get, "k in m": _loop_in}
     clock = time.process_time  # CPU time of this process: other load on the machine stays out
     with tempfile.TemporaryDirectory(prefix="kvcache-bench-redis-") as d:

@@ -1,33 +1,21 @@
-"""Shared fixtures: every mapping test runs against every cache class."""
-import os
-import shutil
-
-import sys
-
+"""Shared fixtures: every mapping test runs against every public cache class."""
 import pytest
 
-import kvcache
+from tests.cache_specs import SPECS
 
-# Shared test helpers (reference models, service fixtures) live beside the tests; with
-# --import-mode=importlib the folder is not on sys.path by itself.
-sys.path.insert(0, os.path.dirname(__file__))
 
-CLASSES = [kvcache.Cache, kvcache.FIFOCache, kvcache.LRUCache, kvcache.LFUCache, kvcache.RRCache,
-           kvcache.TinyLFUCache]
+@pytest.fixture(params=SPECS, ids=repr)
+def spec(request):
+    """Each public cache class in turn, with its CacheSpec."""
+    return request.param
+
+
+# The classes built as cls(maxsize, ...) with every keyword: the fixture of the tests of the
+# engine's internals (hostile keys, leaks, threads, per-entry TTLs).
+CLASSES = [s.cls for s in SPECS if s.plain_constructor]
 
 
 @pytest.fixture(params=CLASSES, ids=lambda c: c.__name__)
 def cache_cls(request):
-    """Each native cache class in turn."""
+    """Each cache class built as cls(maxsize, ...) in turn."""
     return request.param
-
-
-def require_binary(name):
-    """Return the path of `name`, or skip (fail when KVCACHE_REQUIRE_SERVICES is set, as in CI)."""
-    path = shutil.which(name)
-    if path is None:
-        msg = f"{name} not found; install it (e.g. `apt-get install -y redis-server`)"
-        if os.environ.get("KVCACHE_REQUIRE_SERVICES"):
-            pytest.fail(msg + " -- KVCACHE_REQUIRE_SERVICES is set, so this is a failure")
-        pytest.skip(msg)
-    return path

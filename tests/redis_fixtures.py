@@ -1,8 +1,8 @@
 """Real redis-server processes for tests: a single server and a 3-master cluster.
 
-Import the fixtures into a test module (``from redis_fixtures import ...`` does
-not work under importlib mode, hence the path insert in the test files).  A
-missing binary skips, unless ``KVCACHE_REQUIRE_SERVICES`` is set: then it fails.
+Import the fixtures into a test module with ``from tests.redis_fixtures import ...``
+(pytest then registers them there).  A missing binary skips, unless
+``KVCACHE_REQUIRE_SERVICES`` is set: then it fails.
 """
 
 import os
@@ -10,7 +10,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 
@@ -206,7 +205,15 @@ def redis_cluster():
 
 
 def child_env():
-    """Environment for a child Python that imports the same kvcache as the tests."""
+    """Environment for a child Python that imports the same kvcache as the tests.
+
+    The folder holding the imported kvcache goes first on PYTHONPATH: the source tree when
+    the tests run against an in-place build, site-packages when against an installed one.
+    """
+    import kvcache
+
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(kvcache.__file__)))
+    rest = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != root]
+    env["PYTHONPATH"] = os.pathsep.join([root, *rest])
     return env

@@ -1,4 +1,10 @@
-"""The mapping behaviour every cache class shares (after cachetools' CacheTestMixin)."""
+"""The mapping behaviour every public cache class shares (after cachetools' CacheTestMixin).
+
+Each test runs once per class through the `spec` fixture (tests/cache_specs.py): TTLCache and
+TLRUCache with a lifetime far beyond the test, lru-dict's LRU through its own constructor.
+Where a class legitimately differs, the test branches on the spec's capability flag and checks
+that class's own behaviour instead.
+"""
 import collections.abc
 import copy
 import math
@@ -9,18 +15,34 @@ import sys
 import pytest
 
 import kvcache
+from tests.cache_specs import SPECS
 
 
-def make(cls, maxsize, **kwargs):
-    return cls(maxsize, **kwargs)
+def eviction_order(spec, cache):
+    """Return the keys in the order popitem() takes them."""
+    keys = list(cache)
+    return keys[::-1] if spec.mru_first else keys
 
 
-def test_defaults(cache_cls):
-    c = make(cache_cls, 1)
+def unbounded(spec):
+    """Return the largest maxsize the class takes."""
+    return math.inf if spec.weighted else sys.maxsize
+
+
+def test_the_suite_covers_every_exported_mapping_class():
+    # a new public cache class joins SPECS (tests/cache_specs.py) or this fails
+    exported = {getattr(kvcache, name) for name in kvcache.__all__
+                if isinstance(getattr(kvcache, name), type)
+                and issubclass(getattr(kvcache, name), collections.abc.MutableMapping)}
+    assert exported == {s.cls for s in SPECS}
+
+
+def test_defaults(spec):
+    c = spec.make(1)
     assert c.maxsize == 1
     assert c.currsize == 0
     assert c.getsizeof(object()) == 1
-    assert cache_cls.getsizeof(None) == 1
+    assert spec.cls.getsizeof(None) == 1
     assert len(c) == 0
     assert 1 not in c
     assert list(c) == []
@@ -28,42 +50,109 @@ def test_defaults(cache_cls):
     assert isinstance(c, collections.abc.MutableMapping)
 
 
-def test_insert_and_bound(cache_cls):
-    c = make(cache_cls, 2)
+def test_set_get_contains_and_bound(spec):
+    c = spec.make(2)
     c[1] = 1
     c[2] = 2
-    assert len(c) == 2 and c[1] == 1 and c[2] == 2
+    assert len(c) == 2 and c[1] == 1 and c[2] == 2 and c.get(2) == 2
+    assert 1 in c and 2 in c and 3 not in c and c
+    c[2] = "two"                              # an assignment to a present key evicts nothing
+    assert len(c) == 2 and c[2] == "two" and 1 in c
     c[3] = 3
     assert len(c) == 2 and c.currsize == 2
     assert 3 in c and c[3] == 3
     c._check()
 
 
-def test_update(cache_cls):
-    c = make(cache_cls, 10)
+@pytest.mark.parametrize("seed", range(4))
+def test_random_operations_keep_the_bound_and_the_values(spec, seed):
+    # Every key present holds its last written value, every key written and not removed is
+    # present unless on_evict reported it, and len and currsize never pass maxsize. The model
+    # takes each write before the cache does, and forgets each eviction as it is reported.
+    rnd = random.Random(seed)
+    model = {}
+    c = spec.make(5, on_evict=lambda k, v: model.pop(k))
+
+    def written(pairs):
+        for k, v in pairs:
+            model[k] = v
+            yield k, v
+
+    for step in range(600):
+        op = rnd.random()
+        key = rnd.randrange(12)
+        value = (key, step)
+        if op < 0.4:
+            model[key] = value
+            c[key] = value
+        elif op < 0.5:
+            c.update(written((k, (k, step)) for k in rnd.sample(range(12), 3)))
+        elif op < 0.6:
+            expected = model.setdefault(key, value)
+            assert c.setdefault(key, value) == expected
+        elif op < 0.7:
+            expected = model.pop(key, "absent")
+            assert c.pop(key, "absent") == expected
+        elif op < 0.75:
+            if model:
+                k, v = c.popitem()
+                assert model.pop(k) == v
+            else:
+                with pytest.raises(KeyError):
+                    c.popitem()
+        elif op < 0.8 and key in model:
+            del model[key]
+            del c[key]
+        else:
+            assert c.get(key, "absent") == model.get(key, "absent")
+            assert (key in c) == (key in model)
+        assert len(c) <= 5 and c.currsize == len(c) == len(model)
+        assert dict(c.items()) == model
+    c._check()
+
+
+def test_update(spec):
+    c = spec.make(10)
     c.update({1: "a", 2: "b"})
+    # an iterable of pairs, as dict.update takes it (lru-dict's LRU ignores one)
     c.update([(3, "c")], x="y")
     assert dict(c.items()) == {1: "a", 2: "b", 3: "c", "x": "y"}
+    other = spec.make(10)
+    other[4] = "d"
+    c.update(other)
     c[1] = "A"
-    assert c[1] == "A" and len(c) == 4
+    assert c[1] == "A" and c[4] == "d" and len(c) == 5
+    c.update()
+    assert len(c) == 5
 
 
-def test_delete(cache_cls):
-    c = make(cache_cls, 2)
+def test_delete(spec):
+    c = spec.make(2)
     c[1] = 1
     c[2] = 2
     del c[1]
     assert 1 not in c and len(c) == 1 and c.currsize == 1
-    with pytest.raises(KeyError) as e:
+    with pytest.raises(KeyError):
         del c[1]
-    assert e.value.args == (1,)
     del c[2]
     assert len(c) == 0
     c._check()
 
 
-def test_pop(cache_cls):
-    c = make(cache_cls, 3)
+@pytest.mark.parametrize("key", ["k", 7, (1, 2), None, frozenset()])
+def test_key_error_carries_the_key(spec, key):
+    # a tuple key must come back whole, not spread over the exception's arguments
+    c = spec.make(3)
+    c["other"] = 1
+    for op in (c.__getitem__, c.__delitem__, c.pop):
+        with pytest.raises(KeyError) as e:
+            op(key)
+        assert e.value.args == (key,)
+    assert len(c) == 1
+
+
+def test_pop(spec):
+    c = spec.make(3)
     c.update({1: "a", 2: "b"})
     assert c.pop(1) == "a"
     assert c.pop(1, None) is None
@@ -73,19 +162,25 @@ def test_pop(cache_cls):
     assert len(c) == 1 and c.currsize == 1
 
 
-def test_popitem(cache_cls):
-    c = make(cache_cls, 2)
+def test_popitem(spec):
+    c = spec.make(3)
     c[1] = 1
     c[2] = 2
-    assert c.popitem() in ((1, 1), (2, 2))
-    assert len(c) == 1
+    c[3] = 3
+    c.get(1)
+    first = eviction_order(spec, c)[0]
+    k, v = c.popitem()
+    assert k == v and k not in c and len(c) == 2 and c.currsize == 2
+    if spec.ordered_eviction:
+        assert k == first
+    c.popitem()
     c.popitem()
     with pytest.raises(KeyError, match="is empty"):
         c.popitem()
 
 
-def test_get_setdefault(cache_cls):
-    c = make(cache_cls, 3)
+def test_get_setdefault(spec):
+    c = spec.make(3)
     assert c.get(1) is None
     assert c.get(1, "x") == "x"
     assert c.setdefault(1, "a") == "a"
@@ -94,21 +189,25 @@ def test_get_setdefault(cache_cls):
     assert c.get(1) == "a"
 
 
-def test_missing_hook(cache_cls):
-    class Default(cache_cls):
+def test_missing_hook(spec):
+    class Default(spec.cls):
         def __missing__(self, key):
             self[key] = value = key * 2
             return value
 
-    c = Default(2)
+    c = spec.make(2, cls=Default)
     assert c[1] == 2 and 1 in c
     assert c.get(5) is None and 5 not in c     # get() does not call __missing__ (as cachetools)
     with pytest.raises(KeyError):
-        make(cache_cls, 2)[1]
+        spec.make(2)[1]
 
 
-def test_getsizeof(cache_cls):
-    c = make(cache_cls, 3, getsizeof=lambda x: x)
+def test_getsizeof(spec):
+    if not spec.weighted:
+        with pytest.raises(TypeError):
+            spec.make(3, getsizeof=lambda x: x)
+        return
+    c = spec.make(3, getsizeof=lambda x: x)
     assert c.getsizeof(2) == 2
     c[1] = 1
     c[2] = 2
@@ -126,12 +225,13 @@ def test_getsizeof(cache_cls):
     c._check()
 
 
-def test_getsizeof_subclass(cache_cls):
-    class Sized(cache_cls):
+def test_getsizeof_subclass(spec):
+    # a subclass's getsizeof weighs the entries even where the constructor takes no getsizeof=
+    class Sized(spec.cls):
         def getsizeof(self, value):
             return len(value)
 
-    c = Sized(5)
+    c = spec.make(5, cls=Sized)
     c["a"] = "xx"
     c["b"] = "yyy"
     assert c.currsize == 5
@@ -139,42 +239,58 @@ def test_getsizeof_subclass(cache_cls):
     assert c.currsize <= 5 and "c" in c
 
 
-def test_getsizeof_float_sizes(cache_cls):
-    c = make(cache_cls, 1.5, getsizeof=lambda v: 0.5)
+def test_getsizeof_float_sizes(spec):
+    if not spec.weighted:
+        with pytest.raises(TypeError):
+            spec.make(1.5)
+        return
+    c = spec.make(1.5, getsizeof=lambda v: 0.5)
     c[1] = c[2] = c[3] = "x"
     assert len(c) == 3 and c.currsize == 1.5
     c[4] = "y"
     assert len(c) == 3
 
 
-def test_zero_and_negative_maxsize(cache_cls):
-    c = make(cache_cls, 0)
+def test_maxsize_checks(spec):
+    with pytest.raises(ValueError):
+        spec.make(-1)
+    with pytest.raises(TypeError):
+        spec.make("10")
+    if not spec.weighted:
+        # lru-dict: a positive int item count
+        with pytest.raises(ValueError, match="positive"):
+            spec.make(0)
+        with pytest.raises(TypeError):
+            spec.make(float("nan"))
+        return
+    c = spec.make(0)
     with pytest.raises(ValueError, match="value too large"):
         c[1] = 1
     assert len(c) == 0
     with pytest.raises(ValueError):
-        make(cache_cls, -1)
+        spec.make(float("nan"))
+
+
+def test_bad_arguments(spec):
     with pytest.raises(TypeError):
-        make(cache_cls, "10")
+        spec.make(10, getsizeof=3)
+    with pytest.raises(TypeError):
+        spec.make(10, on_evict="x")
+    if not spec.tuning:
+        for kwargs in ({"capacity": 10}, {"seed": 1}):
+            with pytest.raises(TypeError):
+                spec.make(10, **kwargs)
+        return
     with pytest.raises(ValueError):
-        make(cache_cls, float("nan"))
-
-
-def test_bad_arguments(cache_cls):
+        spec.make(10, capacity=-1)
     with pytest.raises(TypeError):
-        make(cache_cls, 10, getsizeof=3)
-    with pytest.raises(TypeError):
-        make(cache_cls, 10, on_evict="x")
+        spec.make(10, capacity=1.5)
     with pytest.raises(ValueError):
-        make(cache_cls, 10, capacity=-1)
-    with pytest.raises(TypeError):
-        make(cache_cls, 10, capacity=1.5)
-    with pytest.raises(ValueError):
-        make(cache_cls, 10, seed=-1)
+        spec.make(10, seed=-1)
 
 
-def test_unhashable_key(cache_cls):
-    c = make(cache_cls, 3)
+def test_unhashable_key(spec):
+    c = spec.make(3)
     for op in (lambda: c[[1]], lambda: c.__setitem__([1], 1), lambda: [1] in c,
                lambda: c.get([1]), lambda: c.pop([1]), lambda: c.__delitem__({})):
         with pytest.raises(TypeError):
@@ -183,8 +299,8 @@ def test_unhashable_key(cache_cls):
     c._check()
 
 
-def test_dict_key_semantics(cache_cls):
-    c = make(cache_cls, 10)
+def test_dict_key_semantics(spec):
+    c = spec.make(10)
     c[1] = "int"
     c[1.0] = "float"
     c[True] = "bool"
@@ -205,8 +321,8 @@ def test_dict_key_semantics(cache_cls):
     c._check()
 
 
-def test_inf_maxsize_grows_geometrically(cache_cls):
-    c = make(cache_cls, math.inf)
+def test_unbounded_maxsize_grows_geometrically(spec):
+    c = spec.make(unbounded(spec))
     small = c._nbytes()
     assert small < 200_000                    # no huge up-front allocation
     for i in range(50_000):
@@ -214,58 +330,64 @@ def test_inf_maxsize_grows_geometrically(cache_cls):
     assert len(c) == 50_000 and c.currsize == 50_000
     assert all(c.peek(i) == i for i in range(0, 50_000, 997))
     c._check()
-    huge = make(cache_cls, 10**12)
+    huge = spec.make(10**12)
     assert huge._nbytes() < 200_000
 
 
-def test_an_overridden_popitem_need_not_return_the_pair(cache_cls):
+def test_an_overridden_popitem_need_not_return_the_pair(spec):
     # cachetools' __setitem__ ignores what popitem returns: nothing is lost when it is None
-    class Quiet(cache_cls):
+    class Quiet(spec.cls):
         def popitem(self):
             super().popitem()
 
-    c = make(Quiet, 1)
+    c = spec.make(1, cls=Quiet)
     c["a"] = 1
     c["b"] = 2
-    assert dict(c) == {"b": 2}
+    assert dict(c.items()) == {"b": 2}
     c.resize(0)
     assert len(c) == 0
 
 
-def test_an_overridden_delitem_sees_evictions_pop_and_popitem(cache_cls):
+def test_an_overridden_delitem_sees_evictions_pop_and_popitem(spec):
     # cachetools removes through `del self[key]` everywhere but expiry and clear
     deleted = []
 
-    class Hooked(cache_cls):
+    class Hooked(spec.cls):
         def __delitem__(self, key):
             deleted.append(key)
             super().__delitem__(key)
 
-    c = make(Hooked, 2)
+    c = spec.make(2, cls=Hooked)
     c["a"] = 1
     c["b"] = 2
     c["c"] = 3                                  # evicts one of a, b
     assert len(deleted) == 1 and deleted[0] in ("a", "b") and deleted[0] not in c
-    assert c.pop("c") == 3 and deleted[-1] == "c"
-    assert c.pop("zz", "D") == "D" and len(deleted) == 2
+    assert c.pop("c") == 3 and "c" not in c
+    assert c.pop("zz", "D") == "D"
     k, v = c.popitem()
-    assert deleted[-1] == k and len(c) == 0
+    assert len(c) == 0
+    if spec.delitem_hook:
+        assert deleted[1:] == ["c", k]
+    else:
+        assert deleted[1:] == []
     c["x"] = 1
     c["y"] = 2
-    c.resize(1)
-    assert len(deleted) == 4 and len(c) == 1
+    before = len(deleted)
+    c.resize(1)                                 # an eviction: through __delitem__ for all
+    assert len(deleted) == before + 1 and len(c) == 1
     c._check()
 
 
-def test_an_empty_cache_is_small(cache_cls):
+def test_an_empty_cache_is_small(spec):
     # buffers start at 64 entries and double (TinyLFU's at 1024: they size its sketch), so a
     # cache per instance or per closure costs a few KB until it fills
-    c = make(cache_cls, 10_000)
-    assert c._nbytes() < (100_000 if cache_cls is kvcache.TinyLFUCache else 8_000)
+    c = spec.make(10_000)
+    assert c._nbytes() < (100_000 if spec.cls is kvcache.TinyLFUCache else 8_000)
 
 
-def test_capacity_preallocates(cache_cls):
-    c = make(cache_cls, 100_000, capacity=100_000)
+@pytest.mark.parametrize("spec", [s for s in SPECS if s.tuning], ids=repr)
+def test_capacity_preallocates(spec):
+    c = spec.make(100_000, capacity=100_000)
     before = c._nbytes()
     for i in range(100_000):
         c[i] = i
@@ -273,43 +395,83 @@ def test_capacity_preallocates(cache_cls):
     c._check()
 
 
-def test_repr_and_eq(cache_cls):
-    c = make(cache_cls, 3)
+def test_repr(spec):
+    c = spec.make(3)
     c[1] = "a"
-    assert repr(c) == "%s({1: 'a'}, maxsize=3, currsize=1)" % cache_cls.__name__
-    assert c == {1: "a"}
-    assert c != {1: "b"}
-    assert {1: "a"} == c
-    d = make(cache_cls, 10)
-    d[1] = "a"
-    assert c == d
-    assert (c == 5) is False
-    with pytest.raises(TypeError):
-        hash(c)
+    if spec.dict_repr:
+        assert repr(c) == "{1: 'a'}"
+    else:
+        assert repr(c) == "%s({1: 'a'}, maxsize=3, currsize=1)" % spec.name
     c["self"] = c
     assert "..." in repr(c)                   # a cache holding itself does not recurse forever
+    assert spec.make(3).__repr__()            # an empty one neither crashes
 
 
-def test_generic_alias(cache_cls):
-    alias = cache_cls[int, str]
-    assert alias.__origin__ is cache_cls and alias.__args__ == (int, str)
+def test_eq(spec):
+    c = spec.make(3)
+    c[1] = "a"
+    d = spec.make(10)
+    d[1] = "a"
+    if spec.dict_eq:
+        assert c == {1: "a"}
+        assert c != {1: "b"}
+        assert {1: "a"} == c
+        assert c == d
+        assert (c == 5) is False
+        with pytest.raises(TypeError):
+            hash(c)
+    else:
+        # lru-dict: no mapping, equal only to itself, and hashable (a set member, a dict key)
+        assert c == c and c != d and c != {1: "a"} and not (c == {1: "a"})
+        assert hash(c) == hash(c) and len({c, d}) == 2
 
 
-def test_views(cache_cls):
-    c = make(cache_cls, 10)
+def test_generic_alias(spec):
+    alias = spec.cls[int, str]
+    assert alias.__origin__ is spec.cls and alias.__args__ == (int, str)
+
+
+def test_views(spec):
+    c = spec.make(10)
     c.update({1: "a", 2: "b", 3: "c"})
+    c.get(1)
     assert len(c.keys()) == 3 and 2 in c.keys() and set(c.keys()) == {1, 2, 3}
     assert "b" in c.values() and "z" not in c.values()
     assert (2, "b") in c.items() and (2, "x") not in c.items()
     assert sorted(c.values()) == ["a", "b", "c"]
-    assert list(reversed(c)) == list(c)[::-1]
-    assert c.keys() & {1, 5} == {1}
+    assert list(c.keys()) == list(c)
+    assert list(c.items()) == [(k, c.peek(k)) for k in c]
+    if spec.mru_first:
+        assert list(c) == [1, 3, 2]               # the key just read comes first
+    if spec.views:
+        assert c.keys() & {1, 5} == {1}
+        keys = c.keys()
+        c[4] = "d"
+        assert 4 in keys and len(keys) == 4       # a view follows the cache
+    else:
+        # lru-dict: lists, most recently used first, snapshots of the moment
+        keys = c.keys()
+        assert type(keys) is list and type(c.values()) is list and type(c.items()) is list
+        c[4] = "d"
+        assert 4 not in keys and len(keys) == 3
     s = c.stats()
-    assert s.hits == 0                        # views and iteration are not lookups
+    assert s.hits == 1                        # views and iteration are not lookups
 
 
-def test_iteration_assign_existing_visits_each_once(cache_cls):
-    c = make(cache_cls, 100)
+def test_reversed_is_the_iteration_order_backwards(spec, request):
+    if spec.cls is kvcache.LRU:
+        # LRU overrides __iter__ (most recent first) but inherits LRUCache.__reversed__, which
+        # runs most recent first too
+        request.applymarker(pytest.mark.xfail(strict=True, raises=AssertionError,
+                                              reason="kvcache.LRU.__reversed__"))
+    c = spec.make(10)
+    c.update({1: "a", 2: "b", 3: "c"})
+    c.get(1)
+    assert list(reversed(c)) == list(c)[::-1]
+
+
+def test_iteration_assign_existing_visits_each_once(spec):
+    c = spec.make(100)
     for i in range(50):
         c[i] = i
     order = list(c)
@@ -321,66 +483,118 @@ def test_iteration_assign_existing_visits_each_once(cache_cls):
     assert all(c.peek(k) == k * 10 for k in range(50))
 
 
-def test_iteration_add_or_remove_raises(cache_cls):
-    c = make(cache_cls, 100)
+def _filled(spec):
+    c = spec.make(100)
     c.update({i: i for i in range(10)})
-    with pytest.raises(RuntimeError):
-        for k in c:
-            c[k + 1000] = 1
-    c = make(cache_cls, 100)
-    c.update({i: i for i in range(10)})
-    with pytest.raises(RuntimeError):
-        for k in c:
-            del c[k]
-    c = make(cache_cls, 100)
-    c.update({i: i for i in range(10)})
-    with pytest.raises(RuntimeError):
-        for k in c.items():
-            c.clear()
+    return c
+
+
+def _walk(iterable, cache, action):
+    """Iterate, changing the cache at each step; return what the walk saw."""
+    seen = []
+    for item in iterable:
+        seen.append(item)
+        key = item[0] if isinstance(item, tuple) else item      # values equal their keys here
+        if action == "add":
+            cache[key + 1000] = 1
+        elif action == "delete":
+            cache.pop(key + 1, None)
+        else:
+            cache.clear()
+    return seen
+
+
+@pytest.mark.parametrize("action", ["add", "delete", "clear"])
+def test_iteration_add_or_remove(spec, action):
+    c = _filled(spec)
+    if spec.iter_guard:
+        with pytest.raises(RuntimeError):
+            _walk(c, c, action)
+        c._check()
+        return
+    # as cachetools' TTLCache: the walk goes on over the keys still there, new ones unseen
+    seen = _walk(c, c, action)
+    assert seen == {"add": list(range(10)), "delete": [0, 2, 4, 6, 8], "clear": [0]}[action]
     c._check()
 
 
-def test_pickle_and_copy_keep_order(cache_cls):
-    c = make(cache_cls, 5, seed=3)
-    for i in range(8):
-        c[i] = str(i)
-        c.get(i - 2)
-    c.get(5)
-    c.get(5)
-    for clone in (pickle.loads(pickle.dumps(c)), copy.copy(c), copy.deepcopy(c)):
-        assert type(clone) is cache_cls
+@pytest.mark.parametrize("spec", [s for s in SPECS if s.views], ids=repr)
+@pytest.mark.parametrize("action", ["add", "delete", "clear"])
+def test_views_iterate_under_the_cache_rule(spec, action, request):
+    # lru-dict's LRU is left out: its keys(), values() and items() are list snapshots
+    if not spec.iter_guard:
+        # cachetools' TTLCache views walk through its tolerant __iter__; kvcache's raise
+        request.applymarker(pytest.mark.xfail(
+            strict=True, raises=RuntimeError, reason="timed classes: views raise, iter does not"))
+    for view in ("keys", "values", "items"):
+        c = _filled(spec)
+        if spec.iter_guard:
+            with pytest.raises(RuntimeError):
+                _walk(getattr(c, view)(), c, action)
+        else:
+            _walk(getattr(c, view)(), c, action)
+        c._check()
+
+
+def _mixed_workload(cache, seed, steps):
+    rnd = random.Random(seed)
+    for _ in range(steps):
+        k = rnd.randrange(15)
+        if rnd.random() < 0.5:
+            cache.get(k)
+        else:
+            cache[k] = str(k)
+
+
+@pytest.mark.parametrize("dup", [lambda c: pickle.loads(pickle.dumps(c)), copy.copy, copy.deepcopy],
+                         ids=["pickle", "copy", "deepcopy"])
+def test_pickle_and_copy_keep_order(spec, dup):
+    kwargs = {"seed": 3} if spec.tuning else {}
+    c = spec.make(5, **kwargs)
+    _mixed_workload(c, 1, 300)
+    clone = dup(c)
+    assert type(clone) is spec.cls
+    assert list(clone.items()) == list(c.items())
+    assert clone.maxsize == c.maxsize and clone.currsize == c.currsize
+    clone._check()
+    if spec.ordered_eviction:
+        # recency, frequencies (TinyLFU's sketch too) were kept: the same decisions follow
+        _mixed_workload(c, 2, 200)
+        _mixed_workload(clone, 2, 200)
         assert list(clone.items()) == list(c.items())
-        assert clone.maxsize == c.maxsize and clone.currsize == c.currsize
-        clone._check()
-        if cache_cls is not kvcache.RRCache:
-            # the same victims in the same order: recency and frequencies were kept
-            victims = [copy.copy(c).popitem() for _ in range(1)]
-            assert [clone.popitem() for _ in range(1)] == victims
-            rest = copy.copy(c)
-            assert [rest.popitem() for _ in range(len(rest))] == list(c.items())
+        victims = eviction_order(spec, c)
+        assert [clone.popitem()[0] for _ in range(len(clone))] == victims
+        assert [c.popitem()[0] for _ in range(len(c))] == victims
 
 
-def test_pickle_subclass_with_attributes(cache_cls):
-    c = Annotated(4)
+# Subclasses at module level, where pickle finds them by name.
+ANNOTATED = {}
+for _spec in SPECS:
+    ANNOTATED[_spec.cls] = globals()["Annotated" + _spec.name] = type(
+        "Annotated" + _spec.name, (_spec.cls,), {"__module__": __name__})
+
+
+def test_pickle_and_copy_keep_subclass_and_attributes(spec, request):
+    if spec.cls is kvcache.LRU:
+        # LRU.__reduce__ rebuilds through _rebuild_lru, which makes an LRU, not type(self)
+        request.applymarker(pytest.mark.xfail(strict=True, raises=AssertionError,
+                                              reason="kvcache.LRU.__reduce__"))
+    c = spec.make(4, cls=ANNOTATED[spec.cls])
     c.note = "hello"
     c["a"] = 1
-    clone = pickle.loads(pickle.dumps(c))
-    assert type(clone) is Annotated and clone.note == "hello" and clone["a"] == 1
+    for clone in (pickle.loads(pickle.dumps(c)), copy.copy(c), copy.deepcopy(c)):
+        assert type(clone) is type(c) and clone.note == "hello" and clone["a"] == 1
 
 
-class Annotated(kvcache.LRUCache):
-    pass
-
-
-def test_deepcopy_self_reference(cache_cls):
-    c = make(cache_cls, 5)
+def test_deepcopy_self_reference(spec):
+    c = spec.make(5)
     c["me"] = c
     d = copy.deepcopy(c)
     assert d["me"] is d
 
 
-def test_copy_is_independent(cache_cls):
-    c = make(cache_cls, 5)
+def test_copy_is_independent(spec):
+    c = spec.make(5)
     c[1] = [1]
     d = copy.copy(c)
     d[2] = 2
@@ -390,8 +604,8 @@ def test_copy_is_independent(cache_cls):
     assert e[1] == [1] and e[1] is not c[1]
 
 
-def test_big_pickle_no_recursion(cache_cls):
-    c = make(cache_cls, math.inf)
+def test_big_pickle_no_recursion(spec):
+    c = spec.make(unbounded(spec))
     for i in range(200_000):
         c[i] = i
     limit = sys.getrecursionlimit()
@@ -400,8 +614,8 @@ def test_big_pickle_no_recursion(cache_cls):
     assert sys.getrecursionlimit() == limit
 
 
-def test_peek_stats(cache_cls):
-    c = make(cache_cls, 2)
+def test_peek_stats(spec):
+    c = spec.make(2)
     c[1] = 1
     assert c.peek(1) == 1 and c.peek(2) is None and c.peek(2, "d") == "d"
     c.get(1)
@@ -417,9 +631,9 @@ def test_peek_stats(cache_cls):
     assert c.stats().evictions == 1
 
 
-def test_on_evict(cache_cls):
+def test_on_evict(spec):
     seen = []
-    c = make(cache_cls, 2, on_evict=lambda k, v: seen.append((k, v, len(c))))
+    c = spec.make(2, on_evict=lambda k, v: seen.append((k, v, len(c))))
     c[1] = "a"
     c[2] = "b"
     c[3] = "c"
@@ -433,7 +647,7 @@ def test_on_evict(cache_cls):
     assert len(seen) == 1 + 3
 
 
-def test_on_evict_may_reenter(cache_cls):
+def test_on_evict_may_reenter(spec):
     log = []
 
     def cb(k, v):
@@ -442,16 +656,16 @@ def test_on_evict_may_reenter(cache_cls):
         if isinstance(k, int):
             c["from-callback-%s" % k] = v   # evicts again from inside the callback
 
-    c = make(cache_cls, 2, on_evict=cb)
+    c = spec.make(2, on_evict=cb)
     for i in range(6):
         c[i] = i
     assert len(c) <= 2 and len(log) >= 4
     c._check()
 
 
-def test_resize(cache_cls):
+def test_resize(spec):
     seen = []
-    c = make(cache_cls, 10, on_evict=lambda k, v: seen.append(k))
+    c = spec.make(10, on_evict=lambda k, v: seen.append(k))
     c.update({i: i for i in range(10)})
     c.resize(4)
     assert len(c) == 4 and c.maxsize == 4 and len(seen) == 6
@@ -465,16 +679,9 @@ def test_resize(cache_cls):
     c._check()
 
 
-def test_resize_keeps_policy_order():
-    c = kvcache.LRUCache(5)
-    c.update({i: i for i in range(5)})
-    c.get(0)
-    c.resize(2)
-    assert list(c) == [4, 0]
-
-
-def test_clear(cache_cls):
-    c = make(cache_cls, 5, getsizeof=lambda v: 1)
+def test_clear(spec):
+    kwargs = {"getsizeof": lambda v: 1} if spec.weighted else {}
+    c = spec.make(5, **kwargs)
     c.update({i: i for i in range(5)})
     c.clear()
     assert len(c) == 0 and c.currsize == 0 and list(c) == []
@@ -483,21 +690,50 @@ def test_clear(cache_cls):
     c._check()
 
 
-def test_popitem_override_is_used_for_eviction(cache_cls):
+def test_popitem_override_is_used_for_eviction(spec):
     evicted = []
 
-    class Logged(cache_cls):
+    class Logged(spec.cls):
         def popitem(self):
             key, value = super().popitem()
             evicted.append(key)
             return key, value
 
-    c = Logged(2)
+    c = spec.make(2, cls=Logged)
     c[1] = 1
     c[2] = 2
     c[3] = 3
     assert len(evicted) == 1 and len(c) == 2
     assert c.stats().evictions == 1
+
+
+def test_new_without_init_is_safe(spec):
+    c = spec.cls.__new__(spec.cls)
+    assert len(c) == 0 and 1 not in c and c.get(1) is None
+    with pytest.raises(ValueError):
+        c[1] = 1
+    with pytest.raises(KeyError):
+        c.popitem()
+    c.clear()
+    assert list(c) == []
+
+
+def test_weakref_and_dict(spec):
+    import weakref
+
+    c = spec.make(2)
+    r = weakref.ref(c)
+    assert r() is c
+    c.anything = 1                            # instances take attributes, as cachetools'
+    assert c.anything == 1
+
+
+def test_resize_keeps_policy_order():
+    c = kvcache.LRUCache(5)
+    c.update({i: i for i in range(5)})
+    c.get(0)
+    c.resize(2)
+    assert list(c) == [4, 0]
 
 
 def test_seed_is_deterministic():
@@ -525,24 +761,3 @@ def test_rr_choice_like_cachetools():
             assert sorted(ours) == sorted(theirs)
         assert ours.choice is choice
     assert kvcache.RRCache(1).choice is random.choice
-
-
-def test_new_without_init_is_safe(cache_cls):
-    c = cache_cls.__new__(cache_cls)
-    assert len(c) == 0 and 1 not in c and c.get(1) is None
-    with pytest.raises(ValueError):
-        c[1] = 1
-    with pytest.raises(KeyError):
-        c.popitem()
-    c.clear()
-    assert list(c) == []
-
-
-def test_weakref_and_dict(cache_cls):
-    import weakref
-
-    c = make(cache_cls, 2)
-    r = weakref.ref(c)
-    assert r() is c
-    c.anything = 1                            # instances take attributes, as cachetools'
-    assert c.anything == 1

@@ -8,7 +8,7 @@ from hypothesis import settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 import kvcache
-from models import MODELS, Collider
+from tests.models import MODELS, Collider
 
 
 keys = st.one_of(st.integers(-5, 12), st.builds(Collider, st.integers(0, 12)),

@@ -5,7 +5,7 @@ import cachetools   # the peer we are a drop-in for: a test dependency
 import pytest
 
 import kvcache
-from models import MODELS
+from tests.models import MODELS
 
 
 def test_lru_order():

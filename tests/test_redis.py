@@ -1,9 +1,8 @@
 """TieredCache against a real redis-server: semantics, invalidation, TTL, locks, faults."""
 
-import os
 import subprocess
-import tempfile
 import sys
+import tempfile
 import threading
 import time
 
@@ -15,14 +14,12 @@ pytest.importorskip("msgpack")
 # Children run outside the source tree: there `import kvcache` must find the installed build.
 CHILD_CWD = tempfile.gettempdir()
 
-sys.path.insert(0, os.path.dirname(__file__))
-from redis_fixtures import child_env, own_redis_server, redis_server  # noqa: E402,F401
-
 import numpy as np  # noqa: E402
 import redis  # noqa: E402
 
 import kvcache  # noqa: E402
 from kvcache.redis import CircuitOpenError, TieredCache  # noqa: E402
+from tests.redis_fixtures import child_env, own_redis_server, redis_server  # noqa: E402,F401
 from kvcache.serialize import Serializer, encode_key  # noqa: E402
 
 

@@ -1,7 +1,5 @@
 """TieredCache on a real 3-master Redis Cluster on loopback."""
 
-import os
-import sys
 import threading
 import time
 
@@ -10,12 +8,10 @@ import pytest
 pytest.importorskip("redis")
 pytest.importorskip("msgpack")
 
-sys.path.insert(0, os.path.dirname(__file__))
-from redis_fixtures import redis_cluster  # noqa: E402,F401
-
 import kvcache  # noqa: E402
 from kvcache.redis import TieredCache  # noqa: E402
 from kvcache.serialize import Serializer, encode_key  # noqa: E402
+from tests.redis_fixtures import redis_cluster  # noqa: E402,F401
 
 
 def wait_for(pred, timeout=5.0):

@@ -13,24 +13,16 @@ import numpy as np
 import pytest
 
 import kvcache
+from tests.cache_specs import SPECS
 
 
-def _ttl(maxsize, **kw):
-    return kvcache.TTLCache(maxsize, ttl=10_000, **kw)
+# every class that takes getsizeof= (lru-dict's LRU counts items)
+WEIGHTED = [spec for spec in SPECS if spec.weighted]
 
 
-def _tlru(maxsize, **kw):
-    return kvcache.TLRUCache(maxsize, lambda k, v, now: now + 10_000, **kw)
-
-
-FACTORIES = [kvcache.Cache, kvcache.FIFOCache, kvcache.LRUCache, kvcache.LFUCache,
-             kvcache.RRCache, kvcache.TinyLFUCache, _ttl, _tlru]
-ids = [getattr(f, "__name__", str(f)) for f in FACTORIES]
-
-
-@pytest.mark.parametrize("make", FACTORIES, ids=ids)
-def test_float_sizes_never_evict_from_an_empty_cache(make):
-    c = make(1.0, getsizeof=lambda v: v)
+@pytest.mark.parametrize("spec", WEIGHTED, ids=repr)
+def test_float_sizes_never_evict_from_an_empty_cache(spec):
+    c = spec.make(1.0, getsizeof=lambda v: v)
     rnd = random.Random(7)
     for i in range(1000):
         c[i] = rnd.random() / 10
@@ -43,9 +35,9 @@ def test_float_sizes_never_evict_from_an_empty_cache(make):
     c._check()
 
 
-@pytest.mark.parametrize("make", FACTORIES, ids=ids)
-def test_float_sizes_keep_the_bound(make):
-    c = make(3.3, getsizeof=lambda v: v)
+@pytest.mark.parametrize("spec", WEIGHTED, ids=repr)
+def test_float_sizes_keep_the_bound(spec):
+    c = spec.make(3.3, getsizeof=lambda v: v)
     rnd = random.Random(3)
     for i in range(3000):
         k = rnd.randrange(50)
@@ -60,10 +52,10 @@ def test_float_sizes_keep_the_bound(make):
     assert c.currsize == 0
 
 
-@pytest.mark.parametrize("make", FACTORIES, ids=ids)
+@pytest.mark.parametrize("spec", WEIGHTED, ids=repr)
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf, -1, -0.5, float("-nan")])
-def test_nan_infinite_and_negative_sizes_raise_and_change_nothing(make, bad):
-    c = make(100, getsizeof=lambda v: v)
+def test_nan_infinite_and_negative_sizes_raise_and_change_nothing(spec, bad):
+    c = spec.make(100, getsizeof=lambda v: v)
     c["a"] = 1
     c["b"] = 2
     before = (list(c.items()), c.currsize, c.stats())
@@ -73,15 +65,6 @@ def test_nan_infinite_and_negative_sizes_raise_and_change_nothing(make, bad):
         c["a"] = bad                     # an update too
     assert (list(c.items()), c.currsize, c.stats()) == before
     c._check()
-
-
-@pytest.mark.parametrize("make", FACTORIES, ids=ids)
-def test_a_value_larger_than_maxsize_raises_value_error(make):
-    c = make(10, getsizeof=len)
-    c["a"] = "x" * 10
-    with pytest.raises(ValueError, match="value too large"):
-        c["b"] = "x" * 11
-    assert list(c.items()) == [("a", "x" * 10)]
 
 
 def test_a_non_number_size_is_a_type_error():

@@ -24,8 +24,8 @@ from hypothesis import settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 import kvcache
-from models import MODELS, Collider, LRUModel
-from tinylfu_model import TinyLFUModel
+from tests.models import MODELS, Collider, LRUModel
+from tests.tinylfu_model import TinyLFUModel
 
 
 def positional_choice(seq):

@@ -1,8 +1,6 @@
 """TinyLFUCache: the frequency sketch, admission, window adaptation, and a state machine
 against the pure-Python reference model in tinylfu_model.py."""
-import copy
 import math
-import pickle
 import random
 
 import hypothesis.strategies as st
@@ -14,8 +12,8 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 import kvcache
 from kvcache import TinyLFUCache
 from kvcache.simulate import replay
-from models import Collider
-from tinylfu_model import TinyLFUModel, key_hash
+from tests.models import Collider
+from tests.tinylfu_model import TinyLFUModel, key_hash
 
 # ---------------------------------------------------------------------------------------------
 # The sketch
@@ -266,15 +264,6 @@ def test_on_evict_reports_the_loser_of_the_admission():
     c["b"] = 0
     assert evicted and set(evicted) <= set(range(10)) | {"a"}
     assert len(c) == 10 and "b" in c
-
-
-def test_pickle_and_copy_keep_contents_and_order():
-    c = TinyLFUCache(50, seed=4)
-    run(c, frequency_stream(2000, 200, seed=5))
-    for d in (pickle.loads(pickle.dumps(c)), copy.copy(c)):
-        assert type(d) is TinyLFUCache
-        assert dict(d.items()) == dict(c.items())
-        d._check()
 
 
 def test_getsizeof_falls_back_to_lru_order():

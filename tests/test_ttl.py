@@ -336,22 +336,6 @@ def test_list_of_cache_while_entries_expire(cache_cls):
     assert list(it) == []
 
 
-def test_mutation_during_ttlcache_iteration_is_allowed():
-    cache = TTLCache(100, 10, timer=Timer())
-    for i in range(5):
-        cache[i] = i
-    out = []
-    for k in cache:
-        out.append(k)
-        if k == 0:
-            del cache[3]
-        cache[100 + k] = k
-    assert out == [0, 1, 2, 4]
-    assert len(cache) == 8
-
-
-# -- eviction and resize --------------------------------------------------------------------------
-
 def test_expired_entries_go_first_then_lru():
     evicted = []
     timer = Timer()

@@ -10,7 +10,7 @@ import collections
 import math
 import struct
 
-from models import CacheModel
+from tests.models import CacheModel
 
 MASK64 = (1 << 64) - 1
 WINDOW, PROBATION, PROTECTED = 0, 1, 2
