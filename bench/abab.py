@@ -24,7 +24,7 @@ REPO = os.path.dirname(HERE)
 
 
 def run_side(path, extra, tmp, tag):
-    """Run one ab.py process on the build in ``path``; return {workload: {row: ns/op}}."""
+    """Run one ab.py process on the build in ``path``; return its JSON (ns_per_op, rounds)."""
     out = os.path.join(tmp, f"{tag}.json")
     cmd = [sys.executable, os.path.join(HERE, "ab.py"), "--kvcache-path", path, "-i", "kvcache",
            "--json", out, *extra]
@@ -32,7 +32,7 @@ def run_side(path, extra, tmp, tag):
     if done.returncode:
         sys.exit(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stdout}")
     with open(out) as f:
-        return json.load(f)["ns_per_op"]
+        return json.load(f)
 
 
 def main(argv=None) -> int:
@@ -51,14 +51,18 @@ def main(argv=None) -> int:
     print(f"before: {sides['before']}\nafter:  {sides['after']}\n"
           f"{args.k} alternations, ab.py {' '.join(extra) or '(defaults)'}", flush=True)
     runs = {"before": [], "after": []}
+    rounds = []
     with tempfile.TemporaryDirectory() as tmp:
         for k in range(args.k):
             for side, path in sides.items():
-                runs[side].append(run_side(path, extra, tmp, f"{side}{k}"))
+                got = run_side(path, extra, tmp, f"{side}{k}")
+                runs[side].append(got["ns_per_op"])
+                rounds.append(got["rounds"])
                 print(f"  run {k + 1}/{args.k} {side} done", flush=True)
-    print(f"\nns/op: best over each side's processes (each process: best of its rounds)")
+    print("\nns/op: best over each side's processes (each process: best of its rounds);"
+          " runs: processes per side; rounds/run: fewest-most rounds in one process")
     print(f"{'workload':16s} {'row':32s} {'before':>9s} {'after':>9s} {'after/before':>12s}"
-          f" {'spread b':>8s} {'spread a':>8s} {'runs':>5s}")
+          f" {'spread b':>8s} {'spread a':>8s} {'runs':>5s} {'rounds/run':>10s}")
     rows = {}  # (workload, row) in first-seen order, from either side
     for r in runs["before"] + runs["after"]:
         for workload, best in r.items():
@@ -74,7 +78,9 @@ def main(argv=None) -> int:
         spread = {s: max(v) / min(v) - 1 for s, v in per.items()}
         print(f"{workload:16s} {row:32s} {b:9.1f} {a:9.1f} {a / b:12.3f}"
               f" {spread['before']:8.1%} {spread['after']:8.1%}"
-              f" {len(per['before'])}+{len(per['after'])}")
+              f" {len(per['before'])}+{len(per['after'])}"
+              f" {min(r[workload] for r in rounds if workload in r):>4d}-"
+              f"{max(r[workload] for r in rounds if workload in r)}")
     return 0
 
 
