@@ -14,6 +14,7 @@ cost run.py subtracts for the "loop cost subtracted" ratio).
 from __future__ import annotations
 
 import collections
+import dataclasses
 import functools
 import importlib
 import os
@@ -30,6 +31,7 @@ MISSING = object()
 DISTRIBUTIONS = {
     "kvcache": "kvcache",
     "cachetools": "cachetools",
+    "cachetools.func": "cachetools",
     "lru": "lru-dict",
     "cachebox": "cachebox",
     "moka_py": "moka-py",
@@ -175,6 +177,23 @@ def _fill_method(c, keys, values):
         put(k, v)
 
 
+def _batch_get_loop(c, batches):
+    # What a caller without a batch API writes: one get per key, results collected.
+    get = c.get
+    for batch in batches:
+        [get(k) for k in batch]
+
+
+def _batch_get_many(c, batches):
+    get_many = c.get_many
+    for batch in batches:
+        get_many(batch)
+
+
+def _unsupported(*args):
+    raise NotImplementedError
+
+
 @dataclass(frozen=True)
 class Style:
     hit: Callable  # (cache, keys): look every key up, all present
@@ -184,10 +203,13 @@ class Style:
     lookup: Callable  # (cache, key) -> value or MISSING (checks only, never timed)
     size: Callable  # (cache) -> entries held once pending work is applied
     fill: Callable  # (cache, keys, values): store key -> value (memory per entry)
+    batch: Callable = _unsupported  # (cache, batches): look up every batch, all present
 
 
 MAPPING = Style(_hit_subscript, _miss_get, _set_subscript, _memo_mapping, _lookup_mapping,
-                _size_len, _fill_subscript)
+                _size_len, _fill_subscript, _batch_get_loop)
+#: kvcache's batch lookup; the other operations as MAPPING.
+BATCH = dataclasses.replace(MAPPING, batch=_batch_get_many)
 MAPPING_GET = Style(_hit_get, _miss_get, _set_subscript, _memo_mapping, _lookup_mapping,
                     _size_len, _fill_subscript)
 MOKA = Style(_hit_get, _miss_get, _set_method, _memo_moka, _lookup_moka, _size_moka,
@@ -264,10 +286,10 @@ ODLRU = Style(_hit_odlru, _miss_get, _set_odlru, _memo_odlru, _lookup_mapping, _
 
 
 class _LruCacheFn:
-    """``functools.lru_cache`` around the identity: the stdlib's memoization idiom."""
+    """A memoizing decorator around the identity (``functools.lru_cache`` unless told)."""
 
-    def __init__(self, maxsize):
-        self.fn = functools.lru_cache(maxsize=maxsize)(_identity)
+    def __init__(self, maxsize, decorator=functools.lru_cache):
+        self.fn = decorator(maxsize=maxsize)(_identity)
 
 
 def _identity(k):
@@ -294,12 +316,41 @@ def _fill_lru_cache(c, keys, values):
         fn(k)
 
 
-def _unsupported(*args):
-    raise NotImplementedError
+def _hit_lru_cache(c, keys):
+    fn = c.fn
+    for k in keys:
+        fn(k)
 
 
-LRU_CACHE_FN = Style(_unsupported, _unsupported, _unsupported, _memo_lru_cache, _unsupported,
+LRU_CACHE_FN = Style(_hit_lru_cache, _unsupported, _unsupported, _memo_lru_cache, _unsupported,
                      _size_lru_cache, _fill_lru_cache)
+
+
+def _fill_vector(c, keys, values):
+    # VectorCache stores rows, not objects: the values become placeholder rows (a row's
+    # content does not change what a lookup costs).
+    rows = np.empty((len(keys), c.dim), dtype=c.dtype)
+    rows[:] = (np.arange(len(keys)) % 1000)[:, None]
+    c.set_many(np.asarray(keys, dtype=np.int64), rows)
+
+
+VECTOR = Style(_unsupported, _unsupported, _unsupported, _unsupported, _unsupported, _size_len,
+               _fill_vector, _batch_get_many)
+#: Row width of the VectorCache in the vector-get-many workload (float32, 256 bytes a row).
+VECTOR_DIM = 64
+
+
+def _block_manager(kind, num_blocks):
+    # bench_llm holds the block-manager workload (requests, fill, serve) and its pure-Python
+    # reference; imported late so the mapping benchmarks do not need it.
+    import bench_llm
+    mgr = bench_llm._make_manager(kind, num_blocks)
+    bench_llm.fill(mgr, num_blocks)
+    return mgr
+
+
+def _int64_array(keys):
+    return np.asarray(keys, dtype=np.int64)
 
 
 @dataclass(frozen=True)
@@ -314,6 +365,8 @@ class Impl:
     style: Style = MAPPING
     #: workloads this implementation takes part in (see WORKLOADS).
     workloads: frozenset = field(default=frozenset({"hit", "miss", "set", "memo", "memory"}))
+    #: how a batch of keys (a list of ints) is handed to ``style.batch``, outside the timing.
+    batch_form: Callable = list
 
     @property
     def distribution(self) -> str:
@@ -343,22 +396,47 @@ EXACT_POLICIES = {"lru", "fifo", "lfu"}
 #: Implementations whose LFU is not the "least frequent, then least recently used" rule.
 INEXACT = {"cachebox.LFUCache"}
 
+#: The workloads of bench_core.py (an Impl's default).  ab.py adds its own tags: "get-many",
+#: "vector-get-many", "lru-cache-hit", "ttl-hit", "tinylfu-hit", "block-manager".
+CORE = frozenset({"hit", "miss", "set", "memo", "memory"})
+
 IMPLS: list[Impl] = [
     Impl("loop (empty)", "builtins", "none", "loop", lambda m, n: {}, workloads=frozenset({"hit", "miss"})),
-    Impl("dict", "builtins", "none", "baseline", lambda m, n: {}),
+    Impl("dict", "builtins", "none", "baseline", lambda m, n: {}, workloads=CORE | {"get-many"}),
     Impl("OrderedDict LRU", "collections", "lru", "reference", lambda m, n: _OrderedDictLRU(n),
          style=ODLRU),
     Impl("functools.lru_cache", "functools", "lru", "reference", lambda m, n: _LruCacheFn(n),
-         style=LRU_CACHE_FN, workloads=frozenset({"memo", "memory"})),
+         style=LRU_CACHE_FN, workloads=frozenset({"memo", "memory", "lru-cache-hit"})),
     Impl("kvcache.LRUCache", "kvcache", "lru", "kvcache", lambda m, n: m.LRUCache(n)),
     Impl("kvcache.LFUCache", "kvcache", "lfu", "kvcache", lambda m, n: m.LFUCache(n)),
     Impl("kvcache.FIFOCache", "kvcache", "fifo", "kvcache", lambda m, n: m.FIFOCache(n)),
     Impl("kvcache.RRCache", "kvcache", "rr", "kvcache", lambda m, n: m.RRCache(n)),
-    Impl("kvcache.TinyLFUCache", "kvcache", "tinylfu", "kvcache", lambda m, n: m.TinyLFUCache(n)),
+    Impl("kvcache.TinyLFUCache", "kvcache", "tinylfu", "kvcache", lambda m, n: m.TinyLFUCache(n),
+         workloads=CORE | {"tinylfu-hit"}),
+    Impl("kvcache.TTLCache", "kvcache", "ttl", "kvcache", lambda m, n: m.TTLCache(n, ttl=3600),
+         workloads=frozenset({"ttl-hit"})),
+    Impl("kvcache.lru_cache", "kvcache", "lru", "kvcache", lambda m, n: _LruCacheFn(n, m.lru_cache),
+         style=LRU_CACHE_FN, workloads=frozenset({"lru-cache-hit"})),
+    Impl("kvcache.LRUCache.get_many", "kvcache", "lru", "kvcache", lambda m, n: m.LRUCache(n),
+         style=BATCH, workloads=frozenset({"get-many"}), batch_form=_int64_array),
+    Impl("kvcache.LRUCache.get_many(list)", "kvcache", "lru", "kvcache",
+         lambda m, n: m.LRUCache(n), style=BATCH, workloads=frozenset({"get-many"})),
+    Impl("kvcache.VectorCache", "kvcache", "lru", "kvcache",
+         lambda m, n: m.VectorCache(n, VECTOR_DIM, np.float32, "lru", seed=1), style=VECTOR,
+         workloads=frozenset({"vector-get-many"}), batch_form=_int64_array),
+    Impl("kvcache.llm.PrefixCache", "kvcache.llm", "lru", "kvcache",
+         lambda m, n: _block_manager("kvcache", n), workloads=frozenset({"block-manager"})),
+    Impl("PyPrefixCache", "bench_llm", "lru", "reference", lambda m, n: _block_manager("python", n),
+         workloads=frozenset({"block-manager"})),
     Impl("cachetools.LRUCache", "cachetools", "lru", "peer", lambda m, n: m.LRUCache(n)),
     Impl("cachetools.LFUCache", "cachetools", "lfu", "peer", lambda m, n: m.LFUCache(n)),
     Impl("cachetools.FIFOCache", "cachetools", "fifo", "peer", lambda m, n: m.FIFOCache(n)),
     Impl("cachetools.RRCache", "cachetools", "rr", "peer", lambda m, n: m.RRCache(n)),
+    Impl("cachetools.TTLCache", "cachetools", "ttl", "peer", lambda m, n: m.TTLCache(n, ttl=3600),
+         workloads=frozenset({"ttl-hit"})),
+    Impl("cachetools.func.lru_cache", "cachetools.func", "lru", "peer",
+         lambda m, n: _LruCacheFn(n, m.lru_cache), style=LRU_CACHE_FN,
+         workloads=frozenset({"lru-cache-hit"})),
     Impl("lru-dict.LRU", "lru", "lru", "peer", lambda m, n: m.LRU(n)),
     # cachebox's .get() measures faster than its [] (the latter goes through more layers).
     Impl("cachebox.LRUCache", "cachebox", "lru", "peer", lambda m, n: m.LRUCache(n),
@@ -369,12 +447,15 @@ IMPLS: list[Impl] = [
          style=MAPPING_GET),
     Impl("cachebox.RRCache", "cachebox", "rr", "peer", lambda m, n: m.RRCache(n),
          style=MAPPING_GET),
-    Impl("moka-py.Moka", "moka_py", "tinylfu", "peer", lambda m, n: m.Moka(n), style=MOKA),
+    Impl("cachebox.TTLCache", "cachebox", "ttl", "peer", lambda m, n: m.TTLCache(n, 3600),
+         style=MAPPING_GET, workloads=frozenset({"ttl-hit"})),
+    Impl("moka-py.Moka", "moka_py", "tinylfu", "peer", lambda m, n: m.Moka(n), style=MOKA,
+         workloads=CORE | {"tinylfu-hit"}),
     Impl("moka-py.Moka(lru)", "moka_py", "lru-approx", "peer",
          lambda m, n: m.Moka(n, policy="lru"), style=MOKA),
     # nolock=True is theine's documented fast path for single-threaded use.
     Impl("theine.Cache", "theine", "tinylfu", "peer", lambda m, n: m.Cache(n, nolock=True),
-         style=THEINE),
+         style=THEINE, workloads=CORE | {"tinylfu-hit"}),
 ]
 
 BY_NAME = {impl.name: impl for impl in IMPLS}
