@@ -909,6 +909,7 @@ cdef object _cm_tp_call(PyObject* self, PyObject* args, PyObject* kwds):
 
 
 cdef class LRU(LRUCache):
+    "LRU(size, callback=None)\n--\n\n" \
     """lru-dict's LRU: a dict of at most `size` items that evicts the least recently used.
 
     `callback(key, value)` is called for each eviction (not for del, pop, popitem or clear).
@@ -927,6 +928,8 @@ cdef class LRU(LRUCache):
         return object.__hash__(self)
 
     def __init__(self, size, callback=None):
+        "__init__($self, size, callback=None)\n--\n\n" \
+        "Initialize the LRU (see the class for the parameters)."
         size = operator.index(size)
         if size <= 0:
             raise ValueError("Size should be a positive number")

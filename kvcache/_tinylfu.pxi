@@ -1127,6 +1127,7 @@ cdef void _tlfu_restore(Cache c, object aux, list head, list ext, Py_ssize_t sha
 
 
 cdef class TinyLFUCache(Cache):
+    "TinyLFUCache(maxsize, getsizeof=None, *, on_evict=None, seed=None, capacity=None)\n--\n\n" \
     """Adaptive W-TinyLFU cache: the best hit ratio of the classes here on most workloads.
 
     New keys enter a small LRU window; to stay, a key leaving the window must have been used
