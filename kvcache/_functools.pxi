@@ -571,6 +571,16 @@ cdef class _memo_bound:
         return self._memo.func
 
     @property
+    def __signature__(self):
+        # a bound method's: without it inspect follows __wrapped__ and shows the instance's
+        # parameter too.  AttributeError (not ValueError) lets inspect try its other ways.
+        import inspect
+        try:
+            return inspect.signature(types.MethodType(self._memo.func, self.__self__))
+        except (TypeError, ValueError):
+            raise AttributeError("__signature__") from None
+
+    @property
     def __doc__(self):
         return getattr(self._memo.func, "__doc__", None)
 
