@@ -19,6 +19,11 @@ directives = {
     "initializedcheck": DEBUG,
     "cdivision": not DEBUG,
     "embedsignature": True,
+    # "clinic": a compiled class gets its signature from its docstring's first line (written by
+    # hand, see Cache), and Cython functions keep clean docstrings (inspect reads their
+    # signature directly).  The default "c" format puts a signature of its own, with the
+    # keyword-only marker misplaced, before the class docstring, where inspect cannot read it.
+    "embedsignature.format": "clinic",
 }
 
 if ASAN:

@@ -589,6 +589,33 @@ class _ClassOrInstanceMethod:
         return types.MethodType(self.__func__, objtype if obj is None else obj)
 
 
+class _InitSignature:
+    """Give a compiled class the constructor signature of `stub` (a function taking self first).
+
+    inspect reads a compiled class's signature from the first line of its docstring, which
+    allows only literal defaults; a class whose defaults are objects (random.choice,
+    time.monotonic) sets `__signature__ = _InitSignature(lambda self, ...: None)` instead,
+    with the parameters of its __init__.  A subclass with its own __init__ or __new__ gets
+    inspect's usual answer, and an instance none.
+    """
+
+    def __init__(self, stub):
+        self._stub = stub
+
+    def __get__(self, obj, objtype=None):
+        if obj is None:
+            for klass in objtype.__mro__:
+                attrs = vars(klass)
+                if attrs.get("__signature__") is self:
+                    import inspect
+                    sig = inspect.signature(self._stub)
+                    return sig.replace(parameters=tuple(sig.parameters.values())[1:])
+                if "__init__" in attrs or isinstance(attrs.get("__new__"), staticmethod):
+                    break
+        # AttributeError is what sends inspect on to its other ways of finding a signature
+        raise AttributeError("__signature__")
+
+
 def _snapshot_load(target, path, *, pickle_key=None, **kwargs):
     """Load the snapshot at `path`: ``Class.load(path, **ctor_kwargs)`` returns a new cache,
     ``cache.load(path)`` replaces this cache's contents (left untouched if the file is bad).
@@ -616,6 +643,9 @@ def install_snapshots(module):
 
 
 cdef class Cache:
+    # The first line is the signature inspect and help() show (a compiled class has no other):
+    # keep it equal to __init__'s, and so for every class below that has one.
+    "Cache(maxsize, getsizeof=None, *, on_evict=None, seed=None, capacity=None)\n--\n\n" \
     """Mutable mapping to serve as a simple cache or cache base class (cachetools-compatible).
 
     `maxsize` bounds `currsize`, the sum of `getsizeof(value)` over the entries (1 each by
@@ -649,6 +679,9 @@ cdef class Cache:
         self.o.bfirst = self.o.blast = self.o.bfree = -1
 
     def __init__(self, maxsize, getsizeof=None, *, on_evict=None, seed=None, capacity=None):
+        "__init__($self, maxsize, getsizeof=None, *, on_evict=None, seed=None, capacity=None)" \
+        "\n--\n\n" \
+        "Initialize the cache (see the class for the parameters)."
         self._setup(maxsize, getsizeof, on_evict, seed, capacity, None)
 
     cdef int _policy(self):
@@ -1894,6 +1927,7 @@ def _rebuild(cls, params):
 
 
 cdef class FIFOCache(Cache):
+    "FIFOCache(maxsize, getsizeof=None, *, on_evict=None, seed=None, capacity=None)\n--\n\n" \
     """First In First Out (FIFO) cache; assigning to an existing key re-inserts it (as cachetools).
 
     Iteration order: first in first.
@@ -1908,6 +1942,7 @@ cdef class FIFOCache(Cache):
 
 
 cdef class LRUCache(Cache):
+    "LRUCache(maxsize, getsizeof=None, *, on_evict=None, seed=None, capacity=None)\n--\n\n" \
     """Least Recently Used (LRU) cache.
 
     Iteration order: least recently used first.  `in`, `peek` and iteration do not count as use.
@@ -1922,6 +1957,7 @@ cdef class LRUCache(Cache):
 
 
 cdef class LFUCache(Cache):
+    "LFUCache(maxsize, getsizeof=None, *, on_evict=None, seed=None, capacity=None)\n--\n\n" \
     """Least Frequently Used (LFU) cache; ties go to the least recently used of the least frequent.
 
     Every lookup hit and every assignment counts as one use.  Iteration order: eviction order
@@ -1943,6 +1979,11 @@ cdef class RRCache(Cache):
     deterministic under `seed=`; any other `choice` is called as cachetools does, with the
     list of keys.  Iteration order: arbitrary (a dense array where removals swap in the last).
     """
+
+    # the signature shown by inspect and help(): keep it equal to __init__'s
+    __signature__ = _InitSignature(
+        lambda self, maxsize, choice=random.choice, getsizeof=None, *, on_evict=None, seed=None,
+               capacity=None: None)
 
     def __init__(self, maxsize, choice=random.choice, getsizeof=None, *, on_evict=None, seed=None,
                  capacity=None):

@@ -856,6 +856,11 @@ cdef class TTLCache(Cache):
     Thread-safety: as Cache.  Expiry costs O(1) amortized per operation (see _ttl.pxi).
     """
 
+    # the signature shown by inspect and help(): keep it equal to __init__'s
+    __signature__ = _InitSignature(
+        lambda self, maxsize, ttl, timer=_time.monotonic, getsizeof=None, *, on_evict=None,
+               seed=None, capacity=None: None)
+
     def __init__(self, maxsize, ttl, timer=_time.monotonic, getsizeof=None, *, on_evict=None,
                  seed=None, capacity=None):
         self._setup(maxsize, getsizeof, on_evict, seed, capacity, None)
@@ -883,6 +888,11 @@ cdef class TLRUCache(Cache):
     An item is alive while `timer() < expires`; setting an item whose `ttu` is already past
     removes the key instead.  Otherwise as TTLCache.
     """
+
+    # the signature shown by inspect and help(): keep it equal to __init__'s
+    __signature__ = _InitSignature(
+        lambda self, maxsize, ttu, timer=_time.monotonic, getsizeof=None, *, on_evict=None,
+               seed=None, capacity=None: None)
 
     def __init__(self, maxsize, ttu, timer=_time.monotonic, getsizeof=None, *, on_evict=None,
                  seed=None, capacity=None):

@@ -583,6 +583,16 @@ cdef class _memo_bound:
         return self._memo.func
 
     @property
+    def __signature__(self):
+        # a bound method's: without it inspect follows __wrapped__ and shows the instance's
+        # parameter too.  AttributeError (not ValueError) lets inspect try its other ways.
+        import inspect
+        try:
+            return inspect.signature(types.MethodType(self._memo.func, self.__self__))
+        except (TypeError, ValueError):
+            raise AttributeError("__signature__") from None
+
+    @property
     def __doc__(self):
         return getattr(self._memo.func, "__doc__", None)
 
@@ -926,6 +936,7 @@ cdef object _cm_tp_call(PyObject* self, PyObject* args, PyObject* kwds):
 
 
 cdef class LRU(LRUCache):
+    "LRU(size, callback=None)\n--\n\n" \
     """lru-dict's LRU: a dict of at most `size` items that evicts the least recently used.
 
     `callback(key, value)` is called for each eviction (not for del, pop, popitem or clear).
@@ -944,6 +955,8 @@ cdef class LRU(LRUCache):
         return object.__hash__(self)
 
     def __init__(self, size, callback=None):
+        "__init__($self, size, callback=None)\n--\n\n" \
+        "Initialize the LRU (see the class for the parameters)."
         size = operator.index(size)
         if size <= 0:
             raise ValueError("Size should be a positive number")

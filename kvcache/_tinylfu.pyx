@@ -1154,6 +1154,7 @@ _OPS.fill = tinylfu_fill
 
 
 cdef class TinyLFUCache(Cache):
+    "TinyLFUCache(maxsize, getsizeof=None, *, on_evict=None, seed=None, capacity=None)\n--\n\n" \
     """Adaptive W-TinyLFU cache: the best hit ratio of the classes here on most workloads.
 
     New keys enter a small LRU window; to stay, a key leaving the window must have been used

@@ -282,6 +282,10 @@ cdef class VectorCache:
     cdef uint64_t _evictions
     cdef cython.pymutex _lock
 
+    # the signature shown by inspect and help(): keep it equal to __init__'s
+    __signature__ = _InitSignature(
+        lambda self, maxsize, dim, dtype=_vnp.float32, policy="lru", *, seed=None: None)
+
     def __init__(self, maxsize, dim, dtype=_vnp.float32, policy="lru", *, seed=None):
         if self._slots != NULL:
             # A batch on another thread may be running over the buffers a second call would swap.

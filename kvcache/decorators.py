@@ -356,6 +356,15 @@ class _BoundCachedMethod(CachedMethodBound):
         return self._desc.__wrapped__
 
     @property
+    def __signature__(self):
+        # a bound method's: without it inspect follows __wrapped__ and shows the instance's
+        # parameter too.  AttributeError (not ValueError) lets inspect try its other ways.
+        try:
+            return inspect.signature(types.MethodType(self.__func__, self.__self__))
+        except (TypeError, ValueError):
+            raise AttributeError("__signature__") from None
+
+    @property
     def __doc__(self):
         return self._desc.__doc__
 
