@@ -9,7 +9,7 @@ cimport cython
 cimport numpy as cnp
 from cpython.object cimport Py_EQ, PyObject_RichCompareBool
 from cpython.ref cimport PyObject, Py_XDECREF
-from libc.math cimport INFINITY
+from libc.math cimport INFINITY, NAN
 from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint32_t, uint64_t
 
 ctypedef int32_t entry_t      # an entry number; ENTRY_NONE when there is none
@@ -46,7 +46,7 @@ cdef struct table_t:
     uint64_t seed             # MurmurHash seed
 
 cdef struct tlfu_shadow_t:
-    # A miniature W-TinyLFU over the sampled keys (kvcache/_tinylfu.pxi): no keys, only hashes.
+    # A miniature W-TinyLFU over the sampled keys (kvcache/_tinylfu.pyx): no keys, only hashes.
     uint64_t* hs              # slot -> key hash (slots 0..count-1 are live)
     int32_t* prev             # slot -> previous slot in its region's list
     int32_t* next
@@ -72,7 +72,7 @@ cdef struct tlfu_shadow_t:
     double score              # decayed hits of past epochs
 
 cdef struct tinylfu_t:
-    # Adaptive W-TinyLFU (kvcache/_tinylfu.pxi): regions are lists through table_t.prev/next.
+    # Adaptive W-TinyLFU (kvcache/_tinylfu.pyx): regions are lists through table_t.prev/next.
     int8_t* region            # entry -> its region (bits 0-1) and pending hits (bits 2-5)
     entry_t head[3]           # per region: least recent entry
     entry_t tail[3]           # per region: most recent entry
@@ -122,6 +122,13 @@ cdef struct order_t:
     entry_t* dense
     uint64_t rng              # xorshift64* state
     tinylfu_t tl
+
+
+cdef struct kv_clock_t:
+    # The state of a cache's timer that a lookup reads (kvcache._expiry's _Timer holds it)
+    int nesting               # > 0 while frozen (`with cache.timer as now:`)
+    double frozen             # the frozen time, as a double
+    bint c_clock              # the timer is time.monotonic, read in C when needed
 
 
 cdef struct policy_ops_t:
@@ -301,6 +308,40 @@ cdef inline uint8_t slot_tag(hash_t h) noexcept nogil:
     return <uint8_t>(0x80 | (h >> 58))
 
 
+# The one probe loop ------------------------------------------------------------------------------
+# Every open-addressing table here probes linearly from a home slot; the tables differ only in
+# what a slot holds. `probe` walks the slots and asks the table's own `step` about each: the
+# vector cache's key slots, the block pool's digests, TinyLFU's shadow index, the simulator and
+# the engine's consistency check all use it (the engine's lookups keep their tag-array loops:
+# table_find's comparison runs Python code and may restart).  `step` is a static function, so
+# the compiler inlines it into each caller.
+
+cdef enum:
+    PROBE_ON = 0              # not this slot: go on
+    PROBE_HIT = 1             # this slot holds the key
+    PROBE_EMPTY = 2           # an empty slot: the key is absent (insert here)
+
+ctypedef int (*probe_step_t)(const void* table, uint64_t slot, const void* key) noexcept nogil
+
+
+cdef inline Py_ssize_t probe(const void* table, uint64_t home, uint64_t mask, const void* key,
+                             probe_step_t step, bint* hit) noexcept nogil:
+    """Return the slot where `step` stops (hit or empty) walking from home; -1 if none does."""
+    cdef uint64_t i = home & mask
+    cdef uint64_t n = 0
+    cdef int r
+    while True:
+        r = step(table, i, key)
+        if r != PROBE_ON:
+            hit[0] = r == PROBE_HIT
+            return <Py_ssize_t>i
+        i = (i + 1) & mask
+        n += 1
+        if n > mask:                  # every slot visited: a full (or corrupt) table ends here
+            hit[0] = False
+            return -1
+
+
 # The table (open addressing, linear probing, backward-shift deletion) --------------------------
 cdef inline uint64_t table_slots_for(Py_ssize_t capacity) noexcept nogil:
     """Index size for `capacity` entries: a power of two, at most half full of live entries."""
@@ -309,13 +350,83 @@ cdef inline uint64_t table_slots_for(Py_ssize_t capacity) noexcept nogil:
         n <<= 1
     return n
 
-cdef Py_ssize_t table_probe_free(table_t* t, hash_t h) noexcept nogil
-cdef void table_remove_slot(table_t* t, Py_ssize_t slot) noexcept nogil
-cdef void table_put_slot(table_t* t, Py_ssize_t slot, entry_t e) noexcept nogil
-cdef Py_ssize_t table_slot_of(table_t* t, entry_t e) noexcept nogil
 cdef void table_rebuild_index(table_t* t) noexcept nogil
-cdef entry_t table_take_free(table_t* t) noexcept nogil
-cdef void table_put_free(table_t* t, entry_t e) noexcept nogil
+
+
+cdef inline Py_ssize_t table_probe_free(table_t* t, hash_t h) noexcept nogil:
+    """Return the first empty slot on h's probe chain (the key must be absent)."""
+    cdef uint64_t i = h & t.mask
+    if t.tags != NULL:                  # the small tag array answers without the index
+        while t.tags[i] >= 0x80:
+            i = (i + 1) & t.mask
+        return <Py_ssize_t>i
+    while t.index[i] >= 0:
+        i = (i + 1) & t.mask
+    return <Py_ssize_t>i
+
+
+cdef inline Py_ssize_t table_slot_of(table_t* t, entry_t e) noexcept nogil:
+    """Return the slot holding entry e (found by its stored hash, no key comparison)."""
+    cdef hash_t h = t.ent[e].hash
+    cdef uint64_t i = h & t.mask
+    cdef uint8_t tag
+    if t.tags != NULL:                  # read the index only where the tag matches
+        tag = slot_tag(h)
+        while (t.tags[i] & ~TAG_INT) != tag or t.index[i] != e:
+            i = (i + 1) & t.mask
+        return <Py_ssize_t>i
+    while t.index[i] != e:
+        i = (i + 1) & t.mask
+    return <Py_ssize_t>i
+
+
+cdef inline void table_put_slot(table_t* t, Py_ssize_t slot, entry_t e) noexcept nogil:
+    """Point the empty `slot` at entry e, whose hash is already stored."""
+    t.index[slot] = e
+    if t.tags != NULL:
+        t.tags[slot] = slot_tag(t.ent[e].hash)
+
+
+cdef inline void table_remove_slot(table_t* t, Py_ssize_t slot) noexcept nogil:
+    """Empty `slot` by backward-shift deletion (Knuth's Algorithm R for linear probing).
+
+    Later members of the probe run move back into the hole when their home slot is not
+    between the hole and where they are, so every run stays unbroken without tombstones:
+    probes stay as short as the live load factor makes them, however many keys came and
+    went. Any slot found before a removal must be looked up again after it.
+    """
+    cdef uint64_t mask = t.mask, i = <uint64_t>slot, j = i, home
+    cdef int32_t e
+    while True:
+        j = (j + 1) & mask
+        e = t.index[j]
+        if e == SLOT_EMPTY:
+            break
+        home = t.ent[e].hash & mask
+        if ((j - home) & mask) >= ((j - i) & mask):
+            t.index[i] = e
+            if t.tags != NULL:
+                t.tags[i] = t.tags[j]
+            i = j
+    t.index[i] = SLOT_EMPTY
+    if t.tags != NULL:
+        t.tags[i] = TAG_EMPTY
+
+
+cdef inline entry_t table_take_free(table_t* t) noexcept nogil:
+    cdef entry_t e = t.free_head
+    t.free_head = t.ent[e].next
+    t.ent[e].prev = ENTRY_NONE
+    t.ent[e].next = ENTRY_NONE
+    return e
+
+
+cdef inline void table_put_free(table_t* t, entry_t e) noexcept nogil:
+    t.ent[e].prev = ENTRY_FREE
+    t.ent[e].next = t.free_head
+    t.free_head = e
+
+
 
 
 # The order layer: every policy-specific step goes through these -------------------------------
@@ -455,6 +566,7 @@ cdef class Cache:
     # without expiry pays one pointer test per operation and no memory
     cdef double* _exp                # entry -> expiry time (+inf: never)
     cdef object _xp                  # the expiry layer's state for this cache
+    cdef const kv_clock_t* _clock    # its timer's state (inside _xp's timer), NULL without _xp
     cdef dict __dict__
     cdef object __weakref__
 
@@ -553,8 +665,18 @@ cdef inline double resolve_clock(double now) noexcept nogil:
 
 
 cdef inline double expiry_clock(Cache c) except? -1:
-    """The time for a lookup (read before the critical section): 0 when no expiry is in use."""
-    return 0.0 if c._exp == NULL else EXPIRY.now(c)
+    """The time for a lookup (read before the critical section): 0 when no expiry is in use.
+
+    NaN for the C clock (read later, only if an entry is close to expiring: expired_at).
+    """
+    if c._exp == NULL:
+        return 0.0
+    if c._clock != NULL:
+        if c._clock.nesting:
+            return c._clock.frozen
+        if c._clock.c_clock:
+            return NAN
+    return EXPIRY.now(c)
 
 
 cdef inline Py_ssize_t table_find(Cache self, object key, hash_t h, Py_ssize_t* slot_out) except -2:

@@ -110,66 +110,6 @@ cdef uint64_t _random_seed():
 cdef Py_ssize_t _INT_ID_LIMIT = <Py_ssize_t>sys.hash_info.modulus
 
 
-cdef Py_ssize_t table_probe_free(table_t* t, hash_t h) noexcept nogil:
-    """Return the first empty slot on h's probe chain (the key must be absent)."""
-    cdef uint64_t i = h & t.mask
-    if t.tags != NULL:                  # the small tag array answers without the index
-        while t.tags[i] >= 0x80:
-            i = (i + 1) & t.mask
-        return <Py_ssize_t>i
-    while t.index[i] >= 0:
-        i = (i + 1) & t.mask
-    return <Py_ssize_t>i
-
-
-cdef Py_ssize_t table_slot_of(table_t* t, entry_t e) noexcept nogil:
-    """Return the slot holding entry e (found by its stored hash, no key comparison)."""
-    cdef hash_t h = t.ent[e].hash
-    cdef uint64_t i = h & t.mask
-    cdef uint8_t tag
-    if t.tags != NULL:                  # read the index only where the tag matches
-        tag = slot_tag(h)
-        while (t.tags[i] & ~TAG_INT) != tag or t.index[i] != e:
-            i = (i + 1) & t.mask
-        return <Py_ssize_t>i
-    while t.index[i] != e:
-        i = (i + 1) & t.mask
-    return <Py_ssize_t>i
-
-
-cdef void table_put_slot(table_t* t, Py_ssize_t slot, entry_t e) noexcept nogil:
-    """Point the empty `slot` at entry e, whose hash is already stored."""
-    t.index[slot] = e
-    if t.tags != NULL:
-        t.tags[slot] = slot_tag(t.ent[e].hash)
-
-
-cdef void table_remove_slot(table_t* t, Py_ssize_t slot) noexcept nogil:
-    """Empty `slot` by backward-shift deletion (Knuth's Algorithm R for linear probing).
-
-    Later members of the probe run move back into the hole when their home slot is not
-    between the hole and where they are, so every run stays unbroken without tombstones:
-    probes stay as short as the live load factor makes them, however many keys came and
-    went. Any slot found before a removal must be looked up again after it.
-    """
-    cdef uint64_t mask = t.mask, i = <uint64_t>slot, j = i, home
-    cdef int32_t e
-    while True:
-        j = (j + 1) & mask
-        e = t.index[j]
-        if e == SLOT_EMPTY:
-            break
-        home = t.ent[e].hash & mask
-        if ((j - home) & mask) >= ((j - i) & mask):
-            t.index[i] = e
-            if t.tags != NULL:
-                t.tags[i] = t.tags[j]
-            i = j
-    t.index[i] = SLOT_EMPTY
-    if t.tags != NULL:
-        t.tags[i] = TAG_EMPTY
-
-
 cdef void table_rebuild_index(table_t* t) noexcept nogil:
     """Re-insert every live entry into a clean index (after the index was resized)."""
     cdef Py_ssize_t e
@@ -180,20 +120,6 @@ cdef void table_rebuild_index(table_t* t) noexcept nogil:
     for e in range(t.capacity):
         if t.ent[e].prev != ENTRY_FREE:
             table_put_slot(t, table_probe_free(t, t.ent[e].hash), <entry_t>e)
-
-
-cdef entry_t table_take_free(table_t* t) noexcept nogil:
-    cdef entry_t e = t.free_head
-    t.free_head = t.ent[e].next
-    t.ent[e].prev = ENTRY_NONE
-    t.ent[e].next = ENTRY_NONE
-    return e
-
-
-cdef void table_put_free(table_t* t, entry_t e) noexcept nogil:
-    t.ent[e].prev = ENTRY_FREE
-    t.ent[e].next = t.free_head
-    t.free_head = e
 
 
 # ---------------------------------------------------------------------------------------------
@@ -589,12 +515,12 @@ class _ClassOrInstanceMethod:
         return types.MethodType(self.__func__, objtype if obj is None else obj)
 
 
-class _InitSignature:
+class InitSignature:
     """Give a compiled class the constructor signature of `stub` (a function taking self first).
 
     inspect reads a compiled class's signature from the first line of its docstring, which
     allows only literal defaults; a class whose defaults are objects (random.choice,
-    time.monotonic) sets `__signature__ = _InitSignature(lambda self, ...: None)` instead,
+    time.monotonic) sets `__signature__ = InitSignature(lambda self, ...: None)` instead,
     with the parameters of its __init__.  A subclass with its own __init__ or __new__ gets
     inspect's usual answer, and an instance none.
     """
@@ -1673,6 +1599,7 @@ cdef class Cache:
         self._currsize, other._currsize = other._currsize, self._currsize
         self._exp, other._exp = other._exp, self._exp      # expiry state (kvcache._expiry)
         self._xp, other._xp = other._xp, self._xp
+        self._clock, other._clock = other._clock, self._clock
         self._version += other._version + 1
 
     def _check(self):
@@ -1756,7 +1683,7 @@ cdef class Cache:
             n += EXPIRY.nbytes(self)
         return n
 
-    # -- per-entry time-to-live (implemented in _ttl.pxi) -----------------------------------------
+    # -- per-entry time-to-live (implemented in kvcache._expiry) -----------------------------------------
 
     def set(self, key, value, ttl=None):
         """Set cache[key] = value, expiring `ttl` seconds from now (None: the cache's default, if any, else never).
@@ -1803,15 +1730,18 @@ cdef class Cache:
     load = _ClassOrInstanceMethod(_snapshot_load)
 
 
+cdef int _step_entry(const void* table, uint64_t slot, const void* key) noexcept nogil:
+    cdef int32_t e = (<const table_t*>table).index[slot]
+    if e == (<const entry_t*>key)[0]:
+        return PROBE_HIT
+    return PROBE_EMPTY if e == SLOT_EMPTY else PROBE_ON
+
+
 cdef Py_ssize_t table_slot_of_checked(table_t* t, entry_t e) noexcept nogil:
-    cdef uint64_t i = t.ent[e].hash & t.mask
-    cdef uint64_t n = 0
-    while t.index[i] != e:
-        if t.index[i] == SLOT_EMPTY or n > t.mask:
-            return -1
-        i = (i + 1) & t.mask
-        n += 1
-    return <Py_ssize_t>i
+    """Return the slot holding entry e, or -1 if its probe chain does not reach it."""
+    cdef bint hit
+    cdef Py_ssize_t slot = probe(t, t.ent[e].hash, t.mask, &e, _step_entry, &hit)
+    return slot if hit else -1
 
 
 cdef dict instance_dict(object obj):
@@ -1981,7 +1911,7 @@ cdef class RRCache(Cache):
     """
 
     # the signature shown by inspect and help(): keep it equal to __init__'s
-    __signature__ = _InitSignature(
+    __signature__ = InitSignature(
         lambda self, maxsize, choice=random.choice, getsizeof=None, *, on_evict=None, seed=None,
                capacity=None: None)
 
@@ -2174,24 +2104,37 @@ cdef class _CacheIterator:
         return self.n - self.pos
 
 
+def _own_iter(cache):
+    """Whether iteration follows a class's own __iter__ (TTLCache's tolerant walk, a subclass's).
+
+    The views then walk it as collections.abc's views do, reading values with peek.
+    """
+    return type(cache).__iter__ is not Cache.__iter__
+
+
 class _KeysView(collections.abc.KeysView):
     __slots__ = ()
 
     def __iter__(self):
+        if _own_iter(self._mapping):
+            return iter(self._mapping)
         return _CacheIterator(self._mapping, 0)
 
     def __reversed__(self):
-        return _CacheIterator(self._mapping, 3)
+        return reversed(self._mapping)
 
 
 class _ValuesView(collections.abc.ValuesView):
     __slots__ = ()
 
     def __iter__(self):
-        return _CacheIterator(self._mapping, 1)
+        m = self._mapping
+        if _own_iter(m):
+            return (v for v in (m.peek(k, _MARKER) for k in m) if v is not _MARKER)
+        return _CacheIterator(m, 1)
 
     def __contains__(self, value):
-        for v in _CacheIterator(self._mapping, 1):
+        for v in self:
             if v is value or v == value:
                 return True
         return False
@@ -2201,7 +2144,10 @@ class _ItemsView(collections.abc.ItemsView):
     __slots__ = ()
 
     def __iter__(self):
-        return _CacheIterator(self._mapping, 2)
+        m = self._mapping
+        if _own_iter(m):
+            return ((k, v) for k, v in ((k, m.peek(k, _MARKER)) for k in m) if v is not _MARKER)
+        return _CacheIterator(m, 2)
 
     def __contains__(self, item):
         key, value = item

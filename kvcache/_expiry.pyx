@@ -48,7 +48,7 @@ import time as _time
 
 import numpy as np
 
-from kvcache._core import Cache
+from kvcache._core import Cache, InitSignature
 
 cnp.import_array()
 
@@ -99,10 +99,9 @@ cdef class _Timer:
     Unknown attributes are looked up on the user's timer (as cachetools does).
     """
     cdef object _fn
-    cdef int _nesting
+    cdef kv_clock_t st               # nesting, the frozen time as a double, C clock? (read by the
+                                     # engine's inline expiry_clock through Cache._clock)
     cdef object _time                # the frozen value, as the user's timer returned it
-    cdef double _time_f              # the same, mapped to a double
-    cdef bint _clock                 # _fn is time.monotonic on Linux: read the clock in C
     cdef int _kind                   # 0 not known yet, 1 numbers, 2 timedelta offsets, 3 other offsets
     cdef object _origin              # the first non-numeric time seen (offsets are from it)
 
@@ -110,12 +109,12 @@ cdef class _Timer:
         if not callable(fn):
             raise TypeError("timer must be callable")
         self._fn = fn
-        self._clock = fn is _time_monotonic and KV_HAVE_CLOCK
-        if self._clock:
+        self.st.c_clock = fn is _time_monotonic and KV_HAVE_CLOCK
+        if self.st.c_clock:
             self._kind = 1
 
     def __call__(self):
-        if self._nesting:
+        if self.st.nesting:
             return self._time_obj()
         return self._fn()
 
@@ -144,31 +143,31 @@ cdef class _Timer:
 
     cdef double _freeze(self) except? -1:
         cdef double f
-        if self._nesting == 0:
-            if self._clock:
+        if self.st.nesting == 0:
+            if self.st.c_clock:
                 f = kv_monotonic()
                 self._time = None        # boxed only if asked for
             else:
                 t = self._fn()
                 f = self.to_f(t)
                 self._time = t
-            self._time_f = f
-        self._nesting += 1
-        return self._time_f
+            self.st.frozen = f
+        self.st.nesting += 1
+        return self.st.frozen
 
     cdef object _time_obj(self):
         if self._time is None:
-            self._time = self._time_f
+            self._time = self.st.frozen
         return self._time
 
     cdef void _thaw(self):
-        if self._nesting > 0:
-            self._nesting -= 1
+        if self.st.nesting > 0:
+            self.st.nesting -= 1
 
     cdef double now_f(self) except? -1:
-        if self._nesting:
-            return self._time_f
-        if self._clock:
+        if self.st.nesting:
+            return self.st.frozen
+        if self.st.c_clock:
             return kv_monotonic()
         return self.to_f(self._fn())
 
@@ -422,6 +421,12 @@ cdef void _ttl_reset(Cache c) noexcept:
     x._clear_heap()
 
 
+cdef inline void _install(Cache c, _Expiry x) noexcept:
+    """Make x the cache's expiry state; Cache._clock points into its timer (kept alive by x)."""
+    c._xp = x
+    c._clock = &(<_Timer>x.timer).st
+
+
 cdef _Expiry _new_expiry(Cache c, object timer):
     cdef _Expiry x = _Expiry()
     x.timer = timer if isinstance(timer, _Timer) else _Timer(timer)
@@ -434,7 +439,7 @@ cdef _Expiry _new_expiry(Cache c, object timer):
 cdef _Expiry _ttl_state(Cache c):
     """The cache's expiry state, created on first use with the default timer."""
     if c._xp is None:
-        c._xp = _new_expiry(c, _time_monotonic)
+        _install(c, _new_expiry(c, _time_monotonic))
     return <_Expiry>c._xp
 
 
@@ -443,7 +448,7 @@ cdef _ttl_enable(Cache c, object timer, int mode, object param):
     cdef _Expiry x = _new_expiry(c, timer)
     x.set_default(mode, param)
     c._exp = NULL                    # the new state gets buffers of its own (entries: no expiry)
-    c._xp = x
+    _install(c, x)
     _ttl_start(c)
 
 
@@ -455,9 +460,9 @@ cdef void _ttl_need_buffers(Cache c) except *:
 cdef inline double _ttl_now(Cache c) except? -1:
     """The time for a lookup: NaN when it is the C clock, read later only if needed (see entry_dead)."""
     cdef _Timer tm = (<_Expiry>c._xp).timer
-    if tm._nesting:
-        return tm._time_f
-    if tm._clock:
+    if tm.st.nesting:
+        return tm.st.frozen
+    if tm.st.c_clock:
         return NAN
     return tm.to_f(tm._fn())
 
@@ -623,7 +628,9 @@ cdef object _ttl_get_timer(Cache c):
 
 cdef _ttl_set_timer(Cache c, object timer):
     cdef _Timer tm = _Timer(timer)
-    _ttl_state(c).timer = tm
+    cdef _Expiry x = _ttl_state(c)
+    x.timer = tm
+    _install(c, x)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -674,7 +681,7 @@ cdef object _ttl_import_prepare(Cache self, Cache fresh, Py_ssize_t n, object tt
     fx = _new_expiry(fresh, x.timer)
     fx.mode, fx.ttl, fx.ttu, fx.ttl_f = x.mode, x.ttl, x.ttu, x.ttl_f
     fx.ttl_numeric, fx.drop_expired = x.ttl_numeric, x.drop_expired
-    fresh._xp = fx
+    _install(fresh, fx)
     if self._exp != NULL or fx.mode != 0 or ttl is not None or expires is not None:
         _ttl_start(fresh)
     if expires is not None:
@@ -699,11 +706,11 @@ cdef tuple _ttl_getstate(Cache c):
 cdef _ttl_setstate(Cache c, tuple st):
     fn, kind, origin, mode, ttl, ttu = st
     cdef _Expiry x = _new_expiry(c, fn)
-    if not x.timer._clock:
+    if not x.timer.st.c_clock:
         x.timer._kind = kind
     x.timer._origin = origin
     x.set_default(mode, ttu if mode == 2 else ttl)
-    c._xp = x
+    _install(c, x)
 
 
 cdef _ttl_check(Cache c):
@@ -853,11 +860,11 @@ cdef class TTLCache(Cache):
     evicted.  `with cache.timer as now:` freezes time for a block.  `set(key, value, ttl=...)`
     gives one item its own time-to-live.  Iteration order: least recently used first.
 
-    Thread-safety: as Cache.  Expiry costs O(1) amortized per operation (see _ttl.pxi).
+    Thread-safety: as Cache.  Expiry costs O(1) amortized per operation (see the header of this module).
     """
 
     # the signature shown by inspect and help(): keep it equal to __init__'s
-    __signature__ = _InitSignature(
+    __signature__ = InitSignature(
         lambda self, maxsize, ttl, timer=_time.monotonic, getsizeof=None, *, on_evict=None,
                seed=None, capacity=None: None)
 
@@ -890,7 +897,7 @@ cdef class TLRUCache(Cache):
     """
 
     # the signature shown by inspect and help(): keep it equal to __init__'s
-    __signature__ = _InitSignature(
+    __signature__ = InitSignature(
         lambda self, maxsize, ttu, timer=_time.monotonic, getsizeof=None, *, on_evict=None,
                seed=None, capacity=None: None)
 

@@ -54,6 +54,7 @@ cdef extern from "Python.h":
 import math
 import operator
 import threading
+import types
 
 from kvcache._core cimport *
 
@@ -1002,6 +1003,9 @@ cdef class LRU(LRUCache):
     def __iter__(self):
         return _CacheIterator(self, 3)
 
+    def __reversed__(self):
+        return _CacheIterator(self, 0)
+
     def has_key(self, key):
         """Return whether key is present (not counted as a use)."""
         return key in self
@@ -1094,11 +1098,16 @@ cdef class LRU(LRUCache):
 
     def __reduce__(self):
         fn, args, state = LRUCache.__reduce__(self)
-        return (_rebuild_lru, (self._maxsize, self._on_evict), state)
+        return (_rebuild_lru, (self._maxsize, self._on_evict, type(self)), state)
 
 
-def _rebuild_lru(size, callback):
-    return LRU(size, callback)
+def _rebuild_lru(size, callback, cls=None):
+    """Create an empty LRU of `cls` (unpickling and copying; older pickles give no class)."""
+    if cls is None:
+        return LRU(size, callback)
+    obj = cls.__new__(cls)
+    LRU._setup(obj, size, None, callback, None, None, None)
+    return obj
 
 
 kv_install_tp_call(_lru_cache_wrapper, <void*>_lru_tp_call)

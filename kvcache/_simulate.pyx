@@ -6,7 +6,7 @@ cimport cython
 cimport numpy as cnp
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint64_t
 
-from kvcache._core cimport (Cache, ENTRY_NONE, SLOT_EMPTY, entry_t, hash_t, hash_i64, hash_u64,
+from kvcache._core cimport (Cache, ENTRY_NONE, PROBE_EMPTY, PROBE_HIT, PROBE_ON, SLOT_EMPTY, probe, entry_t, hash_t, hash_i64, hash_u64,
                             mix_hash, order_link_new, order_t, order_touch, order_unlink,
                             order_victim, table_probe_free, table_put_free, table_put_slot,
                             table_remove_slot, table_slot_of, table_t, table_take_free, buffer_data)
@@ -21,6 +21,21 @@ __all__ = ["Replayer", "opt_hits"]
 # ---------------------------------------------------------------------------------------------
 # Replay: the exact behaviour of a cache class over an int64/uint64 key array, without the GIL
 # ---------------------------------------------------------------------------------------------
+
+ctypedef struct _replay_key_t:
+    hash_t h
+    uint64_t k
+    const uint64_t* rk         # entry -> its key
+
+
+cdef int _step_key(const void* table, uint64_t slot, const void* key) noexcept nogil:
+    cdef const table_t* t = <const table_t*>table
+    cdef const _replay_key_t* q = <const _replay_key_t*>key
+    cdef int32_t e = t.index[slot]
+    if e == SLOT_EMPTY:
+        return PROBE_EMPTY
+    return PROBE_HIT if t.ent[e].hash == q.h and q.rk[e] == q.k else PROBE_ON
+
 
 @cython.final
 cdef class Replayer:
@@ -65,21 +80,20 @@ cdef class Replayer:
         cdef int32_t e
         cdef entry_t v
         cdef int64_t hits = 0
+        cdef _replay_key_t key
+        cdef bint hit
         if arr.ndim != 1 or not (signed or arr.dtype == np.uint64):
             raise TypeError("keys must be a 1-D int64 or uint64 array")
         with nogil:
             for i in range(n):
                 k = kp[i]
                 h = mix_hash(hash_i64(<int64_t>k) if signed else hash_u64(k), t.seed)
-                i2 = h & t.mask
-                while True:
-                    e = t.index[i2]
-                    if e == SLOT_EMPTY:
-                        break
-                    if t.ent[e].hash == h and self.rk[e] == k:
-                        break
-                    i2 = (i2 + 1) & t.mask
-                if e >= 0:
+                key.h = h
+                key.k = k
+                key.rk = self.rk
+                i2 = <uint64_t>probe(t, h, t.mask, &key, _step_key, &hit)
+                e = t.index[i2]
+                if hit:
                     hits += 1
                     order_touch(o, t, e)
                     continue

@@ -36,7 +36,7 @@ from kvcache._core cimport *
 
 cnp.import_array()
 
-from kvcache._core import CacheStats
+from kvcache._core import CacheStats, InitSignature
 
 __all__ = ["VectorCache", "digest"]
 
@@ -283,7 +283,7 @@ cdef class VectorCache:
     cdef cython.pymutex _lock
 
     # the signature shown by inspect and help(): keep it equal to __init__'s
-    __signature__ = _InitSignature(
+    __signature__ = InitSignature(
         lambda self, maxsize, dim, dtype=_vnp.float32, policy="lru", *, seed=None: None)
 
     def __init__(self, maxsize, dim, dtype=_vnp.float32, policy="lru", *, seed=None):

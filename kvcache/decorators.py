@@ -632,7 +632,7 @@ def cachedmethod(cache, key=keys.methodkey, lock=None, condition=None, info=Fals
 
 
 # ---------------------------------------------------------------------------
-# functools.lru_cache and cache (compiled call path in _functools.pxi)
+# functools.lru_cache and cache (compiled call path in _memo.pyx)
 
 
 def lru_cache(maxsize=128, typed=False):

@@ -199,7 +199,7 @@ class TieredCache(TieredBase, MutableMapping):
         if _connection_kwargs(client).get("decode_responses"):
             raise ValueError("the redis client must be created with decode_responses=False")
         # The local tier, the live flag and the local-hit counter live in the compiled base:
-        # __getitem__, get and __contains__ answer a local hit there (kvcache/_tiered.pxi).
+        # __getitem__, get and __contains__ answer a local hit there (kvcache/_tiered.pyx).
         self._bind_local(local)
         self._client = client
         self.namespace = namespace

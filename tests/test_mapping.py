@@ -459,11 +459,6 @@ def test_views(spec):
 
 
 def test_reversed_is_the_iteration_order_backwards(spec, request):
-    if spec.cls is kvcache.LRU:
-        # LRU overrides __iter__ (most recent first) but inherits LRUCache.__reversed__, which
-        # runs most recent first too
-        request.applymarker(pytest.mark.xfail(strict=True, raises=AssertionError,
-                                              reason="kvcache.LRU.__reversed__"))
     c = spec.make(10)
     c.update({1: "a", 2: "b", 3: "c"})
     c.get(1)
@@ -522,10 +517,6 @@ def test_iteration_add_or_remove(spec, action):
 @pytest.mark.parametrize("action", ["add", "delete", "clear"])
 def test_views_iterate_under_the_cache_rule(spec, action, request):
     # lru-dict's LRU is left out: its keys(), values() and items() are list snapshots
-    if not spec.iter_guard:
-        # cachetools' TTLCache views walk through its tolerant __iter__; kvcache's raise
-        request.applymarker(pytest.mark.xfail(
-            strict=True, raises=RuntimeError, reason="timed classes: views raise, iter does not"))
     for view in ("keys", "values", "items"):
         c = _filled(spec)
         if spec.iter_guard:
@@ -575,10 +566,6 @@ for _spec in SPECS:
 
 
 def test_pickle_and_copy_keep_subclass_and_attributes(spec, request):
-    if spec.cls is kvcache.LRU:
-        # LRU.__reduce__ rebuilds through _rebuild_lru, which makes an LRU, not type(self)
-        request.applymarker(pytest.mark.xfail(strict=True, raises=AssertionError,
-                                              reason="kvcache.LRU.__reduce__"))
     c = spec.make(4, cls=ANNOTATED[spec.cls])
     c.note = "hello"
     c["a"] = 1

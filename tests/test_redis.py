@@ -229,7 +229,7 @@ def test_expired_local_entry_is_not_served(make_tier):
     assert t["k"] == "v"
 
 
-# --- the compiled local-hit path (kvcache/_tiered.pxi) ---------------------------------------
+# --- the compiled local-hit path (kvcache/_tiered.pyx) ---------------------------------------
 
 
 class GetSpyLRU(kvcache.LRUCache):

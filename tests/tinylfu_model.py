@@ -3,7 +3,7 @@
 It recomputes everything from first principles: MurmurHash64A of hash(key), the count-min
 sketch with its halving, the two ghost tables and the window target, the three LRU regions,
 the engine's buffer growth (which sizes the sketch and the ghosts), and the two shadow caches
-(miniature simulations) that choose the window ghost's reach.  See kvcache/_tinylfu.pxi for
+(miniature simulations) that choose the window ghost's reach.  See kvcache/_tinylfu.pyx for
 the algorithm this mirrors.
 """
 import collections

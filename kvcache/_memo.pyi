@@ -1,0 +1,56 @@
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from kvcache._core import LRUCache
+
+_KT = TypeVar("_KT")
+_VT = TypeVar("_VT")
+
+class LRU(LRUCache[_KT, _VT]):
+    def __init__(self, size: int, callback: Callable[[_KT, _VT], object] | None = ...) -> None: ...
+    def peek_first_item(self) -> tuple[_KT, _VT]: ...
+    def peek_last_item(self) -> tuple[_KT, _VT]: ...
+    def has_key(self, key: _KT) -> bool: ...
+    def get_size(self) -> int: ...
+    def set_size(self, size: int) -> None: ...
+    def get_stats(self) -> tuple[int, int]: ...
+    def set_callback(self, callback: Callable[[_KT, _VT], object] | None) -> None: ...
+
+MEMO_ATTR: str
+
+class MemoBase:
+    func: Callable[..., Any]
+    cache: Any
+    hits: int
+    misses: int
+    def __init__(
+        self,
+        func: Callable[..., Any],
+        cache: Any,
+        typed: bool,
+        key: Callable[..., Any] | None,
+        single_flight: bool = ...,
+        *,
+        unbound: Callable[..., Any] | None = ...,
+        instance_memo: Callable[..., Any] | None = ...,
+        async_invoke: Callable[..., Any] | None = ...,
+    ) -> None: ...
+    def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
+
+class CachedBase:
+    cache: Any
+    cache_key: Callable[..., Any]
+    def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
+
+class CachedMethodDescriptorBase:
+    def __init__(self, get_slow: Callable[..., Any], call_slow: Callable[..., Any]) -> None: ...
+
+class CachedMethodBound:
+    def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
+
+class lru_cache_wrapper:
+    def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
+
+def install_fast_call(cls: type) -> None: ...
+def register_plain_keyfunc(fn: Callable[..., Any]) -> None: ...
+def register_plain_methodkey(fn: Callable[..., Any]) -> None: ...

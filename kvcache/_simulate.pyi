@@ -1,0 +1,11 @@
+from typing import Any
+
+import numpy as np
+
+class Replayer:
+    hits: int
+    accesses: int
+    def __init__(self, cache: Any) -> None: ...
+    def feed(self, keys: np.ndarray) -> int: ...
+
+def opt_hits(ids: np.ndarray, ndistinct: int, maxsize: int) -> int: ...
