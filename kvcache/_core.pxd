@@ -580,15 +580,9 @@ cdef class Cache:
     cdef void _policy_resize(self) noexcept
     cdef str _policy_check(self)
 
-    cdef _Buffers _new_buffers(self, Py_ssize_t capacity, bint fresh)
-    cdef bint _fits(self, _Buffers b, Py_ssize_t capacity) noexcept
-    cdef void _adopt(self, _Buffers b, Py_ssize_t old) noexcept
-    cdef _allocate(self, Py_ssize_t capacity)
-    cdef void _point(self, _Buffers b)
     cdef void _reset_order(self)
     cdef int _grow_for_one(self) except -1
     cdef int _reserve(self, Py_ssize_t capacity) except -1
-    cdef void _mark_int_tags(self) noexcept
     cdef entry_t _insert_at(self, Py_ssize_t slot, hash_t h, object key, object value, object size)
     cdef object _remove(self, entry_t e, Py_ssize_t slot)
     cdef tuple _evict_one(self)
@@ -596,8 +590,6 @@ cdef class Cache:
     cdef _set_slow(self, object key, hash_t h, object value, double exp=*)
     cdef tuple _popitem(self)
     cdef void _clear_table(self)
-    cdef list _get_many_int(self, cnp.ndarray arr, object default)
-    cdef Py_ssize_t _find_int(self, int64_t sv, uint64_t uv, bint unsigned, hash_t h) except -3
     cdef object _order_array(self)
     cdef void _swap(self, Cache other)
 

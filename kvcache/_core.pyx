@@ -18,7 +18,7 @@ GIL (letting another thread in), or mutate this very cache.  Every method follow
 5. Allocate before the first write.  Allocating any object (a list, a numpy array, a tuple)
    can start the garbage collector, whose finalizers run Python code and may switch threads;
    numpy calls are Python calls and may release the GIL during a copy.  So a structural change
-   contains none: a rebuild allocates all its buffers first (``Cache._new_buffers``), checks
+   contains none: a rebuild allocates all its buffers first (``_new_buffers``), checks
    that the cache is still what they were sized for (``_fits``; otherwise it drops them and the
    caller looks again), then moves everything across with memcpy and pointer swaps
    (``_adopt``).  An insertion that finds no free entry number grows and looks its key up
@@ -92,6 +92,82 @@ def _check_int_hash():
 
 
 _int_hash_native = _check_int_hash()
+
+
+cdef extern from *:
+    """
+    /* hash(o) for an exact int o, without calling long_hash: on 3.12+ a compact int (below
+       2**30 in magnitude) is its own hash; before, CPython's algorithm (the magnitude modulo
+       2**61 - 1, signed, -1 becomes -2) unrolled for up to three 30-bit digits, reading them
+       in place.  0 when o is bigger or this build's layout is not the one assumed: the caller
+       then asks PyObject_Hash. */
+    #if PY_VERSION_HEX < 0x030B0000
+    #include "longintrepr.h"            /* Python.h includes it itself from 3.11 on */
+    #endif
+    static inline int kv_int_hash(PyObject* o, Py_hash_t* out) {
+    #if SIZEOF_PY_HASH_T == 8 && PY_VERSION_HEX >= 0x030C0000
+        Py_hash_t v;
+        if (!PyUnstable_Long_IsCompact((PyLongObject*)o))
+            return 0;
+        v = (Py_hash_t)PyUnstable_Long_CompactValue((PyLongObject*)o);   /* |v| < 2**30 */
+        *out = v == -1 ? -2 : v;
+        return 1;
+    #elif SIZEOF_PY_HASH_T == 8 && PyLong_SHIFT == 30
+        const uint64_t M = ((uint64_t)1 << 61) - 1;
+        const digit* d = ((PyLongObject*)o)->ob_digit;
+        Py_ssize_t n = Py_SIZE(o);
+        uint64_t x;
+        switch (n < 0 ? -n : n) {
+        case 0: *out = 0; return 1;
+        case 1: x = d[0]; break;
+        case 2: x = (uint64_t)d[0] | ((uint64_t)d[1] << 30); break;      /* below 2**60 */
+        case 3:
+            x = ((uint64_t)d[2] << 30) + d[1];                            /* below 2**60 */
+            x = ((x << 30) & M) | (x >> 31);
+            x += d[0];
+            if (x >= M)
+                x -= M;
+            break;
+        default: return 0;
+        }
+        if (n < 0)
+            x = (uint64_t)0 - x;
+        *out = x == (uint64_t)-1 ? -2 : (Py_hash_t)x;
+        return 1;
+    #else
+        return 0;
+    #endif
+    }
+    """
+    bint kv_int_hash(object o, Py_hash_t* out) noexcept
+
+
+cdef bint _fast_int_hash = False     # set at import, once kv_int_hash matched hash() on probes
+
+
+def _check_fast_int_hash():
+    cdef Py_hash_t h
+    cdef object rnd = random.Random(54321)
+    probes = [0, 1, -1, -2, 2, 2**30 - 1, 2**30, -(2**30), 2**60 - 1, 2**60, -(2**60), 2**61 - 2,
+              2**61 - 1, 2**61, 2**62, -(2**61 - 1), -(2**61), 2**63 - 1, -(2**63), 2**64 - 1,
+              2**89, 2**90 - 1, -(2**90 - 1), 2**90, 2**200]
+    probes += [rnd.getrandbits(b) * rnd.choice((1, -1)) for b in (8, 31, 45, 61, 62, 64, 75, 90)
+               for _ in range(40)]
+    for p in probes:
+        if kv_int_hash(p, &h) and h != hash(p):
+            return False
+    return True
+
+
+_fast_int_hash = _check_fast_int_hash()
+
+
+cdef inline hash_t _set_key_hash(Cache c, object key) except? 0:
+    """key_hash for insertions: an exact int's hash is computed here, not by long_hash."""
+    cdef Py_hash_t ph
+    if PyLong_CheckExact(key) and _fast_int_hash and kv_int_hash(key, &ph):
+        return mix_hash(ph, c.t.seed)
+    return mix_hash(hash(key), c.t.seed)
 
 
 cdef uint64_t _random_seed():
@@ -460,7 +536,7 @@ cdef object zeros_line_aligned(Py_ssize_t n, object dtype):
 cdef class _Buffers:
     """The numpy arrays behind one cache's table_t and order_t (allocated once per capacity).
 
-    Between `Cache._new_buffers` and `Cache._adopt` it also carries the new object lists and
+    Between `_new_buffers` and `_adopt` it also carries the new object lists and
     expiry arrays, so that every allocation of a rebuild happens before its first write.
     """
 
@@ -566,6 +642,110 @@ def install_snapshots(module):
     """Serve `Cache.save` and `Cache.load` with `module.save`, `.load` and `.load_into`."""
     global _snapshots
     _snapshots = module
+
+
+# ---------------------------------------------------------------------------------------------
+# A cache's buffers: allocated first (`_new_buffers`, may run Python code), checked (`_fits`),
+# then adopted in one step of plain C (`_adopt`): rule 5 in the header
+# ---------------------------------------------------------------------------------------------
+
+cdef _Buffers _new_buffers(Cache self, Py_ssize_t capacity, bint fresh):
+    """Allocate empty buffers for `capacity` entries; change nothing in the cache."""
+    cdef _Buffers b = _Buffers()
+    cdef uint64_t nslots = table_slots_for(capacity)
+    b.capacity = capacity
+    b.max_entries = self._max_entries
+    b.index = np.full(nslots, SLOT_EMPTY, dtype=np.int32)
+    b.tags = np.zeros(nslots, dtype=np.uint8)              # all TAG_EMPTY
+    b.ent = np.zeros((capacity, 2), dtype=np.uint64)     # entry_rec: hash, prev, next
+    order_alloc(self.o.policy, b, capacity)
+    b.ext = self._policy_alloc(capacity, fresh)
+    b.kv = [None] * (2 * capacity)
+    if self._sizes is not None:
+        b.sizes = [None] * capacity
+    if self._exp != NULL:            # expiry buffers follow the capacity (kvcache._expiry)
+        EXPIRY.new_buffers(b, capacity)
+    return b
+
+
+cdef bint _fits(Cache self, _Buffers b, Py_ssize_t capacity) noexcept:
+    """Whether buffers allocated when the cache had `capacity` entries still suit it."""
+    return self.t.capacity == capacity and b.max_entries == self._max_entries \
+        and (b.sizes is None) == (self._sizes is None) \
+        and (b.xexp is None) == (self._exp == NULL)
+
+
+cdef void _adopt(Cache self, _Buffers b, Py_ssize_t old) noexcept:
+    """Make `b` the cache's buffers, moving entries 0..old-1 into it (old 0: start empty).
+
+    One step of plain C: the caller holds the previous object lists when old is 0, so
+    that their contents are released after the cache is consistent again.
+    """
+    cdef _Buffers ob = self._buf         # kept alive until the copies are done
+    cdef Py_ssize_t capacity = b.capacity, e, i
+    if old:
+        _copy_prefix(b.ent, ob.ent, old * sizeof(entry_rec))
+        order_copy(b, ob, old)
+        _move_items(b.kv, self._kv, 2 * old)
+        if b.sizes is not None:
+            _move_items(b.sizes, self._sizes, old)
+    if b.ext is not None:
+        self._policy_adopt(b.ext, ob.ext if old else None, b.max_entries)
+    if b.xexp is not None:           # (kvcache._expiry)
+        EXPIRY.adopt(self, b, old)
+    self._buf = b
+    _point(self, b)
+    self._kv = b.kv
+    b.kv = None
+    if b.sizes is not None:
+        self._sizes = b.sizes
+        b.sizes = None
+    self.t.capacity = capacity
+    self.t.mask = table_slots_for(capacity) - 1
+    if old:
+        for e in range(capacity - 1, old - 1, -1):
+            table_put_free(&self.t, <entry_t>e)
+        order_grow(&self.o, old, capacity)
+        table_rebuild_index(&self.t)
+        _mark_int_tags(self, )
+    else:
+        self.t.count = 0
+        self.t.free_head = ENTRY_NONE
+        for e in range(capacity - 1, -1, -1):
+            table_put_free(&self.t, <entry_t>e)
+        self._reset_order()
+    self._version += 1
+
+
+cdef _allocate(Cache self, Py_ssize_t capacity):
+    """Replace the contents with empty buffers for `capacity` entries."""
+    cdef _Buffers b
+    cdef list kv, sizes
+    cdef Py_ssize_t cap0
+    while True:
+        cap0 = self.t.capacity
+        b = _new_buffers(self, capacity, True)
+        if _fits(self, b, cap0):
+            break
+    kv, sizes = self._kv, self._sizes    # released once the cache is consistent
+    _adopt(self, b, 0)
+
+
+cdef void _point(Cache self, _Buffers b) noexcept:
+    self.t.index = <int32_t*>buffer_data(b.index)
+    self.t.tags = <uint8_t*>buffer_data(b.tags)
+    self.t.ent = <entry_rec*>buffer_data(b.ent)
+    order_point(&self.o, b)
+
+
+cdef void _mark_int_tags(Cache self) noexcept:
+    """Set TAG_INT again on every slot of an index rebuilt from the stored hashes alone."""
+    cdef uint64_t i
+    cdef int32_t e
+    for i in range(self.t.mask + 1):
+        e = self.t.index[i]
+        if e >= 0 and kv_is_small_int(<object>PyList_GET_ITEM(self._kv, 2 * e)):
+            self.t.tags[i] |= TAG_INT
 
 
 cdef class Cache:
@@ -700,7 +880,7 @@ cdef class Cache:
         self._sizes = [] if self._sizefn is not None else None
         self._currsize = 0
         self._hits = self._misses = self._evictions = 0
-        self._allocate(max(cap, 1))
+        _allocate(self, max(cap, 1))
 
     # -- buffers ------------------------------------------------------------------------------
     #
@@ -710,89 +890,10 @@ cdef class Cache:
     # GIL.  The caller then checks that the cache still is what the buffers were sized for
     # (`_fits`) and `_adopt`s them: memcpy, pointer and list swaps, no Python code at all.
 
-    cdef _Buffers _new_buffers(self, Py_ssize_t capacity, bint fresh):
-        """Allocate empty buffers for `capacity` entries; change nothing in the cache."""
-        cdef _Buffers b = _Buffers()
-        cdef uint64_t nslots = table_slots_for(capacity)
-        b.capacity = capacity
-        b.max_entries = self._max_entries
-        b.index = np.full(nslots, SLOT_EMPTY, dtype=np.int32)
-        b.tags = np.zeros(nslots, dtype=np.uint8)              # all TAG_EMPTY
-        b.ent = np.zeros((capacity, 2), dtype=np.uint64)     # entry_rec: hash, prev, next
-        order_alloc(self.o.policy, b, capacity)
-        b.ext = self._policy_alloc(capacity, fresh)
-        b.kv = [None] * (2 * capacity)
-        if self._sizes is not None:
-            b.sizes = [None] * capacity
-        if self._exp != NULL:            # expiry buffers follow the capacity (kvcache._expiry)
-            EXPIRY.new_buffers(b, capacity)
-        return b
 
-    cdef bint _fits(self, _Buffers b, Py_ssize_t capacity) noexcept:
-        """Whether buffers allocated when the cache had `capacity` entries still suit it."""
-        return self.t.capacity == capacity and b.max_entries == self._max_entries \
-            and (b.sizes is None) == (self._sizes is None) \
-            and (b.xexp is None) == (self._exp == NULL)
 
-    cdef void _adopt(self, _Buffers b, Py_ssize_t old) noexcept:
-        """Make `b` the cache's buffers, moving entries 0..old-1 into it (old 0: start empty).
 
-        One step of plain C: the caller holds the previous object lists when old is 0, so
-        that their contents are released after the cache is consistent again.
-        """
-        cdef _Buffers ob = self._buf         # kept alive until the copies are done
-        cdef Py_ssize_t capacity = b.capacity, e, i
-        if old:
-            _copy_prefix(b.ent, ob.ent, old * sizeof(entry_rec))
-            order_copy(b, ob, old)
-            _move_items(b.kv, self._kv, 2 * old)
-            if b.sizes is not None:
-                _move_items(b.sizes, self._sizes, old)
-        if b.ext is not None:
-            self._policy_adopt(b.ext, ob.ext if old else None, b.max_entries)
-        if b.xexp is not None:           # (kvcache._expiry)
-            EXPIRY.adopt(self, b, old)
-        self._buf = b
-        self._point(b)
-        self._kv = b.kv
-        b.kv = None
-        if b.sizes is not None:
-            self._sizes = b.sizes
-            b.sizes = None
-        self.t.capacity = capacity
-        self.t.mask = table_slots_for(capacity) - 1
-        if old:
-            for e in range(capacity - 1, old - 1, -1):
-                table_put_free(&self.t, <entry_t>e)
-            order_grow(&self.o, old, capacity)
-            table_rebuild_index(&self.t)
-            self._mark_int_tags()
-        else:
-            self.t.count = 0
-            self.t.free_head = ENTRY_NONE
-            for e in range(capacity - 1, -1, -1):
-                table_put_free(&self.t, <entry_t>e)
-            self._reset_order()
-        self._version += 1
 
-    cdef _allocate(self, Py_ssize_t capacity):
-        """Replace the contents with empty buffers for `capacity` entries."""
-        cdef _Buffers b
-        cdef list kv, sizes
-        cdef Py_ssize_t cap0
-        while True:
-            cap0 = self.t.capacity
-            b = self._new_buffers(capacity, True)
-            if self._fits(b, cap0):
-                break
-        kv, sizes = self._kv, self._sizes    # released once the cache is consistent
-        self._adopt(b, 0)
-
-    cdef void _point(self, _Buffers b):
-        self.t.index = <int32_t*>buffer_data(b.index)
-        self.t.tags = <uint8_t*>buffer_data(b.tags)
-        self.t.ent = <entry_rec*>buffer_data(b.ent)
-        order_point(&self.o, b)
 
     cdef void _reset_order(self):
         order_reset(&self.o, self.t.capacity)
@@ -816,9 +917,9 @@ cdef class Cache:
             cap = self._max_entries
         if cap > MAX_ENTRIES:
             cap = MAX_ENTRIES
-        b = self._new_buffers(cap, False)
-        if self._fits(b, cap0) and self.t.free_head == ENTRY_NONE:
-            self._adopt(b, cap0)
+        b = _new_buffers(self, cap, False)
+        if _fits(self, b, cap0) and self.t.free_head == ENTRY_NONE:
+            _adopt(self, b, cap0)
         return 0
 
     cdef int _reserve(self, Py_ssize_t capacity) except -1:
@@ -827,19 +928,11 @@ cdef class Cache:
         cdef _Buffers b
         while self.t.capacity < capacity:
             cap0 = self.t.capacity
-            b = self._new_buffers(capacity, False)
-            if self._fits(b, cap0):
-                self._adopt(b, cap0)
+            b = _new_buffers(self, capacity, False)
+            if _fits(self, b, cap0):
+                _adopt(self, b, cap0)
         return 0
 
-    cdef void _mark_int_tags(self) noexcept:
-        """Set TAG_INT again on every slot of an index rebuilt from the stored hashes alone."""
-        cdef uint64_t i
-        cdef int32_t e
-        for i in range(self.t.mask + 1):
-            e = self.t.index[i]
-            if e >= 0 and kv_is_small_int(<object>PyList_GET_ITEM(self._kv, 2 * e)):
-                self.t.tags[i] |= TAG_INT
 
     # -- lookups ------------------------------------------------------------------------------
 
@@ -962,7 +1055,7 @@ cdef class Cache:
 
     def __setitem__(self, key, value):
         cdef Py_ssize_t slot, e
-        cdef hash_t h = key_hash(self, key)
+        cdef hash_t h = _set_key_hash(self, key)
         cdef object old = None
         cdef PyObject* evk = NULL        # the evicted pair, owned here until the end
         cdef PyObject* evv = NULL
@@ -975,7 +1068,7 @@ cdef class Cache:
         with cython.critical_section(self):
             while True:
                 if self.t.count >= self._max_entries:
-                    order_prefetch_victim(&self.o, &self.t)
+                    _prefetch_eviction(self, h)
                 e = table_find(self, key, h, &slot)
                 if e >= 0:
                     old = self._kv[2 * e + 1]           # released after the update, not during it
@@ -984,7 +1077,7 @@ cdef class Cache:
                     return
                 if self._max_entries < 1:
                     raise ValueError("value too large")
-                if cache_insert_new(self, slot, h, key, value, &evk, &evv) >= 0:
+                if _insert_new(self, slot, h, key, value, &evk, &evv) >= 0:
                     break
                 self._grow_for_one()                # may run Python code: look the key up again
         if evk != NULL:
@@ -1260,104 +1353,7 @@ cdef class Cache:
         ``keys`` is an iterable of keys or a 1-d numpy array; a str or bytes is refused rather
         than taken as a batch of its characters.
         """
-        cdef Py_ssize_t n, i
-        cdef list out
-        if isinstance(keys, np.ndarray):
-            if (<cnp.ndarray>keys).ndim != 1:
-                raise ValueError(f"a batch of keys must be 1-d, not an array of shape {keys.shape}")
-            if _int_hash_native and self._native_getitem and \
-                    (keys.dtype == np.int64 or keys.dtype == np.uint64):
-                return self._get_many_int(keys, default)
-            keys = keys.tolist()
-        elif isinstance(keys, (str, bytes)):
-            raise TypeError("get_many() takes a batch of keys; wrap a single str or bytes key "
-                            "in a list")
-        out = []
-        for key in keys:
-            out.append(self.get(key, default))
-        return out
-
-    cdef list _get_many_int(self, cnp.ndarray arr, object default):
-        # arr is 1-d int64 or uint64 (checked by get_many).
-        # Software pipeline: a key's hash is computed and its index slot prefetched 32 keys
-        # ahead, its entry record and key/value pointers 16 ahead, and its key and value objects
-        # and LRU neighbours 8 ahead, so the random accesses of successive keys overlap
-        # instead of following one another.  Prefetches only: the lookups, counts and touches
-        # happen in key order exactly as in a loop of get().
-        cdef Py_ssize_t n = arr.shape[0], i, j
-        cdef bint unsigned = arr.dtype == np.uint64
-        # Read in place only when aligned and contiguous (ascontiguousarray alone keeps an
-        # unaligned buffer, whose int64 loads are undefined behaviour in C).
-        cdef cnp.ndarray carr = arr if cnp.PyArray_ISCARRAY_RO(arr) else np.array(arr, order="C")
-        cdef int64_t* sp = <int64_t*>cnp.PyArray_DATA(carr)
-        cdef uint64_t* up = <uint64_t*>cnp.PyArray_DATA(carr)
-        cdef list out = [default] * n
-        cdef Py_ssize_t e
-        cdef hash_t[32] ring
-        cdef hash_t h, hi
-        cdef double now = expiry_clock(self)
-        for j in range(32 if n > 32 else n):
-            ring[j] = _int_hash(self.t.seed, sp[j], up[j], unsigned)
-        for i in range(n):
-            with cython.critical_section(self):
-                hi = ring[i & 31]                    # its slot takes the hash of key i + 32
-                j = i + 32
-                if j < n:
-                    h = _int_hash(self.t.seed, sp[j], up[j], unsigned)
-                    ring[j & 31] = h
-                    _prefetch_home(&self.t, h)
-                if i + 16 < n:
-                    _prefetch_entry(&self.t, self._kv, ring[(i + 16) & 31], False)
-                if i + 8 < n:
-                    _prefetch_entry(&self.t, self._kv, ring[(i + 8) & 31], True)
-                e = self._find_int(sp[i], up[i], unsigned, hi)
-                if e >= 0 and entry_dead(self, e, now):   # expired: a miss (kvcache._expiry)
-                    e = -1
-                if e >= 0:
-                    self._hits += 1
-                    order_touch(&self.o, &self.t, <entry_t>e)
-                    out[i] = self._kv[2 * e + 1]
-                    continue
-                elif e == -1:
-                    self._misses += 1
-                    continue
-            # a stored key equal to this int is not an exact int (1.0, True...): the generic path
-            key = PyLong_FromUnsignedLongLong(up[i]) if unsigned else PyLong_FromLongLong(sp[i])
-            out[i] = self.get(key, default)
-        return out
-
-    cdef Py_ssize_t _find_int(self, int64_t sv, uint64_t uv, bint unsigned, hash_t h) except -3:
-        """Find an int key given as a C integer (h: its hash): entry, -1 if absent, -2 if a slow
-        comparison is needed."""
-        cdef uint64_t i = h & self.t.mask
-        cdef int32_t e
-        cdef int overflow
-        cdef long long v
-        cdef PyObject* other
-        cdef uint8_t tag = slot_tag(h), tg
-        cdef bint id_int = uv < <uint64_t>_INT_ID_LIMIT if unsigned else 0 <= sv < _INT_ID_LIMIT
-        while True:
-            tg = self.t.tags[i]
-            if tg == TAG_EMPTY:
-                return -1
-            e = self.t.index[i]
-            if (tg & ~TAG_INT) == tag and self.t.ent[e].hash == h:
-                if id_int and tg & TAG_INT:
-                    return e                                # equal hashes, equal ints (TAG_INT)
-                other = PyList_GET_ITEM(self._kv, 2 * e)   # borrowed: no Python code runs below
-                if not PyLong_CheckExact(<object>other):
-                    return -2
-                v = PyLong_AsLongLongAndOverflow(<object>other, &overflow)
-                if overflow == 0:
-                    if unsigned:
-                        if v >= 0 and <uint64_t>v == uv:
-                            return e
-                    elif v == sv:
-                        return e
-                elif unsigned and overflow > 0 and uv > <uint64_t>0x7FFFFFFFFFFFFFFF:
-                    if PyLong_AsUnsignedLongLong(<object>other) == uv:
-                        return e
-            i = (i + 1) & self.t.mask
+        return _get_many(self, keys, default)
 
     def set_many(self, keys, values):
         """Set cache[keys[i]] = values[i] for every i (the two must have the same length).
@@ -1368,37 +1364,7 @@ cdef class Cache:
         exception from a key's ``__eq__``, a subclass's ``__setitem__`` or ``on_evict`` still
         stops the batch where it happens, with the pairs before it stored.
         """
-        if isinstance(keys, np.ndarray):
-            if (<cnp.ndarray>keys).ndim != 1:
-                raise ValueError(f"a batch of keys must be 1-d, not an array of shape {keys.shape}")
-            keys = keys.tolist()
-        elif isinstance(keys, (str, bytes)):
-            raise TypeError("set_many() takes a batch of keys; wrap a single str or bytes key "
-                            "in a list")
-        else:
-            keys = list(keys)
-        if isinstance(values, np.ndarray):
-            if values.ndim == 0:
-                raise ValueError("set_many() values must be a batch, not a 0-d array")
-            values = values.tolist() if values.ndim == 1 else list(values)
-        else:
-            values = list(values)
-        if len(keys) != len(values):
-            raise ValueError("set_many: %d keys but %d values" % (len(keys), len(values)))
-        for key in keys:
-            if type(key) is not int and type(key) is not str:   # whose hash cannot fail
-                hash(key)
-        if self._sizefn is not None:
-            for value in values:
-                size = self._sizefn(value)
-                if size > self._maxsize:
-                    raise ValueError("value too large")
-                if size < 0:
-                    raise ValueError("value size must be non-negative")
-        elif self._max_entries < 1 and keys:
-            raise ValueError("value too large")
-        for i in range(len(keys)):
-            self[keys[i]] = values[i]
+        _set_many(self, keys, values)
 
     # -- iteration and views --------------------------------------------------------------------
 
@@ -1500,36 +1466,7 @@ cdef class Cache:
         Expired entries are left out.  With ttl=True a fourth item follows: each entry's
         remaining time-to-live in seconds (float64 array; inf: never expires).
         """
-        cdef Py_ssize_t i, n
-        cdef cnp.ndarray order
-        cdef entry_t* op
-        cdef int64_t* fp
-        cdef double now = expiry_clock(self)
-        cdef uint64_t version
-        with cython.critical_section(self):
-            while True:
-                # the allocations below may let other threads in: start again if they changed
-                # the table, so that keys, values and frequencies come from one state
-                version = self._version
-                order = self._order_array()
-                if self._exp != NULL:    # expired entries are not exported (kvcache._expiry)
-                    order = EXPIRY.live_order(self, order, now)
-                rem = EXPIRY.export(self, order, now, isinstance(ttl, str) and ttl == _ABSOLUTE) if ttl else None
-                op = <entry_t*>cnp.PyArray_DATA(order)
-                n = order.shape[0]
-                keys = [self._kv[2 * op[i]] for i in range(n)]
-                values = [self._kv[2 * op[i] + 1] for i in range(n)]
-                aux = None
-                if order_counts(&self.o):
-                    aux = np.empty(n, dtype=np.int64)
-                    fp = <int64_t*>cnp.PyArray_DATA(aux)
-                    for i in range(n):
-                        fp[i] = order_count_of(&self.o, op[i])
-                if self._version == version:
-                    break
-        if ttl:
-            return keys, values, aux, rem
-        return keys, values, aux
+        return _export_state(self, ttl)
 
     def _import_state(self, keys, values, aux=None, ttl=None, *, _expires=None):
         """Replace the contents with keys/values in eviction order (aux: LFU frequencies).
@@ -1537,58 +1474,7 @@ cdef class Cache:
         `ttl`: each entry's remaining time-to-live in seconds (inf or NaN: never expires).
         All checks run on a fresh cache first: on any error this cache is left untouched.
         """
-        cdef Cache fresh
-        cdef Py_ssize_t n, i, slot
-        cdef hash_t h
-        cdef int64_t f, last = 0
-        cdef entry_t e
-        cdef list evicted = []
-        keys = list(keys)
-        values = list(values)
-        n = len(keys)
-        if len(values) != n:
-            raise ValueError("state has %d keys but %d values" % (n, len(values)))
-        if aux is not None:
-            aux = np.asarray(aux, dtype=np.int64)
-            if aux.ndim != 1 or aux.shape[0] != n:
-                raise ValueError("state frequencies do not match the keys")
-            if not order_counts(&self.o):
-                aux = None
-        fresh = type(self).__new__(type(self))
-        Cache._setup(fresh, self._maxsize, self._user_getsizeof, self._on_evict, self._seed_arg,
-                     None if self._capacity_arg < 0 else self._capacity_arg, self._choice)
-        exps = EXPIRY.import_prepare(self, fresh, n, ttl, _expires)   # expiry times (kvcache._expiry)
-        if n > fresh.t.capacity:
-            fresh._reserve(min(max(n, 1), MAX_ENTRIES))
-        for i in range(n):
-            key = keys[i]
-            value = values[i]
-            h = key_hash(fresh, key)
-            size = checked_size(fresh._sizefn(value), fresh._maxsize) if fresh._sizefn is not None else None
-            if table_find(fresh, key, h, &slot) >= 0:
-                raise ValueError("state holds the key %r twice" % (key,))
-            if fresh.t.free_head == ENTRY_NONE:
-                fresh._grow_for_one()        # fresh is ours alone: the key is still absent
-            slot = table_probe_free(&fresh.t, h)
-            if aux is not None:
-                f = aux[i]
-                if f < 1 or f < last:
-                    raise ValueError("state frequencies must be positive and in eviction order")
-                last = f
-                e = fresh._insert_at(slot, h, key, value, size)
-                # re-link with the saved frequency: appended behind equal or lower frequencies
-                order_unlink(&fresh.o, &fresh.t, e)
-                fresh.t.count -= 1
-                order_link_counted(&fresh.o, &fresh.t, e, f)
-                fresh.t.count += 1
-            else:
-                e = fresh._insert_at(slot, h, key, value, size)
-            if exps is not None:         # (kvcache._expiry)
-                EXPIRY.stamp(fresh, e, exps[i])
-        with cython.critical_section(self):
-            self._swap(fresh)
-        # a state bigger than maxsize is trimmed in policy order, like resize()
-        self.resize(self._maxsize)
+        _import_state(self, keys, values, aux, ttl, _expires)
 
     cdef void _swap(self, Cache other):
         self.t, other.t = other.t, self.t
@@ -1604,74 +1490,7 @@ cdef class Cache:
 
     def _check(self):
         """Verify every internal invariant; raise AssertionError on the first violation (for tests)."""
-        cdef Py_ssize_t e, n = 0, nfree = 0, i, nlive = 0
-        cdef int32_t b
-        cdef int64_t lastf = 0
-        with cython.critical_section(self):
-            cap = self.t.capacity
-            for e in range(cap):
-                if self.t.ent[e].prev == ENTRY_FREE:
-                    nfree += 1
-                    if self._kv[2 * e] is not None or self._kv[2 * e + 1] is not None:
-                        raise AssertionError("free entry %d still holds objects" % e)
-                else:
-                    nlive += 1
-                    i = table_slot_of_checked(&self.t, <entry_t>e)
-                    if i < 0:
-                        raise AssertionError("live entry %d is not reachable in the index" % e)
-                    if self.t.ent[e].hash != key_hash(self, self._kv[2 * e]):
-                        raise AssertionError("entry %d has a stale hash" % e)
-            if nlive != self.t.count or nfree + nlive != cap:
-                raise AssertionError("count %d, live %d, free %d, capacity %d"
-                                     % (self.t.count, nlive, nfree, cap))
-            e = self.t.free_head
-            n = 0
-            while e != ENTRY_NONE:
-                n += 1
-                if n > cap or self.t.ent[e].prev != ENTRY_FREE:
-                    raise AssertionError("free list is corrupt")
-                e = self.t.ent[e].next
-            if n != nfree:
-                raise AssertionError("free list holds %d of %d free entries" % (n, nfree))
-            order = self._order_array()
-            if len(set(order.tolist())) != self.t.count:
-                raise AssertionError("policy order does not list each live entry once")
-            msg = self._policy_check()
-            if msg is not None:
-                raise AssertionError(msg)
-            msg = order_check(&self.o)
-            if msg is not None:
-                raise AssertionError(msg)
-            if self._sizes is not None:
-                total = 0
-                for e in order.tolist():
-                    total += self._sizes[e]
-                if total != self._currsize and not (
-                        isinstance(total, float) and math.isclose(total, self._currsize,
-                                                                  rel_tol=1e-9, abs_tol=1e-9)):
-                    raise AssertionError("currsize %r != sum of sizes %r" % (self._currsize, total))
-                if self._currsize > self._maxsize:
-                    raise AssertionError("currsize above maxsize")
-                if self.t.count == 0 and self._currsize != 0:
-                    raise AssertionError("an empty cache has currsize %r" % (self._currsize,))
-            elif self.t.count > self._max_entries:
-                raise AssertionError("more entries than maxsize")
-            used = 0
-            for i in range(self.t.mask + 1):
-                if self.t.index[i] != SLOT_EMPTY:
-                    used += 1
-                if (self.t.tags[i] & ~TAG_INT) != (TAG_EMPTY if self.t.index[i] == SLOT_EMPTY else
-                                                   slot_tag(self.t.ent[self.t.index[i]].hash)):
-                    raise AssertionError("tag of slot %d does not match the index" % i)
-                if self.t.tags[i] & TAG_INT and not (
-                        PyLong_CheckExact(self._kv[2 * self.t.index[i]]) and
-                        0 <= self._kv[2 * self.t.index[i]] < _INT_ID_LIMIT):
-                    raise AssertionError("slot %d is tagged as a small int but holds %r"
-                                         % (i, self._kv[2 * self.t.index[i]]))
-            if used != self.t.count:
-                raise AssertionError("%d used slots for %d entries" % (used, self.t.count))
-            if self._exp != NULL:        # the radix heap of expiry times (kvcache._expiry)
-                EXPIRY.check(self)
+        _check(self)
 
     def _nbytes(self):
         """Bytes held by the engine for this cache, key and value objects not counted."""
@@ -1751,6 +1570,46 @@ cdef dict instance_dict(object obj):
 cdef object _object_getattribute = object.__getattribute__
 
 
+cdef inline void _prefetch_victim(Cache c) noexcept:
+    """Start loading all that evicting the next victim of a list policy reads and writes.
+
+    Called at the end of an eviction: the Python code until the next insertion hides the
+    misses on the victim's index slot and on its key and value objects (their reference
+    counts drop when they leave).
+    """
+    cdef entry_t v = c.o.head
+    cdef uint64_t i, mask = c.t.mask
+    cdef int32_t e
+    cdef PyObject** items
+    if v < 0:
+        return
+    i = c.t.ent[v].hash & mask
+    kv_prefetch(&c.t.tags[i])
+    kv_prefetch(&c.t.index[i])
+    # The backward-shift deletion reads the records of the entries after the victim's slot
+    # (its home slot, mostly): read the index there now, so that they load early too.
+    e = c.t.index[(i + 1) & mask]
+    if e >= 0:
+        kv_prefetch(&c.t.ent[e])
+        e = c.t.index[(i + 2) & mask]
+        if e >= 0:
+            kv_prefetch(&c.t.ent[e])
+    items = kv_list_items(c._kv)
+    kv_prefetch(items[2 * v])
+    kv_prefetch(items[2 * v + 1])
+    v = c.t.ent[v].next                 # and the records of the victim after it
+    if v >= 0:
+        kv_prefetch(&c.t.ent[v])
+        kv_prefetch(&items[2 * v])
+
+
+cdef inline void _prefetch_eviction(Cache c, hash_t h) noexcept nogil:
+    """Start loading what inserting h into a full cache will touch, before probing for it:
+    the new key's index slot (written at the end) and the victim's slot."""
+    kv_prefetch(&c.t.index[h & c.t.mask])
+    order_prefetch_victim(&c.o, &c.t)
+
+
 cdef inline void _prefetch_home(table_t* t, hash_t h) noexcept nogil:
     """Start loading the first slot of h's probe (tag and index)."""
     cdef uint64_t i = h & t.mask
@@ -1787,6 +1646,12 @@ cdef object _ABSENT = object()      # "no such key" where None could be a value
 
 cdef entry_t cache_insert_new(Cache c, Py_ssize_t slot, hash_t h, object key, object value,
                               PyObject** evk, PyObject** evv) except -2:
+    """Insert a key known to be absent (what _insert_new does, for the other parts)."""
+    return _insert_new(c, slot, h, key, value, evk, evv)
+
+
+cdef inline entry_t _insert_new(Cache c, Py_ssize_t slot, hash_t h, object key, object value,
+                                PyObject** evk, PyObject** evv) except -2:
     """Insert a key known to be absent, evicting the policy's victim if the cache is full.
 
     `slot` comes from a lookup made at the current version.  For caches counted one per entry
@@ -1805,10 +1670,25 @@ cdef entry_t cache_insert_new(Cache c, Py_ssize_t slot, hash_t h, object key, ob
         return c._insert_at(slot, h, key, value, None)
     # Evict and insert in one step: the victim's entry number takes the new key, and its key
     # and value move out to evk/evv without passing through the free list or the lists.
-    e = order_victim(&c.o, &c.t)
+    cdef entry_t n
+    cdef bint listed = c.o.policy <= POLICY_LRU      # FIFO, LRU, insertion order: a list
+    if listed:
+        e = c.o.head
+    else:
+        e = order_victim(&c.o, &c.t)
     table_remove_slot(&c.t, table_slot_of(&c.t, e))
-    order_unlink(&c.o, &c.t, e)
-    c.t.count -= 1
+    if listed:                                  # the oldest entry moves to the newest end
+        n = c.t.ent[e].next
+        if n != ENTRY_NONE:
+            c.t.ent[n].prev = ENTRY_NONE
+            c.o.head = n
+            c.t.ent[c.o.tail].next = e
+            c.t.ent[e].prev = c.o.tail
+            c.t.ent[e].next = ENTRY_NONE
+            c.o.tail = e
+    else:
+        order_unlink(&c.o, &c.t, e)
+        c.t.count -= 1
     slot = table_probe_free(&c.t, h)            # the removal may have emptied a slot before ours
     c.t.ent[e].hash = h
     table_put_slot(&c.t, slot, e)
@@ -1820,10 +1700,13 @@ cdef entry_t cache_insert_new(Cache c, Py_ssize_t slot, hash_t h, object key, ob
     Py_INCREF(value)
     PyList_SET_ITEM(c._kv, 2 * e, key)
     PyList_SET_ITEM(c._kv, 2 * e + 1, value)
-    order_link_new(&c.o, &c.t, e)
-    c.t.count += 1
+    if not listed:
+        order_link_new(&c.o, &c.t, e)
+        c.t.count += 1
     c._version += 1
     c._evictions += 1
+    if listed:
+        _prefetch_victim(c)                     # the next insertion's victim, while Python runs
     return e
 
 
@@ -1854,6 +1737,307 @@ def _rebuild(cls, params):
     obj = cls.__new__(cls)
     Cache._setup(obj, *params)
     return obj
+
+
+# ---------------------------------------------------------------------------------------------
+# What Cache's batch, state and check methods run (kept out of the class body, which is the
+# mapping protocol and the structural steps)
+# ---------------------------------------------------------------------------------------------
+
+cdef object _get_many(Cache self, object keys, object default):
+    cdef Py_ssize_t n, i
+    cdef list out
+    if isinstance(keys, np.ndarray):
+        if (<cnp.ndarray>keys).ndim != 1:
+            raise ValueError(f"a batch of keys must be 1-d, not an array of shape {keys.shape}")
+        if _int_hash_native and self._native_getitem and \
+                (keys.dtype == np.int64 or keys.dtype == np.uint64):
+            return _get_many_int(self, keys, default)
+        keys = keys.tolist()
+    elif isinstance(keys, (str, bytes)):
+        raise TypeError("get_many() takes a batch of keys; wrap a single str or bytes key "
+                        "in a list")
+    out = []
+    for key in keys:
+        out.append(self.get(key, default))
+    return out
+
+
+cdef object _set_many(Cache self, object keys, object values):
+    if isinstance(keys, np.ndarray):
+        if (<cnp.ndarray>keys).ndim != 1:
+            raise ValueError(f"a batch of keys must be 1-d, not an array of shape {keys.shape}")
+        keys = keys.tolist()
+    elif isinstance(keys, (str, bytes)):
+        raise TypeError("set_many() takes a batch of keys; wrap a single str or bytes key "
+                        "in a list")
+    else:
+        keys = list(keys)
+    if isinstance(values, np.ndarray):
+        if values.ndim == 0:
+            raise ValueError("set_many() values must be a batch, not a 0-d array")
+        values = values.tolist() if values.ndim == 1 else list(values)
+    else:
+        values = list(values)
+    if len(keys) != len(values):
+        raise ValueError("set_many: %d keys but %d values" % (len(keys), len(values)))
+    for key in keys:
+        if type(key) is not int and type(key) is not str:   # whose hash cannot fail
+            hash(key)
+    if self._sizefn is not None:
+        for value in values:
+            size = self._sizefn(value)
+            if size > self._maxsize:
+                raise ValueError("value too large")
+            if size < 0:
+                raise ValueError("value size must be non-negative")
+    elif self._max_entries < 1 and keys:
+        raise ValueError("value too large")
+    for i in range(len(keys)):
+        self[keys[i]] = values[i]
+
+
+cdef object _export_state(Cache self, object ttl):
+    cdef Py_ssize_t i, n
+    cdef cnp.ndarray order
+    cdef entry_t* op
+    cdef int64_t* fp
+    cdef double now = expiry_clock(self)
+    cdef uint64_t version
+    with cython.critical_section(self):
+        while True:
+            # the allocations below may let other threads in: start again if they changed
+            # the table, so that keys, values and frequencies come from one state
+            version = self._version
+            order = self._order_array()
+            if self._exp != NULL:    # expired entries are not exported (kvcache._expiry)
+                order = EXPIRY.live_order(self, order, now)
+            rem = EXPIRY.export(self, order, now, isinstance(ttl, str) and ttl == _ABSOLUTE) if ttl else None
+            op = <entry_t*>cnp.PyArray_DATA(order)
+            n = order.shape[0]
+            keys = [self._kv[2 * op[i]] for i in range(n)]
+            values = [self._kv[2 * op[i] + 1] for i in range(n)]
+            aux = None
+            if order_counts(&self.o):
+                aux = np.empty(n, dtype=np.int64)
+                fp = <int64_t*>cnp.PyArray_DATA(aux)
+                for i in range(n):
+                    fp[i] = order_count_of(&self.o, op[i])
+            if self._version == version:
+                break
+    if ttl:
+        return keys, values, aux, rem
+    return keys, values, aux
+
+
+cdef object _import_state(Cache self, object keys, object values, object aux, object ttl, object _expires):
+    cdef Cache fresh
+    cdef Py_ssize_t n, i, slot
+    cdef hash_t h
+    cdef int64_t f, last = 0
+    cdef entry_t e
+    cdef list evicted = []
+    keys = list(keys)
+    values = list(values)
+    n = len(keys)
+    if len(values) != n:
+        raise ValueError("state has %d keys but %d values" % (n, len(values)))
+    if aux is not None:
+        aux = np.asarray(aux, dtype=np.int64)
+        if aux.ndim != 1 or aux.shape[0] != n:
+            raise ValueError("state frequencies do not match the keys")
+        if not order_counts(&self.o):
+            aux = None
+    fresh = type(self).__new__(type(self))
+    Cache._setup(fresh, self._maxsize, self._user_getsizeof, self._on_evict, self._seed_arg,
+                 None if self._capacity_arg < 0 else self._capacity_arg, self._choice)
+    exps = EXPIRY.import_prepare(self, fresh, n, ttl, _expires)   # expiry times (kvcache._expiry)
+    if n > fresh.t.capacity:
+        fresh._reserve(min(max(n, 1), MAX_ENTRIES))
+    for i in range(n):
+        key = keys[i]
+        value = values[i]
+        h = key_hash(fresh, key)
+        size = checked_size(fresh._sizefn(value), fresh._maxsize) if fresh._sizefn is not None else None
+        if table_find(fresh, key, h, &slot) >= 0:
+            raise ValueError("state holds the key %r twice" % (key,))
+        if fresh.t.free_head == ENTRY_NONE:
+            fresh._grow_for_one()        # fresh is ours alone: the key is still absent
+        slot = table_probe_free(&fresh.t, h)
+        if aux is not None:
+            f = aux[i]
+            if f < 1 or f < last:
+                raise ValueError("state frequencies must be positive and in eviction order")
+            last = f
+            e = fresh._insert_at(slot, h, key, value, size)
+            # re-link with the saved frequency: appended behind equal or lower frequencies
+            order_unlink(&fresh.o, &fresh.t, e)
+            fresh.t.count -= 1
+            order_link_counted(&fresh.o, &fresh.t, e, f)
+            fresh.t.count += 1
+        else:
+            e = fresh._insert_at(slot, h, key, value, size)
+        if exps is not None:         # (kvcache._expiry)
+            EXPIRY.stamp(fresh, e, exps[i])
+    with cython.critical_section(self):
+        self._swap(fresh)
+    # a state bigger than maxsize is trimmed in policy order, like resize()
+    self.resize(self._maxsize)
+
+
+cdef object _check(Cache self):
+    cdef Py_ssize_t e, n = 0, nfree = 0, i, nlive = 0
+    cdef int32_t b
+    cdef int64_t lastf = 0
+    with cython.critical_section(self):
+        cap = self.t.capacity
+        for e in range(cap):
+            if self.t.ent[e].prev == ENTRY_FREE:
+                nfree += 1
+                if self._kv[2 * e] is not None or self._kv[2 * e + 1] is not None:
+                    raise AssertionError("free entry %d still holds objects" % e)
+            else:
+                nlive += 1
+                i = table_slot_of_checked(&self.t, <entry_t>e)
+                if i < 0:
+                    raise AssertionError("live entry %d is not reachable in the index" % e)
+                if self.t.ent[e].hash != key_hash(self, self._kv[2 * e]):
+                    raise AssertionError("entry %d has a stale hash" % e)
+        if nlive != self.t.count or nfree + nlive != cap:
+            raise AssertionError("count %d, live %d, free %d, capacity %d"
+                                 % (self.t.count, nlive, nfree, cap))
+        e = self.t.free_head
+        n = 0
+        while e != ENTRY_NONE:
+            n += 1
+            if n > cap or self.t.ent[e].prev != ENTRY_FREE:
+                raise AssertionError("free list is corrupt")
+            e = self.t.ent[e].next
+        if n != nfree:
+            raise AssertionError("free list holds %d of %d free entries" % (n, nfree))
+        order = self._order_array()
+        if len(set(order.tolist())) != self.t.count:
+            raise AssertionError("policy order does not list each live entry once")
+        msg = self._policy_check()
+        if msg is not None:
+            raise AssertionError(msg)
+        msg = order_check(&self.o)
+        if msg is not None:
+            raise AssertionError(msg)
+        if self._sizes is not None:
+            total = 0
+            for e in order.tolist():
+                total += self._sizes[e]
+            if total != self._currsize and not (
+                    isinstance(total, float) and math.isclose(total, self._currsize,
+                                                              rel_tol=1e-9, abs_tol=1e-9)):
+                raise AssertionError("currsize %r != sum of sizes %r" % (self._currsize, total))
+            if self._currsize > self._maxsize:
+                raise AssertionError("currsize above maxsize")
+            if self.t.count == 0 and self._currsize != 0:
+                raise AssertionError("an empty cache has currsize %r" % (self._currsize,))
+        elif self.t.count > self._max_entries:
+            raise AssertionError("more entries than maxsize")
+        used = 0
+        for i in range(self.t.mask + 1):
+            if self.t.index[i] != SLOT_EMPTY:
+                used += 1
+            if (self.t.tags[i] & ~TAG_INT) != (TAG_EMPTY if self.t.index[i] == SLOT_EMPTY else
+                                               slot_tag(self.t.ent[self.t.index[i]].hash)):
+                raise AssertionError("tag of slot %d does not match the index" % i)
+            if self.t.tags[i] & TAG_INT and not (
+                    PyLong_CheckExact(self._kv[2 * self.t.index[i]]) and
+                    0 <= self._kv[2 * self.t.index[i]] < _INT_ID_LIMIT):
+                raise AssertionError("slot %d is tagged as a small int but holds %r"
+                                     % (i, self._kv[2 * self.t.index[i]]))
+        if used != self.t.count:
+            raise AssertionError("%d used slots for %d entries" % (used, self.t.count))
+        if self._exp != NULL:        # the radix heap of expiry times (kvcache._expiry)
+            EXPIRY.check(self)
+
+
+cdef list _get_many_int(Cache self, cnp.ndarray arr, object default):
+    # arr is 1-d int64 or uint64 (checked by get_many).
+    # Software pipeline: a key's hash is computed and its index slot prefetched 32 keys
+    # ahead, its entry record and key/value pointers 16 ahead, and its key and value objects
+    # and LRU neighbours 8 ahead, so the random accesses of successive keys overlap
+    # instead of following one another.  Prefetches only: the lookups, counts and touches
+    # happen in key order exactly as in a loop of get().
+    cdef Py_ssize_t n = arr.shape[0], i, j
+    cdef bint unsigned = arr.dtype == np.uint64
+    # Read in place only when aligned and contiguous (ascontiguousarray alone keeps an
+    # unaligned buffer, whose int64 loads are undefined behaviour in C).
+    cdef cnp.ndarray carr = arr if cnp.PyArray_ISCARRAY_RO(arr) else np.array(arr, order="C")
+    cdef int64_t* sp = <int64_t*>cnp.PyArray_DATA(carr)
+    cdef uint64_t* up = <uint64_t*>cnp.PyArray_DATA(carr)
+    cdef list out = [default] * n
+    cdef Py_ssize_t e
+    cdef hash_t[32] ring
+    cdef hash_t h, hi
+    cdef double now = expiry_clock(self)
+    for j in range(32 if n > 32 else n):
+        ring[j] = _int_hash(self.t.seed, sp[j], up[j], unsigned)
+    for i in range(n):
+        with cython.critical_section(self):
+            hi = ring[i & 31]                    # its slot takes the hash of key i + 32
+            j = i + 32
+            if j < n:
+                h = _int_hash(self.t.seed, sp[j], up[j], unsigned)
+                ring[j & 31] = h
+                _prefetch_home(&self.t, h)
+            if i + 16 < n:
+                _prefetch_entry(&self.t, self._kv, ring[(i + 16) & 31], False)
+            if i + 8 < n:
+                _prefetch_entry(&self.t, self._kv, ring[(i + 8) & 31], True)
+            e = _find_int(self, sp[i], up[i], unsigned, hi)
+            if e >= 0 and entry_dead(self, e, now):   # expired: a miss (kvcache._expiry)
+                e = -1
+            if e >= 0:
+                self._hits += 1
+                order_touch(&self.o, &self.t, <entry_t>e)
+                out[i] = self._kv[2 * e + 1]
+                continue
+            elif e == -1:
+                self._misses += 1
+                continue
+        # a stored key equal to this int is not an exact int (1.0, True...): the generic path
+        key = PyLong_FromUnsignedLongLong(up[i]) if unsigned else PyLong_FromLongLong(sp[i])
+        out[i] = self.get(key, default)
+    return out
+
+
+cdef Py_ssize_t _find_int(Cache self, int64_t sv, uint64_t uv, bint unsigned, hash_t h) except -3:
+    """Find an int key given as a C integer (h: its hash): entry, -1 if absent, -2 if a slow
+    comparison is needed."""
+    cdef uint64_t i = h & self.t.mask
+    cdef int32_t e
+    cdef int overflow
+    cdef long long v
+    cdef PyObject* other
+    cdef uint8_t tag = slot_tag(h), tg
+    cdef bint id_int = uv < <uint64_t>_INT_ID_LIMIT if unsigned else 0 <= sv < _INT_ID_LIMIT
+    while True:
+        tg = self.t.tags[i]
+        if tg == TAG_EMPTY:
+            return -1
+        e = self.t.index[i]
+        if (tg & ~TAG_INT) == tag and self.t.ent[e].hash == h:
+            if id_int and tg & TAG_INT:
+                return e                                # equal hashes, equal ints (TAG_INT)
+            other = PyList_GET_ITEM(self._kv, 2 * e)   # borrowed: no Python code runs below
+            if not PyLong_CheckExact(<object>other):
+                return -2
+            v = PyLong_AsLongLongAndOverflow(<object>other, &overflow)
+            if overflow == 0:
+                if unsigned:
+                    if v >= 0 and <uint64_t>v == uv:
+                        return e
+                elif v == sv:
+                    return e
+            elif unsigned and overflow > 0 and uv > <uint64_t>0x7FFFFFFFFFFFFFFF:
+                if PyLong_AsUnsignedLongLong(<object>other) == uv:
+                    return e
+        i = (i + 1) & self.t.mask
 
 
 cdef class FIFOCache(Cache):

@@ -371,7 +371,7 @@ cdef list _ttl_expire_locked(Cache c, double now):
 # ---------------------------------------------------------------------------------------------
 
 cdef _ttl_new_buffers(_Buffers b, Py_ssize_t capacity):
-    """Allocate empty expiry buffers for `capacity` entries into b (see Cache._new_buffers)."""
+    """Allocate empty expiry buffers for `capacity` entries into b (see _new_buffers in kvcache/_core.pyx)."""
     b.xexp = np.full(capacity, np.inf, dtype=np.float64)
     b.xlink = np.full(2 * capacity, ENTRY_NONE, dtype=np.int32)
     b.xbkt = np.full(capacity, -1, dtype=np.int8)

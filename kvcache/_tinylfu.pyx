@@ -768,7 +768,7 @@ cdef class _TinyLFUBuffers:
     """The numpy arrays behind one cache's tinylfu_t, with their sizes as C numbers.
 
     `tinylfu_alloc` makes them (Python allocations: may run other threads); `tinylfu_adopt`
-    points the policy at them in one step of plain C (see Cache._new_buffers / _adopt).
+    points the policy at them in one step of plain C (see _new_buffers / _adopt in kvcache/_core.pyx).
     """
     cdef object region, sketch, gwin, gmain
     cdef list shadow                   # the shadows' arrays (allocated once, kept on growth)

@@ -748,3 +748,36 @@ def test_rr_choice_like_cachetools():
             assert sorted(ours) == sorted(theirs)
         assert ours.choice is choice
     assert kvcache.RRCache(1).choice is random.choice
+
+
+def test_int_keys_of_every_size_are_found_by_equal_numbers(spec):
+    # Assignment hashes ints of up to three digits itself; lookups ask hash(): they must agree
+    # on every size and sign, on the modulus's edges and where -1 becomes -2.
+    rnd = random.Random(7)
+    keys = [0, 1, -1, -2, 2**30 - 1, 2**30, -(2**30), 2**60 - 1, 2**60, -(2**60), 2**61 - 2,
+            2**61 - 1, 2**61, -(2**61 - 1), 2**62 + 5, -(2**62 + 5), 2**63, 2**90 - 1,
+            -(2**90 - 1), 2**90]
+    keys += [rnd.getrandbits(b) * rnd.choice((1, -1)) for b in (20, 45, 61, 62, 75, 89)
+             for _ in range(20)]
+    keys = list(dict.fromkeys(keys))
+    assert kvcache._core._check_fast_int_hash()   # else assignment silently uses hash() instead
+    c = spec.make(len(keys))
+    for i, k in enumerate(keys):
+        c[k] = i
+    assert len(c) == len(keys)
+    for i, k in enumerate(keys):
+        same = int(str(k))                    # an equal int, another object
+        assert c.get(same) == i and same in c
+        if abs(k) < 2**53:
+            assert c[float(k)] == i
+    c._check()                                # stored hashes are those a lookup computes
+
+
+def test_a_cache_of_one_evicts_the_previous_key_every_time(spec):
+    evicted = []
+    c = spec.make(1, on_evict=lambda k, v: evicted.append((k, v)))
+    for i in range(5):
+        c[i] = -i
+        assert list(c.items()) == [(i, -i)]
+        c._check()
+    assert evicted == [(i, -i) for i in range(4)]
