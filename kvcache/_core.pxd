@@ -8,7 +8,8 @@
 cimport cython
 cimport numpy as cnp
 from cpython.object cimport Py_EQ, PyObject_RichCompareBool
-from cpython.ref cimport PyObject, Py_XDECREF
+from cpython.list cimport PyList_SET_ITEM
+from cpython.ref cimport PyObject, Py_INCREF, Py_XDECREF
 from libc.math cimport INFINITY, NAN
 from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint32_t, uint64_t
 
@@ -274,6 +275,7 @@ cdef extern from *:
     int kv_plain_eq(PyObject* a, PyObject* b)
     bint kv_is_small_int(object key) noexcept   # may key's slot carry TAG_INT?
     PyObject** kv_list_items(object lst) noexcept nogil
+    PyObject** kv_list_items_borrowed "kv_list_items" (PyObject* lst) noexcept nogil
     double kv_monotonic() noexcept nogil
     double kv_monotonic_coarse() noexcept nogil
     double kv_coarse_margin() noexcept nogil
@@ -624,8 +626,6 @@ cdef void register_expiry(ExpiryHooks hooks)
 cdef void register_native_popitem(object method)
 cdef dict instance_dict(object obj)
 cdef object checked_size(object size, object maxsize)
-cdef entry_t cache_insert_new(Cache c, Py_ssize_t slot, hash_t h, object key, object value,
-                              PyObject** evk, PyObject** evv) except -2
 
 
 # ---------------------------------------------------------------------------------------------
@@ -738,6 +738,99 @@ cdef inline object cache_get(Cache c, object key, object default):
         if e >= 0:
             return <object>kv_list_items(c._kv)[2 * e + 1]
     return default
+
+
+cdef inline void prefetch_victim(Cache c) noexcept:
+    """Start loading all that evicting the next victim of a list policy reads and writes.
+
+    Called at the end of an eviction: the Python code until the next insertion hides the
+    misses on the victim's index slot and on its key and value objects (their reference
+    counts drop when they leave).
+    """
+    cdef entry_t v = c.o.head
+    cdef uint64_t i, mask = c.t.mask
+    cdef int32_t e
+    cdef PyObject** items
+    if v < 0:
+        return
+    i = c.t.ent[v].hash & mask
+    kv_prefetch(&c.t.tags[i])
+    kv_prefetch(&c.t.index[i])
+    # The backward-shift deletion reads the records of the entries after the victim's slot
+    # (its home slot, mostly): read the index there now, so that they load early too.
+    e = c.t.index[(i + 1) & mask]
+    if e >= 0:
+        kv_prefetch(&c.t.ent[e])
+        e = c.t.index[(i + 2) & mask]
+        if e >= 0:
+            kv_prefetch(&c.t.ent[e])
+    items = kv_list_items_borrowed(<PyObject*>c._kv)
+    kv_prefetch(items[2 * v])
+    kv_prefetch(items[2 * v + 1])
+    v = c.t.ent[v].next                 # and the records of the victim after it
+    if v >= 0:
+        kv_prefetch(&c.t.ent[v])
+        kv_prefetch(&items[2 * v])
+
+
+cdef inline entry_t cache_insert_new(Cache c, Py_ssize_t slot, hash_t h, object key, object value,
+                                     PyObject** evk, PyObject** evv) except -2:
+    """Insert a key known to be absent, evicting the policy's victim if the cache is full.
+
+    `slot` comes from a lookup made at the current version.  For caches counted one per entry
+    with native eviction and no expiry (the caller checks `plain_store`).  An evicted pair is
+    handed back in evk/evv as owned references (NULL when nothing was evicted): the caller
+    releases them, with `release_pair`, once it has left the critical section.  Returns -1,
+    changing nothing, when the cache may grow but has no free entry number: the caller then
+    calls `_grow_for_one` and looks the key up again.
+    """
+    cdef entry_t e
+    evk[0] = NULL
+    evv[0] = NULL
+    if c.t.count < c._max_entries:
+        if c.t.free_head == ENTRY_NONE:
+            return -1
+        return c._insert_at(slot, h, key, value, None)
+    # Evict and insert in one step: the victim's entry number takes the new key, and its key
+    # and value move out to evk/evv without passing through the free list or the lists.
+    cdef entry_t n
+    cdef bint listed = c.o.policy <= POLICY_LRU      # FIFO, LRU, insertion order: a list
+    if listed:
+        e = c.o.head
+    else:
+        e = order_victim(&c.o, &c.t)
+    table_remove_slot(&c.t, table_slot_of(&c.t, e))
+    if listed:                                  # the oldest entry moves to the newest end
+        n = c.t.ent[e].next
+        if n != ENTRY_NONE:
+            c.t.ent[n].prev = ENTRY_NONE
+            c.o.head = n
+            c.t.ent[c.o.tail].next = e
+            c.t.ent[e].prev = c.o.tail
+            c.t.ent[e].next = ENTRY_NONE
+            c.o.tail = e
+    else:
+        order_unlink(&c.o, &c.t, e)
+        c.t.count -= 1
+    slot = table_probe_free(&c.t, h)            # the removal may have emptied a slot before ours
+    c.t.ent[e].hash = h
+    table_put_slot(&c.t, slot, e)
+    if kv_is_small_int(key):
+        c.t.tags[slot] |= TAG_INT
+    evk[0] = kv_list_items(c._kv)[2 * e]
+    evv[0] = kv_list_items(c._kv)[2 * e + 1]
+    Py_INCREF(key)
+    Py_INCREF(value)
+    PyList_SET_ITEM(c._kv, 2 * e, key)
+    PyList_SET_ITEM(c._kv, 2 * e + 1, value)
+    if not listed:
+        order_link_new(&c.o, &c.t, e)
+        c.t.count += 1
+    c._version += 1
+    c._evictions += 1
+    if listed:
+        prefetch_victim(c)                     # the next insertion's victim, while Python runs
+    return e
 
 
 cdef inline bint plain_store(Cache c):

@@ -1077,7 +1077,7 @@ cdef class Cache:
                     return
                 if self._max_entries < 1:
                     raise ValueError("value too large")
-                if _insert_new(self, slot, h, key, value, &evk, &evv) >= 0:
+                if cache_insert_new(self, slot, h, key, value, &evk, &evv) >= 0:
                     break
                 self._grow_for_one()                # may run Python code: look the key up again
         if evk != NULL:
@@ -1570,39 +1570,6 @@ cdef dict instance_dict(object obj):
 cdef object _object_getattribute = object.__getattribute__
 
 
-cdef inline void _prefetch_victim(Cache c) noexcept:
-    """Start loading all that evicting the next victim of a list policy reads and writes.
-
-    Called at the end of an eviction: the Python code until the next insertion hides the
-    misses on the victim's index slot and on its key and value objects (their reference
-    counts drop when they leave).
-    """
-    cdef entry_t v = c.o.head
-    cdef uint64_t i, mask = c.t.mask
-    cdef int32_t e
-    cdef PyObject** items
-    if v < 0:
-        return
-    i = c.t.ent[v].hash & mask
-    kv_prefetch(&c.t.tags[i])
-    kv_prefetch(&c.t.index[i])
-    # The backward-shift deletion reads the records of the entries after the victim's slot
-    # (its home slot, mostly): read the index there now, so that they load early too.
-    e = c.t.index[(i + 1) & mask]
-    if e >= 0:
-        kv_prefetch(&c.t.ent[e])
-        e = c.t.index[(i + 2) & mask]
-        if e >= 0:
-            kv_prefetch(&c.t.ent[e])
-    items = kv_list_items(c._kv)
-    kv_prefetch(items[2 * v])
-    kv_prefetch(items[2 * v + 1])
-    v = c.t.ent[v].next                 # and the records of the victim after it
-    if v >= 0:
-        kv_prefetch(&c.t.ent[v])
-        kv_prefetch(&items[2 * v])
-
-
 cdef inline void _prefetch_eviction(Cache c, hash_t h) noexcept nogil:
     """Start loading what inserting h into a full cache will touch, before probing for it:
     the new key's index slot (written at the end) and the victim's slot."""
@@ -1642,72 +1609,6 @@ cdef inline void _prefetch_entry(table_t* t, list kv, hash_t h, bint objects) no
 
 cdef str _ABSOLUTE = "absolute"      # _export_state(ttl="absolute"): absolute times (pickling)
 cdef object _ABSENT = object()      # "no such key" where None could be a value
-
-
-cdef entry_t cache_insert_new(Cache c, Py_ssize_t slot, hash_t h, object key, object value,
-                              PyObject** evk, PyObject** evv) except -2:
-    """Insert a key known to be absent (what _insert_new does, for the other parts)."""
-    return _insert_new(c, slot, h, key, value, evk, evv)
-
-
-cdef inline entry_t _insert_new(Cache c, Py_ssize_t slot, hash_t h, object key, object value,
-                                PyObject** evk, PyObject** evv) except -2:
-    """Insert a key known to be absent, evicting the policy's victim if the cache is full.
-
-    `slot` comes from a lookup made at the current version.  For caches counted one per entry
-    with native eviction and no expiry (the caller checks `plain_store`).  An evicted pair is
-    handed back in evk/evv as owned references (NULL when nothing was evicted): the caller
-    releases them, with `release_pair`, once it has left the critical section.  Returns -1,
-    changing nothing, when the cache may grow but has no free entry number: the caller then
-    calls `_grow_for_one` and looks the key up again.
-    """
-    cdef entry_t e
-    evk[0] = NULL
-    evv[0] = NULL
-    if c.t.count < c._max_entries:
-        if c.t.free_head == ENTRY_NONE:
-            return -1
-        return c._insert_at(slot, h, key, value, None)
-    # Evict and insert in one step: the victim's entry number takes the new key, and its key
-    # and value move out to evk/evv without passing through the free list or the lists.
-    cdef entry_t n
-    cdef bint listed = c.o.policy <= POLICY_LRU      # FIFO, LRU, insertion order: a list
-    if listed:
-        e = c.o.head
-    else:
-        e = order_victim(&c.o, &c.t)
-    table_remove_slot(&c.t, table_slot_of(&c.t, e))
-    if listed:                                  # the oldest entry moves to the newest end
-        n = c.t.ent[e].next
-        if n != ENTRY_NONE:
-            c.t.ent[n].prev = ENTRY_NONE
-            c.o.head = n
-            c.t.ent[c.o.tail].next = e
-            c.t.ent[e].prev = c.o.tail
-            c.t.ent[e].next = ENTRY_NONE
-            c.o.tail = e
-    else:
-        order_unlink(&c.o, &c.t, e)
-        c.t.count -= 1
-    slot = table_probe_free(&c.t, h)            # the removal may have emptied a slot before ours
-    c.t.ent[e].hash = h
-    table_put_slot(&c.t, slot, e)
-    if kv_is_small_int(key):
-        c.t.tags[slot] |= TAG_INT
-    evk[0] = PyList_GET_ITEM(c._kv, 2 * e)
-    evv[0] = PyList_GET_ITEM(c._kv, 2 * e + 1)
-    Py_INCREF(key)
-    Py_INCREF(value)
-    PyList_SET_ITEM(c._kv, 2 * e, key)
-    PyList_SET_ITEM(c._kv, 2 * e + 1, value)
-    if not listed:
-        order_link_new(&c.o, &c.t, e)
-        c.t.count += 1
-    c._version += 1
-    c._evictions += 1
-    if listed:
-        _prefetch_victim(c)                     # the next insertion's victim, while Python runs
-    return e
 
 
 cdef object checked_size(object size, object maxsize):
