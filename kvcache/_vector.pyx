@@ -184,6 +184,18 @@ cdef int _vec_step_key(const void *table, uint64_t slot, const void *key) noexce
     return PROBE_ON
 
 
+cdef inline Py_ssize_t _vec_probe(const kv_vslot_t *slots, uint64_t mask, const uint64_t *his,
+                                  bint any_hi, uint64_t home, uint64_t lo, uint64_t hi,
+                                  bint *hit) noexcept nogil:
+    # The slot holding (lo, hi), or else the first empty slot of its run (insert there). The
+    # high word is compared in full only when some key has one (any_hi: a stored key does).
+    cdef _vec_key_t q
+    q.lo = lo
+    q.hi = hi
+    q.his = his if (hi != 0 or any_hi) else NULL
+    return probe(slots, home, mask, &q, _vec_step_key, hit)
+
+
 cdef int _vec_step_entry(const void *table, uint64_t slot, const void *key) noexcept nogil:
     cdef entry_t e = (<const kv_vslot_t *>table)[slot].entry
     if e == (<const entry_t *>key)[0]:
@@ -377,13 +389,7 @@ cdef class VectorCache:
 
     cdef inline Py_ssize_t _probe_from(self, uint64_t home, uint64_t lo, uint64_t hi,
                                        bint *hit) noexcept nogil:
-        # The slot holding (lo, hi), or else the first empty slot of its run (insert there).
-        cdef _vec_key_t q
-        q.lo = lo
-        q.hi = hi
-        # The high word is compared in full only once some key has one: 64-bit keys pay nothing.
-        q.his = self._hi if (hi != 0 or self._nhi != 0) else NULL
-        return probe(self._slots, home, self._mask, &q, _vec_step_key, hit)
+        return _vec_probe(self._slots, self._mask, self._hi, self._nhi != 0, home, lo, hi, hit)
 
     cdef inline entry_t _find_from(self, uint64_t home, uint64_t lo, uint64_t hi) noexcept nogil:
         cdef bint hit
@@ -450,19 +456,27 @@ cdef class VectorCache:
         # flight: hash every key (rows[] holds home slots meanwhile); probe with the slot of key
         # i+D prefetched; then refresh the policy with the entry records an LRU move rewrites
         # prefetched (stale hints are harmless).
-        cdef Py_ssize_t i
+        # The table's fields are read into locals once: stores through rows[] could alias
+        # them, and the compiler would load them again for every key.
+        cdef Py_ssize_t i, slot
         cdef uint64_t hi = 0, nhits = 0
+        cdef uint64_t seed = self.t.seed, mask = self._mask
+        cdef const kv_vslot_t *slots = self._slots
+        cdef const uint64_t *his = self._hi
+        cdef bint any_hi = self._nhi != 0, hit
         cdef entry_t e
         cdef int64_t r
         cdef entry_rec *rec
         for i in range(n):
-            rows[i] = <int64_t>self._home(keys[i * stride])
+            rows[i] = <int64_t>(mix_hash(<Py_hash_t>keys[i * stride], seed) & mask)
         for i in range(n):
             if i + _VEC_PREFETCH < n:
-                kv_prefetch(&self._slots[rows[i + _VEC_PREFETCH]])
+                kv_prefetch(&slots[rows[i + _VEC_PREFETCH]])
             if stride == 2:
                 hi = keys[2 * i + 1]
-            e = self._find_from(<uint64_t>rows[i], keys[i * stride], hi)
+            slot = _vec_probe(slots, mask, his, any_hi, <uint64_t>rows[i], keys[i * stride], hi,
+                              &hit)
+            e = slots[slot].entry if hit else ENTRY_NONE
             rows[i] = e
             found[i] = e >= 0
             nhits += e >= 0
