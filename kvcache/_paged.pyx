@@ -26,9 +26,10 @@
 # The prefix table is the engine's `table_t` (_core.pxd): open addressing with linear
 # probing over an int32 index, entry number = block id, `ent[b].hash` = the low 64 bits
 # of the digest, backward-shift deletion (table_probe_free / table_slot_of /
-# table_remove_slot), at most half full since it has two slots per block. The
-# lookup is ours: the engine's compares Python keys, a block compares the high digest
-# half, the parent and the tokens. `ent[b].prev` is ENTRY_FREE while b is not in the
+# table_remove_slot), at most half full since it has two slots per block. Lookups run
+# the engine's probe loop (`probe`) with the block comparison as its step
+# (`_paged_step_block`): the high digest half, the parent and its generation, the tokens.
+# The digest's low word is the table hash as it is: it is a MurmurHash3 output already. `ent[b].prev` is ENTRY_FREE while b is not in the
 # table. Unregistering finds b's slot from meta[b].lo (== ent[b].hash), afresh each
 # time: a backward-shift deletion moves other blocks' slots.
 #
@@ -55,9 +56,9 @@ from murmurhash.mrmr cimport hash128_x64
 cimport numpy as _cnp
 from cpython.ref cimport PyObject
 
-from kvcache._core cimport (ENTRY_FREE, ENTRY_NONE, SLOT_EMPTY, entry_rec, entry_t, kv_prefetch,
-                            table_slots_for,
-                            table_probe_free, table_put_slot, table_remove_slot, table_t)
+from kvcache._core cimport (ENTRY_FREE, ENTRY_NONE, PROBE_EMPTY, PROBE_HIT, PROBE_ON, SLOT_EMPTY,
+                            entry_rec, entry_t, kv_prefetch, probe, table_slots_for,
+                            table_probe_free, table_remove_slot, table_t)
 
 import random
 
@@ -78,12 +79,6 @@ cdef extern from "Python.h":
 
 cdef extern from *:
     """
-    #if defined(__GNUC__) || defined(__clang__)
-    #define KVCACHE_PREFETCH(p) __builtin_prefetch(p)
-    #else
-    #define KVCACHE_PREFETCH(p) ((void)0)
-    #endif
-
     /* MurmurHash3_x64_128 (Appleby's reference, public domain) written out so the digest of
        a block inlines into match/commit: murmurhash's hash128_x64 is an indirect call into
        another extension module that calls a non-inlined getblock per 16 bytes. Blocks are
@@ -180,9 +175,9 @@ cdef extern from *:
            the item pointers 128 ahead (once per 8). */
         for (; i + 24 <= n; i += 8) {
             int j;
-            KVCACHE_PREFETCH(items + i + 128);
+            kv_prefetch(items + i + 128);
             for (j = 0; j < 8; j++) {
-                KVCACHE_PREFETCH(items[i + j + 16]);
+                kv_prefetch(items[i + j + 16]);
                 if (!kvcache_small_int(items[i + j], limit, check, out + i + j)) return i + j;
             }
         }
@@ -199,7 +194,7 @@ cdef extern from *:
         Py_ssize_t i, bad = n;
         int any = 0;
         for (i = 0; i < n; i++) {
-            if ((i & 7) == 0) KVCACHE_PREFETCH(v + i + 128);
+            if ((i & 7) == 0) kv_prefetch(v + i + 128);
             any |= (unsigned long long)v[i] >= (unsigned long long)limit;
             out[i] = (int32_t)v[i];
         }
@@ -221,7 +216,6 @@ cdef extern from *:
     #endif
     }
     """
-    void _paged_prefetch "KVCACHE_PREFETCH"(const void* p) noexcept nogil
     void _paged_murmur3_128 "kvcache_murmur3_128"(const void* key, int len, uint32_t seed,
                                                   uint64_t* out) noexcept nogil
     bint _PAGED_FREE_THREADED "KVCACHE_FREE_THREADED"
@@ -416,6 +410,44 @@ ctypedef struct _paged_link_t:
     int32_t next
 
 
+# The probe steps (see `probe` in _core.pxd); the table is the prefix table's int32 index.
+
+ctypedef struct _paged_key_t:
+    uint64_t lo
+    uint64_t hi
+    uint64_t pgen
+    const _paged_meta_t* meta
+    const int32_t* rows          # the pool's token rows, block_size per block
+    const int32_t* toks          # the tokens of the block looked for
+    Py_ssize_t block_size
+    int32_t par
+
+
+cdef int _paged_step_block(const void* table, uint64_t slot, const void* key) noexcept nogil:
+    # A match is the whole block: digest, parent and its generation, and the tokens.
+    cdef int32_t b = (<const int32_t*>table)[slot]
+    cdef const _paged_key_t* q = <const _paged_key_t*>key
+    cdef const _paged_meta_t* m
+    if b == SLOT_EMPTY:
+        return PROBE_EMPTY
+    if b < 0:
+        return PROBE_ON
+    m = &q.meta[b]
+    if (m.lo == q.lo and m.hi == q.hi and m.parent == q.par and m.parent_gen == q.pgen
+            and memcmp(q.rows + <Py_ssize_t>b * q.block_size, q.toks,
+                       4 * <size_t>q.block_size) == 0):
+        return PROBE_HIT
+    return PROBE_ON
+
+
+cdef int _paged_step_id(const void* table, uint64_t slot, const void* key) noexcept nogil:
+    # The slot of a given block (unregistering, the table check).
+    cdef int32_t b = (<const int32_t*>table)[slot]
+    if b == (<const int32_t*>key)[0]:
+        return PROBE_HIT
+    return PROBE_EMPTY if b == SLOT_EMPTY else PROBE_ON
+
+
 @cython.final
 cdef class PagedBlocks:
     """Manage block ids of a KV pool: O(1) alloc/free, refcounts, prefix table, LRU.
@@ -600,7 +632,7 @@ cdef class PagedBlocks:
             self.plan_dig[2 * i + 1] = d[1]
             plo[0] = d[0]
             phi[0] = d[1]
-            _paged_prefetch(&self.t.index[d[0] & self.t.mask])
+            kv_prefetch(&self.t.index[d[0] & self.t.mask])
 
     cdef inline void _prefetch_records_locked(self, Py_ssize_t start,
                                               Py_ssize_t stop) noexcept nogil:
@@ -610,23 +642,24 @@ cdef class PagedBlocks:
         for i in range(start, stop):
             b = self.t.index[self.plan_dig[2 * i] & self.t.mask]
             if b >= 0:
-                _paged_prefetch(&self.meta[b])
-                _paged_prefetch(self.tokens + <Py_ssize_t>b * self.block_size)
+                kv_prefetch(&self.meta[b])
+                kv_prefetch(self.tokens + <Py_ssize_t>b * self.block_size)
 
     cdef int32_t _find_locked(self, uint64_t lo, uint64_t hi, int32_t par,
                               uint64_t pgen, const int32_t* toks) noexcept nogil:
-        cdef uint64_t i = lo & self.t.mask
-        cdef int32_t b
-        cdef size_t nbytes = 4 * <size_t>self.block_size
-        while True:
-            b = self.t.index[i]
-            if b == SLOT_EMPTY:
-                return -1
-            if (b >= 0 and self.meta[b].lo == lo and self.meta[b].hi == hi
-                    and self.meta[b].parent == par and self.meta[b].parent_gen == pgen
-                    and memcmp(self.tokens + <Py_ssize_t>b * self.block_size, toks, nbytes) == 0):
-                return b
-            i = (i + 1) & self.t.mask
+        cdef _paged_key_t q
+        cdef bint hit
+        cdef Py_ssize_t slot
+        q.lo = lo
+        q.hi = hi
+        q.par = par
+        q.pgen = pgen
+        q.meta = self.meta
+        q.rows = self.tokens
+        q.toks = toks
+        q.block_size = self.block_size
+        slot = probe(self.t.index, lo, self.t.mask, &q, _paged_step_block, &hit)
+        return self.t.index[slot] if hit else -1
 
     cdef void _register_locked(self, int32_t b, uint64_t lo, uint64_t hi, int32_t par,
                                uint64_t pgen, const int32_t* toks) noexcept nogil:
@@ -646,10 +679,11 @@ cdef class PagedBlocks:
     cdef void _unregister_locked(self, int32_t b) noexcept nogil:
         # The probe starts from meta[b].lo rather than ent[b].hash (table_slot_of): the
         # record is loaded already, the entry would be one more cache miss.
-        cdef uint64_t i = self.meta[b].lo & self.t.mask
-        while self.t.index[i] != b:
-            i = (i + 1) & self.t.mask
-        table_remove_slot(&self.t, <Py_ssize_t>i)
+        cdef bint hit
+        cdef Py_ssize_t slot = probe(self.t.index, self.meta[b].lo, self.t.mask, &b,
+                                     _paged_step_id, &hit)
+        if hit:                           # always, unless the table is corrupt (see _check)
+            table_remove_slot(&self.t, slot)
         self.t.ent[b].prev = ENTRY_FREE
         self.t.count -= 1
         self.meta[b].registered = 0
@@ -671,10 +705,10 @@ cdef class PagedBlocks:
         b = self.lru_head
         for i in range(nf, n):
             out[i] = b
-            _paged_prefetch(&self.meta[b])
+            kv_prefetch(&self.meta[b])
             b = self.lru[b].next
         for i in range(nf, n):
-            _paged_prefetch(&self.t.index[self.meta[out[i]].lo & self.t.mask])
+            kv_prefetch(&self.t.index[self.meta[out[i]].lo & self.t.mask])
         for i in range(nf, n):
             b = <int32_t>out[i]
             self._lru_unlink_locked(b)
@@ -1056,7 +1090,7 @@ cdef class PagedBlocks:
         """Verify refcounts, the free stack, the LRU list and the prefix table (for tests)."""
         cdef Py_ssize_t i, n = self.num_blocks, k, nzero = 0, nreg = 0, used = 0
         cdef int32_t b, prev
-        cdef uint64_t j
+        cdef bint hit
         seen = _paged_np.zeros(n, dtype=_paged_np.uint8)
         cdef uint8_t[::1] mark = seen
         with cython.critical_section(self):
@@ -1112,8 +1146,7 @@ cdef class PagedBlocks:
                     continue
                 if self.t.ent[i].hash != self.meta[i].lo:
                     raise AssertionError(f"block {i} has a stale table hash")
-                j = self.meta[i].lo & self.t.mask
-                while self.t.index[j] != i:
-                    if self.t.index[j] == SLOT_EMPTY:
-                        raise AssertionError(f"cached block {i} is not reachable in the table")
-                    j = (j + 1) & self.t.mask
+                b = <int32_t>i
+                probe(self.t.index, self.meta[i].lo, self.t.mask, &b, _paged_step_id, &hit)
+                if not hit:
+                    raise AssertionError(f"cached block {i} is not reachable in the table")

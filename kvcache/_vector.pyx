@@ -13,8 +13,9 @@
 #            word, entry}: a probe compares keys inside the slot, so finding a key costs one
 #            cache miss. The engine's index holds only entry numbers and confirms through the
 #            entry record, a second dependent miss that halved batch lookup speed (measured
-#            side by side: 12 vs 27 M keys/s). Linear probing with backward-shift deletion, so
-#            no tombstones pile up under constant eviction;
+#            side by side: 12 vs 27 M keys/s). The engine's probe loop (`probe`) and mixer
+#            (`mix_hash`) with this index's own slot comparison (`_vec_step_key`); linear
+#            probing with backward-shift deletion, so no tombstones pile up under eviction;
 #   hi       entry -> full high word of a 128-bit digest, compared on a slot match (skipped
 #            while every stored key and the probe have a zero high word); the entry record's
 #            `hash` field holds the low word, to find an evicted entry's slot.
@@ -43,17 +44,6 @@ __all__ = ["VectorCache", "digest"]
 import numpy as _vnp
 from operator import index as _vindex
 from os import urandom as _vurandom
-
-cdef extern from *:
-    """
-    #if defined(__GNUC__) || defined(__clang__)
-    #define KV_VEC_PREFETCH(p) __builtin_prefetch((const void *)(p), 1, 3)
-    #else
-    #define KV_VEC_PREFETCH(p) ((void)0)
-    #endif
-    """
-    void KV_VEC_PREFETCH(const void *p) noexcept nogil
-
 
 # ---------------------------------------------------------------------------------------------
 # digest
@@ -176,14 +166,45 @@ _VEC_POLICIES = {"lru": POLICY_LRU, "fifo": POLICY_FIFO, "lfu": POLICY_LFU, "rr"
 _VEC_KEY_ERROR = "VectorCache keys must be integers (int64/uint64), or (n, 2) uint64 digests"
 
 
-cdef inline uint64_t _vec_mix(uint64_t k) noexcept nogil:
-    # MurmurHash3's fmix64: sequential or structured integer keys spread over the whole table.
-    k ^= k >> 33
-    k *= 0xff51afd7ed558ccdULL
-    k ^= k >> 33
-    k *= 0xc4ceb9fe1a85ec53ULL
-    k ^= k >> 33
-    return k
+# The probe steps (see `probe` in _core.pxd): the slot array is the table.
+
+ctypedef struct _vec_key_t:
+    uint64_t lo
+    uint64_t hi
+    const uint64_t *his    # entry -> high word; NULL while no high word needs comparing
+
+
+cdef int _vec_step_key(const void *table, uint64_t slot, const void *key) noexcept nogil:
+    cdef const kv_vslot_t *s = &(<const kv_vslot_t *>table)[slot]
+    cdef const _vec_key_t *q = <const _vec_key_t *>key
+    if s.entry < 0:
+        return PROBE_EMPTY
+    if s.lo == q.lo and s.hi32 == <uint32_t>q.hi and (q.his == NULL or q.his[s.entry] == q.hi):
+        return PROBE_HIT
+    return PROBE_ON
+
+
+cdef inline Py_ssize_t _vec_probe(const kv_vslot_t *slots, uint64_t mask, const uint64_t *his,
+                                  bint any_hi, uint64_t home, uint64_t lo, uint64_t hi,
+                                  bint *hit) noexcept nogil:
+    # The slot holding (lo, hi), or else the first empty slot of its run (insert there). The
+    # high word is compared in full only when some key has one (any_hi: a stored key does).
+    cdef _vec_key_t q
+    q.lo = lo
+    q.hi = hi
+    q.his = his if (hi != 0 or any_hi) else NULL
+    return probe(slots, home, mask, &q, _vec_step_key, hit)
+
+
+cdef int _vec_step_entry(const void *table, uint64_t slot, const void *key) noexcept nogil:
+    cdef entry_t e = (<const kv_vslot_t *>table)[slot].entry
+    if e == (<const entry_t *>key)[0]:
+        return PROBE_HIT
+    return PROBE_EMPTY if e < 0 else PROBE_ON
+
+
+cdef int _vec_step_free(const void *table, uint64_t slot, const void *key) noexcept nogil:
+    return PROBE_EMPTY if (<const kv_vslot_t *>table)[slot].entry < 0 else PROBE_ON
 
 
 cdef object _vec_size(str name, object value):
@@ -363,18 +384,17 @@ cdef class VectorCache:
     # -- index ------------------------------------------------------------------------------
 
     cdef inline uint64_t _home(self, uint64_t lo) noexcept nogil:
-        return _vec_mix(lo ^ self.t.seed) & self._mask
+        # The engine's mixer: sequential or structured keys spread over the whole table.
+        return mix_hash(<Py_hash_t>lo, self.t.seed) & self._mask
 
-    cdef inline entry_t _find_from(self, uint64_t j, uint64_t lo, uint64_t hi) noexcept nogil:
-        cdef kv_vslot_t *s
-        cdef bint check_hi = hi != 0 or self._nhi != 0
-        while True:
-            s = &self._slots[j]
-            if s.entry < 0:
-                return ENTRY_NONE
-            if s.lo == lo and s.hi32 == <uint32_t>hi and (not check_hi or self._hi[s.entry] == hi):
-                return s.entry
-            j = (j + 1) & self._mask
+    cdef inline Py_ssize_t _probe_from(self, uint64_t home, uint64_t lo, uint64_t hi,
+                                       bint *hit) noexcept nogil:
+        return _vec_probe(self._slots, self._mask, self._hi, self._nhi != 0, home, lo, hi, hit)
+
+    cdef inline entry_t _find_from(self, uint64_t home, uint64_t lo, uint64_t hi) noexcept nogil:
+        cdef bint hit
+        cdef Py_ssize_t i = self._probe_from(home, lo, hi, &hit)
+        return self._slots[i].entry if hit else ENTRY_NONE
 
     cdef inline entry_t _find(self, uint64_t lo, uint64_t hi) noexcept nogil:
         return self._find_from(self._home(lo), lo, hi)
@@ -382,10 +402,13 @@ cdef class VectorCache:
     cdef void _remove_slot(self, entry_t e) noexcept nogil:
         # Backward-shift deletion: pull later members of the probe run into the hole when their
         # home is not between the hole and their position, so every run stays unbroken.
-        cdef uint64_t i = self._home(self.t.ent[e].hash), j, home, mask = self._mask
-        while self._slots[i].entry != e:
-            i = (i + 1) & mask
-        j = i
+        cdef uint64_t i, j, home, mask = self._mask
+        cdef bint hit
+        cdef Py_ssize_t slot = probe(self._slots, self._home(self.t.ent[e].hash), mask, &e,
+                                     _vec_step_entry, &hit)
+        if not hit:
+            return                        # not indexed: only a corrupt table gets here
+        i = j = <uint64_t>slot
         while True:
             j = (j + 1) & mask
             if self._slots[j].entry < 0:
@@ -404,20 +427,19 @@ cdef class VectorCache:
             self._nhi -= 1
         table_put_free(&self.t, e)
 
-    cdef entry_t _insert_locked(self, uint64_t lo, uint64_t hi) noexcept nogil:
-        # The key is absent; make room by the policy, then link it as the newest entry.
+    cdef entry_t _insert_locked(self, uint64_t lo, uint64_t hi, Py_ssize_t slot) noexcept nogil:
+        # The key is absent and `slot` is the empty slot its probe ended on; make room by the
+        # policy (the deletion moves slots: look again), then link it as the newest entry.
         cdef entry_t e
-        cdef uint64_t j
+        cdef bint hit
         if self.t.free_head == ENTRY_NONE:
             self._remove_locked(order_victim(&self.o, &self.t))
             self._evictions += 1
+            slot = probe(self._slots, self._home(lo), self._mask, NULL, _vec_step_free, &hit)
         e = table_take_free(&self.t)
-        j = self._home(lo)
-        while self._slots[j].entry >= 0:
-            j = (j + 1) & self._mask
-        self._slots[j].lo = lo
-        self._slots[j].hi32 = <uint32_t>hi
-        self._slots[j].entry = e
+        self._slots[slot].lo = lo
+        self._slots[slot].hi32 = <uint32_t>hi
+        self._slots[slot].entry = e
         self.t.ent[e].hash = lo
         self._hi[e] = hi
         if hi != 0:
@@ -434,19 +456,27 @@ cdef class VectorCache:
         # flight: hash every key (rows[] holds home slots meanwhile); probe with the slot of key
         # i+D prefetched; then refresh the policy with the entry records an LRU move rewrites
         # prefetched (stale hints are harmless).
-        cdef Py_ssize_t i
+        # The table's fields are read into locals once: stores through rows[] could alias
+        # them, and the compiler would load them again for every key.
+        cdef Py_ssize_t i, slot
         cdef uint64_t hi = 0, nhits = 0
+        cdef uint64_t seed = self.t.seed, mask = self._mask
+        cdef const kv_vslot_t *slots = self._slots
+        cdef const uint64_t *his = self._hi
+        cdef bint any_hi = self._nhi != 0, hit
         cdef entry_t e
         cdef int64_t r
         cdef entry_rec *rec
         for i in range(n):
-            rows[i] = <int64_t>self._home(keys[i * stride])
+            rows[i] = <int64_t>(mix_hash(<Py_hash_t>keys[i * stride], seed) & mask)
         for i in range(n):
             if i + _VEC_PREFETCH < n:
-                KV_VEC_PREFETCH(&self._slots[rows[i + _VEC_PREFETCH]])
+                kv_prefetch(&slots[rows[i + _VEC_PREFETCH]])
             if stride == 2:
                 hi = keys[2 * i + 1]
-            e = self._find_from(<uint64_t>rows[i], keys[i * stride], hi)
+            slot = _vec_probe(slots, mask, his, any_hi, <uint64_t>rows[i], keys[i * stride], hi,
+                              &hit)
+            e = slots[slot].entry if hit else ENTRY_NONE
             rows[i] = e
             found[i] = e >= 0
             nhits += e >= 0
@@ -458,13 +488,13 @@ cdef class VectorCache:
             return
         for i in range(n):
             if i + _VEC_PREFETCH < n and rows[i + _VEC_PREFETCH] >= 0:
-                KV_VEC_PREFETCH(&self.t.ent[rows[i + _VEC_PREFETCH]])
+                kv_prefetch(&self.t.ent[rows[i + _VEC_PREFETCH]])
             if i + _VEC_PREFETCH // 2 < n and rows[i + _VEC_PREFETCH // 2] >= 0:
                 rec = &self.t.ent[rows[i + _VEC_PREFETCH // 2]]
                 if rec.prev >= 0:
-                    KV_VEC_PREFETCH(&self.t.ent[rec.prev])
+                    kv_prefetch(&self.t.ent[rec.prev])
                 if rec.next >= 0:
-                    KV_VEC_PREFETCH(&self.t.ent[rec.next])
+                    kv_prefetch(&self.t.ent[rec.next])
             r = rows[i]
             if r >= 0:
                 order_touch(&self.o, &self.t, <entry_t>r)
@@ -473,7 +503,7 @@ cdef class VectorCache:
         cdef Py_ssize_t i, rb = self._rowbytes
         for i in range(n):
             if i + 4 < n and rows[i + 4] >= 0:
-                KV_VEC_PREFETCH(self._slab_p + rows[i + 4] * rb)
+                kv_prefetch(self._slab_p + rows[i + 4] * rb)
             if rows[i] >= 0:
                 memcpy(out + i * rb, self._slab_p + rows[i] * rb, rb)
 
@@ -482,17 +512,20 @@ cdef class VectorCache:
         cdef Py_ssize_t i, rb = self._rowbytes
         cdef entry_t e
         cdef uint64_t lo, hi = 0
+        cdef Py_ssize_t slot
+        cdef bint hit
         for i in range(n):
             if i + _VEC_PREFETCH < n:
-                KV_VEC_PREFETCH(&self._slots[self._home(keys[(i + _VEC_PREFETCH) * stride])])
+                kv_prefetch(&self._slots[self._home(keys[(i + _VEC_PREFETCH) * stride])])
             lo = keys[i * stride]
             if stride == 2:
                 hi = keys[2 * i + 1]
-            e = self._find(lo, hi)
-            if e >= 0:
+            slot = self._probe_from(self._home(lo), lo, hi, &hit)
+            if hit:
+                e = self._slots[slot].entry
                 order_update(&self.o, &self.t, e)
             else:
-                e = self._insert_locked(lo, hi)
+                e = self._insert_locked(lo, hi, slot)
             memcpy(self._slab_p + e * rb, src + i * rb, rb)
 
     # -- Python API ---------------------------------------------------------------------------
