@@ -360,7 +360,7 @@ cdef inline int64_t _ghost_age(uint64_t* table, uint64_t mask, uint64_t h, int64
     return <int64_t>((<uint64_t>clock - v) & 0x7FFFFFFF)
 
 
-cdef int _ghost_check(tlfu_regions_t* g, entry_rec* ent, uint64_t h) noexcept nogil:
+cdef inline int _ghost_check(tlfu_regions_t* g, entry_rec* ent, uint64_t h) noexcept nogil:
     """Adapt the window to a ghost hit of h; return 1 (window ghost: to probation), 2 (main) or 0."""
     cdef double nw = <double>(g.nwin if g.nwin < g.gcap else g.gcap)
     cdef double nm = <double>(g.nmev if g.nmev < g.gcap else g.gcap)
