@@ -46,56 +46,44 @@ cdef struct table_t:
     entry_t free_head         # first free entry number
     uint64_t seed             # MurmurHash seed
 
-cdef struct tlfu_shadow_t:
-    # A miniature W-TinyLFU over the sampled keys (kvcache/_tinylfu.pyx): no keys, only hashes.
-    uint64_t* hs              # slot -> key hash (slots 0..count-1 are live)
-    int32_t* prev             # slot -> previous slot in its region's list
-    int32_t* next
-    int8_t* region
-    int32_t* index            # open addressing over hs: slot or -1
-    uint64_t imask
-    uint64_t* gwin            # the shadow's own ghosts, as the real cache's
-    uint64_t* gmain
-    uint64_t gwmask
-    uint64_t gmmask
-    int32_t head[3]
-    int32_t tail[3]
+cdef struct tlfu_regions_t:
+    # The region bookkeeping of one W-TinyLFU (kvcache/_tinylfu.pyx), the real cache's and each
+    # shadow's alike: three LRU lists linked through an entry_rec array that the owner passes
+    # (the table's t.ent; a shadow's own), their targets, and the two ghost tables.
+    int8_t* region            # entry -> its region (bits 0-1); the real cache: pending hits (bits 2-5)
+    entry_t head[3]           # per region: least recent entry
+    entry_t tail[3]           # per region: most recent entry
     Py_ssize_t size[3]
-    Py_ssize_t count
-    double wf
-    Py_ssize_t wmax
-    Py_ssize_t protmax
-    int64_t gcap
-    int64_t reach             # the setting it tries: window ghosts this young go to probation
-    int64_t nwin
-    int64_t nmev
+    Py_ssize_t protmax        # protected target
+    Py_ssize_t wmax           # window target
+    double wf                 # window target before rounding (moved by ghost hits)
+    Py_ssize_t cap            # entries the regions may hold: sizes the targets
+    uint64_t* gwin            # ghosts of candidates the admission rejected
+    uint64_t* gmain           # ghosts of entries evicted from the main region
+    uint64_t gwmask           # slots of gwin - 1
+    uint64_t gmmask           # slots of gmain - 1
+    int64_t gcap              # a ghost counts while younger than this many events of its clock
+    int64_t reach             # a window ghost younger than this goes straight to probation
+    int64_t nwin              # window insertions so far (the clock of gwin)
+    int64_t nmev              # main evictions so far (the clock of gmain)
+
+cdef struct tlfu_shadow_t:
+    # A miniature W-TinyLFU over the sampled keys: no keys, only hashes.  Its slots are a
+    # table_t's entries (the hash and the region links; no tags; slots 0..count-1 are live).
+    tlfu_regions_t rg
+    table_t t
     int64_t hits              # hits in the current epoch
     double score              # decayed hits of past epochs
 
 cdef struct tinylfu_t:
-    # Adaptive W-TinyLFU (kvcache/_tinylfu.pyx): regions are lists through table_t.prev/next.
-    int8_t* region            # entry -> its region (bits 0-1) and pending hits (bits 2-5)
-    entry_t head[3]           # per region: least recent entry
-    entry_t tail[3]           # per region: most recent entry
-    Py_ssize_t size[3]
-    Py_ssize_t cap            # entries the cache may hold (maxsize): sizes the regions
-    Py_ssize_t bufcap         # entries the buffers hold now: sizes the sketch and the ghosts
-    Py_ssize_t wmax           # window target
-    Py_ssize_t protmax        # protected target
-    double wf                 # window target before rounding (moved by ghost hits)
+    # Adaptive W-TinyLFU (kvcache/_tinylfu.pyx): regions are lists through table_t.ent's links.
+    tlfu_regions_t rg         # rg.cap: maxsize
     uint64_t* sketch          # count-min sketch: 16 4-bit counters per word
     uint64_t smask            # words - 1
     int64_t sample            # increments between two halvings
     int64_t scount
     uint64_t sthr             # shadows: a key is sampled if bits 8..31 of its hash are below this
-    uint64_t* gwin            # ghost of candidates the admission rejected
-    uint64_t* gmain           # ghost of entries evicted from the main region
-    uint64_t gmask            # slots per ghost table - 1
-    int64_t gcap              # a ghost entry counts while younger than this many events
-    int64_t nwin              # window insertions so far (the clock of gwin)
-    int64_t nmev              # main evictions so far (the clock of gmain)
-    uint64_t gwmask           # slots of gwin - 1 (gmask: of gmain)
-    int64_t reach             # a window ghost younger than this goes straight to probation
+    Py_ssize_t bufcap         # entries the buffers hold now: sizes the sketch and the ghosts
     tlfu_shadow_t shadow[2]   # miniature simulations of the two reach settings
     Py_ssize_t salloc         # slots per shadow
     Py_ssize_t scap           # entries per shadow: min(cap, salloc)

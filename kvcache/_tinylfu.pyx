@@ -106,7 +106,14 @@ cdef uint64_t _TLFU_ODD = 0x7777777777777777
 
 
 cdef inline uint64_t _tlfu_mix(uint64_t h) noexcept nogil:
-    # MurmurHash3's finalizer: the second hash of the double-hashing scheme
+    # The sketch's index derivation, not a second table hash: it spreads bits of the entry's
+    # hash, already mix_hash'ed, which the table (low bits: slot), the ghosts (high 32 bits) and
+    # the shadow sampling (bits 8-31) use, so that sketch blocks and counters are independent
+    # of them.  One multiply is enough for that; mix_hash here (kv_murmur64a_word(h, 0)), tried
+    # for one mixer, left hit ratios within seed noise (shared/traces, 58 points, seeds 1-16:
+    # mean gap to OPT 4.333 -> 4.331, paired difference -0.002 +- 0.003) but cost 26 more
+    # instructions per insertion with eviction (three multiplies, on every increment and both
+    # estimates of a duel), and it would misaddress every counter of a saved sketch.
     h ^= h >> 33
     h *= <uint64_t>0xff51afd7ed558ccd
     h ^= h >> 33
@@ -205,20 +212,20 @@ cdef inline void _sketch_count_n(uint64_t* sketch, uint64_t bmask, uint64_t c, i
 # hits, which leaves them fewer collisions.  On the traces of shared/traces this is as good as
 # immediate counting (seeds 1-32: mean gap to OPT 4.332 against 4.337), and a hit no longer
 # touches the sketch (1 MB at 100k entries: the random line that made a hit slower than LRU's).
-cdef inline void _sketch_settle(tinylfu_t* s, table_t* t, entry_t e) noexcept nogil:
-    """Add entry e's pending hits to the sketch."""
-    cdef int b = <uint8_t>s.region[e]
+cdef inline void _sketch_settle(tinylfu_t* s, entry_rec* ent, entry_t e) noexcept nogil:
+    """Add entry e's pending hits to the sketch (ent: the table's entries)."""
+    cdef int b = <uint8_t>s.rg.region[e]
     if b >= _TLFU_PEND1:
-        _sketch_count_n(s.sketch, s.smask >> 3, _tlfu_mix(t.ent[e].hash), b >> 2)
-        s.region[e] = <int8_t>(b & _TLFU_REGION)
+        _sketch_count_n(s.sketch, s.smask >> 3, _tlfu_mix(ent[e].hash), b >> 2)
+        s.rg.region[e] = <int8_t>(b & _TLFU_REGION)
 
 
 cdef void _sketch_settle_all(tinylfu_t* s, table_t* t) noexcept nogil:
     """Settle every entry (free entries have no pending hits)."""
     cdef Py_ssize_t e
     for e in range(t.capacity):
-        if <uint8_t>s.region[e] >= _TLFU_PEND1:
-            _sketch_settle(s, t, <entry_t>e)
+        if <uint8_t>s.rg.region[e] >= _TLFU_PEND1:
+            _sketch_settle(s, t.ent, <entry_t>e)
 
 
 cdef void _sketch_halve(tinylfu_t* s, table_t* t) noexcept nogil:
@@ -264,63 +271,89 @@ cdef inline void _sketch_increment(tinylfu_t* s, table_t* t, uint64_t h) noexcep
     _sketch_tick(s, t)
 
 
-cdef inline void _region_unlink(tinylfu_t* s, table_t* t, entry_t e) noexcept nogil:
-    cdef int r = s.region[e] & _TLFU_REGION
-    cdef entry_t p = t.ent[e].prev, n = t.ent[e].next
+# ---------------------------------------------------------------------------------------------
+# Regions, targets and ghosts: one tlfu_regions_t, the real cache's (s.rg, linked through the
+# table's entries t.ent) and each shadow's (d.rg, linked through the shadow's own d.t.ent).  The
+# functions take the entries to link through; everything else is the same algorithm for both.
+# ---------------------------------------------------------------------------------------------
+
+cdef inline void _region_unlink(tlfu_regions_t* g, entry_rec* ent, entry_t e) noexcept nogil:
+    cdef int r = g.region[e] & _TLFU_REGION
+    cdef entry_t p = ent[e].prev, n = ent[e].next
     if p == ENTRY_NONE:
-        s.head[r] = n
+        g.head[r] = n
     else:
-        t.ent[p].next = n
+        ent[p].next = n
     if n == ENTRY_NONE:
-        s.tail[r] = p
+        g.tail[r] = p
     else:
-        t.ent[n].prev = p
-    s.size[r] -= 1
+        ent[n].prev = p
+    g.size[r] -= 1
 
 
-cdef inline void _region_append(tinylfu_t* s, table_t* t, int r, entry_t e) noexcept nogil:
-    s.region[e] = <int8_t>((s.region[e] & ~_TLFU_REGION) | r)     # pending hits stay
-    t.ent[e].prev = s.tail[r]
-    t.ent[e].next = ENTRY_NONE
-    if s.tail[r] == ENTRY_NONE:
-        s.head[r] = e
+cdef inline void _region_append(tlfu_regions_t* g, entry_rec* ent, int r, entry_t e) noexcept nogil:
+    g.region[e] = <int8_t>((g.region[e] & ~_TLFU_REGION) | r)     # pending hits stay
+    ent[e].prev = g.tail[r]
+    ent[e].next = ENTRY_NONE
+    if g.tail[r] == ENTRY_NONE:
+        g.head[r] = e
     else:
-        t.ent[s.tail[r]].next = e
-    s.tail[r] = e
-    s.size[r] += 1
+        ent[g.tail[r]].next = e
+    g.tail[r] = e
+    g.size[r] += 1
 
 
-cdef inline void _region_move(tinylfu_t* s, table_t* t, int r, entry_t e) noexcept nogil:
-    _region_unlink(s, t, e)
-    _region_append(s, t, r, e)
+cdef inline void _region_move(tlfu_regions_t* g, entry_rec* ent, int r, entry_t e) noexcept nogil:
+    _region_unlink(g, ent, e)
+    _region_append(g, ent, r, e)
 
 
-cdef void _tlfu_targets(tinylfu_t* s) noexcept nogil:
+cdef inline void _regions_empty(tlfu_regions_t* g) noexcept nogil:
+    cdef int r
+    for r in range(3):
+        g.head[r] = ENTRY_NONE
+        g.tail[r] = ENTRY_NONE
+        g.size[r] = 0
+
+
+cdef inline void _regions_cap(tlfu_regions_t* g, Py_ssize_t cap) noexcept nogil:
+    """Size the regions for cap entries, and the ghosts' reach with them."""
+    cdef int64_t x = <int64_t>(_TLFU_GHOST * cap)
+    g.cap = cap
+    g.gcap = 1 if x < 1 else (x if x < (<int64_t>1 << 30) else (<int64_t>1 << 30))
+
+
+cdef inline void _regions_window0(tlfu_regions_t* g) noexcept nogil:
+    """Start the window target at its initial share of g.cap."""
+    g.wf = <double>(g.cap - <Py_ssize_t>((1.0 - _TLFU_WINDOW0) * g.cap))
+
+
+cdef void _regions_targets(tlfu_regions_t* g) noexcept nogil:
     """Round the window target into [1, cap - 1] and size protected to 80% of the rest."""
-    cdef double hi = <double>(s.cap - 1) if s.cap - 1 >= 1 else 1.0
+    cdef double hi = <double>(g.cap - 1) if g.cap - 1 >= 1 else 1.0
     cdef Py_ssize_t m
-    if s.wf < 1.0:
-        s.wf = 1.0
-    if s.wf > hi:
-        s.wf = hi
-    s.wmax = <Py_ssize_t>s.wf
-    m = s.cap - s.wmax
+    if g.wf < 1.0:
+        g.wf = 1.0
+    if g.wf > hi:
+        g.wf = hi
+    g.wmax = <Py_ssize_t>g.wf
+    m = g.cap - g.wmax
     if m < 0:
         m = 0
-    s.protmax = <Py_ssize_t>(_TLFU_PROTECTED * m)
+    g.protmax = <Py_ssize_t>(_TLFU_PROTECTED * m)
 
 
-cdef void _tlfu_set_targets(tinylfu_t* s, table_t* t) noexcept nogil:
+cdef void _regions_set_targets(tlfu_regions_t* g, entry_rec* ent) noexcept nogil:
     """Recompute the targets and demote protected overflow to probation."""
-    _tlfu_targets(s)
-    while s.size[TLFU_PROTECTED] > s.protmax:
-        _region_move(s, t, TLFU_PROBATION, s.head[TLFU_PROTECTED])
+    _regions_targets(g)
+    while g.size[TLFU_PROTECTED] > g.protmax:
+        _region_move(g, ent, TLFU_PROBATION, g.head[TLFU_PROTECTED])
 
 
-cdef inline uint64_t _ghost_slot(uint64_t h, int64_t clock) noexcept nogil:
+cdef inline void _ghost_add(uint64_t* table, uint64_t mask, uint64_t h, int64_t clock) noexcept nogil:
     # high 32 bits: the fingerprint (its low bits are also the slot number); bit 31: occupied;
     # low 31 bits: the ghost's clock when recorded (compared modulo 2**31, gcap < 2**30)
-    return ((h >> 32) << 32) | <uint64_t>0x80000000 | (<uint64_t>clock & 0x7FFFFFFF)
+    table[(h >> 32) & mask] = ((h >> 32) << 32) | <uint64_t>0x80000000 | (<uint64_t>clock & 0x7FFFFFFF)
 
 
 cdef inline int64_t _ghost_age(uint64_t* table, uint64_t mask, uint64_t h, int64_t clock) noexcept nogil:
@@ -334,184 +367,166 @@ cdef inline int64_t _ghost_age(uint64_t* table, uint64_t mask, uint64_t h, int64
     return <int64_t>((<uint64_t>clock - v) & 0x7FFFFFFF)
 
 
-cdef int _tlfu_ghost_check(tinylfu_t* s, table_t* t, uint64_t h) noexcept nogil:
+cdef inline int _ghost_check(tlfu_regions_t* g, entry_rec* ent, uint64_t h) noexcept nogil:
     """Adapt the window to a ghost hit of h; return 1 (window ghost: to probation), 2 (main) or 0."""
-    cdef double nw = <double>(s.nwin if s.nwin < s.gcap else s.gcap)
-    cdef double nm = <double>(s.nmev if s.nmev < s.gcap else s.gcap)
+    cdef double nw = <double>(g.nwin if g.nwin < g.gcap else g.gcap)
+    cdef double nm = <double>(g.nmev if g.nmev < g.gcap else g.gcap)
     cdef double d
-    cdef int64_t age = _ghost_age(s.gwin, s.gwmask, h, s.nwin)
-    if 0 <= age < s.gcap:
+    cdef int64_t age = _ghost_age(g.gwin, g.gwmask, h, g.nwin)
+    if 0 <= age < g.gcap:
         d = nm / nw if nw > 0 else 1.0
-        s.wf += d if d > 1.0 else 1.0
-        _tlfu_set_targets(s, t)
+        g.wf += d if d > 1.0 else 1.0
+        _regions_set_targets(g, ent)
         return 1
-    if 0 <= age < s.reach:
+    if 0 <= age < g.reach:
         return 1
-    age = _ghost_age(s.gmain, s.gmask, h, s.nmev)
-    if 0 <= age < s.gcap:
+    age = _ghost_age(g.gmain, g.gmmask, h, g.nmev)
+    if 0 <= age < g.gcap:
         d = nw / nm if nm > 0 else 1.0
-        s.wf -= d if d > 1.0 else 1.0
-        _tlfu_set_targets(s, t)
+        g.wf -= d if d > 1.0 else 1.0
+        _regions_set_targets(g, ent)
         return 2
     return 0
+
+
+cdef inline void _region_admit(tlfu_regions_t* g, entry_rec* ent, entry_t e, int ghost) noexcept nogil:
+    """Link the new entry e (ghost: what _ghost_check said of its key)."""
+    # a key the admission rejected that is back within reach has proven its reuse: like ARC's
+    # recency-ghost hit (and S3-FIFO's ghost hit) it skips the window, straight to probation
+    _region_append(g, ent, TLFU_PROBATION if ghost == 1 else TLFU_WINDOW, e)
+    g.nwin += 1
+    # the window may be above a target that just shrank: its oldest go to probation unjudged
+    while g.size[TLFU_WINDOW] > g.wmax:
+        _region_move(g, ent, TLFU_PROBATION, g.head[TLFU_WINDOW])
+
+
+cdef inline entry_t _regions_victim(tinylfu_t* s, tlfu_regions_t* g, entry_rec* ent,
+                                    bint pending) noexcept nogil:
+    """Choose the entry to evict for one insertion; a winning candidate moves to probation.
+
+    pending: g holds pending hits (the real cache's), settled before the duel reads them."""
+    cdef entry_t cand, vic = g.head[TLFU_PROBATION]
+    cdef Py_ssize_t main = g.size[TLFU_PROBATION] + g.size[TLFU_PROTECTED]
+    if vic == ENTRY_NONE:
+        vic = g.head[TLFU_PROTECTED]
+    if g.size[TLFU_WINDOW] >= 1 and (g.size[TLFU_WINDOW] >= g.wmax or main == 0):
+        # the insertion will push the window's oldest out: the admission duel
+        cand = g.head[TLFU_WINDOW]
+        if pending:
+            _sketch_settle(s, ent, cand)
+            if vic != ENTRY_NONE:
+                _sketch_settle(s, ent, vic)
+        # a margin of one: estimates off by a collision or two do not churn loops and scans
+        if vic != ENTRY_NONE and (_sketch_estimate(s, ent[cand].hash)
+                                  > _sketch_estimate(s, ent[vic].hash) + 1):
+            _region_move(g, ent, TLFU_PROBATION, cand)
+            _ghost_add(g.gmain, g.gmmask, ent[vic].hash, g.nmev)
+            g.nmev += 1
+            return vic
+        _ghost_add(g.gwin, g.gwmask, ent[cand].hash, g.nwin)
+        return cand
+    # the window is below its target (it just grew): main gives up its oldest
+    _ghost_add(g.gmain, g.gmmask, ent[vic].hash, g.nmev)
+    g.nmev += 1
+    return vic
+
+
+cdef inline void _region_swap_in(tlfu_regions_t* g, entry_rec* ent, entry_t e) noexcept nogil:
+    """Promote probation's e into a full protected, whose least recent goes to probation's end.
+
+    What _region_move does for the two entries, with the regions' ends held in locals: the
+    compiler must otherwise reload them after every store (an int8 store may alias anything).
+    """
+    cdef entry_t bh = g.head[TLFU_PROBATION], bt = g.tail[TLFU_PROBATION]
+    cdef entry_t d = g.head[TLFU_PROTECTED], pt = g.tail[TLFU_PROTECTED]
+    cdef entry_t p = ent[e].prev, n = ent[e].next, dn
+    if p == ENTRY_NONE:                  # e leaves probation
+        bh = n
+    else:
+        ent[p].next = n
+    if n == ENTRY_NONE:
+        bt = p
+    else:
+        ent[n].prev = p
+    ent[e].prev = pt                     # e joins protected (not empty: it is full)
+    ent[e].next = ENTRY_NONE
+    ent[pt].next = e
+    dn = ent[d].next                     # d leaves protected (e follows it at least)
+    ent[dn].prev = ENTRY_NONE
+    ent[d].prev = bt                     # d joins probation
+    ent[d].next = ENTRY_NONE
+    if bt == ENTRY_NONE:
+        bh = d
+    else:
+        ent[bt].next = d
+    g.head[TLFU_PROBATION] = bh
+    g.tail[TLFU_PROBATION] = d
+    g.head[TLFU_PROTECTED] = dn
+    g.tail[TLFU_PROTECTED] = e
+    g.region[e] = <int8_t>((g.region[e] & ~_TLFU_REGION) | TLFU_PROTECTED)
+    g.region[d] = <int8_t>((g.region[d] & ~_TLFU_REGION) | TLFU_PROBATION)
+
+
+cdef void _cold_promote(void* gp, void* ep, int32_t e) noexcept nogil:
+    """Move probation's e to protected, then demote protected's overflow (see _region_hit)."""
+    cdef tlfu_regions_t* g = <tlfu_regions_t*>gp
+    cdef entry_rec* ent = <entry_rec*>ep
+    _region_move(g, ent, TLFU_PROTECTED, e)
+    while g.size[TLFU_PROTECTED] > g.protmax:
+        _region_move(g, ent, TLFU_PROBATION, g.head[TLFU_PROTECTED])
+
+
+kv_cold_promote = _cold_promote
+
+
+cdef inline void _region_hit(tlfu_regions_t* g, entry_rec* ent, entry_t e, int r) noexcept nogil:
+    """Move e (in region r) for a hit: probation promotes to protected, else to its region's end."""
+    if r == TLFU_PROBATION:
+        if g.size[TLFU_PROTECTED] == g.protmax and g.protmax > 0:
+            _region_swap_in(g, ent, e)   # the steady state: protected is full
+        else:
+            kv_cold_promote(g, ent, e)
+    elif g.tail[r] != e:
+        _region_move(g, ent, r, e)
 
 
 # ---------------------------------------------------------------------------------------------
 # Miniature simulations (Waldspurger et al., USENIX ATC 2017): two shadow W-TinyLFU caches,
 # identical but for the reach of the window ghost, replay the sampled keys (all keys up to
 # _TLFU_SHADOW entries, else a hash-chosen share scaled to that size) using the real sketch.
-# The cache takes the reach of the one with more (decayed) hits.
+# The cache takes the reach of the one with more (decayed) hits.  A shadow's slots are a
+# table_t without tags: its index is probed and shifted by the engine's own table functions.
 # ---------------------------------------------------------------------------------------------
 
-cdef inline void _sh_unlink(tlfu_shadow_t* d, int32_t e) noexcept nogil:
-    cdef int r = d.region[e]
-    cdef int32_t p = d.prev[e], n = d.next[e]
-    if p < 0:
-        d.head[r] = n
-    else:
-        d.next[p] = n
-    if n < 0:
-        d.tail[r] = p
-    else:
-        d.prev[n] = p
-    d.size[r] -= 1
-
-
-cdef inline void _sh_append(tlfu_shadow_t* d, int r, int32_t e) noexcept nogil:
-    d.region[e] = <int8_t>r
-    d.prev[e] = d.tail[r]
-    d.next[e] = -1
-    if d.tail[r] < 0:
-        d.head[r] = e
-    else:
-        d.next[d.tail[r]] = e
-    d.tail[r] = e
-    d.size[r] += 1
-
-
-cdef inline void _sh_move(tlfu_shadow_t* d, int r, int32_t e) noexcept nogil:
-    _sh_unlink(d, e)
-    _sh_append(d, r, e)
-
-
-cdef void _sh_targets(tinylfu_t* s, tlfu_shadow_t* d) noexcept nogil:
-    """_tlfu_set_targets for a shadow of s.scap entries."""
-    cdef double hi = <double>(s.scap - 1) if s.scap - 1 >= 1 else 1.0
-    cdef Py_ssize_t m
-    if d.wf < 1.0:
-        d.wf = 1.0
-    if d.wf > hi:
-        d.wf = hi
-    d.wmax = <Py_ssize_t>d.wf
-    m = s.scap - d.wmax
-    if m < 0:
-        m = 0
-    d.protmax = <Py_ssize_t>(_TLFU_PROTECTED * m)
-    while d.size[TLFU_PROTECTED] > d.protmax:
-        _sh_move(d, TLFU_PROBATION, d.head[TLFU_PROTECTED])
-
-
-cdef int _sh_ghost_check(tlfu_shadow_t* d, tinylfu_t* s, uint64_t h) noexcept nogil:
-    """_tlfu_ghost_check for a shadow."""
-    cdef double nw = <double>(d.nwin if d.nwin < d.gcap else d.gcap)
-    cdef double nm = <double>(d.nmev if d.nmev < d.gcap else d.gcap)
-    cdef double x
-    cdef int64_t age = _ghost_age(d.gwin, d.gwmask, h, d.nwin)
-    if 0 <= age < d.gcap:
-        x = nm / nw if nw > 0 else 1.0
-        d.wf += x if x > 1.0 else 1.0
-        _sh_targets(s, d)
-        return 1
-    if 0 <= age < d.reach:
-        return 1
-    age = _ghost_age(d.gmain, d.gmmask, h, d.nmev)
-    if 0 <= age < d.gcap:
-        x = nw / nm if nm > 0 else 1.0
-        d.wf -= x if x > 1.0 else 1.0
-        _sh_targets(s, d)
-        return 2
-    return 0
-
-
-cdef int32_t _sh_victim(tlfu_shadow_t* d, tinylfu_t* s) noexcept nogil:
-    """tinylfu_victim for a shadow."""
-    cdef int32_t cand, vic = d.head[TLFU_PROBATION]
-    cdef Py_ssize_t main = d.size[TLFU_PROBATION] + d.size[TLFU_PROTECTED]
-    if vic < 0:
-        vic = d.head[TLFU_PROTECTED]
-    if d.size[TLFU_WINDOW] >= 1 and (d.size[TLFU_WINDOW] >= d.wmax or main == 0):
-        cand = d.head[TLFU_WINDOW]
-        if vic >= 0 and _sketch_estimate(s, d.hs[cand]) > _sketch_estimate(s, d.hs[vic]) + 1:
-            _sh_move(d, TLFU_PROBATION, cand)
-            d.gmain[(d.hs[vic] >> 32) & d.gmmask] = _ghost_slot(d.hs[vic], d.nmev)
-            d.nmev += 1
-            return vic
-        d.gwin[(d.hs[cand] >> 32) & d.gwmask] = _ghost_slot(d.hs[cand], d.nwin)
-        return cand
-    d.gmain[(d.hs[vic] >> 32) & d.gmmask] = _ghost_slot(d.hs[vic], d.nmev)
-    d.nmev += 1
-    return vic
-
-
-cdef inline Py_ssize_t _sh_find(tlfu_shadow_t* d, uint64_t h) noexcept nogil:
-    """Return h's position in the shadow's index, or -1 - the free position where it would go."""
-    cdef uint64_t i = h & d.imask
-    cdef int32_t v
-    while True:
-        v = d.index[i]
-        if v < 0:
-            return -1 - <Py_ssize_t>i
-        if d.hs[v] == h:
-            return <Py_ssize_t>i
-        i = (i + 1) & d.imask
-
-
-cdef void _sh_index_remove(tlfu_shadow_t* d, uint64_t i) noexcept nogil:
-    """Empty position i by backward-shift deletion (no tombstones, as table_remove_slot)."""
-    cdef uint64_t j = i
-    cdef int32_t v
-    while True:
-        j = (j + 1) & d.imask
-        v = d.index[j]
-        if v < 0:
-            break
-        if ((j - (d.hs[v] & d.imask)) & d.imask) >= ((j - i) & d.imask):
-            d.index[i] = v             # its home is at or before the hole: it may move back
-            i = j
-    d.index[i] = -1
+cdef int _step_shadow(const void* table, uint64_t slot, const void* key) noexcept nogil:
+    cdef const table_t* t = <const table_t*>table
+    cdef int32_t e = t.index[slot]
+    if e == SLOT_EMPTY:
+        return PROBE_EMPTY
+    return PROBE_HIT if t.ent[e].hash == (<const uint64_t*>key)[0] else PROBE_ON
 
 
 cdef int _sh_access(tlfu_shadow_t* d, tinylfu_t* s, uint64_t h) noexcept nogil:
     """One access of a shadow (look up; on a miss insert, evicting first); return 1 on a hit."""
-    cdef Py_ssize_t pos = _sh_find(d, h)
-    cdef int32_t e
-    cdef int r
-    if pos >= 0:
-        e = d.index[pos]
-        r = d.region[e]
-        if r == TLFU_PROBATION:
-            _sh_move(d, TLFU_PROTECTED, e)
-            while d.size[TLFU_PROTECTED] > d.protmax:
-                _sh_move(d, TLFU_PROBATION, d.head[TLFU_PROTECTED])
-        elif d.tail[r] != e:
-            _sh_move(d, r, e)
+    cdef bint hit
+    cdef Py_ssize_t pos = probe(&d.t, h, d.t.mask, &h, _step_shadow, &hit)
+    cdef entry_t e
+    if hit:
+        e = d.t.index[pos]
+        _region_hit(&d.rg, d.t.ent, e, d.rg.region[e] & _TLFU_REGION)
         return 1
-    if d.count >= s.scap:
-        e = _sh_victim(d, s)           # its slot takes the new key: slots 0..count-1 stay live
-        _sh_unlink(d, e)
-        _sh_index_remove(d, <uint64_t>_sh_find(d, d.hs[e]))
-        d.count -= 1
-        pos = _sh_find(d, h)
+    if d.t.count >= s.scap:
+        e = _regions_victim(s, &d.rg, d.t.ent, False)   # its slot takes the new key: slots
+        _region_unlink(&d.rg, d.t.ent, e)                # 0..count-1 stay live
+        table_remove_slot(&d.t, table_slot_of(&d.t, e))
+        d.t.count -= 1
+        pos = table_probe_free(&d.t, h)
     else:
-        e = <int32_t>d.count
-    d.hs[e] = h
-    d.index[-1 - pos] = e
-    r = _sh_ghost_check(d, s, h)
-    _sh_append(d, TLFU_PROBATION if r == 1 else TLFU_WINDOW, e)
-    d.nwin += 1
-    while d.size[TLFU_WINDOW] > d.wmax:
-        _sh_move(d, TLFU_PROBATION, d.head[TLFU_WINDOW])
-    d.count += 1
+        e = <entry_t>d.t.count
+    d.t.ent[e].hash = h
+    table_put_slot(&d.t, pos, e)
+    _region_admit(&d.rg, d.t.ent, e, _ghost_check(&d.rg, d.t.ent, h))
+    d.t.count += 1
     return 0
 
 
@@ -519,7 +534,7 @@ cdef inline int64_t _tlfu_reach(tinylfu_t* s) noexcept nogil:
     # shadow 0 tries a window-ghost reach of the whole cache, shadow 1 only the adaptation's
     if s.scur != 0:
         return 0
-    return s.cap if s.cap < (<int64_t>1 << 30) else (<int64_t>1 << 30)
+    return s.rg.cap if s.rg.cap < (<int64_t>1 << 30) else (<int64_t>1 << 30)
 
 
 cdef void _tlfu_shadows(tinylfu_t* s, uint64_t h) noexcept nogil:
@@ -542,134 +557,71 @@ cdef void _tlfu_shadows(tinylfu_t* s, uint64_t h) noexcept nogil:
     # between two close settings must not flap the real cache back and forth
     if a.score > b.score + 0.5 and a.score - b.score > sqrt(a.score + b.score + 1.0):
         s.scur = 1 - s.scur
-        s.reach = _tlfu_reach(s)
+        s.rg.reach = _tlfu_reach(s)
 
 
 cdef void _tlfu_shadow_setup(tinylfu_t* s) noexcept nogil:
-    """Size the shadows and the sampling for s.cap and start them empty (the choice stays)."""
+    """Size the shadows and the sampling for s.rg.cap and start them empty (the choice stays)."""
     cdef tlfu_shadow_t* d
-    cdef int k, r
-    cdef int64_t g
-    if s.cap < 1:
+    cdef Py_ssize_t cap = s.rg.cap
+    cdef int k
+    if cap < 1:
         s.scap = 0
         s.sthr = 0
-    elif s.cap <= s.salloc:
-        s.scap = s.cap
+    elif cap <= s.salloc:
+        s.scap = cap
         s.sthr = <uint64_t>1 << 24
     else:
         s.scap = s.salloc
-        s.sthr = ((<uint64_t>s.salloc) << 24) // <uint64_t>s.cap
+        s.sthr = ((<uint64_t>s.salloc) << 24) // <uint64_t>cap
     s.sticks = 0
     for k in range(2):
         d = &s.shadow[k]
-        memset(d.index, 0xFF, (d.imask + 1) * sizeof(int32_t))
-        memset(d.gwin, 0, (d.gwmask + 1) * sizeof(uint64_t))
-        memset(d.gmain, 0, (d.gmmask + 1) * sizeof(uint64_t))
-        for r in range(3):
-            d.head[r] = -1
-            d.tail[r] = -1
-            d.size[r] = 0
-        d.count = 0
-        d.nwin = 0
-        d.nmev = 0
+        memset(d.t.index, 0xFF, (d.t.mask + 1) * sizeof(int32_t))
+        memset(d.rg.gwin, 0, (d.rg.gwmask + 1) * sizeof(uint64_t))
+        memset(d.rg.gmain, 0, (d.rg.gmmask + 1) * sizeof(uint64_t))
+        _regions_empty(&d.rg)
+        d.t.count = 0
+        d.rg.nwin = 0
+        d.rg.nmev = 0
         d.hits = 0
         d.score = 0.0
-        g = <int64_t>(_TLFU_GHOST * s.scap)
-        d.gcap = g if g > 1 else 1
-        d.reach = s.scap if k == 0 else 0
-        d.wf = <double>(s.scap - <Py_ssize_t>((1.0 - _TLFU_WINDOW0) * s.scap))
-        _sh_targets(s, d)
-    s.reach = _tlfu_reach(s)
+        _regions_cap(&d.rg, s.scap)
+        d.rg.reach = s.scap if k == 0 else 0
+        _regions_window0(&d.rg)
+        _regions_set_targets(&d.rg, d.t.ent)
+    s.rg.reach = _tlfu_reach(s)
 
+
+# ---------------------------------------------------------------------------------------------
+# The policy's entry points (order_t.ext)
+# ---------------------------------------------------------------------------------------------
 
 cdef void tinylfu_link_new(order_t* o, table_t* t, entry_t e) noexcept nogil:
     cdef tinylfu_t* s = &o.tl
     cdef uint64_t h = t.ent[e].hash
-    cdef int ghost = _tlfu_ghost_check(s, t, h)
+    cdef int ghost = _ghost_check(&s.rg, t.ent, h)
     if ((h >> 8) & 0xFFFFFF) < s.sthr:
         _tlfu_shadows(s, h)
     _sketch_increment(s, t, h)
-    # a key the admission rejected that is back within reach has proven its reuse: like ARC's
-    # recency-ghost hit (and S3-FIFO's ghost hit) it skips the window, straight to probation
-    _region_append(s, t, TLFU_PROBATION if ghost == 1 else TLFU_WINDOW, e)
-    s.nwin += 1
-    # the window may be above a target that just shrank: its oldest go to probation unjudged
-    while s.size[TLFU_WINDOW] > s.wmax:
-        _region_move(s, t, TLFU_PROBATION, s.head[TLFU_WINDOW])
+    _region_admit(&s.rg, t.ent, e, ghost)
 
 
 cdef void tinylfu_unlink(order_t* o, table_t* t, entry_t e) noexcept nogil:
-    _sketch_settle(&o.tl, t, e)          # its hits stay in the sketch: it may come back
-    _region_unlink(&o.tl, t, e)
-
-
-cdef inline void _tlfu_swap_in(tinylfu_t* s, table_t* t, entry_t e) noexcept nogil:
-    """Promote probation's e into a full protected, whose least recent goes to probation's end.
-
-    What _region_move does for the two entries, with the regions' ends held in locals: the
-    compiler must otherwise reload them after every store (an int8 store may alias anything).
-    """
-    cdef entry_rec* ent = t.ent
-    cdef entry_t bh = s.head[TLFU_PROBATION], bt = s.tail[TLFU_PROBATION]
-    cdef entry_t d = s.head[TLFU_PROTECTED], pt = s.tail[TLFU_PROTECTED]
-    cdef entry_t p = ent[e].prev, n = ent[e].next, dn
-    if p == ENTRY_NONE:                  # e leaves probation
-        bh = n
-    else:
-        ent[p].next = n
-    if n == ENTRY_NONE:
-        bt = p
-    else:
-        ent[n].prev = p
-    ent[e].prev = pt                     # e joins protected (not empty: it is full)
-    ent[e].next = ENTRY_NONE
-    ent[pt].next = e
-    dn = ent[d].next                     # d leaves protected (e follows it at least)
-    ent[dn].prev = ENTRY_NONE
-    ent[d].prev = bt                     # d joins probation
-    ent[d].next = ENTRY_NONE
-    if bt == ENTRY_NONE:
-        bh = d
-    else:
-        ent[bt].next = d
-    s.head[TLFU_PROBATION] = bh
-    s.tail[TLFU_PROBATION] = d
-    s.head[TLFU_PROTECTED] = dn
-    s.tail[TLFU_PROTECTED] = e
-    s.region[e] = <int8_t>((s.region[e] & ~_TLFU_REGION) | TLFU_PROTECTED)
-    s.region[d] = <int8_t>((s.region[d] & ~_TLFU_REGION) | TLFU_PROBATION)
-
-
-cdef void _cold_promote(void* sp, void* tp, int32_t e) noexcept nogil:
-    """Move probation's e to protected, then demote protected's overflow (see _tlfu_hit)."""
-    cdef tinylfu_t* s = <tinylfu_t*>sp
-    cdef table_t* t = <table_t*>tp
-    _region_move(s, t, TLFU_PROTECTED, e)
-    while s.size[TLFU_PROTECTED] > s.protmax:
-        _region_move(s, t, TLFU_PROBATION, s.head[TLFU_PROTECTED])
-
-
-kv_cold_promote = _cold_promote
+    _sketch_settle(&o.tl, t.ent, e)      # its hits stay in the sketch: it may come back
+    _region_unlink(&o.tl.rg, t.ent, e)
 
 
 cdef inline void _tlfu_hit(tinylfu_t* s, table_t* t, entry_t e) noexcept nogil:
     """Record a hit on e: a pending count in its region byte, and the move of its region."""
-    cdef int b = s.region[e]
-    cdef int r = b & _TLFU_REGION
+    cdef int b = s.rg.region[e]
     cdef uint64_t h = t.ent[e].hash
     if ((h >> 8) & 0xFFFFFF) < s.sthr:
         _tlfu_shadows(s, h)
     if b < _TLFU_PEND_FULL:
-        b += _TLFU_PEND1
-        s.region[e] = <int8_t>b
+        s.rg.region[e] = <int8_t>(b + _TLFU_PEND1)
     _sketch_tick(s, t)
-    if r == TLFU_PROBATION:
-        if s.size[TLFU_PROTECTED] == s.protmax and s.protmax > 0:
-            _tlfu_swap_in(s, t, e)       # the steady state: protected is full
-        else:
-            kv_cold_promote(s, t, e)
-    elif s.tail[r] != e:
-        _region_move(s, t, r, e)
+    _region_hit(&s.rg, t.ent, e, b & _TLFU_REGION)
 
 
 cdef void tinylfu_touch(order_t* o, table_t* t, entry_t e) noexcept nogil:
@@ -678,41 +630,18 @@ cdef void tinylfu_touch(order_t* o, table_t* t, entry_t e) noexcept nogil:
 
 cdef entry_t tinylfu_victim(order_t* o, table_t* t) noexcept nogil:
     """Choose the entry to evict for one insertion; a winning candidate moves to probation."""
-    cdef tinylfu_t* s = &o.tl
-    cdef entry_t cand, vic = s.head[TLFU_PROBATION]
-    cdef Py_ssize_t main = s.size[TLFU_PROBATION] + s.size[TLFU_PROTECTED]
-    if vic == ENTRY_NONE:
-        vic = s.head[TLFU_PROTECTED]
-    if s.size[TLFU_WINDOW] >= 1 and (s.size[TLFU_WINDOW] >= s.wmax or main == 0):
-        # the insertion will push the window's oldest out: the admission duel
-        cand = s.head[TLFU_WINDOW]
-        _sketch_settle(s, t, cand)
-        if vic != ENTRY_NONE:
-            _sketch_settle(s, t, vic)
-        # a margin of one: estimates off by a collision or two do not churn loops and scans
-        if vic != ENTRY_NONE and (_sketch_estimate(s, t.ent[cand].hash)
-                                  > _sketch_estimate(s, t.ent[vic].hash) + 1):
-            _region_move(s, t, TLFU_PROBATION, cand)
-            s.gmain[(t.ent[vic].hash >> 32) & s.gmask] = _ghost_slot(t.ent[vic].hash, s.nmev)
-            s.nmev += 1
-            return vic
-        s.gwin[(t.ent[cand].hash >> 32) & s.gwmask] = _ghost_slot(t.ent[cand].hash, s.nwin)
-        return cand
-    # the window is below its target (it just grew): main gives up its oldest
-    s.gmain[(t.ent[vic].hash >> 32) & s.gmask] = _ghost_slot(t.ent[vic].hash, s.nmev)
-    s.nmev += 1
-    return vic
+    return _regions_victim(&o.tl, &o.tl.rg, t.ent, True)
 
 
 cdef Py_ssize_t tinylfu_fill(order_t* o, table_t* t, entry_t* out) noexcept nogil:
     """Write probation, protected, then window, each least recent first (roughly eviction order)."""
-    cdef tinylfu_t* s = &o.tl
+    cdef tlfu_regions_t* g = &o.tl.rg
     cdef Py_ssize_t n = 0
     cdef int i
     cdef int[3] regions = [TLFU_PROBATION, TLFU_PROTECTED, TLFU_WINDOW]
     cdef entry_t e
     for i in range(3):
-        e = s.head[regions[i]]
+        e = g.head[regions[i]]
         while e != ENTRY_NONE:
             out[n] = e
             n += 1
@@ -722,45 +651,35 @@ cdef Py_ssize_t tinylfu_fill(order_t* o, table_t* t, entry_t* out) noexcept nogi
 
 cdef str tinylfu_check(order_t* o, table_t* t):
     """Describe the first broken link of the region lists, or return None (for Cache._check)."""
-    cdef tinylfu_t* s = &o.tl
+    cdef tlfu_regions_t* g = &o.tl.rg
     cdef entry_t e, prev
     cdef Py_ssize_t k
     cdef int r
     for r in range(3):
         prev = ENTRY_NONE
-        e = s.head[r]
-        for k in range(s.size[r]):
-            if e < 0 or e >= t.capacity or (s.region[e] & _TLFU_REGION) != r \
+        e = g.head[r]
+        for k in range(g.size[r]):
+            if e < 0 or e >= t.capacity or (g.region[e] & _TLFU_REGION) != r \
                     or t.ent[e].prev != prev:
                 return "region %d is broken at its entry %d" % (r, k)
             prev = e
             e = t.ent[e].next
-        if e != ENTRY_NONE or s.tail[r] != prev:
-            return "region %d does not end at its tail after %d entries" % (r, s.size[r])
+        if e != ENTRY_NONE or g.tail[r] != prev:
+            return "region %d does not end at its tail after %d entries" % (r, g.size[r])
     return None
 
 
 cdef void tinylfu_reset(order_t* o, table_t* t) noexcept nogil:
     """Empty the regions; the sketch (pending hits included), the ghosts and the window target
     keep their history."""
-    cdef int r
     _sketch_settle_all(&o.tl, t)
-    for r in range(3):
-        o.tl.head[r] = ENTRY_NONE
-        o.tl.tail[r] = ENTRY_NONE
-        o.tl.size[r] = 0
-
-
-cdef inline void _tlfu_cap(tinylfu_t* s, Py_ssize_t cap) noexcept nogil:
-    cdef int64_t g = <int64_t>(_TLFU_GHOST * cap)
-    s.cap = cap
-    s.gcap = 1 if g < 1 else (g if g < (<int64_t>1 << 30) else (<int64_t>1 << 30))
+    _regions_empty(&o.tl.rg)
 
 
 cdef void tinylfu_set_cap(order_t* o, table_t* t, Py_ssize_t cap) noexcept nogil:
-    _tlfu_cap(&o.tl, cap)
+    _regions_cap(&o.tl.rg, cap)
     _tlfu_shadow_setup(&o.tl)
-    _tlfu_set_targets(&o.tl, t)
+    _regions_set_targets(&o.tl.rg, t.ent)
 
 
 @cython.final
@@ -809,8 +728,8 @@ cdef void _shadow_alloc(_TinyLFUBuffers b, Py_ssize_t cap):
         isz <<= 1
     b.shadow = []
     for k in range(2):
-        b.shadow.extend([np.zeros(n, dtype=np.uint64), np.zeros(n, dtype=np.int32),
-                         np.zeros(n, dtype=np.int32), np.zeros(n, dtype=np.int8),
+        b.shadow.extend([np.zeros((n, 2), dtype=np.uint64),     # entry_rec: hash, prev, next
+                         np.zeros(n, dtype=np.int8),
                          np.full(isz, -1, dtype=np.int32),
                          np.zeros(_ghost_slots(n, _TLFU_GWIN_DIV), dtype=np.uint64),
                          np.zeros(_ghost_slots(n, _TLFU_GMAIN_DIV), dtype=np.uint64)])
@@ -825,16 +744,18 @@ cdef void _shadow_point(tinylfu_t* s, _TinyLFUBuffers b) noexcept:
     s.salloc = b.shadow_n
     for k in range(2):
         d = &s.shadow[k]
-        d.hs = <uint64_t*>buffer_data(<object>PyList_GET_ITEM(a, 7 * k))
-        d.prev = <int32_t*>buffer_data(<object>PyList_GET_ITEM(a, 7 * k + 1))
-        d.next = <int32_t*>buffer_data(<object>PyList_GET_ITEM(a, 7 * k + 2))
-        d.region = <int8_t*>buffer_data(<object>PyList_GET_ITEM(a, 7 * k + 3))
-        d.index = <int32_t*>buffer_data(<object>PyList_GET_ITEM(a, 7 * k + 4))
-        d.imask = b.shadow_isz - 1
-        d.gwin = <uint64_t*>buffer_data(<object>PyList_GET_ITEM(a, 7 * k + 5))
-        d.gwmask = _ghost_slots(b.shadow_n, _TLFU_GWIN_DIV) - 1
-        d.gmain = <uint64_t*>buffer_data(<object>PyList_GET_ITEM(a, 7 * k + 6))
-        d.gmmask = _ghost_slots(b.shadow_n, _TLFU_GMAIN_DIV) - 1
+        d.t.ent = <entry_rec*>buffer_data(<object>PyList_GET_ITEM(a, 5 * k))
+        d.t.capacity = b.shadow_n
+        d.t.index = <int32_t*>buffer_data(<object>PyList_GET_ITEM(a, 5 * k + 2))
+        d.t.tags = NULL
+        d.t.mask = b.shadow_isz - 1
+        d.t.free_head = ENTRY_NONE       # no free list: slots 0..count-1 are the live ones
+        d.t.seed = 0                     # unused: a shadow stores the real cache's hashes
+        d.rg.region = <int8_t*>buffer_data(<object>PyList_GET_ITEM(a, 5 * k + 1))
+        d.rg.gwin = <uint64_t*>buffer_data(<object>PyList_GET_ITEM(a, 5 * k + 3))
+        d.rg.gwmask = _ghost_slots(b.shadow_n, _TLFU_GWIN_DIV) - 1
+        d.rg.gmain = <uint64_t*>buffer_data(<object>PyList_GET_ITEM(a, 5 * k + 4))
+        d.rg.gmmask = _ghost_slots(b.shadow_n, _TLFU_GMAIN_DIV) - 1
 
 
 cdef object tinylfu_alloc(Py_ssize_t capacity, Py_ssize_t cap, bint fresh):
@@ -883,30 +804,27 @@ cdef void tinylfu_adopt(order_t* o, object new, object old, Py_ssize_t cap) noex
         b.shadow_n = ob.shadow_n
         b.shadow_isz = ob.shadow_isz
     else:
-        s.nwin = 0
-        s.nmev = 0
+        s.rg.nwin = 0
+        s.rg.nmev = 0
         s.scount = 0
         s.scur = 0
-        s.wf = <double>(cap - <Py_ssize_t>((1.0 - _TLFU_WINDOW0) * cap))
-        for j in range(3):
-            s.head[j] = ENTRY_NONE
-            s.tail[j] = ENTRY_NONE
-            s.size[j] = 0
+        _regions_empty(&s.rg)
         _shadow_point(s, b)
-    s.region = <int8_t*>buffer_data(b.region)
+    s.rg.region = <int8_t*>buffer_data(b.region)
     s.sketch = <uint64_t*>buffer_data(b.sketch)
     s.smask = b.words - 1
-    s.gwin = <uint64_t*>buffer_data(b.gwin)
-    s.gwmask = b.nwin_slots - 1
-    s.gmain = <uint64_t*>buffer_data(b.gmain)
-    s.gmask = b.nmain_slots - 1
+    s.rg.gwin = <uint64_t*>buffer_data(b.gwin)
+    s.rg.gwmask = b.nwin_slots - 1
+    s.rg.gmain = <uint64_t*>buffer_data(b.gmain)
+    s.rg.gmmask = b.nmain_slots - 1
     s.bufcap = b.capacity
     floor = b.capacity if b.capacity > _TLFU_SAMPLE_FLOOR else _TLFU_SAMPLE_FLOOR
     s.sample = _TLFU_SAMPLE * floor
-    _tlfu_cap(s, cap)
+    _regions_cap(&s.rg, cap)
     if old is None:
+        _regions_window0(&s.rg)
         _tlfu_shadow_setup(s)
-    _tlfu_targets(s)      # no demotion here: while growing, t still points at the old links
+    _regions_targets(&s.rg)      # no demotion here: while growing, t still points at the old links
 
 
 # ---------------------------------------------------------------------------------------------
@@ -917,7 +835,7 @@ cdef void tinylfu_adopt(order_t* o, object new, object old, Py_ssize_t cap) noex
 #                 insertions, main evictions, sample count, sketch words, main-ghost slots,
 #                 window-ghost slots, chosen shadow
 #   then          the sketch, the window ghosts, the main ghosts
-#   then          hash seed, region capacity (s.cap), shadow slots, the shadows' epoch count,
+#   then          hash seed, region capacity (s.rg.cap), shadow slots, the shadows' epoch count,
 #                 length of the shadow part
 #   then, twice   a shadow: region sizes (3), window target (float64 bits), insertions, main
 #                 evictions, hits, score (float64 bits), window- and main-ghost slots; its hashes
@@ -965,71 +883,74 @@ cdef Py_ssize_t _tlfu_shadow_len(tinylfu_t* s) noexcept nogil:
     cdef Py_ssize_t n = 0
     cdef int k
     for k in range(2):
-        n += _SH_HEADER + s.shadow[k].count + <Py_ssize_t>(s.shadow[k].gwmask + 1) \
-            + <Py_ssize_t>(s.shadow[k].gmmask + 1)
+        n += _SH_HEADER + s.shadow[k].t.count + <Py_ssize_t>(s.shadow[k].rg.gwmask + 1) \
+            + <Py_ssize_t>(s.shadow[k].rg.gmmask + 1)
     return n
 
 
 cdef void _tlfu_shadows_out(tinylfu_t* s, int64_t* out) noexcept nogil:
     cdef tlfu_shadow_t* d
+    cdef tlfu_regions_t* g
     cdef Py_ssize_t q = 0
     cdef int k, r
     cdef int32_t e
     for k in range(2):
         d = &s.shadow[k]
+        g = &d.rg
         for r in range(3):
-            out[q + r] = d.size[r]
-        out[q + 3] = _f64_bits(d.wf)
-        out[q + 4] = d.nwin
-        out[q + 5] = d.nmev
+            out[q + r] = g.size[r]
+        out[q + 3] = _f64_bits(g.wf)
+        out[q + 4] = g.nwin
+        out[q + 5] = g.nmev
         out[q + 6] = d.hits
         out[q + 7] = _f64_bits(d.score)
-        out[q + 8] = <int64_t>(d.gwmask + 1)
-        out[q + 9] = <int64_t>(d.gmmask + 1)
+        out[q + 8] = <int64_t>(g.gwmask + 1)
+        out[q + 9] = <int64_t>(g.gmmask + 1)
         q += _SH_HEADER
         for r in range(3):
-            e = d.head[r]
-            while e >= 0:
-                out[q] = <int64_t>d.hs[e]
+            e = g.head[r]
+            while e != ENTRY_NONE:
+                out[q] = <int64_t>d.t.ent[e].hash
                 q += 1
-                e = d.next[e]
-        memcpy(&out[q], d.gwin, (d.gwmask + 1) * sizeof(uint64_t))
-        q += <Py_ssize_t>(d.gwmask + 1)
-        memcpy(&out[q], d.gmain, (d.gmmask + 1) * sizeof(uint64_t))
-        q += <Py_ssize_t>(d.gmmask + 1)
+                e = d.t.ent[e].next
+        memcpy(&out[q], g.gwin, (g.gwmask + 1) * sizeof(uint64_t))
+        q += <Py_ssize_t>(g.gwmask + 1)
+        memcpy(&out[q], g.gmain, (g.gmmask + 1) * sizeof(uint64_t))
+        q += <Py_ssize_t>(g.gmmask + 1)
 
 
 cdef void _tlfu_shadows_in(tinylfu_t* s, const int64_t* src) noexcept nogil:
     """Refill the shadows (just set up, empty) from a checked state.  Slot numbers and the index
     layout may differ from the original's: lookups go by hash, so no decision changes."""
     cdef tlfu_shadow_t* d
-    cdef Py_ssize_t q = 0, j, pos
+    cdef tlfu_regions_t* g
+    cdef Py_ssize_t q = 0, j
     cdef int k, r
     cdef int32_t e
     cdef uint64_t h
     for k in range(2):
         d = &s.shadow[k]
+        g = &d.rg
         e = 0
         for r in range(3):
             for j in range(src[q + r]):
                 h = <uint64_t>src[q + _SH_HEADER + e]
-                pos = _sh_find(d, h)               # hashes are distinct: a free position
-                d.hs[e] = h
-                d.index[-1 - pos] = e
-                _sh_append(d, r, e)
+                d.t.ent[e].hash = h
+                table_put_slot(&d.t, table_probe_free(&d.t, h), e)    # hashes are distinct
+                _region_append(g, d.t.ent, r, e)
                 e += 1
-        d.count = e
-        d.wf = _bits_f64(src[q + 3])
-        d.nwin = src[q + 4]
-        d.nmev = src[q + 5]
+        d.t.count = e
+        g.wf = _bits_f64(src[q + 3])
+        g.nwin = src[q + 4]
+        g.nmev = src[q + 5]
         d.hits = src[q + 6]
         d.score = _bits_f64(src[q + 7])
         q += _SH_HEADER + e
-        memcpy(d.gwin, &src[q], (d.gwmask + 1) * sizeof(uint64_t))
-        q += <Py_ssize_t>(d.gwmask + 1)
-        memcpy(d.gmain, &src[q], (d.gmmask + 1) * sizeof(uint64_t))
-        q += <Py_ssize_t>(d.gmmask + 1)
-        _sh_targets(s, d)
+        memcpy(g.gwin, &src[q], (g.gwmask + 1) * sizeof(uint64_t))
+        q += <Py_ssize_t>(g.gwmask + 1)
+        memcpy(g.gmain, &src[q], (g.gmmask + 1) * sizeof(uint64_t))
+        q += <Py_ssize_t>(g.gmmask + 1)
+        _regions_set_targets(g, d.t.ent)
 
 
 cdef inline bint _pow2(int64_t x) noexcept nogil:
@@ -1103,7 +1024,7 @@ cdef void _tlfu_restore(Cache c, object aux, list head, list ext, Py_ssize_t sha
     cdef Py_ssize_t n = len(keys), i, e, q, o = n + _ST_HEADER
     cdef int64_t words = head[_ST_WORDS], gw = head[_ST_GWIN], gm = head[_ST_GMAIN]
     cdef int64_t* ap = <int64_t*>buffer_data(aux)
-    cdef bint same_shadows = hashed_alike and ext[_SX_CAP] == s.cap
+    cdef bint same_shadows = hashed_alike and ext[_SX_CAP] == s.rg.cap
     cdef int k
     if hashed_alike and (b.sketch.shape[0] != words or b.gwin.shape[0] != gw
                          or b.gmain.shape[0] != gm or head[_ST_SCOUNT] >= s.sample):
@@ -1114,11 +1035,11 @@ cdef void _tlfu_restore(Cache c, object aux, list head, list ext, Py_ssize_t sha
             _shadow_point(s, b)
         q = shadows
         for k in range(2):
-            if <int64_t>(s.shadow[k].gwmask + 1) != ap[q + 8] or \
-                    <int64_t>(s.shadow[k].gmmask + 1) != ap[q + 9]:
+            if <int64_t>(s.shadow[k].rg.gwmask + 1) != ap[q + 8] or \
+                    <int64_t>(s.shadow[k].rg.gmmask + 1) != ap[q + 9]:
                 raise ValueError("state was sized by another version of TinyLFUCache")
             q += _SH_HEADER + ap[q] + ap[q + 1] + ap[q + 2] + ap[q + 8] + ap[q + 9]
-        if ext[_SX_STICKS] >= max(min(s.cap, s.salloc), 16):
+        if ext[_SX_STICKS] >= max(min(s.rg.cap, s.salloc), 16):
             raise ValueError("state has invalid TinyLFU counters")
     # c is private to the import: nobody sees it half relinked.  The entries the import dropped
     # (expired meanwhile, beyond maxsize) are skipped.
@@ -1127,20 +1048,20 @@ cdef void _tlfu_restore(Cache c, object aux, list head, list ext, Py_ssize_t sha
     for i in range(n):
         e = where.get(id(keys[i]), -1)
         if e >= 0:
-            _region_append(s, &c.t, <int>ap[i] & _TLFU_REGION, <entry_t>e)
-            s.region[e] = <int8_t>ap[i]              # with its pending hits
-    s.wf = _bits_f64(ap[n + _ST_WF])
+            _region_append(&s.rg, c.t.ent, <int>ap[i] & _TLFU_REGION, <entry_t>e)
+            s.rg.region[e] = <int8_t>ap[i]           # with its pending hits
+    s.rg.wf = _bits_f64(ap[n + _ST_WF])
     s.scur = <int>ap[n + _ST_SCUR]
     if hashed_alike:
         memcpy(s.sketch, &ap[o], words * sizeof(uint64_t))
-        memcpy(s.gwin, &ap[o + words], gw * sizeof(uint64_t))
-        memcpy(s.gmain, &ap[o + words + gw], gm * sizeof(uint64_t))
-        s.nwin, s.nmev, s.scount = ap[n + _ST_NWIN], ap[n + _ST_NMEV], ap[n + _ST_SCOUNT]
+        memcpy(s.rg.gwin, &ap[o + words], gw * sizeof(uint64_t))
+        memcpy(s.rg.gmain, &ap[o + words + gw], gm * sizeof(uint64_t))
+        s.rg.nwin, s.rg.nmev, s.scount = ap[n + _ST_NWIN], ap[n + _ST_NMEV], ap[n + _ST_SCOUNT]
     _tlfu_shadow_setup(s)                # empty shadows, the reach of the chosen one
     if same_shadows:
         _tlfu_shadows_in(s, &ap[shadows])
         s.sticks = ext[_SX_STICKS]
-    _tlfu_set_targets(s, &c.t)
+    _regions_set_targets(&s.rg, c.t.ent)
     c._version += 1
 
 
@@ -1202,11 +1123,11 @@ cdef class TinyLFUCache(Cache):
         with cython.critical_section(self):
             if self.t.count == 0:
                 raise KeyError("%s is empty" % type(self).__name__)
-            e = s.head[TLFU_PROBATION]
+            e = s.rg.head[TLFU_PROBATION]
             if e == ENTRY_NONE:
-                e = s.head[TLFU_PROTECTED]
+                e = s.rg.head[TLFU_PROTECTED]
             if e == ENTRY_NONE:
-                e = s.head[TLFU_WINDOW]
+                e = s.rg.head[TLFU_WINDOW]
             if self._native_delitem:
                 value = self._remove(e, -1)
                 key = self._removed_key
@@ -1239,7 +1160,7 @@ cdef class TinyLFUCache(Cache):
             scale = EXPIRY.scale(self)
         while changed:
             # allocate, then copy with no Python code running, unless the cache changed meanwhile
-            n, words, gw, gm = self.t.count, s.smask + 1, s.gwmask + 1, s.gmask + 1
+            n, words, gw, gm = self.t.count, s.smask + 1, s.rg.gwmask + 1, s.rg.gmmask + 1
             hlen = _tlfu_shadow_len(s)
             version = self._version
             order = np.empty(max(n, 1), dtype=np.int32)
@@ -1249,8 +1170,8 @@ cdef class TinyLFUCache(Cache):
             values = [None] * n
             with cython.critical_section(self):
                 changed = (self._version != version or self.t.count != n
-                           or <Py_ssize_t>s.smask + 1 != words or <Py_ssize_t>s.gwmask + 1 != gw
-                           or <Py_ssize_t>s.gmask + 1 != gm or _tlfu_shadow_len(s) != hlen)
+                           or <Py_ssize_t>s.smask + 1 != words or <Py_ssize_t>s.rg.gwmask + 1 != gw
+                           or <Py_ssize_t>s.rg.gmmask + 1 != gm or _tlfu_shadow_len(s) != hlen)
                 if not changed:
                     op = <entry_t*>buffer_data(order)
                     ap = <int64_t*>buffer_data(aux)
@@ -1264,11 +1185,11 @@ cdef class TinyLFUCache(Cache):
                                 live += 1
                     o = live + _ST_HEADER
                     memcpy(&ap[o], s.sketch, words * sizeof(uint64_t))
-                    memcpy(&ap[o + words], s.gwin, gw * sizeof(uint64_t))
-                    memcpy(&ap[o + words + gw], s.gmain, gm * sizeof(uint64_t))
+                    memcpy(&ap[o + words], s.rg.gwin, gw * sizeof(uint64_t))
+                    memcpy(&ap[o + words + gw], s.rg.gmain, gm * sizeof(uint64_t))
                     o += words + gw + gm
                     ap[o + _SX_SEED] = <int64_t>self.t.seed
-                    ap[o + _SX_CAP] = s.cap
+                    ap[o + _SX_CAP] = s.rg.cap
                     ap[o + _SX_SALLOC] = s.salloc
                     ap[o + _SX_STICKS] = s.sticks
                     ap[o + _SX_SHADOWS] = hlen
@@ -1279,22 +1200,22 @@ cdef class TinyLFUCache(Cache):
                         e = op[i]
                         exp = self._exp[e] if expiring else INFINITY
                         if expiring and expired_at(exp, now):
-                            if <uint8_t>s.region[e] >= _TLFU_PEND1:
+                            if <uint8_t>s.rg.region[e] >= _TLFU_PEND1:
                                 _sketch_count_n(<uint64_t*>&ap[o], s.smask >> 3,
                                                 _tlfu_mix(self.t.ent[e].hash),
-                                                (<uint8_t>s.region[e]) >> 2)
+                                                (<uint8_t>s.rg.region[e]) >> 2)
                             continue
                         keys[live] = self._kv[2 * e]
                         values[live] = self._kv[2 * e + 1]
-                        ap[live] = <uint8_t>s.region[e]
+                        ap[live] = <uint8_t>s.rg.region[e]
                         tp[live] = exp if absolute or exp == INFINITY else (exp - now) / scale
                         live += 1
                     o = live
                     ap[o] = _TLFU_FORMAT
                     ap[o + _ST_CAPACITY] = self.t.capacity
-                    ap[o + _ST_WF] = _f64_bits(s.wf)
-                    ap[o + _ST_NWIN] = s.nwin
-                    ap[o + _ST_NMEV] = s.nmev
+                    ap[o + _ST_WF] = _f64_bits(s.rg.wf)
+                    ap[o + _ST_NWIN] = s.rg.nwin
+                    ap[o + _ST_NMEV] = s.rg.nmev
                     ap[o + _ST_SCOUNT] = s.scount
                     ap[o + _ST_WORDS] = words
                     ap[o + _ST_GMAIN] = gm
@@ -1348,24 +1269,25 @@ cdef class TinyLFUCache(Cache):
             v = _sketch_estimate(&self.o.tl, h)
             e = table_find(self, key, h, &slot)
             if e >= 0:
-                v = min(15, v + ((<uint8_t>self.o.tl.region[e]) >> 2))
+                v = min(15, v + ((<uint8_t>self.o.tl.rg.region[e]) >> 2))
             return v
 
     def _policy_state(self):
         """Return a dict of the policy's internals (for tests and the simulator)."""
         cdef tinylfu_t* s = &self.o.tl
+        cdef tlfu_regions_t* g = &s.rg
         with cython.critical_section(self):
             return {
-                "window": s.size[TLFU_WINDOW], "probation": s.size[TLFU_PROBATION],
-                "protected": s.size[TLFU_PROTECTED], "window_target": s.wmax,
-                "protected_target": s.protmax, "window_exact": s.wf,
+                "window": g.size[TLFU_WINDOW], "probation": g.size[TLFU_PROBATION],
+                "protected": g.size[TLFU_PROTECTED], "window_target": g.wmax,
+                "protected_target": g.protmax, "window_exact": g.wf,
                 "sketch_words": s.smask + 1, "sample": s.sample, "sample_count": s.scount,
-                "ghost_slots": s.gmask + 1, "ghost_reach": s.gcap,
-                "window_insertions": s.nwin, "main_evictions": s.nmev,
-                "window_ghost_slots": s.gwmask + 1, "long_reach": s.reach, "shadow_choice": s.scur,
-                "shadow_entries": (s.shadow[0].count, s.shadow[1].count),
+                "ghost_slots": g.gmmask + 1, "ghost_reach": g.gcap,
+                "window_insertions": g.nwin, "main_evictions": g.nmev,
+                "window_ghost_slots": g.gwmask + 1, "long_reach": g.reach, "shadow_choice": s.scur,
+                "shadow_entries": (s.shadow[0].t.count, s.shadow[1].t.count),
                 "shadow_scores": (s.shadow[0].score, s.shadow[1].score),
-                "shadow_windows": (s.shadow[0].wf, s.shadow[1].wf), "shadow_sample": s.sthr,
+                "shadow_windows": (s.shadow[0].rg.wf, s.shadow[1].rg.wf), "shadow_sample": s.sthr,
             }
 
 
