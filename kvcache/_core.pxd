@@ -612,6 +612,8 @@ cdef class _CacheIterator:
 cdef ExpiryHooks EXPIRY          # the registered expiry layer (a do-nothing one until then)
 cdef void register_expiry(ExpiryHooks hooks)
 cdef void register_native_popitem(object method)
+cdef void register_native_lookup(object getitem, object get)
+cdef bint native_get(type cls)
 cdef dict instance_dict(object obj)
 cdef object checked_size(object size, object maxsize)
 
@@ -698,8 +700,9 @@ cdef inline Py_ssize_t table_find(Cache self, object key, hash_t h, Py_ssize_t* 
             raise RuntimeError("cache mutated during lookup too many times")
 
 
-cdef inline Py_ssize_t cache_lookup(Cache c, object key, hash_t h, double now) except -2:
-    """A counted lookup: find key, treat an expired entry as absent, record the hit or miss.
+cdef inline Py_ssize_t cache_count(Cache c, object key, hash_t h, double now) except -2:
+    """A counted lookup, with the hit not yet given to the policy: find key, treat an expired
+    entry as absent, record the hit or miss.
 
     `now` is the expiry clock read before the critical section (0 when no TTL is in use).
     """
@@ -712,7 +715,14 @@ cdef inline Py_ssize_t cache_lookup(Cache c, object key, hash_t h, double now) e
         c._misses += 1
         return -1
     c._hits += 1
-    order_hit(&c.o, &c.t, <entry_t>e)
+    return e
+
+
+cdef inline Py_ssize_t cache_lookup(Cache c, object key, hash_t h, double now) except -2:
+    """A counted lookup whose hit the policy records (cache_count, then order_hit)."""
+    cdef Py_ssize_t e = cache_count(c, key, h, now)
+    if e >= 0:
+        order_hit(&c.o, &c.t, <entry_t>e)
     return e
 
 

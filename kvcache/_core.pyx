@@ -2037,7 +2037,19 @@ cdef class RRCache(Cache):
 # defining cache classes register theirs.
 cdef set _NATIVE_POPITEMS = {Cache.popitem, FIFOCache.popitem, LRUCache.popitem, LFUCache.popitem,
                              RRCache.popitem}
-cdef frozenset _NATIVE_GETITEMS = frozenset([Cache.__getitem__])
+cdef set _NATIVE_GETITEMS = {Cache.__getitem__}
+cdef set _NATIVE_GETS = {Cache.get}
+
+
+cdef void register_native_lookup(object getitem, object get):
+    # a part's own __getitem__ and get (a policy's hit path) that keep Cache's contract
+    _NATIVE_GETITEMS.add(getitem)
+    _NATIVE_GETS.add(get)
+
+
+cdef bint native_get(type cls):
+    """Is cls.get the engine's (Cache.get or a policy's registered one)?"""
+    return cls.get in _NATIVE_GETS
 
 
 cdef void register_native_popitem(object method):

@@ -20,7 +20,7 @@ cimport cython
 from libc.math cimport NAN
 from libc.stdint cimport int64_t
 
-from kvcache._core cimport KV_HAVE_CLOCK, Cache, cache_get, expired_at
+from kvcache._core cimport KV_HAVE_CLOCK, Cache, cache_get, expired_at, native_get
 
 import time
 
@@ -66,7 +66,7 @@ cdef class TieredBase:
 
     cdef readonly object _local
     cdef object _local_get           # local.get, bound
-    cdef Cache _native               # local itself when `local.get` is Cache.get, else None
+    cdef Cache _native               # local itself when `local.get` is the engine's, else None
     cdef public bint _live           # invalidations flowing: the local tier may answer
     cdef int64_t _hits               # reads answered by the local tier
     cdef bint _own_getitem           # False when a subclass overrides __getitem__
@@ -75,7 +75,7 @@ cdef class TieredBase:
         """Make `local` the local tier (called once, by the constructor)."""
         get = local.get
         self._native = None
-        if (isinstance(local, Cache) and type(local).get is Cache.get
+        if (isinstance(local, Cache) and native_get(type(local))
                 and "get" not in (getattr(local, "__dict__", None) or ())):
             self._native = <Cache>local
         self._local = local
