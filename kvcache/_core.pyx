@@ -64,7 +64,8 @@ cdef extern from "Python.h":
 
 __all__ = ["Cache", "FIFOCache", "LFUCache", "LRUCache", "RRCache", "CacheStats"]
 
-CacheStats = collections.namedtuple("CacheStats", "hits misses evictions currsize maxsize")
+CacheStats = collections.namedtuple("CacheStats", "hits misses evictions currsize maxsize",
+                                    module="kvcache")    # where pickle finds it
 CacheStats.__doc__ = "Counters of one cache: hits, misses, evictions, currsize, maxsize."
 
 cdef object _MARKER = object()
