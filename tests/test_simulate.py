@@ -2,6 +2,8 @@
 import collections
 import functools
 import itertools
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -303,3 +305,108 @@ def test_load_trace_text_of_integers(tmp_path):
     assert got.tolist() == [0, 1, 2, 3, 0]
     p.write_text("1\n2\n2\n")
     assert simulate.load_trace(p).tolist() == [1, 2, 2]
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line: what a new user runs into
+# ---------------------------------------------------------------------------------------------
+
+
+def test_cli_accepts_opt_as_a_policy(tmp_path, capsys):
+    # The README names Belady's `opt`: `--policies lru,opt` works and OPT is not doubled.
+    npy = tmp_path / "t.npy"
+    keys = mixed_trace(3000, seed=5)
+    np.save(npy, keys)
+    assert simulate.main([str(npy), "--sizes", "50", "--policies", "lru,opt", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    head = next(line.split() for line in out.splitlines() if line.split()[:1] == ["size"])
+    assert head == ["size", "lru", "OPT"]
+    row = next(line.split() for line in out.splitlines() if line.split()[:1] == ["50"])
+    assert float(row[2]) == round(100 * opt(keys, 50) / len(keys), 2)
+
+
+class _Stderr:
+    """A stand-in for sys.stderr that says whether it is a terminal."""
+
+    def __init__(self, tty):
+        import io
+        self.buf, self.tty = io.StringIO(), tty
+
+    def isatty(self):
+        return self.tty
+
+    def write(self, s):
+        return self.buf.write(s)
+
+    def flush(self):
+        pass
+
+
+@pytest.mark.parametrize("tty", [True, False])
+def test_cli_progress_on_a_terminal_only(tmp_path, monkeypatch, capsys, tty):
+    pytest.importorskip("tqdm")
+    npy = tmp_path / "t.npy"
+    # On a terminal, a short trace (a bar used to need 2M accesses); in a log, a long one (whose
+    # bar used to write carriage returns there).
+    np.save(npy, mixed_trace(5000 if tty else 2 * simulate._CHUNK + 1, seed=6))
+    err = _Stderr(tty)
+    monkeypatch.setattr("sys.stderr", err)
+    assert simulate.main([str(npy), "--sizes", "10", "--policies", "lru"]) == 0
+    text = err.buf.getvalue()
+    if tty:
+        assert "accesses" in text and "\r" in text   # a tqdm bar, redrawn in place
+    else:
+        assert text == ""                            # a log gets no bar and no carriage returns
+
+
+def test_cli_progress_without_tqdm_is_silent(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tqdm", None)   # import tqdm raises ImportError
+    npy = tmp_path / "t.npy"
+    np.save(npy, mixed_trace(2000, seed=7))
+    err = _Stderr(True)
+    monkeypatch.setattr("sys.stderr", err)
+    assert simulate.main([str(npy), "--sizes", "10", "--policies", "lru"]) == 0
+    assert err.buf.getvalue() == ""
+
+
+@pytest.mark.parametrize("plot, says", [
+    ("{tmp}/no/such/folder/out.png", "no such folder"),
+    ("{tmp}", "is a folder"),
+    ("{tmp}/out.notanimage", "unknown image type"),
+])
+def test_cli_checks_the_plot_path_before_replaying(tmp_path, plot, says):
+    pytest.importorskip("matplotlib")
+    npy = tmp_path / "t.npy"
+    np.save(npy, mixed_trace(2000, seed=8))
+    proc_err = _run_cli([str(npy), "--sizes", "10", "--plot", plot.format(tmp=tmp_path)])
+    assert proc_err.returncode == 2
+    lines = proc_err.stderr.strip().splitlines()
+    assert "Traceback" not in proc_err.stderr and says in lines[-1]
+    assert proc_err.stdout == ""                     # failed before any table was computed
+
+
+def _run_cli(args):
+    import subprocess
+    env = dict(os.environ)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(simulate.__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    return subprocess.run([sys.executable, "-m", "kvcache.simulate", *args], capture_output=True,
+                          text=True, env=env, timeout=120)
+
+
+def test_cli_rejects_files_that_are_not_traces(tmp_path):
+    png = tmp_path / "chart.png"
+    png.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)))
+    readme = tmp_path / "README.md"
+    readme.write_text("# kvcache\n\nCompiled drop-in caches for Python.\n\n| a | b |\n|---|---|\n")
+    fake_npy = tmp_path / "fake.npy"
+    fake_npy.write_text("not numpy\n")
+    for path, says in ((png, "binary file"), (readme, "more than one word"),
+                       (fake_npy, "not a readable .npy")):
+        proc = _run_cli([str(path), "--sizes", "10"])
+        assert proc.returncode == 2, proc.stderr
+        assert "Traceback" not in proc.stderr
+        last = proc.stderr.strip().splitlines()[-1]
+        assert "is not a trace" in last and says in last and str(path) in last
+        with pytest.raises(ValueError, match="is not a trace"):
+            simulate.load_trace(path)
