@@ -107,6 +107,10 @@ def cached(
 class _func_cache_wrapper(_cached_wrapper_info[_P, _T]):
     def cache_parameters(self) -> _CacheParameters: ...
 
+def _func_cache(
+    cache: MutableMapping[Any, Any], maxsize: int | None, typed: bool
+) -> Callable[[Callable[_P, _T]], _func_cache_wrapper[_P, _T]]: ...
+
 @overload
 def lfu_cache(maxsize: int | None = 128, typed: bool = False) -> Callable[[Callable[_P, _T]], _func_cache_wrapper[_P, _T]]: ...
 @overload

@@ -32,7 +32,9 @@ def _lower_bounds(requirements):
     """Map each requirement's name to its >= bound (None when it has none)."""
     bounds = {}
     for req in requirements:
-        m = re.fullmatch(r"\s*([A-Za-z0-9_.-]+)\s*(?:>=\s*([0-9][0-9.]*))?\s*(?:;.*)?", req)
+        # a lower bound, optionally followed by an upper one (mypy>=2.4,<3) and a marker
+        m = re.fullmatch(r"\s*([A-Za-z0-9_.-]+)\s*(?:>=\s*([0-9][0-9.]*))?\s*(?:,\s*<\s*[0-9.]+)?"
+                         r"\s*(?:;.*)?", req)
         assert m, f"cannot read requirement {req!r}"
         bounds[m.group(1).lower()] = _version(m.group(2)) if m.group(2) else None
     return bounds
