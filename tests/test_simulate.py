@@ -390,8 +390,10 @@ def _run_cli(args):
     env = dict(os.environ)
     root = os.path.dirname(os.path.dirname(os.path.abspath(simulate.__file__)))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    # from the folder holding the kvcache under test: `-m` puts the working directory first on
+    # sys.path, and from the clone's root the source folder would shadow an installed kvcache
     return subprocess.run([sys.executable, "-m", "kvcache.simulate", *args], capture_output=True,
-                          text=True, env=env, timeout=120)
+                          text=True, env=env, timeout=120, cwd=root)
 
 
 def test_cli_rejects_files_that_are_not_traces(tmp_path):
