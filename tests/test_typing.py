@@ -43,7 +43,9 @@ def test_decorators_keep_the_decorated_functions_types(tmp_path):
         m = re.match(r".*decorated\.py:(\d+): note: Revealed type is \"(.*)\"$", line)
         if m:
             revealed[int(m.group(1))] = m.group(2)
-        elif ": error:" in line or ": note:" in line:
+        elif (": error:" in line or ": note:" in line) and "decorated.py:" in line:
+            # the sample's own lines: stubs of dependencies (numpy's generics differ between its
+            # versions) are not what this test checks
             errors.append(line)
     assert not errors, "\n".join(errors)
     expected = {
