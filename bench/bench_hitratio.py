@@ -1,13 +1,17 @@
 """Hit ratio of TinyLFUCache on real traces against OPT and the best of twelve peer algorithms,
 plus the speed of the simulator and of a TinyLFUCache hit next to an LRUCache hit.
 
-    python bench/bench_hitratio.py            # rewrite bench/hitratio.md and bench/hitratio.png
-    pytest bench/bench_hitratio.py            # pytest-benchmark: replay and hit speed
+    python bench/bench_hitratio.py --traces DIR   # rewrite bench/hitratio.md and bench/hitratio.png
+    pytest bench/bench_hitratio.py                 # pytest-benchmark: replay and hit speed
 
-Traces are read from $KVCACHE_TRACES or the nearest `shared/traces` beside a parent folder
-(see its README.md: where each trace comes from, and the per-point table of peers that the
-`best peer` column quotes).  They are never copied into the project.
+DIR (default $KVCACHE_TRACES) holds one NAME.npy per trace (a 1-D integer array of keys, one per
+access) and a README.md whose table rows `| NAME | size | OPT | LRU | ... | best peer | best |`
+give the points to measure and the peers' figures that the `best peer` column quotes.  The
+traces are public ones (LIRS, cache2k, Corda and address traces from caffeine's simulator,
+ARC's OLTP, libCacheSim's CloudPhysics sample), never copied into the project.  Without them,
+the pytest-benchmark workload is a generated Zipf trace.
 """
+import argparse
 import os
 import re
 import sys
@@ -23,19 +27,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 SEEDS = (1, 2, 3, 4, 5)
 
 
-def find_traces():
-    if os.environ.get("KVCACHE_TRACES"):
-        return os.environ["KVCACHE_TRACES"]
-    here = HERE
-    while os.path.dirname(here) != here:
-        here = os.path.dirname(here)
-        cand = os.path.join(here, "shared", "traces")
-        if os.path.isdir(cand):
-            return cand
-    return ""
-
-
-TRACES = find_traces()
+# Only a folder the user names: nothing outside the repository is looked for by itself.
+TRACES = os.environ.get("KVCACHE_TRACES", "")
 
 
 def reference_table(traces_dir):
@@ -85,9 +78,10 @@ def write_report(rows, path_md, path_png):
     lines = [
         "# Hit ratio on real traces",
         "",
-        "Written by `python bench/bench_hitratio.py` from the traces in `shared/traces` (see its",
-        "README.md for their origin and for the peers' figures: LRU, LFU, W-TinyLFU (theine),",
-        "TinyLFU (moka), ARC, LIRS, 2Q, S3-FIFO, SIEVE, W-TinyLFU, LeCaR and CACHEUS (libCacheSim)).",
+        "Written by `python bench/bench_hitratio.py --traces DIR`, from a trace directory you pass",
+        "with `--traces` (its README.md gives each trace's origin and the peers' figures: LRU, LFU,",
+        "W-TinyLFU (theine), TinyLFU (moka), ARC, LIRS, 2Q, S3-FIFO, SIEVE, W-TinyLFU, LeCaR and",
+        "CACHEUS (libCacheSim)); the traces are public ones, listed in that script's docstring.",
         "Replay: every access is a lookup, a miss inserts; hit ratio in %, cold start, whole trace.",
         "`TinyLFUCache` is the mean over seeds %s (hash seeds change sketch collisions), `min` the"
         % (", ".join(map(str, SEEDS[:nseeds]))),
@@ -193,11 +187,15 @@ def test_hit(benchmark, cls):
     assert len(c) == 1000
 
 
-def main():
-    if not TRACES:
-        sys.exit("no traces: set KVCACHE_TRACES to the folder of shared/traces")
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--traces", default=TRACES, metavar="DIR",
+                    help="folder of NAME.npy traces and their README.md (default $KVCACHE_TRACES)")
+    traces = ap.parse_args(argv).traces
+    if not traces or not os.path.isfile(os.path.join(traces, "README.md")):
+        ap.error("pass --traces DIR: a folder of NAME.npy traces and the README.md of their table")
     t0 = time.perf_counter()
-    rows = measure(TRACES)
+    rows = measure(traces)
     write_report(rows, os.path.join(HERE, "hitratio.md"), os.path.join(HERE, "hitratio.png"))
     per_seed, _ = summary(rows, len(SEEDS))
     for s, (gap, worst) in zip(SEEDS, per_seed):

@@ -1,12 +1,17 @@
 import os
 from collections.abc import Callable, Iterable, Iterator, KeysView, ItemsView, MutableMapping, ValuesView
+from types import GenericAlias
 from typing import Any, Generic, NamedTuple, TypeVar, overload
+
+from typing_extensions import Self, disjoint_base
 
 import numpy as np
 
 _KT = TypeVar("_KT")
 _VT = TypeVar("_VT")
 _T = TypeVar("_T")
+
+__all__ = ["Cache", "FIFOCache", "LFUCache", "LRUCache", "RRCache", "CacheStats"]
 
 class CacheStats(NamedTuple):
     hits: int
@@ -15,6 +20,7 @@ class CacheStats(NamedTuple):
     currsize: float
     maxsize: float
 
+@disjoint_base
 class Cache(MutableMapping[_KT, _VT], Generic[_KT, _VT]):
     def __init__(
         self,
@@ -25,18 +31,29 @@ class Cache(MutableMapping[_KT, _VT], Generic[_KT, _VT]):
         seed: int | None = ...,
         capacity: int | None = ...,
     ) -> None: ...
-    def __getitem__(self, key: _KT) -> _VT: ...
-    def __setitem__(self, key: _KT, value: _VT) -> None: ...
-    def __delitem__(self, key: _KT) -> None: ...
+    def __class_getitem__(cls, item: Any) -> GenericAlias: ...
+    def __getitem__(self, key: _KT, /) -> _VT: ...
+    def __setitem__(self, key: _KT, value: _VT, /) -> None: ...
+    def __delitem__(self, key: _KT, /) -> None: ...
     def __iter__(self) -> Iterator[_KT]: ...
+    def __reversed__(self) -> Iterator[_KT]: ...
+    def __copy__(self) -> Self: ...
     def __len__(self) -> int: ...
     def __missing__(self, key: _KT) -> _VT: ...
     @overload
-    def get(self, key: _KT) -> _VT | None: ...
+    def get(self, key: _KT, default: None = None) -> _VT | None: ...
     @overload
     def get(self, key: _KT, default: _VT | _T) -> _VT | _T: ...
     def peek(self, key: _KT, default: _T | None = ...) -> _VT | _T | None: ...
     def popitem(self) -> tuple[_KT, _VT]: ...
+    @overload
+    def pop(self, key: _KT) -> _VT: ...
+    @overload
+    def pop(self, key: _KT, default: _VT | _T) -> _VT | _T: ...
+    @overload
+    def setdefault(self: Cache[_KT, _T | None], key: _KT, default: None = None) -> _T | None: ...
+    @overload
+    def setdefault(self, key: _KT, default: _VT) -> _VT: ...
     def keys(self) -> KeysView[_KT]: ...
     def values(self) -> ValuesView[_VT]: ...
     def items(self) -> ItemsView[_KT, _VT]: ...
@@ -57,9 +74,66 @@ class Cache(MutableMapping[_KT, _VT], Generic[_KT, _VT]):
     def save(self, path: str | os.PathLike[str], *, pickle_key: bytes | None = ...) -> None: ...
     load: Any  # Class.load(path, **kwargs) -> a new cache; cache.load(path) -> fills this one
 
-class FIFOCache(Cache[_KT, _VT]): ...
-class LRUCache(Cache[_KT, _VT]): ...
-class LFUCache(Cache[_KT, _VT]): ...
+class FIFOCache(Cache[_KT, _VT]):
+    # the compiled classes take their arguments in __new__ (Cython's __cinit__) as well
+    def __new__(
+        cls,
+        maxsize: float,
+        getsizeof: Callable[[_VT], float] | None = ...,
+        *,
+        on_evict: Callable[[_KT, _VT], object] | None = ...,
+        seed: int | None = ...,
+        capacity: int | None = ...,
+    ) -> Self: ...
+    def __init__(
+        self,
+        maxsize: float,
+        getsizeof: Callable[[_VT], float] | None = ...,
+        *,
+        on_evict: Callable[[_KT, _VT], object] | None = ...,
+        seed: int | None = ...,
+        capacity: int | None = ...,
+    ) -> None: ...
+class LRUCache(Cache[_KT, _VT]):
+    # the compiled classes take their arguments in __new__ (Cython's __cinit__) as well
+    def __new__(
+        cls,
+        maxsize: float,
+        getsizeof: Callable[[_VT], float] | None = ...,
+        *,
+        on_evict: Callable[[_KT, _VT], object] | None = ...,
+        seed: int | None = ...,
+        capacity: int | None = ...,
+    ) -> Self: ...
+    def __init__(
+        self,
+        maxsize: float,
+        getsizeof: Callable[[_VT], float] | None = ...,
+        *,
+        on_evict: Callable[[_KT, _VT], object] | None = ...,
+        seed: int | None = ...,
+        capacity: int | None = ...,
+    ) -> None: ...
+class LFUCache(Cache[_KT, _VT]):
+    # the compiled classes take their arguments in __new__ (Cython's __cinit__) as well
+    def __new__(
+        cls,
+        maxsize: float,
+        getsizeof: Callable[[_VT], float] | None = ...,
+        *,
+        on_evict: Callable[[_KT, _VT], object] | None = ...,
+        seed: int | None = ...,
+        capacity: int | None = ...,
+    ) -> Self: ...
+    def __init__(
+        self,
+        maxsize: float,
+        getsizeof: Callable[[_VT], float] | None = ...,
+        *,
+        on_evict: Callable[[_KT, _VT], object] | None = ...,
+        seed: int | None = ...,
+        capacity: int | None = ...,
+    ) -> None: ...
 
 class RRCache(Cache[_KT, _VT]):
     def __init__(
@@ -77,5 +151,6 @@ class RRCache(Cache[_KT, _VT]):
 
 class InitSignature:
     def __init__(self, stub: Callable[..., object]) -> None: ...
+    def __get__(self, obj: object, owner: type[Any] | None = None, /) -> Any: ...
 
 def install_snapshots(module: Any) -> None: ...

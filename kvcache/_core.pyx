@@ -64,7 +64,8 @@ cdef extern from "Python.h":
 
 __all__ = ["Cache", "FIFOCache", "LFUCache", "LRUCache", "RRCache", "CacheStats"]
 
-CacheStats = collections.namedtuple("CacheStats", "hits misses evictions currsize maxsize")
+CacheStats = collections.namedtuple("CacheStats", "hits misses evictions currsize maxsize",
+                                    module="kvcache")    # where pickle finds it
 CacheStats.__doc__ = "Counters of one cache: hits, misses, evictions, currsize, maxsize."
 
 cdef object _MARKER = object()
@@ -748,6 +749,20 @@ cdef void _mark_int_tags(Cache self) noexcept:
             self.t.tags[i] |= TAG_INT
 
 
+# A required constructor argument's default: Cython's own error for a missing positional
+# argument ("takes at least 1 positional argument (0 given)") does not name it; cachetools'
+# (plain Python) does, so the constructors check for this marker and raise Python's message.
+_REQUIRED = object()
+
+
+def _missing_args(self, tuple names):
+    """Raise the TypeError Python raises when the required arguments `names` are not given."""
+    quoted = ["'%s'" % n for n in names]
+    listed = quoted[0] if len(quoted) == 1 else "%s and %s" % (", ".join(quoted[:-1]), quoted[-1])
+    raise TypeError("%s.__init__() missing %d required positional argument%s: %s"
+                    % (type(self).__name__, len(names), "" if len(names) == 1 else "s", listed))
+
+
 cdef class Cache:
     # The first line is the signature inspect and help() show (a compiled class has no other):
     # keep it equal to __init__'s, and so for every class below that has one.
@@ -784,10 +799,13 @@ cdef class Cache:
         self.o.head = self.o.tail = ENTRY_NONE
         self.o.bfirst = self.o.blast = self.o.bfree = -1
 
-    def __init__(self, maxsize, getsizeof=None, *, on_evict=None, seed=None, capacity=None):
+    def __init__(self, maxsize=_REQUIRED, getsizeof=None, *, on_evict=None, seed=None,
+                 capacity=None):
         "__init__($self, maxsize, getsizeof=None, *, on_evict=None, seed=None, capacity=None)" \
         "\n--\n\n" \
         "Initialize the cache (see the class for the parameters)."
+        if maxsize is _REQUIRED:
+            _missing_args(self, ("maxsize",))
         self._setup(maxsize, getsizeof, on_evict, seed, capacity, None)
 
     cdef int _policy(self):
@@ -984,7 +1002,7 @@ cdef class Cache:
         """Evict the policy's victim; return (key, value) (used where several are collected)."""
         cdef entry_t e
         if self.t.count == 0:            # callers check; an empty table has no victim to read
-            raise KeyError("%s is empty" % type(self).__name__)
+            raise KeyError("%s is empty" % type(self).__name__) from None
         e = order_victim(&self.o, &self.t)
         self._evictions += 1
         value = self._remove(e, -1)
@@ -1198,7 +1216,7 @@ cdef class Cache:
             with cython.critical_section(self):
                 keys = self._dense_keys()
             if not keys:
-                raise KeyError("%s is empty" % type(self).__name__)
+                raise KeyError("%s is empty" % type(self).__name__) from None
             key = self._choice(keys)               # user code: outside the critical section
             h = key_hash(self, key)
             with cython.critical_section(self):
@@ -1214,7 +1232,7 @@ cdef class Cache:
             return (key, value)
         with cython.critical_section(self):
             if self.t.count == 0:
-                raise KeyError("%s is empty" % type(self).__name__)
+                raise KeyError("%s is empty" % type(self).__name__) from None
             e = order_victim(&self.o, &self.t)
             if self._native_delitem:
                 value = self._remove(<entry_t>e, -1)
@@ -2000,8 +2018,10 @@ cdef class RRCache(Cache):
         lambda self, maxsize, choice=random.choice, getsizeof=None, *, on_evict=None, seed=None,
                capacity=None: None)
 
-    def __init__(self, maxsize, choice=random.choice, getsizeof=None, *, on_evict=None, seed=None,
-                 capacity=None):
+    def __init__(self, maxsize=_REQUIRED, choice=random.choice, getsizeof=None, *, on_evict=None,
+                 seed=None, capacity=None):
+        if maxsize is _REQUIRED:
+            _missing_args(self, ("maxsize",))
         self._setup(maxsize, getsizeof, on_evict, seed, capacity, choice)
 
     cdef int _policy(self):

@@ -6,6 +6,8 @@ from kvcache._core import Cache
 _KT = TypeVar("_KT")
 _VT = TypeVar("_VT")
 
+__all__ = ["TTLCache", "TLRUCache"]
+
 class TTLCache(Cache[_KT, _VT]):
     def __init__(
         self,

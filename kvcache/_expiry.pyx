@@ -851,6 +851,38 @@ def enable_default_ttl(Cache c, ttl, timer=_time.monotonic):
 # The timed caches
 # ---------------------------------------------------------------------------------------------
 
+# A required constructor argument's default: Cython's own error for a missing positional
+# argument does not name it; cachetools' (plain Python) does, so the constructors check for
+# this marker and raise Python's message (as kvcache._core's constructors do).
+cdef object _REQUIRED = object()
+
+
+cdef _check_required(Cache self, object maxsize, str name, object value):
+    """Raise Python's TypeError naming `maxsize` and/or `name` when they were not given."""
+    cdef list missing = []
+    if maxsize is _REQUIRED:
+        missing.append("'maxsize'")
+    if value is _REQUIRED:
+        missing.append("'%s'" % name)
+    if missing:
+        raise TypeError("%s.__init__() missing %d required positional argument%s: %s"
+                        % (type(self).__name__, len(missing), "" if len(missing) == 1 else "s",
+                           " and ".join(missing)))
+
+
+cdef _check_ttl(object ttl):
+    """Reject a `ttl` no item could live by: negative, NaN, or text (as cachebox does).
+
+    cachetools accepts any `ttl` silently and fails later, at the first insertion (`'x'`), or
+    keeps nothing (`-1`).  A non-numeric `ttl` other than text stays allowed: a `timedelta`
+    with a `datetime` timer is cachetools' documented use.
+    """
+    if isinstance(ttl, (str, bytes, bytearray)) or ttl is None:
+        raise TypeError("ttl must be a number of the timer's units, not %s" % type(ttl).__name__)
+    if isinstance(ttl, _Real) and not ttl >= 0:          # `not >=`: NaN fails too
+        raise ValueError("ttl must be >= 0, got %r" % (ttl,))
+
+
 cdef class TTLCache(Cache):
     """LRU cache whose items expire `ttl` after they were set (cachetools.TTLCache).
 
@@ -868,8 +900,10 @@ cdef class TTLCache(Cache):
         lambda self, maxsize, ttl, timer=_time.monotonic, getsizeof=None, *, on_evict=None,
                seed=None, capacity=None: None)
 
-    def __init__(self, maxsize, ttl, timer=_time.monotonic, getsizeof=None, *, on_evict=None,
-                 seed=None, capacity=None):
+    def __init__(self, maxsize=_REQUIRED, ttl=_REQUIRED, timer=_time.monotonic, getsizeof=None, *,
+                 on_evict=None, seed=None, capacity=None):
+        _check_required(self, maxsize, "ttl", ttl)
+        _check_ttl(ttl)
         self._setup(maxsize, getsizeof, on_evict, seed, capacity, None)
         _ttl_enable(self, timer, 1, ttl)
 
@@ -901,8 +935,9 @@ cdef class TLRUCache(Cache):
         lambda self, maxsize, ttu, timer=_time.monotonic, getsizeof=None, *, on_evict=None,
                seed=None, capacity=None: None)
 
-    def __init__(self, maxsize, ttu, timer=_time.monotonic, getsizeof=None, *, on_evict=None,
-                 seed=None, capacity=None):
+    def __init__(self, maxsize=_REQUIRED, ttu=_REQUIRED, timer=_time.monotonic, getsizeof=None, *,
+                 on_evict=None, seed=None, capacity=None):
+        _check_required(self, maxsize, "ttu", ttu)
         if not callable(ttu):
             raise TypeError("ttu must be callable")
         self._setup(maxsize, getsizeof, on_evict, seed, capacity, None)

@@ -1076,7 +1076,7 @@ cdef class LRU(LRUCache):
         cdef entry_t e
         with cython.critical_section(self):
             if self.t.count == 0:
-                raise KeyError("popitem(): LRU dict is empty")
+                raise KeyError("popitem(): LRU dict is empty") from None
             e = self.o.head if least_recent else self.o.tail
             value = self._remove(e, -1)
             key = self._removed_key

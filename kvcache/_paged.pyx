@@ -245,6 +245,7 @@ PrefixCacheStats = _paged_namedtuple(
     "PrefixCacheStats",
     ["queries", "hit_blocks", "hit_tokens", "committed", "evictions",
      "cached", "free", "evictable", "in_use", "num_blocks"],
+    module="kvcache.llm",        # where pickle finds it
 )
 
 cdef int64_t _PAGED_TOKEN_LIMIT = 2147483648

@@ -1,7 +1,10 @@
-from typing import Any
+from typing import Any, final
 
 import numpy as np
 
+__all__ = ["Replayer", "opt_hits"]
+
+@final
 class Replayer:
     hits: int
     accesses: int

@@ -1157,7 +1157,7 @@ cdef class TinyLFUCache(Cache):
         cdef tinylfu_t* s = &self.o.tl
         with cython.critical_section(self):
             if self.t.count == 0:
-                raise KeyError("%s is empty" % type(self).__name__)
+                raise KeyError("%s is empty" % type(self).__name__) from None
             e = s.rg.head[TLFU_PROBATION]
             if e == ENTRY_NONE:
                 e = s.rg.head[TLFU_PROTECTED]

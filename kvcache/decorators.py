@@ -439,7 +439,9 @@ class _UnboundCachedMethod:
         self._receiver = None
 
     def __reduce__(self):
-        return (self._desc.__get__, (None,))
+        # copy, deepcopy and pickle find it again through its class, as cachetools' does
+        # (the compiled __get__ cannot be called with no instance and no owner)
+        return (getattr, (self._desc._owner, self._desc._attrname))
 
     def __repr__(self):
         return f"<cachedmethod {self.__wrapped__!r}>"

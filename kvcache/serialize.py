@@ -439,7 +439,7 @@ class TypeMark:
 # Classes appear in keys as markers (cachetools' kwargs separator, typedkey's
 # argument types).  Decoding resolves a class name only to a class this very
 # process has encoded: nothing is ever imported or looked up by name.
-_TYPES_SEEN = {}
+_TYPES_SEEN: dict[str, type] = {}
 
 
 # Classes a fresh process may resolve by name (for snapshots of typedkey /

@@ -8,10 +8,13 @@
 
 Command line::
 
-    python -m kvcache.simulate TRACE [TRACE ...] --sizes 1000,2000 [--policies lru,tinylfu] [--plot out.png]
+    python -m kvcache.simulate TRACE [TRACE ...] --sizes 1000,2000 [--policies lru,tinylfu,opt] [--plot out.png]
 
 A trace is a ``.npy`` file (a 1-D integer array, one key per access) or a text file with one
-key per line.  Every access is a lookup; a miss inserts the key (cold start, whole trace).
+key per line (a key has no spaces; anything else is rejected as not a trace).  Every access is
+a lookup; a miss inserts the key (cold start, whole trace).  Belady's OPT is always reported;
+``opt`` may also be named among the policies.  A progress bar shows on a terminal when tqdm is
+installed (``pip install kvcache[simulate]``), never in a redirected log.
 """
 
 import argparse
@@ -37,6 +40,8 @@ POLICIES = {
 }
 
 _CHUNK = 1 << 20          # accesses per progress step
+#: Accepted on the command line: Belady's optimum, reported in the OPT column.
+_OPT_NAMES = ("opt", "OPT")
 
 
 def _policy_class(policy):
@@ -106,12 +111,32 @@ def opt(keys, maxsize):
 
 
 def load_trace(path):
-    """Load a trace: a ``.npy`` integer array, or text with one key per line (non-integers get ids)."""
+    """Load a trace: a ``.npy`` integer array, or text with one key per line (non-integers get ids).
+
+    Raise ValueError naming the file when it is not a trace: a binary file that is not ``.npy``,
+    or text whose lines are not single keys (prose, markdown, tables: keys have no spaces).
+    """
     if str(path).endswith(".npy"):
-        arr = np.load(path, allow_pickle=False)
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise ValueError("%s is not a trace: not a readable .npy array (%s)" % (path, exc))
         return _as_keys(arr)
-    with open(path, "r", encoding="utf-8") as f:
-        lines = [line.strip() for line in f]
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is None or "\0" in text:       # NUL is valid UTF-8 but never in a text file
+        raise ValueError("%s is not a trace: a binary file, expected .npy or text with one key "
+                         "per line" % path) from None
+    lines = [line.strip() for line in text.splitlines()]
+    for i, line in enumerate(lines, 1):
+        # One key per line: a line with spaces is a sentence or a table row, not a key.
+        if len(line.split()) > 1:
+            raise ValueError("%s is not a trace: line %d holds more than one word (%r); expected "
+                             "one key per line" % (path, i, line[:40]))
     lines = [line for line in lines if line]
     try:
         return np.array([int(line) for line in lines], dtype=np.int64)
@@ -120,21 +145,17 @@ def load_trace(path):
         return np.array([ids.setdefault(line, len(ids)) for line in lines], dtype=np.int64)
 
 
-class _Progress:
-    """A one-line progress bar on stderr for long replays."""
+def _progress_bar(label, total):
+    """Return a tqdm bar on stderr, or None without tqdm.
 
-    def __init__(self, label, stream):
-        self.label = label
-        self.stream = stream
-
-    def __call__(self, done, total):
-        width = 30
-        filled = width * done // total
-        self.stream.write("\r%-40s [%s%s] %3d%%" % (self.label[:40], "#" * filled, "." * (width - filled),
-                                                    100 * done // total))
-        if done >= total:
-            self.stream.write("\r" + " " * 80 + "\r")
-        self.stream.flush()
+    ``disable=None`` makes tqdm draw only on a terminal: a redirected log gets no ``\\r``.
+    """
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, desc=label, unit=" accesses", unit_scale=True, leave=False,
+                disable=None, file=sys.stderr)
 
 
 def _parse_sizes(text):
@@ -150,6 +171,8 @@ def _parse_sizes(text):
 def _parse_policies(text):
     names = [s.strip() for s in text.split(",") if s.strip()]
     for name in names:
+        if name in _OPT_NAMES:
+            continue
         try:
             _policy_class(name)
         except ValueError as exc:
@@ -158,22 +181,39 @@ def _parse_policies(text):
 
 
 def run(traces, sizes, policies, *, seed=None, stream=None, progress=True):
-    """Return {trace: {size: {policy: hit ratio %, "OPT": hit ratio %}}} and print the tables."""
+    """Return {trace: {size: {policy: hit ratio %, "OPT": hit ratio %}}} and print the tables.
+
+    `traces` are paths, or (name, keys) pairs already loaded.  ``opt`` among `policies` is
+    Belady's optimum, always reported as the OPT column.
+    """
     stream = sys.stdout if stream is None else stream
+    policies = [p for p in policies if p not in _OPT_NAMES]
     results = {}
-    for path in traces:
-        keys = load_trace(path)
-        name = os.path.splitext(os.path.basename(str(path)))[0]
+    for trace in traces:
+        if isinstance(trace, tuple):
+            name, keys = trace
+        else:
+            name, keys = os.path.splitext(os.path.basename(str(trace)))[0], load_trace(trace)
         n = keys.shape[0]
         rows = results[name] = {}
-        show = progress and n >= 2 * _CHUNK
+        bar = _progress_bar(name, n * len(sizes) * len(policies)) if progress else None
         for size in sizes:
             row = rows[size] = {}
             for policy in policies:
-                bar = _Progress("%s %s %d" % (name, policy, size), sys.stderr) if show else None
-                hits = replay(keys, policy, size, seed=seed, progress=bar)
+                if bar is not None:
+                    bar.set_postfix_str("%s, size %d" % (policy, size))
+                    step = [0]
+
+                    def advance(done, total, step=step):
+                        bar.update(done - step[0])
+                        step[0] = done
+                else:
+                    advance = None
+                hits = replay(keys, policy, size, seed=seed, progress=advance)
                 row[policy] = 100.0 * hits / n if n else 0.0
             row["OPT"] = 100.0 * opt(keys, size) / n if n else 0.0
+        if bar is not None:
+            bar.close()
         cols = list(policies) + ["OPT"]
         stream.write("\n%s: %d accesses, %d distinct keys (hit ratio %%)\n" % (
             name, n, np.unique(keys).shape[0] if n else 0))
@@ -214,29 +254,57 @@ def plot(results, path):
     plt.close(fig)
 
 
+def _check_plot_path(parser, path):
+    """Exit with a one-line error unless matplotlib can write a chart to `path`."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        from matplotlib.backend_bases import FigureCanvasBase
+    except ImportError:
+        parser.error("--plot needs matplotlib (pip install matplotlib)")
+    if os.path.isdir(path):
+        parser.error("--plot %s: is a folder, not a file name" % path)
+    ext = os.path.splitext(path)[1].lstrip(".").lower()
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if ext not in formats:
+        parser.error("--plot %s: unknown image type %r; use one of %s" % (
+            path, ext, ", ".join("." + f for f in sorted(formats))))
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        parser.error("--plot %s: no such folder %s" % (path, folder))
+    if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        parser.error("--plot %s: not writable" % path)
+
+
 def main(argv=None):
     """Command-line entry point (see the module docstring)."""
     parser = argparse.ArgumentParser(prog="python -m kvcache.simulate", description=__doc__.split("\n\n")[0])
     parser.add_argument("traces", nargs="+", help=".npy (1-D integer array) or text file, one key per line")
     parser.add_argument("--sizes", required=True, type=_parse_sizes, help="comma-separated cache sizes")
     parser.add_argument("--policies", default="lru,lfu,fifo,rr,tinylfu", type=_parse_policies,
-                        help="comma-separated: %s (default: all but cache)" % ",".join(POLICIES))
+                        help="comma-separated: %s, opt (default: all but cache; OPT is always "
+                             "shown)" % ",".join(POLICIES))
     parser.add_argument("--seed", type=int, default=None, help="hash/RNG seed (default: random)")
     parser.add_argument("--plot", metavar="PNG", help="draw hit ratio against size into this file")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar on long traces")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (it shows "
+                        "only on a terminal, with tqdm installed)")
     args = parser.parse_args(argv)
+    if args.plot:
+        # Checked before the replay, which may take minutes: a bad path must not waste them.
+        _check_plot_path(parser, args.plot)
+    loaded = []
     for path in args.traces:
         if not os.path.exists(path):
             parser.error("no such trace file: %s" % path)
+        try:
+            loaded.append((os.path.splitext(os.path.basename(path))[0], load_trace(path)))
+        except (ValueError, TypeError) as exc:
+            parser.error(str(exc))
     try:
-        results = run(args.traces, args.sizes, args.policies, seed=args.seed, progress=not args.no_progress)
+        results = run(loaded, args.sizes, args.policies, seed=args.seed, progress=not args.no_progress)
     except (ValueError, TypeError) as exc:
         parser.error(str(exc))
     if args.plot:
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            parser.error("--plot needs matplotlib (pip install matplotlib)")
         plot(results, args.plot)
         print("\nplot written to %s" % args.plot)
     return 0

@@ -5,6 +5,8 @@ import numpy.typing as npt
 
 from kvcache._core import Cache
 
+__all__ = ["POLICIES", "opt", "replay", "load_trace", "main"]
+
 POLICIES: dict[str, type[Cache]]
 
 def replay(

@@ -720,6 +720,16 @@ def test_method_pickle_instance(impl):
     assert bound.cache_info().currsize == 2
 
 
+def test_method_class_access_copy_pickle(impl):
+    # Cls.method, an alias of it, and its copies and pickles all call through the class (issue 18)
+    cls = PickleMeKvcache if impl.name == "kvcache" else PickleMeCachetools
+    alias = cls.get
+    for m in (alias, copy.copy(alias), copy.deepcopy(alias), pickle.loads(pickle.dumps(alias))):
+        obj = cls()
+        assert m(obj, 3) == 3 and m(obj, 3) == 3
+        assert obj.get.cache_info() == (1, 1, None, 1)
+
+
 def test_method_threads_share_one_computation(impl):
     cachedmethod = impl.cachedmethod
     calls = []

@@ -594,3 +594,13 @@ def test_generate_pool_exhaustion_leaves_pool_intact():
         dec.generate(list(range(30)), 1, "kv")
     assert state(dec.prefix_cache) == before
     assert dec.generate(prompt, 2, "prefix") == dec.generate(prompt, 2, "none")
+
+
+def test_prefix_cache_stats_pickle():
+    # a namedtuple made in a compiled module must name the module pickle imports it from
+    import pickle
+
+    from kvcache.llm import PrefixCacheStats
+    s = PrefixCacheStats(*range(10))
+    assert PrefixCacheStats.__module__ == "kvcache.llm"
+    assert pickle.loads(pickle.dumps(s)) == s

@@ -781,3 +781,10 @@ def test_a_cache_of_one_evicts_the_previous_key_every_time(spec):
         assert list(c.items()) == [(i, -i)]
         c._check()
     assert evicted == [(i, -i) for i in range(4)]
+
+
+def test_stats_records_pickle(spec):
+    # namedtuples made in compiled modules report the module pickle must import them from
+    s = spec.make(4).stats()
+    assert type(s).__module__ == "kvcache"
+    assert pickle.loads(pickle.dumps(s)) == s
