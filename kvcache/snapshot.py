@@ -408,6 +408,7 @@ def load(cls, path, *, pickle_key=None, **kwargs):
     pickle_key = _norm_key(pickle_key)
     header, payload = _read(path, pickle_key)
     keys, values, aux, ttl = _decode(path, header, payload, pickle_key)
+    given = set(kwargs)
     kwargs.setdefault(_size_keyword(cls), header["maxsize"])
     if _takes_ttl(cls) and "ttl" not in kwargs:
         if header.get("ttl") is None:
@@ -420,6 +421,14 @@ def load(cls, path, *, pickle_key=None, **kwargs):
         cache = cls(**kwargs)
     except TypeError as exc:
         raise TypeError(f"{cls.__name__}.load: {exc} (pass the constructor arguments a snapshot does not hold)") from exc
+    except ValueError as exc:
+        # The file is at fault when the caller's own arguments pass with harmless stand-ins
+        # for the saved ones (maxsize and ttl are the only ones a snapshot holds).
+        try:
+            cls(**{k: (v if k in given else 1) for k, v in kwargs.items()})
+        except ValueError:
+            raise exc from None
+        raise SnapshotError(f"{os.fspath(path)}: the saved constructor arguments are invalid: {exc}") from exc
     _import(cache, path, header, keys, values, aux, ttl)
     return cache
 

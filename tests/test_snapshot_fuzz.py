@@ -365,6 +365,21 @@ def test_random_header_values(case, field, value):
     restore(victim, before)
 
 
+@pytest.mark.parametrize("field, value", [("ttl", -1), ("ttl", float("nan")), ("ttl", "x"),
+                                          ("maxsize", -5), ("maxsize", float("nan"))])
+def test_header_the_constructor_rejects_is_a_snapshot_error(tmp_path, field, value):
+    good = tmp_path / "good.snap"
+    snapshot.save(filled("TTLCache"), good, compress_over=None)
+    bad = tmp_path / "bad.snap"
+    bad.write_bytes(craft(good.read_bytes(), header=lambda h: {**h, field: value}))
+    with pytest.raises(SnapshotError):
+        kvcache.TTLCache.load(bad)
+    # The caller's own bad argument stays the caller's error, not the file's.
+    with pytest.raises(ValueError) as info:
+        kvcache.TTLCache.load(good, ttl=-1)
+    assert not isinstance(info.value, SnapshotError)
+
+
 @FUZZ
 @given(item=st.sampled_from(["keys", "values", "aux", "ttl"]), value=ANY)
 def test_random_state_items(case, item, value):
