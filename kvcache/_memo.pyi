@@ -71,7 +71,8 @@ class CachedBase:
 
 @disjoint_base
 class CachedMethodDescriptorBase:
-    def __init__(self, get_slow: Callable[..., Any], call_slow: Callable[..., Any]) -> None: ...
+    def __init__(self, call_slow: Callable[..., Any]) -> None: ...
+    def _bind(self, obj: Any) -> CachedMethodBound: ...
 
 @disjoint_base
 class CachedMethodBound:

@@ -883,26 +883,25 @@ def register_plain_methodkey(fn):
 
 @cython.auto_pickle(False)
 cdef class CachedMethodDescriptorBase:
-    """Base of the `@cachedmethod` descriptor: its fields and its (compiled) __get__."""
+    """Base of the `@cachedmethod` descriptor: its fields and the bound wrappers it makes."""
 
     cdef public object _method, _cache, _key, _lock, _cond, _attrname, _bound
     cdef public bint _info, _plain
-    # The Python layer's slow paths, given at construction (never looked up by name), as
-    # plain functions called with the descriptor first (no reference cycle through self):
-    cdef object get_slow          # (desc, obj) -> class access, or access before __set_name__
-    cdef object call_slow         # (desc, obj, args, kwargs) -> a call with a lock, condition or info
+    cdef public object _state_type   # the per-wrapper state of a call with a lock, condition or info
+    # The Python layer's slow path, given at construction (never looked up by name), as a
+    # plain function called with the descriptor first (no reference cycle through self):
+    cdef object call_slow         # (desc, bound, args, kwargs) -> a call with a lock, condition or info
 
-    def __init__(self, get_slow, call_slow):
-        self.get_slow = get_slow
+    def __init__(self, call_slow):
         self.call_slow = call_slow
 
-    def __get__(self, obj, objtype):
-        cdef CachedMethodBound b
-        if self._attrname is None or obj is None:
-            return self.get_slow(self, obj)
-        b = (<type>self._bound).__new__(self._bound)
+    def _bind(self, obj):
+        """Return a new wrapper of this method bound to obj (kept by the caller, not here)."""
+        cdef CachedMethodBound b = (<type>self._bound).__new__(self._bound)
         b.__self__ = obj
         b._desc = self
+        if self._state_type is not None:
+            b._state = self._state_type()
         return b
 
 
@@ -912,6 +911,7 @@ cdef class CachedMethodBound:
 
     cdef readonly object __self__
     cdef readonly CachedMethodDescriptorBase _desc
+    cdef readonly object _state   # hit counts and keys being computed (None for a plain call)
 
     def __call__(self, *args, **kwargs):
         return _cm_call(self, args, kwargs)
@@ -921,7 +921,7 @@ cdef object _cm_call(CachedMethodBound b, tuple args, dict kwds):
     cdef CachedMethodDescriptorBase desc = b._desc
     obj = b.__self__
     if not desc._plain:
-        return desc.call_slow(desc, obj, args, {} if kwds is None else kwds)   # lock, condition or info
+        return desc.call_slow(desc, b, args, {} if kwds is None else kwds)   # lock, condition or info
     cache = kv_call(desc._cache, (obj,), NULL)
     keyfunc = desc._key
     if keyfunc is _plain_methodkey and (kwds is None or PyDict_Size(kwds) == 0):

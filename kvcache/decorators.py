@@ -300,29 +300,33 @@ def cached(cache, key=keys.hashkey, lock=None, condition=None, info=False):
 
 
 # ---------------------------------------------------------------------------
-# cachedmethod: cachetools.cachedmethod without holding on to instances.
+# cachedmethod: cachetools 8's descriptor.
 #
-# cachetools 8 keeps a bound wrapper in each instance's __dict__, and the
-# wrapper refers back to the instance: a reference cycle that only the
-# garbage collector breaks.  Here the descriptor hands out a short-lived
-# bound object per attribute access (as Python does for methods), and the
-# per-instance state (hit counts, keys being computed) lives in the
-# instance's __dict__ without referring to the instance.
+# The first access `obj.method` stores a bound wrapper in obj.__dict__ under the method's
+# name, so later accesses find it there without calling the descriptor (as for
+# functools.cached_property).  The wrapper refers back to the instance: a reference cycle
+# the garbage collector breaks, as in cachetools; the caches keep no reference to it.  A
+# descriptor reached otherwise (through super(), or overridden in a subclass) keeps its
+# wrappers in obj.__dict__[_WRAPPERS_ATTR], keyed by descriptor.
 
 
 class _MethodState:
+    """Hit counts and keys being computed of one bound wrapper with a lock, condition or info."""
+
     __slots__ = ("hits", "misses", "pending")
 
     def __init__(self):
         self.hits = self.misses = 0
         self.pending = set()
 
-    def __reduce__(self):
-        # Counts restart and nothing is pending in a copy, as in cachetools.
-        return (_MethodState, ())
+
+_WRAPPERS_ATTR = "__kvcache_cachedmethods"
 
 
-_STATE_ATTR = "__kvcache_cachedmethods"
+def _bind(desc, obj):
+    # the unpickler's and copier's way back to a wrapper: through the descriptor, so a copy
+    # of an instance holds the same wrapper under the name as its attribute returns
+    return desc.__get__(obj, type(obj))
 
 
 class _BoundCachedMethod(CachedMethodBound):
@@ -385,7 +389,8 @@ class _BoundCachedMethod(CachedMethodBound):
         return hash((id(self.__self__), self._desc))
 
     def __reduce__(self):
-        return (getattr, (self.__self__, self._desc._attrname))
+        # hit counts restart in a copy, as in cachetools
+        return (_bind, (self._desc, self.__self__))
 
     def __repr__(self):
         return f"<cachedmethod {self._desc.__wrapped__!r} of {object.__repr__(self.__self__)}>"
@@ -401,12 +406,10 @@ class _BoundCachedMethod(CachedMethodBound):
             with lock(obj):
                 cache.clear()
                 if desc._info:
-                    state = desc._state(obj)
-                    state.hits = state.misses = 0
+                    self._state.hits = self._state.misses = 0
                 return
         if desc._info:
-            state = desc._state(obj)
-            state.hits = state.misses = 0
+            self._state.hits = self._state.misses = 0
 
 
 class _BoundCachedMethodInfo(_BoundCachedMethod):
@@ -417,7 +420,7 @@ class _BoundCachedMethodInfo(_BoundCachedMethod):
     def cache_info(self):
         obj = self.__self__
         desc = self._desc
-        state = desc._state(obj)
+        state = self._state
         lock = desc._lock if desc._lock is not None else desc._cond
         if lock is None:
             return _make_info(desc._cache(obj), state.hits, state.misses)
@@ -440,7 +443,6 @@ class _UnboundCachedMethod:
 
     def __reduce__(self):
         # copy, deepcopy and pickle find it again through its class, as cachetools' does
-        # (the compiled __get__ cannot be called with no instance and no owner)
         return (getattr, (self._desc._owner, self._desc._attrname))
 
     def __repr__(self):
@@ -475,9 +477,9 @@ class _UnboundCachedMethod:
 
 
 class _CachedMethodDescriptor(CachedMethodDescriptorBase):
-    # the fields and __get__ (instance access) are compiled: _core.CachedMethodDescriptorBase
+    # the fields and the plain call path are compiled: _memo.CachedMethodDescriptorBase
     def __init__(self, method, cache, key, lock, cond, info):
-        CachedMethodDescriptorBase.__init__(self, type(self)._get_slow, type(self)._call)
+        CachedMethodDescriptorBase.__init__(self, type(self)._call)
         functools.update_wrapper(self, method)
         self._method = method
         self._cache = cache
@@ -490,6 +492,7 @@ class _CachedMethodDescriptor(CachedMethodDescriptorBase):
         self._unbound = None
         self._bound = _BoundCachedMethodInfo if info else _BoundCachedMethod
         self._plain = lock is None and cond is None and not info
+        self._state_type = None if self._plain else _MethodState
 
     def __set_name__(self, owner, name):
         if self._attrname is None:
@@ -501,17 +504,51 @@ class _CachedMethodDescriptor(CachedMethodDescriptorBase):
                 f"({self._attrname!r} and {name!r})."
             )
 
-    def _get_slow(self, obj):
-        if self._attrname is None:
+    def __get__(self, obj, objtype=None):
+        attrname = self._attrname
+        if attrname is None:
             if isinstance(obj, type):
                 # Before 3.13, @classmethod calls __get__(cls, type(cls)).
                 self.__call__()
             raise TypeError(
                 "Cannot use descriptor instance without calling __set_name__ on it"
             )
-        if self._unbound is None:
-            self._unbound = _UnboundCachedMethod(self)
-        return self._unbound
+        if obj is None:
+            if self._unbound is None:
+                self._unbound = _UnboundCachedMethod(self)
+            return self._unbound
+        for cls in type(obj).__mro__:
+            if attrname in cls.__dict__:
+                found = cls.__dict__[attrname]
+                break
+        else:
+            found = None            # removed from the class after __set_name__
+        if found is self:
+            # setdefault: of two threads' first accesses, the first wrapper stored wins
+            try:
+                return obj.__dict__.setdefault(attrname, self._bind(obj))
+            except (AttributeError, TypeError) as e:
+                self._instance_dict_error(obj, e)
+        # through super(), or shadowed: neither reuse nor replace what the name holds
+        try:
+            wrappers = obj.__dict__.setdefault(_WRAPPERS_ATTR, {})
+        except (AttributeError, TypeError) as e:
+            self._instance_dict_error(obj, e)
+        wrapper = wrappers.get(self)
+        if wrapper is None:
+            wrapper = wrappers.setdefault(self, self._bind(obj))
+        return wrapper
+
+    def _instance_dict_error(self, obj, error):
+        if isinstance(error, AttributeError):
+            # no __dict__ (__slots__), or one without setdefault (a class's mapping proxy)
+            msg = (f"No '__dict__' attribute on {type(obj).__name__!r} "
+                   f"instance to cache {self._attrname!r}")
+        else:
+            msg = (f"The '__dict__' attribute on {type(obj).__name__!r} "
+                   f"instance does not support item assignment for "
+                   f"caching {self._attrname!r}")
+        raise TypeError(msg) from None
 
     def __reduce__(self):
         return (_lookup_descriptor, (self._owner, self._attrname))
@@ -523,31 +560,9 @@ class _CachedMethodDescriptor(CachedMethodDescriptorBase):
             "methods or properties is not supported"
         )
 
-    def _state(self, obj):
-        try:
-            d = obj.__dict__
-        except AttributeError:
-            raise TypeError(
-                f"No '__dict__' attribute on {type(obj).__name__!r} "
-                f"instance to cache {self._attrname!r}"
-            ) from None
-        try:
-            states = d[_STATE_ATTR]
-        except KeyError:
-            try:
-                states = d.setdefault(_STATE_ATTR, {})
-            except TypeError:
-                raise TypeError(
-                    f"The '__dict__' attribute on {type(obj).__name__!r} "
-                    f"instance does not support item assignment for "
-                    f"caching {self._attrname!r}"
-                ) from None
-        state = states.get(self)
-        if state is None:
-            state = states.setdefault(self, _MethodState())
-        return state
-
-    def _call(self, obj, args, kwargs):
+    def _call(self, bound, args, kwargs):
+        obj = bound.__self__
+        state = bound._state
         cache = self._cache(obj)
         key = self._key(obj, *args, **kwargs)
         method = self._method
@@ -555,7 +570,6 @@ class _CachedMethodDescriptor(CachedMethodDescriptorBase):
         if cond is not None:
             cond = cond(obj)
             lock = self._lock(obj) if self._lock is not None else cond
-            state = self._state(obj)
             pending = state.pending
             with lock:
                 while key in pending:
@@ -585,11 +599,11 @@ class _CachedMethodDescriptor(CachedMethodDescriptorBase):
                 try:
                     result = cache[key]
                     if self._info:
-                        self._state(obj).hits += 1
+                        state.hits += 1
                     return result
                 except KeyError:
                     if self._info:
-                        self._state(obj).misses += 1
+                        state.misses += 1
             val = method(obj, *args, **kwargs)
             with lock:
                 try:
@@ -599,11 +613,11 @@ class _CachedMethodDescriptor(CachedMethodDescriptorBase):
         try:
             result = cache[key]
             if self._info:
-                self._state(obj).hits += 1
+                state.hits += 1
             return result
         except KeyError:
             if self._info:
-                self._state(obj).misses += 1
+                state.misses += 1
         val = method(obj, *args, **kwargs)
         try:
             cache[key] = val
@@ -620,9 +634,12 @@ def cachedmethod(cache, key=keys.methodkey, lock=None, condition=None, info=Fals
     """Decorate a method to memoize its results in the cache `cache(self)` returns.
 
     `cache`, `lock` and `condition` are callables taking the instance, so
-    each instance may have its own cache.  The decorator keeps no
-    reference to any instance.  `@cachedmethod` must be the outermost
-    decorator of a method defined in a class body.
+    each instance may have its own cache.  As in cachetools 8, the first
+    access stores the bound method in the instance's `__dict__` under the
+    method's name (a class with `__slots__` and no `__dict__` raises
+    TypeError); it refers back to the instance, a cycle the garbage
+    collector frees.  `@cachedmethod` must be the outermost decorator of
+    a method defined in a class body.
     """
     if not callable(cache):
         raise TypeError("cache must be callable")
