@@ -16,8 +16,6 @@ pytest.importorskip("mypy")
 HERE = Path(__file__).resolve().parent
 SAMPLE = HERE / "typecheck" / "decorated.py"
 ALLOWLISTS = [HERE / "stubtest_allowlist.txt"]
-if sys.version_info < (3, 12):
-    ALLOWLISTS.append(HERE / "stubtest_allowlist_before_3_12.txt")
 # the folder holding the kvcache being tested (site-packages in CI, the checkout when built in
 # place): stubtest must compare that package's stubs with that package's compiled modules
 PACKAGE_ROOT = Path(kvcache.__file__).resolve().parent.parent

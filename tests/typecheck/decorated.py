@@ -5,6 +5,7 @@ import threading
 
 import kvcache
 from kvcache import cached, cachedmethod, fifo_cache, lfu_cache, lru_cache, memoize, rr_cache, ttl_cache
+from kvcache import keys
 
 
 @lru_cache(maxsize=32)
@@ -116,6 +117,10 @@ memo(2, 3)  # type: ignore[arg-type]
 s.lookup(1)  # type: ignore[arg-type]
 s.compute("x")  # type: ignore[arg-type]
 via_cached.cache_info()  # type: ignore[attr-defined]
+reveal_type(keys.hashkey(1, "a", b=2))  # revealed: tuple[typing.Hashable, ...]
+reveal_type(keys.typedmethodkey(s, 1))  # revealed: tuple[typing.Hashable, ...]
+keys.hashkey([1])  # type: ignore[arg-type]
+keys.methodkey()  # type: ignore[call-arg]
 
 
 async def main() -> None:
