@@ -461,7 +461,7 @@ def test_cachedmethod_class_access_and_alias(mod):
     assert Counter.get(obj, 1) == (1, 1) and obj.get(1) == (1, 1)
     o = Other()
     assert o.get(2) == (2, 1) and o.get(2) == (2, 1)
-    for dup in (copy.copy, copy.deepcopy, lambda m: pickle.loads(pickle.dumps(m))):
+    for dup in (copy.copy, copy.deepcopy):      # (pickling: tests/test_cached.py)
         assert dup(Counter.get)(obj, 1) == (1, 1)
 
 
@@ -600,3 +600,73 @@ def test_timed_caches_agree_with_cachetools_step_by_step(kind):
             assert list(kv) == _eviction_order(ref)
 
     run()
+
+
+# --- the audit of cachetools 8's documented behaviours (issue 18): what was not pinned yet
+
+
+@pytest.mark.parametrize("name", ["Cache", "FIFOCache", "LRUCache", "LFUCache", "RRCache"])
+def test_sizes_and_missing_as_cachetools(mod, name):
+    cls = getattr(mod, name)
+    c = cls(10, getsizeof=len)
+    c["a"] = "xx"
+    assert (c.currsize, c.maxsize, c.getsizeof("abc"), cls.getsizeof(object())) == (2, 10, 3, 1)
+    with pytest.raises(ValueError, match="value too large"):
+        c["b"] = "x" * 11
+    with pytest.raises(ValueError, match="value size must be"):
+        cls(10, getsizeof=lambda v: -1)["a"] = 1
+
+    class Filling(cls):
+        def __missing__(self, key):
+            self[key] = key * 2
+            return key * 2
+
+    f = Filling(2)
+    # get, pop and setdefault do not call __missing__; [] does
+    assert (f[1], f.get(3), 3 in f, f.pop(4, "x"), f.setdefault(5, "y")) == (2, None, False, "x", "y")
+    assert sorted(f) == [1, 5]
+
+
+def test_ttl_timer_as_cachetools(mod):
+    clock = Clock()
+    clock.label = "mine"
+    c = mod.TTLCache(5, 10, timer=clock)
+    for k in range(4):
+        c[k] = k
+        clock.now += 1
+    with c.timer as frozen:
+        clock.now = 50
+        assert (frozen, c.timer()) == (4, 4)      # time stands still inside `with`
+    assert c.timer() == 50 and c.timer.label == "mine"   # other attributes reach the timer
+    clock.now = 12
+    assert c.expire() == [(0, 0), (1, 1), (2, 2)]        # the expired pairs, oldest first
+    assert c.expire(100) == [(3, 3)]
+
+
+def test_rr_choice_property(mod):
+    import random
+    assert mod.RRCache(3).choice is random.choice
+    c = mod.RRCache(3, choice=min)
+    for k in (5, 1, 2, 9):
+        c[k] = k
+    assert c.choice is min and sorted(c) == [2, 5, 9]
+
+
+def test_keys_are_tuples_that_hash_once(mod):
+    # cachetools 8 returns the plain argument tuple; kvcache's keys are a tuple subclass that
+    # keeps its hash (a slow __hash__ runs once per call, not once per lookup): equal to the
+    # plain tuple, hashing like it, a tuple everywhere one is expected
+    calls = []
+
+    class Slow:
+        def __hash__(self):
+            calls.append(1)
+            return 7
+
+    arg = Slow()
+    key = mod.keys.hashkey(arg, 2)
+    hash(key)
+    hash(key)
+    assert len(calls) == (1 if mod is kvcache else 2)
+    assert key == (arg, 2) and hash(key) == hash((arg, 2)) and isinstance(key, tuple)
+    assert (type(key) is tuple) == (mod is not kvcache)
