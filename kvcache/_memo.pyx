@@ -40,7 +40,7 @@ from cpython.ref cimport PyObject, Py_DECREF
 from libc.stdint cimport int32_t, int64_t, uint64_t
 from cpython.tuple cimport PyTuple_New, PyTuple_GET_SIZE, PyTuple_GET_ITEM, PyTuple_SET_ITEM
 from cpython.ref cimport Py_INCREF
-from cpython.object cimport PyObject_Hash
+from cpython.object cimport PyObject_Hash, PyTypeObject, Py_TYPE
 from cpython.number cimport PyNumber_AsSsize_t
 from cpython.unicode cimport PyUnicode_CheckExact
 from cpython.long cimport PyLong_CheckExact
@@ -50,6 +50,9 @@ cdef extern from "Python.h":
     object PyMethod_New(object func, object self)   # Cython's pxd still has the 3-argument form
     int Py_ReprEnter(object)
     void Py_ReprLeave(object)
+    # the attribute a type's MRO gives for a name (borrowed; compared by identity only)
+    PyObject* _PyType_Lookup(PyTypeObject* type, object name)
+    PyObject* PyDict_SetDefault(object d, object key, object default) except NULL
 
 import math
 import operator
@@ -888,12 +891,30 @@ cdef class CachedMethodDescriptorBase:
     cdef public object _method, _cache, _key, _lock, _cond, _attrname, _bound
     cdef public bint _info, _plain
     cdef public object _state_type   # the per-wrapper state of a call with a lock, condition or info
-    # The Python layer's slow path, given at construction (never looked up by name), as a
-    # plain function called with the descriptor first (no reference cycle through self):
+    # The Python layer's slow paths, given at construction (never looked up by name), as
+    # plain functions called with the descriptor first (no reference cycle through self):
+    cdef object get_slow          # (desc, obj) -> every access but an instance's own first one
     cdef object call_slow         # (desc, bound, args, kwargs) -> a call with a lock, condition or info
 
-    def __init__(self, call_slow):
+    def __init__(self, get_slow, call_slow):
+        self.get_slow = get_slow
         self.call_slow = call_slow
+
+    def __get__(self, obj, objtype):
+        # An instance's first access through its class's own descriptor, with a plain dict:
+        # the Python layer's first branch in C (store the wrapper under the name; of two
+        # threads' first accesses, the first wrapper stored wins).  Later accesses find the
+        # wrapper in the instance dict without calling the descriptor.
+        name = self._attrname
+        if name is not None and obj is not None and \
+                _PyType_Lookup(Py_TYPE(obj), name) == <PyObject*>self:
+            try:
+                d = obj.__dict__
+            except AttributeError:
+                d = None
+            if type(d) is dict:
+                return <object>PyDict_SetDefault(d, name, self._bind(obj))
+        return self.get_slow(self, obj)
 
     def _bind(self, obj):
         """Return a new wrapper of this method bound to obj (kept by the caller, not here)."""

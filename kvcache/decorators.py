@@ -479,7 +479,7 @@ class _UnboundCachedMethod:
 class _CachedMethodDescriptor(CachedMethodDescriptorBase):
     # the fields and the plain call path are compiled: _memo.CachedMethodDescriptorBase
     def __init__(self, method, cache, key, lock, cond, info):
-        CachedMethodDescriptorBase.__init__(self, type(self)._call)
+        CachedMethodDescriptorBase.__init__(self, type(self)._get_slow, type(self)._call)
         functools.update_wrapper(self, method)
         self._method = method
         self._cache = cache
@@ -504,7 +504,8 @@ class _CachedMethodDescriptor(CachedMethodDescriptorBase):
                 f"({self._attrname!r} and {name!r})."
             )
 
-    def __get__(self, obj, objtype=None):
+    def _get_slow(self, obj):
+        # cachetools 8's __get__ (the compiled base takes its first branch's common case)
         attrname = self._attrname
         if attrname is None:
             if isinstance(obj, type):
