@@ -83,6 +83,13 @@ class Generation(NamedTuple):
     logits: object = None
 
 
+def _open(path):
+    try:
+        return gguf.GGUFReader(path)
+    except Exception as exc:  # the reader raises what numpy and struct raise on bad bytes
+        raise ValueError(f"{path}: not a readable GGUF file ({exc})") from exc
+
+
 def _field(reader, key, default=None):
     f = reader.fields.get(key)
     if f is None:
@@ -109,7 +116,9 @@ class GGUFModel(PagedDecoder):
         if not os.path.isfile(path):
             raise FileNotFoundError(f"no GGUF file at {path!r}")
         block_size = _positive_int("block_size", block_size)
-        reader = gguf.GGUFReader(path)
+        if pool_blocks is not None:
+            pool_blocks = _positive_int("pool_blocks", pool_blocks)
+        reader = _open(path)
         arch = _field(reader, "general.architecture")
         if arch != "llama":
             raise ValueError(f"{path}: architecture {arch!r} is not supported (only 'llama')")
@@ -170,7 +179,6 @@ class GGUFModel(PagedDecoder):
 
         if pool_blocks is None:
             pool_blocks = -(-self.max_seq_len // block_size)
-        pool_blocks = _positive_int("pool_blocks", pool_blocks)
         self.pool = BlockPool(pool_blocks, block_size, self.n_layers, self.n_kv_heads, hd,
                               dtype=np.float32)
         salt = f"kvcache.llm_gguf/v1/{self.name}/{os.path.getsize(path)}".encode()
@@ -351,12 +359,14 @@ class GGUFModel(PagedDecoder):
                              f"{self.max_seq_len} of them")
         return self._forward(ids.astype(np.int64), 0, None, all_logits=True)
 
-    def generate(self, prompts, max_new_tokens=32, mode="prefix", *, return_logits=False):
+    def generate(self, prompts, max_new_tokens=32, mode="prefix", *, return_logits=False,
+                 ignore_eos=False):
         """Greedily continue each prompt; return one `Generation` per prompt, in order.
 
         `prompts` is a list; each prompt is a str (plain text), a list of chat messages
         (`{"role", "content"}`, the chat template applied) or a sequence of token ids.
-        Generation stops at the end-of-turn token or after `max_new_tokens`. `mode`:
+        Generation stops at the end-of-turn token (unless `ignore_eos`, for fixed-length
+        runs) or after `max_new_tokens`. `mode`:
         "prefix" (default) reuses K/V of prompt prefixes seen before, "kv" caches per
         request only, "none" recomputes everything at each step; all give the same tokens.
         """
@@ -369,9 +379,9 @@ class GGUFModel(PagedDecoder):
             ids = self.prompt_ids(prompt)
             t_tok = time.perf_counter() - t0
             tokens, logits = self._generate_ids(ids, max_new_tokens, mode, return_logits,
-                                                (self.eos_id,))
+                                                () if ignore_eos else (self.eos_id,))
             st = self.last_stats
-            stopped = bool(tokens) and tokens[-1] == self.eos_id
+            stopped = not ignore_eos and bool(tokens) and tokens[-1] == self.eos_id
             results.append(Generation(
                 tokens, self.decode(tokens), t_tok + st.ttft, t_tok + st.seconds,
                 st.prompt_tokens, st.cached_tokens, "stop" if stopped else "length", logits))
