@@ -18,10 +18,10 @@ import numpy as np
 try:
     import gguf
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
-except ImportError as exc:  # pragma: no cover - exercised only without the extra
+except ImportError as _exc:  # private name: stubtest checks every public module global
     raise ImportError(
-        f"kvcache.llm_gguf needs gguf and tokenizers ({exc}): pip install 'kvcache[models]'"
-    ) from exc
+        f"kvcache.llm_gguf needs gguf and tokenizers ({_exc}): pip install 'kvcache[models]'"
+    ) from _exc
 
 from kvcache.llm import BlockPool, PagedDecoder, PrefixCache, _positive_int
 
