@@ -311,7 +311,7 @@ def test_none_mode_agrees(model, runs, i, new):
 
 def test_prefix_reuses_generated_tokens(model):
     model.prefix_cache.clear()
-    first = model.generate([CHATS[19]], 40, ignore_eos=True)[0]
+    first = model.generate([CHATS[19]], 24, ignore_eos=True)[0]
     ids = model.prompt_ids(CHATS[19])
     follow = ids + first.tokens + model.encode(" Tell me more.")
     again = model.generate([follow], 3, "prefix", return_logits=True, ignore_eos=True)[0]
@@ -406,6 +406,15 @@ def test_cross_check_with_transformers(model, model_path):
     pytest.importorskip("accelerate")  # transformers needs it to load a GGUF file
     import torch
 
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as BLAS above: spinning threads crawl on a busy runner
+    try:
+        _cross_check(model, model_path, transformers, torch)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _cross_check(model, model_path, transformers, torch):
     d, name = os.path.split(model_path)
     hf = transformers.AutoModelForCausalLM.from_pretrained(d, gguf_file=name,
                                                            dtype=torch.float32)
@@ -413,8 +422,9 @@ def test_cross_check_with_transformers(model, model_path):
     worst, agree, total = 0.0, 0, 0
     for chat in CHATS:
         ids = model.chat_ids(chat)
-        assert ids == list(tok.apply_chat_template(chat, add_generation_prompt=True,
-                                                   tokenize=True)["input_ids"])
+        if not any(t in m["content"] for m in chat for t in model.special_ids):
+            assert ids == list(tok.apply_chat_template(chat, add_generation_prompt=True,
+                                                       tokenize=True)["input_ids"])
         with torch.no_grad():
             ref = hf(torch.tensor([ids])).logits[0].float().numpy()
         mine = model.logits(ids)
