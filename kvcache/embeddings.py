@@ -14,7 +14,10 @@ class CachedEmbedder:
     Each call removes duplicate texts, looks them all up at once, encodes only the misses in a
     single ``encode`` call and returns the rows in input order, bit-identical to what ``encode``
     returned for each text (the encoder must return the cache's dtype, or one that converts to it
-    without loss). ``namespace`` (e.g. the model name) is part of every key, so encoders with
+    without loss). A cached call equals an uncached one byte for byte only if the encoder gives a
+    text the same bits whatever else is in its batch: :class:`kvcache.minilm.MiniLM` does; a
+    batch that pads texts to its longest, or runs one matrix product over all of them, does not
+    (a difference of about 1e-7). ``namespace`` (e.g. the model name) is part of every key, so encoders with
     different namespaces never share entries even in one cache. Keys are 128-bit
     :func:`kvcache.digest` values of the text's UTF-8 bytes, stable across processes.
 
