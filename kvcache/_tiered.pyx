@@ -1,5 +1,5 @@
 # cython: language_level=3, freethreading_compatible=False
-# The read path of kvcache.redis.TieredCache (issue 7): a local-tier hit, compiled.
+# The read path of kvcache.redis.TieredCache (issue 7) and AsyncTieredCache: a local-tier hit, compiled.
 #
 # Why this is compiled although the Redis tier is otherwise written against the public
 # API: a local hit is the tier's whole point, and the goal is "at most 2x a plain LRUCache hit".
@@ -119,6 +119,13 @@ cdef class TieredBase:
                 return False
             return True
         return _tier_hit(self, key) is not _tier_missing or self._fetch(key) is not _tier_missing
+
+    def _local_hit(self, key):
+        """Return the value of `key` if the local tier may answer (counted as a local hit), else MISSING.
+
+        The whole hit of the asyncio tier: its coroutine awaits nothing when this answers.
+        """
+        return _tier_hit(self, key)
 
     def _local_fallback(self, key):
         """Return the live local value of `key` (counted as a local hit) or MISSING; drop an expired copy.
