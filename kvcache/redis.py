@@ -25,6 +25,7 @@ Consistency rules (why the code looks the way it does):
   kvcache cache as ``local`` whether or not it supports per-entry TTLs.
 """
 
+import logging
 import os
 import random
 import threading
@@ -39,22 +40,27 @@ from redis.exceptions import RedisError
 from kvcache._tiered import MISSING as _MISSING, Expiring, TieredBase
 from kvcache.serialize import SerializationError, Serializer, decode_key, encode_key
 
-__all__ = ["TieredCache", "TierStats", "CircuitOpenError"]
+__all__ = ["TieredCache", "TierStats", "CircuitOpenError", "ValueTooLargeError"]
 
 _monotonic = time.monotonic
 _DEFAULT = object()
+# What a remote call may raise that fail-open absorbs (cluster topology errors are not RedisErrors).
+_REMOTE_ERRORS = (RedisError, _redis.exceptions.RedisClusterException, SerializationError)
 
 TierStats = namedtuple(
     "TierStats",
-    "local_hits remote_hits misses sets deletes errors invalidations circuit live",
+    "local_hits remote_hits misses sets deletes errors invalidations circuit live rejections",
 )
 TierStats.__doc__ = """Counters of a TieredCache.
 
 ``local_hits``/``remote_hits``/``misses`` count reads answered by the local tier,
-by Redis, by nobody; ``errors`` counts Redis/decoding failures swallowed or raised;
-``invalidations`` counts keys dropped on notice from Redis; ``circuit`` is
-``"closed"``, ``"open"`` or ``"half-open"``; ``live`` tells whether the
-invalidation stream is up (the local tier is trusted only then).
+by Redis, by nobody; ``errors`` counts outages (Redis unreachable, timed out) and
+decoding failures, swallowed or raised; ``rejections`` counts commands the server
+refused (OOM, NOPERM, WRONGTYPE, a value over ``max_value_size``), which never open
+the breaker; ``invalidations`` counts keys dropped on notice from Redis;
+``circuit`` is the worst breaker state over the nodes: ``"closed"``, ``"open"`` or
+``"half-open"``; ``live`` tells whether the invalidation stream is up (the local
+tier is trusted only then).
 """
 
 
@@ -90,8 +96,72 @@ def _glob_escape(data):
     return bytes(out)
 
 
+def namespace_prefix(namespace):
+    """Return the Redis key prefix of `namespace` (bytes): escaped, then ``:``.
+
+    ``\\`` becomes ``\\\\`` and ``:`` becomes ``\\:``, so the prefix ends at its first
+    unescaped ``:`` and no namespace's prefix starts another's (``app`` and ``app:v`` are
+    disjoint), while a plain namespace keeps its plain name (an ACL ``~app:*`` fits).
+    """
+    return namespace.replace(b"\\", b"\\\\").replace(b":", b"\\:") + b":"
+
+
+def scan_pattern(prefix):
+    """Return the SCAN MATCH pattern of every Redis name under `prefix`."""
+    return _glob_escape(prefix) + b"*"
+
+
+# --- what a failure means ----------------------------------------------------------
+# An outage (the node cannot be reached or cannot serve) trips that node's breaker; a
+# rejection (the server answered "no": OOM, NOPERM, WRONGTYPE, ...) proves the node is up,
+# so it is counted and logged instead, and calling again is the right thing to do.
+
+OUTAGE = "outage"
+REJECTION = "rejection"
+
+_OUTAGE_TYPES = (
+    _redis.exceptions.ConnectionError,  # refused, reset, broken pipe, BusyLoading, auth, pool full
+    _redis.exceptions.TimeoutError,
+    _redis.exceptions.ClusterError,  # ClusterDown, MasterDown
+    _redis.exceptions.ReadOnlyError,  # a primary demoted under us: failover in progress
+    _redis.exceptions.InvalidResponse,  # the connection lost sync
+    _redis.exceptions.RedisClusterException,  # slots not covered, topology unknown
+    OSError,
+)
+
+
+class ValueTooLargeError(_redis.exceptions.DataError):
+    """Raised (strict mode) for a value whose encoding exceeds the tier's ``max_value_size``."""
+
+
+def classify_error(exc):
+    """Return OUTAGE for a connection-level failure, REJECTION for a server's (or our) refusal."""
+    return OUTAGE if isinstance(exc, _OUTAGE_TYPES) else REJECTION
+
+
+def rejection_kind(exc):
+    """Return a short name for a rejection (``OOM``, ``NOPERM``, ``WRONGTYPE``, ...)."""
+    code = getattr(exc, "status_code", None)
+    if code:
+        return code
+    if type(exc) is _redis.exceptions.ResponseError:
+        word = str(exc).split(" ", 1)[0]
+        if word.isupper():
+            return word
+    return type(exc).__name__
+
+
+_log = logging.getLogger("kvcache.redis")
+
+
 class _Breaker:
-    """Closed -> open after `threshold` consecutive failures; one trial call after a backoff."""
+    """Closed -> open after `threshold` consecutive outages (one timeout opens it at once).
+
+    Open: every call fails open at once until a jittered backoff has passed.  Half-open:
+    exactly one caller gets through as the probe; the others keep failing open until the
+    probe reports (success closes, failure reopens with a doubled backoff), so a hung server
+    costs one socket timeout per probe, not one per call.
+    """
 
     __slots__ = ("threshold", "base", "cap", "failures", "open_until", "delay", "trial", "lock")
 
@@ -112,13 +182,14 @@ class _Breaker:
         return "half-open" if _monotonic() >= self.open_until else "open"
 
     def allow(self):
+        """Return whether a call may go to the node now (True makes the caller the probe when half-open)."""
         if self.failures < self.threshold:
             return True
         with self.lock:
             if self.failures < self.threshold:
                 return True
             now = _monotonic()
-            # A trial whose outcome was never reported (caller interrupted) expires.
+            # A probe whose outcome was never reported (caller interrupted) expires.
             if now < self.open_until or (self.trial and now < self.open_until + 2 * self.cap):
                 return False
             self.trial = True
@@ -131,14 +202,94 @@ class _Breaker:
                 self.delay = self.base
                 self.trial = False
 
-    def failure(self):
+    def failure(self, exc=None):
         with self.lock:
-            self.failures += 1
+            # Waiting is what a timeout costs: do not pay it `threshold` times.
+            if isinstance(exc, (_redis.exceptions.TimeoutError, TimeoutError)):
+                self.failures = max(self.failures + 1, self.threshold)
+            else:
+                self.failures += 1
             if self.failures >= self.threshold:
                 # Jitter keeps a fleet of processes from probing a recovering server in lockstep.
                 self.open_until = _monotonic() + self.delay * random.uniform(0.5, 1.0)
                 self.delay = min(self.delay * 2, self.cap)
                 self.trial = False
+
+
+_STATE_RANK = {"closed": 0, "half-open": 1, "open": 2}
+
+
+class NodeHealth:
+    """One breaker per Redis node, and what to do with an error (sync and async tiers share it).
+
+    On a cluster the breaker of a Redis name is that of the primary serving its slot, so a
+    dead master fails open only its own slots.  Works with ``redis.Redis``,
+    ``redis.cluster.RedisCluster`` and their ``redis.asyncio`` twins.
+    """
+
+    def __init__(self, client, threshold, base, cap):
+        self._args = (threshold, base, cap)
+        self._client = client
+        self._cluster = _is_cluster(client)
+        self._single = _Breaker(*self._args)
+        self._nodes = {}  # "host:port" -> _Breaker
+        self._lock = threading.Lock()
+        self._seen = set()  # rejection kinds already logged
+
+    def node(self, node_name):
+        """Return the breaker of the node named ``host:port`` (the only one off a cluster)."""
+        if not self._cluster:
+            return self._single
+        b = self._nodes.get(node_name)
+        if b is None:
+            with self._lock:
+                b = self._nodes.setdefault(node_name, _Breaker(*self._args))
+        return b
+
+    def breaker(self, name):
+        """Return the breaker guarding Redis name `name`."""
+        if not self._cluster:
+            return self._single
+        return self.node(self.node_name(name))
+
+    def node_name(self, name):
+        """Return ``host:port`` of the primary serving `name` (``"?"`` if the slot map is unknown)."""
+        if not self._cluster:
+            return "?"
+        c = self._client
+        try:
+            return c.nodes_manager.slots_cache[c.keyslot(name)][0].name
+        except (KeyError, IndexError, TypeError, AttributeError):
+            return "?"
+
+    def breakers(self):
+        """Return every breaker in use."""
+        if not self._cluster:
+            return [self._single]
+        return list(self._nodes.values()) or [self._single]
+
+    @property
+    def state(self):
+        """The worst breaker state over the nodes ("closed", "half-open" or "open")."""
+        return max((b.state for b in self.breakers()), key=_STATE_RANK.__getitem__)
+
+    def reset(self, node_name):
+        """Close the breaker of a node that just proved reachable (its invalidation stream came up)."""
+        self.node(node_name).success()
+
+    def record(self, exc, breaker, what="Redis"):
+        """Feed `exc` to `breaker`; return OUTAGE or REJECTION; log each rejection kind once."""
+        kind = classify_error(exc)
+        if kind is OUTAGE:
+            breaker.failure(exc)
+            return kind
+        breaker.success()  # the node answered
+        rk = rejection_kind(exc)
+        if rk not in self._seen:
+            self._seen.add(rk)
+            _log.warning("%s rejected a command (%s): %s; counted in stats().rejections, "
+                         "logged once per kind", what, rk, exc)
+        return kind
 
 
 class TieredCache(TieredBase, MutableMapping):
@@ -184,6 +335,7 @@ class TieredCache(TieredBase, MutableMapping):
         failure_threshold=3,
         backoff=0.05,
         max_backoff=5.0,
+        max_value_size=512 * 1024 * 1024,
     ):
         if serializer is not None and compress_over is not None:
             raise ValueError("give compress_over to the serializer, not both")
@@ -207,11 +359,12 @@ class TieredCache(TieredBase, MutableMapping):
         self.strict = bool(strict)
         self.lock_lease = float(lock_lease)
         self.lock_wait = float(lock_wait)
+        self.max_value_size = int(max_value_size)
         self._ser = serializer if serializer is not None else Serializer(compress_over=compress_over)
-        self._prefix = namespace + b":"
+        self._prefix = namespace_prefix(namespace)
         self._vprefix = self._prefix + b"v:"
         self._lprefix = self._prefix + b"l:"
-        self._breaker = _Breaker(failure_threshold, backoff, max_backoff)
+        self._health = NodeHealth(client, failure_threshold, backoff, max_backoff)
         self._get_script = client.register_script(_LUA_GET)
         self._release_script = client.register_script(_LUA_RELEASE)
         self._renew_script = client.register_script(_LUA_RENEW)
@@ -225,10 +378,11 @@ class TieredCache(TieredBase, MutableMapping):
         self._inflight = {}  # Redis name -> [readers in flight, dirty]
         self._waiters = {}  # Redis name -> Event woken by any change of name or its lock
         self._live = False
-        self._counts = [0] * 6  # remote_hits misses sets deletes errors invalidations
+        self._counts = [0] * 7  # remote_hits misses sets deletes errors invalidations rejections
 
         self._stop = threading.Event()
         pools = _pools(client)
+        self._pool_nodes = [_pool_node_name(p) for p in pools]
         self._listeners_up = [False] * len(pools)
         self._threads = []
         ref = weakref.ref(self)
@@ -249,16 +403,20 @@ class TieredCache(TieredBase, MutableMapping):
     def _name(self, key):
         return self._vprefix + encode_key(key)
 
-    def _error(self, exc):
-        self._counts[4] += 1
-        if self._breaker is not None and isinstance(exc, RedisError):
-            self._breaker.failure()
+    def _error(self, exc, breaker):
+        """Count `exc` (an outage or a rejection; `breaker` is the node's, or None); raise when strict."""
+        if isinstance(exc, SerializationError) or breaker is None:
+            self._counts[4] += 1
+        elif self._health.record(exc, breaker) is OUTAGE:
+            self._counts[4] += 1
+        else:
+            self._counts[6] += 1
         if self.strict:
             raise exc
 
-    def _blocked(self):
-        """Return True (or raise when strict) if the breaker keeps us off Redis."""
-        if self._breaker.allow():
+    def _blocked(self, breaker):
+        """Return True (or raise when strict) if `breaker` keeps us off its node."""
+        if breaker.allow():
             return False
         if self.strict:
             raise CircuitOpenError("circuit open: Redis failed repeatedly, retrying after backoff")
@@ -331,15 +489,19 @@ class TieredCache(TieredBase, MutableMapping):
                 for slot in self._inflight.values():
                     slot[1] = True
             self._live = live
+        if up:
+            # The node accepts connections again: stop failing open for it now rather
+            # than after the backoff, or writes would keep missing a reachable Redis.
+            self._health.reset(self._pool_nodes[index])
 
-    def _remote_get(self, key, name):
+    def _remote_get(self, key, name, breaker):
         """Return the value from Redis (filling local) or _MISSING; may raise RedisError."""
         epoch = self._begin(name)
         entry = _MISSING
         try:
             t0 = _monotonic()
             reply = self._get_script(keys=[name], client=self._client)
-            self._breaker.success()
+            breaker.success()
             if reply is None:
                 self._counts[1] += 1
                 return _MISSING
@@ -359,11 +521,12 @@ class TieredCache(TieredBase, MutableMapping):
     def _fetch(self, key):
         """Read `key` the local tier did not answer: Redis, else the local tier; or _MISSING."""
         name = self._name(key)
-        if not self._blocked():
+        breaker = self._health.breaker(name)
+        if not self._blocked(breaker):
             try:
-                return self._remote_get(key, name)
-            except (RedisError, SerializationError) as exc:
-                self._error(exc)
+                return self._remote_get(key, name, breaker)
+            except _REMOTE_ERRORS as exc:
+                self._error(exc, breaker)
         # Fail-open: the local tier is all we have (counts the hit itself).
         v = self._local_fallback(key)
         if v is _MISSING:
@@ -376,7 +539,9 @@ class TieredCache(TieredBase, MutableMapping):
     def set(self, key, value, ttl=_DEFAULT):
         """Store `value` in Redis and locally; `ttl` (seconds) overrides the default.
 
-        Raises TypeError for a value the serializer cannot represent.
+        Raises TypeError for a value the serializer cannot represent.  A write Redis did
+        not take (down, breaker open, rejected, too large) leaves no local copy either:
+        every process then reads what Redis holds.
         """
         if ttl is _DEFAULT:
             ttl = self.ttl
@@ -384,23 +549,27 @@ class TieredCache(TieredBase, MutableMapping):
             raise ValueError("ttl must be > 0 or None")
         blob = self._ser.dumps(value)
         name = self._name(key)
+        breaker = self._health.breaker(name)
         epoch = self._begin(name)
         entry = _MISSING
         try:
-            t0 = _monotonic()
-            entry = value if ttl is None else Expiring(value, t0 + ttl)
-            if not self._blocked():
+            if len(blob) > self.max_value_size:
+                self._error(ValueTooLargeError(
+                    f"value of {key!r} encodes to {len(blob)} bytes, over max_value_size="
+                    f"{self.max_value_size} (Redis refuses values over proto-max-bulk-len)"), breaker)
+            elif not self._blocked(breaker):
                 try:
+                    t0 = _monotonic()
                     self._client.set(name, blob, px=None if ttl is None else max(1, int(ttl * 1000)))
-                    self._breaker.success()
+                    breaker.success()
                     self._counts[2] += 1
-                except RedisError as exc:
-                    self._error(exc)
-        except BaseException:
-            entry = _MISSING
-            self._local.pop(key, None)
-            raise
+                    entry = value if ttl is None else Expiring(value, t0 + ttl)
+                except _REMOTE_ERRORS as exc:
+                    self._error(exc, breaker)
         finally:
+            if entry is _MISSING:
+                # Redis may hold another value (or, after a timeout, maybe ours): trust neither.
+                self._local.pop(key, None)
             self._end(name, epoch, key, entry)
 
     def __delitem__(self, key):
@@ -414,19 +583,20 @@ class TieredCache(TieredBase, MutableMapping):
         existed = False
         try:
             existed = self._local.pop(key, _MISSING) is not _MISSING
-            if not self._blocked():
+            breaker = self._health.breaker(name)
+            if not self._blocked(breaker):
                 try:
                     existed = bool(self._client.delete(name)) or existed
-                    self._breaker.success()
+                    breaker.success()
                     self._counts[3] += 1
-                except RedisError as exc:
-                    self._error(exc)
+                except _REMOTE_ERRORS as exc:
+                    self._error(exc, breaker)
         finally:
             self._end(name, epoch, key, _MISSING)
         return existed
 
     def _scan_names(self):
-        return self._client.scan_iter(match=_glob_escape(self._vprefix) + b"*", count=500)
+        return self._client.scan_iter(match=scan_pattern(self._vprefix), count=500)
 
     def __iter__(self):
         """Iterate over the keys in Redis (SCAN: may miss or repeat keys changed meanwhile)."""
@@ -446,7 +616,8 @@ class TieredCache(TieredBase, MutableMapping):
         with self._lock:
             self._epoch += 1
             self._local.clear()
-        if self._blocked():
+        # SCAN visits every node: a breaker open on any of them keeps us out.
+        if any([self._blocked(b) for b in self._health.breakers()]):
             return
         try:
             batch = []
@@ -457,9 +628,8 @@ class TieredCache(TieredBase, MutableMapping):
                     batch.clear()
             if batch:
                 self._client.unlink(*batch)
-            self._breaker.success()
-        except RedisError as exc:
-            self._error(exc)
+        except _REMOTE_ERRORS as exc:
+            self._error(exc, None)
 
     # --- single flight across processes ---------------------------------------
 
@@ -479,23 +649,24 @@ class TieredCache(TieredBase, MutableMapping):
         token = os.urandom(16).hex().encode()
         lease_ms = max(1, int(self.lock_lease * 1000))
         give_up = _monotonic() + self.lock_wait
+        lbreaker = self._health.breaker(lname)
         with self._lock:
             ev = self._waiters.get(name)
             if ev is None:
                 ev = self._waiters[name] = threading.Event()
         try:
             while True:
-                if self._blocked():
+                if self._blocked(lbreaker):
                     return self._compute_and_set(key, compute, ttl)
                 try:
                     ev.clear()
                     acquired = self._client.set(lname, token, nx=True, px=lease_ms)
-                    self._breaker.success()
-                except RedisError as exc:
-                    self._error(exc)
+                    lbreaker.success()
+                except _REMOTE_ERRORS as exc:
+                    self._error(exc, lbreaker)
                     return self._compute_and_set(key, compute, ttl)
                 if acquired:
-                    return self._compute_locked(key, name, lname, token, lease_ms, compute, ttl)
+                    return self._compute_locked(key, name, lname, token, lease_ms, compute, ttl, lbreaker)
                 remaining = give_up - _monotonic()
                 if remaining <= 0:
                     return self._compute_and_set(key, compute, ttl)
@@ -521,14 +692,15 @@ class TieredCache(TieredBase, MutableMapping):
         self.set(key, value, ttl)
         return value
 
-    def _compute_locked(self, key, name, lname, token, lease_ms, compute, ttl):
+    def _compute_locked(self, key, name, lname, token, lease_ms, compute, ttl, lbreaker):
         stop = threading.Event()
         try:
             # The previous holder may have finished between our miss and our lock.
+            breaker = self._health.breaker(name)
             try:
-                v = self._remote_get(key, name)
-            except (RedisError, SerializationError) as exc:
-                self._error(exc)
+                v = self._remote_get(key, name, breaker)
+            except _REMOTE_ERRORS as exc:
+                self._error(exc, breaker)
                 v = _MISSING
             if v is not _MISSING:
                 return v
@@ -548,8 +720,8 @@ class TieredCache(TieredBase, MutableMapping):
         finally:
             try:
                 self._release_script(keys=[lname], args=[token], client=self._client)
-            except RedisError as exc:
-                self._error(exc)
+            except _REMOTE_ERRORS as exc:
+                self._error(exc, lbreaker)
 
     # --- misc ------------------------------------------------------------------
 
@@ -567,7 +739,7 @@ class TieredCache(TieredBase, MutableMapping):
         """Return a :class:`TierStats` snapshot of the counters."""
         c = self._counts
         return TierStats(
-            self._local_hits, c[0], c[1], c[2], c[3], c[4], c[5], self._breaker.state, self._live
+            self._local_hits, c[0], c[1], c[2], c[3], c[4], c[5], self._health.state, self._live, c[6]
         )
 
     @property
@@ -619,6 +791,12 @@ def _connection_kwargs(client):
         node = client.get_default_node()
         return node.redis_connection.connection_pool.connection_kwargs
     return client.connection_pool.connection_kwargs
+
+
+def _pool_node_name(pool):
+    """Return ``host:port`` of a pool's server, as redis-py's cluster names its nodes."""
+    kw = pool.connection_kwargs
+    return f"{kw.get('host')}:{kw.get('port')}"
 
 
 def _pools(client):

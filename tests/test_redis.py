@@ -750,3 +750,120 @@ def test_lock_holder_killed_another_computes_after_lease(make_tier, redis_server
         if child.poll() is None:
             child.kill()
             child.wait()
+
+
+# --- namespaces, rejections, breaker (issue 16) ------------------------------------------
+
+from hypothesis import given, strategies as st  # noqa: E402
+
+from kvcache.redis import (  # noqa: E402
+    OUTAGE,
+    REJECTION,
+    NodeHealth,
+    _Breaker,
+    classify_error,
+    namespace_prefix,
+    rejection_kind,
+)
+
+
+_ns_bytes = st.lists(st.sampled_from([b"a", b":", b"\\", b"v", b"*"]), min_size=1, max_size=8).map(b"".join)
+
+
+@given(_ns_bytes, _ns_bytes)
+def test_namespace_prefixes_are_prefix_free(a, b):
+    pa, pb = namespace_prefix(a), namespace_prefix(b)
+    if a != b:
+        assert not pa.startswith(pb) and not pb.startswith(pa)
+    else:
+        assert pa == pb
+
+
+def test_plain_namespace_keeps_its_key_names():
+    assert namespace_prefix(b"app") == b"app:"
+    assert namespace_prefix(b"app:v") == b"app\\:v:"
+    assert namespace_prefix(b"a\\") == b"a\\\\:"
+
+
+def test_len_and_clear_stay_in_their_namespace(make_tier, ns):
+    outer = make_tier(namespace=ns)
+    inner = make_tier(namespace=ns + ":v")
+    glob = make_tier(namespace=ns + "*[")
+    outer["a"] = 1
+    inner["b"] = 2
+    inner["c"] = 3
+    glob["d"] = 4
+    assert len(outer) == 1 and sorted(inner) == ["b", "c"] and len(glob) == 1
+    outer.clear()
+    assert len(outer) == 0 and len(inner) == 2 and glob["d"] == 4
+    assert inner["b"] == 2
+
+
+def test_errors_are_classified():
+    e = redis.exceptions
+    for exc in (e.ConnectionError("x"), e.TimeoutError("x"), e.BusyLoadingError("x"),
+                e.ClusterDownError("x"), e.MasterDownError("x")):
+        assert classify_error(exc) is OUTAGE, exc
+    for exc in (e.OutOfMemoryError("x", status_code="OOM"), e.NoPermissionError("x", status_code="NOPERM"),
+                e.ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value")):
+        assert classify_error(exc) is REJECTION, exc
+    assert rejection_kind(e.ResponseError("WRONGTYPE Operation against a key")) == "WRONGTYPE"
+    assert rejection_kind(e.OutOfMemoryError("x", status_code="OOM")) == "OOM"
+
+
+def test_breaker_lets_one_probe_through_when_half_open():
+    b = _Breaker(threshold=2, base=0.01, cap=0.01)
+    b.failure(redis.exceptions.ConnectionError())
+    assert b.state == "closed" and b.allow()
+    b.failure(redis.exceptions.ConnectionError())
+    assert b.state == "open" and not b.allow()
+    assert wait_for(lambda: b.state == "half-open", 1)
+    results = []
+    barrier = threading.Barrier(8)
+
+    def call():
+        barrier.wait()
+        results.append(b.allow())
+
+    threads = [threading.Thread(target=call) for _ in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert sorted(results) == [False] * 7 + [True]
+    b.success()
+    assert b.state == "closed" and b.allow()
+
+
+def test_breaker_opens_on_first_timeout():
+    b = _Breaker(threshold=3, base=1.0, cap=1.0)
+    b.failure(redis.exceptions.TimeoutError())
+    assert b.state == "open" and not b.allow()
+
+
+def test_rejections_do_not_open_the_breaker(make_tier, own_redis_server, caplog):
+    a = make_tier(server=own_redis_server)
+    b = make_tier(server=own_redis_server)
+    a["k"] = "old"
+    a["fresh"] = "there"
+    assert b["k"] == "old"
+    raw = own_redis_server.client()
+    raw.config_set("maxmemory-policy", "noeviction")
+    raw.config_set("maxmemory", 1)
+    try:
+        with caplog.at_level("WARNING", logger="kvcache.redis"):
+            for i in range(5):
+                a["k"] = f"new{i}"  # OOM: rejected, and nothing reaches the caller
+        s = a.stats()
+        assert s.rejections == 5 and s.errors == 0 and s.circuit == "closed"
+        assert [r for r in caplog.records if "OOM" in r.getMessage()].__len__() == 1
+        # Everyone, the writer too, reads what Redis holds.
+        assert a["k"] == "old" and b["k"] == "old"
+        a.local.clear()
+        assert a.get("fresh") == "there" and a.stats().remote_hits >= 1
+        strict = make_tier(server=own_redis_server, strict=True)
+        with pytest.raises(redis.exceptions.OutOfMemoryError):
+            strict["k"] = "strict"
+        assert strict.stats().rejections == 1 and strict["k"] == "old"
+    finally:
+        raw.config_set("maxmemory", 0)
