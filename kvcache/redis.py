@@ -292,51 +292,16 @@ class NodeHealth:
         return kind
 
 
-class TieredCache(TieredBase, MutableMapping):
-    """Cache values locally in `local` (any kvcache cache) and shared in Redis.
+class _TierCore(TieredBase):
+    """What TieredCache and AsyncTieredCache share: arguments, Redis names, the fill guard,
+    invalidation, breakers and counters.  No I/O here: each tier sends its own commands
+    (blocking or awaited) around these steps."""
 
-    ``client`` is a ``redis.Redis`` or ``redis.cluster.RedisCluster`` created with
-    ``decode_responses=False``; keep its retries and socket timeouts short, as
-    the tier does its own backoff.  ``namespace`` prefixes every Redis key and
-    scopes invalidation.  ``ttl`` (seconds) is the default lifetime in Redis and
-    bounds the local copy.  Values go through `serializer` (default: the safe
-    msgpack :class:`~kvcache.serialize.Serializer`, zstd above ``compress_over``
-    bytes).  Keys must be made of None/bool/int/float/str/bytes/tuples/frozensets
-    (see :func:`kvcache.serialize.encode_key`).
-
-    Fail-open by default: when Redis is unreachable, reads and writes use the
-    local tier only, no exception reaches the caller and ``stats().errors``
-    counts the failures; a circuit breaker stops calling a dead server and
-    probes it again after an exponential backoff.  ``strict=True`` raises
-    instead.  Call :meth:`close` (or use ``with``) to stop the background
-    invalidation threads.
-
-    Entries with a TTL sit in `local` wrapped together with their deadline (so
-    `local`'s getsizeof sees the wrapper).  A write drops this process's own
-    local copy when its notice comes back (a notice cannot tell our write from
-    a concurrent one); the next read refills it from Redis.  ``len()`` and
-    iteration SCAN the namespace in Redis and raise if it is unreachable.
-
-    Thread-safety: all methods may be called from many threads at once.
-    """
-
-    def __init__(
-        self,
-        local,
-        client,
-        namespace,
-        ttl=None,
-        serializer=None,
-        compress_over=None,
-        strict=False,
-        *,
-        lock_lease=10.0,
-        lock_wait=30.0,
-        failure_threshold=3,
-        backoff=0.05,
-        max_backoff=5.0,
-        max_value_size=512 * 1024 * 1024,
+    def _setup(
+        self, local, client, namespace, ttl, serializer, compress_over, strict, lock_lease, lock_wait,
+        failure_threshold, backoff, max_backoff, max_value_size,
     ):
+        """Check the arguments and set up the state both tiers keep (the constructors call it)."""
         if serializer is not None and compress_over is not None:
             raise ValueError("give compress_over to the serializer, not both")
         if ttl is not None and not ttl > 0:
@@ -379,24 +344,6 @@ class TieredCache(TieredBase, MutableMapping):
         self._waiters = {}  # Redis name -> Event woken by any change of name or its lock
         self._live = False
         self._counts = [0] * 7  # remote_hits misses sets deletes errors invalidations rejections
-
-        self._stop = threading.Event()
-        pools = _pools(client)
-        self._pool_nodes = [_pool_node_name(p) for p in pools]
-        self._listeners_up = [False] * len(pools)
-        self._threads = []
-        ref = weakref.ref(self)
-        for i, pool in enumerate(pools):
-            t = threading.Thread(
-                target=_listen,
-                args=(ref, i, pool, self._prefix, self._stop),
-                name=f"kvcache-invalidation-{namespace.decode(errors='replace')}-{i}",
-                daemon=True,
-            )
-            self._threads.append(t)
-        self._finalizer = weakref.finalize(self, self._stop.set)
-        for t in self._threads:
-            t.start()
 
     # --- plumbing --------------------------------------------------------------
 
@@ -494,6 +441,168 @@ class TieredCache(TieredBase, MutableMapping):
             # than after the backoff, or writes would keep missing a reachable Redis.
             self._health.reset(self._pool_nodes[index])
 
+    def _ttl(self, ttl):
+        """Return the TTL a write uses (`ttl` checked, or the tier's default)."""
+        if ttl is _DEFAULT:
+            return self.ttl
+        if ttl is not None and not ttl > 0:
+            raise ValueError("ttl must be > 0 or None")
+        return ttl
+
+    def _reply(self, reply, t0):
+        """Decode a `_LUA_GET` reply read at `t0`: return (value, local entry), both _MISSING if none."""
+        if reply is None:
+            self._counts[1] += 1
+            return _MISSING, _MISSING
+        blob, pttl = reply
+        value = self._ser.loads(blob)
+        self._counts[0] += 1
+        return value, (value if pttl < 0 else Expiring(value, t0 + pttl / 1000.0))
+
+    def _fallback(self, key):
+        """Fail-open read: the live local copy of `key` (counted as a local hit), else a miss."""
+        v = self._local_fallback(key)
+        if v is _MISSING:
+            self._counts[1] += 1
+        return v
+
+    def _too_large(self, key, blob, breaker):
+        """Return whether `blob` is over max_value_size (then counted as a rejection, raised when strict)."""
+        if len(blob) <= self.max_value_size:
+            return False
+        self._error(ValueTooLargeError(
+            f"value of {key!r} encodes to {len(blob)} bytes, over max_value_size="
+            f"{self.max_value_size} (Redis refuses values over proto-max-bulk-len)"), breaker)
+        return True
+
+    def _written(self, value, ttl, t0, breaker):
+        """Account a write Redis took at `t0`; return the local entry it leaves."""
+        breaker.success()
+        self._counts[2] += 1
+        return value if ttl is None else Expiring(value, t0 + ttl)
+
+    def _px(self, ttl):
+        return None if ttl is None else max(1, int(ttl * 1000))
+
+    def _lock_name(self, name):
+        """Return the Redis name of the lease lock of value name `name`."""
+        return self._lprefix + name[len(self._vprefix) :]
+
+    def _waiter(self, name, make):
+        """Return the event woken by changes of `name` or its lock (made by `make` if none)."""
+        with self._lock:
+            ev = self._waiters.get(name)
+            if ev is None:
+                ev = self._waiters[name] = make()
+            return ev
+
+    def _drop_waiter(self, name, ev):
+        with self._lock:
+            if self._waiters.get(name) is ev:
+                del self._waiters[name]
+
+    # --- misc ------------------------------------------------------------------
+
+    @property
+    def local(self):
+        """The local tier."""
+        return self._local
+
+    @property
+    def client(self):
+        """The redis-py client."""
+        return self._client
+
+    def stats(self):
+        """Return a :class:`TierStats` snapshot of the counters."""
+        c = self._counts
+        return TierStats(
+            self._local_hits, c[0], c[1], c[2], c[3], c[4], c[5], self._health.state, self._live, c[6]
+        )
+
+    @property
+    def live(self):
+        """Whether invalidations are flowing (the local tier is trusted)."""
+        return self._live
+
+    def __reduce__(self):
+        raise TypeError(f"{type(self).__name__} cannot be pickled: it holds a Redis client and listeners")
+
+    def __repr__(self):
+        return (
+            f"{type(self).__name__}({self._local!r}, namespace={self.namespace!r}, "
+            f"ttl={self.ttl!r}, strict={self.strict!r})"
+        )
+
+
+class TieredCache(_TierCore, MutableMapping):
+    """Cache values locally in `local` (any kvcache cache) and shared in Redis.
+
+    ``client`` is a ``redis.Redis`` or ``redis.cluster.RedisCluster`` created with
+    ``decode_responses=False``; keep its retries and socket timeouts short, as
+    the tier does its own backoff.  ``namespace`` prefixes every Redis key and
+    scopes invalidation.  ``ttl`` (seconds) is the default lifetime in Redis and
+    bounds the local copy.  Values go through `serializer` (default: the safe
+    msgpack :class:`~kvcache.serialize.Serializer`, zstd above ``compress_over``
+    bytes).  Keys must be made of None/bool/int/float/str/bytes/tuples/frozensets
+    (see :func:`kvcache.serialize.encode_key`).
+
+    Fail-open by default: when Redis is unreachable, reads and writes use the
+    local tier only, no exception reaches the caller and ``stats().errors``
+    counts the failures; a circuit breaker stops calling a dead server and
+    probes it again after an exponential backoff.  ``strict=True`` raises
+    instead.  Call :meth:`close` (or use ``with``) to stop the background
+    invalidation threads.
+
+    Entries with a TTL sit in `local` wrapped together with their deadline (so
+    `local`'s getsizeof sees the wrapper).  A write drops this process's own
+    local copy when its notice comes back (a notice cannot tell our write from
+    a concurrent one); the next read refills it from Redis.  ``len()`` and
+    iteration SCAN the namespace in Redis and raise if it is unreachable.
+
+    Thread-safety: all methods may be called from many threads at once.
+    """
+
+    def __init__(
+        self,
+        local,
+        client,
+        namespace,
+        ttl=None,
+        serializer=None,
+        compress_over=None,
+        strict=False,
+        *,
+        lock_lease=10.0,
+        lock_wait=30.0,
+        failure_threshold=3,
+        backoff=0.05,
+        max_backoff=5.0,
+        max_value_size=512 * 1024 * 1024,
+    ):
+        self._setup(
+            local, client, namespace, ttl, serializer, compress_over, strict, lock_lease, lock_wait,
+            failure_threshold, backoff, max_backoff, max_value_size,
+        )
+
+        self._stop = threading.Event()
+        pools = _pools(client)
+        self._pool_nodes = [_pool_node_name(p) for p in pools]
+        self._listeners_up = [False] * len(pools)
+        self._threads = []
+        ref = weakref.ref(self)
+        for i, pool in enumerate(pools):
+            t = threading.Thread(
+                target=_listen,
+                args=(ref, i, pool, self._prefix, self._stop),
+                name=f"kvcache-invalidation-{self.namespace.decode(errors='replace')}-{i}",
+                daemon=True,
+            )
+            self._threads.append(t)
+        self._finalizer = weakref.finalize(self, self._stop.set)
+        for t in self._threads:
+            t.start()
+
     def _remote_get(self, key, name, breaker):
         """Return the value from Redis (filling local) or _MISSING; may raise RedisError."""
         epoch = self._begin(name)
@@ -502,13 +611,7 @@ class TieredCache(TieredBase, MutableMapping):
             t0 = _monotonic()
             reply = self._get_script(keys=[name], client=self._client)
             breaker.success()
-            if reply is None:
-                self._counts[1] += 1
-                return _MISSING
-            blob, pttl = reply
-            value = self._ser.loads(blob)
-            self._counts[0] += 1
-            entry = value if pttl < 0 else Expiring(value, t0 + pttl / 1000.0)
+            value, entry = self._reply(reply, t0)
             return value
         finally:
             self._end(name, epoch, key, entry)
@@ -527,11 +630,7 @@ class TieredCache(TieredBase, MutableMapping):
                 return self._remote_get(key, name, breaker)
             except _REMOTE_ERRORS as exc:
                 self._error(exc, breaker)
-        # Fail-open: the local tier is all we have (counts the hit itself).
-        v = self._local_fallback(key)
-        if v is _MISSING:
-            self._counts[1] += 1
-        return v
+        return self._fallback(key)  # fail-open: the local tier is all we have
 
     def __setitem__(self, key, value):
         self.set(key, value)
@@ -543,27 +642,18 @@ class TieredCache(TieredBase, MutableMapping):
         not take (down, breaker open, rejected, too large) leaves no local copy either:
         every process then reads what Redis holds.
         """
-        if ttl is _DEFAULT:
-            ttl = self.ttl
-        elif ttl is not None and not ttl > 0:
-            raise ValueError("ttl must be > 0 or None")
+        ttl = self._ttl(ttl)
         blob = self._ser.dumps(value)
         name = self._name(key)
         breaker = self._health.breaker(name)
         epoch = self._begin(name)
         entry = _MISSING
         try:
-            if len(blob) > self.max_value_size:
-                self._error(ValueTooLargeError(
-                    f"value of {key!r} encodes to {len(blob)} bytes, over max_value_size="
-                    f"{self.max_value_size} (Redis refuses values over proto-max-bulk-len)"), breaker)
-            elif not self._blocked(breaker):
+            if not self._too_large(key, blob, breaker) and not self._blocked(breaker):
                 try:
                     t0 = _monotonic()
-                    self._client.set(name, blob, px=None if ttl is None else max(1, int(ttl * 1000)))
-                    breaker.success()
-                    self._counts[2] += 1
-                    entry = value if ttl is None else Expiring(value, t0 + ttl)
+                    self._client.set(name, blob, px=self._px(ttl))
+                    entry = self._written(value, ttl, t0, breaker)
                 except _REMOTE_ERRORS as exc:
                     self._error(exc, breaker)
         finally:
@@ -645,15 +735,12 @@ class TieredCache(TieredBase, MutableMapping):
         if v is not _MISSING:
             return v
         name = self._name(key)
-        lname = self._lprefix + name[len(self._vprefix) :]
+        lname = self._lock_name(name)
         token = os.urandom(16).hex().encode()
         lease_ms = max(1, int(self.lock_lease * 1000))
         give_up = _monotonic() + self.lock_wait
         lbreaker = self._health.breaker(lname)
-        with self._lock:
-            ev = self._waiters.get(name)
-            if ev is None:
-                ev = self._waiters[name] = threading.Event()
+        ev = self._waiter(name, threading.Event)
         try:
             while True:
                 if self._blocked(lbreaker):
@@ -677,9 +764,7 @@ class TieredCache(TieredBase, MutableMapping):
                 if v is not _MISSING:
                     return v
         finally:
-            with self._lock:
-                if self._waiters.get(name) is ev:
-                    del self._waiters[name]
+            self._drop_waiter(name, ev)
 
     def _fetch_local_then_remote(self, key):
         try:
@@ -725,28 +810,6 @@ class TieredCache(TieredBase, MutableMapping):
 
     # --- misc ------------------------------------------------------------------
 
-    @property
-    def local(self):
-        """The local tier."""
-        return self._local
-
-    @property
-    def client(self):
-        """The redis-py client."""
-        return self._client
-
-    def stats(self):
-        """Return a :class:`TierStats` snapshot of the counters."""
-        c = self._counts
-        return TierStats(
-            self._local_hits, c[0], c[1], c[2], c[3], c[4], c[5], self._health.state, self._live, c[6]
-        )
-
-    @property
-    def live(self):
-        """Whether invalidations are flowing (the local tier is trusted)."""
-        return self._live
-
     def wait_live(self, timeout=5.0):
         """Block until the invalidation stream is up; return whether it is."""
         end = _monotonic() + timeout
@@ -762,20 +825,12 @@ class TieredCache(TieredBase, MutableMapping):
                 t.join(timeout=2.0)
         self._live = False
 
-    def __reduce__(self):
-        raise TypeError("TieredCache cannot be pickled: it holds a Redis client and threads")
-
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
         self.close()
 
-    def __repr__(self):
-        return (
-            f"{type(self).__name__}({self._local!r}, namespace={self.namespace!r}, "
-            f"ttl={self.ttl!r}, strict={self.strict!r})"
-        )
 
 
 def _is_cluster(client):
