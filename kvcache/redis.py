@@ -25,6 +25,8 @@ Consistency rules (why the code looks the way it does):
   kvcache cache as ``local`` whether or not it supports per-entry TTLs.
 """
 
+import asyncio
+import inspect
 import logging
 import os
 import random
@@ -40,7 +42,7 @@ from redis.exceptions import RedisError
 from kvcache._tiered import MISSING as _MISSING, Expiring, TieredBase
 from kvcache.serialize import SerializationError, Serializer, decode_key, encode_key
 
-__all__ = ["TieredCache", "TierStats", "CircuitOpenError", "ValueTooLargeError"]
+__all__ = ["TieredCache", "AsyncTieredCache", "TierStats", "CircuitOpenError", "ValueTooLargeError"]
 
 _monotonic = time.monotonic
 _DEFAULT = object()
@@ -84,6 +86,16 @@ _LUA_GET = """
 local v = redis.call('get', KEYS[1])
 if not v then return false end
 return {v, redis.call('pttl', KEYS[1])}
+"""
+# The same for many keys (of one slot on a cluster): value, PTTL, value, PTTL... (false if none).
+_LUA_GET_MANY = """
+local out = {}
+for i, k in ipairs(KEYS) do
+  local v = redis.call('get', k)
+  out[2 * i - 1] = v
+  out[2 * i] = v and redis.call('pttl', k)
+end
+return out
 """
 
 
@@ -484,6 +496,31 @@ class _TierCore(TieredBase):
     def _px(self, ttl):
         return None if ttl is None else max(1, int(ttl * 1000))
 
+    def _batch(self, keys):
+        """Return `keys` as a list (a str or bytes is refused, not taken as a batch of characters)."""
+        if isinstance(keys, (str, bytes, bytearray)):
+            raise TypeError("keys must be an iterable of keys, not a str or bytes")
+        return list(keys)
+
+    def _groups(self, names):
+        """Group the indexes of `names` by what one command may carry: [(breaker, [i, ...])].
+
+        On a cluster a multi-key command needs one slot; elsewhere one group holds them all.
+        """
+        groups = {}
+        keyslot = self._client.keyslot if self._cluster else None
+        for i, name in enumerate(names):
+            g = keyslot(name) if keyslot is not None else 0
+            entry = groups.get(g)
+            if entry is None:
+                entry = groups[g] = (self._health.breaker(name), [])
+            entry[1].append(i)
+        return list(groups.values())
+
+    def _replies(self, flat, t0):
+        """Decode a `_LUA_GET_MANY` reply: a list of (value, local entry) per key, as `_reply`."""
+        return [self._reply(None if flat[j] is None else (flat[j], flat[j + 1]), t0) for j in range(0, len(flat), 2)]
+
     def _lock_name(self, name):
         """Return the Redis name of the lease lock of value name `name`."""
         return self._lprefix + name[len(self._vprefix) :]
@@ -833,6 +870,460 @@ class TieredCache(_TierCore, MutableMapping):
 
 
 
+class AsyncTieredCache(_TierCore):
+    """Cache values locally in `local` (any kvcache cache) and shared in Redis, for asyncio.
+
+    The asyncio twin of :class:`TieredCache`, with the same arguments, consistency rules
+    and fail-open behaviour; ``client`` is a ``redis.asyncio.Redis`` (made with
+    ``decode_responses=False``, short timeouts, no retries: :meth:`from_url` builds one).
+    Every operation is a coroutine: ``await tier.get(key)``, ``await tier.set(key, value)``,
+    ``await tier.get_or_set(key, compute)``.  A local hit awaits nothing: the coroutine
+    returns at once, without a round trip.
+
+    The invalidation stream runs as a task of the event loop the tier is first used in
+    (or entered with ``async with``); use a tier in one loop only.  Until the stream is up
+    every read goes to Redis.  Close it with :meth:`aclose` or ``async with``.
+
+    ``get_or_set`` runs one ``compute`` per key at a time across the tasks of this process
+    (the others await its result) and across processes (a Redis lease, as TieredCache).
+    ``compute`` may be a plain function or return an awaitable; a slow plain function
+    blocks the event loop, lease renewal included.
+    """
+
+    def __init__(
+        self,
+        local,
+        client,
+        namespace,
+        ttl=None,
+        serializer=None,
+        compress_over=None,
+        strict=False,
+        *,
+        lock_lease=10.0,
+        lock_wait=30.0,
+        failure_threshold=3,
+        backoff=0.05,
+        max_backoff=5.0,
+        max_value_size=512 * 1024 * 1024,
+    ):
+        import redis.asyncio
+
+        if not isinstance(client, redis.asyncio.Redis):
+            raise TypeError(
+                "AsyncTieredCache needs a redis.asyncio.Redis client (for redis.Redis or a "
+                f"cluster use TieredCache), not {type(client).__name__}"
+            )
+        self._setup(
+            local, client, namespace, ttl, serializer, compress_over, strict, lock_lease, lock_wait,
+            failure_threshold, backoff, max_backoff, max_value_size,
+        )
+        self._get_many_script = client.register_script(_LUA_GET_MANY)
+        self._pools = [client.connection_pool]
+        self._pool_nodes = [_pool_node_name(p) for p in self._pools]
+        self._listeners_up = [False] * len(self._pools)
+        self._tasks = None  # the listeners, started on the first slow-path call in a loop
+        self._flights = {}  # Redis name -> future of the get_or_set computing it in this process
+        self._closed = False
+        self._owns_client = False
+
+    @classmethod
+    def from_url(cls, url, local, namespace, *, timeout=0.25, client_kwargs=None, **kwargs):
+        """Build a tier on a new ``redis.asyncio`` client for `url` that gives up after `timeout` seconds.
+
+        The client never retries; ``client_kwargs`` go to it, the other keyword arguments to
+        the constructor.  The tier owns this client: :meth:`aclose` closes it.
+        """
+        import redis.asyncio
+        from redis.asyncio.retry import Retry
+
+        if not timeout > 0:
+            raise ValueError("timeout must be > 0")
+        ckw = dict(socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(_redis.backoff.NoBackoff(), 0))
+        ckw.update(client_kwargs or {})
+        ckw["decode_responses"] = False
+        tier = cls(local, redis.asyncio.Redis.from_url(url, **ckw), namespace, **kwargs)
+        tier._owns_client = True
+        return tier
+
+    # --- the listener tasks ------------------------------------------------------------------
+
+    def _start(self):
+        """Start the invalidation tasks in the running loop, once (every slow path calls this)."""
+        if self._tasks is None and not self._closed:
+            loop = asyncio.get_running_loop()
+            ref = weakref.ref(self)
+            ns = self.namespace.decode(errors="replace")
+            self._tasks = [
+                loop.create_task(_alisten(ref, i, pool, self._prefix), name=f"kvcache-invalidation-{ns}-{i}")
+                for i, pool in enumerate(self._pools)
+            ]
+
+    async def wait_live(self, timeout=5.0):
+        """Wait until the invalidation stream is up (starting it); return whether it is."""
+        self._start()
+        end = _monotonic() + timeout
+        while not self._live and _monotonic() < end:
+            await asyncio.sleep(0.005)
+        return self._live
+
+    async def aclose(self):
+        """Stop the invalidation tasks; close the client only if :meth:`from_url` made it.
+
+        The tier still works afterwards, reading Redis on every call.
+        """
+        self._closed = True
+        tasks, self._tasks = self._tasks or [], None
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._tasks = tasks  # kept for inspection; _closed keeps them from restarting
+        self._live = False
+        if self._owns_client:
+            self._owns_client = False
+            await self._client.aclose()
+
+    async def __aenter__(self):
+        self._start()
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.aclose()
+
+    # --- reads -------------------------------------------------------------------------------
+
+    async def get(self, key, default=None):
+        """Return the value for `key` (local tier, then Redis), else `default`."""
+        v = self._local_hit(key)
+        if v is _MISSING:
+            v = await self._fetch(key)
+            if v is _MISSING:
+                return default
+        return v
+
+    async def _fetch(self, key):
+        """Read `key` the local tier did not answer: Redis, else the local tier; or _MISSING."""
+        self._start()
+        name = self._name(key)
+        breaker = self._health.breaker(name)
+        if not self._blocked(breaker):
+            try:
+                return await self._remote_get(key, name, breaker)
+            except _AREMOTE_ERRORS as exc:
+                self._error(exc, breaker)
+        return self._fallback(key)  # fail-open: the local tier is all we have
+
+    async def _remote_get(self, key, name, breaker):
+        """Return the value from Redis (filling local) or _MISSING; may raise RedisError."""
+        epoch = self._begin(name)
+        entry = _MISSING
+        try:
+            t0 = _monotonic()
+            reply = await self._get_script(keys=[name], client=self._client)
+            breaker.success()
+            value, entry = self._reply(reply, t0)
+            return value
+        finally:
+            self._end(name, epoch, key, entry)
+
+    async def get_many(self, keys, default=None):
+        """Return a list with ``await get(key, default)`` for each key.
+
+        Keys the local tier answers cost nothing; the rest are read in one round trip
+        (one Lua call carrying each value's TTL).
+        """
+        keys = self._batch(keys)
+        out = [self._local_hit(k) for k in keys]
+        todo = [i for i, v in enumerate(out) if v is _MISSING]
+        if todo:
+            self._start()
+            got = await self._fetch_many([keys[i] for i in todo])
+            for i, v in zip(todo, got):
+                out[i] = v
+        return [default if v is _MISSING else v for v in out]
+
+    async def _fetch_many(self, keys):
+        names = [self._name(k) for k in keys]
+        out = [_MISSING] * len(keys)
+        for breaker, idx in self._groups(names):
+            done = False
+            if not self._blocked(breaker):
+                gnames = [names[i] for i in idx]
+                epochs = [self._begin(n) for n in gnames]
+                entries = [_MISSING] * len(idx)
+                try:
+                    t0 = _monotonic()
+                    flat = await self._get_many_script(keys=gnames, client=self._client)
+                    breaker.success()
+                    for j, (value, entry) in enumerate(self._replies(flat, t0)):
+                        out[idx[j]] = value
+                        entries[j] = entry
+                    done = True
+                except _AREMOTE_ERRORS as exc:
+                    self._error(exc, breaker)
+                finally:
+                    for j, i in enumerate(idx):
+                        self._end(gnames[j], epochs[j], keys[i], entries[j])
+            if not done:
+                for i in idx:
+                    out[i] = self._fallback(keys[i])
+        return out
+
+    # --- writes ------------------------------------------------------------------------------
+
+    async def set(self, key, value, ttl=_DEFAULT):
+        """Store `value` in Redis and locally; `ttl` (seconds) overrides the default.
+
+        Raises TypeError for a value the serializer cannot represent.  A write Redis did
+        not take leaves no local copy either: every process then reads what Redis holds.
+        """
+        ttl = self._ttl(ttl)
+        blob = self._ser.dumps(value)
+        self._start()
+        name = self._name(key)
+        breaker = self._health.breaker(name)
+        epoch = self._begin(name)
+        entry = _MISSING
+        try:
+            if not self._too_large(key, blob, breaker) and not self._blocked(breaker):
+                try:
+                    t0 = _monotonic()
+                    await self._client.set(name, blob, px=self._px(ttl))
+                    entry = self._written(value, ttl, t0, breaker)
+                except _AREMOTE_ERRORS as exc:
+                    self._error(exc, breaker)
+        finally:
+            if entry is _MISSING:
+                self._local.pop(key, None)  # Redis may hold another value: trust neither
+            self._end(name, epoch, key, entry)
+
+    async def set_many(self, keys, values, ttl=_DEFAULT):
+        """Store ``values[i]`` under ``keys[i]`` for every i, in one round trip (a pipeline).
+
+        Every value is serialized before anything is sent (bad input changes nothing);
+        each write Redis did not take leaves no local copy.
+        """
+        keys = self._batch(keys)
+        values = list(values)
+        if len(keys) != len(values):
+            raise ValueError(f"{len(keys)} keys but {len(values)} values")
+        ttl = self._ttl(ttl)
+        blobs = [self._ser.dumps(v) for v in values]
+        if not keys:
+            return
+        self._start()
+        names = [self._name(k) for k in keys]
+        px = self._px(ttl)
+        epochs = [self._begin(n) for n in names]
+        entries = [_MISSING] * len(keys)
+        try:
+            for breaker, idx in self._groups(names):
+                idx = [i for i in idx if not self._too_large(keys[i], blobs[i], breaker)]
+                if not idx or self._blocked(breaker):
+                    continue
+                try:
+                    async with self._client.pipeline(transaction=False) as pipe:
+                        for i in idx:
+                            pipe.set(names[i], blobs[i], px=px)
+                        t0 = _monotonic()
+                        results = await pipe.execute(raise_on_error=False)
+                except _AREMOTE_ERRORS as exc:
+                    self._error(exc, breaker)
+                    continue
+                for i, r in zip(idx, results):
+                    if isinstance(r, Exception):
+                        self._error(r, breaker)
+                    else:
+                        entries[i] = self._written(values[i], ttl, t0, breaker)
+        finally:
+            for i, key in enumerate(keys):
+                if entries[i] is _MISSING:
+                    self._local.pop(key, None)
+                self._end(names[i], epochs[i], key, entries[i])
+
+    async def delete(self, key):
+        """Remove `key` from Redis and locally; return whether it existed."""
+        self._start()
+        name = self._name(key)
+        epoch = self._begin(name)
+        existed = False
+        try:
+            existed = self._local.pop(key, _MISSING) is not _MISSING
+            breaker = self._health.breaker(name)
+            if not self._blocked(breaker):
+                try:
+                    existed = bool(await self._client.delete(name)) or existed
+                    breaker.success()
+                    self._counts[3] += 1
+                except _AREMOTE_ERRORS as exc:
+                    self._error(exc, breaker)
+        finally:
+            self._end(name, epoch, key, _MISSING)
+        return existed
+
+    async def delete_many(self, keys):
+        """Remove `keys` from Redis (one DEL per slot) and locally; return how many Redis held."""
+        keys = self._batch(keys)
+        if not keys:
+            return 0
+        self._start()
+        names = [self._name(k) for k in keys]
+        epochs = [self._begin(n) for n in names]
+        removed = 0
+        try:
+            for key in keys:
+                self._local.pop(key, None)
+            for breaker, idx in self._groups(names):
+                if self._blocked(breaker):
+                    continue
+                try:
+                    removed += await self._client.delete(*[names[i] for i in idx])
+                    breaker.success()
+                    self._counts[3] += len(idx)
+                except _AREMOTE_ERRORS as exc:
+                    self._error(exc, breaker)
+        finally:
+            for i, key in enumerate(keys):
+                self._end(names[i], epochs[i], key, _MISSING)
+        return removed
+
+    async def clear(self):
+        """Remove every key of the namespace from Redis and the local tier."""
+        self._start()
+        with self._lock:
+            self._epoch += 1
+            self._local.clear()
+        if any([self._blocked(b) for b in self._health.breakers()]):
+            return
+        try:
+            batch = []
+            async for name in self._client.scan_iter(match=scan_pattern(self._vprefix), count=500):
+                batch.append(name)
+                if len(batch) >= 500:
+                    await self._client.unlink(*batch)
+                    batch.clear()
+            if batch:
+                await self._client.unlink(*batch)
+        except _AREMOTE_ERRORS as exc:
+            self._error(exc, None)
+
+    # --- single flight -----------------------------------------------------------------------
+
+    async def get_or_set(self, key, compute, ttl=_DEFAULT):
+        """Return the value of `key`, computing it with ``compute()`` if missing.
+
+        One task of this process computes a missing key at a time; the others await its
+        result (or its exception).  Across processes only the holder of a Redis lease
+        computes, as in :meth:`TieredCache.get_or_set`.  A cancelled computing task hands
+        the key over to a waiting one.
+        """
+        v = self._local_hit(key)
+        if v is not _MISSING:
+            return v
+        name = self._name(key)
+        while True:
+            flight = self._flights.get(name)
+            if flight is None:
+                break
+            # Shielded: a waiter's cancellation must not cancel the computing task's future.
+            v = await asyncio.shield(flight)
+            if v is not _MISSING:  # _MISSING: the computing task was cancelled; try again
+                return v
+        # No await between the check above and this: the flight is ours alone.
+        flight = self._flights[name] = asyncio.get_running_loop().create_future()
+        try:
+            v = await self._fetch(key)
+            if v is _MISSING:
+                v = await self._get_or_set_leased(key, name, compute, ttl)
+        except asyncio.CancelledError:
+            flight.set_result(_MISSING)
+            raise
+        except BaseException as exc:
+            flight.set_exception(exc)
+            flight.exception()  # retrieved: with no waiter asyncio must not log it
+            raise
+        else:
+            flight.set_result(v)
+            return v
+        finally:
+            if self._flights.get(name) is flight:
+                del self._flights[name]
+
+    async def _get_or_set_leased(self, key, name, compute, ttl):
+        lname = self._lock_name(name)
+        token = os.urandom(16).hex().encode()
+        lease_ms = max(1, int(self.lock_lease * 1000))
+        give_up = _monotonic() + self.lock_wait
+        lbreaker = self._health.breaker(lname)
+        ev = self._waiter(name, asyncio.Event)
+        try:
+            while True:
+                if self._blocked(lbreaker):
+                    return await self._compute_and_set(key, compute, ttl)
+                try:
+                    ev.clear()
+                    acquired = await self._client.set(lname, token, nx=True, px=lease_ms)
+                    lbreaker.success()
+                except _AREMOTE_ERRORS as exc:
+                    self._error(exc, lbreaker)
+                    return await self._compute_and_set(key, compute, ttl)
+                if acquired:
+                    return await self._compute_locked(key, name, lname, token, lease_ms, compute, ttl, lbreaker)
+                remaining = give_up - _monotonic()
+                if remaining <= 0:
+                    return await self._compute_and_set(key, compute, ttl)
+                # Woken by the value's or the lock's invalidation; the poll covers a
+                # lease that expires silently and a stream that is down.
+                try:
+                    await asyncio.wait_for(ev.wait(), min(remaining, 0.05))
+                except asyncio.TimeoutError:
+                    pass
+                v = await self.get(key, _MISSING)
+                if v is not _MISSING:
+                    return v
+        finally:
+            self._drop_waiter(name, ev)
+
+    async def _compute_and_set(self, key, compute, ttl):
+        value = compute()
+        if inspect.isawaitable(value):
+            value = await value
+        await self.set(key, value, ttl)
+        return value
+
+    async def _compute_locked(self, key, name, lname, token, lease_ms, compute, ttl, lbreaker):
+        try:
+            # The previous holder may have finished between our miss and our lock.
+            breaker = self._health.breaker(name)
+            try:
+                v = await self._remote_get(key, name, breaker)
+            except _AREMOTE_ERRORS as exc:
+                self._error(exc, breaker)
+                v = _MISSING
+            if v is not _MISSING:
+                return v
+            renewer = asyncio.ensure_future(_arenew(self._renew_script, self._client, lname, token, lease_ms))
+            try:
+                return await self._compute_and_set(key, compute, ttl)
+            finally:
+                renewer.cancel()
+        finally:
+            try:
+                await self._release_script(keys=[lname], args=[token], client=self._client)
+            except _AREMOTE_ERRORS as exc:
+                self._error(exc, lbreaker)
+
+    # --- the sync protocol, refused -----------------------------------------------------------
+
+    def _sync(self, *args):
+        raise TypeError(
+            "AsyncTieredCache is used with await: `await tier.get(key)`, `await tier.set(key, value)`, "
+            "`await tier.delete(key)` (TieredCache is the blocking mapping)"
+        )
+
+    __getitem__ = __setitem__ = __delitem__ = __contains__ = _sync
+
+
 def _is_cluster(client):
     try:
         from redis.cluster import RedisCluster
@@ -873,15 +1364,52 @@ _COPY_KWARGS = {
 }
 
 
-def _make_listener_connection(pool):
+def _listener_kwargs(pool, retry):
+    """Return the arguments of a tracking connection to the server of `pool` (sync or asyncio)."""
     kwargs = {k: v for k, v in pool.connection_kwargs.items() if k in _COPY_KWARGS or k.startswith("ssl")}
-    kwargs.update(
-        protocol=2,
-        decode_responses=False,
-        socket_timeout=5.0,
-        retry=_redis.retry.Retry(_redis.backoff.NoBackoff(), 0),
-    )
-    return pool.connection_class(**kwargs)
+    kwargs.update(protocol=2, decode_responses=False, socket_timeout=5.0, retry=retry)
+    return kwargs
+
+
+def _make_listener_connection(pool):
+    return pool.connection_class(**_listener_kwargs(pool, _redis.retry.Retry(_redis.backoff.NoBackoff(), 0)))
+
+
+_NO_NOTICE = object()
+
+
+def _notice(msg):
+    """Return the names an invalidation message carries (None: all), or _NO_NOTICE for other replies."""
+    if isinstance(msg, list) and len(msg) == 3 and msg[0] == b"message":
+        return msg[2]
+    return _NO_NOTICE
+
+
+class _Heartbeat:
+    """When a quiet invalidation stream needs a PING, and when an unanswered one means it is dead.
+
+    A silent peer (partition, no FIN) is detected only this way.
+    """
+
+    __slots__ = ("last", "pinged")
+
+    def __init__(self):
+        self.heard()
+
+    def heard(self):
+        self.last = _monotonic()
+        self.pinged = None
+
+    def ping_due(self):
+        """Return whether to send a PING now; raise TimeoutError if the last one went unanswered."""
+        now = _monotonic()
+        if self.pinged is None:
+            if now - self.last > _PING_EVERY:
+                self.pinged = now
+                return True
+        elif now - self.pinged > _PING_TIMEOUT:
+            raise _redis.exceptions.TimeoutError("invalidation stream: PING unanswered")
+        return False
 
 
 _PING_EVERY = 1.0
@@ -953,4 +1481,73 @@ def _renew(script, client, lname, token, lease_ms, stop):
             if not script(keys=[lname], args=[token, lease_ms], client=client):
                 return
         except RedisError:
+            continue
+
+
+# What an awaited remote call may raise that fail-open absorbs: redis.asyncio also lets
+# OSError and asyncio's TimeoutError out of some connection paths.
+_AREMOTE_ERRORS = _REMOTE_ERRORS + (OSError, asyncio.TimeoutError)
+
+
+async def _alisten(ref, index, pool, prefix):
+    """Keep one tracking connection to one primary; report changes to the tier (asyncio)."""
+    from redis.asyncio.retry import Retry
+
+    delay = 0.02
+    while True:
+        conn = None
+        try:
+            conn = pool.connection_class(**_listener_kwargs(pool, Retry(_redis.backoff.NoBackoff(), 0)))
+            await conn.connect()
+            await conn.send_command("CLIENT", "ID")
+            cid = await conn.read_response()
+            await conn.send_command("CLIENT", "TRACKING", "ON", "REDIRECT", cid, "BCAST", "PREFIX", prefix)
+            await conn.read_response()
+            await conn.send_command("SUBSCRIBE", "__redis__:invalidate")
+            await conn.read_response()
+            tier = ref()
+            if tier is None:
+                return
+            tier._listener_state(index, True)
+            del tier
+            delay = 0.02
+            beat = _Heartbeat()
+            while True:
+                msg = await conn.read_response(timeout=0.1)  # None: nothing came meanwhile
+                tier = ref()
+                if tier is None:
+                    return
+                if msg is not None:
+                    beat.heard()
+                    names = _notice(msg)
+                    if names is not _NO_NOTICE:
+                        tier._invalidate(names)
+                elif beat.ping_due():
+                    await conn.send_command("PING")
+                del tier
+        except Exception:
+            pass
+        finally:
+            if conn is not None:
+                try:
+                    await conn.disconnect(nowait=True)
+                except Exception:
+                    pass
+        tier = ref()
+        if tier is None:
+            return
+        tier._listener_state(index, False)
+        del tier
+        await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+        delay = min(delay * 2, 2.0)
+
+
+async def _arenew(script, client, lname, token, lease_ms):
+    """Extend the lease every third of it until cancelled; give up once it is lost."""
+    while True:
+        await asyncio.sleep(lease_ms / 3000.0)
+        try:
+            if not await script(keys=[lname], args=[token, lease_ms], client=client):
+                return
+        except _AREMOTE_ERRORS:
             continue
