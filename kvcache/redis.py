@@ -87,16 +87,20 @@ local v = redis.call('get', KEYS[1])
 if not v then return false end
 return {v, redis.call('pttl', KEYS[1])}
 """
-# The same for many keys (of one slot on a cluster): value, PTTL, value, PTTL... (false if none).
+# The same for many keys (of one slot on a cluster): the values as MGET gives them, then
+# one string of their PTTLs joined by commas.  One string rather than one integer per key:
+# the reply costs the client about what MGET's does to parse, and parsing is most of it.
 _LUA_GET_MANY = """
-local out = {}
+local vals = redis.call('mget', unpack(KEYS))
+local ttls = {}
 for i, k in ipairs(KEYS) do
-  local v = redis.call('get', k)
-  out[2 * i - 1] = v
-  out[2 * i] = v and redis.call('pttl', k)
+  if vals[i] then ttls[i] = redis.call('pttl', k) else ttls[i] = -2 end
 end
-return out
+vals[#KEYS + 1] = table.concat(ttls, ',')
+return vals
 """
+# Keys per _LUA_GET_MANY call: Lua's unpack() stops at about 8,000 values.
+_GET_MANY_CHUNK = 4000
 
 
 def _glob_escape(data):
@@ -517,9 +521,39 @@ class _TierCore(TieredBase):
             entry[1].append(i)
         return list(groups.values())
 
-    def _replies(self, flat, t0):
-        """Decode a `_LUA_GET_MANY` reply: a list of (value, local entry) per key, as `_reply`."""
-        return [self._reply(None if flat[j] is None else (flat[j], flat[j + 1]), t0) for j in range(0, len(flat), 2)]
+    def _replies(self, reply, t0):
+        """Decode a `_LUA_GET_MANY` reply read at `t0`: a list of (value, local entry) per key, as `_reply`."""
+        loads = self._ser.loads
+        out = []
+        found = 0
+        for blob, pttl in zip(reply, reply[-1].split(b",")):
+            if blob is None:
+                out.append((_MISSING, _MISSING))
+                continue
+            value = loads(blob)
+            pttl = int(pttl)
+            found += 1
+            out.append((value, value if pttl < 0 else Expiring(value, t0 + pttl / 1000.0)))
+        self._counts[0] += found
+        self._counts[1] += len(out) - found
+        return out
+
+    def _begin_many(self, names):
+        """`_begin` for each of `names`; return their epoch."""
+        with self._lock:
+            for name in names:
+                slot = self._inflight.get(name)
+                if slot is None:
+                    self._inflight[name] = [1, False]
+                else:
+                    slot[0] += 1
+            return self._epoch
+
+    def _end_many(self, names, epoch, keys, entries):
+        """`_end` for each of `names` (begun together by `_begin_many`)."""
+        with self._lock:
+            for name, key, entry in zip(names, keys, entries):
+                self._end(name, epoch, key, entry)
 
     def _lock_name(self, name):
         """Return the Redis name of the lease lock of value name `name`."""
@@ -1046,27 +1080,32 @@ class AsyncTieredCache(_TierCore):
         names = [self._name(k) for k in keys]
         out = [_MISSING] * len(keys)
         for breaker, idx in self._groups(names):
-            done = False
-            if not self._blocked(breaker):
-                gnames = [names[i] for i in idx]
-                epochs = [self._begin(n) for n in gnames]
-                entries = [_MISSING] * len(idx)
-                try:
-                    t0 = _monotonic()
-                    flat = await self._get_many_script(keys=gnames, client=self._client)
-                    breaker.success()
-                    for j, (value, entry) in enumerate(self._replies(flat, t0)):
-                        out[idx[j]] = value
-                        entries[j] = entry
-                    done = True
-                except _AREMOTE_ERRORS as exc:
-                    self._error(exc, breaker)
-                finally:
-                    for j, i in enumerate(idx):
-                        self._end(gnames[j], epochs[j], keys[i], entries[j])
-            if not done:
-                for i in idx:
-                    out[i] = self._fallback(keys[i])
+            for c in range(0, len(idx), _GET_MANY_CHUNK):
+                chunk = idx[c : c + _GET_MANY_CHUNK]
+                if self._blocked(breaker):
+                    got = None
+                else:
+                    cnames = [names[i] for i in chunk]
+                    ckeys = [keys[i] for i in chunk]
+                    epoch = self._begin_many(cnames)
+                    entries = [_MISSING] * len(chunk)
+                    try:
+                        t0 = _monotonic()
+                        reply = await self._get_many_script(keys=cnames, client=self._client)
+                        breaker.success()
+                        got = self._replies(reply, t0)
+                        entries = [e for _, e in got]
+                    except _AREMOTE_ERRORS as exc:
+                        self._error(exc, breaker)
+                        got = None
+                    finally:
+                        self._end_many(cnames, epoch, ckeys, entries)
+                if got is None:
+                    for i in chunk:
+                        out[i] = self._fallback(keys[i])
+                else:
+                    for i, (value, _) in zip(chunk, got):
+                        out[i] = value
         return out
 
     # --- writes ------------------------------------------------------------------------------

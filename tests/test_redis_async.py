@@ -20,6 +20,7 @@ import redis  # noqa: E402
 import redis.asyncio  # noqa: E402
 
 import kvcache  # noqa: E402
+import kvcache.redis  # noqa: E402
 from kvcache.redis import AsyncTieredCache, CircuitOpenError  # noqa: E402
 from kvcache.serialize import Serializer  # noqa: E402
 from tests.redis_fixtures import child_env, own_redis_server, redis_server  # noqa: E402,F401
@@ -464,7 +465,10 @@ def test_lock_holder_killed_another_computes_after_lease(redis_server, ns):
 # --- batches ------------------------------------------------------------------------------
 
 
-def test_batches(redis_server, ns):
+def test_batches(redis_server, ns, monkeypatch):
+    # Small read chunks: a batch spans several Lua calls (4,000 keys each by default).
+    monkeypatch.setattr(kvcache.redis, "_GET_MANY_CHUNK", 7)
+
     async def body(make):
         a, b = await make(), await make()
         keys = [f"k{i}" for i in range(300)]
@@ -486,13 +490,18 @@ def test_batches(redis_server, ns):
         after = b.stats()
         assert after.local_hits == before.local_hits + 10 and after.remote_hits == before.remote_hits
         # Deleting reaches Redis and drops every tier's copies.
-        await a.delete_many(keys[:150])
+        assert await a.delete_many(keys[:150] + ["absent"]) == 150
         assert await eventually(lambda: all(k not in b.local for k in keys[:150]))
         assert await b.get_many(keys[:150]) == [None] * 150
         assert await b.get_many(keys[150:]) == list(range(150, 300))
         assert await b.get_many([]) == []
         with pytest.raises(ValueError):
             await a.set_many(["x", "y"], [1])
+        with pytest.raises(TypeError):
+            await a.set_many(["x", "y"], [1, object()])  # refused before anything is sent
+        assert raw.exists(a._name("x")) == 0
+        with pytest.raises(TypeError):
+            await a.get_many("abc")  # a str is one key, not a batch
 
     arun(redis_server, ns, body)
 
