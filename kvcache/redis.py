@@ -30,6 +30,7 @@ import os
 import random
 import threading
 import time
+import warnings
 import weakref
 from collections import namedtuple
 from collections.abc import MutableMapping
@@ -40,7 +41,10 @@ from redis.exceptions import RedisError
 from kvcache._tiered import MISSING as _MISSING, Expiring, TieredBase
 from kvcache.serialize import SerializationError, Serializer, decode_key, encode_key
 
-__all__ = ["TieredCache", "TierStats", "CircuitOpenError", "ValueTooLargeError"]
+__all__ = [
+    "TieredCache", "TierStats", "CircuitOpenError", "ValueTooLargeError", "StreamRefusedError",
+    "SlowClientWarning",
+]
 
 _monotonic = time.monotonic
 _DEFAULT = object()
@@ -49,7 +53,8 @@ _REMOTE_ERRORS = (RedisError, _redis.exceptions.RedisClusterException, Serializa
 
 TierStats = namedtuple(
     "TierStats",
-    "local_hits remote_hits misses sets deletes errors invalidations circuit live rejections",
+    "local_hits remote_hits misses sets deletes errors invalidations circuit live rejections "
+    "stream_error",
 )
 TierStats.__doc__ = """Counters of a TieredCache.
 
@@ -60,12 +65,22 @@ refused (OOM, NOPERM, WRONGTYPE, a value over ``max_value_size``), which never o
 the breaker; ``invalidations`` counts keys dropped on notice from Redis;
 ``circuit`` is the worst breaker state over the nodes: ``"closed"``, ``"open"`` or
 ``"half-open"``; ``live`` tells whether the invalidation stream is up (the local
-tier is trusted only then).
+tier is trusted only then); ``stream_error`` is None, or why the server refuses the
+stream (a missing ACL permission, named): the tier then keeps reading Redis on every
+call.
 """
 
 
 class CircuitOpenError(_redis.exceptions.ConnectionError):
     """Raised in strict mode while the circuit breaker keeps Redis out of reach."""
+
+
+class StreamRefusedError(_redis.exceptions.ResponseError):
+    """Raised (strict mode, at construction) when Redis refuses the invalidation stream."""
+
+
+class SlowClientWarning(UserWarning):
+    """The redis client's timeouts or retries would block callers for seconds while Redis is down."""
 
 
 # Compare-and-delete / compare-and-extend: a lease is touched only by the
@@ -394,9 +409,48 @@ class TieredCache(TieredBase, MutableMapping):
                 daemon=True,
             )
             self._threads.append(t)
+        self._stream_error = None
+        self._owns_client = False
+        self._tried = [threading.Event() for _ in pools]  # each listener made its first attempt
         self._finalizer = weakref.finalize(self, self._stop.set)
         for t in self._threads:
             t.start()
+        if self.strict:
+            # A refused stream is a configuration error: report it now, not as slow reads later.
+            for ev in self._tried:
+                ev.wait(_SETUP_WAIT)
+            if self._stream_error is not None:
+                self.close()
+                raise StreamRefusedError(self._stream_error)
+        _check_client(client)
+
+    @classmethod
+    def from_url(cls, url, local, namespace, *, timeout=0.25, cluster=False, client_kwargs=None, **kwargs):
+        """Build a tier on a new client for `url` that gives up after `timeout` seconds, never retrying.
+
+        ``url`` is a redis-py URL (``redis://``, ``rediss://``, ``unix://``); ``cluster=True``
+        makes a ``redis.cluster.RedisCluster`` from it.  ``client_kwargs`` go to the client
+        (e.g. ``ssl_ca_certs``), the other keyword arguments to the constructor.  The tier owns
+        this client: :meth:`close` closes it.
+        """
+        if not timeout > 0:
+            raise ValueError("timeout must be > 0")
+        ckw = dict(socket_timeout=timeout, socket_connect_timeout=timeout, retry=_no_retry())
+        ckw.update(client_kwargs or {})
+        ckw["decode_responses"] = False
+        if cluster:
+            from redis.cluster import RedisCluster
+
+            client = RedisCluster.from_url(url, **ckw)
+        else:
+            client = _redis.Redis.from_url(url, **ckw)
+        try:
+            tier = cls(local, client, namespace, **kwargs)
+        except BaseException:
+            client.close()
+            raise
+        tier._owns_client = True
+        return tier
 
     # --- plumbing --------------------------------------------------------------
 
@@ -478,7 +532,20 @@ class TieredCache(TieredBase, MutableMapping):
         for ev in waiters:
             ev.set()
 
+    def _stream_refused(self, index, message):
+        """A listener's setup was refused by the server (ACL, unsupported command): make it loud."""
+        first = self._stream_error is None
+        self._stream_error = message
+        if first:
+            if not self.strict:  # strict construction raises it instead
+                warnings.warn(message, RuntimeWarning, stacklevel=2)
+            _log.warning("%s", message)
+        self._tried[index].set()
+
     def _listener_state(self, index, up):
+        self._tried[index].set()
+        if up and self._stream_error is not None:
+            self._stream_error = None
         with self._lock:
             self._listeners_up[index] = up
             live = all(self._listeners_up)
@@ -739,7 +806,8 @@ class TieredCache(TieredBase, MutableMapping):
         """Return a :class:`TierStats` snapshot of the counters."""
         c = self._counts
         return TierStats(
-            self._local_hits, c[0], c[1], c[2], c[3], c[4], c[5], self._health.state, self._live, c[6]
+            self._local_hits, c[0], c[1], c[2], c[3], c[4], c[5], self._health.state, self._live, c[6],
+            self._stream_error,
         )
 
     @property
@@ -755,12 +823,14 @@ class TieredCache(TieredBase, MutableMapping):
         return self._live
 
     def close(self):
-        """Stop the invalidation threads (the client stays open: it is the caller's)."""
+        """Stop the invalidation threads; close the client only if :meth:`from_url` made it."""
         self._stop.set()
         for t in self._threads:
             if t is not threading.current_thread():
                 t.join(timeout=2.0)
         self._live = False
+        if self._owns_client:
+            self._client.close()
 
     def __reduce__(self):
         raise TypeError("TieredCache cannot be pickled: it holds a Redis client and threads")
@@ -791,6 +861,44 @@ def _connection_kwargs(client):
         node = client.get_default_node()
         return node.redis_connection.connection_pool.connection_kwargs
     return client.connection_pool.connection_kwargs
+
+
+_SLOW = 1.0  # seconds: a client blocking longer than this per call defeats fail-open
+
+
+def _no_retry():
+    return _redis.retry.Retry(_redis.backoff.NoBackoff(), 0)
+
+
+def _client_problems(client):
+    """Return what in a client's settings makes a call block for long while Redis is down."""
+    kw = _connection_kwargs(client)
+    timeout = kw.get("socket_timeout")
+    connect = kw.get("socket_connect_timeout") or timeout
+    problems = []
+    if timeout is None or timeout > _SLOW:
+        problems.append(f"socket_timeout={timeout}")
+    if connect is None or connect > _SLOW:
+        problems.append(f"socket_connect_timeout={connect}")
+    for retry in (kw.get("retry"), getattr(client, "retry", None) if _is_cluster(client) else None):
+        n = retry.get_retries() if retry is not None else 0
+        if n:
+            problems.append(f"{n} retries")
+            break
+    return problems
+
+
+def _check_client(client):
+    problems = _client_problems(client)
+    if problems:
+        warnings.warn(
+            f"the redis client's {', '.join(problems)} can block every call for seconds while "
+            "Redis is down or hung, which defeats fail-open; build the tier with "
+            "TieredCache.from_url(url, local, namespace, timeout=0.25), or give the client "
+            "socket_timeout and socket_connect_timeout <= 1 s and retry=Retry(NoBackoff(), 0)",
+            SlowClientWarning,
+            stacklevel=3,
+        )
 
 
 def _pool_node_name(pool):
@@ -830,6 +938,7 @@ def _make_listener_connection(pool):
 
 
 _PING_EVERY = 1.0
+_SETUP_WAIT = 5.0  # strict construction waits this long at most for each stream's first attempt
 _PING_TIMEOUT = 2.0
 
 
@@ -841,12 +950,25 @@ def _listen(ref, index, pool, prefix, stop):
         try:
             conn = _make_listener_connection(pool)
             conn.connect()
-            conn.send_command("CLIENT", "ID")
-            cid = conn.read_response()
-            conn.send_command("CLIENT", "TRACKING", "ON", "REDIRECT", cid, "BCAST", "PREFIX", prefix)
-            conn.read_response()
-            conn.send_command("SUBSCRIBE", "__redis__:invalidate")
-            conn.read_response()
+            step = "+client|id"
+            try:
+                conn.send_command("CLIENT", "ID")
+                cid = conn.read_response()
+                step = "+client|tracking (and read access to the namespace's keys)"
+                conn.send_command("CLIENT", "TRACKING", "ON", "REDIRECT", cid, "BCAST", "PREFIX", prefix)
+                conn.read_response()
+                step = "+subscribe and &__redis__:invalidate"
+                conn.send_command("SUBSCRIBE", "__redis__:invalidate")
+                conn.read_response()
+            except _redis.exceptions.ResponseError as exc:
+                tier = ref()
+                if tier is None:
+                    return
+                tier._stream_refused(index, (
+                    f"Redis refused the invalidation stream of namespace {prefix!r} ({exc}); "
+                    f"the ACL user needs {step}. Until then every read goes to Redis"))
+                del tier
+                raise
             tier = ref()
             if tier is None:
                 return
