@@ -32,6 +32,7 @@ import os
 import random
 import threading
 import time
+import warnings
 import weakref
 from collections import namedtuple
 from collections.abc import MutableMapping
@@ -42,7 +43,10 @@ from redis.exceptions import RedisError
 from kvcache._tiered import MISSING as _MISSING, Expiring, TieredBase
 from kvcache.serialize import SerializationError, Serializer, decode_key, encode_key
 
-__all__ = ["TieredCache", "AsyncTieredCache", "TierStats", "CircuitOpenError", "ValueTooLargeError"]
+__all__ = [
+    "TieredCache", "AsyncTieredCache", "TierStats", "CircuitOpenError", "ValueTooLargeError",
+    "StreamRefusedError", "SlowClientWarning",
+]
 
 _monotonic = time.monotonic
 _DEFAULT = object()
@@ -51,7 +55,8 @@ _REMOTE_ERRORS = (RedisError, _redis.exceptions.RedisClusterException, Serializa
 
 TierStats = namedtuple(
     "TierStats",
-    "local_hits remote_hits misses sets deletes errors invalidations circuit live rejections",
+    "local_hits remote_hits misses sets deletes errors invalidations circuit live rejections "
+    "stream_error",
 )
 TierStats.__doc__ = """Counters of a TieredCache.
 
@@ -62,12 +67,22 @@ refused (OOM, NOPERM, WRONGTYPE, a value over ``max_value_size``), which never o
 the breaker; ``invalidations`` counts keys dropped on notice from Redis;
 ``circuit`` is the worst breaker state over the nodes: ``"closed"``, ``"open"`` or
 ``"half-open"``; ``live`` tells whether the invalidation stream is up (the local
-tier is trusted only then).
+tier is trusted only then); ``stream_error`` is None, or why the server refuses the
+stream (a missing ACL permission, named): the tier then keeps reading Redis on every
+call.
 """
 
 
 class CircuitOpenError(_redis.exceptions.ConnectionError):
     """Raised in strict mode while the circuit breaker keeps Redis out of reach."""
+
+
+class StreamRefusedError(_redis.exceptions.ResponseError):
+    """Raised (strict mode, at construction) when Redis refuses the invalidation stream."""
+
+
+class SlowClientWarning(UserWarning):
+    """The redis client's timeouts or retries would block callers for seconds while Redis is down."""
 
 
 # Compare-and-delete / compare-and-extend: a lease is touched only by the
@@ -360,6 +375,14 @@ class _TierCore(TieredBase):
         self._waiters = {}  # Redis name -> Event woken by any change of name or its lock
         self._live = False
         self._counts = [0] * 7  # remote_hits misses sets deletes errors invalidations rejections
+        self._stream_error = None
+        self._owns_client = False
+
+    def _setup_listeners(self, pools):
+        """Set up the state of one invalidation listener per pool (a primary's)."""
+        self._pool_nodes = [_pool_node_name(p) for p in pools]
+        self._listeners_up = [False] * len(pools)
+        self._tried = [threading.Event() for _ in pools]  # each listener made its first attempt
 
     # --- plumbing --------------------------------------------------------------
 
@@ -441,7 +464,20 @@ class _TierCore(TieredBase):
         for ev in waiters:
             ev.set()
 
+    def _stream_refused(self, index, message):
+        """A listener's setup was refused by the server (ACL, unsupported command): make it loud."""
+        first = self._stream_error is None
+        self._stream_error = message
+        if first:
+            if not self.strict:  # strict construction raises it instead
+                warnings.warn(message, RuntimeWarning, stacklevel=2)
+            _log.warning("%s", message)
+        self._tried[index].set()
+
     def _listener_state(self, index, up):
+        self._tried[index].set()
+        if up and self._stream_error is not None:
+            self._stream_error = None
         with self._lock:
             self._listeners_up[index] = up
             live = all(self._listeners_up)
@@ -588,7 +624,8 @@ class _TierCore(TieredBase):
         """Return a :class:`TierStats` snapshot of the counters."""
         c = self._counts
         return TierStats(
-            self._local_hits, c[0], c[1], c[2], c[3], c[4], c[5], self._health.state, self._live, c[6]
+            self._local_hits, c[0], c[1], c[2], c[3], c[4], c[5], self._health.state, self._live, c[6],
+            self._stream_error,
         )
 
     @property
@@ -658,8 +695,7 @@ class TieredCache(_TierCore, MutableMapping):
 
         self._stop = threading.Event()
         pools = _pools(client)
-        self._pool_nodes = [_pool_node_name(p) for p in pools]
-        self._listeners_up = [False] * len(pools)
+        self._setup_listeners(pools)
         self._threads = []
         ref = weakref.ref(self)
         for i, pool in enumerate(pools):
@@ -673,6 +709,38 @@ class TieredCache(_TierCore, MutableMapping):
         self._finalizer = weakref.finalize(self, self._stop.set)
         for t in self._threads:
             t.start()
+        if self.strict:
+            # A refused stream is a configuration error: report it now, not as slow reads later.
+            for ev in self._tried:
+                ev.wait(_SETUP_WAIT)
+            if self._stream_error is not None:
+                self.close()
+                raise StreamRefusedError(self._stream_error)
+        _check_client(client)
+
+    @classmethod
+    def from_url(cls, url, local, namespace, *, timeout=0.25, cluster=False, client_kwargs=None, **kwargs):
+        """Build a tier on a new client for `url` that gives up after `timeout` seconds, never retrying.
+
+        ``url`` is a redis-py URL (``redis://``, ``rediss://``, ``unix://``); ``cluster=True``
+        makes a ``redis.cluster.RedisCluster`` from it.  ``client_kwargs`` go to the client
+        (e.g. ``ssl_ca_certs``), the other keyword arguments to the constructor.  The tier owns
+        this client: :meth:`close` closes it.
+        """
+        ckw = _url_client_kwargs(timeout, client_kwargs, _no_retry())
+        if cluster:
+            from redis.cluster import RedisCluster
+
+            client = RedisCluster.from_url(url, **ckw)
+        else:
+            client = _redis.Redis.from_url(url, **ckw)
+        try:
+            tier = cls(local, client, namespace, **kwargs)
+        except BaseException:
+            client.close()
+            raise
+        tier._owns_client = True
+        return tier
 
     def _remote_get(self, key, name, breaker):
         """Return the value from Redis (filling local) or _MISSING; may raise RedisError."""
@@ -889,12 +957,14 @@ class TieredCache(_TierCore, MutableMapping):
         return self._live
 
     def close(self):
-        """Stop the invalidation threads (the client stays open: it is the caller's)."""
+        """Stop the invalidation threads; close the client only if :meth:`from_url` made it."""
         self._stop.set()
         for t in self._threads:
             if t is not threading.current_thread():
                 t.join(timeout=2.0)
         self._live = False
+        if self._owns_client:
+            self._client.close()
 
     def __enter__(self):
         return self
@@ -954,12 +1024,11 @@ class AsyncTieredCache(_TierCore):
         )
         self._get_many_script = client.register_script(_LUA_GET_MANY)
         self._pools = [client.connection_pool]
-        self._pool_nodes = [_pool_node_name(p) for p in self._pools]
-        self._listeners_up = [False] * len(self._pools)
+        self._setup_listeners(self._pools)
         self._tasks = None  # the listeners, started on the first slow-path call in a loop
         self._flights = {}  # Redis name -> future of the get_or_set computing it in this process
         self._closed = False
-        self._owns_client = False
+        _check_client(client, "AsyncTieredCache")
 
     @classmethod
     def from_url(cls, url, local, namespace, *, timeout=0.25, client_kwargs=None, **kwargs):
@@ -971,11 +1040,7 @@ class AsyncTieredCache(_TierCore):
         import redis.asyncio
         from redis.asyncio.retry import Retry
 
-        if not timeout > 0:
-            raise ValueError("timeout must be > 0")
-        ckw = dict(socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(_redis.backoff.NoBackoff(), 0))
-        ckw.update(client_kwargs or {})
-        ckw["decode_responses"] = False
+        ckw = _url_client_kwargs(timeout, client_kwargs, Retry(_redis.backoff.NoBackoff(), 0))
         tier = cls(local, redis.asyncio.Redis.from_url(url, **ckw), namespace, **kwargs)
         tier._owns_client = True
         return tier
@@ -994,10 +1059,16 @@ class AsyncTieredCache(_TierCore):
             ]
 
     async def wait_live(self, timeout=5.0):
-        """Wait until the invalidation stream is up (starting it); return whether it is."""
+        """Wait until the invalidation stream is up (starting it); return whether it is.
+
+        With ``strict=True``, raise :class:`StreamRefusedError` if Redis refuses the stream
+        (an ACL without the permissions it needs: ``stats().stream_error`` names them).
+        """
         self._start()
         end = _monotonic() + timeout
         while not self._live and _monotonic() < end:
+            if self.strict and self._stream_error is not None:
+                raise StreamRefusedError(self._stream_error)
             await asyncio.sleep(0.005)
         return self._live
 
@@ -1378,6 +1449,54 @@ def _connection_kwargs(client):
     return client.connection_pool.connection_kwargs
 
 
+_SLOW = 1.0  # seconds: a client blocking longer than this per call defeats fail-open
+
+
+def _no_retry():
+    return _redis.retry.Retry(_redis.backoff.NoBackoff(), 0)
+
+
+def _url_client_kwargs(timeout, client_kwargs, retry):
+    """Return the client arguments of `from_url`: `timeout` for every wait, `retry` (none), raw bytes."""
+    if not timeout > 0:
+        raise ValueError("timeout must be > 0")
+    ckw = dict(socket_timeout=timeout, socket_connect_timeout=timeout, retry=retry)
+    ckw.update(client_kwargs or {})
+    ckw["decode_responses"] = False
+    return ckw
+
+
+def _client_problems(client):
+    """Return what in a client's settings makes a call block for long while Redis is down."""
+    kw = _connection_kwargs(client)
+    timeout = kw.get("socket_timeout")
+    connect = kw.get("socket_connect_timeout") or timeout
+    problems = []
+    if timeout is None or timeout > _SLOW:
+        problems.append(f"socket_timeout={timeout}")
+    if connect is None or connect > _SLOW:
+        problems.append(f"socket_connect_timeout={connect}")
+    for retry in (kw.get("retry"), getattr(client, "retry", None) if _is_cluster(client) else None):
+        n = retry.get_retries() if retry is not None else 0
+        if n:
+            problems.append(f"{n} retries")
+            break
+    return problems
+
+
+def _check_client(client, tier="TieredCache"):
+    problems = _client_problems(client)
+    if problems:
+        warnings.warn(
+            f"the redis client's {', '.join(problems)} can block every call for seconds while "
+            "Redis is down or hung, which defeats fail-open; build the tier with "
+            f"{tier}.from_url(url, local, namespace, timeout=0.25), or give the client "
+            "socket_timeout and socket_connect_timeout <= 1 s and retry=Retry(NoBackoff(), 0)",
+            SlowClientWarning,
+            stacklevel=3,
+        )
+
+
 def _pool_node_name(pool):
     """Return ``host:port`` of a pool's server, as redis-py's cluster names its nodes."""
     kw = pool.connection_kwargs
@@ -1452,7 +1571,30 @@ class _Heartbeat:
 
 
 _PING_EVERY = 1.0
+_SETUP_WAIT = 5.0  # strict construction waits this long at most for each stream's first attempt
 _PING_TIMEOUT = 2.0
+
+
+def _handshake(prefix):
+    """Set a connection up as the invalidation stream of `prefix`, without I/O.
+
+    Yields (the ACL permission the command needs, the command) and is sent each reply.
+    """
+    cid = yield "+client|id", ("CLIENT", "ID")
+    yield (
+        "+client|tracking (and read access to the namespace's keys)",
+        ("CLIENT", "TRACKING", "ON", "REDIRECT", cid, "BCAST", "PREFIX", prefix),
+    )
+    yield "+subscribe and &__redis__:invalidate", ("SUBSCRIBE", "__redis__:invalidate")
+
+
+def _refused(ref, index, prefix, exc, step):
+    """Report a handshake the server refused (`step` names the missing permission) to the tier."""
+    tier = ref()
+    if tier is not None:
+        tier._stream_refused(index, (
+            f"Redis refused the invalidation stream of namespace {prefix!r} ({exc}); "
+            f"the ACL user needs {step}. Until then every read goes to Redis"))
 
 
 def _listen(ref, index, pool, prefix, stop):
@@ -1463,39 +1605,36 @@ def _listen(ref, index, pool, prefix, stop):
         try:
             conn = _make_listener_connection(pool)
             conn.connect()
-            conn.send_command("CLIENT", "ID")
-            cid = conn.read_response()
-            conn.send_command("CLIENT", "TRACKING", "ON", "REDIRECT", cid, "BCAST", "PREFIX", prefix)
-            conn.read_response()
-            conn.send_command("SUBSCRIBE", "__redis__:invalidate")
-            conn.read_response()
+            steps = _handshake(prefix)
+            reply = None
+            try:
+                # Each (step, command) is the generator's answer to the previous reply.
+                for step, command in iter(lambda: steps.send(reply), None):
+                    conn.send_command(*command)
+                    reply = conn.read_response()
+            except _redis.exceptions.ResponseError as exc:
+                _refused(ref, index, prefix, exc, step)
+                raise
             tier = ref()
             if tier is None:
                 return
             tier._listener_state(index, True)
             del tier
             delay = 0.02
-            last = _monotonic()
-            pinged = None
+            beat = _Heartbeat()
             while not stop.is_set():
                 if conn.can_read(timeout=0.1):
                     msg = conn.read_response()
-                    last = _monotonic()
-                    pinged = None
-                    if isinstance(msg, list) and len(msg) == 3 and msg[0] == b"message":
+                    beat.heard()
+                    names = _notice(msg)
+                    if names is not _NO_NOTICE:
                         tier = ref()
                         if tier is None:
                             return
-                        tier._invalidate(msg[2])
+                        tier._invalidate(names)
                         del tier
-                    continue
-                now = _monotonic()
-                # A silent peer (partition, no FIN) is detected by an unanswered PING.
-                if pinged is None and now - last > _PING_EVERY:
+                elif beat.ping_due():
                     conn.send_command("PING")
-                    pinged = now
-                elif pinged is not None and now - pinged > _PING_TIMEOUT:
-                    raise _redis.exceptions.TimeoutError("invalidation stream: PING unanswered")
         except Exception:
             pass
         finally:
@@ -1538,12 +1677,16 @@ async def _alisten(ref, index, pool, prefix):
         try:
             conn = pool.connection_class(**_listener_kwargs(pool, Retry(_redis.backoff.NoBackoff(), 0)))
             await conn.connect()
-            await conn.send_command("CLIENT", "ID")
-            cid = await conn.read_response()
-            await conn.send_command("CLIENT", "TRACKING", "ON", "REDIRECT", cid, "BCAST", "PREFIX", prefix)
-            await conn.read_response()
-            await conn.send_command("SUBSCRIBE", "__redis__:invalidate")
-            await conn.read_response()
+            steps = _handshake(prefix)
+            reply = None
+            try:
+                # Each (step, command) is the generator's answer to the previous reply.
+                for step, command in iter(lambda: steps.send(reply), None):
+                    await conn.send_command(*command)
+                    reply = await conn.read_response()
+            except _redis.exceptions.ResponseError as exc:
+                _refused(ref, index, prefix, exc, step)
+                raise
             tier = ref()
             if tier is None:
                 return
