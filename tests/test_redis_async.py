@@ -21,7 +21,7 @@ import redis.asyncio  # noqa: E402
 
 import kvcache  # noqa: E402
 import kvcache.redis  # noqa: E402
-from kvcache.redis import AsyncTieredCache, CircuitOpenError  # noqa: E402
+from kvcache.redis import AsyncTieredCache, CircuitOpenError, StreamRefusedError  # noqa: E402
 from kvcache.serialize import Serializer  # noqa: E402
 from tests.redis_fixtures import child_env, own_redis_server, redis_server  # noqa: E402,F401
 
@@ -642,5 +642,76 @@ def test_bad_arguments(redis_server, ns):
                 AsyncTieredCache(kvcache.LRUCache(maxsize=2), redis_server.client(), ns)
         finally:
             await client.aclose()
+
+    asyncio.run(main())
+
+
+# --- rejections and refused streams (what the sync tier's tests check, on the async tier) ----
+
+
+def test_rejected_writes_leave_no_local_copy_and_keep_the_breaker_closed(own_redis_server, ns):
+    async def body(make):
+        a, b = await make(), await make()
+        await settled_set(a, "k", "old", [a, b])
+        await fill_locally(b, "k", "old")
+        raw = own_redis_server.client()
+        raw.config_set("maxmemory-policy", "noeviction")
+        raw.config_set("maxmemory", 1)
+        try:
+            for i in range(3):
+                await a.set("k", f"new{i}")  # OOM: rejected, and nothing reaches the caller
+            await a.set_many(["k", "j"], ["many", "many"])
+            s = a.stats()
+            assert s.rejections == 5 and s.errors == 0 and s.circuit == "closed"
+            # Everyone, the writer too, reads what Redis holds.
+            assert await a.get("k") == "old" and await b.get("k") == "old"
+            assert await a.get_many(["k", "j"]) == ["old", None]
+            strict = await make(strict=True)
+            with pytest.raises(redis.exceptions.OutOfMemoryError):
+                await strict.set("k", "strict")
+            assert await strict.get("k") == "old"
+        finally:
+            raw.config_set("maxmemory", 0)
+
+    arun(own_redis_server, ns, body)
+
+
+def test_refused_stream_is_loud(redis_server, ns):
+    ns = ns.replace("[", "").replace("]", "")  # plain: the ACL's ~ns:* is a glob
+    raw = redis_server.client()
+    user = f"au{next(_ns_counter)}"
+    raw.execute_command(
+        "ACL", "SETUSER", user, "reset", "on", ">pw", f"~{ns}:*", "&__redis__:invalidate",
+        *"+get +set +del +unlink +scan +evalsha +eval +script|load +pttl +mget +client|id +subscribe +ping".split(),
+    )  # no +client|tracking
+
+    async def main():
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
+        def client():
+            return redis.asyncio.Redis(port=redis_server.port, username=user, password="pw",
+                                       socket_timeout=1.0, socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0))
+
+        with pytest.warns(RuntimeWarning, match="client.tracking"):
+            t = AsyncTieredCache(kvcache.LRUCache(maxsize=10), client(), ns)
+            assert not await t.wait_live(1)
+        try:
+            assert "+client|tracking" in t.stats().stream_error
+            # The tier still works, reading Redis every time.
+            await t.set("k", [1, 2])
+            assert await t.get("k") == [1, 2] and await t.get_many(["k", "x"]) == [[1, 2], None]
+            assert await t.get_or_set("g", lambda: 3) == 3
+            assert t.stats().errors == 0 and t.stats().rejections == 0 and t.stats().local_hits == 0
+        finally:
+            await t.aclose()
+            await t.client.aclose()
+        strict = AsyncTieredCache(kvcache.LRUCache(maxsize=10), client(), ns, strict=True)
+        try:
+            with pytest.raises(StreamRefusedError, match=r"client\|tracking"):
+                await strict.wait_live(5)
+        finally:
+            await strict.aclose()
+            await strict.client.aclose()
 
     asyncio.run(main())
