@@ -26,6 +26,7 @@ Consistency rules (why the code looks the way it does):
 """
 
 import asyncio
+import functools
 import inspect
 import logging
 import os
@@ -1422,6 +1423,32 @@ class AsyncTieredCache(_TierCore):
                 await self._release_script(keys=[lname], args=[token], client=self._client)
             except _AREMOTE_ERRORS as exc:
                 self._error(exc, lbreaker)
+
+    def cached(self, ttl=_DEFAULT, key=None):
+        """Decorate a coroutine function: cache its results in this tier, one call per key at a time.
+
+        The key of a call is the function's module and qualified name with
+        ``key(*args, **kwargs)`` (default :func:`kvcache.keys.hashkey`), so the arguments
+        must be what keys may hold (None/bool/int/float/str/bytes, tuples, frozensets):
+        give ``key`` for others (a web framework's request object, say).  Concurrent calls
+        with equal arguments run the function once, here and in other processes
+        (:meth:`get_or_set`); an exception is not cached.
+        """
+        if key is None:
+            from kvcache.keys import hashkey as key
+
+        def decorator(fn):
+            if not inspect.iscoroutinefunction(fn):
+                raise TypeError(f"cached() decorates coroutine functions (async def), not {fn!r}")
+            name = f"{fn.__module__}.{fn.__qualname__}"
+
+            @functools.wraps(fn)
+            async def wrapper(*args, **kwargs):
+                return await self.get_or_set((name, key(*args, **kwargs)), lambda: fn(*args, **kwargs), ttl)
+
+            return wrapper
+
+        return decorator
 
     # --- the sync protocol, refused -----------------------------------------------------------
 

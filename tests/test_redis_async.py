@@ -715,3 +715,34 @@ def test_refused_stream_is_loud(redis_server, ns):
             await strict.client.aclose()
 
     asyncio.run(main())
+
+
+def test_cached_decorator(redis_server, ns):
+    async def body(make):
+        a, b = await make(), await make()
+        calls = []
+
+        async def fetch_user(user_id, *, full=False):
+            calls.append((user_id, full))
+            await asyncio.sleep(0.05)
+            return {"id": user_id, "full": full}
+
+        fa, fb = a.cached(ttl=60)(fetch_user), b.cached(ttl=60)(fetch_user)
+        assert fa.__name__ == "fetch_user"
+        got = await asyncio.gather(*[(fa if i % 2 else fb)(7) for i in range(10)])
+        assert got == [{"id": 7, "full": False}] * 10 and calls == [(7, False)]  # one call
+        assert await fa(7, full=True) == {"id": 7, "full": True} and len(calls) == 2
+        assert await fb(7, full=True) == {"id": 7, "full": True} and len(calls) == 2  # from Redis
+        assert 0 < redis_server.client().pttl(a._name((f"{__name__}.{fetch_user.__qualname__}", (7,)))) <= 60_000
+
+        @a.cached(key=lambda request: request["path"])
+        async def page(request):
+            calls.append(request["path"])
+            return request["path"].upper()
+
+        assert await page({"path": "/x", "headers": object()}) == "/X"
+        assert await page({"path": "/x", "headers": object()}) == "/X" and calls[-1] == "/x" and len(calls) == 3
+        with pytest.raises(TypeError, match="coroutine"):
+            a.cached()(lambda: 1)
+
+    arun(redis_server, ns, body)
