@@ -410,27 +410,41 @@ class _TierCore(TieredBase):
         return True
 
     def _begin(self, name):
-        with self._lock:
-            slot = self._inflight.get(name)
-            if slot is None:
-                self._inflight[name] = [1, False]
-            else:
-                slot[0] += 1
-            return self._epoch
+        """Start an operation on `name` (a fill or a write); return the epoch to give `_end`."""
+        return self._begin_many((name,))
 
     def _end(self, name, epoch, key, entry):
         """Finish an in-flight operation; store `entry` locally if still valid."""
+        self._end_many((name,), epoch, (key,), (entry,))
+
+    def _begin_many(self, names):
+        """`_begin` for each of `names`; return their epoch."""
         with self._lock:
-            slot = self._inflight[name]
-            dirty = slot[1] or epoch != self._epoch
-            slot[0] -= 1
-            if not slot[0]:
-                del self._inflight[name]
-            if entry is not _MISSING:
-                if dirty:
-                    self._local.pop(key, None)
+            inflight = self._inflight
+            for name in names:
+                slot = inflight.get(name)
+                if slot is None:
+                    inflight[name] = [1, False]
                 else:
-                    self._local[key] = entry
+                    slot[0] += 1
+            return self._epoch
+
+    def _end_many(self, names, epoch, keys, entries):
+        """`_end` for each of `names` (begun together by `_begin_many`), under one lock."""
+        with self._lock:
+            inflight = self._inflight
+            local = self._local
+            stale = epoch != self._epoch
+            for name, key, entry in zip(names, keys, entries):
+                slot = inflight[name]
+                slot[0] -= 1
+                if not slot[0]:
+                    del inflight[name]
+                if entry is not _MISSING:
+                    if stale or slot[1]:
+                        local.pop(key, None)
+                    else:
+                        local[key] = entry
 
     def _invalidate(self, names):
         """Drop local copies of `names` (None: everything); called by listeners."""
@@ -574,23 +588,6 @@ class _TierCore(TieredBase):
         self._counts[0] += found
         self._counts[1] += len(out) - found
         return out
-
-    def _begin_many(self, names):
-        """`_begin` for each of `names`; return their epoch."""
-        with self._lock:
-            for name in names:
-                slot = self._inflight.get(name)
-                if slot is None:
-                    self._inflight[name] = [1, False]
-                else:
-                    slot[0] += 1
-            return self._epoch
-
-    def _end_many(self, names, epoch, keys, entries):
-        """`_end` for each of `names` (begun together by `_begin_many`)."""
-        with self._lock:
-            for name, key, entry in zip(names, keys, entries):
-                self._end(name, epoch, key, entry)
 
     def _lock_name(self, name):
         """Return the Redis name of the lease lock of value name `name`."""
