@@ -746,3 +746,18 @@ def test_cached_decorator(redis_server, ns):
             a.cached()(lambda: 1)
 
     arun(redis_server, ns, body)
+
+
+def test_tier_made_before_the_loop_runs(redis_server, ns):
+    # As in a web app: the tier is made at import time, used later in the server's loop.
+    t = AsyncTieredCache.from_url(f"redis://127.0.0.1:{redis_server.port}", kvcache.LRUCache(maxsize=10), ns)
+    assert t._tasks is None and not t.live  # nothing runs before a loop does
+
+    async def main():
+        async with t:
+            assert await t.wait_live(5)
+            await t.set("k", "v")
+            assert await t.get("k") == "v"
+
+    asyncio.run(main())
+    assert not t.live
