@@ -39,7 +39,7 @@ import redis as _redis
 from redis.exceptions import RedisError
 
 from kvcache._tiered import MISSING as _MISSING, Expiring, TieredBase
-from kvcache.serialize import SerializationError, Serializer, decode_key, encode_key
+from kvcache.serialize import SerializationError, Serializer, decode_key, encode_key, encode_keys
 
 __all__ = [
     "TieredCache", "TierStats", "CircuitOpenError", "ValueTooLargeError", "StreamRefusedError",
@@ -99,6 +99,33 @@ _LUA_GET = """
 local v = redis.call('get', KEYS[1])
 if not v then return false end
 return {v, redis.call('pttl', KEYS[1])}
+"""
+
+
+# The batches, one call per chunk of keys (of one slot on a cluster).  Values with their
+# PTTL when they have one ({values, {index, pttl, ...}}), so a fill carries its TTL as in
+# _LUA_GET; SET and UNLINK through scripts rather than MSET so the minimal ACL suffices.
+_CHUNK = 1000  # keys per call: Lua's unpack() stops near 8,000 arguments
+_LUA_MGET = """
+local vals = redis.call('mget', unpack(KEYS))
+local ttl = {}
+for i, v in ipairs(vals) do
+  if v then
+    local t = redis.call('pttl', KEYS[i])
+    if t >= 0 then ttl[#ttl + 1] = i; ttl[#ttl + 1] = t end
+  end
+end
+return {vals, ttl}
+"""
+_LUA_MSET = """
+local px = ARGV[#KEYS + 1]
+for i, k in ipairs(KEYS) do
+  if px then redis.call('set', k, ARGV[i], 'px', px) else redis.call('set', k, ARGV[i]) end
+end
+return #KEYS
+"""
+_LUA_UNLINK = """
+return redis.call('unlink', unpack(KEYS))
 """
 
 
@@ -277,6 +304,15 @@ class NodeHealth:
         except (KeyError, IndexError, TypeError, AttributeError):
             return "?"
 
+    def group(self, names):
+        """Return [(breaker, [positions in names])], one item per node serving some of `names`."""
+        if not self._cluster:
+            return [(self._single, list(range(len(names))))]
+        by_node = {}
+        for i, n in enumerate(names):
+            by_node.setdefault(self.node_name(n), []).append(i)
+        return [(self.node(node), pos) for node, pos in by_node.items()]
+
     def breakers(self):
         """Return every breaker in use."""
         if not self._cluster:
@@ -305,6 +341,20 @@ class NodeHealth:
             _log.warning("%s rejected a command (%s): %s; counted in stats().rejections, "
                          "logged once per kind", what, rk, exc)
         return kind
+
+
+class _Batch:
+    """The names of a batch in flight, and those of them invalidated meanwhile."""
+
+    __slots__ = ("order", "names", "dirty")
+
+    def __init__(self, names):
+        self.order = names
+        self.names = set(names)
+        self.dirty = set()
+
+    __eq__ = object.__eq__  # list.remove must find this very batch
+    __hash__ = object.__hash__
 
 
 class TieredCache(TieredBase, MutableMapping):
@@ -383,6 +433,9 @@ class TieredCache(TieredBase, MutableMapping):
         self._get_script = client.register_script(_LUA_GET)
         self._release_script = client.register_script(_LUA_RELEASE)
         self._renew_script = client.register_script(_LUA_RENEW)
+        self._mget_script = client.register_script(_LUA_MGET)
+        self._mset_script = client.register_script(_LUA_MSET)
+        self._unlink_script = client.register_script(_LUA_UNLINK)
 
         # Fill bookkeeping, guarded by _lock: a fill or write-through stores its
         # copy only if _epoch did not move and its name was not marked dirty.
@@ -391,6 +444,7 @@ class TieredCache(TieredBase, MutableMapping):
         self._lock = threading.RLock()
         self._epoch = 0
         self._inflight = {}  # Redis name -> [readers in flight, dirty]
+        self._batches = []  # _Batch in flight
         self._waiters = {}  # Redis name -> Event woken by any change of name or its lock
         self._live = False
         self._counts = [0] * 7  # remote_hits misses sets deletes errors invalidations rejections
@@ -459,14 +513,25 @@ class TieredCache(TieredBase, MutableMapping):
 
     def _error(self, exc, breaker):
         """Count `exc` (an outage or a rejection; `breaker` is the node's, or None); raise when strict."""
+        self._count_error(exc, breaker)
+        if self.strict:
+            raise exc
+
+    def _count_error(self, exc, breaker):
         if isinstance(exc, SerializationError) or breaker is None:
             self._counts[4] += 1
         elif self._health.record(exc, breaker) is OUTAGE:
             self._counts[4] += 1
         else:
             self._counts[6] += 1
-        if self.strict:
-            raise exc
+
+    def _too_large(self, key, blob):
+        """Return a ValueTooLargeError if `blob` may not be sent, else None."""
+        if len(blob) > self.max_value_size:
+            return ValueTooLargeError(
+                f"value of {key!r} encodes to {len(blob)} bytes, over max_value_size="
+                f"{self.max_value_size} (Redis refuses values over its proto-max-bulk-len)")
+        return None
 
     def _blocked(self, breaker):
         """Return True (or raise when strict) if `breaker` keeps us off its node."""
@@ -499,6 +564,34 @@ class TieredCache(TieredBase, MutableMapping):
                 else:
                     self._local[key] = entry
 
+    # A batch is tracked as one object (its names as a set) rather than name by name: for
+    # 1,000 keys that is a tenth of the bookkeeping, and invalidations check the few batches
+    # in flight.
+
+    def _begin_many(self, names):
+        """Mark `names` in flight as one batch; return the token to hand to _end_many."""
+        batch = _Batch(names)
+        with self._lock:
+            self._batches.append(batch)
+            return self._epoch, batch
+
+    def _end_many(self, token, keys, entries):
+        """Finish a batch; store each entry (not MISSING) locally if no invalidation raced it."""
+        epoch, batch = token
+        local = self._local
+        with self._lock:
+            self._batches.remove(batch)
+            if epoch != self._epoch:
+                dirty = None  # everything
+            else:
+                dirty = batch.dirty
+            for name, key, entry in zip(batch.order, keys, entries):
+                if entry is not _MISSING:
+                    if dirty is None or name in dirty:
+                        local.pop(key, None)
+                    else:
+                        local[key] = entry
+
     def _invalidate(self, names):
         """Drop local copies of `names` (None: everything); called by listeners."""
         with self._lock:
@@ -515,6 +608,9 @@ class TieredCache(TieredBase, MutableMapping):
                         slot = self._inflight.get(name)
                         if slot is not None:
                             slot[1] = True
+                        for batch in self._batches:
+                            if name in batch.names:
+                                batch.dirty.add(name)
                         try:
                             key = decode_key(name[len(self._vprefix) :])
                         except SerializationError:
@@ -620,10 +716,9 @@ class TieredCache(TieredBase, MutableMapping):
         epoch = self._begin(name)
         entry = _MISSING
         try:
-            if len(blob) > self.max_value_size:
-                self._error(ValueTooLargeError(
-                    f"value of {key!r} encodes to {len(blob)} bytes, over max_value_size="
-                    f"{self.max_value_size} (Redis refuses values over proto-max-bulk-len)"), breaker)
+            too_large = self._too_large(key, blob)
+            if too_large is not None:
+                self._error(too_large, breaker)
             elif not self._blocked(breaker):
                 try:
                     t0 = _monotonic()
@@ -661,6 +756,235 @@ class TieredCache(TieredBase, MutableMapping):
         finally:
             self._end(name, epoch, key, _MISSING)
         return existed
+
+    # --- batches ---------------------------------------------------------------
+
+    def get_many(self, keys, default=None):
+        """Return a list with the value of each of `keys`, `default` for those found nowhere.
+
+        The local tier answers what it may; the rest is read in one round trip per Redis
+        node (per 1,000 keys), filled locally under the rules of :meth:`get`.  Keys of a
+        node whose breaker is open, or that fails, fail open one by one.
+        """
+        keys = list(keys)
+        out = self._hit_many(keys)
+        todo = [i for i, v in enumerate(out) if v is _MISSING]
+        if todo:
+            tkeys = [keys[i] for i in todo]
+            found = self._fetch_many(tkeys)
+            for i, v in zip(todo, found):
+                out[i] = v
+        return [default if v is _MISSING else v for v in out]
+
+    def _fetch_many(self, keys):
+        """Read `keys` the local tier did not answer (as _fetch, in batches); a list with _MISSING."""
+        names = encode_keys(keys, self._vprefix)
+        out = [_MISSING] * len(keys)
+        first_error = None
+        counts = self._counts
+        for breaker, pos in self._health.group(names):
+            if len(pos) == len(keys):
+                gnames, gkeys = names, keys  # one node: no regrouping
+            else:
+                gnames = [names[p] for p in pos]
+                gkeys = [keys[p] for p in pos]
+            values = None
+            if not self._blocked(breaker):
+                entries = ()
+                token = self._begin_many(gnames)
+                try:
+                    t0 = _monotonic()
+                    blobs, ttls = self._remote_mget(gnames)
+                    breaker.success()
+                    values, bad = self._loads_many(blobs)
+                    for j, exc in bad:
+                        self._count_error(exc, breaker)
+                        first_error = first_error or exc
+                    entries = values
+                    if ttls:
+                        entries = list(values)
+                        for j, pttl in ttls.items():
+                            if values[j] is not _MISSING:
+                                entries[j] = Expiring(values[j], t0 + pttl / 1000.0)
+                    missing = values.count(_MISSING)
+                    counts[0] += len(values) - missing
+                    counts[1] += missing - len(bad)
+                    for j, exc in bad:  # undecodable: the local tier is all we have
+                        values[j] = self._local_fallback(gkeys[j])
+                        counts[1] += values[j] is _MISSING
+                except _REMOTE_ERRORS as exc:
+                    self._count_error(exc, breaker)
+                    first_error = first_error or exc
+                finally:
+                    self._end_many(token, gkeys, entries or [_MISSING] * len(gnames))
+            if values is None:
+                values = [self._local_fallback(k) for k in gkeys]
+                counts[1] += values.count(_MISSING)
+            if gkeys is keys:
+                out = values
+            else:
+                for p, v in zip(pos, values):
+                    out[p] = v
+        if first_error is not None and self.strict:
+            raise first_error
+        return out
+
+    def _loads_many(self, blobs):
+        """Decode `blobs` (None: _MISSING); return (values, [(index, SerializationError)])."""
+        loads = self._ser.loads
+        try:
+            return [_MISSING if b is None else loads(b) for b in blobs], ()
+        except SerializationError:
+            pass
+        values, bad = [], []
+        for j, b in enumerate(blobs):
+            try:
+                values.append(_MISSING if b is None else loads(b))
+            except SerializationError as exc:
+                values.append(_MISSING)
+                bad.append((j, exc))
+        return values, bad
+
+    def set_many(self, keys, values, ttl=_DEFAULT):
+        """Store each of `values` under the matching one of `keys`, in Redis and locally.
+
+        One round trip per Redis node (per 1,000 keys); as :meth:`set`, a value Redis did
+        not take leaves no local copy.  Every value is encoded before anything is written:
+        a TypeError writes nothing.
+        """
+        keys = list(keys)
+        values = list(values)
+        if len(keys) != len(values):
+            raise ValueError(f"{len(keys)} keys but {len(values)} values")
+        if ttl is _DEFAULT:
+            ttl = self.ttl
+        elif ttl is not None and not ttl > 0:
+            raise ValueError("ttl must be > 0 or None")
+        dumps = self._ser.dumps
+        blobs = [dumps(v) for v in values]
+        names = encode_keys(keys, self._vprefix)
+        px = None if ttl is None else max(1, int(ttl * 1000))
+        first_error = None
+        for breaker, pos in self._health.group(names):
+            gnames = [names[p] for p in pos]
+            gkeys = [keys[p] for p in pos]
+            entries = [_MISSING] * len(pos)
+            token = self._begin_many(gnames)
+            try:
+                send = []
+                for j, p in enumerate(pos):
+                    exc = self._too_large(keys[p], blobs[p])
+                    if exc is None:
+                        send.append(j)
+                    else:
+                        self._count_error(exc, breaker)
+                        first_error = first_error or exc
+                if send and not self._blocked(breaker):
+                    t0 = _monotonic()
+                    try:
+                        self._remote_mset([gnames[j] for j in send], [blobs[pos[j]] for j in send], px)
+                        breaker.success()
+                        self._counts[2] += len(send)
+                        for j in send:
+                            value = values[pos[j]]
+                            entries[j] = value if ttl is None else Expiring(value, t0 + ttl)
+                    except _REMOTE_ERRORS as exc:
+                        self._count_error(exc, breaker)
+                        first_error = first_error or exc
+            finally:
+                # As in set: a key Redis may not hold as written keeps no local copy.
+                pop = self._local.pop
+                for key, entry in zip(gkeys, entries):
+                    if entry is _MISSING:
+                        pop(key, None)
+                self._end_many(token, gkeys, entries)
+        if first_error is not None and self.strict:
+            raise first_error
+
+    def delete_many(self, keys):
+        """Remove `keys` from Redis and locally; return how many existed (in Redis, else locally)."""
+        keys = list(keys)
+        names = encode_keys(keys, self._vprefix)
+        pop = self._local.pop
+        existed_locally = [pop(k, _MISSING) is not _MISSING for k in keys]
+        removed = 0
+        first_error = None
+        for breaker, pos in self._health.group(names):
+            gnames = [names[p] for p in pos]
+            local = sum(existed_locally[p] for p in pos)
+            token = self._begin_many(gnames)
+            try:
+                if self._blocked(breaker):
+                    removed += local
+                    continue
+                try:
+                    removed += self._remote_delete(gnames)
+                    breaker.success()
+                    self._counts[3] += len(gnames)
+                except _REMOTE_ERRORS as exc:
+                    self._count_error(exc, breaker)
+                    first_error = first_error or exc
+                    removed += local
+            finally:
+                self._end_many(token, (), ())
+        if first_error is not None and self.strict:
+            raise first_error
+        return removed
+
+    # Backend I/O of the batches: one node's names, chunked (and slot-grouped on a cluster).
+
+    def _chunks(self, names):
+        """Yield lists of names one script call may take: same slot on a cluster, at most _CHUNK."""
+        if self._cluster:
+            by_slot = {}
+            keyslot = self._client.keyslot
+            for n in names:
+                by_slot.setdefault(keyslot(n), []).append(n)
+            groups = by_slot.values()
+        else:
+            groups = (names,)
+        for g in groups:
+            for i in range(0, len(g), _CHUNK):
+                yield g[i : i + _CHUNK]
+
+    def _run_chunks(self, script, source, names, args_of=None):
+        """Run `script` on each chunk of `names`; return [(chunk, reply)] (one round trip on a cluster)."""
+        chunks = list(self._chunks(names))
+        if not self._cluster:
+            return [(c, script(keys=c, args=args_of(c) if args_of else (), client=self._client)) for c in chunks]
+        # The cluster pipeline sends each EVAL to its node; EVAL (not EVALSHA) needs no SCRIPT LOAD,
+        # which a minimal ACL user may not be allowed.
+        pipe = self._client.pipeline()
+        for c in chunks:
+            pipe.eval(source, len(c), *c, *(args_of(c) if args_of else ()))
+        return list(zip(chunks, pipe.execute()))
+
+    def _remote_mget(self, names):
+        """Return (blobs or None, {index: pttl} of those with a TTL) for `names`, in order."""
+        replies = self._run_chunks(self._mget_script, _LUA_MGET, names)
+        if not self._cluster:  # the chunks are consecutive slices of names
+            blobs, ttls, base = [], {}, 0
+            for chunk, (vals, tl) in replies:
+                blobs += vals
+                for i in range(0, len(tl), 2):
+                    ttls[base + tl[i] - 1] = tl[i + 1]
+                base += len(chunk)
+            return blobs, ttls
+        got, ttl_of = {}, {}
+        for chunk, (vals, tl) in replies:
+            got.update(zip(chunk, vals))
+            for i in range(0, len(tl), 2):
+                ttl_of[chunk[tl[i] - 1]] = tl[i + 1]
+        ttls = {j: ttl_of[n] for j, n in enumerate(names) if n in ttl_of} if ttl_of else {}
+        return [got[n] for n in names], ttls
+
+    def _remote_mset(self, names, blobs, px):
+        blob_of = dict(zip(names, blobs))
+        tail = [] if px is None else [px]
+        self._run_chunks(self._mset_script, _LUA_MSET, names, lambda c: [blob_of[n] for n in c] + tail)
+
+    def _remote_delete(self, names):
+        return sum(r for _, r in self._run_chunks(self._unlink_script, _LUA_UNLINK, names))
 
     def _scan_names(self):
         return self._client.scan_iter(match=scan_pattern(self._vprefix), count=500)

@@ -32,7 +32,7 @@ from itertools import chain, compress
 import msgpack
 import numpy as np
 
-__all__ = ["MAX_DEPTH", "Serializer", "SerializationError", "SignatureError", "encode_key", "decode_key"]
+__all__ = ["MAX_DEPTH", "Serializer", "SerializationError", "SignatureError", "encode_key", "encode_keys", "decode_key"]
 
 # Each level of tuples/sets/frozensets costs one nested msgpack call (about 2 KB of C
 # stack while decoding, more while encoding): 64 levels stay far below the smallest
@@ -521,6 +521,12 @@ def encode_key(key):
     frozensets nested more than MAX_DEPTH levels deep.
     """
     return _packb_plain(_canon(key))
+
+
+def encode_keys(keys, prefix=b""):
+    """Return ``[prefix + encode_key(k) for k in keys]``, faster (one packer for the batch)."""
+    pack = msgpack.Packer(use_bin_type=True, strict_types=True).pack
+    return [prefix + pack(_canon(k)) for k in keys]
 
 
 def _ext_hook_key(budget, code, data):
