@@ -25,6 +25,7 @@ Consistency rules (why the code looks the way it does):
   kvcache cache as ``local`` whether or not it supports per-entry TTLs.
 """
 
+import hashlib
 import logging
 import os
 import random
@@ -127,6 +128,27 @@ return #KEYS
 _LUA_UNLINK = """
 return redis.call('unlink', unpack(KEYS))
 """
+
+
+class _Script:
+    """A Lua script run by EVALSHA, falling back to EVAL (which caches it) on NOSCRIPT.
+
+    Not redis-py's Script: that one loads a missing script with SCRIPT LOAD, which on a
+    cluster goes to every primary, so one dead master made every key's first script call
+    fail; EVAL reaches the key's node only, and needs no ``script|load`` permission.
+    """
+
+    __slots__ = ("source", "sha")
+
+    def __init__(self, source):
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+    def __call__(self, keys=(), args=(), client=None):
+        try:
+            return client.evalsha(self.sha, len(keys), *keys, *args)
+        except _redis.exceptions.NoScriptError:
+            return client.eval(self.source, len(keys), *keys, *args)
 
 
 def _glob_escape(data):
@@ -430,12 +452,12 @@ class TieredCache(TieredBase, MutableMapping):
         self._vprefix = self._prefix + b"v:"
         self._lprefix = self._prefix + b"l:"
         self._health = NodeHealth(client, failure_threshold, backoff, max_backoff)
-        self._get_script = client.register_script(_LUA_GET)
-        self._release_script = client.register_script(_LUA_RELEASE)
-        self._renew_script = client.register_script(_LUA_RENEW)
-        self._mget_script = client.register_script(_LUA_MGET)
-        self._mset_script = client.register_script(_LUA_MSET)
-        self._unlink_script = client.register_script(_LUA_UNLINK)
+        self._get_script = _Script(_LUA_GET)
+        self._release_script = _Script(_LUA_RELEASE)
+        self._renew_script = _Script(_LUA_RENEW)
+        self._mget_script = _Script(_LUA_MGET)
+        self._mset_script = _Script(_LUA_MSET)
+        self._unlink_script = _Script(_LUA_UNLINK)
 
         # Fill bookkeeping, guarded by _lock: a fill or write-through stores its
         # copy only if _epoch did not move and its name was not marked dirty.
@@ -956,7 +978,7 @@ class TieredCache(TieredBase, MutableMapping):
         # which a minimal ACL user may not be allowed.
         pipe = self._client.pipeline()
         for c in chunks:
-            pipe.eval(source, len(c), *c, *(args_of(c) if args_of else ()))
+            pipe.execute_command("EVAL", source, len(c), *c, *(args_of(c) if args_of else ()))
         return list(zip(chunks, pipe.execute()))
 
     def _remote_mget(self, names):
