@@ -422,7 +422,7 @@ class TieredCache(TieredBase, MutableMapping):
         failure_threshold=3,
         backoff=0.05,
         max_backoff=5.0,
-        max_value_size=512 * 1024 * 1024,
+        max_value_size=None,
     ):
         if serializer is not None and compress_over is not None:
             raise ValueError("give compress_over to the serializer, not both")
@@ -446,6 +446,10 @@ class TieredCache(TieredBase, MutableMapping):
         self.strict = bool(strict)
         self.lock_lease = float(lock_lease)
         self.lock_wait = float(lock_wait)
+        if max_value_size is None:
+            max_value_size = _server_max_bulk(client)
+        elif not max_value_size > 0:
+            raise ValueError("max_value_size must be > 0 or None")
         self.max_value_size = int(max_value_size)
         self._ser = serializer if serializer is not None else Serializer(compress_over=compress_over)
         self._prefix = namespace_prefix(namespace)
@@ -551,8 +555,9 @@ class TieredCache(TieredBase, MutableMapping):
         """Return a ValueTooLargeError if `blob` may not be sent, else None."""
         if len(blob) > self.max_value_size:
             return ValueTooLargeError(
-                f"value of {key!r} encodes to {len(blob)} bytes, over max_value_size="
-                f"{self.max_value_size} (Redis refuses values over its proto-max-bulk-len)")
+                f"value of {key!r} is too large: it encodes to {len(blob)} bytes, over "
+                f"max_value_size={self.max_value_size} (Redis refuses a value over its "
+                "proto-max-bulk-len by closing the connection)")
         return None
 
     def _blocked(self, breaker):
@@ -1245,6 +1250,23 @@ def _check_client(client):
             SlowClientWarning,
             stacklevel=3,
         )
+
+
+_MAX_BULK = 512 * 1024 * 1024  # Redis' default proto-max-bulk-len
+
+
+def _server_max_bulk(client):
+    """Return the server's proto-max-bulk-len, or Redis' default if it cannot be read (ACL, down)."""
+    try:
+        got = client.config_get("proto-max-bulk-len")
+    except Exception:  # NOPERM for most ACL users, down, a proxy without CONFIG: keep the default
+        return _MAX_BULK
+    if _is_cluster(client) and got and all(isinstance(v, dict) for v in got.values()):
+        got = next(iter(got.values()))  # per node on some redis-py versions
+    try:
+        return int(got[b"proto-max-bulk-len"] if b"proto-max-bulk-len" in got else got["proto-max-bulk-len"])
+    except (KeyError, TypeError, ValueError):
+        return _MAX_BULK
 
 
 def _pool_node_name(pool):

@@ -1,5 +1,6 @@
 """TieredCache against a real redis-server: semantics, invalidation, TTL, locks, faults."""
 
+import os
 import re
 import subprocess
 import sys
@@ -873,10 +874,10 @@ def test_rejections_do_not_open_the_breaker(make_tier, own_redis_server, caplog)
 
 # --- a refused invalidation stream is loud; the minimal ACL works ---------------------------
 
-from kvcache.redis import SlowClientWarning, StreamRefusedError  # noqa: E402
+from kvcache.redis import SlowClientWarning, StreamRefusedError, ValueTooLargeError  # noqa: E402
 
 MINIMAL_ACL = (
-    "&__redis__:invalidate +get +set +del +unlink +scan +evalsha +eval +script|load +pttl +pexpire "
+    "&__redis__:invalidate +get +mget +set +del +unlink +scan +evalsha +eval +pttl +pexpire "
     "+client|id +client|tracking +subscribe +ping"
 )
 
@@ -897,6 +898,7 @@ def test_acl_user_stream_refused_is_loud(redis_server, missing, caplog):
         warnings.simplefilter("always")
         t = TieredCache(kvcache.LRUCache(maxsize=10), client, ns)
         try:
+            assert t.max_value_size == 512 * 1024 * 1024  # CONFIG GET refused: Redis' default
             if missing is None:
                 assert t.wait_live(5) and t.stats().stream_error is None
             else:
@@ -905,6 +907,11 @@ def test_acl_user_stream_refused_is_loud(redis_server, missing, caplog):
             # The tier works either way: through the local tier, or Redis on every read.
             t["k"] = [1, 2]
             assert t["k"] == [1, 2] and len(t) == 1 and t.get_or_set("g", lambda: 3) == 3
+            t.set_many(["m1", "m2"], [1, 2], ttl=60)
+            assert t.get_many(["m1", "m2", "m3"]) == [1, 2, None] and t.delete_many(["m1", "m2"]) == 2
+            t.clear()
+            assert len(t) == 0
+            t["k"] = [1, 2]
             del t["k"]
             assert t.get("k") is None and t.stats().errors == 0 and t.stats().rejections == 0
         finally:
@@ -1024,3 +1031,23 @@ def test_batch_rejections_counted_not_tripping(make_tier, own_redis_server):
         assert t.get_many(["small", "k2"]) == ["x", None]  # what Redis holds
     finally:
         raw.config_set("maxmemory", 0)
+
+
+def test_oversized_value_says_so(make_tier, own_redis_server):
+    raw = own_redis_server.client()
+    raw.config_set("proto-max-bulk-len", 1024 * 1024)  # Redis' minimum
+    t = make_tier(server=own_redis_server)
+    strict = make_tier(server=own_redis_server, strict=True)
+    assert t.max_value_size == strict.max_value_size == 1024 * 1024  # read from the server
+    big = os.urandom(2 * 1024 * 1024)  # incompressible
+    t["k"] = "small"
+    with pytest.raises(ValueTooLargeError, match="too large"):
+        strict["k"] = big
+    t["k"] = big  # fail-open: counted, not sent, no local copy
+    s = t.stats()
+    assert s.rejections == 1 and s.errors == 0 and s.circuit == "closed"
+    assert t["k"] == "small" and strict["k"] == "small"
+    # An explicit bound wins (a user whose ACL forbids CONFIG gets Redis' default: see the ACL test).
+    assert make_tier(server=own_redis_server, max_value_size=10).max_value_size == 10
+    with pytest.raises(ValueError):
+        make_tier(server=own_redis_server, max_value_size=0)
