@@ -27,6 +27,7 @@ Consistency rules (why the code looks the way it does):
 
 import asyncio
 import functools
+import hashlib
 import inspect
 import logging
 import os
@@ -42,7 +43,7 @@ import redis as _redis
 from redis.exceptions import RedisError
 
 from kvcache._tiered import MISSING as _MISSING, AsyncTieredBase, Expiring, TieredBase
-from kvcache.serialize import SerializationError, Serializer, decode_key, encode_key
+from kvcache.serialize import SerializationError, Serializer, decode_key, encode_key, encode_keys
 
 __all__ = [
     "TieredCache", "AsyncTieredCache", "TierStats", "CircuitOpenError", "ValueTooLargeError",
@@ -103,20 +104,61 @@ local v = redis.call('get', KEYS[1])
 if not v then return false end
 return {v, redis.call('pttl', KEYS[1])}
 """
-# The same for many keys (of one slot on a cluster): the values as MGET gives them, then
-# one string of their PTTLs joined by commas.  One string rather than one integer per key:
-# the reply costs the client about what MGET's does to parse, and parsing is most of it.
-_LUA_GET_MANY = """
+
+
+# The batches, one call per chunk of keys (of one slot on a cluster).  Values with their
+# PTTL when they have one ({values, {index, pttl, ...}}), so a fill carries its TTL as in
+# _LUA_GET; SET and UNLINK through scripts rather than MSET so the minimal ACL suffices.
+_CHUNK = 1000  # keys per call: Lua's unpack() stops near 8,000 arguments
+_LUA_MGET = """
 local vals = redis.call('mget', unpack(KEYS))
-local ttls = {}
-for i, k in ipairs(KEYS) do
-  if vals[i] then ttls[i] = redis.call('pttl', k) else ttls[i] = -2 end
+local ttl = {}
+for i, v in ipairs(vals) do
+  if v then
+    local t = redis.call('pttl', KEYS[i])
+    if t >= 0 then ttl[#ttl + 1] = i; ttl[#ttl + 1] = t end
+  end
 end
-vals[#KEYS + 1] = table.concat(ttls, ',')
-return vals
+return {vals, ttl}
 """
-# Keys per _LUA_GET_MANY call: Lua's unpack() stops at about 8,000 values.
-_GET_MANY_CHUNK = 4000
+_LUA_MSET = """
+local px = ARGV[#KEYS + 1]
+for i, k in ipairs(KEYS) do
+  if px then redis.call('set', k, ARGV[i], 'px', px) else redis.call('set', k, ARGV[i]) end
+end
+return #KEYS
+"""
+_LUA_UNLINK = """
+return redis.call('unlink', unpack(KEYS))
+"""
+
+
+class _Script:
+    """A Lua script run by EVALSHA, falling back to EVAL (which caches it) on NOSCRIPT.
+
+    Not redis-py's Script: that one loads a missing script with SCRIPT LOAD, which on a
+    cluster goes to every primary, so one dead master made every key's first script call
+    fail; EVAL reaches the key's node only, and needs no ``script|load`` permission.
+    """
+
+    __slots__ = ("source", "sha")
+
+    def __init__(self, source):
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+    def __call__(self, keys=(), args=(), client=None):
+        try:
+            return client.evalsha(self.sha, len(keys), *keys, *args)
+        except _redis.exceptions.NoScriptError:
+            return client.eval(self.source, len(keys), *keys, *args)
+
+    async def acall(self, keys=(), args=(), client=None):
+        """Run the script on a ``redis.asyncio`` client."""
+        try:
+            return await client.evalsha(self.sha, len(keys), *keys, *args)
+        except _redis.exceptions.NoScriptError:
+            return await client.eval(self.source, len(keys), *keys, *args)
 
 
 def _glob_escape(data):
@@ -294,6 +336,15 @@ class NodeHealth:
         except (KeyError, IndexError, TypeError, AttributeError):
             return "?"
 
+    def group(self, names):
+        """Return [(breaker, [positions in names])], one item per node serving some of `names`."""
+        if not self._cluster:
+            return [(self._single, list(range(len(names))))]
+        by_node = {}
+        for i, n in enumerate(names):
+            by_node.setdefault(self.node_name(n), []).append(i)
+        return [(self.node(node), pos) for node, pos in by_node.items()]
+
     def breakers(self):
         """Return every breaker in use."""
         if not self._cluster:
@@ -322,6 +373,55 @@ class NodeHealth:
             _log.warning("%s rejected a command (%s): %s; counted in stats().rejections, "
                          "logged once per kind", what, rk, exc)
         return kind
+
+
+class _Batch:
+    """The names of a batch in flight, and those of them invalidated meanwhile."""
+
+    __slots__ = ("order", "names", "dirty")
+
+    def __init__(self, names):
+        self.order = names
+        self.names = set(names)
+        self.dirty = set()
+
+    __eq__ = object.__eq__  # list.remove must find this very batch
+    __hash__ = object.__hash__
+
+
+def _batch_keys(keys):
+    """Return `keys` as a list; a str or bytes is refused, as the engine's get_many does, not split."""
+    if isinstance(keys, (str, bytes, bytearray)):
+        raise TypeError("keys must be an iterable of keys, not a str or bytes")
+    return list(keys)
+
+
+def _drive(steps, run):
+    """Run a batch's steps (see _TierCore) with blocking calls: `run(*call)` for each call yielded."""
+    reply = exc = None
+    while True:
+        try:
+            call = steps.send(reply) if exc is None else steps.throw(exc)
+        except StopIteration as stop:
+            return stop.value
+        try:
+            reply, exc = run(*call), None
+        except BaseException as e:  # raised where the steps made the call: their try blocks decide
+            reply, exc = None, e
+
+
+async def _adrive(steps, run):
+    """Run a batch's steps with awaited calls: ``await run(*call)`` for each call yielded."""
+    reply = exc = None
+    while True:
+        try:
+            call = steps.send(reply) if exc is None else steps.throw(exc)
+        except StopIteration as stop:
+            return stop.value
+        try:
+            reply, exc = await run(*call), None
+        except BaseException as e:
+            reply, exc = None, e
 
 
 class _TierCore(TieredBase):
@@ -356,15 +456,22 @@ class _TierCore(TieredBase):
         self.strict = bool(strict)
         self.lock_lease = float(lock_lease)
         self.lock_wait = float(lock_wait)
+        if max_value_size is None:
+            max_value_size = _server_max_bulk(client)  # the asyncio tier reads it on start instead
+        elif not max_value_size > 0:
+            raise ValueError("max_value_size must be > 0 or None")
         self.max_value_size = int(max_value_size)
         self._ser = serializer if serializer is not None else Serializer(compress_over=compress_over)
         self._prefix = namespace_prefix(namespace)
         self._vprefix = self._prefix + b"v:"
         self._lprefix = self._prefix + b"l:"
         self._health = NodeHealth(client, failure_threshold, backoff, max_backoff)
-        self._get_script = client.register_script(_LUA_GET)
-        self._release_script = client.register_script(_LUA_RELEASE)
-        self._renew_script = client.register_script(_LUA_RENEW)
+        self._get_script = _Script(_LUA_GET)
+        self._release_script = _Script(_LUA_RELEASE)
+        self._renew_script = _Script(_LUA_RENEW)
+        self._mget_script = _Script(_LUA_MGET)
+        self._mset_script = _Script(_LUA_MSET)
+        self._unlink_script = _Script(_LUA_UNLINK)
 
         # Fill bookkeeping, guarded by _lock: a fill or write-through stores its
         # copy only if _epoch did not move and its name was not marked dirty.
@@ -373,6 +480,7 @@ class _TierCore(TieredBase):
         self._lock = threading.RLock()
         self._epoch = 0
         self._inflight = {}  # Redis name -> [readers in flight, dirty]
+        self._batches = []  # _Batch in flight
         self._waiters = {}  # Redis name -> Event woken by any change of name or its lock
         self._live = False
         self._counts = [0] * 7  # remote_hits misses sets deletes errors invalidations rejections
@@ -392,14 +500,26 @@ class _TierCore(TieredBase):
 
     def _error(self, exc, breaker):
         """Count `exc` (an outage or a rejection; `breaker` is the node's, or None); raise when strict."""
+        self._count_error(exc, breaker)
+        if self.strict:
+            raise exc
+
+    def _count_error(self, exc, breaker):
         if isinstance(exc, SerializationError) or breaker is None:
             self._counts[4] += 1
         elif self._health.record(exc, breaker) is OUTAGE:
             self._counts[4] += 1
         else:
             self._counts[6] += 1
-        if self.strict:
-            raise exc
+
+    def _too_large(self, key, blob):
+        """Return a ValueTooLargeError if `blob` may not be sent, else None."""
+        if len(blob) > self.max_value_size:
+            return ValueTooLargeError(
+                f"value of {key!r} is too large: it encodes to {len(blob)} bytes, over "
+                f"max_value_size={self.max_value_size} (Redis refuses a value over its "
+                "proto-max-bulk-len by closing the connection)")
+        return None
 
     def _blocked(self, breaker):
         """Return True (or raise when strict) if `breaker` keeps us off its node."""
@@ -410,38 +530,48 @@ class _TierCore(TieredBase):
         return True
 
     def _begin(self, name):
-        """Start an operation on `name` (a fill or a write); return the epoch to give `_end`."""
-        return self._begin_many((name,))
+        with self._lock:
+            slot = self._inflight.get(name)
+            if slot is None:
+                self._inflight[name] = [1, False]
+            else:
+                slot[0] += 1
+            return self._epoch
 
     def _end(self, name, epoch, key, entry):
         """Finish an in-flight operation; store `entry` locally if still valid."""
-        self._end_many((name,), epoch, (key,), (entry,))
+        with self._lock:
+            slot = self._inflight[name]
+            dirty = slot[1] or epoch != self._epoch
+            slot[0] -= 1
+            if not slot[0]:
+                del self._inflight[name]
+            if entry is not _MISSING:
+                if dirty:
+                    self._local.pop(key, None)
+                else:
+                    self._local[key] = entry
 
     def _begin_many(self, names):
-        """`_begin` for each of `names`; return their epoch."""
+        """Mark `names` in flight as one batch; return the token to hand to _end_many."""
+        batch = _Batch(names)
         with self._lock:
-            inflight = self._inflight
-            for name in names:
-                slot = inflight.get(name)
-                if slot is None:
-                    inflight[name] = [1, False]
-                else:
-                    slot[0] += 1
-            return self._epoch
+            self._batches.append(batch)
+            return self._epoch, batch
 
-    def _end_many(self, names, epoch, keys, entries):
-        """`_end` for each of `names` (begun together by `_begin_many`), under one lock."""
+    def _end_many(self, token, keys, entries):
+        """Finish a batch; store each entry (not MISSING) locally if no invalidation raced it."""
+        epoch, batch = token
+        local = self._local
         with self._lock:
-            inflight = self._inflight
-            local = self._local
-            stale = epoch != self._epoch
-            for name, key, entry in zip(names, keys, entries):
-                slot = inflight[name]
-                slot[0] -= 1
-                if not slot[0]:
-                    del inflight[name]
+            self._batches.remove(batch)
+            if epoch != self._epoch:
+                dirty = None  # everything
+            else:
+                dirty = batch.dirty
+            for name, key, entry in zip(batch.order, keys, entries):
                 if entry is not _MISSING:
-                    if stale or slot[1]:
+                    if dirty is None or name in dirty:
                         local.pop(key, None)
                     else:
                         local[key] = entry
@@ -462,6 +592,9 @@ class _TierCore(TieredBase):
                         slot = self._inflight.get(name)
                         if slot is not None:
                             slot[1] = True
+                        for batch in self._batches:
+                            if name in batch.names:
+                                batch.dirty.add(name)
                         try:
                             key = decode_key(name[len(self._vprefix) :])
                         except SerializationError:
@@ -533,15 +666,6 @@ class _TierCore(TieredBase):
             self._counts[1] += 1
         return v
 
-    def _too_large(self, key, blob, breaker):
-        """Return whether `blob` is over max_value_size (then counted as a rejection, raised when strict)."""
-        if len(blob) <= self.max_value_size:
-            return False
-        self._error(ValueTooLargeError(
-            f"value of {key!r} encodes to {len(blob)} bytes, over max_value_size="
-            f"{self.max_value_size} (Redis refuses values over proto-max-bulk-len)"), breaker)
-        return True
-
     def _written(self, value, ttl, t0, breaker):
         """Account a write Redis took at `t0`; return the local entry it leaves."""
         breaker.success()
@@ -550,44 +674,6 @@ class _TierCore(TieredBase):
 
     def _px(self, ttl):
         return None if ttl is None else max(1, int(ttl * 1000))
-
-    def _batch(self, keys):
-        """Return `keys` as a list (a str or bytes is refused, not taken as a batch of characters)."""
-        if isinstance(keys, (str, bytes, bytearray)):
-            raise TypeError("keys must be an iterable of keys, not a str or bytes")
-        return list(keys)
-
-    def _groups(self, names):
-        """Group the indexes of `names` by what one command may carry: [(breaker, [i, ...])].
-
-        On a cluster a multi-key command needs one slot; elsewhere one group holds them all.
-        """
-        groups = {}
-        keyslot = self._client.keyslot if self._cluster else None
-        for i, name in enumerate(names):
-            g = keyslot(name) if keyslot is not None else 0
-            entry = groups.get(g)
-            if entry is None:
-                entry = groups[g] = (self._health.breaker(name), [])
-            entry[1].append(i)
-        return list(groups.values())
-
-    def _replies(self, reply, t0):
-        """Decode a `_LUA_GET_MANY` reply read at `t0`: a list of (value, local entry) per key, as `_reply`."""
-        loads = self._ser.loads
-        out = []
-        found = 0
-        for blob, pttl in zip(reply, reply[-1].split(b",")):
-            if blob is None:
-                out.append((_MISSING, _MISSING))
-                continue
-            value = loads(blob)
-            pttl = int(pttl)
-            found += 1
-            out.append((value, value if pttl < 0 else Expiring(value, t0 + pttl / 1000.0)))
-        self._counts[0] += found
-        self._counts[1] += len(out) - found
-        return out
 
     def _lock_name(self, name):
         """Return the Redis name of the lease lock of value name `name`."""
@@ -605,6 +691,221 @@ class _TierCore(TieredBase):
         with self._lock:
             if self._waiters.get(name) is ev:
                 del self._waiters[name]
+
+    # --- batches ------------------------------------------------------------------
+    # Written once for both tiers: each batch is a generator of steps that yields the
+    # remote calls it needs, (script, chunks of names, arguments per chunk), and is sent
+    # their replies (or thrown their exceptions) by _drive (TieredCache: blocking calls)
+    # or _adrive (AsyncTieredCache: awaited ones).
+
+    def _get_many_steps(self, keys, default):
+        """Steps of get_many (see TieredCache.get_many)."""
+        keys = _batch_keys(keys)
+        out = self._hit_many(keys)
+        todo = [i for i, v in enumerate(out) if v is _MISSING]
+        if todo:
+            tkeys = [keys[i] for i in todo]
+            found = yield from self._fetch_many_steps(tkeys)
+            for i, v in zip(todo, found):
+                out[i] = v
+        return [default if v is _MISSING else v for v in out]
+
+    def _fetch_many_steps(self, keys):
+        """Read `keys` the local tier did not answer (as _fetch, in batches); a list with _MISSING."""
+        names = encode_keys(keys, self._vprefix)
+        out = [_MISSING] * len(keys)
+        first_error = None
+        counts = self._counts
+        for breaker, pos in self._health.group(names):
+            if len(pos) == len(keys):
+                gnames, gkeys = names, keys  # one node: no regrouping
+            else:
+                gnames = [names[p] for p in pos]
+                gkeys = [keys[p] for p in pos]
+            values = None
+            if not self._blocked(breaker):
+                entries = ()
+                token = self._begin_many(gnames)
+                try:
+                    t0 = _monotonic()
+                    blobs, ttls = yield from self._remote_mget(gnames)
+                    breaker.success()
+                    values, bad = self._loads_many(blobs)
+                    for j, exc in bad:
+                        self._count_error(exc, breaker)
+                        first_error = first_error or exc
+                    entries = values
+                    if ttls:
+                        entries = list(values)
+                        for j, pttl in ttls.items():
+                            if values[j] is not _MISSING:
+                                entries[j] = Expiring(values[j], t0 + pttl / 1000.0)
+                    missing = values.count(_MISSING)
+                    counts[0] += len(values) - missing
+                    counts[1] += missing - len(bad)
+                    for j, exc in bad:  # undecodable: the local tier is all we have
+                        values[j] = self._local_fallback(gkeys[j])
+                        counts[1] += values[j] is _MISSING
+                except _REMOTE_ERRORS as exc:
+                    self._count_error(exc, breaker)
+                    first_error = first_error or exc
+                finally:
+                    self._end_many(token, gkeys, entries or [_MISSING] * len(gnames))
+            if values is None:
+                values = [self._local_fallback(k) for k in gkeys]
+                counts[1] += values.count(_MISSING)
+            if gkeys is keys:
+                out = values
+            else:
+                for p, v in zip(pos, values):
+                    out[p] = v
+        if first_error is not None and self.strict:
+            raise first_error
+        return out
+
+    def _loads_many(self, blobs):
+        """Decode `blobs` (None: _MISSING); return (values, [(index, SerializationError)])."""
+        loads = self._ser.loads
+        try:
+            return [_MISSING if b is None else loads(b) for b in blobs], ()
+        except SerializationError:
+            pass
+        values, bad = [], []
+        for j, b in enumerate(blobs):
+            try:
+                values.append(_MISSING if b is None else loads(b))
+            except SerializationError as exc:
+                values.append(_MISSING)
+                bad.append((j, exc))
+        return values, bad
+
+    def _set_many_steps(self, keys, values, ttl):
+        """Steps of set_many (see TieredCache.set_many)."""
+        keys = _batch_keys(keys)
+        values = list(values)
+        if len(keys) != len(values):
+            raise ValueError(f"{len(keys)} keys but {len(values)} values")
+        ttl = self._ttl(ttl)
+        dumps = self._ser.dumps
+        blobs = [dumps(v) for v in values]
+        names = encode_keys(keys, self._vprefix)
+        px = None if ttl is None else max(1, int(ttl * 1000))
+        first_error = None
+        for breaker, pos in self._health.group(names):
+            gnames = [names[p] for p in pos]
+            gkeys = [keys[p] for p in pos]
+            entries = [_MISSING] * len(pos)
+            token = self._begin_many(gnames)
+            try:
+                send = []
+                for j, p in enumerate(pos):
+                    exc = self._too_large(keys[p], blobs[p])
+                    if exc is None:
+                        send.append(j)
+                    else:
+                        self._count_error(exc, breaker)
+                        first_error = first_error or exc
+                if send and not self._blocked(breaker):
+                    t0 = _monotonic()
+                    try:
+                        yield from self._remote_mset([gnames[j] for j in send], [blobs[pos[j]] for j in send], px)
+                        breaker.success()
+                        self._counts[2] += len(send)
+                        for j in send:
+                            value = values[pos[j]]
+                            entries[j] = value if ttl is None else Expiring(value, t0 + ttl)
+                    except _REMOTE_ERRORS as exc:
+                        self._count_error(exc, breaker)
+                        first_error = first_error or exc
+            finally:
+                # As in set: a key Redis may not hold as written keeps no local copy.
+                pop = self._local.pop
+                for key, entry in zip(gkeys, entries):
+                    if entry is _MISSING:
+                        pop(key, None)
+                self._end_many(token, gkeys, entries)
+        if first_error is not None and self.strict:
+            raise first_error
+
+    def _delete_many_steps(self, keys):
+        """Steps of delete_many (see TieredCache.delete_many)."""
+        keys = _batch_keys(keys)
+        names = encode_keys(keys, self._vprefix)
+        pop = self._local.pop
+        existed_locally = [pop(k, _MISSING) is not _MISSING for k in keys]
+        removed = 0
+        first_error = None
+        for breaker, pos in self._health.group(names):
+            gnames = [names[p] for p in pos]
+            local = sum(existed_locally[p] for p in pos)
+            token = self._begin_many(gnames)
+            try:
+                if self._blocked(breaker):
+                    removed += local
+                    continue
+                try:
+                    removed += yield from self._remote_delete(gnames)
+                    breaker.success()
+                    self._counts[3] += len(gnames)
+                except _REMOTE_ERRORS as exc:
+                    self._count_error(exc, breaker)
+                    first_error = first_error or exc
+                    removed += local
+            finally:
+                self._end_many(token, (), ())
+        if first_error is not None and self.strict:
+            raise first_error
+        return removed
+
+    # The remote calls of the batches, as steps: one node's names, chunked (and slot-grouped
+    # on a cluster).
+
+    def _chunks(self, names):
+        """Yield lists of names one script call may take: same slot on a cluster, at most _CHUNK."""
+        if self._cluster:
+            by_slot = {}
+            keyslot = self._client.keyslot
+            for n in names:
+                by_slot.setdefault(keyslot(n), []).append(n)
+            groups = by_slot.values()
+        else:
+            groups = (names,)
+        for g in groups:
+            for i in range(0, len(g), _CHUNK):
+                yield g[i : i + _CHUNK]
+
+    def _run_chunks(self, script, names, args_of=None):
+        """Step: run `script` on each chunk of `names`; return [(chunk, reply)]."""
+        chunks = list(self._chunks(names))
+        replies = yield script, chunks, [args_of(c) if args_of else () for c in chunks]
+        return list(zip(chunks, replies))
+
+    def _remote_mget(self, names):
+        """Steps: return (blobs or None, {index: pttl} of those with a TTL) for `names`, in order."""
+        replies = yield from self._run_chunks(self._mget_script, names)
+        if not self._cluster:  # the chunks are consecutive slices of names
+            blobs, ttls, base = [], {}, 0
+            for chunk, (vals, tl) in replies:
+                blobs += vals
+                for i in range(0, len(tl), 2):
+                    ttls[base + tl[i] - 1] = tl[i + 1]
+                base += len(chunk)
+            return blobs, ttls
+        got, ttl_of = {}, {}
+        for chunk, (vals, tl) in replies:
+            got.update(zip(chunk, vals))
+            for i in range(0, len(tl), 2):
+                ttl_of[chunk[tl[i] - 1]] = tl[i + 1]
+        ttls = {j: ttl_of[n] for j, n in enumerate(names) if n in ttl_of} if ttl_of else {}
+        return [got[n] for n in names], ttls
+
+    def _remote_mset(self, names, blobs, px):
+        blob_of = dict(zip(names, blobs))
+        tail = [] if px is None else [px]
+        yield from self._run_chunks(self._mset_script, names, lambda c: [blob_of[n] for n in c] + tail)
+
+    def _remote_delete(self, names):
+        return sum(r for _, r in (yield from self._run_chunks(self._unlink_script, names)))
 
     # --- misc ------------------------------------------------------------------
 
@@ -684,7 +985,7 @@ class TieredCache(_TierCore, MutableMapping):
         failure_threshold=3,
         backoff=0.05,
         max_backoff=5.0,
-        max_value_size=512 * 1024 * 1024,
+        max_value_size=None,
     ):
         self._setup(
             local, client, namespace, ttl, serializer, compress_over, strict, lock_lease, lock_wait,
@@ -786,7 +1087,10 @@ class TieredCache(_TierCore, MutableMapping):
         epoch = self._begin(name)
         entry = _MISSING
         try:
-            if not self._too_large(key, blob, breaker) and not self._blocked(breaker):
+            too_large = self._too_large(key, blob)
+            if too_large is not None:
+                self._error(too_large, breaker)
+            elif not self._blocked(breaker):
                 try:
                     t0 = _monotonic()
                     self._client.set(name, blob, px=self._px(ttl))
@@ -821,6 +1125,41 @@ class TieredCache(_TierCore, MutableMapping):
         finally:
             self._end(name, epoch, key, _MISSING)
         return existed
+
+    # --- batches (the steps are _TierCore's) ----------------------------------------
+
+    def get_many(self, keys, default=None):
+        """Return a list with the value of each of `keys`, `default` for those found nowhere.
+
+        The local tier answers what it may; the rest is read in one round trip per Redis
+        node (per 1,000 keys), filled locally under the rules of :meth:`get`.  Keys of a
+        node whose breaker is open, or that fails, fail open one by one.
+        """
+        return _drive(self._get_many_steps(keys, default), self._run)
+
+    def set_many(self, keys, values, ttl=_DEFAULT):
+        """Store each of `values` under the matching one of `keys`, in Redis and locally.
+
+        One round trip per Redis node (per 1,000 keys); as :meth:`set`, a value Redis did
+        not take leaves no local copy.  Every value is encoded before anything is written:
+        a TypeError writes nothing.
+        """
+        return _drive(self._set_many_steps(keys, values, ttl), self._run)
+
+    def delete_many(self, keys):
+        """Remove `keys` from Redis and locally; return how many existed (in Redis, else locally)."""
+        return _drive(self._delete_many_steps(keys), self._run)
+
+    def _run(self, script, chunks, args):
+        """Run `script` on each chunk of names with its arguments; return the replies."""
+        if not self._cluster:
+            return [script(keys=c, args=a, client=self._client) for c, a in zip(chunks, args)]
+        # The cluster pipeline sends each EVAL to its node; EVAL (not EVALSHA) needs no SCRIPT LOAD,
+        # which a minimal ACL user may not be allowed.
+        pipe = self._client.pipeline()
+        for c, a in zip(chunks, args):
+            pipe.execute_command("EVAL", script.source, len(c), *c, *a)
+        return pipe.execute()
 
     def _scan_names(self):
         return self._client.scan_iter(match=scan_pattern(self._vprefix), count=500)
@@ -1007,7 +1346,7 @@ class AsyncTieredCache(_TierCore, AsyncTieredBase):
         failure_threshold=3,
         backoff=0.05,
         max_backoff=5.0,
-        max_value_size=512 * 1024 * 1024,
+        max_value_size=None,
     ):
         import redis.asyncio
 
@@ -1016,11 +1355,12 @@ class AsyncTieredCache(_TierCore, AsyncTieredBase):
                 "AsyncTieredCache needs a redis.asyncio.Redis client (for redis.Redis or a "
                 f"cluster use TieredCache), not {type(client).__name__}"
             )
+        # The server's limit cannot be read without a loop: _start reads it.
+        self._read_max_bulk = max_value_size is None
         self._setup(
             local, client, namespace, ttl, serializer, compress_over, strict, lock_lease, lock_wait,
-            failure_threshold, backoff, max_backoff, max_value_size,
+            failure_threshold, backoff, max_backoff, _MAX_BULK if max_value_size is None else max_value_size,
         )
-        self._get_many_script = client.register_script(_LUA_GET_MANY)
         self._pools = [client.connection_pool]
         self._setup_listeners(self._pools)
         self._tasks = None  # the listeners, started on the first slow-path call in a loop
@@ -1055,6 +1395,12 @@ class AsyncTieredCache(_TierCore, AsyncTieredBase):
                 loop.create_task(_alisten(ref, i, pool, self._prefix), name=f"kvcache-invalidation-{ns}-{i}")
                 for i, pool in enumerate(self._pools)
             ]
+            if self._read_max_bulk:
+                self._read_max_bulk = False
+                self._tasks.append(loop.create_task(self._adopt_max_bulk()))
+
+    async def _adopt_max_bulk(self):
+        self.max_value_size = await _aserver_max_bulk(self._client)
 
     async def wait_live(self, timeout=5.0):
         """Wait until the invalidation stream is up (starting it); return whether it is.
@@ -1116,7 +1462,7 @@ class AsyncTieredCache(_TierCore, AsyncTieredBase):
         entry = _MISSING
         try:
             t0 = _monotonic()
-            reply = await self._get_script(keys=[name], client=self._client)
+            reply = await self._get_script.acall(keys=[name], client=self._client)
             breaker.success()
             value, entry = self._reply(reply, t0)
             return value
@@ -1124,52 +1470,18 @@ class AsyncTieredCache(_TierCore, AsyncTieredBase):
             self._end(name, epoch, key, entry)
 
     async def get_many(self, keys, default=None):
-        """Return a list with ``await get(key, default)`` for each key.
+        """Return a list with ``await get(key, default)`` for each of `keys`.
 
-        Keys the local tier answers cost nothing; the rest are read in one round trip
-        (one Lua call carrying each value's TTL).
+        The local tier answers what it may; the rest is read in one round trip per 1,000
+        keys (one Lua call, values with their TTLs), filled locally under the rules of
+        :meth:`get`.  Fails open key by key as :meth:`get`.
         """
-        keys = self._batch(keys)
-        out = [self._local_hit(k) for k in keys]
-        todo = [i for i, v in enumerate(out) if v is _MISSING]
-        if todo:
-            self._start()
-            got = await self._fetch_many([keys[i] for i in todo])
-            for i, v in zip(todo, got):
-                out[i] = v
-        return [default if v is _MISSING else v for v in out]
+        self._start()
+        return await _adrive(self._get_many_steps(keys, default), self._arun)
 
-    async def _fetch_many(self, keys):
-        names = [self._name(k) for k in keys]
-        out = [_MISSING] * len(keys)
-        for breaker, idx in self._groups(names):
-            for c in range(0, len(idx), _GET_MANY_CHUNK):
-                chunk = idx[c : c + _GET_MANY_CHUNK]
-                if self._blocked(breaker):
-                    got = None
-                else:
-                    cnames = [names[i] for i in chunk]
-                    ckeys = [keys[i] for i in chunk]
-                    epoch = self._begin_many(cnames)
-                    entries = [_MISSING] * len(chunk)
-                    try:
-                        t0 = _monotonic()
-                        reply = await self._get_many_script(keys=cnames, client=self._client)
-                        breaker.success()
-                        got = self._replies(reply, t0)
-                        entries = [e for _, e in got]
-                    except _AREMOTE_ERRORS as exc:
-                        self._error(exc, breaker)
-                        got = None
-                    finally:
-                        self._end_many(cnames, epoch, ckeys, entries)
-                if got is None:
-                    for i in chunk:
-                        out[i] = self._fallback(keys[i])
-                else:
-                    for i, (value, _) in zip(chunk, got):
-                        out[i] = value
-        return out
+    async def _arun(self, script, chunks, args):
+        """Run `script` on each chunk of names with its arguments; return the replies."""
+        return [await script.acall(keys=c, args=a, client=self._client) for c, a in zip(chunks, args)]
 
     # --- writes ------------------------------------------------------------------------------
 
@@ -1187,7 +1499,10 @@ class AsyncTieredCache(_TierCore, AsyncTieredBase):
         epoch = self._begin(name)
         entry = _MISSING
         try:
-            if not self._too_large(key, blob, breaker) and not self._blocked(breaker):
+            too_large = self._too_large(key, blob)
+            if too_large is not None:
+                self._error(too_large, breaker)
+            elif not self._blocked(breaker):
                 try:
                     t0 = _monotonic()
                     await self._client.set(name, blob, px=self._px(ttl))
@@ -1200,48 +1515,14 @@ class AsyncTieredCache(_TierCore, AsyncTieredBase):
             self._end(name, epoch, key, entry)
 
     async def set_many(self, keys, values, ttl=_DEFAULT):
-        """Store ``values[i]`` under ``keys[i]`` for every i, in one round trip (a pipeline).
+        """Store each of `values` under the matching one of `keys`, in Redis and locally.
 
-        Every value is serialized before anything is sent (bad input changes nothing);
-        each write Redis did not take leaves no local copy.
+        One round trip per 1,000 keys; as :meth:`set`, a value Redis did not take leaves no
+        local copy.  Every value is encoded before anything is written: a TypeError writes
+        nothing.
         """
-        keys = self._batch(keys)
-        values = list(values)
-        if len(keys) != len(values):
-            raise ValueError(f"{len(keys)} keys but {len(values)} values")
-        ttl = self._ttl(ttl)
-        blobs = [self._ser.dumps(v) for v in values]
-        if not keys:
-            return
         self._start()
-        names = [self._name(k) for k in keys]
-        px = self._px(ttl)
-        epochs = [self._begin(n) for n in names]
-        entries = [_MISSING] * len(keys)
-        try:
-            for breaker, idx in self._groups(names):
-                idx = [i for i in idx if not self._too_large(keys[i], blobs[i], breaker)]
-                if not idx or self._blocked(breaker):
-                    continue
-                try:
-                    async with self._client.pipeline(transaction=False) as pipe:
-                        for i in idx:
-                            pipe.set(names[i], blobs[i], px=px)
-                        t0 = _monotonic()
-                        results = await pipe.execute(raise_on_error=False)
-                except _AREMOTE_ERRORS as exc:
-                    self._error(exc, breaker)
-                    continue
-                for i, r in zip(idx, results):
-                    if isinstance(r, Exception):
-                        self._error(r, breaker)
-                    else:
-                        entries[i] = self._written(values[i], ttl, t0, breaker)
-        finally:
-            for i, key in enumerate(keys):
-                if entries[i] is _MISSING:
-                    self._local.pop(key, None)
-                self._end(names[i], epochs[i], key, entries[i])
+        return await _adrive(self._set_many_steps(keys, values, ttl), self._arun)
 
     async def delete(self, key):
         """Remove `key` from Redis and locally; return whether it existed."""
@@ -1264,30 +1545,9 @@ class AsyncTieredCache(_TierCore, AsyncTieredBase):
         return existed
 
     async def delete_many(self, keys):
-        """Remove `keys` from Redis (one DEL per slot) and locally; return how many Redis held."""
-        keys = self._batch(keys)
-        if not keys:
-            return 0
+        """Remove `keys` from Redis and locally; return how many existed (in Redis, else locally)."""
         self._start()
-        names = [self._name(k) for k in keys]
-        epochs = [self._begin(n) for n in names]
-        removed = 0
-        try:
-            for key in keys:
-                self._local.pop(key, None)
-            for breaker, idx in self._groups(names):
-                if self._blocked(breaker):
-                    continue
-                try:
-                    removed += await self._client.delete(*[names[i] for i in idx])
-                    breaker.success()
-                    self._counts[3] += len(idx)
-                except _AREMOTE_ERRORS as exc:
-                    self._error(exc, breaker)
-        finally:
-            for i, key in enumerate(keys):
-                self._end(names[i], epochs[i], key, _MISSING)
-        return removed
+        return await _adrive(self._delete_many_steps(keys), self._arun)
 
     async def clear(self):
         """Remove every key of the namespace from Redis and the local tier."""
@@ -1411,7 +1671,7 @@ class AsyncTieredCache(_TierCore, AsyncTieredBase):
                 renewer.cancel()
         finally:
             try:
-                await self._release_script(keys=[lname], args=[token], client=self._client)
+                await self._release_script.acall(keys=[lname], args=[token], client=self._client)
             except _AREMOTE_ERRORS as exc:
                 self._error(exc, lbreaker)
 
@@ -1513,6 +1773,37 @@ def _check_client(client, tier="TieredCache"):
             SlowClientWarning,
             stacklevel=3,
         )
+
+
+_MAX_BULK = 512 * 1024 * 1024  # Redis' default proto-max-bulk-len
+
+
+def _server_max_bulk(client):
+    """Return the server's proto-max-bulk-len, or Redis' default if it cannot be read (ACL, down)."""
+    try:
+        got = client.config_get("proto-max-bulk-len")
+    except Exception:  # NOPERM for most ACL users, down, a proxy without CONFIG: keep the default
+        return _MAX_BULK
+    return _max_bulk_of(client, got)
+
+
+async def _aserver_max_bulk(client):
+    """`_server_max_bulk` for a ``redis.asyncio`` client."""
+    try:
+        got = await client.config_get("proto-max-bulk-len")
+    except Exception:
+        return _MAX_BULK
+    return _max_bulk_of(client, got)
+
+
+def _max_bulk_of(client, got):
+    """Return proto-max-bulk-len from a CONFIG GET reply, or Redis' default."""
+    if _is_cluster(client) and got and all(isinstance(v, dict) for v in got.values()):
+        got = next(iter(got.values()))  # per node on some redis-py versions
+    try:
+        return int(got[b"proto-max-bulk-len"] if b"proto-max-bulk-len" in got else got["proto-max-bulk-len"])
+    except (KeyError, TypeError, ValueError):
+        return _MAX_BULK
 
 
 def _pool_node_name(pool):
@@ -1747,7 +2038,7 @@ async def _arenew(script, client, lname, token, lease_ms):
     while True:
         await asyncio.sleep(lease_ms / 3000.0)
         try:
-            if not await script(keys=[lname], args=[token, lease_ms], client=client):
+            if not await script.acall(keys=[lname], args=[token, lease_ms], client=client):
                 return
         except _AREMOTE_ERRORS:
             continue

@@ -1,5 +1,6 @@
 """TieredCache against a real redis-server: semantics, invalidation, TTL, locks, faults."""
 
+import os
 import re
 import subprocess
 import sys
@@ -814,7 +815,7 @@ def test_errors_are_classified():
 
 
 def test_breaker_lets_one_probe_through_when_half_open():
-    b = _Breaker(threshold=2, base=0.01, cap=0.01)
+    b = _Breaker(threshold=2, base=0.01, cap=5.0)  # cap: an unreported probe expires after 2 * cap
     b.failure(redis.exceptions.ConnectionError())
     assert b.state == "closed" and b.allow()
     b.failure(redis.exceptions.ConnectionError())
@@ -873,10 +874,10 @@ def test_rejections_do_not_open_the_breaker(make_tier, own_redis_server, caplog)
 
 # --- a refused invalidation stream is loud; the minimal ACL works ---------------------------
 
-from kvcache.redis import SlowClientWarning, StreamRefusedError  # noqa: E402
+from kvcache.redis import SlowClientWarning, StreamRefusedError, ValueTooLargeError  # noqa: E402
 
 MINIMAL_ACL = (
-    "&__redis__:invalidate +get +set +del +unlink +scan +evalsha +eval +script|load +pttl +pexpire "
+    "&__redis__:invalidate +get +mget +set +del +unlink +scan +evalsha +eval +pttl +pexpire "
     "+client|id +client|tracking +subscribe +ping"
 )
 
@@ -897,6 +898,7 @@ def test_acl_user_stream_refused_is_loud(redis_server, missing, caplog):
         warnings.simplefilter("always")
         t = TieredCache(kvcache.LRUCache(maxsize=10), client, ns)
         try:
+            assert t.max_value_size == 512 * 1024 * 1024  # CONFIG GET refused: Redis' default
             if missing is None:
                 assert t.wait_live(5) and t.stats().stream_error is None
             else:
@@ -905,6 +907,11 @@ def test_acl_user_stream_refused_is_loud(redis_server, missing, caplog):
             # The tier works either way: through the local tier, or Redis on every read.
             t["k"] = [1, 2]
             assert t["k"] == [1, 2] and len(t) == 1 and t.get_or_set("g", lambda: 3) == 3
+            t.set_many(["m1", "m2"], [1, 2], ttl=60)
+            assert t.get_many(["m1", "m2", "m3"]) == [1, 2, None] and t.delete_many(["m1", "m2"]) == 2
+            t.clear()
+            assert len(t) == 0
+            t["k"] = [1, 2]
             del t["k"]
             assert t.get("k") is None and t.stats().errors == 0 and t.stats().rejections == 0
         finally:
@@ -934,3 +941,113 @@ def test_slow_client_warns_and_from_url_does_not(redis_server, ns):
         assert t.wait_live(5)
         t["k"] = 1
         assert t["k"] == 1
+
+
+# --- batches -----------------------------------------------------------------------------
+
+
+def test_batches_roundtrip(make_tier, redis_server):
+    a, b = make_tier(local=kvcache.LRUCache(maxsize=5000)), make_tier(local=kvcache.LRUCache(maxsize=5000))
+    keys = [f"k{i}" for i in range(2500)] + [("t", 1), 7]  # more than one script call's chunk
+    a.set_many(keys, [[i] for i in range(len(keys))])
+    assert wait_for(lambda: b.stats().invalidations == len(keys))  # fills after the notices stay
+    assert b.get_many(keys + ["nope", "k1"], default=-1) == [[i] for i in range(len(keys))] + [-1, [1]]
+    s = b.stats()
+    assert (s.remote_hits, s.misses, s.local_hits) == (len(keys) + 1, 1, 0)
+    assert b.get_many(["k0", "k1"]) == [[0], [1]] and b.stats().local_hits == 2  # filled locally
+    a.set_many(["k0", "k1"], ["x", "y"], ttl=30)
+    assert wait_for(lambda: "k0" not in b.local and "k1" not in b.local)
+    assert b.get_many(["k1", "k0"]) == ["y", "x"]
+    raw = redis_server.client()
+    assert 0 < raw.pttl(rname(a, "k0")) <= 30_000 and raw.pttl(rname(a, "k2")) == -1
+    assert all(type(e).__name__ == "Expiring" and e.value in ("x", "y") for e in
+               (b.local.get("k0"), b.local.get("k1")) if e is not None)
+    assert b.delete_many(["k0", "k1", "nope", "k1"]) == 2
+    assert a.get_many(["k0", "k1", "k2"]) == [None, None, [2]]
+    assert a.get_many([]) == [] and a.delete_many([]) == 0
+    a.set_many([], [])
+    with pytest.raises(ValueError):
+        a.set_many(["a"], [1, 2])
+    with pytest.raises(TypeError):
+        a.set_many(["w1", "w2"], [1, object()])
+    assert a.get_many(["w1", "w2"]) == [None, None]  # nothing written
+
+
+def test_batch_fill_racing_an_invalidation_is_not_stored(make_tier):
+    a, b = make_tier(), make_tier()
+    a.set_many(["k", "other"], ["v1", "o"])
+    assert wait_for(lambda: a.stats().invalidations == 2)
+    real = a._run  # the remote calls of the batches
+
+    def mget_then_concurrent_write(script, chunks, args):
+        reply = real(script, chunks, args)
+        before = a.stats().invalidations
+        b["k"] = "v2"  # lands after our read: our v1 is already stale
+        assert wait_for(lambda: a.stats().invalidations > before)
+        return reply
+
+    a.local.clear()
+    a._run = mget_then_concurrent_write
+    assert a.get_many(["k", "other"]) == ["v1", "o"]
+    del a._run
+    assert "k" not in a.local and a.local.get("other") == "o"
+    assert a["k"] == "v2"
+
+
+def test_batches_fail_open_and_strict(make_tier, own_redis_server):
+    t = make_tier(server=own_redis_server, failure_threshold=1, backoff=10)
+    t.set_many(["a", "b"], [1, 2])
+    assert wait_for(lambda: t.stats().invalidations == 2)  # the notices of our writes went by
+    assert t.get_many(["a", "b"]) == [1, 2] and "a" in t.local and "b" in t.local
+    own_redis_server.kill()
+    assert t.get_many(["a", "b", "c"], default=0) == [1, 2, 0]  # fail-open: the local tier
+    t.set_many(["a", "c"], [10, 30])  # not taken by Redis: no local copy kept
+    assert t.get_many(["a", "b", "c"]) == [None, 2, None]
+    assert t.delete_many(["b"]) == 1 and t.get("b") is None
+    assert t.stats().errors >= 1 and t.stats().circuit == "open"
+    s = TieredCache(kvcache.LRUCache(maxsize=10), own_redis_server.client(), "strict", strict=True)
+    try:
+        with pytest.raises(redis.exceptions.ConnectionError):
+            s.get_many(["a"])
+        with pytest.raises(redis.exceptions.ConnectionError):
+            s.set_many(["a"], [1])
+        with pytest.raises(redis.exceptions.ConnectionError):
+            s.delete_many(["a"])
+    finally:
+        s.close()
+
+
+def test_batch_rejections_counted_not_tripping(make_tier, own_redis_server):
+    t = make_tier(server=own_redis_server, max_value_size=100)
+    t.set_many(["small", "big"], ["x", "y" * 200])
+    assert t.get_many(["small", "big"]) == ["x", None]
+    assert t.stats().rejections == 1 and t.stats().circuit == "closed"
+    raw = own_redis_server.client()
+    raw.config_set("maxmemory-policy", "noeviction")
+    raw.config_set("maxmemory", 1)
+    try:
+        t.set_many(["small", "k2"], ["new", "new"])
+        assert t.stats().rejections == 2 and t.stats().errors == 0
+        assert t.get_many(["small", "k2"]) == ["x", None]  # what Redis holds
+    finally:
+        raw.config_set("maxmemory", 0)
+
+
+def test_oversized_value_says_so(make_tier, own_redis_server):
+    raw = own_redis_server.client()
+    raw.config_set("proto-max-bulk-len", 1024 * 1024)  # Redis' minimum
+    t = make_tier(server=own_redis_server)
+    strict = make_tier(server=own_redis_server, strict=True)
+    assert t.max_value_size == strict.max_value_size == 1024 * 1024  # read from the server
+    big = os.urandom(2 * 1024 * 1024)  # incompressible
+    t["k"] = "small"
+    with pytest.raises(ValueTooLargeError, match="too large"):
+        strict["k"] = big
+    t["k"] = big  # fail-open: counted, not sent, no local copy
+    s = t.stats()
+    assert s.rejections == 1 and s.errors == 0 and s.circuit == "closed"
+    assert t["k"] == "small" and strict["k"] == "small"
+    # An explicit bound wins (a user whose ACL forbids CONFIG gets Redis' default: see the ACL test).
+    assert make_tier(server=own_redis_server, max_value_size=10).max_value_size == 10
+    with pytest.raises(ValueError):
+        make_tier(server=own_redis_server, max_value_size=0)
