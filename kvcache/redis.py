@@ -858,11 +858,15 @@ class TieredCache(TieredBase, MutableMapping):
 
     def _loads_many(self, blobs):
         """Decode `blobs` (None: _MISSING); return (values, [(index, SerializationError)])."""
-        loads = self._ser.loads
+        many = getattr(self._ser, "loads_many", None)  # a serializer of the user's may lack it
         try:
+            if many is not None:
+                return many(blobs, _MISSING), ()
+            loads = self._ser.loads
             return [_MISSING if b is None else loads(b) for b in blobs], ()
         except SerializationError:
             pass
+        loads = self._ser.loads
         values, bad = [], []
         for j, b in enumerate(blobs):
             try:
