@@ -8,7 +8,7 @@ over 100 shared keys and counting every exception that reaches it.  The server t
 through, `--phase` seconds each: up, killed (SIGKILL), restarted empty, up, stopped (SIGSTOP),
 continued, up.  At the end the workers stop writing and each reads every key; every answer is
 compared with what Redis holds.  Printed: exceptions, operations served while the server was
-down or hung (fail-open) and the slowest of them, time from restart / SIGCONT until a write
+down or hung (fail-open), the slowest of them and how many took over 100 ms, time from restart / SIGCONT until a write
 reaches Redis again, invalidation latency (p50/p99: a write in one tier until another tier's
 local copy is gone) before the faults and after the restart, and the number of reads that
 disagree with Redis.  Exits 1 if any exception escaped or any read disagreed.
@@ -211,8 +211,10 @@ def run(workers=3, phase=2.0, invalidations=500):
         "exception_samples": [e for r in runs for e in r["exceptions"]][:5],
         "served_while_down": len(down),
         "slowest_while_down_ms": round(max(down, default=0) * 1000, 1),
+        "over_100ms_while_down": sum(d > 0.1 for d in down),
         "served_while_hung": len(hung),
         "slowest_while_hung_ms": round(max(hung, default=0) * 1000, 1),
+        "over_100ms_while_hung": sum(d > 0.1 for d in hung),
         "recover_after_restart_s": recover_restart,
         "recover_after_sigcont_s": recover_cont,
         "invalidation_before_ms_p50_p99": before,

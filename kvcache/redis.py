@@ -1310,6 +1310,9 @@ def _make_listener_connection(pool):
 
 
 _PING_EVERY = 1.0
+# A restarted server is noticed within this; a refused connection costs nothing, so the
+# retries stay frequent (a longer cap kept the tier not-live for seconds after a restart).
+_LISTEN_RETRY_CAP = 0.5
 _SETUP_WAIT = 5.0  # strict construction waits this long at most for each stream's first attempt
 _PING_TIMEOUT = 2.0
 
@@ -1382,7 +1385,7 @@ def _listen(ref, index, pool, prefix, stop):
         tier._listener_state(index, False)
         del tier
         stop.wait(delay * random.uniform(0.5, 1.0))
-        delay = min(delay * 2, 2.0)
+        delay = min(delay * 2, _LISTEN_RETRY_CAP)
 
 
 def _renew(script, client, lname, token, lease_ms, stop):
