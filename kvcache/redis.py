@@ -765,11 +765,15 @@ class _TierCore(TieredBase):
 
     def _loads_many(self, blobs):
         """Decode `blobs` (None: _MISSING); return (values, [(index, SerializationError)])."""
-        loads = self._ser.loads
+        many = getattr(self._ser, "loads_many", None)  # a serializer of the user's may lack it
         try:
+            if many is not None:
+                return many(blobs, _MISSING), ()
+            loads = self._ser.loads
             return [_MISSING if b is None else loads(b) for b in blobs], ()
         except SerializationError:
             pass
+        loads = self._ser.loads
         values, bad = [], []
         for j, b in enumerate(blobs):
             try:
@@ -1880,6 +1884,9 @@ class _Heartbeat:
 
 
 _PING_EVERY = 1.0
+# A restarted server is noticed within this; a refused connection costs nothing, so the
+# retries stay frequent (a longer cap kept the tier not-live for seconds after a restart).
+_LISTEN_RETRY_CAP = 0.5
 _SETUP_WAIT = 5.0  # strict construction waits this long at most for each stream's first attempt
 _PING_TIMEOUT = 2.0
 
@@ -1958,7 +1965,7 @@ def _listen(ref, index, pool, prefix, stop):
         tier._listener_state(index, False)
         del tier
         stop.wait(delay * random.uniform(0.5, 1.0))
-        delay = min(delay * 2, 2.0)
+        delay = min(delay * 2, _LISTEN_RETRY_CAP)
 
 
 def _renew(script, client, lname, token, lease_ms, stop):

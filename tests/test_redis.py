@@ -1051,3 +1051,148 @@ def test_oversized_value_says_so(make_tier, own_redis_server):
     assert make_tier(server=own_redis_server, max_value_size=10).max_value_size == 10
     with pytest.raises(ValueError):
         make_tier(server=own_redis_server, max_value_size=0)
+
+
+# --- faults: restart window, hung server --------------------------------------------------
+
+CHILD_SERVE = r"""
+import json, sys, kvcache
+from kvcache.redis import TieredCache
+port, ns = int(sys.argv[1]), sys.argv[2]
+t = TieredCache.from_url(f"redis://127.0.0.1:{port}/0", kvcache.LRUCache(maxsize=1000), ns, timeout=0.25,
+                         backoff=0.05, max_backoff=0.5)
+assert t.wait_live(5)
+print("ready", flush=True)
+for line in sys.stdin:
+    cmd, *args = line.split()
+    if cmd == "get":
+        print(json.dumps(t.get_many(args) if args[0] != "one" else [t.get(k) for k in args[1:]]), flush=True)
+    elif cmd == "live":
+        print(json.dumps(t.wait_live(10)), flush=True)
+"""
+
+
+class Child:
+    """A TieredCache in another process, read over a pipe."""
+
+    def __init__(self, port, ns):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", CHILD_SERVE, str(port), ns],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=child_env(), cwd=CHILD_CWD,
+        )
+        assert self.proc.stdout.readline().strip() == "ready"
+
+    def ask(self, *words):
+        import json
+
+        self.proc.stdin.write(" ".join(words) + "\n")
+        self.proc.stdin.flush()
+        return json.loads(self.proc.stdout.readline())
+
+    def close(self):
+        self.proc.kill()
+        self.proc.wait()
+
+
+def redis_holds(server, tier, keys):
+    raw = server.client()
+    ser = Serializer()
+    return [None if b is None else ser.loads(b) for b in raw.mget([rname(tier, k) for k in keys])]
+
+
+def test_restart_window_every_process_reads_what_redis_holds(own_redis_server, ns):
+    port = own_redis_server.port
+    # A long backoff: once open, the breaker would stay open well past the restart on its own.
+    a = TieredCache.from_url(f"redis://127.0.0.1:{port}/0", kvcache.LRUCache(maxsize=100), ns, timeout=0.25,
+                             failure_threshold=1, backoff=3.0, max_backoff=3.0)
+    child = Child(port, ns)
+    keys = [f"k{i}" for i in range(10)]
+    try:
+        assert a.wait_live(5)
+        a.set_many(keys, ["v1"] * 10)
+        assert a.get_many(keys) == child.ask("get", *keys) == ["v1"] * 10
+        own_redis_server.kill()
+        a["k0"] = "while down"  # fails: not kept
+        assert a.stats().circuit == "open"
+        own_redis_server.start()
+        assert a.wait_live(10) and child.ask("live") is True
+        for i in range(40):  # the window: stream live again, breaker had been open
+            a[keys[i % 10]] = f"w{i}"
+        assert wait_for(lambda: a.get_many(keys) == child.ask("get", *keys) == redis_holds(own_redis_server, a, keys))
+        assert child.ask("get", "one", *keys) == a.get_many(keys) == redis_holds(own_redis_server, a, keys)
+        assert redis_holds(own_redis_server, a, keys) != [None] * 10  # the writes reached Redis
+    finally:
+        child.close()
+        a.close()
+
+
+def test_hung_server_costs_one_timeout_per_probe(own_redis_server, ns):
+    import signal
+
+    port = own_redis_server.port
+    timeout = 0.2
+    t = TieredCache.from_url(f"redis://127.0.0.1:{port}/0", kvcache.LRUCache(maxsize=100), ns, timeout=timeout,
+                             backoff=0.05, max_backoff=0.4)
+    child = Child(port, ns)
+    keys = [f"k{i}" for i in range(20)]
+    try:
+        assert t.wait_live(5)
+        t.set_many(keys, ["before"] * 20)
+        own_redis_server.proc.send_signal(signal.SIGSTOP)
+        try:
+            assert t.get("absent") is None  # one call pays the timeout...
+            assert t.stats().errors == 1 and t.stats().circuit == "open"  # ...and opens the breaker
+            calls, exceptions = [0], []
+            start = time.monotonic()
+
+            def hammer(n):
+                try:
+                    end = time.monotonic() + 1.0
+                    while time.monotonic() < end:
+                        k = keys[calls[0] % 20]
+                        if calls[0] % 4:
+                            t.get(k)
+                        else:
+                            t[k] = f"hung{n}"
+                        calls[0] += 1
+                except Exception as exc:
+                    exceptions.append(exc)
+
+            threads = [threading.Thread(target=hammer, args=(n,)) for n in range(4)]
+            for th in threads:
+                th.start()
+            for th in threads:
+                th.join()
+            elapsed = time.monotonic() - start
+            paid = t.stats().errors - 1
+        finally:
+            own_redis_server.proc.send_signal(signal.SIGCONT)
+        assert exceptions == []
+        # Probes run one at a time and each costs at most one timeout; the other calls fail open at once.
+        assert paid <= elapsed / timeout + 1
+        assert calls[0] >= 20 * max(paid, 1)
+        # Writes that timed out may still land once the server runs again: everyone converges on Redis.
+        assert t.wait_live(10) and child.ask("live") is True
+        assert wait_for(lambda: t.get_many(keys) == child.ask("get", *keys) == redis_holds(own_redis_server, t, keys))
+    finally:
+        child.close()
+        t.close()
+
+
+def test_fault_run_script_short(own_redis_server):
+    """bench/redis_faults.py, short: 2 processes through kill -9, restart, SIGSTOP; nothing escapes."""
+    import json
+
+    del own_redis_server  # only for the binary check: the script starts its own server
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", "redis_faults.py")
+    out = subprocess.run(
+        [sys.executable, script, "--workers", "2", "--phase", "0.5", "--invalidations", "50", "--json"],
+        capture_output=True, text=True, env=child_env(), timeout=120,
+    )
+    assert out.returncode in (0, 1), out.stderr[-3000:]
+    figures = json.loads(out.stdout.strip().splitlines()[-1])
+    assert figures["exceptions"] == 0, figures["exception_samples"]
+    assert figures["reads_disagreeing_with_redis"] == 0 and figures["all_live"]
+    assert figures["served_while_down"] > 0 and figures["served_while_hung"] > 0
+    assert figures["recover_after_restart_s"] is not None and figures["recover_after_sigcont_s"] is not None
+    assert out.returncode == 0
