@@ -2037,7 +2037,7 @@ async def _alisten(ref, index, pool, prefix):
         tier._listener_state(index, False)
         del tier
         await asyncio.sleep(delay * random.uniform(0.5, 1.0))
-        delay = min(delay * 2, 2.0)
+        delay = min(delay * 2, _LISTEN_RETRY_CAP)
 
 
 async def _arenew(script, client, lname, token, lease_ms):
