@@ -53,7 +53,10 @@ __all__ = [
 _monotonic = time.monotonic
 _DEFAULT = object()
 # What a remote call may raise that fail-open absorbs (cluster topology errors are not RedisErrors).
-_REMOTE_ERRORS = (RedisError, _redis.exceptions.RedisClusterException, SerializationError)
+# redis.asyncio also lets OSError and asyncio's TimeoutError out of some connection paths.
+_REMOTE_ERRORS = (
+    RedisError, _redis.exceptions.RedisClusterException, SerializationError, OSError, asyncio.TimeoutError,
+)
 
 TierStats = namedtuple(
     "TierStats",
@@ -201,6 +204,7 @@ _OUTAGE_TYPES = (
     _redis.exceptions.InvalidResponse,  # the connection lost sync
     _redis.exceptions.RedisClusterException,  # slots not covered, topology unknown
     OSError,
+    asyncio.TimeoutError,  # not an OSError before 3.11
 )
 
 
@@ -396,8 +400,9 @@ def _batch_keys(keys):
     return list(keys)
 
 
-def _drive(steps, run):
-    """Run a batch's steps (see _TierCore) with blocking calls: `run(*call)` for each call yielded."""
+def _drive(steps, tier):
+    """Run steps (see _TierCore) with blocking I/O: each call ``(name, *args)`` they yield is
+    ``getattr(tier, name)(*args)``; its result is sent back, its exception thrown in."""
     reply = exc = None
     while True:
         try:
@@ -405,13 +410,13 @@ def _drive(steps, run):
         except StopIteration as stop:
             return stop.value
         try:
-            reply, exc = run(*call), None
+            reply, exc = getattr(tier, call[0])(*call[1:]), None
         except BaseException as e:  # raised where the steps made the call: their try blocks decide
             reply, exc = None, e
 
 
-async def _adrive(steps, run):
-    """Run a batch's steps with awaited calls: ``await run(*call)`` for each call yielded."""
+async def _adrive(steps, tier):
+    """Run steps with awaited I/O: each call ``(name, *args)`` is ``await getattr(tier, name)(*args)``."""
     reply = exc = None
     while True:
         try:
@@ -419,7 +424,7 @@ async def _adrive(steps, run):
         except StopIteration as stop:
             return stop.value
         try:
-            reply, exc = await run(*call), None
+            reply, exc = await getattr(tier, call[0])(*call[1:]), None
         except BaseException as e:
             reply, exc = None, e
 
@@ -692,11 +697,148 @@ class _TierCore(TieredBase):
             if self._waiters.get(name) is ev:
                 del self._waiters[name]
 
-    # --- batches ------------------------------------------------------------------
-    # Written once for both tiers: each batch is a generator of steps that yields the
-    # remote calls it needs, (script, chunks of names, arguments per chunk), and is sent
-    # their replies (or thrown their exceptions) by _drive (TieredCache: blocking calls)
-    # or _adrive (AsyncTieredCache: awaited ones).
+    # --- the operations, as steps ----------------------------------------------------
+    # Written once for both tiers: each operation is a generator of steps that yields the
+    # I/O it needs as (name of an I/O method of the tier, *args) and is sent its result (or
+    # thrown its exception) by _drive (TieredCache: blocking methods) or _adrive
+    # (AsyncTieredCache: coroutines of the same names: _eval, _set, _del, _run, _lookup,
+    # _wait, _compute, _renewal, _end_renewal).
+
+    def _remote_get_steps(self, key, name, breaker):
+        """Steps: return the value from Redis (filling local) or _MISSING; may raise RedisError."""
+        epoch = self._begin(name)
+        entry = _MISSING
+        try:
+            t0 = _monotonic()
+            reply = yield "_eval", self._get_script, [name], ()
+            breaker.success()
+            value, entry = self._reply(reply, t0)
+            return value
+        finally:
+            self._end(name, epoch, key, entry)
+
+    def _fetch_steps(self, key):
+        """Steps: read `key` the local tier did not answer: Redis, else the local tier; or _MISSING."""
+        name = self._name(key)
+        breaker = self._health.breaker(name)
+        if not self._blocked(breaker):
+            try:
+                return (yield from self._remote_get_steps(key, name, breaker))
+            except _REMOTE_ERRORS as exc:
+                self._error(exc, breaker)
+        return self._fallback(key)  # fail-open: the local tier is all we have
+
+    def _set_steps(self, key, value, ttl):
+        """Steps of set (see TieredCache.set)."""
+        ttl = self._ttl(ttl)
+        blob = self._ser.dumps(value)
+        name = self._name(key)
+        breaker = self._health.breaker(name)
+        epoch = self._begin(name)
+        entry = _MISSING
+        try:
+            too_large = self._too_large(key, blob)
+            if too_large is not None:
+                self._error(too_large, breaker)
+            elif not self._blocked(breaker):
+                try:
+                    t0 = _monotonic()
+                    yield "_set", name, blob, self._px(ttl)
+                    entry = self._written(value, ttl, t0, breaker)
+                except _REMOTE_ERRORS as exc:
+                    self._error(exc, breaker)
+        finally:
+            if entry is _MISSING:
+                # Redis may hold another value (or, after a timeout, maybe ours): trust neither.
+                self._local.pop(key, None)
+            self._end(name, epoch, key, entry)
+
+    def _delete_steps(self, key):
+        """Steps of delete (see TieredCache.delete)."""
+        name = self._name(key)
+        epoch = self._begin(name)
+        existed = False
+        try:
+            existed = self._local.pop(key, _MISSING) is not _MISSING
+            breaker = self._health.breaker(name)
+            if not self._blocked(breaker):
+                try:
+                    existed = bool((yield "_del", name)) or existed
+                    breaker.success()
+                    self._counts[3] += 1
+                except _REMOTE_ERRORS as exc:
+                    self._error(exc, breaker)
+        finally:
+            self._end(name, epoch, key, _MISSING)
+        return existed
+
+    def _get_or_set_steps(self, key, compute, ttl):
+        """Steps of get_or_set (see TieredCache.get_or_set)."""
+        v = yield "_lookup", key
+        if v is not _MISSING:
+            return v
+        name = self._name(key)
+        lname = self._lock_name(name)
+        token = os.urandom(16).hex().encode()
+        lease_ms = max(1, int(self.lock_lease * 1000))
+        give_up = _monotonic() + self.lock_wait
+        lbreaker = self._health.breaker(lname)
+        ev = self._waiter(name, self._Event)
+        try:
+            while True:
+                if self._blocked(lbreaker):
+                    return (yield from self._compute_and_set_steps(key, compute, ttl))
+                try:
+                    ev.clear()
+                    acquired = yield "_set", lname, token, lease_ms, True
+                    lbreaker.success()
+                except _REMOTE_ERRORS as exc:
+                    self._error(exc, lbreaker)
+                    return (yield from self._compute_and_set_steps(key, compute, ttl))
+                if acquired:
+                    return (yield from self._compute_locked_steps(key, name, lname, token, lease_ms, compute, ttl, lbreaker))
+                remaining = give_up - _monotonic()
+                if remaining <= 0:
+                    return (yield from self._compute_and_set_steps(key, compute, ttl))
+                # Woken by the value's or the lock's invalidation; the poll covers a
+                # lease that expires silently and a stream that is down.
+                yield "_wait", ev, min(remaining, 0.05)
+                v = yield "_lookup", key
+                if v is not _MISSING:
+                    return v
+        finally:
+            self._drop_waiter(name, ev)
+
+    def _compute_and_set_steps(self, key, compute, ttl):
+        value = yield "_compute", compute
+        yield from self._set_steps(key, value, ttl)
+        return value
+
+    def _compute_locked_steps(self, key, name, lname, token, lease_ms, compute, ttl, lbreaker):
+        try:
+            # The previous holder may have finished between our miss and our lock.
+            breaker = self._health.breaker(name)
+            try:
+                v = yield from self._remote_get_steps(key, name, breaker)
+            except _REMOTE_ERRORS as exc:
+                self._error(exc, breaker)
+                v = _MISSING
+            if v is not _MISSING:
+                return v
+            renewal = yield "_renewal", lname, token, lease_ms
+            try:
+                value = yield "_compute", compute
+            finally:
+                yield "_end_renewal", renewal
+            yield from self._set_steps(key, value, ttl)
+            return value
+        finally:
+            try:
+                yield "_eval", self._release_script, [lname], [token]
+            except _REMOTE_ERRORS as exc:
+                self._error(exc, lbreaker)
+
+    # The batches.
 
     def _get_many_steps(self, keys, default):
         """Steps of get_many (see TieredCache.get_many)."""
@@ -881,7 +1023,7 @@ class _TierCore(TieredBase):
     def _run_chunks(self, script, names, args_of=None):
         """Step: run `script` on each chunk of `names`; return [(chunk, reply)]."""
         chunks = list(self._chunks(names))
-        replies = yield script, chunks, [args_of(c) if args_of else () for c in chunks]
+        replies = yield "_run", script, chunks, [args_of(c) if args_of else () for c in chunks]
         return list(zip(chunks, replies))
 
     def _remote_mget(self, names):
@@ -1045,19 +1187,6 @@ class TieredCache(_TierCore, MutableMapping):
         tier._owns_client = True
         return tier
 
-    def _remote_get(self, key, name, breaker):
-        """Return the value from Redis (filling local) or _MISSING; may raise RedisError."""
-        epoch = self._begin(name)
-        entry = _MISSING
-        try:
-            t0 = _monotonic()
-            reply = self._get_script(keys=[name], client=self._client)
-            breaker.success()
-            value, entry = self._reply(reply, t0)
-            return value
-        finally:
-            self._end(name, epoch, key, entry)
-
     # --- the mapping -----------------------------------------------------------
 
     # __getitem__, get and __contains__ are compiled (TieredBase): they answer a local hit
@@ -1065,14 +1194,7 @@ class TieredCache(_TierCore, MutableMapping):
 
     def _fetch(self, key):
         """Read `key` the local tier did not answer: Redis, else the local tier; or _MISSING."""
-        name = self._name(key)
-        breaker = self._health.breaker(name)
-        if not self._blocked(breaker):
-            try:
-                return self._remote_get(key, name, breaker)
-            except _REMOTE_ERRORS as exc:
-                self._error(exc, breaker)
-        return self._fallback(key)  # fail-open: the local tier is all we have
+        return _drive(self._fetch_steps(key), self)
 
     def __setitem__(self, key, value):
         self.set(key, value)
@@ -1084,28 +1206,7 @@ class TieredCache(_TierCore, MutableMapping):
         not take (down, breaker open, rejected, too large) leaves no local copy either:
         every process then reads what Redis holds.
         """
-        ttl = self._ttl(ttl)
-        blob = self._ser.dumps(value)
-        name = self._name(key)
-        breaker = self._health.breaker(name)
-        epoch = self._begin(name)
-        entry = _MISSING
-        try:
-            too_large = self._too_large(key, blob)
-            if too_large is not None:
-                self._error(too_large, breaker)
-            elif not self._blocked(breaker):
-                try:
-                    t0 = _monotonic()
-                    self._client.set(name, blob, px=self._px(ttl))
-                    entry = self._written(value, ttl, t0, breaker)
-                except _REMOTE_ERRORS as exc:
-                    self._error(exc, breaker)
-        finally:
-            if entry is _MISSING:
-                # Redis may hold another value (or, after a timeout, maybe ours): trust neither.
-                self._local.pop(key, None)
-            self._end(name, epoch, key, entry)
+        _drive(self._set_steps(key, value, ttl), self)
 
     def __delitem__(self, key):
         if not self.delete(key):
@@ -1113,22 +1214,7 @@ class TieredCache(_TierCore, MutableMapping):
 
     def delete(self, key):
         """Remove `key` from Redis and locally; return whether it existed."""
-        name = self._name(key)
-        epoch = self._begin(name)
-        existed = False
-        try:
-            existed = self._local.pop(key, _MISSING) is not _MISSING
-            breaker = self._health.breaker(name)
-            if not self._blocked(breaker):
-                try:
-                    existed = bool(self._client.delete(name)) or existed
-                    breaker.success()
-                    self._counts[3] += 1
-                except _REMOTE_ERRORS as exc:
-                    self._error(exc, breaker)
-        finally:
-            self._end(name, epoch, key, _MISSING)
-        return existed
+        return _drive(self._delete_steps(key), self)
 
     # --- batches (the steps are _TierCore's) ----------------------------------------
 
@@ -1139,7 +1225,7 @@ class TieredCache(_TierCore, MutableMapping):
         node (per 1,000 keys), filled locally under the rules of :meth:`get`.  Keys of a
         node whose breaker is open, or that fails, fail open one by one.
         """
-        return _drive(self._get_many_steps(keys, default), self._run)
+        return _drive(self._get_many_steps(keys, default), self)
 
     def set_many(self, keys, values, ttl=_DEFAULT):
         """Store each of `values` under the matching one of `keys`, in Redis and locally.
@@ -1148,11 +1234,11 @@ class TieredCache(_TierCore, MutableMapping):
         not take leaves no local copy.  Every value is encoded before anything is written:
         a TypeError writes nothing.
         """
-        return _drive(self._set_many_steps(keys, values, ttl), self._run)
+        return _drive(self._set_many_steps(keys, values, ttl), self)
 
     def delete_many(self, keys):
         """Remove `keys` from Redis and locally; return how many existed (in Redis, else locally)."""
-        return _drive(self._delete_many_steps(keys), self._run)
+        return _drive(self._delete_many_steps(keys), self)
 
     def _run(self, script, chunks, args):
         """Run `script` on each chunk of names with its arguments; return the replies."""
@@ -1211,82 +1297,45 @@ class TieredCache(_TierCore, MutableMapping):
         for the value up to `lock_wait` seconds, then compute themselves; a
         crashed holder blocks no one past `lock_lease` seconds.
         """
-        v = self._fetch_local_then_remote(key)
-        if v is not _MISSING:
-            return v
-        name = self._name(key)
-        lname = self._lock_name(name)
-        token = os.urandom(16).hex().encode()
-        lease_ms = max(1, int(self.lock_lease * 1000))
-        give_up = _monotonic() + self.lock_wait
-        lbreaker = self._health.breaker(lname)
-        ev = self._waiter(name, threading.Event)
-        try:
-            while True:
-                if self._blocked(lbreaker):
-                    return self._compute_and_set(key, compute, ttl)
-                try:
-                    ev.clear()
-                    acquired = self._client.set(lname, token, nx=True, px=lease_ms)
-                    lbreaker.success()
-                except _REMOTE_ERRORS as exc:
-                    self._error(exc, lbreaker)
-                    return self._compute_and_set(key, compute, ttl)
-                if acquired:
-                    return self._compute_locked(key, name, lname, token, lease_ms, compute, ttl, lbreaker)
-                remaining = give_up - _monotonic()
-                if remaining <= 0:
-                    return self._compute_and_set(key, compute, ttl)
-                # Woken by the value's or the lock's invalidation; the poll covers a
-                # lease that expires silently and a stream that is down.
-                ev.wait(min(remaining, 0.05))
-                v = self._fetch_local_then_remote(key)
-                if v is not _MISSING:
-                    return v
-        finally:
-            self._drop_waiter(name, ev)
+        return _drive(self._get_or_set_steps(key, compute, ttl), self)
 
-    def _fetch_local_then_remote(self, key):
+    # --- blocking I/O: what the steps yield ------------------------------------------
+
+    _Event = threading.Event
+
+    def _eval(self, script, keys, args):
+        return script(keys=keys, args=args, client=self._client)
+
+    def _set(self, name, blob, px, nx=False):
+        return self._client.set(name, blob, px=px, nx=nx)
+
+    def _del(self, name):
+        return self._client.delete(name)
+
+    def _lookup(self, key):
         try:
             return self[key]
         except KeyError:
             return _MISSING
 
-    def _compute_and_set(self, key, compute, ttl):
-        value = compute()
-        self.set(key, value, ttl)
-        return value
+    def _wait(self, ev, timeout):
+        ev.wait(timeout)
 
-    def _compute_locked(self, key, name, lname, token, lease_ms, compute, ttl, lbreaker):
+    def _compute(self, compute):
+        return compute()
+
+    def _renewal(self, lname, token, lease_ms):
         stop = threading.Event()
-        try:
-            # The previous holder may have finished between our miss and our lock.
-            breaker = self._health.breaker(name)
-            try:
-                v = self._remote_get(key, name, breaker)
-            except _REMOTE_ERRORS as exc:
-                self._error(exc, breaker)
-                v = _MISSING
-            if v is not _MISSING:
-                return v
-            renewer = threading.Thread(
-                target=_renew,
-                args=(self._renew_script, self._client, lname, token, lease_ms, stop),
-                daemon=True,
-            )
-            renewer.start()
-            try:
-                value = compute()
-            finally:
-                stop.set()
-                renewer.join()
-            self.set(key, value, ttl)
-            return value
-        finally:
-            try:
-                self._release_script(keys=[lname], args=[token], client=self._client)
-            except _REMOTE_ERRORS as exc:
-                self._error(exc, lbreaker)
+        renewer = threading.Thread(
+            target=_renew, args=(self._renew_script, self._client, lname, token, lease_ms, stop), daemon=True
+        )
+        renewer.start()
+        return stop, renewer
+
+    def _end_renewal(self, renewal):
+        stop, renewer = renewal
+        stop.set()
+        renewer.join()
 
     # --- misc ------------------------------------------------------------------
 
@@ -1451,27 +1500,7 @@ class AsyncTieredCache(_TierCore, AsyncTieredBase):
     async def _fetch(self, key):
         """Read `key` the local tier did not answer: Redis, else the local tier; or _MISSING."""
         self._start()
-        name = self._name(key)
-        breaker = self._health.breaker(name)
-        if not self._blocked(breaker):
-            try:
-                return await self._remote_get(key, name, breaker)
-            except _AREMOTE_ERRORS as exc:
-                self._error(exc, breaker)
-        return self._fallback(key)  # fail-open: the local tier is all we have
-
-    async def _remote_get(self, key, name, breaker):
-        """Return the value from Redis (filling local) or _MISSING; may raise RedisError."""
-        epoch = self._begin(name)
-        entry = _MISSING
-        try:
-            t0 = _monotonic()
-            reply = await self._get_script.acall(keys=[name], client=self._client)
-            breaker.success()
-            value, entry = self._reply(reply, t0)
-            return value
-        finally:
-            self._end(name, epoch, key, entry)
+        return await _adrive(self._fetch_steps(key), self)
 
     async def get_many(self, keys, default=None):
         """Return a list with ``await get(key, default)`` for each of `keys`.
@@ -1481,11 +1510,7 @@ class AsyncTieredCache(_TierCore, AsyncTieredBase):
         :meth:`get`.  Fails open key by key as :meth:`get`.
         """
         self._start()
-        return await _adrive(self._get_many_steps(keys, default), self._arun)
-
-    async def _arun(self, script, chunks, args):
-        """Run `script` on each chunk of names with its arguments; return the replies."""
-        return [await script.acall(keys=c, args=a, client=self._client) for c, a in zip(chunks, args)]
+        return await _adrive(self._get_many_steps(keys, default), self)
 
     # --- writes ------------------------------------------------------------------------------
 
@@ -1495,28 +1520,8 @@ class AsyncTieredCache(_TierCore, AsyncTieredBase):
         Raises TypeError for a value the serializer cannot represent.  A write Redis did
         not take leaves no local copy either: every process then reads what Redis holds.
         """
-        ttl = self._ttl(ttl)
-        blob = self._ser.dumps(value)
         self._start()
-        name = self._name(key)
-        breaker = self._health.breaker(name)
-        epoch = self._begin(name)
-        entry = _MISSING
-        try:
-            too_large = self._too_large(key, blob)
-            if too_large is not None:
-                self._error(too_large, breaker)
-            elif not self._blocked(breaker):
-                try:
-                    t0 = _monotonic()
-                    await self._client.set(name, blob, px=self._px(ttl))
-                    entry = self._written(value, ttl, t0, breaker)
-                except _AREMOTE_ERRORS as exc:
-                    self._error(exc, breaker)
-        finally:
-            if entry is _MISSING:
-                self._local.pop(key, None)  # Redis may hold another value: trust neither
-            self._end(name, epoch, key, entry)
+        await _adrive(self._set_steps(key, value, ttl), self)
 
     async def set_many(self, keys, values, ttl=_DEFAULT):
         """Store each of `values` under the matching one of `keys`, in Redis and locally.
@@ -1526,32 +1531,17 @@ class AsyncTieredCache(_TierCore, AsyncTieredBase):
         nothing.
         """
         self._start()
-        return await _adrive(self._set_many_steps(keys, values, ttl), self._arun)
+        return await _adrive(self._set_many_steps(keys, values, ttl), self)
 
     async def delete(self, key):
         """Remove `key` from Redis and locally; return whether it existed."""
         self._start()
-        name = self._name(key)
-        epoch = self._begin(name)
-        existed = False
-        try:
-            existed = self._local.pop(key, _MISSING) is not _MISSING
-            breaker = self._health.breaker(name)
-            if not self._blocked(breaker):
-                try:
-                    existed = bool(await self._client.delete(name)) or existed
-                    breaker.success()
-                    self._counts[3] += 1
-                except _AREMOTE_ERRORS as exc:
-                    self._error(exc, breaker)
-        finally:
-            self._end(name, epoch, key, _MISSING)
-        return existed
+        return await _adrive(self._delete_steps(key), self)
 
     async def delete_many(self, keys):
         """Remove `keys` from Redis and locally; return how many existed (in Redis, else locally)."""
         self._start()
-        return await _adrive(self._delete_many_steps(keys), self._arun)
+        return await _adrive(self._delete_many_steps(keys), self)
 
     async def clear(self):
         """Remove every key of the namespace from Redis and the local tier."""
@@ -1570,7 +1560,7 @@ class AsyncTieredCache(_TierCore, AsyncTieredBase):
                     batch.clear()
             if batch:
                 await self._client.unlink(*batch)
-        except _AREMOTE_ERRORS as exc:
+        except _REMOTE_ERRORS as exc:
             self._error(exc, None)
 
     # --- single flight -----------------------------------------------------------------------
@@ -1598,9 +1588,8 @@ class AsyncTieredCache(_TierCore, AsyncTieredBase):
         # No await between the check above and this: the flight is ours alone.
         flight = self._flights[name] = asyncio.get_running_loop().create_future()
         try:
-            v = await self._fetch(key)
-            if v is _MISSING:
-                v = await self._get_or_set_leased(key, name, compute, ttl)
+            self._start()
+            v = await _adrive(self._get_or_set_steps(key, compute, ttl), self)
         except asyncio.CancelledError:
             flight.set_result(_MISSING)
             raise
@@ -1615,69 +1604,42 @@ class AsyncTieredCache(_TierCore, AsyncTieredBase):
             if self._flights.get(name) is flight:
                 del self._flights[name]
 
-    async def _get_or_set_leased(self, key, name, compute, ttl):
-        lname = self._lock_name(name)
-        token = os.urandom(16).hex().encode()
-        lease_ms = max(1, int(self.lock_lease * 1000))
-        give_up = _monotonic() + self.lock_wait
-        lbreaker = self._health.breaker(lname)
-        ev = self._waiter(name, asyncio.Event)
-        try:
-            while True:
-                if self._blocked(lbreaker):
-                    return await self._compute_and_set(key, compute, ttl)
-                try:
-                    ev.clear()
-                    acquired = await self._client.set(lname, token, nx=True, px=lease_ms)
-                    lbreaker.success()
-                except _AREMOTE_ERRORS as exc:
-                    self._error(exc, lbreaker)
-                    return await self._compute_and_set(key, compute, ttl)
-                if acquired:
-                    return await self._compute_locked(key, name, lname, token, lease_ms, compute, ttl, lbreaker)
-                remaining = give_up - _monotonic()
-                if remaining <= 0:
-                    return await self._compute_and_set(key, compute, ttl)
-                # Woken by the value's or the lock's invalidation; the poll covers a
-                # lease that expires silently and a stream that is down.
-                try:
-                    await asyncio.wait_for(ev.wait(), min(remaining, 0.05))
-                except asyncio.TimeoutError:
-                    pass
-                v = await self.get(key, _MISSING)
-                if v is not _MISSING:
-                    return v
-        finally:
-            self._drop_waiter(name, ev)
+    # --- awaited I/O: what the steps yield (see _TierCore) ---------------------------------
 
-    async def _compute_and_set(self, key, compute, ttl):
+    _Event = asyncio.Event
+
+    async def _eval(self, script, keys, args):
+        return await script.acall(keys=keys, args=args, client=self._client)
+
+    async def _set(self, name, blob, px, nx=False):
+        return await self._client.set(name, blob, px=px, nx=nx)
+
+    async def _del(self, name):
+        return await self._client.delete(name)
+
+    async def _run(self, script, chunks, args):
+        return [await script.acall(keys=c, args=a, client=self._client) for c, a in zip(chunks, args)]
+
+    async def _lookup(self, key):
+        return await self.get(key, _MISSING)
+
+    async def _wait(self, ev, timeout):
+        try:
+            await asyncio.wait_for(ev.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+
+    async def _compute(self, compute):
         value = compute()
         if inspect.isawaitable(value):
             value = await value
-        await self.set(key, value, ttl)
         return value
 
-    async def _compute_locked(self, key, name, lname, token, lease_ms, compute, ttl, lbreaker):
-        try:
-            # The previous holder may have finished between our miss and our lock.
-            breaker = self._health.breaker(name)
-            try:
-                v = await self._remote_get(key, name, breaker)
-            except _AREMOTE_ERRORS as exc:
-                self._error(exc, breaker)
-                v = _MISSING
-            if v is not _MISSING:
-                return v
-            renewer = asyncio.ensure_future(_arenew(self._renew_script, self._client, lname, token, lease_ms))
-            try:
-                return await self._compute_and_set(key, compute, ttl)
-            finally:
-                renewer.cancel()
-        finally:
-            try:
-                await self._release_script.acall(keys=[lname], args=[token], client=self._client)
-            except _AREMOTE_ERRORS as exc:
-                self._error(exc, lbreaker)
+    async def _renewal(self, lname, token, lease_ms):
+        return asyncio.ensure_future(_arenew(self._renew_script, self._client, lname, token, lease_ms))
+
+    async def _end_renewal(self, renewal):
+        renewal.cancel()
 
     def cached(self, ttl=_DEFAULT, key=None):
         """Decorate a coroutine function: cache its results in this tier, one call per key at a time.
@@ -1978,11 +1940,6 @@ def _renew(script, client, lname, token, lease_ms, stop):
             continue
 
 
-# What an awaited remote call may raise that fail-open absorbs: redis.asyncio also lets
-# OSError and asyncio's TimeoutError out of some connection paths.
-_AREMOTE_ERRORS = _REMOTE_ERRORS + (OSError, asyncio.TimeoutError)
-
-
 async def _alisten(ref, index, pool, prefix):
     """Keep one tracking connection to one primary; report changes to the tier (asyncio)."""
     from redis.asyncio.retry import Retry
@@ -2047,5 +2004,5 @@ async def _arenew(script, client, lname, token, lease_ms):
         try:
             if not await script.acall(keys=[lname], args=[token, lease_ms], client=client):
                 return
-        except _AREMOTE_ERRORS:
+        except _REMOTE_ERRORS:
             continue

@@ -1,7 +1,6 @@
 """AsyncTieredCache against a real redis-server: semantics, invalidation, single flight, faults."""
 
 import asyncio
-import os
 import signal
 import subprocess
 import sys
