@@ -1255,7 +1255,7 @@ def _client_problems(client):
     if connect is None or connect > _SLOW:
         problems.append(f"socket_connect_timeout={connect}")
     for retry in (kw.get("retry"), getattr(client, "retry", None) if _is_cluster(client) else None):
-        n = retry.get_retries() if retry is not None else 0
+        n = 0 if retry is None else (retry.get_retries() if hasattr(retry, "get_retries") else retry._retries)
         if n:
             problems.append(f"{n} retries")
             break
