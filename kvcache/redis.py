@@ -19,6 +19,15 @@ Consistency rules (why the code looks the way it does):
   to Redis first and the local tier only answers when Redis cannot (fail-open).
   When the stream comes back the local tier is cleared, since any message
   sent meanwhile was lost, and only then trusted again.
+* A write Redis did not take (unreachable, breaker open, refused, timed out
+  and so maybe applied later) leaves no local copy: every process, the writer
+  included, converges on what Redis holds.
+* Outages and refusals differ: a connection-level failure opens the breaker of
+  the node serving the key (one per cluster primary, so a dead master fails
+  open only its slots); a server's answer (OOM, NOPERM, WRONGTYPE) proves the
+  node is up and is counted, logged and, in strict mode, raised.
+* Batches (get_many, set_many, delete_many) follow the same rules, key by key,
+  with one script call per node and 1,000 keys (per hash slot on a cluster).
 * A local copy never outlives its Redis TTL: entries with a TTL are stored
   locally together with a monotonic deadline (``SET ... PX`` for our writes,
   ``PTTL`` read atomically with the value for fills), so this works with any
@@ -1092,19 +1101,29 @@ class TieredCache(_TierCore, MutableMapping):
     """Cache values locally in `local` (any kvcache cache) and shared in Redis.
 
     ``client`` is a ``redis.Redis`` or ``redis.cluster.RedisCluster`` created with
-    ``decode_responses=False``; keep its retries and socket timeouts short, as
-    the tier does its own backoff.  ``namespace`` prefixes every Redis key and
-    scopes invalidation.  ``ttl`` (seconds) is the default lifetime in Redis and
+    ``decode_responses=False``; :meth:`from_url` makes one with short timeouts and
+    no retries, and a client whose settings would block calls for seconds while
+    Redis is down gets a :class:`SlowClientWarning`.  ``namespace`` scopes the
+    Redis keys (``namespace:`` with ``\\`` and ``:`` escaped, so namespaces never
+    overlap) and invalidation.  ``ttl`` (seconds) is the default lifetime in Redis and
     bounds the local copy.  Values go through `serializer` (default: the safe
     msgpack :class:`~kvcache.serialize.Serializer`, zstd above ``compress_over``
     bytes).  Keys must be made of None/bool/int/float/str/bytes/tuples/frozensets
     (see :func:`kvcache.serialize.encode_key`).
 
-    Fail-open by default: when Redis is unreachable, reads and writes use the
-    local tier only, no exception reaches the caller and ``stats().errors``
-    counts the failures; a circuit breaker stops calling a dead server and
-    probes it again after an exponential backoff.  ``strict=True`` raises
-    instead.  Call :meth:`close` (or use ``with``) to stop the background
+    Fail-open by default: when a node is unreachable, reads of its keys use the
+    local tier, writes of its keys are dropped (locally too, so every process
+    reads what Redis holds), no exception reaches the caller and
+    ``stats().errors`` counts the failures.  A circuit breaker per node (per
+    cluster primary) stops calling a dead one after ``failure_threshold``
+    failures or one timeout and lets one probe through after an exponential
+    backoff.  A command the server refuses (OOM, NOPERM, WRONGTYPE, a value over
+    ``max_value_size``, by default the server's proto-max-bulk-len) is counted
+    in ``stats().rejections`` and logged once per kind, never opening the
+    breaker.  ``strict=True`` raises instead, and raises
+    :class:`StreamRefusedError` at construction if the ACL forbids invalidation
+    (otherwise a warning and ``stats().stream_error`` name the missing
+    permission).  Call :meth:`close` (or use ``with``) to stop the background
     invalidation threads.
 
     Entries with a TTL sit in `local` wrapped together with their deadline (so
@@ -1721,7 +1740,7 @@ def _client_problems(client):
     if connect is None or connect > _SLOW:
         problems.append(f"socket_connect_timeout={connect}")
     for retry in (kw.get("retry"), getattr(client, "retry", None) if _is_cluster(client) else None):
-        n = retry.get_retries() if retry is not None else 0
+        n = 0 if retry is None else (retry.get_retries() if hasattr(retry, "get_retries") else retry._retries)
         if n:
             problems.append(f"{n} retries")
             break
