@@ -32,6 +32,15 @@ Consistency rules (why the code looks the way it does):
   locally together with a monotonic deadline (``SET ... PX`` for our writes,
   ``PTTL`` read atomically with the value for fills), so this works with any
   kvcache cache as ``local`` whether or not it supports per-entry TTLs.
+
+Two tiers, one logic: ``TieredCache`` (blocking, threads) and ``AsyncTieredCache``
+(asyncio) share ``_TierCore``, where every operation is written once as a
+generator of *steps* that yields the I/O it needs (``("_set", name, blob, px)``,
+``("_eval", script, keys, args)``, ...) and is sent the result.  ``_drive`` runs
+the steps with the blocking tier's methods of those names, ``_adrive`` awaits the
+asyncio tier's coroutines; the invalidation stream is a thread or a task over
+one ``_handshake``.  A local hit never enters the steps: it is compiled
+(``kvcache/_tiered.pyx``).
 """
 
 import asyncio
