@@ -1430,11 +1430,12 @@ class AsyncTieredCache(_TierCore, AsyncTieredBase):
         max_value_size=None,
     ):
         import redis.asyncio
+        import redis.asyncio.cluster
 
-        if not isinstance(client, redis.asyncio.Redis):
+        if not isinstance(client, (redis.asyncio.Redis, redis.asyncio.cluster.RedisCluster)):
             raise TypeError(
-                "AsyncTieredCache needs a redis.asyncio.Redis client (for redis.Redis or a "
-                f"cluster use TieredCache), not {type(client).__name__}"
+                "AsyncTieredCache needs a redis.asyncio.Redis or redis.asyncio.cluster.RedisCluster "
+                f"client (for redis.Redis use TieredCache), not {type(client).__name__}"
             )
         # The server's limit cannot be read without a loop: _start reads it.
         self._read_max_bulk = max_value_size is None
@@ -1442,7 +1443,8 @@ class AsyncTieredCache(_TierCore, AsyncTieredBase):
             local, client, namespace, ttl, serializer, compress_over, strict, lock_lease, lock_wait,
             failure_threshold, backoff, max_backoff, _MAX_BULK if max_value_size is None else max_value_size,
         )
-        self._pools = [client.connection_pool]
+        # A cluster's primaries are known only once the client has met it (_start_cluster).
+        self._pools = [] if self._cluster else [client.connection_pool]
         self._setup_listeners(self._pools)
         self._tasks = None  # the listeners, started on the first slow-path call in a loop
         self._flights = {}  # Redis name -> future of the get_or_set computing it in this process
@@ -1450,17 +1452,24 @@ class AsyncTieredCache(_TierCore, AsyncTieredBase):
         _check_client(client, "AsyncTieredCache")
 
     @classmethod
-    def from_url(cls, url, local, namespace, *, timeout=0.25, client_kwargs=None, **kwargs):
+    def from_url(cls, url, local, namespace, *, timeout=0.25, cluster=False, client_kwargs=None, **kwargs):
         """Build a tier on a new ``redis.asyncio`` client for `url` that gives up after `timeout` seconds.
 
-        The client never retries; ``client_kwargs`` go to it, the other keyword arguments to
-        the constructor.  The tier owns this client: :meth:`aclose` closes it.
+        The client never retries; ``cluster=True`` makes a ``redis.asyncio.cluster.RedisCluster``;
+        ``client_kwargs`` go to the client, the other keyword arguments to the constructor.
+        The tier owns this client: :meth:`aclose` closes it.
         """
         import redis.asyncio
         from redis.asyncio.retry import Retry
 
         ckw = _url_client_kwargs(timeout, client_kwargs, Retry(_redis.backoff.NoBackoff(), 0))
-        tier = cls(local, redis.asyncio.Redis.from_url(url, **ckw), namespace, **kwargs)
+        if cluster:
+            from redis.asyncio.cluster import RedisCluster
+
+            client = RedisCluster.from_url(url, **ckw)
+        else:
+            client = redis.asyncio.Redis.from_url(url, **ckw)
+        tier = cls(local, client, namespace, **kwargs)
         tier._owns_client = True
         return tier
 
@@ -1470,15 +1479,34 @@ class AsyncTieredCache(_TierCore, AsyncTieredBase):
         """Start the invalidation tasks in the running loop, once (every slow path calls this)."""
         if self._tasks is None and not self._closed:
             loop = asyncio.get_running_loop()
-            ref = weakref.ref(self)
-            ns = self.namespace.decode(errors="replace")
-            self._tasks = [
-                loop.create_task(_alisten(ref, i, pool, self._prefix), name=f"kvcache-invalidation-{ns}-{i}")
-                for i, pool in enumerate(self._pools)
-            ]
+            if self._cluster:
+                self._tasks = [loop.create_task(self._start_cluster())]
+            else:
+                self._tasks = [self._listener_task(0, self._pools[0])]
             if self._read_max_bulk:
                 self._read_max_bulk = False
                 self._tasks.append(loop.create_task(self._adopt_max_bulk()))
+
+    def _listener_task(self, index, pool):
+        ns = self.namespace.decode(errors="replace")
+        return asyncio.get_running_loop().create_task(
+            _alisten(weakref.ref(self), index, pool, self._prefix), name=f"kvcache-invalidation-{ns}-{index}"
+        )
+
+    async def _start_cluster(self):
+        """Meet the cluster (retrying while it is unreachable), then listen to each primary."""
+        delay = 0.02
+        while True:
+            try:
+                await self._client.initialize()
+                pools = self._client.get_primaries()
+                break
+            except _REMOTE_ERRORS:
+                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+                delay = min(delay * 2, _LISTEN_RETRY_CAP)
+        self._pools = pools
+        self._setup_listeners(pools)  # ClusterNode has what a pool gives a listener
+        self._tasks.extend(self._listener_task(i, node) for i, node in enumerate(pools))
 
     async def _adopt_max_bulk(self):
         self.max_value_size = await _aserver_max_bulk(self._client)
@@ -1646,7 +1674,12 @@ class AsyncTieredCache(_TierCore, AsyncTieredBase):
         return await self._client.delete(name)
 
     async def _run(self, script, chunks, args):
-        return [await script.acall(keys=c, args=a, client=self._client) for c, a in zip(chunks, args)]
+        if not self._cluster:
+            return [await script.acall(keys=c, args=a, client=self._client) for c, a in zip(chunks, args)]
+        pipe = self._client.pipeline()  # each EVAL to its node, as TieredCache._run
+        for c, a in zip(chunks, args):
+            pipe.execute_command("EVAL", script.source, len(c), *c, *a)
+        return await pipe.execute()
 
     async def _lookup(self, key):
         return await self.get(key, _MISSING)
@@ -1709,13 +1742,20 @@ class AsyncTieredCache(_TierCore, AsyncTieredBase):
 def _is_cluster(client):
     try:
         from redis.cluster import RedisCluster
+        from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
     except ImportError:  # pragma: no cover
         return False
-    return isinstance(client, RedisCluster)
+    return isinstance(client, (RedisCluster, AsyncRedisCluster))
+
+
+def _is_async(client):
+    return type(client).__module__.startswith("redis.asyncio")
 
 
 def _connection_kwargs(client):
     if _is_cluster(client):
+        if _is_async(client):  # nodes without pools, made when the client first connects
+            return client.get_connection_kwargs()
         node = client.get_default_node()
         return node.redis_connection.connection_pool.connection_kwargs
     return client.connection_pool.connection_kwargs
