@@ -1396,7 +1396,8 @@ class AsyncTieredCache(_TierCore, AsyncTieredBase):
     """Cache values locally in `local` (any kvcache cache) and shared in Redis, for asyncio.
 
     The asyncio twin of :class:`TieredCache`, with the same arguments, consistency rules
-    and fail-open behaviour; ``client`` is a ``redis.asyncio.Redis`` (made with
+    and fail-open behaviour (the same code: see the module docstring); ``client`` is a
+    ``redis.asyncio.Redis`` or ``redis.asyncio.cluster.RedisCluster`` (made with
     ``decode_responses=False``, short timeouts, no retries: :meth:`from_url` builds one).
     Every operation is a coroutine: ``await tier.get(key)``, ``await tier.set(key, value)``,
     ``await tier.get_or_set(key, compute)``.  A local hit awaits nothing: the coroutine
@@ -1404,7 +1405,9 @@ class AsyncTieredCache(_TierCore, AsyncTieredBase):
 
     The invalidation stream runs as a task of the event loop the tier is first used in
     (or entered with ``async with``); use a tier in one loop only.  Until the stream is up
-    every read goes to Redis.  Close it with :meth:`aclose` or ``async with``.
+    every read goes to Redis; if Redis refuses it (ACL), a warning and
+    ``stats().stream_error`` say why, and with ``strict=True`` :meth:`wait_live` raises
+    :class:`StreamRefusedError`.  Close it with :meth:`aclose` or ``async with``.
 
     ``get_or_set`` runs one ``compute`` per key at a time across the tasks of this process
     (the others await its result) and across processes (a Redis lease, as TieredCache).
