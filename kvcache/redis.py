@@ -1537,7 +1537,10 @@ class AsyncTieredCache(_TierCore, AsyncTieredBase):
         tasks, self._tasks = self._tasks or [], None
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if tasks:
+            # Bounded: a cancellation racing a read's timeout can be lost (async_timeout on
+            # Python 3.10); such a listener ends at its next read, seeing the tier closed.
+            await asyncio.wait(tasks, timeout=1.0)
         self._tasks = tasks  # kept for inspection; _closed keeps them from restarting
         self._live = False
         if self._owns_client:
@@ -2032,7 +2035,7 @@ async def _alisten(ref, index, pool, prefix):
                 _refused(ref, index, prefix, exc, step)
                 raise
             tier = ref()
-            if tier is None:
+            if tier is None or tier._closed:
                 return
             tier._listener_state(index, True)
             del tier
@@ -2041,7 +2044,7 @@ async def _alisten(ref, index, pool, prefix):
             while True:
                 msg = await conn.read_response(timeout=0.1)  # None: nothing came meanwhile
                 tier = ref()
-                if tier is None:
+                if tier is None or tier._closed:
                     return
                 if msg is not None:
                     beat.heard()
@@ -2060,7 +2063,7 @@ async def _alisten(ref, index, pool, prefix):
                 except Exception:
                     pass
         tier = ref()
-        if tier is None:
+        if tier is None or tier._closed:
             return
         tier._listener_state(index, False)
         del tier
