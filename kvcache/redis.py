@@ -449,8 +449,10 @@ async def _adrive(steps, tier):
 
 class _TierCore(TieredBase):
     """What TieredCache and AsyncTieredCache share: arguments, Redis names, the fill guard,
-    invalidation, breakers and counters.  No I/O here: each tier sends its own commands
-    (blocking or awaited) around these steps."""
+    invalidation, breakers, counters, and every operation as steps (see the module docstring).
+
+    No I/O here: the steps yield it, and each tier performs it (blocking or awaited).
+    """
 
     def _setup(
         self, local, client, namespace, ttl, serializer, compress_over, strict, lock_lease, lock_wait,
