@@ -1,5 +1,5 @@
 # cython: language_level=3, freethreading_compatible=False
-# The read path of kvcache.redis.TieredCache (issue 7): a local-tier hit, compiled.
+# The read path of kvcache.redis.TieredCache (issue 7) and AsyncTieredCache: a local-tier hit, compiled.
 #
 # Why this is compiled although the Redis tier is otherwise written against the public
 # API: a local hit is the tier's whole point, and the goal is "at most 2x a plain LRUCache hit".
@@ -24,7 +24,7 @@ from kvcache._core cimport KV_HAVE_CLOCK, Cache, cache_get, expired_at, native_g
 
 import time
 
-__all__ = ["Expiring", "MISSING", "TieredBase"]
+__all__ = ["AsyncTieredBase", "Expiring", "MISSING", "TieredBase"]
 
 cdef object _time_monotonic = time.monotonic
 
@@ -120,6 +120,14 @@ cdef class TieredBase:
             return True
         return _tier_hit(self, key) is not _tier_missing or self._fetch(key) is not _tier_missing
 
+    def _local_hit(self, key):
+        """Return the value of `key` if the local tier may answer (counted as a local hit), else MISSING."""
+        return _tier_hit(self, key)
+
+    def _hit_many(self, keys):
+        """Return a list: the local value of each of `keys` the local tier may answer (counted), else MISSING."""
+        return [_tier_hit(self, k) for k in keys]
+
     def _local_fallback(self, key):
         """Return the live local value of `key` (counted as a local hit) or MISSING; drop an expired copy.
 
@@ -134,6 +142,24 @@ cdef class TieredBase:
                 return _tier_missing
             v = (<Expiring>v).value
         self._hits += 1
+        return v
+
+
+@cython.auto_pickle(False)
+cdef class AsyncTieredBase(TieredBase):
+    """The compiled local-tier read path of kvcache.redis.AsyncTieredCache (not for direct use).
+
+    A Cython coroutine: a local hit returns from its first step without awaiting anything,
+    and costs less than a Python coroutine calling the hit (measured: bench/redis_async.py).
+    """
+
+    async def get(self, key, default=None):
+        "Return the value for `key` (local tier, then Redis), else `default`."
+        v = _tier_hit(self, key)
+        if v is _tier_missing:
+            v = await self._fetch(key)
+            if v is _tier_missing:
+                return default
         return v
 
 

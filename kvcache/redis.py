@@ -19,16 +19,40 @@ Consistency rules (why the code looks the way it does):
   to Redis first and the local tier only answers when Redis cannot (fail-open).
   When the stream comes back the local tier is cleared, since any message
   sent meanwhile was lost, and only then trusted again.
+* A write Redis did not take (unreachable, breaker open, refused, timed out
+  and so maybe applied later) leaves no local copy: every process, the writer
+  included, converges on what Redis holds.
+* Outages and refusals differ: a connection-level failure opens the breaker of
+  the node serving the key (one per cluster primary, so a dead master fails
+  open only its slots); a server's answer (OOM, NOPERM, WRONGTYPE) proves the
+  node is up and is counted, logged and, in strict mode, raised.
+* Batches (get_many, set_many, delete_many) follow the same rules, key by key,
+  with one script call per node and 1,000 keys (per hash slot on a cluster).
 * A local copy never outlives its Redis TTL: entries with a TTL are stored
   locally together with a monotonic deadline (``SET ... PX`` for our writes,
   ``PTTL`` read atomically with the value for fills), so this works with any
   kvcache cache as ``local`` whether or not it supports per-entry TTLs.
+
+Two tiers, one logic: ``TieredCache`` (blocking, threads) and ``AsyncTieredCache``
+(asyncio) share ``_TierCore``, where every operation is written once as a
+generator of *steps* that yields the I/O it needs (``("_set", name, blob, px)``,
+``("_eval", script, keys, args)``, ...) and is sent the result.  ``_drive`` runs
+the steps with the blocking tier's methods of those names, ``_adrive`` awaits the
+asyncio tier's coroutines; the invalidation stream is a thread or a task over
+one ``_handshake``.  A local hit never enters the steps: it is compiled
+(``kvcache/_tiered.pyx``).
 """
 
+import asyncio
+import functools
+import hashlib
+import inspect
+import logging
 import os
 import random
 import threading
 import time
+import warnings
 import weakref
 from collections import namedtuple
 from collections.abc import MutableMapping
@@ -36,30 +60,52 @@ from collections.abc import MutableMapping
 import redis as _redis
 from redis.exceptions import RedisError
 
-from kvcache._tiered import MISSING as _MISSING, Expiring, TieredBase
-from kvcache.serialize import SerializationError, Serializer, decode_key, encode_key
+from kvcache._tiered import MISSING as _MISSING, AsyncTieredBase, Expiring, TieredBase
+from kvcache.serialize import SerializationError, Serializer, decode_key, encode_key, encode_keys
 
-__all__ = ["TieredCache", "TierStats", "CircuitOpenError"]
+__all__ = [
+    "TieredCache", "AsyncTieredCache", "TierStats", "CircuitOpenError", "ValueTooLargeError",
+    "StreamRefusedError", "SlowClientWarning",
+]
 
 _monotonic = time.monotonic
 _DEFAULT = object()
+# What a remote call may raise that fail-open absorbs (cluster topology errors are not RedisErrors).
+# redis.asyncio also lets OSError and asyncio's TimeoutError out of some connection paths.
+_REMOTE_ERRORS = (
+    RedisError, _redis.exceptions.RedisClusterException, SerializationError, OSError, asyncio.TimeoutError,
+)
 
 TierStats = namedtuple(
     "TierStats",
-    "local_hits remote_hits misses sets deletes errors invalidations circuit live",
+    "local_hits remote_hits misses sets deletes errors invalidations circuit live rejections "
+    "stream_error",
 )
 TierStats.__doc__ = """Counters of a TieredCache.
 
 ``local_hits``/``remote_hits``/``misses`` count reads answered by the local tier,
-by Redis, by nobody; ``errors`` counts Redis/decoding failures swallowed or raised;
-``invalidations`` counts keys dropped on notice from Redis; ``circuit`` is
-``"closed"``, ``"open"`` or ``"half-open"``; ``live`` tells whether the
-invalidation stream is up (the local tier is trusted only then).
+by Redis, by nobody; ``errors`` counts outages (Redis unreachable, timed out) and
+decoding failures, swallowed or raised; ``rejections`` counts commands the server
+refused (OOM, NOPERM, WRONGTYPE, a value over ``max_value_size``), which never open
+the breaker; ``invalidations`` counts keys dropped on notice from Redis;
+``circuit`` is the worst breaker state over the nodes: ``"closed"``, ``"open"`` or
+``"half-open"``; ``live`` tells whether the invalidation stream is up (the local
+tier is trusted only then); ``stream_error`` is None, or why the server refuses the
+stream (a missing ACL permission, named): the tier then keeps reading Redis on every
+call.
 """
 
 
 class CircuitOpenError(_redis.exceptions.ConnectionError):
     """Raised in strict mode while the circuit breaker keeps Redis out of reach."""
+
+
+class StreamRefusedError(_redis.exceptions.ResponseError):
+    """Raised (strict mode, at construction) when Redis refuses the invalidation stream."""
+
+
+class SlowClientWarning(UserWarning):
+    """The redis client's timeouts or retries would block callers for seconds while Redis is down."""
 
 
 # Compare-and-delete / compare-and-extend: a lease is touched only by the
@@ -81,6 +127,61 @@ return {v, redis.call('pttl', KEYS[1])}
 """
 
 
+# The batches, one call per chunk of keys (of one slot on a cluster).  Values with their
+# PTTL when they have one ({values, {index, pttl, ...}}), so a fill carries its TTL as in
+# _LUA_GET; SET and UNLINK through scripts rather than MSET so the minimal ACL suffices.
+_CHUNK = 1000  # keys per call: Lua's unpack() stops near 8,000 arguments
+_LUA_MGET = """
+local vals = redis.call('mget', unpack(KEYS))
+local ttl = {}
+for i, v in ipairs(vals) do
+  if v then
+    local t = redis.call('pttl', KEYS[i])
+    if t >= 0 then ttl[#ttl + 1] = i; ttl[#ttl + 1] = t end
+  end
+end
+return {vals, ttl}
+"""
+_LUA_MSET = """
+local px = ARGV[#KEYS + 1]
+for i, k in ipairs(KEYS) do
+  if px then redis.call('set', k, ARGV[i], 'px', px) else redis.call('set', k, ARGV[i]) end
+end
+return #KEYS
+"""
+_LUA_UNLINK = """
+return redis.call('unlink', unpack(KEYS))
+"""
+
+
+class _Script:
+    """A Lua script run by EVALSHA, falling back to EVAL (which caches it) on NOSCRIPT.
+
+    Not redis-py's Script: that one loads a missing script with SCRIPT LOAD, which on a
+    cluster goes to every primary, so one dead master made every key's first script call
+    fail; EVAL reaches the key's node only, and needs no ``script|load`` permission.
+    """
+
+    __slots__ = ("source", "sha")
+
+    def __init__(self, source):
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+    def __call__(self, keys=(), args=(), client=None):
+        try:
+            return client.evalsha(self.sha, len(keys), *keys, *args)
+        except _redis.exceptions.NoScriptError:
+            return client.eval(self.source, len(keys), *keys, *args)
+
+    async def acall(self, keys=(), args=(), client=None):
+        """Run the script on a ``redis.asyncio`` client."""
+        try:
+            return await client.evalsha(self.sha, len(keys), *keys, *args)
+        except _redis.exceptions.NoScriptError:
+            return await client.eval(self.source, len(keys), *keys, *args)
+
+
 def _glob_escape(data):
     out = bytearray()
     for b in data:
@@ -90,8 +191,73 @@ def _glob_escape(data):
     return bytes(out)
 
 
+def namespace_prefix(namespace):
+    """Return the Redis key prefix of `namespace` (bytes): escaped, then ``:``.
+
+    ``\\`` becomes ``\\\\`` and ``:`` becomes ``\\:``, so the prefix ends at its first
+    unescaped ``:`` and no namespace's prefix starts another's (``app`` and ``app:v`` are
+    disjoint), while a plain namespace keeps its plain name (an ACL ``~app:*`` fits).
+    """
+    return namespace.replace(b"\\", b"\\\\").replace(b":", b"\\:") + b":"
+
+
+def scan_pattern(prefix):
+    """Return the SCAN MATCH pattern of every Redis name under `prefix`."""
+    return _glob_escape(prefix) + b"*"
+
+
+# --- what a failure means ----------------------------------------------------------
+# An outage (the node cannot be reached or cannot serve) trips that node's breaker; a
+# rejection (the server answered "no": OOM, NOPERM, WRONGTYPE, ...) proves the node is up,
+# so it is counted and logged instead, and calling again is the right thing to do.
+
+OUTAGE = "outage"
+REJECTION = "rejection"
+
+_OUTAGE_TYPES = (
+    _redis.exceptions.ConnectionError,  # refused, reset, broken pipe, BusyLoading, auth, pool full
+    _redis.exceptions.TimeoutError,
+    _redis.exceptions.ClusterError,  # ClusterDown, MasterDown
+    _redis.exceptions.ReadOnlyError,  # a primary demoted under us: failover in progress
+    _redis.exceptions.InvalidResponse,  # the connection lost sync
+    _redis.exceptions.RedisClusterException,  # slots not covered, topology unknown
+    OSError,
+    asyncio.TimeoutError,  # not an OSError before 3.11
+)
+
+
+class ValueTooLargeError(_redis.exceptions.DataError):
+    """Raised (strict mode) for a value whose encoding exceeds the tier's ``max_value_size``."""
+
+
+def classify_error(exc):
+    """Return OUTAGE for a connection-level failure, REJECTION for a server's (or our) refusal."""
+    return OUTAGE if isinstance(exc, _OUTAGE_TYPES) else REJECTION
+
+
+def rejection_kind(exc):
+    """Return a short name for a rejection (``OOM``, ``NOPERM``, ``WRONGTYPE``, ...)."""
+    code = getattr(exc, "status_code", None)
+    if code:
+        return code
+    if type(exc) is _redis.exceptions.ResponseError:
+        word = str(exc).split(" ", 1)[0]
+        if word.isupper():
+            return word
+    return type(exc).__name__
+
+
+_log = logging.getLogger("kvcache.redis")
+
+
 class _Breaker:
-    """Closed -> open after `threshold` consecutive failures; one trial call after a backoff."""
+    """Closed -> open after `threshold` consecutive outages (one timeout opens it at once).
+
+    Open: every call fails open at once until a jittered backoff has passed.  Half-open:
+    exactly one caller gets through as the probe; the others keep failing open until the
+    probe reports (success closes, failure reopens with a doubled backoff), so a hung server
+    costs one socket timeout per probe, not one per call.
+    """
 
     __slots__ = ("threshold", "base", "cap", "failures", "open_until", "delay", "trial", "lock")
 
@@ -112,13 +278,14 @@ class _Breaker:
         return "half-open" if _monotonic() >= self.open_until else "open"
 
     def allow(self):
+        """Return whether a call may go to the node now (True makes the caller the probe when half-open)."""
         if self.failures < self.threshold:
             return True
         with self.lock:
             if self.failures < self.threshold:
                 return True
             now = _monotonic()
-            # A trial whose outcome was never reported (caller interrupted) expires.
+            # A probe whose outcome was never reported (caller interrupted) expires.
             if now < self.open_until or (self.trial and now < self.open_until + 2 * self.cap):
                 return False
             self.trial = True
@@ -131,9 +298,13 @@ class _Breaker:
                 self.delay = self.base
                 self.trial = False
 
-    def failure(self):
+    def failure(self, exc=None):
         with self.lock:
-            self.failures += 1
+            # Waiting is what a timeout costs: do not pay it `threshold` times.
+            if isinstance(exc, (_redis.exceptions.TimeoutError, TimeoutError)):
+                self.failures = max(self.failures + 1, self.threshold)
+            else:
+                self.failures += 1
             if self.failures >= self.threshold:
                 # Jitter keeps a fleet of processes from probing a recovering server in lockstep.
                 self.open_until = _monotonic() + self.delay * random.uniform(0.5, 1.0)
@@ -141,50 +312,153 @@ class _Breaker:
                 self.trial = False
 
 
-class TieredCache(TieredBase, MutableMapping):
-    """Cache values locally in `local` (any kvcache cache) and shared in Redis.
+_STATE_RANK = {"closed": 0, "half-open": 1, "open": 2}
 
-    ``client`` is a ``redis.Redis`` or ``redis.cluster.RedisCluster`` created with
-    ``decode_responses=False``; keep its retries and socket timeouts short, as
-    the tier does its own backoff.  ``namespace`` prefixes every Redis key and
-    scopes invalidation.  ``ttl`` (seconds) is the default lifetime in Redis and
-    bounds the local copy.  Values go through `serializer` (default: the safe
-    msgpack :class:`~kvcache.serialize.Serializer`, zstd above ``compress_over``
-    bytes).  Keys must be made of None/bool/int/float/str/bytes/tuples/frozensets
-    (see :func:`kvcache.serialize.encode_key`).
 
-    Fail-open by default: when Redis is unreachable, reads and writes use the
-    local tier only, no exception reaches the caller and ``stats().errors``
-    counts the failures; a circuit breaker stops calling a dead server and
-    probes it again after an exponential backoff.  ``strict=True`` raises
-    instead.  Call :meth:`close` (or use ``with``) to stop the background
-    invalidation threads.
+class NodeHealth:
+    """One breaker per Redis node, and what to do with an error (sync and async tiers share it).
 
-    Entries with a TTL sit in `local` wrapped together with their deadline (so
-    `local`'s getsizeof sees the wrapper).  A write drops this process's own
-    local copy when its notice comes back (a notice cannot tell our write from
-    a concurrent one); the next read refills it from Redis.  ``len()`` and
-    iteration SCAN the namespace in Redis and raise if it is unreachable.
-
-    Thread-safety: all methods may be called from many threads at once.
+    On a cluster the breaker of a Redis name is that of the primary serving its slot, so a
+    dead master fails open only its own slots.  Works with ``redis.Redis``,
+    ``redis.cluster.RedisCluster`` and their ``redis.asyncio`` twins.
     """
 
-    def __init__(
-        self,
-        local,
-        client,
-        namespace,
-        ttl=None,
-        serializer=None,
-        compress_over=None,
-        strict=False,
-        *,
-        lock_lease=10.0,
-        lock_wait=30.0,
-        failure_threshold=3,
-        backoff=0.05,
-        max_backoff=5.0,
+    def __init__(self, client, threshold, base, cap):
+        self._args = (threshold, base, cap)
+        self._client = client
+        self._cluster = _is_cluster(client)
+        self._single = _Breaker(*self._args)
+        self._nodes = {}  # "host:port" -> _Breaker
+        self._lock = threading.Lock()
+        self._seen = set()  # rejection kinds already logged
+
+    def node(self, node_name):
+        """Return the breaker of the node named ``host:port`` (the only one off a cluster)."""
+        if not self._cluster:
+            return self._single
+        b = self._nodes.get(node_name)
+        if b is None:
+            with self._lock:
+                b = self._nodes.setdefault(node_name, _Breaker(*self._args))
+        return b
+
+    def breaker(self, name):
+        """Return the breaker guarding Redis name `name`."""
+        if not self._cluster:
+            return self._single
+        return self.node(self.node_name(name))
+
+    def node_name(self, name):
+        """Return ``host:port`` of the primary serving `name` (``"?"`` if the slot map is unknown)."""
+        if not self._cluster:
+            return "?"
+        c = self._client
+        try:
+            return c.nodes_manager.slots_cache[c.keyslot(name)][0].name
+        except (KeyError, IndexError, TypeError, AttributeError):
+            return "?"
+
+    def group(self, names):
+        """Return [(breaker, [positions in names])], one item per node serving some of `names`."""
+        if not self._cluster:
+            return [(self._single, list(range(len(names))))]
+        by_node = {}
+        for i, n in enumerate(names):
+            by_node.setdefault(self.node_name(n), []).append(i)
+        return [(self.node(node), pos) for node, pos in by_node.items()]
+
+    def breakers(self):
+        """Return every breaker in use."""
+        if not self._cluster:
+            return [self._single]
+        return list(self._nodes.values()) or [self._single]
+
+    @property
+    def state(self):
+        """The worst breaker state over the nodes ("closed", "half-open" or "open")."""
+        return max((b.state for b in self.breakers()), key=_STATE_RANK.__getitem__)
+
+    def reset(self, node_name):
+        """Close the breaker of a node that just proved reachable (its invalidation stream came up)."""
+        self.node(node_name).success()
+
+    def record(self, exc, breaker, what="Redis"):
+        """Feed `exc` to `breaker`; return OUTAGE or REJECTION; log each rejection kind once."""
+        kind = classify_error(exc)
+        if kind is OUTAGE:
+            breaker.failure(exc)
+            return kind
+        breaker.success()  # the node answered
+        rk = rejection_kind(exc)
+        if rk not in self._seen:
+            self._seen.add(rk)
+            _log.warning("%s rejected a command (%s): %s; counted in stats().rejections, "
+                         "logged once per kind", what, rk, exc)
+        return kind
+
+
+class _Batch:
+    """The names of a batch in flight, and those of them invalidated meanwhile."""
+
+    __slots__ = ("order", "names", "dirty")
+
+    def __init__(self, names):
+        self.order = names
+        self.names = set(names)
+        self.dirty = set()
+
+    __eq__ = object.__eq__  # list.remove must find this very batch
+    __hash__ = object.__hash__
+
+
+def _batch_keys(keys):
+    """Return `keys` as a list; a str or bytes is refused, as the engine's get_many does, not split."""
+    if isinstance(keys, (str, bytes, bytearray)):
+        raise TypeError("keys must be an iterable of keys, not a str or bytes")
+    return list(keys)
+
+
+def _drive(steps, tier):
+    """Run steps (see _TierCore) with blocking I/O: each call ``(name, *args)`` they yield is
+    ``getattr(tier, name)(*args)``; its result is sent back, its exception thrown in."""
+    reply = exc = None
+    while True:
+        try:
+            call = steps.send(reply) if exc is None else steps.throw(exc)
+        except StopIteration as stop:
+            return stop.value
+        try:
+            reply, exc = getattr(tier, call[0])(*call[1:]), None
+        except BaseException as e:  # raised where the steps made the call: their try blocks decide
+            reply, exc = None, e
+
+
+async def _adrive(steps, tier):
+    """Run steps with awaited I/O: each call ``(name, *args)`` is ``await getattr(tier, name)(*args)``."""
+    reply = exc = None
+    while True:
+        try:
+            call = steps.send(reply) if exc is None else steps.throw(exc)
+        except StopIteration as stop:
+            return stop.value
+        try:
+            reply, exc = await getattr(tier, call[0])(*call[1:]), None
+        except BaseException as e:
+            reply, exc = None, e
+
+
+class _TierCore(TieredBase):
+    """What TieredCache and AsyncTieredCache share: arguments, Redis names, the fill guard,
+    invalidation, breakers, counters, and every operation as steps (see the module docstring).
+
+    No I/O here: the steps yield it, and each tier performs it (blocking or awaited).
+    """
+
+    def _setup(
+        self, local, client, namespace, ttl, serializer, compress_over, strict, lock_lease, lock_wait,
+        failure_threshold, backoff, max_backoff, max_value_size,
     ):
+        """Check the arguments and set up the state both tiers keep (the constructors call it)."""
         if serializer is not None and compress_over is not None:
             raise ValueError("give compress_over to the serializer, not both")
         if ttl is not None and not ttl > 0:
@@ -207,14 +481,22 @@ class TieredCache(TieredBase, MutableMapping):
         self.strict = bool(strict)
         self.lock_lease = float(lock_lease)
         self.lock_wait = float(lock_wait)
+        if max_value_size is None:
+            max_value_size = _server_max_bulk(client)  # the asyncio tier reads it on start instead
+        elif not max_value_size > 0:
+            raise ValueError("max_value_size must be > 0 or None")
+        self.max_value_size = int(max_value_size)
         self._ser = serializer if serializer is not None else Serializer(compress_over=compress_over)
-        self._prefix = namespace + b":"
+        self._prefix = namespace_prefix(namespace)
         self._vprefix = self._prefix + b"v:"
         self._lprefix = self._prefix + b"l:"
-        self._breaker = _Breaker(failure_threshold, backoff, max_backoff)
-        self._get_script = client.register_script(_LUA_GET)
-        self._release_script = client.register_script(_LUA_RELEASE)
-        self._renew_script = client.register_script(_LUA_RENEW)
+        self._health = NodeHealth(client, failure_threshold, backoff, max_backoff)
+        self._get_script = _Script(_LUA_GET)
+        self._release_script = _Script(_LUA_RELEASE)
+        self._renew_script = _Script(_LUA_RENEW)
+        self._mget_script = _Script(_LUA_MGET)
+        self._mset_script = _Script(_LUA_MSET)
+        self._unlink_script = _Script(_LUA_UNLINK)
 
         # Fill bookkeeping, guarded by _lock: a fill or write-through stores its
         # copy only if _epoch did not move and its name was not marked dirty.
@@ -223,42 +505,50 @@ class TieredCache(TieredBase, MutableMapping):
         self._lock = threading.RLock()
         self._epoch = 0
         self._inflight = {}  # Redis name -> [readers in flight, dirty]
+        self._batches = []  # _Batch in flight
         self._waiters = {}  # Redis name -> Event woken by any change of name or its lock
         self._live = False
-        self._counts = [0] * 6  # remote_hits misses sets deletes errors invalidations
+        self._counts = [0] * 7  # remote_hits misses sets deletes errors invalidations rejections
+        self._stream_error = None
+        self._owns_client = False
 
-        self._stop = threading.Event()
-        pools = _pools(client)
+    def _setup_listeners(self, pools):
+        """Set up the state of one invalidation listener per pool (a primary's)."""
+        self._pool_nodes = [_pool_node_name(p) for p in pools]
         self._listeners_up = [False] * len(pools)
-        self._threads = []
-        ref = weakref.ref(self)
-        for i, pool in enumerate(pools):
-            t = threading.Thread(
-                target=_listen,
-                args=(ref, i, pool, self._prefix, self._stop),
-                name=f"kvcache-invalidation-{namespace.decode(errors='replace')}-{i}",
-                daemon=True,
-            )
-            self._threads.append(t)
-        self._finalizer = weakref.finalize(self, self._stop.set)
-        for t in self._threads:
-            t.start()
+        self._tried = [threading.Event() for _ in pools]  # each listener made its first attempt
 
     # --- plumbing --------------------------------------------------------------
 
     def _name(self, key):
         return self._vprefix + encode_key(key)
 
-    def _error(self, exc):
-        self._counts[4] += 1
-        if self._breaker is not None and isinstance(exc, RedisError):
-            self._breaker.failure()
+    def _error(self, exc, breaker):
+        """Count `exc` (an outage or a rejection; `breaker` is the node's, or None); raise when strict."""
+        self._count_error(exc, breaker)
         if self.strict:
             raise exc
 
-    def _blocked(self):
-        """Return True (or raise when strict) if the breaker keeps us off Redis."""
-        if self._breaker.allow():
+    def _count_error(self, exc, breaker):
+        if isinstance(exc, SerializationError) or breaker is None:
+            self._counts[4] += 1
+        elif self._health.record(exc, breaker) is OUTAGE:
+            self._counts[4] += 1
+        else:
+            self._counts[6] += 1
+
+    def _too_large(self, key, blob):
+        """Return a ValueTooLargeError if `blob` may not be sent, else None."""
+        if len(blob) > self.max_value_size:
+            return ValueTooLargeError(
+                f"value of {key!r} is too large: it encodes to {len(blob)} bytes, over "
+                f"max_value_size={self.max_value_size} (Redis refuses a value over its "
+                "proto-max-bulk-len by closing the connection)")
+        return None
+
+    def _blocked(self, breaker):
+        """Return True (or raise when strict) if `breaker` keeps us off its node."""
+        if breaker.allow():
             return False
         if self.strict:
             raise CircuitOpenError("circuit open: Redis failed repeatedly, retrying after backoff")
@@ -287,6 +577,30 @@ class TieredCache(TieredBase, MutableMapping):
                 else:
                     self._local[key] = entry
 
+    def _begin_many(self, names):
+        """Mark `names` in flight as one batch; return the token to hand to _end_many."""
+        batch = _Batch(names)
+        with self._lock:
+            self._batches.append(batch)
+            return self._epoch, batch
+
+    def _end_many(self, token, keys, entries):
+        """Finish a batch; store each entry (not MISSING) locally if no invalidation raced it."""
+        epoch, batch = token
+        local = self._local
+        with self._lock:
+            self._batches.remove(batch)
+            if epoch != self._epoch:
+                dirty = None  # everything
+            else:
+                dirty = batch.dirty
+            for name, key, entry in zip(batch.order, keys, entries):
+                if entry is not _MISSING:
+                    if dirty is None or name in dirty:
+                        local.pop(key, None)
+                    else:
+                        local[key] = entry
+
     def _invalidate(self, names):
         """Drop local copies of `names` (None: everything); called by listeners."""
         with self._lock:
@@ -303,6 +617,9 @@ class TieredCache(TieredBase, MutableMapping):
                         slot = self._inflight.get(name)
                         if slot is not None:
                             slot[1] = True
+                        for batch in self._batches:
+                            if name in batch.names:
+                                batch.dirty.add(name)
                         try:
                             key = decode_key(name[len(self._vprefix) :])
                         except SerializationError:
@@ -320,7 +637,20 @@ class TieredCache(TieredBase, MutableMapping):
         for ev in waiters:
             ev.set()
 
+    def _stream_refused(self, index, message):
+        """A listener's setup was refused by the server (ACL, unsupported command): make it loud."""
+        first = self._stream_error is None
+        self._stream_error = message
+        if first:
+            if not self.strict:  # strict construction raises it instead
+                warnings.warn(message, RuntimeWarning, stacklevel=2)
+            _log.warning("%s", message)
+        self._tried[index].set()
+
     def _listener_state(self, index, up):
+        self._tried[index].set()
+        if up and self._stream_error is not None:
+            self._stream_error = None
         with self._lock:
             self._listeners_up[index] = up
             live = all(self._listeners_up)
@@ -331,25 +661,561 @@ class TieredCache(TieredBase, MutableMapping):
                 for slot in self._inflight.values():
                     slot[1] = True
             self._live = live
+        if up:
+            # The node accepts connections again: stop failing open for it now rather
+            # than after the backoff, or writes would keep missing a reachable Redis.
+            self._health.reset(self._pool_nodes[index])
 
-    def _remote_get(self, key, name):
-        """Return the value from Redis (filling local) or _MISSING; may raise RedisError."""
+    def _ttl(self, ttl):
+        """Return the TTL a write uses (`ttl` checked, or the tier's default)."""
+        if ttl is _DEFAULT:
+            return self.ttl
+        if ttl is not None and not ttl > 0:
+            raise ValueError("ttl must be > 0 or None")
+        return ttl
+
+    def _reply(self, reply, t0):
+        """Decode a `_LUA_GET` reply read at `t0`: return (value, local entry), both _MISSING if none."""
+        if reply is None:
+            self._counts[1] += 1
+            return _MISSING, _MISSING
+        blob, pttl = reply
+        value = self._ser.loads(blob)
+        self._counts[0] += 1
+        return value, (value if pttl < 0 else Expiring(value, t0 + pttl / 1000.0))
+
+    def _fallback(self, key):
+        """Fail-open read: the live local copy of `key` (counted as a local hit), else a miss."""
+        v = self._local_fallback(key)
+        if v is _MISSING:
+            self._counts[1] += 1
+        return v
+
+    def _written(self, value, ttl, t0, breaker):
+        """Account a write Redis took at `t0`; return the local entry it leaves."""
+        breaker.success()
+        self._counts[2] += 1
+        return value if ttl is None else Expiring(value, t0 + ttl)
+
+    def _px(self, ttl):
+        return None if ttl is None else max(1, int(ttl * 1000))
+
+    def _lock_name(self, name):
+        """Return the Redis name of the lease lock of value name `name`."""
+        return self._lprefix + name[len(self._vprefix) :]
+
+    def _waiter(self, name, make):
+        """Return the event woken by changes of `name` or its lock (made by `make` if none)."""
+        with self._lock:
+            ev = self._waiters.get(name)
+            if ev is None:
+                ev = self._waiters[name] = make()
+            return ev
+
+    def _drop_waiter(self, name, ev):
+        with self._lock:
+            if self._waiters.get(name) is ev:
+                del self._waiters[name]
+
+    # --- the operations, as steps ----------------------------------------------------
+    # Written once for both tiers: each operation is a generator of steps that yields the
+    # I/O it needs as (name of an I/O method of the tier, *args) and is sent its result (or
+    # thrown its exception) by _drive (TieredCache: blocking methods) or _adrive
+    # (AsyncTieredCache: coroutines of the same names: _eval, _set, _del, _run, _lookup,
+    # _wait, _compute, _renewal, _end_renewal).
+
+    def _remote_get_steps(self, key, name, breaker):
+        """Steps: return the value from Redis (filling local) or _MISSING; may raise RedisError."""
         epoch = self._begin(name)
         entry = _MISSING
         try:
             t0 = _monotonic()
-            reply = self._get_script(keys=[name], client=self._client)
-            self._breaker.success()
-            if reply is None:
-                self._counts[1] += 1
-                return _MISSING
-            blob, pttl = reply
-            value = self._ser.loads(blob)
-            self._counts[0] += 1
-            entry = value if pttl < 0 else Expiring(value, t0 + pttl / 1000.0)
+            reply = yield "_eval", self._get_script, [name], ()
+            breaker.success()
+            value, entry = self._reply(reply, t0)
             return value
         finally:
             self._end(name, epoch, key, entry)
+
+    def _fetch_steps(self, key):
+        """Steps: read `key` the local tier did not answer: Redis, else the local tier; or _MISSING."""
+        name = self._name(key)
+        breaker = self._health.breaker(name)
+        if not self._blocked(breaker):
+            try:
+                return (yield from self._remote_get_steps(key, name, breaker))
+            except _REMOTE_ERRORS as exc:
+                self._error(exc, breaker)
+        return self._fallback(key)  # fail-open: the local tier is all we have
+
+    def _set_steps(self, key, value, ttl):
+        """Steps of set (see TieredCache.set)."""
+        ttl = self._ttl(ttl)
+        blob = self._ser.dumps(value)
+        name = self._name(key)
+        breaker = self._health.breaker(name)
+        epoch = self._begin(name)
+        entry = _MISSING
+        try:
+            too_large = self._too_large(key, blob)
+            if too_large is not None:
+                self._error(too_large, breaker)
+            elif not self._blocked(breaker):
+                try:
+                    t0 = _monotonic()
+                    yield "_set", name, blob, self._px(ttl)
+                    entry = self._written(value, ttl, t0, breaker)
+                except _REMOTE_ERRORS as exc:
+                    self._error(exc, breaker)
+        finally:
+            if entry is _MISSING:
+                # Redis may hold another value (or, after a timeout, maybe ours): trust neither.
+                self._local.pop(key, None)
+            self._end(name, epoch, key, entry)
+
+    def _delete_steps(self, key):
+        """Steps of delete (see TieredCache.delete)."""
+        name = self._name(key)
+        epoch = self._begin(name)
+        existed = False
+        try:
+            existed = self._local.pop(key, _MISSING) is not _MISSING
+            breaker = self._health.breaker(name)
+            if not self._blocked(breaker):
+                try:
+                    existed = bool((yield "_del", name)) or existed
+                    breaker.success()
+                    self._counts[3] += 1
+                except _REMOTE_ERRORS as exc:
+                    self._error(exc, breaker)
+        finally:
+            self._end(name, epoch, key, _MISSING)
+        return existed
+
+    def _get_or_set_steps(self, key, compute, ttl):
+        """Steps of get_or_set (see TieredCache.get_or_set)."""
+        v = yield "_lookup", key
+        if v is not _MISSING:
+            return v
+        name = self._name(key)
+        lname = self._lock_name(name)
+        token = os.urandom(16).hex().encode()
+        lease_ms = max(1, int(self.lock_lease * 1000))
+        give_up = _monotonic() + self.lock_wait
+        lbreaker = self._health.breaker(lname)
+        ev = self._waiter(name, self._Event)
+        try:
+            while True:
+                if self._blocked(lbreaker):
+                    return (yield from self._compute_and_set_steps(key, compute, ttl))
+                try:
+                    ev.clear()
+                    acquired = yield "_set", lname, token, lease_ms, True
+                    lbreaker.success()
+                except _REMOTE_ERRORS as exc:
+                    self._error(exc, lbreaker)
+                    return (yield from self._compute_and_set_steps(key, compute, ttl))
+                if acquired:
+                    return (yield from self._compute_locked_steps(key, name, lname, token, lease_ms, compute, ttl, lbreaker))
+                remaining = give_up - _monotonic()
+                if remaining <= 0:
+                    return (yield from self._compute_and_set_steps(key, compute, ttl))
+                # Woken by the value's or the lock's invalidation; the poll covers a
+                # lease that expires silently and a stream that is down.
+                yield "_wait", ev, min(remaining, 0.05)
+                v = yield "_lookup", key
+                if v is not _MISSING:
+                    return v
+        finally:
+            self._drop_waiter(name, ev)
+
+    def _compute_and_set_steps(self, key, compute, ttl):
+        value = yield "_compute", compute
+        yield from self._set_steps(key, value, ttl)
+        return value
+
+    def _compute_locked_steps(self, key, name, lname, token, lease_ms, compute, ttl, lbreaker):
+        try:
+            # The previous holder may have finished between our miss and our lock.
+            breaker = self._health.breaker(name)
+            try:
+                v = yield from self._remote_get_steps(key, name, breaker)
+            except _REMOTE_ERRORS as exc:
+                self._error(exc, breaker)
+                v = _MISSING
+            if v is not _MISSING:
+                return v
+            renewal = yield "_renewal", lname, token, lease_ms
+            try:
+                value = yield "_compute", compute
+            finally:
+                yield "_end_renewal", renewal
+            yield from self._set_steps(key, value, ttl)
+            return value
+        finally:
+            try:
+                yield "_eval", self._release_script, [lname], [token]
+            except _REMOTE_ERRORS as exc:
+                self._error(exc, lbreaker)
+
+    # The batches.
+
+    def _get_many_steps(self, keys, default):
+        """Steps of get_many (see TieredCache.get_many)."""
+        keys = _batch_keys(keys)
+        out = self._hit_many(keys)
+        todo = [i for i, v in enumerate(out) if v is _MISSING]
+        if todo:
+            tkeys = [keys[i] for i in todo]
+            found = yield from self._fetch_many_steps(tkeys)
+            for i, v in zip(todo, found):
+                out[i] = v
+        return [default if v is _MISSING else v for v in out]
+
+    def _fetch_many_steps(self, keys):
+        """Read `keys` the local tier did not answer (as _fetch, in batches); a list with _MISSING."""
+        names = encode_keys(keys, self._vprefix)
+        out = [_MISSING] * len(keys)
+        first_error = None
+        counts = self._counts
+        for breaker, pos in self._health.group(names):
+            if len(pos) == len(keys):
+                gnames, gkeys = names, keys  # one node: no regrouping
+            else:
+                gnames = [names[p] for p in pos]
+                gkeys = [keys[p] for p in pos]
+            values = None
+            if not self._blocked(breaker):
+                entries = ()
+                token = self._begin_many(gnames)
+                try:
+                    t0 = _monotonic()
+                    blobs, ttls = yield from self._remote_mget(gnames)
+                    breaker.success()
+                    values, bad = self._loads_many(blobs)
+                    for j, exc in bad:
+                        self._count_error(exc, breaker)
+                        first_error = first_error or exc
+                    entries = values
+                    if ttls:
+                        entries = list(values)
+                        for j, pttl in ttls.items():
+                            if values[j] is not _MISSING:
+                                entries[j] = Expiring(values[j], t0 + pttl / 1000.0)
+                    missing = values.count(_MISSING)
+                    counts[0] += len(values) - missing
+                    counts[1] += missing - len(bad)
+                    for j, exc in bad:  # undecodable: the local tier is all we have
+                        values[j] = self._local_fallback(gkeys[j])
+                        counts[1] += values[j] is _MISSING
+                except _REMOTE_ERRORS as exc:
+                    self._count_error(exc, breaker)
+                    first_error = first_error or exc
+                finally:
+                    self._end_many(token, gkeys, entries or [_MISSING] * len(gnames))
+            if values is None:
+                values = [self._local_fallback(k) for k in gkeys]
+                counts[1] += values.count(_MISSING)
+            if gkeys is keys:
+                out = values
+            else:
+                for p, v in zip(pos, values):
+                    out[p] = v
+        if first_error is not None and self.strict:
+            raise first_error
+        return out
+
+    def _loads_many(self, blobs):
+        """Decode `blobs` (None: _MISSING); return (values, [(index, SerializationError)])."""
+        many = getattr(self._ser, "loads_many", None)  # a serializer of the user's may lack it
+        try:
+            if many is not None:
+                return many(blobs, _MISSING), ()
+            loads = self._ser.loads
+            return [_MISSING if b is None else loads(b) for b in blobs], ()
+        except SerializationError:
+            pass
+        loads = self._ser.loads
+        values, bad = [], []
+        for j, b in enumerate(blobs):
+            try:
+                values.append(_MISSING if b is None else loads(b))
+            except SerializationError as exc:
+                values.append(_MISSING)
+                bad.append((j, exc))
+        return values, bad
+
+    def _set_many_steps(self, keys, values, ttl):
+        """Steps of set_many (see TieredCache.set_many)."""
+        keys = _batch_keys(keys)
+        values = list(values)
+        if len(keys) != len(values):
+            raise ValueError(f"{len(keys)} keys but {len(values)} values")
+        ttl = self._ttl(ttl)
+        dumps = self._ser.dumps
+        blobs = [dumps(v) for v in values]
+        names = encode_keys(keys, self._vprefix)
+        px = None if ttl is None else max(1, int(ttl * 1000))
+        first_error = None
+        for breaker, pos in self._health.group(names):
+            gnames = [names[p] for p in pos]
+            gkeys = [keys[p] for p in pos]
+            entries = [_MISSING] * len(pos)
+            token = self._begin_many(gnames)
+            try:
+                send = []
+                for j, p in enumerate(pos):
+                    exc = self._too_large(keys[p], blobs[p])
+                    if exc is None:
+                        send.append(j)
+                    else:
+                        self._count_error(exc, breaker)
+                        first_error = first_error or exc
+                if send and not self._blocked(breaker):
+                    t0 = _monotonic()
+                    try:
+                        yield from self._remote_mset([gnames[j] for j in send], [blobs[pos[j]] for j in send], px)
+                        breaker.success()
+                        self._counts[2] += len(send)
+                        for j in send:
+                            value = values[pos[j]]
+                            entries[j] = value if ttl is None else Expiring(value, t0 + ttl)
+                    except _REMOTE_ERRORS as exc:
+                        self._count_error(exc, breaker)
+                        first_error = first_error or exc
+            finally:
+                # As in set: a key Redis may not hold as written keeps no local copy.
+                pop = self._local.pop
+                for key, entry in zip(gkeys, entries):
+                    if entry is _MISSING:
+                        pop(key, None)
+                self._end_many(token, gkeys, entries)
+        if first_error is not None and self.strict:
+            raise first_error
+
+    def _delete_many_steps(self, keys):
+        """Steps of delete_many (see TieredCache.delete_many)."""
+        keys = _batch_keys(keys)
+        names = encode_keys(keys, self._vprefix)
+        pop = self._local.pop
+        existed_locally = [pop(k, _MISSING) is not _MISSING for k in keys]
+        removed = 0
+        first_error = None
+        for breaker, pos in self._health.group(names):
+            gnames = [names[p] for p in pos]
+            local = sum(existed_locally[p] for p in pos)
+            token = self._begin_many(gnames)
+            try:
+                if self._blocked(breaker):
+                    removed += local
+                    continue
+                try:
+                    removed += yield from self._remote_delete(gnames)
+                    breaker.success()
+                    self._counts[3] += len(gnames)
+                except _REMOTE_ERRORS as exc:
+                    self._count_error(exc, breaker)
+                    first_error = first_error or exc
+                    removed += local
+            finally:
+                self._end_many(token, (), ())
+        if first_error is not None and self.strict:
+            raise first_error
+        return removed
+
+    # The remote calls of the batches, as steps: one node's names, chunked (and slot-grouped
+    # on a cluster).
+
+    def _chunks(self, names):
+        """Yield lists of names one script call may take: same slot on a cluster, at most _CHUNK."""
+        if self._cluster:
+            by_slot = {}
+            keyslot = self._client.keyslot
+            for n in names:
+                by_slot.setdefault(keyslot(n), []).append(n)
+            groups = by_slot.values()
+        else:
+            groups = (names,)
+        for g in groups:
+            for i in range(0, len(g), _CHUNK):
+                yield g[i : i + _CHUNK]
+
+    def _run_chunks(self, script, names, args_of=None):
+        """Step: run `script` on each chunk of `names`; return [(chunk, reply)]."""
+        chunks = list(self._chunks(names))
+        replies = yield "_run", script, chunks, [args_of(c) if args_of else () for c in chunks]
+        return list(zip(chunks, replies))
+
+    def _remote_mget(self, names):
+        """Steps: return (blobs or None, {index: pttl} of those with a TTL) for `names`, in order."""
+        replies = yield from self._run_chunks(self._mget_script, names)
+        if not self._cluster:  # the chunks are consecutive slices of names
+            blobs, ttls, base = [], {}, 0
+            for chunk, (vals, tl) in replies:
+                blobs += vals
+                for i in range(0, len(tl), 2):
+                    ttls[base + tl[i] - 1] = tl[i + 1]
+                base += len(chunk)
+            return blobs, ttls
+        got, ttl_of = {}, {}
+        for chunk, (vals, tl) in replies:
+            got.update(zip(chunk, vals))
+            for i in range(0, len(tl), 2):
+                ttl_of[chunk[tl[i] - 1]] = tl[i + 1]
+        ttls = {j: ttl_of[n] for j, n in enumerate(names) if n in ttl_of} if ttl_of else {}
+        return [got[n] for n in names], ttls
+
+    def _remote_mset(self, names, blobs, px):
+        blob_of = dict(zip(names, blobs))
+        tail = [] if px is None else [px]
+        yield from self._run_chunks(self._mset_script, names, lambda c: [blob_of[n] for n in c] + tail)
+
+    def _remote_delete(self, names):
+        return sum(r for _, r in (yield from self._run_chunks(self._unlink_script, names)))
+
+    # --- misc ------------------------------------------------------------------
+
+    @property
+    def local(self):
+        """The local tier."""
+        return self._local
+
+    @property
+    def client(self):
+        """The redis-py client."""
+        return self._client
+
+    def stats(self):
+        """Return a :class:`TierStats` snapshot of the counters."""
+        c = self._counts
+        return TierStats(
+            self._local_hits, c[0], c[1], c[2], c[3], c[4], c[5], self._health.state, self._live, c[6],
+            self._stream_error,
+        )
+
+    @property
+    def live(self):
+        """Whether invalidations are flowing (the local tier is trusted)."""
+        return self._live
+
+    def __reduce__(self):
+        raise TypeError(f"{type(self).__name__} cannot be pickled: it holds a Redis client and listeners")
+
+    def __repr__(self):
+        return (
+            f"{type(self).__name__}({self._local!r}, namespace={self.namespace!r}, "
+            f"ttl={self.ttl!r}, strict={self.strict!r})"
+        )
+
+
+class TieredCache(_TierCore, MutableMapping):
+    """Cache values locally in `local` (any kvcache cache) and shared in Redis.
+
+    ``client`` is a ``redis.Redis`` or ``redis.cluster.RedisCluster`` created with
+    ``decode_responses=False``; :meth:`from_url` makes one with short timeouts and
+    no retries, and a client whose settings would block calls for seconds while
+    Redis is down gets a :class:`SlowClientWarning`.  ``namespace`` scopes the
+    Redis keys (``namespace:`` with ``\\`` and ``:`` escaped, so namespaces never
+    overlap) and invalidation.  ``ttl`` (seconds) is the default lifetime in Redis and
+    bounds the local copy.  Values go through `serializer` (default: the safe
+    msgpack :class:`~kvcache.serialize.Serializer`, zstd above ``compress_over``
+    bytes).  Keys must be made of None/bool/int/float/str/bytes/tuples/frozensets
+    (see :func:`kvcache.serialize.encode_key`).
+
+    Fail-open by default: when a node is unreachable, reads of its keys use the
+    local tier, writes of its keys are dropped (locally too, so every process
+    reads what Redis holds), no exception reaches the caller and
+    ``stats().errors`` counts the failures.  A circuit breaker per node (per
+    cluster primary) stops calling a dead one after ``failure_threshold``
+    failures or one timeout and lets one probe through after an exponential
+    backoff.  A command the server refuses (OOM, NOPERM, WRONGTYPE, a value over
+    ``max_value_size``, by default the server's proto-max-bulk-len) is counted
+    in ``stats().rejections`` and logged once per kind, never opening the
+    breaker.  ``strict=True`` raises instead, and raises
+    :class:`StreamRefusedError` at construction if the ACL forbids invalidation
+    (otherwise a warning and ``stats().stream_error`` name the missing
+    permission).  Call :meth:`close` (or use ``with``) to stop the background
+    invalidation threads.
+
+    Entries with a TTL sit in `local` wrapped together with their deadline (so
+    `local`'s getsizeof sees the wrapper).  A write drops this process's own
+    local copy when its notice comes back (a notice cannot tell our write from
+    a concurrent one); the next read refills it from Redis.  ``len()`` and
+    iteration SCAN the namespace in Redis and raise if it is unreachable.
+
+    Thread-safety: all methods may be called from many threads at once.
+    """
+
+    def __init__(
+        self,
+        local,
+        client,
+        namespace,
+        ttl=None,
+        serializer=None,
+        compress_over=None,
+        strict=False,
+        *,
+        lock_lease=10.0,
+        lock_wait=30.0,
+        failure_threshold=3,
+        backoff=0.05,
+        max_backoff=5.0,
+        max_value_size=None,
+    ):
+        self._setup(
+            local, client, namespace, ttl, serializer, compress_over, strict, lock_lease, lock_wait,
+            failure_threshold, backoff, max_backoff, max_value_size,
+        )
+
+        self._stop = threading.Event()
+        pools = _pools(client)
+        self._setup_listeners(pools)
+        self._threads = []
+        ref = weakref.ref(self)
+        for i, pool in enumerate(pools):
+            t = threading.Thread(
+                target=_listen,
+                args=(ref, i, pool, self._prefix, self._stop),
+                name=f"kvcache-invalidation-{self.namespace.decode(errors='replace')}-{i}",
+                daemon=True,
+            )
+            self._threads.append(t)
+        self._finalizer = weakref.finalize(self, self._stop.set)
+        for t in self._threads:
+            t.start()
+        if self.strict:
+            # A refused stream is a configuration error: report it now, not as slow reads later.
+            for ev in self._tried:
+                ev.wait(_SETUP_WAIT)
+            if self._stream_error is not None:
+                self.close()
+                raise StreamRefusedError(self._stream_error)
+        _check_client(client)
+
+    @classmethod
+    def from_url(cls, url, local, namespace, *, timeout=0.25, cluster=False, client_kwargs=None, **kwargs):
+        """Build a tier on a new client for `url` that gives up after `timeout` seconds, never retrying.
+
+        ``url`` is a redis-py URL (``redis://``, ``rediss://``, ``unix://``); ``cluster=True``
+        makes a ``redis.cluster.RedisCluster`` from it.  ``client_kwargs`` go to the client
+        (e.g. ``ssl_ca_certs``), the other keyword arguments to the constructor.  The tier owns
+        this client: :meth:`close` closes it.
+        """
+        ckw = _url_client_kwargs(timeout, client_kwargs, _no_retry())
+        if cluster:
+            from redis.cluster import RedisCluster
+
+            client = RedisCluster.from_url(url, **ckw)
+        else:
+            client = _redis.Redis.from_url(url, **ckw)
+        try:
+            tier = cls(local, client, namespace, **kwargs)
+        except BaseException:
+            client.close()
+            raise
+        tier._owns_client = True
+        return tier
 
     # --- the mapping -----------------------------------------------------------
 
@@ -358,17 +1224,7 @@ class TieredCache(TieredBase, MutableMapping):
 
     def _fetch(self, key):
         """Read `key` the local tier did not answer: Redis, else the local tier; or _MISSING."""
-        name = self._name(key)
-        if not self._blocked():
-            try:
-                return self._remote_get(key, name)
-            except (RedisError, SerializationError) as exc:
-                self._error(exc)
-        # Fail-open: the local tier is all we have (counts the hit itself).
-        v = self._local_fallback(key)
-        if v is _MISSING:
-            self._counts[1] += 1
-        return v
+        return _drive(self._fetch_steps(key), self)
 
     def __setitem__(self, key, value):
         self.set(key, value)
@@ -376,32 +1232,11 @@ class TieredCache(TieredBase, MutableMapping):
     def set(self, key, value, ttl=_DEFAULT):
         """Store `value` in Redis and locally; `ttl` (seconds) overrides the default.
 
-        Raises TypeError for a value the serializer cannot represent.
+        Raises TypeError for a value the serializer cannot represent.  A write Redis did
+        not take (down, breaker open, rejected, too large) leaves no local copy either:
+        every process then reads what Redis holds.
         """
-        if ttl is _DEFAULT:
-            ttl = self.ttl
-        elif ttl is not None and not ttl > 0:
-            raise ValueError("ttl must be > 0 or None")
-        blob = self._ser.dumps(value)
-        name = self._name(key)
-        epoch = self._begin(name)
-        entry = _MISSING
-        try:
-            t0 = _monotonic()
-            entry = value if ttl is None else Expiring(value, t0 + ttl)
-            if not self._blocked():
-                try:
-                    self._client.set(name, blob, px=None if ttl is None else max(1, int(ttl * 1000)))
-                    self._breaker.success()
-                    self._counts[2] += 1
-                except RedisError as exc:
-                    self._error(exc)
-        except BaseException:
-            entry = _MISSING
-            self._local.pop(key, None)
-            raise
-        finally:
-            self._end(name, epoch, key, entry)
+        _drive(self._set_steps(key, value, ttl), self)
 
     def __delitem__(self, key):
         if not self.delete(key):
@@ -409,24 +1244,45 @@ class TieredCache(TieredBase, MutableMapping):
 
     def delete(self, key):
         """Remove `key` from Redis and locally; return whether it existed."""
-        name = self._name(key)
-        epoch = self._begin(name)
-        existed = False
-        try:
-            existed = self._local.pop(key, _MISSING) is not _MISSING
-            if not self._blocked():
-                try:
-                    existed = bool(self._client.delete(name)) or existed
-                    self._breaker.success()
-                    self._counts[3] += 1
-                except RedisError as exc:
-                    self._error(exc)
-        finally:
-            self._end(name, epoch, key, _MISSING)
-        return existed
+        return _drive(self._delete_steps(key), self)
+
+    # --- batches (the steps are _TierCore's) ----------------------------------------
+
+    def get_many(self, keys, default=None):
+        """Return a list with the value of each of `keys`, `default` for those found nowhere.
+
+        The local tier answers what it may; the rest is read in one round trip per Redis
+        node (per 1,000 keys), filled locally under the rules of :meth:`get`.  Keys of a
+        node whose breaker is open, or that fails, fail open one by one.
+        """
+        return _drive(self._get_many_steps(keys, default), self)
+
+    def set_many(self, keys, values, ttl=_DEFAULT):
+        """Store each of `values` under the matching one of `keys`, in Redis and locally.
+
+        One round trip per Redis node (per 1,000 keys); as :meth:`set`, a value Redis did
+        not take leaves no local copy.  Every value is encoded before anything is written:
+        a TypeError writes nothing.
+        """
+        return _drive(self._set_many_steps(keys, values, ttl), self)
+
+    def delete_many(self, keys):
+        """Remove `keys` from Redis and locally; return how many existed (in Redis, else locally)."""
+        return _drive(self._delete_many_steps(keys), self)
+
+    def _run(self, script, chunks, args):
+        """Run `script` on each chunk of names with its arguments; return the replies."""
+        if not self._cluster:
+            return [script(keys=c, args=a, client=self._client) for c, a in zip(chunks, args)]
+        # The cluster pipeline sends each EVAL to its node; EVAL (not EVALSHA) needs no SCRIPT LOAD,
+        # which a minimal ACL user may not be allowed.
+        pipe = self._client.pipeline()
+        for c, a in zip(chunks, args):
+            pipe.execute_command("EVAL", script.source, len(c), *c, *a)
+        return pipe.execute()
 
     def _scan_names(self):
-        return self._client.scan_iter(match=_glob_escape(self._vprefix) + b"*", count=500)
+        return self._client.scan_iter(match=scan_pattern(self._vprefix), count=500)
 
     def __iter__(self):
         """Iterate over the keys in Redis (SCAN: may miss or repeat keys changed meanwhile)."""
@@ -446,7 +1302,8 @@ class TieredCache(TieredBase, MutableMapping):
         with self._lock:
             self._epoch += 1
             self._local.clear()
-        if self._blocked():
+        # SCAN visits every node: a breaker open on any of them keeps us out.
+        if any([self._blocked(b) for b in self._health.breakers()]):
             return
         try:
             batch = []
@@ -457,9 +1314,8 @@ class TieredCache(TieredBase, MutableMapping):
                     batch.clear()
             if batch:
                 self._client.unlink(*batch)
-            self._breaker.success()
-        except RedisError as exc:
-            self._error(exc)
+        except _REMOTE_ERRORS as exc:
+            self._error(exc, None)
 
     # --- single flight across processes ---------------------------------------
 
@@ -471,109 +1327,47 @@ class TieredCache(TieredBase, MutableMapping):
         for the value up to `lock_wait` seconds, then compute themselves; a
         crashed holder blocks no one past `lock_lease` seconds.
         """
-        v = self._fetch_local_then_remote(key)
-        if v is not _MISSING:
-            return v
-        name = self._name(key)
-        lname = self._lprefix + name[len(self._vprefix) :]
-        token = os.urandom(16).hex().encode()
-        lease_ms = max(1, int(self.lock_lease * 1000))
-        give_up = _monotonic() + self.lock_wait
-        with self._lock:
-            ev = self._waiters.get(name)
-            if ev is None:
-                ev = self._waiters[name] = threading.Event()
-        try:
-            while True:
-                if self._blocked():
-                    return self._compute_and_set(key, compute, ttl)
-                try:
-                    ev.clear()
-                    acquired = self._client.set(lname, token, nx=True, px=lease_ms)
-                    self._breaker.success()
-                except RedisError as exc:
-                    self._error(exc)
-                    return self._compute_and_set(key, compute, ttl)
-                if acquired:
-                    return self._compute_locked(key, name, lname, token, lease_ms, compute, ttl)
-                remaining = give_up - _monotonic()
-                if remaining <= 0:
-                    return self._compute_and_set(key, compute, ttl)
-                # Woken by the value's or the lock's invalidation; the poll covers a
-                # lease that expires silently and a stream that is down.
-                ev.wait(min(remaining, 0.05))
-                v = self._fetch_local_then_remote(key)
-                if v is not _MISSING:
-                    return v
-        finally:
-            with self._lock:
-                if self._waiters.get(name) is ev:
-                    del self._waiters[name]
+        return _drive(self._get_or_set_steps(key, compute, ttl), self)
 
-    def _fetch_local_then_remote(self, key):
+    # --- blocking I/O: what the steps yield ------------------------------------------
+
+    _Event = threading.Event
+
+    def _eval(self, script, keys, args):
+        return script(keys=keys, args=args, client=self._client)
+
+    def _set(self, name, blob, px, nx=False):
+        return self._client.set(name, blob, px=px, nx=nx)
+
+    def _del(self, name):
+        return self._client.delete(name)
+
+    def _lookup(self, key):
         try:
             return self[key]
         except KeyError:
             return _MISSING
 
-    def _compute_and_set(self, key, compute, ttl):
-        value = compute()
-        self.set(key, value, ttl)
-        return value
+    def _wait(self, ev, timeout):
+        ev.wait(timeout)
 
-    def _compute_locked(self, key, name, lname, token, lease_ms, compute, ttl):
+    def _compute(self, compute):
+        return compute()
+
+    def _renewal(self, lname, token, lease_ms):
         stop = threading.Event()
-        try:
-            # The previous holder may have finished between our miss and our lock.
-            try:
-                v = self._remote_get(key, name)
-            except (RedisError, SerializationError) as exc:
-                self._error(exc)
-                v = _MISSING
-            if v is not _MISSING:
-                return v
-            renewer = threading.Thread(
-                target=_renew,
-                args=(self._renew_script, self._client, lname, token, lease_ms, stop),
-                daemon=True,
-            )
-            renewer.start()
-            try:
-                value = compute()
-            finally:
-                stop.set()
-                renewer.join()
-            self.set(key, value, ttl)
-            return value
-        finally:
-            try:
-                self._release_script(keys=[lname], args=[token], client=self._client)
-            except RedisError as exc:
-                self._error(exc)
+        renewer = threading.Thread(
+            target=_renew, args=(self._renew_script, self._client, lname, token, lease_ms, stop), daemon=True
+        )
+        renewer.start()
+        return stop, renewer
+
+    def _end_renewal(self, renewal):
+        stop, renewer = renewal
+        stop.set()
+        renewer.join()
 
     # --- misc ------------------------------------------------------------------
-
-    @property
-    def local(self):
-        """The local tier."""
-        return self._local
-
-    @property
-    def client(self):
-        """The redis-py client."""
-        return self._client
-
-    def stats(self):
-        """Return a :class:`TierStats` snapshot of the counters."""
-        c = self._counts
-        return TierStats(
-            self._local_hits, c[0], c[1], c[2], c[3], c[4], c[5], self._breaker.state, self._live
-        )
-
-    @property
-    def live(self):
-        """Whether invalidations are flowing (the local tier is trusted)."""
-        return self._live
 
     def wait_live(self, timeout=5.0):
         """Block until the invalidation stream is up; return whether it is."""
@@ -583,15 +1377,14 @@ class TieredCache(TieredBase, MutableMapping):
         return self._live
 
     def close(self):
-        """Stop the invalidation threads (the client stays open: it is the caller's)."""
+        """Stop the invalidation threads; close the client only if :meth:`from_url` made it."""
         self._stop.set()
         for t in self._threads:
             if t is not threading.current_thread():
                 t.join(timeout=2.0)
         self._live = False
-
-    def __reduce__(self):
-        raise TypeError("TieredCache cannot be pickled: it holds a Redis client and threads")
+        if self._owns_client:
+            self._client.close()
 
     def __enter__(self):
         return self
@@ -599,26 +1392,466 @@ class TieredCache(TieredBase, MutableMapping):
     def __exit__(self, *exc):
         self.close()
 
-    def __repr__(self):
-        return (
-            f"{type(self).__name__}({self._local!r}, namespace={self.namespace!r}, "
-            f"ttl={self.ttl!r}, strict={self.strict!r})"
+
+
+class AsyncTieredCache(_TierCore, AsyncTieredBase):
+    """Cache values locally in `local` (any kvcache cache) and shared in Redis, for asyncio.
+
+    The asyncio twin of :class:`TieredCache`, with the same arguments, consistency rules
+    and fail-open behaviour (the same code: see the module docstring); ``client`` is a
+    ``redis.asyncio.Redis`` or ``redis.asyncio.cluster.RedisCluster`` (made with
+    ``decode_responses=False``, short timeouts, no retries: :meth:`from_url` builds one).
+    Every operation is a coroutine: ``await tier.get(key)``, ``await tier.set(key, value)``,
+    ``await tier.get_or_set(key, compute)``.  A local hit awaits nothing: the coroutine
+    returns at once, without a round trip.
+
+    The invalidation stream runs as a task of the event loop the tier is first used in
+    (or entered with ``async with``); use a tier in one loop only.  Until the stream is up
+    every read goes to Redis; if Redis refuses it (ACL), a warning and
+    ``stats().stream_error`` say why, and with ``strict=True`` :meth:`wait_live` raises
+    :class:`StreamRefusedError`.  Close it with :meth:`aclose` or ``async with``.
+
+    ``get_or_set`` runs one ``compute`` per key at a time across the tasks of this process
+    (the others await its result) and across processes (a Redis lease, as TieredCache).
+    ``compute`` may be a plain function or return an awaitable; a slow plain function
+    blocks the event loop, lease renewal included.
+    """
+
+    def __init__(
+        self,
+        local,
+        client,
+        namespace,
+        ttl=None,
+        serializer=None,
+        compress_over=None,
+        strict=False,
+        *,
+        lock_lease=10.0,
+        lock_wait=30.0,
+        failure_threshold=3,
+        backoff=0.05,
+        max_backoff=5.0,
+        max_value_size=None,
+    ):
+        import redis.asyncio
+        import redis.asyncio.cluster
+
+        if not isinstance(client, (redis.asyncio.Redis, redis.asyncio.cluster.RedisCluster)):
+            raise TypeError(
+                "AsyncTieredCache needs a redis.asyncio.Redis or redis.asyncio.cluster.RedisCluster "
+                f"client (for redis.Redis use TieredCache), not {type(client).__name__}"
+            )
+        # The server's limit cannot be read without a loop: _start reads it.
+        self._read_max_bulk = max_value_size is None
+        self._setup(
+            local, client, namespace, ttl, serializer, compress_over, strict, lock_lease, lock_wait,
+            failure_threshold, backoff, max_backoff, _MAX_BULK if max_value_size is None else max_value_size,
         )
+        # A cluster's primaries are known only once the client has met it (_start_cluster).
+        self._pools = [] if self._cluster else [client.connection_pool]
+        self._setup_listeners(self._pools)
+        self._tasks = None  # the listeners, started on the first slow-path call in a loop
+        self._flights = {}  # Redis name -> future of the get_or_set computing it in this process
+        self._closed = False
+        _check_client(client, "AsyncTieredCache")
+
+    @classmethod
+    def from_url(cls, url, local, namespace, *, timeout=0.25, cluster=False, client_kwargs=None, **kwargs):
+        """Build a tier on a new ``redis.asyncio`` client for `url` that gives up after `timeout` seconds.
+
+        The client never retries; ``cluster=True`` makes a ``redis.asyncio.cluster.RedisCluster``;
+        ``client_kwargs`` go to the client, the other keyword arguments to the constructor.
+        The tier owns this client: :meth:`aclose` closes it.
+        """
+        import redis.asyncio
+        from redis.asyncio.retry import Retry
+
+        ckw = _url_client_kwargs(timeout, client_kwargs, Retry(_redis.backoff.NoBackoff(), 0))
+        if cluster:
+            from redis.asyncio.cluster import RedisCluster
+
+            client = RedisCluster.from_url(url, **ckw)
+        else:
+            client = redis.asyncio.Redis.from_url(url, **ckw)
+        tier = cls(local, client, namespace, **kwargs)
+        tier._owns_client = True
+        return tier
+
+    # --- the listener tasks ------------------------------------------------------------------
+
+    def _start(self):
+        """Start the invalidation tasks in the running loop, once (every slow path calls this)."""
+        if self._tasks is None and not self._closed:
+            loop = asyncio.get_running_loop()
+            if self._cluster:
+                self._tasks = [loop.create_task(self._start_cluster())]
+            else:
+                self._tasks = [self._listener_task(0, self._pools[0])]
+            if self._read_max_bulk:
+                self._read_max_bulk = False
+                self._tasks.append(loop.create_task(self._adopt_max_bulk()))
+
+    def _listener_task(self, index, pool):
+        ns = self.namespace.decode(errors="replace")
+        return asyncio.get_running_loop().create_task(
+            _alisten(weakref.ref(self), index, pool, self._prefix), name=f"kvcache-invalidation-{ns}-{index}"
+        )
+
+    async def _start_cluster(self):
+        """Meet the cluster (retrying while it is unreachable), then listen to each primary."""
+        delay = 0.02
+        while True:
+            try:
+                await self._client.initialize()
+                pools = self._client.get_primaries()
+                break
+            except _REMOTE_ERRORS:
+                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+                delay = min(delay * 2, _LISTEN_RETRY_CAP)
+        self._pools = pools
+        self._setup_listeners(pools)  # ClusterNode has what a pool gives a listener
+        self._tasks.extend(self._listener_task(i, node) for i, node in enumerate(pools))
+
+    async def _adopt_max_bulk(self):
+        self.max_value_size = await _aserver_max_bulk(self._client)
+
+    async def wait_live(self, timeout=5.0):
+        """Wait until the invalidation stream is up (starting it); return whether it is.
+
+        With ``strict=True``, raise :class:`StreamRefusedError` if Redis refuses the stream
+        (an ACL without the permissions it needs: ``stats().stream_error`` names them).
+        """
+        self._start()
+        end = _monotonic() + timeout
+        while not self._live and _monotonic() < end:
+            if self.strict and self._stream_error is not None:
+                raise StreamRefusedError(self._stream_error)
+            await asyncio.sleep(0.005)
+        return self._live
+
+    async def aclose(self):
+        """Stop the invalidation tasks; close the client only if :meth:`from_url` made it.
+
+        The tier still works afterwards, reading Redis on every call.
+        """
+        self._closed = True
+        tasks, self._tasks = self._tasks or [], None
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            # Bounded: a cancellation racing a read's timeout can be lost (async_timeout on
+            # Python 3.10); such a listener ends at its next read, seeing the tier closed.
+            await asyncio.wait(tasks, timeout=1.0)
+        self._tasks = tasks  # kept for inspection; _closed keeps them from restarting
+        self._live = False
+        if self._owns_client:
+            self._owns_client = False
+            await self._client.aclose()
+
+    async def __aenter__(self):
+        self._start()
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.aclose()
+
+    # --- reads -------------------------------------------------------------------------------
+
+    # `await tier.get(key, default=None)` is compiled (AsyncTieredBase): it answers a local hit
+    # and awaits _fetch for everything else.
+
+    async def _fetch(self, key):
+        """Read `key` the local tier did not answer: Redis, else the local tier; or _MISSING."""
+        self._start()
+        return await _adrive(self._fetch_steps(key), self)
+
+    async def get_many(self, keys, default=None):
+        """Return a list with ``await get(key, default)`` for each of `keys`.
+
+        The local tier answers what it may; the rest is read in one round trip per 1,000
+        keys (one Lua call, values with their TTLs), filled locally under the rules of
+        :meth:`get`.  Fails open key by key as :meth:`get`.
+        """
+        self._start()
+        return await _adrive(self._get_many_steps(keys, default), self)
+
+    # --- writes ------------------------------------------------------------------------------
+
+    async def set(self, key, value, ttl=_DEFAULT):
+        """Store `value` in Redis and locally; `ttl` (seconds) overrides the default.
+
+        Raises TypeError for a value the serializer cannot represent.  A write Redis did
+        not take leaves no local copy either: every process then reads what Redis holds.
+        """
+        self._start()
+        await _adrive(self._set_steps(key, value, ttl), self)
+
+    async def set_many(self, keys, values, ttl=_DEFAULT):
+        """Store each of `values` under the matching one of `keys`, in Redis and locally.
+
+        One round trip per 1,000 keys; as :meth:`set`, a value Redis did not take leaves no
+        local copy.  Every value is encoded before anything is written: a TypeError writes
+        nothing.
+        """
+        self._start()
+        return await _adrive(self._set_many_steps(keys, values, ttl), self)
+
+    async def delete(self, key):
+        """Remove `key` from Redis and locally; return whether it existed."""
+        self._start()
+        return await _adrive(self._delete_steps(key), self)
+
+    async def delete_many(self, keys):
+        """Remove `keys` from Redis and locally; return how many existed (in Redis, else locally)."""
+        self._start()
+        return await _adrive(self._delete_many_steps(keys), self)
+
+    async def clear(self):
+        """Remove every key of the namespace from Redis and the local tier."""
+        self._start()
+        with self._lock:
+            self._epoch += 1
+            self._local.clear()
+        if any([self._blocked(b) for b in self._health.breakers()]):
+            return
+        try:
+            batch = []
+            async for name in self._client.scan_iter(match=scan_pattern(self._vprefix), count=500):
+                batch.append(name)
+                if len(batch) >= 500:
+                    await self._client.unlink(*batch)
+                    batch.clear()
+            if batch:
+                await self._client.unlink(*batch)
+        except _REMOTE_ERRORS as exc:
+            self._error(exc, None)
+
+    # --- single flight -----------------------------------------------------------------------
+
+    async def get_or_set(self, key, compute, ttl=_DEFAULT):
+        """Return the value of `key`, computing it with ``compute()`` if missing.
+
+        One task of this process computes a missing key at a time; the others await its
+        result (or its exception).  Across processes only the holder of a Redis lease
+        computes, as in :meth:`TieredCache.get_or_set`.  A cancelled computing task hands
+        the key over to a waiting one.
+        """
+        v = self._local_hit(key)
+        if v is not _MISSING:
+            return v
+        name = self._name(key)
+        while True:
+            flight = self._flights.get(name)
+            if flight is None:
+                break
+            # Shielded: a waiter's cancellation must not cancel the computing task's future.
+            v = await asyncio.shield(flight)
+            if v is not _MISSING:  # _MISSING: the computing task was cancelled; try again
+                return v
+        # No await between the check above and this: the flight is ours alone.
+        flight = self._flights[name] = asyncio.get_running_loop().create_future()
+        try:
+            self._start()
+            v = await _adrive(self._get_or_set_steps(key, compute, ttl), self)
+        except asyncio.CancelledError:
+            flight.set_result(_MISSING)
+            raise
+        except BaseException as exc:
+            flight.set_exception(exc)
+            flight.exception()  # retrieved: with no waiter asyncio must not log it
+            raise
+        else:
+            flight.set_result(v)
+            return v
+        finally:
+            if self._flights.get(name) is flight:
+                del self._flights[name]
+
+    # --- awaited I/O: what the steps yield (see _TierCore) ---------------------------------
+
+    _Event = asyncio.Event
+
+    async def _eval(self, script, keys, args):
+        return await script.acall(keys=keys, args=args, client=self._client)
+
+    async def _set(self, name, blob, px, nx=False):
+        return await self._client.set(name, blob, px=px, nx=nx)
+
+    async def _del(self, name):
+        return await self._client.delete(name)
+
+    async def _run(self, script, chunks, args):
+        if not self._cluster:
+            return [await script.acall(keys=c, args=a, client=self._client) for c, a in zip(chunks, args)]
+        pipe = self._client.pipeline()  # each EVAL to its node, as TieredCache._run
+        for c, a in zip(chunks, args):
+            pipe.execute_command("EVAL", script.source, len(c), *c, *a)
+        return await pipe.execute()
+
+    async def _lookup(self, key):
+        return await self.get(key, _MISSING)
+
+    async def _wait(self, ev, timeout):
+        try:
+            await asyncio.wait_for(ev.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+
+    async def _compute(self, compute):
+        value = compute()
+        if inspect.isawaitable(value):
+            value = await value
+        return value
+
+    async def _renewal(self, lname, token, lease_ms):
+        return asyncio.ensure_future(_arenew(self._renew_script, self._client, lname, token, lease_ms))
+
+    async def _end_renewal(self, renewal):
+        renewal.cancel()
+
+    def cached(self, ttl=_DEFAULT, key=None):
+        """Decorate a coroutine function: cache its results in this tier, one call per key at a time.
+
+        The key of a call is the function's module and qualified name with
+        ``key(*args, **kwargs)`` (default :func:`kvcache.keys.hashkey`), so the arguments
+        must be what keys may hold (None/bool/int/float/str/bytes, tuples, frozensets):
+        give ``key`` for others (a web framework's request object, say).  Concurrent calls
+        with equal arguments run the function once, here and in other processes
+        (:meth:`get_or_set`); an exception is not cached.
+        """
+        if key is None:
+            from kvcache.keys import hashkey as key
+
+        def decorator(fn):
+            if not inspect.iscoroutinefunction(fn):
+                raise TypeError(f"cached() decorates coroutine functions (async def), not {fn!r}")
+            name = f"{fn.__module__}.{fn.__qualname__}"
+
+            @functools.wraps(fn)
+            async def wrapper(*args, **kwargs):
+                return await self.get_or_set((name, key(*args, **kwargs)), lambda: fn(*args, **kwargs), ttl)
+
+            return wrapper
+
+        return decorator
+
+    # --- the sync protocol, refused -----------------------------------------------------------
+
+    def _sync(self, *args):
+        raise TypeError(
+            "AsyncTieredCache is used with await: `await tier.get(key)`, `await tier.set(key, value)`, "
+            "`await tier.delete(key)` (TieredCache is the blocking mapping)"
+        )
+
+    __getitem__ = __setitem__ = __delitem__ = __contains__ = _sync
 
 
 def _is_cluster(client):
     try:
         from redis.cluster import RedisCluster
+        from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
     except ImportError:  # pragma: no cover
         return False
-    return isinstance(client, RedisCluster)
+    return isinstance(client, (RedisCluster, AsyncRedisCluster))
+
+
+def _is_async(client):
+    return type(client).__module__.startswith("redis.asyncio")
 
 
 def _connection_kwargs(client):
     if _is_cluster(client):
+        if _is_async(client):  # nodes without pools, made when the client first connects
+            return client.get_connection_kwargs()
         node = client.get_default_node()
         return node.redis_connection.connection_pool.connection_kwargs
     return client.connection_pool.connection_kwargs
+
+
+_SLOW = 1.0  # seconds: a client blocking longer than this per call defeats fail-open
+
+
+def _no_retry():
+    return _redis.retry.Retry(_redis.backoff.NoBackoff(), 0)
+
+
+def _url_client_kwargs(timeout, client_kwargs, retry):
+    """Return the client arguments of `from_url`: `timeout` for every wait, `retry` (none), raw bytes."""
+    if not timeout > 0:
+        raise ValueError("timeout must be > 0")
+    ckw = dict(socket_timeout=timeout, socket_connect_timeout=timeout, retry=retry)
+    ckw.update(client_kwargs or {})
+    ckw["decode_responses"] = False
+    return ckw
+
+
+def _client_problems(client):
+    """Return what in a client's settings makes a call block for long while Redis is down."""
+    kw = _connection_kwargs(client)
+    timeout = kw.get("socket_timeout")
+    connect = kw.get("socket_connect_timeout") or timeout
+    problems = []
+    if timeout is None or timeout > _SLOW:
+        problems.append(f"socket_timeout={timeout}")
+    if connect is None or connect > _SLOW:
+        problems.append(f"socket_connect_timeout={connect}")
+    for retry in (kw.get("retry"), getattr(client, "retry", None) if _is_cluster(client) else None):
+        n = 0 if retry is None else (retry.get_retries() if hasattr(retry, "get_retries") else retry._retries)
+        if n:
+            problems.append(f"{n} retries")
+            break
+    return problems
+
+
+def _check_client(client, tier="TieredCache"):
+    problems = _client_problems(client)
+    if problems:
+        warnings.warn(
+            f"the redis client's {', '.join(problems)} can block every call for seconds while "
+            "Redis is down or hung, which defeats fail-open; build the tier with "
+            f"{tier}.from_url(url, local, namespace, timeout=0.25), or give the client "
+            "socket_timeout and socket_connect_timeout <= 1 s and retry=Retry(NoBackoff(), 0)",
+            SlowClientWarning,
+            stacklevel=3,
+        )
+
+
+_MAX_BULK = 512 * 1024 * 1024  # Redis' default proto-max-bulk-len
+
+
+def _server_max_bulk(client):
+    """Return the server's proto-max-bulk-len, or Redis' default if it cannot be read (ACL, down)."""
+    try:
+        got = client.config_get("proto-max-bulk-len")
+    except Exception:  # NOPERM for most ACL users, down, a proxy without CONFIG: keep the default
+        return _MAX_BULK
+    return _max_bulk_of(client, got)
+
+
+async def _aserver_max_bulk(client):
+    """`_server_max_bulk` for a ``redis.asyncio`` client."""
+    try:
+        got = await client.config_get("proto-max-bulk-len")
+    except Exception:
+        return _MAX_BULK
+    return _max_bulk_of(client, got)
+
+
+def _max_bulk_of(client, got):
+    """Return proto-max-bulk-len from a CONFIG GET reply, or Redis' default."""
+    if _is_cluster(client) and got and all(isinstance(v, dict) for v in got.values()):
+        got = next(iter(got.values()))  # per node on some redis-py versions
+    try:
+        return int(got[b"proto-max-bulk-len"] if b"proto-max-bulk-len" in got else got["proto-max-bulk-len"])
+    except (KeyError, TypeError, ValueError):
+        return _MAX_BULK
+
+
+def _pool_node_name(pool):
+    """Return ``host:port`` of a pool's server, as redis-py's cluster names its nodes."""
+    kw = pool.connection_kwargs
+    return f"{kw.get('host')}:{kw.get('port')}"
 
 
 def _pools(client):
@@ -640,19 +1873,82 @@ _COPY_KWARGS = {
 }
 
 
-def _make_listener_connection(pool):
+def _listener_kwargs(pool, retry):
+    """Return the arguments of a tracking connection to the server of `pool` (sync or asyncio)."""
     kwargs = {k: v for k, v in pool.connection_kwargs.items() if k in _COPY_KWARGS or k.startswith("ssl")}
-    kwargs.update(
-        protocol=2,
-        decode_responses=False,
-        socket_timeout=5.0,
-        retry=_redis.retry.Retry(_redis.backoff.NoBackoff(), 0),
-    )
-    return pool.connection_class(**kwargs)
+    kwargs.update(protocol=2, decode_responses=False, socket_timeout=5.0, retry=retry)
+    return kwargs
+
+
+def _make_listener_connection(pool):
+    return pool.connection_class(**_listener_kwargs(pool, _redis.retry.Retry(_redis.backoff.NoBackoff(), 0)))
+
+
+_NO_NOTICE = object()
+
+
+def _notice(msg):
+    """Return the names an invalidation message carries (None: all), or _NO_NOTICE for other replies."""
+    if isinstance(msg, list) and len(msg) == 3 and msg[0] == b"message":
+        return msg[2]
+    return _NO_NOTICE
+
+
+class _Heartbeat:
+    """When a quiet invalidation stream needs a PING, and when an unanswered one means it is dead.
+
+    A silent peer (partition, no FIN) is detected only this way.
+    """
+
+    __slots__ = ("last", "pinged")
+
+    def __init__(self):
+        self.heard()
+
+    def heard(self):
+        self.last = _monotonic()
+        self.pinged = None
+
+    def ping_due(self):
+        """Return whether to send a PING now; raise TimeoutError if the last one went unanswered."""
+        now = _monotonic()
+        if self.pinged is None:
+            if now - self.last > _PING_EVERY:
+                self.pinged = now
+                return True
+        elif now - self.pinged > _PING_TIMEOUT:
+            raise _redis.exceptions.TimeoutError("invalidation stream: PING unanswered")
+        return False
 
 
 _PING_EVERY = 1.0
+# A restarted server is noticed within this; a refused connection costs nothing, so the
+# retries stay frequent (a longer cap kept the tier not-live for seconds after a restart).
+_LISTEN_RETRY_CAP = 0.5
+_SETUP_WAIT = 5.0  # strict construction waits this long at most for each stream's first attempt
 _PING_TIMEOUT = 2.0
+
+
+def _handshake(prefix):
+    """Set a connection up as the invalidation stream of `prefix`, without I/O.
+
+    Yields (the ACL permission the command needs, the command) and is sent each reply.
+    """
+    cid = yield "+client|id", ("CLIENT", "ID")
+    yield (
+        "+client|tracking (and read access to the namespace's keys)",
+        ("CLIENT", "TRACKING", "ON", "REDIRECT", cid, "BCAST", "PREFIX", prefix),
+    )
+    yield "+subscribe and &__redis__:invalidate", ("SUBSCRIBE", "__redis__:invalidate")
+
+
+def _refused(ref, index, prefix, exc, step):
+    """Report a handshake the server refused (`step` names the missing permission) to the tier."""
+    tier = ref()
+    if tier is not None:
+        tier._stream_refused(index, (
+            f"Redis refused the invalidation stream of namespace {prefix!r} ({exc}); "
+            f"the ACL user needs {step}. Until then every read goes to Redis"))
 
 
 def _listen(ref, index, pool, prefix, stop):
@@ -663,39 +1959,36 @@ def _listen(ref, index, pool, prefix, stop):
         try:
             conn = _make_listener_connection(pool)
             conn.connect()
-            conn.send_command("CLIENT", "ID")
-            cid = conn.read_response()
-            conn.send_command("CLIENT", "TRACKING", "ON", "REDIRECT", cid, "BCAST", "PREFIX", prefix)
-            conn.read_response()
-            conn.send_command("SUBSCRIBE", "__redis__:invalidate")
-            conn.read_response()
+            steps = _handshake(prefix)
+            reply = None
+            try:
+                # Each (step, command) is the generator's answer to the previous reply.
+                for step, command in iter(lambda: steps.send(reply), None):
+                    conn.send_command(*command)
+                    reply = conn.read_response()
+            except _redis.exceptions.ResponseError as exc:
+                _refused(ref, index, prefix, exc, step)
+                raise
             tier = ref()
             if tier is None:
                 return
             tier._listener_state(index, True)
             del tier
             delay = 0.02
-            last = _monotonic()
-            pinged = None
+            beat = _Heartbeat()
             while not stop.is_set():
                 if conn.can_read(timeout=0.1):
                     msg = conn.read_response()
-                    last = _monotonic()
-                    pinged = None
-                    if isinstance(msg, list) and len(msg) == 3 and msg[0] == b"message":
+                    beat.heard()
+                    names = _notice(msg)
+                    if names is not _NO_NOTICE:
                         tier = ref()
                         if tier is None:
                             return
-                        tier._invalidate(msg[2])
+                        tier._invalidate(names)
                         del tier
-                    continue
-                now = _monotonic()
-                # A silent peer (partition, no FIN) is detected by an unanswered PING.
-                if pinged is None and now - last > _PING_EVERY:
+                elif beat.ping_due():
                     conn.send_command("PING")
-                    pinged = now
-                elif pinged is not None and now - pinged > _PING_TIMEOUT:
-                    raise _redis.exceptions.TimeoutError("invalidation stream: PING unanswered")
         except Exception:
             pass
         finally:
@@ -710,7 +2003,7 @@ def _listen(ref, index, pool, prefix, stop):
         tier._listener_state(index, False)
         del tier
         stop.wait(delay * random.uniform(0.5, 1.0))
-        delay = min(delay * 2, 2.0)
+        delay = min(delay * 2, _LISTEN_RETRY_CAP)
 
 
 def _renew(script, client, lname, token, lease_ms, stop):
@@ -720,4 +2013,72 @@ def _renew(script, client, lname, token, lease_ms, stop):
             if not script(keys=[lname], args=[token, lease_ms], client=client):
                 return
         except RedisError:
+            continue
+
+
+async def _alisten(ref, index, pool, prefix):
+    """Keep one tracking connection to one primary; report changes to the tier (asyncio)."""
+    from redis.asyncio.retry import Retry
+
+    delay = 0.02
+    while True:
+        conn = None
+        try:
+            conn = pool.connection_class(**_listener_kwargs(pool, Retry(_redis.backoff.NoBackoff(), 0)))
+            await conn.connect()
+            steps = _handshake(prefix)
+            reply = None
+            try:
+                # Each (step, command) is the generator's answer to the previous reply.
+                for step, command in iter(lambda: steps.send(reply), None):
+                    await conn.send_command(*command)
+                    reply = await conn.read_response()
+            except _redis.exceptions.ResponseError as exc:
+                _refused(ref, index, prefix, exc, step)
+                raise
+            tier = ref()
+            if tier is None or tier._closed:
+                return
+            tier._listener_state(index, True)
+            del tier
+            delay = 0.02
+            beat = _Heartbeat()
+            while True:
+                msg = await conn.read_response(timeout=0.1)  # None: nothing came meanwhile
+                tier = ref()
+                if tier is None or tier._closed:
+                    return
+                if msg is not None:
+                    beat.heard()
+                    names = _notice(msg)
+                    if names is not _NO_NOTICE:
+                        tier._invalidate(names)
+                elif beat.ping_due():
+                    await conn.send_command("PING")
+                del tier
+        except Exception:
+            pass
+        finally:
+            if conn is not None:
+                try:
+                    await conn.disconnect(nowait=True)
+                except Exception:
+                    pass
+        tier = ref()
+        if tier is None or tier._closed:
+            return
+        tier._listener_state(index, False)
+        del tier
+        await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+        delay = min(delay * 2, _LISTEN_RETRY_CAP)
+
+
+async def _arenew(script, client, lname, token, lease_ms):
+    """Extend the lease every third of it until cancelled; give up once it is lost."""
+    while True:
+        await asyncio.sleep(lease_ms / 3000.0)
+        try:
+            if not await script.acall(keys=[lname], args=[token, lease_ms], client=client):
+                return
+        except _REMOTE_ERRORS:
             continue

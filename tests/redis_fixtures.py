@@ -119,7 +119,7 @@ class RedisServer:
 class RedisClusterProcs:
     """Three cluster-enabled masters on loopback, slots assigned, no replicas."""
 
-    def __init__(self, directory, n=3):
+    def __init__(self, directory, n=3, extra=()):
         self.nodes = [
             RedisServer(
                 os.path.join(directory, f"node{i}"),
@@ -127,6 +127,7 @@ class RedisClusterProcs:
                     "--cluster-enabled", "yes",
                     "--cluster-config-file", "nodes.conf",
                     "--cluster-node-timeout", "2000",
+                    *extra,
                 ],
             )
             for i in range(n)
@@ -157,10 +158,12 @@ class RedisClusterProcs:
         raise RuntimeError("cluster did not reach cluster_state:ok")
 
     def client(self, **kwargs):
+        import redis
         from redis.cluster import RedisCluster
 
         kwargs.setdefault("socket_timeout", 1.0)
         kwargs.setdefault("socket_connect_timeout", 0.5)
+        kwargs.setdefault("retry", redis.retry.Retry(redis.backoff.NoBackoff(), 0))
         return RedisCluster(host="127.0.0.1", port=self.nodes[0].port, **kwargs)
 
     def stop(self):
