@@ -1,0 +1,198 @@
+"""The Redis tiers over TLS and mutual TLS, against a real TLS-only redis-server.
+
+The certificates (a CA, the server's and a client's) are made here with `cryptography`.
+"""
+import asyncio
+import datetime
+import ipaddress
+import os
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+redis = pytest.importorskip("redis")
+
+from cryptography import x509  # noqa: E402  (cryptography: in the test extra)
+from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
+from cryptography.x509.oid import NameOID  # noqa: E402
+
+import kvcache  # noqa: E402
+from kvcache.redis import AsyncTieredCache, CircuitOpenError, TieredCache  # noqa: E402
+from tests.redis_fixtures import REDIS_SERVER, RedisServer, free_port, require_redis_binaries  # noqa: E402
+
+
+def _cert(subject, issuer_name, issuer_key, key, ca=False):
+    now = datetime.datetime.now(datetime.timezone.utc)
+    b = (x509.CertificateBuilder()
+         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+         .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer_name)]))
+         .public_key(key.public_key())
+         .serial_number(x509.random_serial_number())
+         .not_valid_before(now - datetime.timedelta(minutes=5))
+         .not_valid_after(now + datetime.timedelta(days=1))
+         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    if not ca:
+        b = b.add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                                                         x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                            critical=False)
+    return b.sign(issuer_key, hashes.SHA256())
+
+
+def _write(path, cert, key):
+    with open(path + ".crt", "wb") as f:
+        f.write(cert.public_bytes(serialization.Encoding.PEM))
+    with open(path + ".key", "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()))
+    return path + ".crt", path + ".key"
+
+
+class TLSRedis(RedisServer):
+    """A redis-server that only speaks TLS (plain port 0)."""
+
+    def __init__(self, directory, certs, mutual):
+        self.certs = certs
+        tls_port = free_port()
+        super().__init__(directory, port=tls_port, extra=[
+            "--tls-port", str(tls_port), "--tls-cert-file", certs["server"][0],
+            "--tls-key-file", certs["server"][1], "--tls-ca-cert-file", certs["ca"],
+            "--tls-auth-clients", "yes" if mutual else "no",
+        ])
+
+    def start(self):
+        os.makedirs(self.directory, exist_ok=True)
+        log = os.path.join(self.directory, "redis.log")
+        self.proc = subprocess.Popen(
+            [REDIS_SERVER, "--port", "0", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", self.directory, "--logfile", log, *self.extra],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        ctx = ssl.create_default_context(cafile=self.certs["ca"])
+        ctx.load_cert_chain(*self.certs["client"])
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                with open(log) as f:
+                    raise RuntimeError(f"redis-server exited: {f.read()[-2000:]}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as raw, \
+                        ctx.wrap_socket(raw, server_hostname="127.0.0.1") as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("TLS redis-server did not start")
+
+    def kwargs(self, client_cert=True):
+        kw = dict(host="127.0.0.1", port=self.port, ssl=True, ssl_ca_certs=self.certs["ca"],
+                  socket_timeout=1.0, socket_connect_timeout=1.0,
+                  retry=redis.retry.Retry(redis.backoff.NoBackoff(), 0))
+        if client_cert:
+            kw.update(ssl_certfile=self.certs["client"][0], ssl_keyfile=self.certs["client"][1])
+        return kw
+
+
+@pytest.fixture(scope="module")
+def certs():
+    with tempfile.TemporaryDirectory(prefix="kvcache-tls-") as d:
+        ca_key = ec.generate_private_key(ec.SECP256R1())
+        ca = _cert("kvcache test CA", "kvcache test CA", ca_key, ca_key, ca=True)
+        ca_path = _write(os.path.join(d, "ca"), ca, ca_key)[0]
+        out = {"ca": ca_path, "dir": d}
+        for name in ("server", "client"):
+            key = ec.generate_private_key(ec.SECP256R1())
+            out[name] = _write(os.path.join(d, name), _cert(name, "kvcache test CA", ca_key, key), key)
+        yield out
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["tls", "mutual-tls"])
+def tls_server(request, certs):
+    require_redis_binaries()
+    server = TLSRedis(os.path.join(certs["dir"], "mtls" if request.param else "tls"), certs,
+                      mutual=request.param).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _wait(pred, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.005)
+    return pred()
+
+
+def test_tiers_share_values_and_invalidation_over_tls(tls_server):
+    a = TieredCache(kvcache.LRUCache(100), redis.Redis(**tls_server.kwargs()), "tls-inv")
+    b = TieredCache(kvcache.LRUCache(100), redis.Redis(**tls_server.kwargs()), "tls-inv")
+    with a, b:
+        assert a.wait_live() and b.wait_live()       # the invalidation stream runs over TLS too
+        a["k"] = {"v": 1}
+        assert b["k"] == {"v": 1}                   # a remote hit, now cached in b
+        # a's write notice may still drop b's first copy; the refill is then served locally
+        assert _wait(lambda: b["k"] == {"v": 1} and b.stats().local_hits >= 1)
+        before = b.stats().invalidations
+        a["k"] = {"v": 2}
+        # b's copy is served locally until the server's notice drops it
+        assert _wait(lambda: b["k"] == {"v": 2})
+        assert b.stats().invalidations > before
+        assert b.stats().errors == 0 and a.stats().errors == 0
+
+
+def test_a_plaintext_client_never_reaches_a_tls_server(tls_server):
+    plain = redis.Redis(host="127.0.0.1", port=tls_server.port, socket_timeout=0.5,
+                        socket_connect_timeout=0.5, retry=redis.retry.Retry(redis.backoff.NoBackoff(), 0))
+    with pytest.raises(redis.exceptions.ConnectionError):
+        plain.ping()
+    # The tier fails open: no exception, the failures counted, and no copy of a write that
+    # did not reach Redis is kept (another process could not see it).
+    t = TieredCache(kvcache.LRUCache(10), plain, "tls-plain")
+    with t:
+        t["k"] = 1
+        assert t.get("k", "absent") == "absent"
+        assert t.stats().errors >= 1 and not t.live
+
+
+@pytest.fixture(scope="module")
+def mtls_server(certs):
+    require_redis_binaries()
+    server = TLSRedis(os.path.join(certs["dir"], "mtls-only"), certs, mutual=True).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_mutual_tls_refuses_a_client_without_a_certificate(mtls_server):
+    tls_server = mtls_server
+    anon = redis.Redis(**tls_server.kwargs(client_cert=False))
+    with pytest.raises(redis.exceptions.ConnectionError):
+        anon.ping()
+    strict = TieredCache(kvcache.LRUCache(10), anon, "mtls-anon", strict=True)
+    with strict:
+        with pytest.raises((redis.exceptions.ConnectionError, CircuitOpenError)):
+            strict["k"] = 1
+    assert redis.Redis(**tls_server.kwargs()).ping()
+
+
+def test_asyncio_tier_over_tls(tls_server):
+    import redis.asyncio as aredis
+
+    async def main():
+        async with AsyncTieredCache(kvcache.LRUCache(100), aredis.Redis(**tls_server.kwargs()),
+                                    "tls-async") as t:
+            await t.set("k", [1, 2])
+            assert await t.get("k") == [1, 2]
+            assert await t.get_or_set("x", lambda: "computed") == "computed"
+            assert t.stats().errors == 0
+        return redis.Redis(**tls_server.kwargs()).exists(b"tls-async:v:" + kvcache.serialize.encode_key("k"))
+
+    assert asyncio.run(main()) == 1
