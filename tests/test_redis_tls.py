@@ -196,3 +196,16 @@ def test_asyncio_tier_over_tls(tls_server):
         return redis.Redis(**tls_server.kwargs()).exists(b"tls-async:v:" + kvcache.serialize.encode_key("k"))
 
     assert asyncio.run(main()) == 1
+
+
+def test_from_url_with_rediss(mtls_server):
+    certs = mtls_server.certs
+    t = TieredCache.from_url(f"rediss://127.0.0.1:{mtls_server.port}/0", kvcache.LRUCache(10), "tls-url",
+                             timeout=1.0, client_kwargs=dict(ssl_ca_certs=certs["ca"],
+                                                             ssl_certfile=certs["client"][0],
+                                                             ssl_keyfile=certs["client"][1]))
+    with t:
+        assert t.wait_live()
+        t["k"] = "v"
+        assert t.client.get(b"tls-url:v:" + kvcache.serialize.encode_key("k")) is not None
+        assert t.stats().errors == 0
