@@ -243,6 +243,16 @@ class PagedDecoder:
         """
         raise NotImplementedError
 
+    def _paged_kv(self, layer, k, v, blk, off, ctx_blocks, n_ctx):
+        """Write `k`, `v` (tokens, heads, head_dim) into their pool slots; return the context's K/V."""
+        kc = self.pool.kv[layer, 0]
+        vc = self.pool.kv[layer, 1]
+        kc[blk, off] = k
+        vc[blk, off] = v
+        shape = (-1,) + k.shape[1:]
+        return (kc.take(ctx_blocks, axis=0).reshape(shape)[:n_ctx],
+                vc.take(ctx_blocks, axis=0).reshape(shape)[:n_ctx])
+
     def _generate_ids(self, prompt_ids, max_new_tokens, mode, return_logits, stop_ids=()):
         """Return `(new token ids, logits or None)`, stopping after a token in `stop_ids`."""
         if mode not in _MODES:
@@ -403,12 +413,7 @@ class Decoder(PagedDecoder):
             k = self._rope(qkv[:, 1], cos, sin)
             v = qkv[:, 2]
             if table is not None:
-                kc = self.pool.kv[li, 0]
-                vc = self.pool.kv[li, 1]
-                kc[blk, off] = k
-                vc[blk, off] = v
-                k = kc.take(ctx_blocks, axis=0).reshape(-1, H, hd)[:n_ctx]
-                v = vc.take(ctx_blocks, axis=0).reshape(-1, H, hd)[:n_ctx]
+                k, v = self._paged_kv(li, k, v, blk, off, ctx_blocks, n_ctx)
             s = (q.transpose(1, 0, 2) @ k.transpose(1, 2, 0)) * self._scale  # (H, T, n_ctx)
             if mask is not None:
                 s[:, mask] = -np.inf

@@ -321,12 +321,7 @@ class GGUFModel(PagedDecoder):
             k = rot[:, H:].reshape(T, KV, hd)
             v = qkv[:, n_qk:].reshape(T, KV, hd)
             if table is not None:
-                kc = self.pool.kv[li, 0]
-                vc = self.pool.kv[li, 1]
-                kc[blk, off] = k
-                vc[blk, off] = v
-                k = kc.take(ctx_blocks, axis=0).reshape(-1, KV, hd)[:n_ctx]
-                v = vc.take(ctx_blocks, axis=0).reshape(-1, KV, hd)[:n_ctx]
+                k, v = self._paged_kv(li, k, v, blk, off, ctx_blocks, n_ctx)
             # Query head h reads K/V head h // G: one batched matmul per K/V head group.
             qg = q.transpose(1, 0, 2, 3).reshape(KV, T * G, hd)
             s = (qg @ k.transpose(1, 2, 0)).reshape(KV, T, G, n_ctx)
