@@ -61,11 +61,18 @@ class RedisServer:
         self.extra = list(extra)
         self.proc = None
 
+    def _listen_args(self):
+        return ["--port", str(self.port)]
+
+    def _connect(self):
+        """Return a socket to the server (a subclass may wrap it, e.g. in TLS)."""
+        return socket.create_connection(("127.0.0.1", self.port), timeout=0.2)
+
     def start(self):
         os.makedirs(self.directory, exist_ok=True)
         args = [
             REDIS_SERVER,
-            "--port", str(self.port),
+            *self._listen_args(),
             "--bind", "127.0.0.1",
             "--save", "",
             "--appendonly", "no",
@@ -80,7 +87,7 @@ class RedisServer:
                 with open(os.path.join(self.directory, "redis.log")) as f:
                     raise RuntimeError(f"redis-server exited: {f.read()[-2000:]}")
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
+                with self._connect() as s:
                     s.sendall(b"PING\r\n")
                     if s.recv(16).startswith(b"+PONG"):
                         return self

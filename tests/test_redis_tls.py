@@ -8,7 +8,6 @@ import ipaddress
 import os
 import socket
 import ssl
-import subprocess
 import tempfile
 import time
 
@@ -23,7 +22,7 @@ from cryptography.x509.oid import NameOID  # noqa: E402
 
 import kvcache  # noqa: E402
 from kvcache.redis import AsyncTieredCache, CircuitOpenError, TieredCache  # noqa: E402
-from tests.redis_fixtures import REDIS_SERVER, RedisServer, free_port, require_redis_binaries  # noqa: E402
+from tests.redis_fixtures import RedisServer, free_port, require_redis_binaries  # noqa: E402
 
 
 def _cert(subject, issuer_name, issuer_key, key, ca=False):
@@ -64,29 +63,14 @@ class TLSRedis(RedisServer):
             "--tls-auth-clients", "yes" if mutual else "no",
         ])
 
-    def start(self):
-        os.makedirs(self.directory, exist_ok=True)
-        log = os.path.join(self.directory, "redis.log")
-        self.proc = subprocess.Popen(
-            [REDIS_SERVER, "--port", "0", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", self.directory, "--logfile", log, *self.extra],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    def _listen_args(self):
+        return ["--port", "0"]
+
+    def _connect(self):
         ctx = ssl.create_default_context(cafile=self.certs["ca"])
         ctx.load_cert_chain(*self.certs["client"])
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                with open(log) as f:
-                    raise RuntimeError(f"redis-server exited: {f.read()[-2000:]}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as raw, \
-                        ctx.wrap_socket(raw, server_hostname="127.0.0.1") as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
-                        return self
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("TLS redis-server did not start")
+        return ctx.wrap_socket(socket.create_connection(("127.0.0.1", self.port), timeout=0.5),
+                               server_hostname="127.0.0.1")
 
     def kwargs(self, client_cert=True):
         kw = dict(host="127.0.0.1", port=self.port, ssl=True, ssl_ca_certs=self.certs["ca"],
