@@ -32,20 +32,26 @@ cdef object _time_monotonic = time.monotonic
 @cython.final
 @cython.auto_pickle(False)
 cdef class Expiring:
-    """A local value with the monotonic deadline (time.monotonic) of its Redis TTL."""
+    """A local value with the monotonic deadline (time.monotonic) until which the local tier may answer.
+
+    The Redis tier's deadline is the value's TTL; the Memcached tier's is also the end of the
+    copy's trust window, and `token` carries what revalidating it needs (its CAS, its TTL).
+    """
 
     cdef readonly object value
     cdef readonly double deadline
+    cdef readonly object token
 
-    def __init__(self, value, double deadline):
+    def __init__(self, value, double deadline, token=None):
         self.value = value
         self.deadline = deadline
+        self.token = token
 
     def __reduce__(self):
-        return (Expiring, (self.value, self.deadline))
+        return (Expiring, (self.value, self.deadline, self.token))
 
     def __repr__(self):
-        return "Expiring(%r, deadline=%r)" % (self.value, self.deadline)
+        return "Expiring(%r, deadline=%r, token=%r)" % (self.value, self.deadline, self.token)
 
 
 # What a local lookup returns for "not there"; kvcache.redis uses the same object.
@@ -126,6 +132,10 @@ cdef class TieredBase:
         The whole hit of the asyncio tier: its coroutine awaits nothing when this answers.
         """
         return _tier_hit(self, key)
+
+    def _count_local_hit(self):
+        """Count a read the local tier answered after the Python path validated it."""
+        self._hits += 1
 
     def _local_fallback(self, key):
         """Return the live local value of `key` (counted as a local hit) or MISSING; drop an expired copy.
