@@ -422,6 +422,8 @@ class TieredCache(_TierCore, MutableMapping):
 
     def _groups(self, named):
         """Group indexes of `named` (encoded key, name) by node: [(node, [i, ...])]."""
+        if len(self._nodes) == 1:
+            return [(self._nodes[0], list(range(len(named))))]
         groups = {}
         for i, (_, name) in enumerate(named):
             node = self._route(name)
