@@ -26,12 +26,14 @@ Consistency rules (why the code looks the way it does):
 """
 
 import asyncio
+import functools
 import inspect
 import logging
 import os
 import random
 import threading
 import time
+import warnings
 import weakref
 from collections import namedtuple
 from collections.abc import MutableMapping
@@ -42,7 +44,10 @@ from redis.exceptions import RedisError
 from kvcache._tiered import MISSING as _MISSING, Expiring, TieredBase
 from kvcache.serialize import SerializationError, Serializer, decode_key, encode_key
 
-__all__ = ["TieredCache", "AsyncTieredCache", "TierStats", "CircuitOpenError", "ValueTooLargeError"]
+__all__ = [
+    "TieredCache", "AsyncTieredCache", "TierStats", "CircuitOpenError", "ValueTooLargeError",
+    "StreamRefusedError", "SlowClientWarning",
+]
 
 _monotonic = time.monotonic
 _DEFAULT = object()
@@ -51,7 +56,8 @@ _REMOTE_ERRORS = (RedisError, _redis.exceptions.RedisClusterException, Serializa
 
 TierStats = namedtuple(
     "TierStats",
-    "local_hits remote_hits misses sets deletes errors invalidations circuit live rejections",
+    "local_hits remote_hits misses sets deletes errors invalidations circuit live rejections "
+    "stream_error",
 )
 TierStats.__doc__ = """Counters of a TieredCache.
 
@@ -62,12 +68,22 @@ refused (OOM, NOPERM, WRONGTYPE, a value over ``max_value_size``), which never o
 the breaker; ``invalidations`` counts keys dropped on notice from Redis;
 ``circuit`` is the worst breaker state over the nodes: ``"closed"``, ``"open"`` or
 ``"half-open"``; ``live`` tells whether the invalidation stream is up (the local
-tier is trusted only then).
+tier is trusted only then); ``stream_error`` is None, or why the server refuses the
+stream (a missing ACL permission, named): the tier then keeps reading Redis on every
+call.
 """
 
 
 class CircuitOpenError(_redis.exceptions.ConnectionError):
     """Raised in strict mode while the circuit breaker keeps Redis out of reach."""
+
+
+class StreamRefusedError(_redis.exceptions.ResponseError):
+    """Raised (strict mode, at construction) when Redis refuses the invalidation stream."""
+
+
+class SlowClientWarning(UserWarning):
+    """The redis client's timeouts or retries would block callers for seconds while Redis is down."""
 
 
 # Compare-and-delete / compare-and-extend: a lease is touched only by the
@@ -87,16 +103,20 @@ local v = redis.call('get', KEYS[1])
 if not v then return false end
 return {v, redis.call('pttl', KEYS[1])}
 """
-# The same for many keys (of one slot on a cluster): value, PTTL, value, PTTL... (false if none).
+# The same for many keys (of one slot on a cluster): the values as MGET gives them, then
+# one string of their PTTLs joined by commas.  One string rather than one integer per key:
+# the reply costs the client about what MGET's does to parse, and parsing is most of it.
 _LUA_GET_MANY = """
-local out = {}
+local vals = redis.call('mget', unpack(KEYS))
+local ttls = {}
 for i, k in ipairs(KEYS) do
-  local v = redis.call('get', k)
-  out[2 * i - 1] = v
-  out[2 * i] = v and redis.call('pttl', k)
+  if vals[i] then ttls[i] = redis.call('pttl', k) else ttls[i] = -2 end
 end
-return out
+vals[#KEYS + 1] = table.concat(ttls, ',')
+return vals
 """
+# Keys per _LUA_GET_MANY call: Lua's unpack() stops at about 8,000 values.
+_GET_MANY_CHUNK = 4000
 
 
 def _glob_escape(data):
@@ -356,6 +376,14 @@ class _TierCore(TieredBase):
         self._waiters = {}  # Redis name -> Event woken by any change of name or its lock
         self._live = False
         self._counts = [0] * 7  # remote_hits misses sets deletes errors invalidations rejections
+        self._stream_error = None
+        self._owns_client = False
+
+    def _setup_listeners(self, pools):
+        """Set up the state of one invalidation listener per pool (a primary's)."""
+        self._pool_nodes = [_pool_node_name(p) for p in pools]
+        self._listeners_up = [False] * len(pools)
+        self._tried = [threading.Event() for _ in pools]  # each listener made its first attempt
 
     # --- plumbing --------------------------------------------------------------
 
@@ -382,27 +410,41 @@ class _TierCore(TieredBase):
         return True
 
     def _begin(self, name):
-        with self._lock:
-            slot = self._inflight.get(name)
-            if slot is None:
-                self._inflight[name] = [1, False]
-            else:
-                slot[0] += 1
-            return self._epoch
+        """Start an operation on `name` (a fill or a write); return the epoch to give `_end`."""
+        return self._begin_many((name,))
 
     def _end(self, name, epoch, key, entry):
         """Finish an in-flight operation; store `entry` locally if still valid."""
+        self._end_many((name,), epoch, (key,), (entry,))
+
+    def _begin_many(self, names):
+        """`_begin` for each of `names`; return their epoch."""
         with self._lock:
-            slot = self._inflight[name]
-            dirty = slot[1] or epoch != self._epoch
-            slot[0] -= 1
-            if not slot[0]:
-                del self._inflight[name]
-            if entry is not _MISSING:
-                if dirty:
-                    self._local.pop(key, None)
+            inflight = self._inflight
+            for name in names:
+                slot = inflight.get(name)
+                if slot is None:
+                    inflight[name] = [1, False]
                 else:
-                    self._local[key] = entry
+                    slot[0] += 1
+            return self._epoch
+
+    def _end_many(self, names, epoch, keys, entries):
+        """`_end` for each of `names` (begun together by `_begin_many`), under one lock."""
+        with self._lock:
+            inflight = self._inflight
+            local = self._local
+            stale = epoch != self._epoch
+            for name, key, entry in zip(names, keys, entries):
+                slot = inflight[name]
+                slot[0] -= 1
+                if not slot[0]:
+                    del inflight[name]
+                if entry is not _MISSING:
+                    if stale or slot[1]:
+                        local.pop(key, None)
+                    else:
+                        local[key] = entry
 
     def _invalidate(self, names):
         """Drop local copies of `names` (None: everything); called by listeners."""
@@ -437,7 +479,20 @@ class _TierCore(TieredBase):
         for ev in waiters:
             ev.set()
 
+    def _stream_refused(self, index, message):
+        """A listener's setup was refused by the server (ACL, unsupported command): make it loud."""
+        first = self._stream_error is None
+        self._stream_error = message
+        if first:
+            if not self.strict:  # strict construction raises it instead
+                warnings.warn(message, RuntimeWarning, stacklevel=2)
+            _log.warning("%s", message)
+        self._tried[index].set()
+
     def _listener_state(self, index, up):
+        self._tried[index].set()
+        if up and self._stream_error is not None:
+            self._stream_error = None
         with self._lock:
             self._listeners_up[index] = up
             live = all(self._listeners_up)
@@ -517,9 +572,22 @@ class _TierCore(TieredBase):
             entry[1].append(i)
         return list(groups.values())
 
-    def _replies(self, flat, t0):
-        """Decode a `_LUA_GET_MANY` reply: a list of (value, local entry) per key, as `_reply`."""
-        return [self._reply(None if flat[j] is None else (flat[j], flat[j + 1]), t0) for j in range(0, len(flat), 2)]
+    def _replies(self, reply, t0):
+        """Decode a `_LUA_GET_MANY` reply read at `t0`: a list of (value, local entry) per key, as `_reply`."""
+        loads = self._ser.loads
+        out = []
+        found = 0
+        for blob, pttl in zip(reply, reply[-1].split(b",")):
+            if blob is None:
+                out.append((_MISSING, _MISSING))
+                continue
+            value = loads(blob)
+            pttl = int(pttl)
+            found += 1
+            out.append((value, value if pttl < 0 else Expiring(value, t0 + pttl / 1000.0)))
+        self._counts[0] += found
+        self._counts[1] += len(out) - found
+        return out
 
     def _lock_name(self, name):
         """Return the Redis name of the lease lock of value name `name`."""
@@ -554,7 +622,8 @@ class _TierCore(TieredBase):
         """Return a :class:`TierStats` snapshot of the counters."""
         c = self._counts
         return TierStats(
-            self._local_hits, c[0], c[1], c[2], c[3], c[4], c[5], self._health.state, self._live, c[6]
+            self._local_hits, c[0], c[1], c[2], c[3], c[4], c[5], self._health.state, self._live, c[6],
+            self._stream_error,
         )
 
     @property
@@ -624,8 +693,7 @@ class TieredCache(_TierCore, MutableMapping):
 
         self._stop = threading.Event()
         pools = _pools(client)
-        self._pool_nodes = [_pool_node_name(p) for p in pools]
-        self._listeners_up = [False] * len(pools)
+        self._setup_listeners(pools)
         self._threads = []
         ref = weakref.ref(self)
         for i, pool in enumerate(pools):
@@ -639,6 +707,38 @@ class TieredCache(_TierCore, MutableMapping):
         self._finalizer = weakref.finalize(self, self._stop.set)
         for t in self._threads:
             t.start()
+        if self.strict:
+            # A refused stream is a configuration error: report it now, not as slow reads later.
+            for ev in self._tried:
+                ev.wait(_SETUP_WAIT)
+            if self._stream_error is not None:
+                self.close()
+                raise StreamRefusedError(self._stream_error)
+        _check_client(client)
+
+    @classmethod
+    def from_url(cls, url, local, namespace, *, timeout=0.25, cluster=False, client_kwargs=None, **kwargs):
+        """Build a tier on a new client for `url` that gives up after `timeout` seconds, never retrying.
+
+        ``url`` is a redis-py URL (``redis://``, ``rediss://``, ``unix://``); ``cluster=True``
+        makes a ``redis.cluster.RedisCluster`` from it.  ``client_kwargs`` go to the client
+        (e.g. ``ssl_ca_certs``), the other keyword arguments to the constructor.  The tier owns
+        this client: :meth:`close` closes it.
+        """
+        ckw = _url_client_kwargs(timeout, client_kwargs, _no_retry())
+        if cluster:
+            from redis.cluster import RedisCluster
+
+            client = RedisCluster.from_url(url, **ckw)
+        else:
+            client = _redis.Redis.from_url(url, **ckw)
+        try:
+            tier = cls(local, client, namespace, **kwargs)
+        except BaseException:
+            client.close()
+            raise
+        tier._owns_client = True
+        return tier
 
     def _remote_get(self, key, name, breaker):
         """Return the value from Redis (filling local) or _MISSING; may raise RedisError."""
@@ -855,12 +955,14 @@ class TieredCache(_TierCore, MutableMapping):
         return self._live
 
     def close(self):
-        """Stop the invalidation threads (the client stays open: it is the caller's)."""
+        """Stop the invalidation threads; close the client only if :meth:`from_url` made it."""
         self._stop.set()
         for t in self._threads:
             if t is not threading.current_thread():
                 t.join(timeout=2.0)
         self._live = False
+        if self._owns_client:
+            self._client.close()
 
     def __enter__(self):
         return self
@@ -920,12 +1022,11 @@ class AsyncTieredCache(_TierCore):
         )
         self._get_many_script = client.register_script(_LUA_GET_MANY)
         self._pools = [client.connection_pool]
-        self._pool_nodes = [_pool_node_name(p) for p in self._pools]
-        self._listeners_up = [False] * len(self._pools)
+        self._setup_listeners(self._pools)
         self._tasks = None  # the listeners, started on the first slow-path call in a loop
         self._flights = {}  # Redis name -> future of the get_or_set computing it in this process
         self._closed = False
-        self._owns_client = False
+        _check_client(client, "AsyncTieredCache")
 
     @classmethod
     def from_url(cls, url, local, namespace, *, timeout=0.25, client_kwargs=None, **kwargs):
@@ -937,11 +1038,7 @@ class AsyncTieredCache(_TierCore):
         import redis.asyncio
         from redis.asyncio.retry import Retry
 
-        if not timeout > 0:
-            raise ValueError("timeout must be > 0")
-        ckw = dict(socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(_redis.backoff.NoBackoff(), 0))
-        ckw.update(client_kwargs or {})
-        ckw["decode_responses"] = False
+        ckw = _url_client_kwargs(timeout, client_kwargs, Retry(_redis.backoff.NoBackoff(), 0))
         tier = cls(local, redis.asyncio.Redis.from_url(url, **ckw), namespace, **kwargs)
         tier._owns_client = True
         return tier
@@ -960,10 +1057,16 @@ class AsyncTieredCache(_TierCore):
             ]
 
     async def wait_live(self, timeout=5.0):
-        """Wait until the invalidation stream is up (starting it); return whether it is."""
+        """Wait until the invalidation stream is up (starting it); return whether it is.
+
+        With ``strict=True``, raise :class:`StreamRefusedError` if Redis refuses the stream
+        (an ACL without the permissions it needs: ``stats().stream_error`` names them).
+        """
         self._start()
         end = _monotonic() + timeout
         while not self._live and _monotonic() < end:
+            if self.strict and self._stream_error is not None:
+                raise StreamRefusedError(self._stream_error)
             await asyncio.sleep(0.005)
         return self._live
 
@@ -1046,27 +1149,32 @@ class AsyncTieredCache(_TierCore):
         names = [self._name(k) for k in keys]
         out = [_MISSING] * len(keys)
         for breaker, idx in self._groups(names):
-            done = False
-            if not self._blocked(breaker):
-                gnames = [names[i] for i in idx]
-                epochs = [self._begin(n) for n in gnames]
-                entries = [_MISSING] * len(idx)
-                try:
-                    t0 = _monotonic()
-                    flat = await self._get_many_script(keys=gnames, client=self._client)
-                    breaker.success()
-                    for j, (value, entry) in enumerate(self._replies(flat, t0)):
-                        out[idx[j]] = value
-                        entries[j] = entry
-                    done = True
-                except _AREMOTE_ERRORS as exc:
-                    self._error(exc, breaker)
-                finally:
-                    for j, i in enumerate(idx):
-                        self._end(gnames[j], epochs[j], keys[i], entries[j])
-            if not done:
-                for i in idx:
-                    out[i] = self._fallback(keys[i])
+            for c in range(0, len(idx), _GET_MANY_CHUNK):
+                chunk = idx[c : c + _GET_MANY_CHUNK]
+                if self._blocked(breaker):
+                    got = None
+                else:
+                    cnames = [names[i] for i in chunk]
+                    ckeys = [keys[i] for i in chunk]
+                    epoch = self._begin_many(cnames)
+                    entries = [_MISSING] * len(chunk)
+                    try:
+                        t0 = _monotonic()
+                        reply = await self._get_many_script(keys=cnames, client=self._client)
+                        breaker.success()
+                        got = self._replies(reply, t0)
+                        entries = [e for _, e in got]
+                    except _AREMOTE_ERRORS as exc:
+                        self._error(exc, breaker)
+                        got = None
+                    finally:
+                        self._end_many(cnames, epoch, ckeys, entries)
+                if got is None:
+                    for i in chunk:
+                        out[i] = self._fallback(keys[i])
+                else:
+                    for i, (value, _) in zip(chunk, got):
+                        out[i] = value
         return out
 
     # --- writes ------------------------------------------------------------------------------
@@ -1313,6 +1421,32 @@ class AsyncTieredCache(_TierCore):
             except _AREMOTE_ERRORS as exc:
                 self._error(exc, lbreaker)
 
+    def cached(self, ttl=_DEFAULT, key=None):
+        """Decorate a coroutine function: cache its results in this tier, one call per key at a time.
+
+        The key of a call is the function's module and qualified name with
+        ``key(*args, **kwargs)`` (default :func:`kvcache.keys.hashkey`), so the arguments
+        must be what keys may hold (None/bool/int/float/str/bytes, tuples, frozensets):
+        give ``key`` for others (a web framework's request object, say).  Concurrent calls
+        with equal arguments run the function once, here and in other processes
+        (:meth:`get_or_set`); an exception is not cached.
+        """
+        if key is None:
+            from kvcache.keys import hashkey as key
+
+        def decorator(fn):
+            if not inspect.iscoroutinefunction(fn):
+                raise TypeError(f"cached() decorates coroutine functions (async def), not {fn!r}")
+            name = f"{fn.__module__}.{fn.__qualname__}"
+
+            @functools.wraps(fn)
+            async def wrapper(*args, **kwargs):
+                return await self.get_or_set((name, key(*args, **kwargs)), lambda: fn(*args, **kwargs), ttl)
+
+            return wrapper
+
+        return decorator
+
     # --- the sync protocol, refused -----------------------------------------------------------
 
     def _sync(self, *args):
@@ -1337,6 +1471,54 @@ def _connection_kwargs(client):
         node = client.get_default_node()
         return node.redis_connection.connection_pool.connection_kwargs
     return client.connection_pool.connection_kwargs
+
+
+_SLOW = 1.0  # seconds: a client blocking longer than this per call defeats fail-open
+
+
+def _no_retry():
+    return _redis.retry.Retry(_redis.backoff.NoBackoff(), 0)
+
+
+def _url_client_kwargs(timeout, client_kwargs, retry):
+    """Return the client arguments of `from_url`: `timeout` for every wait, `retry` (none), raw bytes."""
+    if not timeout > 0:
+        raise ValueError("timeout must be > 0")
+    ckw = dict(socket_timeout=timeout, socket_connect_timeout=timeout, retry=retry)
+    ckw.update(client_kwargs or {})
+    ckw["decode_responses"] = False
+    return ckw
+
+
+def _client_problems(client):
+    """Return what in a client's settings makes a call block for long while Redis is down."""
+    kw = _connection_kwargs(client)
+    timeout = kw.get("socket_timeout")
+    connect = kw.get("socket_connect_timeout") or timeout
+    problems = []
+    if timeout is None or timeout > _SLOW:
+        problems.append(f"socket_timeout={timeout}")
+    if connect is None or connect > _SLOW:
+        problems.append(f"socket_connect_timeout={connect}")
+    for retry in (kw.get("retry"), getattr(client, "retry", None) if _is_cluster(client) else None):
+        n = retry.get_retries() if retry is not None else 0
+        if n:
+            problems.append(f"{n} retries")
+            break
+    return problems
+
+
+def _check_client(client, tier="TieredCache"):
+    problems = _client_problems(client)
+    if problems:
+        warnings.warn(
+            f"the redis client's {', '.join(problems)} can block every call for seconds while "
+            "Redis is down or hung, which defeats fail-open; build the tier with "
+            f"{tier}.from_url(url, local, namespace, timeout=0.25), or give the client "
+            "socket_timeout and socket_connect_timeout <= 1 s and retry=Retry(NoBackoff(), 0)",
+            SlowClientWarning,
+            stacklevel=3,
+        )
 
 
 def _pool_node_name(pool):
@@ -1413,7 +1595,30 @@ class _Heartbeat:
 
 
 _PING_EVERY = 1.0
+_SETUP_WAIT = 5.0  # strict construction waits this long at most for each stream's first attempt
 _PING_TIMEOUT = 2.0
+
+
+def _handshake(prefix):
+    """Set a connection up as the invalidation stream of `prefix`, without I/O.
+
+    Yields (the ACL permission the command needs, the command) and is sent each reply.
+    """
+    cid = yield "+client|id", ("CLIENT", "ID")
+    yield (
+        "+client|tracking (and read access to the namespace's keys)",
+        ("CLIENT", "TRACKING", "ON", "REDIRECT", cid, "BCAST", "PREFIX", prefix),
+    )
+    yield "+subscribe and &__redis__:invalidate", ("SUBSCRIBE", "__redis__:invalidate")
+
+
+def _refused(ref, index, prefix, exc, step):
+    """Report a handshake the server refused (`step` names the missing permission) to the tier."""
+    tier = ref()
+    if tier is not None:
+        tier._stream_refused(index, (
+            f"Redis refused the invalidation stream of namespace {prefix!r} ({exc}); "
+            f"the ACL user needs {step}. Until then every read goes to Redis"))
 
 
 def _listen(ref, index, pool, prefix, stop):
@@ -1424,39 +1629,36 @@ def _listen(ref, index, pool, prefix, stop):
         try:
             conn = _make_listener_connection(pool)
             conn.connect()
-            conn.send_command("CLIENT", "ID")
-            cid = conn.read_response()
-            conn.send_command("CLIENT", "TRACKING", "ON", "REDIRECT", cid, "BCAST", "PREFIX", prefix)
-            conn.read_response()
-            conn.send_command("SUBSCRIBE", "__redis__:invalidate")
-            conn.read_response()
+            steps = _handshake(prefix)
+            reply = None
+            try:
+                # Each (step, command) is the generator's answer to the previous reply.
+                for step, command in iter(lambda: steps.send(reply), None):
+                    conn.send_command(*command)
+                    reply = conn.read_response()
+            except _redis.exceptions.ResponseError as exc:
+                _refused(ref, index, prefix, exc, step)
+                raise
             tier = ref()
             if tier is None:
                 return
             tier._listener_state(index, True)
             del tier
             delay = 0.02
-            last = _monotonic()
-            pinged = None
+            beat = _Heartbeat()
             while not stop.is_set():
                 if conn.can_read(timeout=0.1):
                     msg = conn.read_response()
-                    last = _monotonic()
-                    pinged = None
-                    if isinstance(msg, list) and len(msg) == 3 and msg[0] == b"message":
+                    beat.heard()
+                    names = _notice(msg)
+                    if names is not _NO_NOTICE:
                         tier = ref()
                         if tier is None:
                             return
-                        tier._invalidate(msg[2])
+                        tier._invalidate(names)
                         del tier
-                    continue
-                now = _monotonic()
-                # A silent peer (partition, no FIN) is detected by an unanswered PING.
-                if pinged is None and now - last > _PING_EVERY:
+                elif beat.ping_due():
                     conn.send_command("PING")
-                    pinged = now
-                elif pinged is not None and now - pinged > _PING_TIMEOUT:
-                    raise _redis.exceptions.TimeoutError("invalidation stream: PING unanswered")
         except Exception:
             pass
         finally:
@@ -1499,12 +1701,16 @@ async def _alisten(ref, index, pool, prefix):
         try:
             conn = pool.connection_class(**_listener_kwargs(pool, Retry(_redis.backoff.NoBackoff(), 0)))
             await conn.connect()
-            await conn.send_command("CLIENT", "ID")
-            cid = await conn.read_response()
-            await conn.send_command("CLIENT", "TRACKING", "ON", "REDIRECT", cid, "BCAST", "PREFIX", prefix)
-            await conn.read_response()
-            await conn.send_command("SUBSCRIBE", "__redis__:invalidate")
-            await conn.read_response()
+            steps = _handshake(prefix)
+            reply = None
+            try:
+                # Each (step, command) is the generator's answer to the previous reply.
+                for step, command in iter(lambda: steps.send(reply), None):
+                    await conn.send_command(*command)
+                    reply = await conn.read_response()
+            except _redis.exceptions.ResponseError as exc:
+                _refused(ref, index, prefix, exc, step)
+                raise
             tier = ref()
             if tier is None:
                 return

@@ -157,10 +157,12 @@ class RedisClusterProcs:
         raise RuntimeError("cluster did not reach cluster_state:ok")
 
     def client(self, **kwargs):
+        import redis
         from redis.cluster import RedisCluster
 
         kwargs.setdefault("socket_timeout", 1.0)
         kwargs.setdefault("socket_connect_timeout", 0.5)
+        kwargs.setdefault("retry", redis.retry.Retry(redis.backoff.NoBackoff(), 0))
         return RedisCluster(host="127.0.0.1", port=self.nodes[0].port, **kwargs)
 
     def stop(self):

@@ -1,9 +1,11 @@
 """TieredCache against a real redis-server: semantics, invalidation, TTL, locks, faults."""
 
+import re
 import subprocess
 import sys
 import tempfile
 import threading
+import warnings
 import time
 
 import pytest
@@ -867,3 +869,68 @@ def test_rejections_do_not_open_the_breaker(make_tier, own_redis_server, caplog)
         assert strict.stats().rejections == 1 and strict["k"] == "old"
     finally:
         raw.config_set("maxmemory", 0)
+
+
+# --- a refused invalidation stream is loud; the minimal ACL works ---------------------------
+
+from kvcache.redis import SlowClientWarning, StreamRefusedError  # noqa: E402
+
+MINIMAL_ACL = (
+    "&__redis__:invalidate +get +set +del +unlink +scan +evalsha +eval +script|load +pttl +pexpire "
+    "+client|id +client|tracking +subscribe +ping"
+)
+
+
+def _acl_user(server, name, ns, rules):
+    raw = server.client()
+    raw.execute_command("ACL", "SETUSER", name, "reset", "on", ">pw", f"~{ns}:*", *rules.split())
+    return server.client(username=name, password="pw")
+
+
+@pytest.mark.parametrize("missing", ["&__redis__:invalidate", "+client|tracking", None])
+def test_acl_user_stream_refused_is_loud(redis_server, missing, caplog):
+    ns = f"acl{next(_ns_counter)}"  # plain: the ACL's ~ns:* is a glob
+    rules = " ".join(r for r in MINIMAL_ACL.split() if r != missing)
+    user = f"u{abs(hash((ns, missing)))}"
+    client = _acl_user(redis_server, user, ns, rules)
+    with caplog.at_level("WARNING", logger="kvcache.redis"), warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always")
+        t = TieredCache(kvcache.LRUCache(maxsize=10), client, ns)
+        try:
+            if missing is None:
+                assert t.wait_live(5) and t.stats().stream_error is None
+            else:
+                assert wait_for(lambda: t.stats().stream_error is not None, 5)
+                assert missing in t.stats().stream_error and not t.live
+            # The tier works either way: through the local tier, or Redis on every read.
+            t["k"] = [1, 2]
+            assert t["k"] == [1, 2] and len(t) == 1 and t.get_or_set("g", lambda: 3) == 3
+            del t["k"]
+            assert t.get("k") is None and t.stats().errors == 0 and t.stats().rejections == 0
+        finally:
+            t.close()
+    refused = [w for w in warned if "refused the invalidation stream" in str(w.message)]
+    assert len(refused) == (0 if missing is None else 1)
+    if missing is not None:
+        assert any(missing in r.getMessage() for r in caplog.records)
+        with pytest.raises(StreamRefusedError, match=re.escape(missing)):
+            TieredCache(kvcache.LRUCache(maxsize=10), client, ns, strict=True)
+
+
+# --- client settings ---------------------------------------------------------------------
+
+
+def test_slow_client_warns_and_from_url_does_not(redis_server, ns):
+    slow = redis.Redis(host="127.0.0.1", port=redis_server.port)  # redis-py defaults
+    with pytest.warns(SlowClientWarning, match="retries"):
+        TieredCache(kvcache.LRUCache(maxsize=10), slow, ns).close()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SlowClientWarning)
+        t = TieredCache.from_url(f"redis://127.0.0.1:{redis_server.port}/0", kvcache.LRUCache(maxsize=10), ns,
+                                 timeout=0.2, ttl=60)
+    with t:
+        kw = t.client.connection_pool.connection_kwargs
+        assert kw["socket_timeout"] == 0.2 and kw["retry"].get_retries() == 0 and t.ttl == 60
+        assert t.wait_live(5)
+        t["k"] = 1
+        assert t["k"] == 1

@@ -20,7 +20,8 @@ import redis  # noqa: E402
 import redis.asyncio  # noqa: E402
 
 import kvcache  # noqa: E402
-from kvcache.redis import AsyncTieredCache, CircuitOpenError  # noqa: E402
+import kvcache.redis  # noqa: E402
+from kvcache.redis import AsyncTieredCache, CircuitOpenError, StreamRefusedError  # noqa: E402
 from kvcache.serialize import Serializer  # noqa: E402
 from tests.redis_fixtures import child_env, own_redis_server, redis_server  # noqa: E402,F401
 
@@ -464,7 +465,10 @@ def test_lock_holder_killed_another_computes_after_lease(redis_server, ns):
 # --- batches ------------------------------------------------------------------------------
 
 
-def test_batches(redis_server, ns):
+def test_batches(redis_server, ns, monkeypatch):
+    # Small read chunks: a batch spans several Lua calls (4,000 keys each by default).
+    monkeypatch.setattr(kvcache.redis, "_GET_MANY_CHUNK", 7)
+
     async def body(make):
         a, b = await make(), await make()
         keys = [f"k{i}" for i in range(300)]
@@ -486,13 +490,18 @@ def test_batches(redis_server, ns):
         after = b.stats()
         assert after.local_hits == before.local_hits + 10 and after.remote_hits == before.remote_hits
         # Deleting reaches Redis and drops every tier's copies.
-        await a.delete_many(keys[:150])
+        assert await a.delete_many(keys[:150] + ["absent"]) == 150
         assert await eventually(lambda: all(k not in b.local for k in keys[:150]))
         assert await b.get_many(keys[:150]) == [None] * 150
         assert await b.get_many(keys[150:]) == list(range(150, 300))
         assert await b.get_many([]) == []
         with pytest.raises(ValueError):
             await a.set_many(["x", "y"], [1])
+        with pytest.raises(TypeError):
+            await a.set_many(["x", "y"], [1, object()])  # refused before anything is sent
+        assert raw.exists(a._name("x")) == 0
+        with pytest.raises(TypeError):
+            await a.get_many("abc")  # a str is one key, not a batch
 
     arun(redis_server, ns, body)
 
@@ -635,3 +644,120 @@ def test_bad_arguments(redis_server, ns):
             await client.aclose()
 
     asyncio.run(main())
+
+
+# --- rejections and refused streams (what the sync tier's tests check, on the async tier) ----
+
+
+def test_rejected_writes_leave_no_local_copy_and_keep_the_breaker_closed(own_redis_server, ns):
+    async def body(make):
+        a, b = await make(), await make()
+        await settled_set(a, "k", "old", [a, b])
+        await fill_locally(b, "k", "old")
+        raw = own_redis_server.client()
+        raw.config_set("maxmemory-policy", "noeviction")
+        raw.config_set("maxmemory", 1)
+        try:
+            for i in range(3):
+                await a.set("k", f"new{i}")  # OOM: rejected, and nothing reaches the caller
+            await a.set_many(["k", "j"], ["many", "many"])
+            s = a.stats()
+            assert s.rejections == 5 and s.errors == 0 and s.circuit == "closed"
+            # Everyone, the writer too, reads what Redis holds.
+            assert await a.get("k") == "old" and await b.get("k") == "old"
+            assert await a.get_many(["k", "j"]) == ["old", None]
+            strict = await make(strict=True)
+            with pytest.raises(redis.exceptions.OutOfMemoryError):
+                await strict.set("k", "strict")
+            assert await strict.get("k") == "old"
+        finally:
+            raw.config_set("maxmemory", 0)
+
+    arun(own_redis_server, ns, body)
+
+
+def test_refused_stream_is_loud(redis_server, ns):
+    ns = ns.replace("[", "").replace("]", "")  # plain: the ACL's ~ns:* is a glob
+    raw = redis_server.client()
+    user = f"au{next(_ns_counter)}"
+    raw.execute_command(
+        "ACL", "SETUSER", user, "reset", "on", ">pw", f"~{ns}:*", "&__redis__:invalidate",
+        *"+get +set +del +unlink +scan +evalsha +eval +script|load +pttl +mget +client|id +subscribe +ping".split(),
+    )  # no +client|tracking
+
+    async def main():
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
+        def client():
+            return redis.asyncio.Redis(port=redis_server.port, username=user, password="pw",
+                                       socket_timeout=1.0, socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0))
+
+        with pytest.warns(RuntimeWarning, match="client.tracking"):
+            t = AsyncTieredCache(kvcache.LRUCache(maxsize=10), client(), ns)
+            assert not await t.wait_live(1)
+        try:
+            assert "+client|tracking" in t.stats().stream_error
+            # The tier still works, reading Redis every time.
+            await t.set("k", [1, 2])
+            assert await t.get("k") == [1, 2] and await t.get_many(["k", "x"]) == [[1, 2], None]
+            assert await t.get_or_set("g", lambda: 3) == 3
+            assert t.stats().errors == 0 and t.stats().rejections == 0 and t.stats().local_hits == 0
+        finally:
+            await t.aclose()
+            await t.client.aclose()
+        strict = AsyncTieredCache(kvcache.LRUCache(maxsize=10), client(), ns, strict=True)
+        try:
+            with pytest.raises(StreamRefusedError, match=r"client\|tracking"):
+                await strict.wait_live(5)
+        finally:
+            await strict.aclose()
+            await strict.client.aclose()
+
+    asyncio.run(main())
+
+
+def test_cached_decorator(redis_server, ns):
+    async def body(make):
+        a, b = await make(), await make()
+        calls = []
+
+        async def fetch_user(user_id, *, full=False):
+            calls.append((user_id, full))
+            await asyncio.sleep(0.05)
+            return {"id": user_id, "full": full}
+
+        fa, fb = a.cached(ttl=60)(fetch_user), b.cached(ttl=60)(fetch_user)
+        assert fa.__name__ == "fetch_user"
+        got = await asyncio.gather(*[(fa if i % 2 else fb)(7) for i in range(10)])
+        assert got == [{"id": 7, "full": False}] * 10 and calls == [(7, False)]  # one call
+        assert await fa(7, full=True) == {"id": 7, "full": True} and len(calls) == 2
+        assert await fb(7, full=True) == {"id": 7, "full": True} and len(calls) == 2  # from Redis
+        assert 0 < redis_server.client().pttl(a._name((f"{__name__}.{fetch_user.__qualname__}", (7,)))) <= 60_000
+
+        @a.cached(key=lambda request: request["path"])
+        async def page(request):
+            calls.append(request["path"])
+            return request["path"].upper()
+
+        assert await page({"path": "/x", "headers": object()}) == "/X"
+        assert await page({"path": "/x", "headers": object()}) == "/X" and calls[-1] == "/x" and len(calls) == 3
+        with pytest.raises(TypeError, match="coroutine"):
+            a.cached()(lambda: 1)
+
+    arun(redis_server, ns, body)
+
+
+def test_tier_made_before_the_loop_runs(redis_server, ns):
+    # As in a web app: the tier is made at import time, used later in the server's loop.
+    t = AsyncTieredCache.from_url(f"redis://127.0.0.1:{redis_server.port}", kvcache.LRUCache(maxsize=10), ns)
+    assert t._tasks is None and not t.live  # nothing runs before a loop does
+
+    async def main():
+        async with t:
+            assert await t.wait_live(5)
+            await t.set("k", "v")
+            assert await t.get("k") == "v"
+
+    asyncio.run(main())
+    assert not t.live
