@@ -228,6 +228,11 @@ class TieredCache(_TierCore, MutableMapping):
         ekey = encode_key(key)
         return ekey, b"kv:" + _digest(self._prefix + ekey)
 
+    def _names_many(self, keys):
+        """`_names` of each of `keys`."""
+        prefix = self._prefix
+        return [(ekey, b"kv:" + _digest(prefix + ekey)) for ekey in map(encode_key, keys)]
+
     def _lock_name(self, name):
         return b"kl:" + name[3:]
 
@@ -276,19 +281,22 @@ class TieredCache(_TierCore, MutableMapping):
 
     # --- the fill guard for writes -----------------------------------------------------------
 
-    def _begin_write(self, name):
+    def _begin_write(self, names):
+        """`_begin_many` for writes: reads of `names` in flight may hold the values they replace."""
         with self._lock:
-            epoch = self._begin(name)
-            slot = self._inflight[name]
-            if slot[0] > 1:
-                slot[1] = True  # reads in flight may have read the value this write replaces
+            epoch = self._begin_many(names)
+            for name in names:
+                slot = self._inflight[name]
+                if slot[0] > 1:
+                    slot[1] = True
             return epoch
 
-    def _end_write(self, name, epoch, key, entry):
+    def _end_write(self, names, epoch, keys, entries):
+        """`_end_many` for writes: reads still in flight may have read the value replaced."""
         with self._lock:
-            others = self._inflight[name][0] > 1
-            self._end(name, epoch, key, entry)
-            if others:
+            others = [n for n in names if self._inflight[n][0] > 1]
+            self._end_many(names, epoch, keys, entries)
+            for name in others:
                 self._inflight[name][1] = True
 
     # --- reads --------------------------------------------------------------------------------
@@ -394,27 +402,26 @@ class TieredCache(_TierCore, MutableMapping):
         return [default if v is _MISSING else v for v in out]
 
     def _fetch_many(self, keys):
-        named = [self._names(k) for k in keys]
+        named = self._names_many(keys)
         out = [_MISSING] * len(keys)
         for node, idx in self._groups(named):
             gnames = [named[i][1] for i in idx]
             done = False
             if not self._blocked(node.breaker):
-                epochs = [self._begin(n) for n in gnames]
+                epoch = self._begin_many(gnames)
                 entries = [_MISSING] * len(idx)
                 try:
                     t0 = _monotonic()
                     found = node.call("gets_many", gnames)
                     node.breaker.success()
                     for j, i in enumerate(idx):
-                        stored, cas = found.get(gnames[j], (None, None))
+                        stored, cas = found.get(gnames[j], _ABSENT)
                         out[i], entries[j] = self._filled(keys[i], named[i][0], stored, cas, t0)
                     done = True
                 except _MC_ERRORS as exc:
                     self._error(exc, node.breaker)
                 finally:
-                    for j, i in enumerate(idx):
-                        self._end(gnames[j], epochs[j], keys[i], entries[j])
+                    self._end_many(gnames, epoch, [keys[i] for i in idx], entries)
             if not done:
                 for i in idx:
                     out[i] = self._stale(keys[i], self._local.get(keys[i], _MISSING))
@@ -445,7 +452,7 @@ class TieredCache(_TierCore, MutableMapping):
         ekey, name = self._names(key)
         frame = self._encode(value, ekey, ttl)
         node = self._route(name)
-        epoch = self._begin_write(name)
+        epoch = self._begin_write((name,))
         entry = _MISSING
         try:
             if not self._too_large(key, frame, node.breaker) and not self._blocked(node.breaker):
@@ -458,7 +465,7 @@ class TieredCache(_TierCore, MutableMapping):
         finally:
             if entry is _MISSING:
                 self._local.pop(key, None)
-            self._end_write(name, epoch, key, entry)
+            self._end_write((name,), epoch, (key,), (entry,))
 
     def _written(self, value, ttl, t0, node):
         """Account a write Memcached took at `t0`; return the local entry it leaves."""
@@ -479,11 +486,12 @@ class TieredCache(_TierCore, MutableMapping):
         if len(keys) != len(values):
             raise ValueError(f"{len(keys)} keys but {len(values)} values")
         ttl = self._ttl(ttl)
-        named = [self._names(k) for k in keys]
+        named = self._names_many(keys)
         frames = [self._encode(v, ekey, ttl) for v, (ekey, _) in zip(values, named)]
         if not keys:
             return
-        epochs = [self._begin_write(name) for _, name in named]
+        names = [name for _, name in named]
+        epoch = self._begin_write(names)
         entries = [_MISSING] * len(keys)
         try:
             for node, idx in self._groups(named):
@@ -503,10 +511,10 @@ class TieredCache(_TierCore, MutableMapping):
                     if named[i][1] not in failed:
                         entries[i] = self._written(values[i], ttl, t0, node)
         finally:
-            for i, key in enumerate(keys):
-                if entries[i] is _MISSING:
+            for key, entry in zip(keys, entries):
+                if entry is _MISSING:
                     self._local.pop(key, None)
-                self._end_write(named[i][1], epochs[i], key, entries[i])
+            self._end_write(names, epoch, keys, entries)
 
     def __delitem__(self, key):
         if not self.delete(key):
@@ -516,7 +524,7 @@ class TieredCache(_TierCore, MutableMapping):
         """Remove `key` from Memcached and locally; return whether it existed."""
         _, name = self._names(key)
         node = self._route(name)
-        epoch = self._begin_write(name)
+        epoch = self._begin_write((name,))
         existed = False
         try:
             existed = self._local.pop(key, _MISSING) is not _MISSING
@@ -528,14 +536,15 @@ class TieredCache(_TierCore, MutableMapping):
                 except _MC_ERRORS as exc:
                     self._error(exc, node.breaker)
         finally:
-            self._end_write(name, epoch, key, _MISSING)
+            self._end_write((name,), epoch, (key,), (_MISSING,))
         return existed
 
     def delete_many(self, keys):
         """Remove `keys` from Memcached (one round trip per node) and locally."""
         keys = self._batch(keys)
-        named = [self._names(k) for k in keys]
-        epochs = [self._begin_write(name) for _, name in named]
+        named = self._names_many(keys)
+        names = [name for _, name in named]
+        epoch = self._begin_write(names)
         try:
             for key in keys:
                 self._local.pop(key, None)
@@ -549,8 +558,7 @@ class TieredCache(_TierCore, MutableMapping):
                 except _MC_ERRORS as exc:
                     self._error(exc, node.breaker)
         finally:
-            for i, key in enumerate(keys):
-                self._end_write(named[i][1], epochs[i], key, _MISSING)
+            self._end_write(names, epoch, keys, [_MISSING] * len(keys))
 
     def _unlistable(self, *args):
         raise TypeError(
@@ -652,6 +660,7 @@ class TieredCache(_TierCore, MutableMapping):
 
 
 _CHANGED = object()
+_ABSENT = (None, None)
 
 
 def _held(node, lname, token):
