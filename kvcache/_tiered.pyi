@@ -2,7 +2,7 @@ from typing import Any, final
 
 from typing_extensions import disjoint_base
 
-__all__ = ["Expiring", "MISSING", "TieredBase"]
+__all__ = ["AsyncTieredBase", "Expiring", "MISSING", "TieredBase"]
 
 # The compiled local-hit path of the remote tiers (kvcache.redis).
 MISSING: object
@@ -31,3 +31,6 @@ class TieredBase:
     def _local_hit(self, key: Any) -> Any: ...
     def _count_local_hit(self) -> None: ...
     def _local_fallback(self, key: Any) -> Any: ...
+
+class AsyncTieredBase(TieredBase):
+    async def get(self, key: Any, default: Any = ...) -> Any: ...  # type: ignore[override]

@@ -24,7 +24,7 @@ from kvcache._core cimport KV_HAVE_CLOCK, Cache, cache_get, expired_at, native_g
 
 import time
 
-__all__ = ["Expiring", "MISSING", "TieredBase"]
+__all__ = ["AsyncTieredBase", "Expiring", "MISSING", "TieredBase"]
 
 cdef object _time_monotonic = time.monotonic
 
@@ -151,6 +151,24 @@ cdef class TieredBase:
                 return _tier_missing
             v = (<Expiring>v).value
         self._hits += 1
+        return v
+
+
+@cython.auto_pickle(False)
+cdef class AsyncTieredBase(TieredBase):
+    """The compiled local-tier read path of kvcache.redis.AsyncTieredCache (not for direct use).
+
+    A Cython coroutine: a local hit returns from its first step without awaiting anything,
+    and costs less than a Python coroutine calling the hit (measured: bench/redis_async.py).
+    """
+
+    async def get(self, key, default=None):
+        "Return the value for `key` (local tier, then Redis), else `default`."
+        v = _tier_hit(self, key)
+        if v is _tier_missing:
+            v = await self._fetch(key)
+            if v is _tier_missing:
+                return default
         return v
 
 

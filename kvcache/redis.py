@@ -41,7 +41,7 @@ from collections.abc import MutableMapping
 import redis as _redis
 from redis.exceptions import RedisError
 
-from kvcache._tiered import MISSING as _MISSING, Expiring, TieredBase
+from kvcache._tiered import MISSING as _MISSING, AsyncTieredBase, Expiring, TieredBase
 from kvcache.serialize import SerializationError, Serializer, decode_key, encode_key
 
 __all__ = [
@@ -972,7 +972,7 @@ class TieredCache(_TierCore, MutableMapping):
 
 
 
-class AsyncTieredCache(_TierCore):
+class AsyncTieredCache(_TierCore, AsyncTieredBase):
     """Cache values locally in `local` (any kvcache cache) and shared in Redis, for asyncio.
 
     The asyncio twin of :class:`TieredCache`, with the same arguments, consistency rules
@@ -1095,14 +1095,8 @@ class AsyncTieredCache(_TierCore):
 
     # --- reads -------------------------------------------------------------------------------
 
-    async def get(self, key, default=None):
-        """Return the value for `key` (local tier, then Redis), else `default`."""
-        v = self._local_hit(key)
-        if v is _MISSING:
-            v = await self._fetch(key)
-            if v is _MISSING:
-                return default
-        return v
+    # `await tier.get(key, default=None)` is compiled (AsyncTieredBase): it answers a local hit
+    # and awaits _fetch for everything else.
 
     async def _fetch(self, key):
         """Read `key` the local tier did not answer: Redis, else the local tier; or _MISSING."""
