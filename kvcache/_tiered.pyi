@@ -4,7 +4,7 @@ from typing_extensions import disjoint_base
 
 __all__ = ["AsyncTieredBase", "Expiring", "MISSING", "TieredBase"]
 
-# The compiled local-hit path of the remote tiers (kvcache.redis).
+# The compiled local-hit path of the remote tiers (kvcache.redis, kvcache.memcached).
 MISSING: object
 
 @final

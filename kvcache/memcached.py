@@ -29,6 +29,7 @@ without spaces); a namespace cannot be listed, so ``len()``, iteration and ``cle
 
 import base64
 import hashlib
+import logging
 import math
 import os
 import struct
@@ -41,11 +42,11 @@ from pymemcache.client.base import Client, PooledClient
 from pymemcache.client.hash import HashClient
 from pymemcache.exceptions import MemcacheError, MemcacheUnexpectedCloseError
 
+from kvcache._remote import DEFAULT as _DEFAULT, OUTAGE, REJECTION, NodeHealth, TierCore, TierStats
 from kvcache._tiered import MISSING as _MISSING, Expiring
-from kvcache.redis import _DEFAULT, OUTAGE, NodeHealth, _Breaker, _TierCore, namespace_prefix
-from kvcache.serialize import Cipher, SerializationError, Serializer, encode_key
+from kvcache.serialize import Cipher, SerializationError, encode_key
 
-__all__ = ["TieredCache"]
+__all__ = ["TieredCache", "TierStats", "CircuitOpenError", "ValueTooLargeError"]
 
 _monotonic = time.monotonic
 _INF = float("inf")
@@ -65,12 +66,12 @@ class _Node:
 
     __slots__ = ("client", "name", "seed", "breaker", "lock")
 
-    def __init__(self, client, breaker):
+    def __init__(self, client):
         self.client = client
         server = client.server
         self.name = f"{server[0]}:{server[1]}" if isinstance(server, tuple) else str(server)
         self.seed = int.from_bytes(hashlib.blake2b(self.name.encode(), digest_size=4).digest(), "little")
-        self.breaker = breaker
+        self.breaker = None
         # A plain pymemcache Client owns one socket and is not thread-safe; a PooledClient is.
         self.lock = None if isinstance(client, PooledClient) else threading.Lock()
 
@@ -82,25 +83,24 @@ class _Node:
             return fn(*args, **kwargs)
 
 
+class CircuitOpenError(ConnectionError):
+    """Raised in strict mode while a node's circuit breaker keeps it out of reach."""
+
+
+class ValueTooLargeError(ValueError):
+    """Raised (strict mode) for a value whose frame exceeds the tier's ``max_value_size``."""
+
+
 class _Health(NodeHealth):
-    """NodeHealth over Memcached nodes: one breaker per node, what an error means."""
+    """NodeHealth over Memcached nodes: what a pymemcache error means."""
 
-    def __init__(self, names, threshold, base, cap):
-        super().__init__(None, threshold, base, cap)
-        self._nodes = {name: _Breaker(threshold, base, cap) for name in names}
+    what = "Memcached"
+    log = logging.getLogger("kvcache.memcached")
 
-    def node(self, node_name):
-        return self._nodes[node_name]
-
-    def breakers(self):
-        return list(self._nodes.values())
-
-    def record(self, exc, breaker, what="Memcached"):
-        # pymemcache reports a connection closed under it with its own type, not OSError.
-        if isinstance(exc, MemcacheUnexpectedCloseError):
-            breaker.failure(exc)
-            return OUTAGE
-        return super().record(exc, breaker, what)
+    def classify(self, exc):
+        # pymemcache reports a connection closed under it with its own type, not OSError;
+        # SERVER_ERROR (out of memory, too large) and CLIENT_ERROR are answers: the node is up.
+        return OUTAGE if isinstance(exc, (OSError, MemcacheUnexpectedCloseError)) else REJECTION
 
 
 def _clients(client, timeout):
@@ -127,7 +127,7 @@ def _clients(client, timeout):
     return made, True
 
 
-class TieredCache(_TierCore, MutableMapping):
+class TieredCache(TierCore, MutableMapping):
     """Cache values locally in `local` (any kvcache cache) and shared in Memcached.
 
     ``client`` is a pymemcache ``Client``/``PooledClient`` (one node), a ``HashClient`` (its
@@ -151,6 +151,11 @@ class TieredCache(_TierCore, MutableMapping):
 
     Thread-safety: all methods may be called from many threads at once.
     """
+
+    backend = "Memcached"
+    CircuitOpenError = CircuitOpenError
+    ValueTooLargeError = ValueTooLargeError
+    too_large_why = "memcached refuses items over its -I item size, 1 MiB by default"
 
     def __init__(
         self,
@@ -179,47 +184,25 @@ class TieredCache(_TierCore, MutableMapping):
             raise ValueError("max_stale must be a finite number of seconds >= 0")
         if not timeout > 0:
             raise ValueError("timeout must be > 0")
-        if serializer is not None and compress_over is not None:
-            raise ValueError("give compress_over to the serializer, not both")
-        if ttl is not None and not ttl > 0:
-            raise ValueError("ttl must be > 0 or None")
-        if not lock_lease > 0:
-            raise ValueError("lock_lease must be > 0")
-        if isinstance(namespace, str):
-            namespace = namespace.encode()
-        if not isinstance(namespace, bytes) or not namespace:
-            raise TypeError("namespace must be a non-empty str or bytes")
         self._cipher = None if encryption_key is None else Cipher(encryption_key)
-        clients, self._owns_clients = _clients(client, timeout)
-        self._bind_local(local)
-        self._client = client
-        self.namespace = namespace
+        clients, owns = _clients(client, timeout)
+        nodes = [_Node(c) for c in clients]
+        if len({n.name for n in nodes}) != len(nodes):
+            raise ValueError("the same Memcached server is given twice")
+        health = _Health(failure_threshold, backoff, max_backoff)
+        for n in nodes:
+            n.breaker = health.node(n.name)
+        self._setup_core(
+            local, client, namespace, ttl, serializer, compress_over, strict, lock_lease, lock_wait,
+            max_value_size, health,
+        )
+        self._nodes = nodes
+        self._owns_client = owns
         self.consistency = consistency
         self.max_stale = float(max_stale)
         self._strong = consistency == "strong"
         self._trust = 0.0 if self._strong else self.max_stale
-        self.ttl = ttl
-        self.strict = bool(strict)
-        self.lock_lease = float(lock_lease)
-        self.lock_wait = float(lock_wait)
-        self.max_value_size = int(max_value_size)
-        self._ser = serializer if serializer is not None else Serializer(compress_over=compress_over)
-        self._prefix = namespace_prefix(namespace)
-        self._health = _Health([_Node(c, None).name for c in clients], failure_threshold, backoff, max_backoff)
-        self._nodes = []
-        for c in clients:
-            node = _Node(c, None)
-            node.breaker = self._health.node(node.name)
-            self._nodes.append(node)
-        if len({n.name for n in self._nodes}) != len(clients):
-            raise ValueError("the same Memcached server is given twice")
-        self._lock = threading.RLock()
-        self._epoch = 0
-        self._inflight = {}
-        self._waiters = {}
         self._live = True  # no stream to wait for: trust windows decide what the local tier answers
-        self._stream_error = None
-        self._counts = [0] * 7  # remote_hits misses sets deletes errors invalidations rejections
 
     # --- names and placement ------------------------------------------------------------------
 
@@ -641,8 +624,8 @@ class TieredCache(_TierCore, MutableMapping):
 
     def close(self):
         """Close the clients the tier made from addresses (a passed client stays the caller's)."""
-        if self._owns_clients:
-            self._owns_clients = False
+        if self._owns_client:
+            self._owns_client = False
             for node in self._nodes:
                 node.client.close()
 

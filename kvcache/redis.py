@@ -35,14 +35,23 @@ import threading
 import time
 import warnings
 import weakref
-from collections import namedtuple
 from collections.abc import MutableMapping
 
 import redis as _redis
 from redis.exceptions import RedisError
 
-from kvcache._tiered import MISSING as _MISSING, AsyncTieredBase, Expiring, TieredBase
-from kvcache.serialize import SerializationError, Serializer, decode_key, encode_key
+from kvcache._remote import (
+    DEFAULT as _DEFAULT,
+    OUTAGE,
+    REJECTION,
+    Breaker,
+    NodeHealth as _NodeHealth,
+    TierCore,
+    TierStats,
+    namespace_prefix,  # noqa: F401  (re-exported: part of this module's interface)
+)
+from kvcache._tiered import MISSING as _MISSING, AsyncTieredBase, Expiring
+from kvcache.serialize import SerializationError, decode_key, encode_key
 
 __all__ = [
     "TieredCache", "AsyncTieredCache", "TierStats", "CircuitOpenError", "ValueTooLargeError",
@@ -50,28 +59,9 @@ __all__ = [
 ]
 
 _monotonic = time.monotonic
-_DEFAULT = object()
 # What a remote call may raise that fail-open absorbs (cluster topology errors are not RedisErrors).
 _REMOTE_ERRORS = (RedisError, _redis.exceptions.RedisClusterException, SerializationError)
 
-TierStats = namedtuple(
-    "TierStats",
-    "local_hits remote_hits misses sets deletes errors invalidations circuit live rejections "
-    "stream_error",
-)
-TierStats.__doc__ = """Counters of a TieredCache.
-
-``local_hits``/``remote_hits``/``misses`` count reads answered by the local tier,
-by Redis, by nobody; ``errors`` counts outages (Redis unreachable, timed out) and
-decoding failures, swallowed or raised; ``rejections`` counts commands the server
-refused (OOM, NOPERM, WRONGTYPE, a value over ``max_value_size``), which never open
-the breaker; ``invalidations`` counts keys dropped on notice from Redis;
-``circuit`` is the worst breaker state over the nodes: ``"closed"``, ``"open"`` or
-``"half-open"``; ``live`` tells whether the invalidation stream is up (the local
-tier is trusted only then); ``stream_error`` is None, or why the server refuses the
-stream (a missing ACL permission, named): the tier then keeps reading Redis on every
-call.
-"""
 
 
 class CircuitOpenError(_redis.exceptions.ConnectionError):
@@ -128,16 +118,6 @@ def _glob_escape(data):
     return bytes(out)
 
 
-def namespace_prefix(namespace):
-    """Return the Redis key prefix of `namespace` (bytes): escaped, then ``:``.
-
-    ``\\`` becomes ``\\\\`` and ``:`` becomes ``\\:``, so the prefix ends at its first
-    unescaped ``:`` and no namespace's prefix starts another's (``app`` and ``app:v`` are
-    disjoint), while a plain namespace keeps its plain name (an ACL ``~app:*`` fits).
-    """
-    return namespace.replace(b"\\", b"\\\\").replace(b":", b"\\:") + b":"
-
-
 def scan_pattern(prefix):
     """Return the SCAN MATCH pattern of every Redis name under `prefix`."""
     return _glob_escape(prefix) + b"*"
@@ -147,9 +127,6 @@ def scan_pattern(prefix):
 # An outage (the node cannot be reached or cannot serve) trips that node's breaker; a
 # rejection (the server answered "no": OOM, NOPERM, WRONGTYPE, ...) proves the node is up,
 # so it is counted and logged instead, and calling again is the right thing to do.
-
-OUTAGE = "outage"
-REJECTION = "rejection"
 
 _OUTAGE_TYPES = (
     _redis.exceptions.ConnectionError,  # refused, reset, broken pipe, BusyLoading, auth, pool full
@@ -186,72 +163,12 @@ def rejection_kind(exc):
 _log = logging.getLogger("kvcache.redis")
 
 
-class _Breaker:
-    """Closed -> open after `threshold` consecutive outages (one timeout opens it at once).
-
-    Open: every call fails open at once until a jittered backoff has passed.  Half-open:
-    exactly one caller gets through as the probe; the others keep failing open until the
-    probe reports (success closes, failure reopens with a doubled backoff), so a hung server
-    costs one socket timeout per probe, not one per call.
-    """
-
-    __slots__ = ("threshold", "base", "cap", "failures", "open_until", "delay", "trial", "lock")
-
-    def __init__(self, threshold, base, cap):
-        self.threshold = threshold
-        self.base = base
-        self.cap = cap
-        self.failures = 0
-        self.open_until = 0.0
-        self.delay = base
-        self.trial = False
-        self.lock = threading.Lock()
-
-    @property
-    def state(self):
-        if self.failures < self.threshold:
-            return "closed"
-        return "half-open" if _monotonic() >= self.open_until else "open"
-
-    def allow(self):
-        """Return whether a call may go to the node now (True makes the caller the probe when half-open)."""
-        if self.failures < self.threshold:
-            return True
-        with self.lock:
-            if self.failures < self.threshold:
-                return True
-            now = _monotonic()
-            # A probe whose outcome was never reported (caller interrupted) expires.
-            if now < self.open_until or (self.trial and now < self.open_until + 2 * self.cap):
-                return False
-            self.trial = True
-            return True
-
-    def success(self):
-        if self.failures:
-            with self.lock:
-                self.failures = 0
-                self.delay = self.base
-                self.trial = False
-
-    def failure(self, exc=None):
-        with self.lock:
-            # Waiting is what a timeout costs: do not pay it `threshold` times.
-            if isinstance(exc, (_redis.exceptions.TimeoutError, TimeoutError)):
-                self.failures = max(self.failures + 1, self.threshold)
-            else:
-                self.failures += 1
-            if self.failures >= self.threshold:
-                # Jitter keeps a fleet of processes from probing a recovering server in lockstep.
-                self.open_until = _monotonic() + self.delay * random.uniform(0.5, 1.0)
-                self.delay = min(self.delay * 2, self.cap)
-                self.trial = False
+class _Breaker(Breaker):
+    __slots__ = ()
+    timeouts = (_redis.exceptions.TimeoutError, TimeoutError)
 
 
-_STATE_RANK = {"closed": 0, "half-open": 1, "open": 2}
-
-
-class NodeHealth:
+class NodeHealth(_NodeHealth):
     """One breaker per Redis node, and what to do with an error (sync and async tiers share it).
 
     On a cluster the breaker of a Redis name is that of the primary serving its slot, so a
@@ -259,24 +176,27 @@ class NodeHealth:
     ``redis.cluster.RedisCluster`` and their ``redis.asyncio`` twins.
     """
 
+    what = "Redis"
+    breaker_type = _Breaker
+    log = _log
+
     def __init__(self, client, threshold, base, cap):
-        self._args = (threshold, base, cap)
+        super().__init__(threshold, base, cap)
         self._client = client
         self._cluster = _is_cluster(client)
         self._single = _Breaker(*self._args)
-        self._nodes = {}  # "host:port" -> _Breaker
-        self._lock = threading.Lock()
-        self._seen = set()  # rejection kinds already logged
+
+    def classify(self, exc):
+        return classify_error(exc)
+
+    def rejection_kind(self, exc):
+        return rejection_kind(exc)
 
     def node(self, node_name):
         """Return the breaker of the node named ``host:port`` (the only one off a cluster)."""
         if not self._cluster:
             return self._single
-        b = self._nodes.get(node_name)
-        if b is None:
-            with self._lock:
-                b = self._nodes.setdefault(node_name, _Breaker(*self._args))
-        return b
+        return super().node(node_name)
 
     def breaker(self, name):
         """Return the breaker guarding Redis name `name`."""
@@ -300,84 +220,35 @@ class NodeHealth:
             return [self._single]
         return list(self._nodes.values()) or [self._single]
 
-    @property
-    def state(self):
-        """The worst breaker state over the nodes ("closed", "half-open" or "open")."""
-        return max((b.state for b in self.breakers()), key=_STATE_RANK.__getitem__)
-
-    def reset(self, node_name):
-        """Close the breaker of a node that just proved reachable (its invalidation stream came up)."""
-        self.node(node_name).success()
-
-    def record(self, exc, breaker, what="Redis"):
-        """Feed `exc` to `breaker`; return OUTAGE or REJECTION; log each rejection kind once."""
-        kind = classify_error(exc)
-        if kind is OUTAGE:
-            breaker.failure(exc)
-            return kind
-        breaker.success()  # the node answered
-        rk = rejection_kind(exc)
-        if rk not in self._seen:
-            self._seen.add(rk)
-            _log.warning("%s rejected a command (%s): %s; counted in stats().rejections, "
-                         "logged once per kind", what, rk, exc)
-        return kind
 
 
-class _TierCore(TieredBase):
-    """What TieredCache and AsyncTieredCache share: arguments, Redis names, the fill guard,
-    invalidation, breakers and counters.  No I/O here: each tier sends its own commands
-    (blocking or awaited) around these steps."""
+class _TierCore(TierCore):
+    """What TieredCache and AsyncTieredCache share beyond kvcache._remote.TierCore: Redis names,
+    scripts, invalidation and the listeners' state.  No I/O here: each tier sends its own
+    commands (blocking or awaited) around these steps."""
+
+    backend = "Redis"
+    CircuitOpenError = CircuitOpenError
+    ValueTooLargeError = ValueTooLargeError
+    too_large_why = "Redis refuses values over proto-max-bulk-len"
 
     def _setup(
         self, local, client, namespace, ttl, serializer, compress_over, strict, lock_lease, lock_wait,
         failure_threshold, backoff, max_backoff, max_value_size,
     ):
         """Check the arguments and set up the state both tiers keep (the constructors call it)."""
-        if serializer is not None and compress_over is not None:
-            raise ValueError("give compress_over to the serializer, not both")
-        if ttl is not None and not ttl > 0:
-            raise ValueError("ttl must be > 0 or None")
-        if not lock_lease > 0:
-            raise ValueError("lock_lease must be > 0")
-        if isinstance(namespace, str):
-            namespace = namespace.encode()
-        if not isinstance(namespace, bytes) or not namespace:
-            raise TypeError("namespace must be a non-empty str or bytes")
         self._cluster = _is_cluster(client)
         if _connection_kwargs(client).get("decode_responses"):
             raise ValueError("the redis client must be created with decode_responses=False")
-        # The local tier, the live flag and the local-hit counter live in the compiled base:
-        # __getitem__, get and __contains__ answer a local hit there (kvcache/_tiered.pyx).
-        self._bind_local(local)
-        self._client = client
-        self.namespace = namespace
-        self.ttl = ttl
-        self.strict = bool(strict)
-        self.lock_lease = float(lock_lease)
-        self.lock_wait = float(lock_wait)
-        self.max_value_size = int(max_value_size)
-        self._ser = serializer if serializer is not None else Serializer(compress_over=compress_over)
-        self._prefix = namespace_prefix(namespace)
+        self._setup_core(
+            local, client, namespace, ttl, serializer, compress_over, strict, lock_lease, lock_wait,
+            max_value_size, NodeHealth(client, failure_threshold, backoff, max_backoff),
+        )
         self._vprefix = self._prefix + b"v:"
         self._lprefix = self._prefix + b"l:"
-        self._health = NodeHealth(client, failure_threshold, backoff, max_backoff)
         self._get_script = client.register_script(_LUA_GET)
         self._release_script = client.register_script(_LUA_RELEASE)
         self._renew_script = client.register_script(_LUA_RENEW)
-
-        # Fill bookkeeping, guarded by _lock: a fill or write-through stores its
-        # copy only if _epoch did not move and its name was not marked dirty.
-        # Reentrant: storing into `local` may run the user's on_evict, which may
-        # call back into this tier.
-        self._lock = threading.RLock()
-        self._epoch = 0
-        self._inflight = {}  # Redis name -> [readers in flight, dirty]
-        self._waiters = {}  # Redis name -> Event woken by any change of name or its lock
-        self._live = False
-        self._counts = [0] * 7  # remote_hits misses sets deletes errors invalidations rejections
-        self._stream_error = None
-        self._owns_client = False
 
     def _setup_listeners(self, pools):
         """Set up the state of one invalidation listener per pool (a primary's)."""
@@ -389,62 +260,6 @@ class _TierCore(TieredBase):
 
     def _name(self, key):
         return self._vprefix + encode_key(key)
-
-    def _error(self, exc, breaker):
-        """Count `exc` (an outage or a rejection; `breaker` is the node's, or None); raise when strict."""
-        if isinstance(exc, SerializationError) or breaker is None:
-            self._counts[4] += 1
-        elif self._health.record(exc, breaker) is OUTAGE:
-            self._counts[4] += 1
-        else:
-            self._counts[6] += 1
-        if self.strict:
-            raise exc
-
-    def _blocked(self, breaker):
-        """Return True (or raise when strict) if `breaker` keeps us off its node."""
-        if breaker.allow():
-            return False
-        if self.strict:
-            raise CircuitOpenError("circuit open: Redis failed repeatedly, retrying after backoff")
-        return True
-
-    def _begin(self, name):
-        """Start an operation on `name` (a fill or a write); return the epoch to give `_end`."""
-        return self._begin_many((name,))
-
-    def _end(self, name, epoch, key, entry):
-        """Finish an in-flight operation; store `entry` locally if still valid."""
-        self._end_many((name,), epoch, (key,), (entry,))
-
-    def _begin_many(self, names):
-        """`_begin` for each of `names`; return their epoch."""
-        with self._lock:
-            inflight = self._inflight
-            for name in names:
-                slot = inflight.get(name)
-                if slot is None:
-                    inflight[name] = [1, False]
-                else:
-                    slot[0] += 1
-            return self._epoch
-
-    def _end_many(self, names, epoch, keys, entries):
-        """`_end` for each of `names` (begun together by `_begin_many`), under one lock."""
-        with self._lock:
-            inflight = self._inflight
-            local = self._local
-            stale = epoch != self._epoch
-            for name, key, entry in zip(names, keys, entries):
-                slot = inflight[name]
-                slot[0] -= 1
-                if not slot[0]:
-                    del inflight[name]
-                if entry is not _MISSING:
-                    if stale or slot[1]:
-                        local.pop(key, None)
-                    else:
-                        local[key] = entry
 
     def _invalidate(self, names):
         """Drop local copies of `names` (None: everything); called by listeners."""
@@ -508,14 +323,6 @@ class _TierCore(TieredBase):
             # than after the backoff, or writes would keep missing a reachable Redis.
             self._health.reset(self._pool_nodes[index])
 
-    def _ttl(self, ttl):
-        """Return the TTL a write uses (`ttl` checked, or the tier's default)."""
-        if ttl is _DEFAULT:
-            return self.ttl
-        if ttl is not None and not ttl > 0:
-            raise ValueError("ttl must be > 0 or None")
-        return ttl
-
     def _reply(self, reply, t0):
         """Decode a `_LUA_GET` reply read at `t0`: return (value, local entry), both _MISSING if none."""
         if reply is None:
@@ -526,22 +333,6 @@ class _TierCore(TieredBase):
         self._counts[0] += 1
         return value, (value if pttl < 0 else Expiring(value, t0 + pttl / 1000.0))
 
-    def _fallback(self, key):
-        """Fail-open read: the live local copy of `key` (counted as a local hit), else a miss."""
-        v = self._local_fallback(key)
-        if v is _MISSING:
-            self._counts[1] += 1
-        return v
-
-    def _too_large(self, key, blob, breaker):
-        """Return whether `blob` is over max_value_size (then counted as a rejection, raised when strict)."""
-        if len(blob) <= self.max_value_size:
-            return False
-        self._error(ValueTooLargeError(
-            f"value of {key!r} encodes to {len(blob)} bytes, over max_value_size="
-            f"{self.max_value_size} (Redis refuses values over proto-max-bulk-len)"), breaker)
-        return True
-
     def _written(self, value, ttl, t0, breaker):
         """Account a write Redis took at `t0`; return the local entry it leaves."""
         breaker.success()
@@ -550,12 +341,6 @@ class _TierCore(TieredBase):
 
     def _px(self, ttl):
         return None if ttl is None else max(1, int(ttl * 1000))
-
-    def _batch(self, keys):
-        """Return `keys` as a list (a str or bytes is refused, not taken as a batch of characters)."""
-        if isinstance(keys, (str, bytes, bytearray)):
-            raise TypeError("keys must be an iterable of keys, not a str or bytes")
-        return list(keys)
 
     def _groups(self, names):
         """Group the indexes of `names` by what one command may carry: [(breaker, [i, ...])].
@@ -593,52 +378,6 @@ class _TierCore(TieredBase):
         """Return the Redis name of the lease lock of value name `name`."""
         return self._lprefix + name[len(self._vprefix) :]
 
-    def _waiter(self, name, make):
-        """Return the event woken by changes of `name` or its lock (made by `make` if none)."""
-        with self._lock:
-            ev = self._waiters.get(name)
-            if ev is None:
-                ev = self._waiters[name] = make()
-            return ev
-
-    def _drop_waiter(self, name, ev):
-        with self._lock:
-            if self._waiters.get(name) is ev:
-                del self._waiters[name]
-
-    # --- misc ------------------------------------------------------------------
-
-    @property
-    def local(self):
-        """The local tier."""
-        return self._local
-
-    @property
-    def client(self):
-        """The redis-py client."""
-        return self._client
-
-    def stats(self):
-        """Return a :class:`TierStats` snapshot of the counters."""
-        c = self._counts
-        return TierStats(
-            self._local_hits, c[0], c[1], c[2], c[3], c[4], c[5], self._health.state, self._live, c[6],
-            self._stream_error,
-        )
-
-    @property
-    def live(self):
-        """Whether invalidations are flowing (the local tier is trusted)."""
-        return self._live
-
-    def __reduce__(self):
-        raise TypeError(f"{type(self).__name__} cannot be pickled: it holds a Redis client and listeners")
-
-    def __repr__(self):
-        return (
-            f"{type(self).__name__}({self._local!r}, namespace={self.namespace!r}, "
-            f"ttl={self.ttl!r}, strict={self.strict!r})"
-        )
 
 
 class TieredCache(_TierCore, MutableMapping):

@@ -433,3 +433,12 @@ def test_tampered_foreign_or_plain_values_are_misses(make_tier, memcached_server
     assert reader.get("p") is None
     with pytest.raises(ValueError):
         make_tier(encryption_key=b"short")
+
+
+def test_imports_without_the_redis_package():
+    code = (
+        "import sys; sys.modules['redis'] = None\n"  # `import redis` now raises ImportError
+        "import kvcache.memcached\n"
+        "assert 'kvcache.redis' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=CHILD_CWD, env=child_env(), timeout=60)

@@ -20,6 +20,7 @@ import kvcache
 from kvcache import embeddings, keys, llm, serialize, simulate, snapshot
 
 redis_mod = pytest.importorskip("kvcache.redis")
+memcached_mod = pytest.importorskip("kvcache.memcached")
 
 CACHE_ARGS = "maxsize, getsizeof=None, *, on_evict=None, seed=None, capacity=None"
 
@@ -43,6 +44,10 @@ CLASSES = {
     redis_mod.TieredCache: "local, client, namespace, ttl=None, serializer=None, compress_over=None, "
                            "strict=False, *, lock_lease=10.0, lock_wait=30.0, failure_threshold=3, "
                            "backoff=0.05, max_backoff=5.0",
+    memcached_mod.TieredCache: "local, client, namespace, *, consistency='eventual', max_stale=1.0, "
+                               "encryption_key=None, ttl=None, serializer=None, compress_over=None, "
+                               "strict=False, timeout=0.25, lock_lease=10.0, lock_wait=30.0, "
+                               "failure_threshold=3, backoff=0.05, max_backoff=5.0, max_value_size=1047552",
     redis_mod.TierStats: "local_hits, remote_hits, misses, sets, deletes, errors, invalidations, "
                          "circuit, live",
     llm.BlockPool: "num_blocks, block_size, layers, kv_heads, head_dim, dtype=np.float16",
@@ -203,7 +208,7 @@ def test_every_public_name_is_covered():
     # a new public callable must get an expected signature here (exceptions excepted: their
     # constructors are the built-in ones)
     covered = set(CLASSES) | set(FUNCTIONS)
-    for module in (kvcache, redis_mod, llm, keys, snapshot, serialize, simulate, embeddings):
+    for module in (kvcache, redis_mod, memcached_mod, llm, keys, snapshot, serialize, simulate, embeddings):
         for name in module.__all__:
             obj = getattr(module, name)
             if inspect.ismodule(obj) or not callable(obj):
