@@ -8,15 +8,20 @@ Groups (compare within a group, same run):
                      fills, 1% writes): TieredCache with a local tier of 10% / 100% of the
                      keys vs redis-py alone
   redis-invalidation a write in one tier until the other tier's local copy is gone
+  redis-batch        1,000 keys with a cold local tier: TieredCache.get_many vs one raw
+                     redis-py MGET of the same names vs a loop of TieredCache.get
 
 Run: PYTHONPATH=$PWD python -m pytest bench/bench_redis.py --benchmark-only
 Goals (issue 7): local hit <= 2x an LRUCache hit and >= 50x faster than GET;
-Zipf throughput of TieredCache >= 10x redis-py alone.
+Zipf throughput of TieredCache >= 10x redis-py alone.  Issue 16: get_many of 1,000 keys
+with a cold local tier <= 2x one raw MGET and >= 10x faster than a loop of get.
 
 The local-hit ratio is a few nanoseconds on a shared machine: for a steadier figure run
 this file as a script (PYTHONPATH=$PWD python bench/bench_redis.py [--rounds N]), which
 times the hit loops interleaved, each round in a new random order, on process CPU time,
 and prints the TieredCache / LRUCache ratio of every round and their median.
+`python bench/bench_redis.py --batch` does the same for the redis-batch group (wall time:
+the server's share is the point), printing get_many / MGET and loop / get_many.
 """
 
 import argparse
@@ -38,7 +43,7 @@ pytest.importorskip("msgpack")
 
 import kvcache  # noqa: E402
 from kvcache.redis import TieredCache  # noqa: E402
-from kvcache.serialize import Serializer, encode_key  # noqa: E402
+from kvcache.serialize import Serializer, encode_key, encode_keys  # noqa: E402
 
 REDIS_SERVER = shutil.which("redis-server")
 MISSING_REDIS = "redis-server not found; install Redis (apt-get install redis-server, brew install redis)"
@@ -326,6 +331,96 @@ def test_invalidation_latency(benchmark, server):
         b.close()
 
 
+N_BATCH = 1000
+
+
+@contextlib.contextmanager
+def _batch_state(server):
+    """Yield (keys, their Redis names, a TieredCache holding them in Redis, a client)."""
+    keys = [f"key:{i}" for i in range(N_BATCH)]
+    tier = TieredCache(kvcache.LRUCache(maxsize=2 * N_BATCH), server.client(), "bench-batch")
+    assert tier.wait_live(5)
+    tier.set_many(keys, [{"id": i, "name": f"item {i}"} for i in range(N_BATCH)])
+    try:
+        yield keys, encode_keys(keys, tier._vprefix), tier, server.client()
+    finally:
+        tier.close()
+
+
+@pytest.fixture(scope="module")
+def batch_setup(server):
+    with _batch_state(server) as state:
+        yield state
+
+
+def _batch_plans(keys, names, tier, client):
+    """The three timed functions of redis-batch; call `cold` (untimed) before each."""
+    def raw_mget():
+        return sum(v is not None for v in client.mget(names))
+
+    def get_many():
+        return sum(v is not None for v in tier.get_many(keys))
+
+    def loop_get():
+        return sum(tier.get(k) is not None for k in keys)
+
+    return {"raw MGET": raw_mget, "get_many": get_many, "loop of get": loop_get}
+
+
+def _cold(tier):
+    def setup():
+        tier.local.clear()
+        return (), {}
+
+    return setup
+
+
+@pytest.mark.benchmark(group="redis-batch")
+def test_batch_raw_mget(benchmark, batch_setup):
+    fn = _batch_plans(*batch_setup)["raw MGET"]
+    assert benchmark.pedantic(fn, setup=_cold(batch_setup[2]), rounds=50) == N_BATCH
+
+
+@pytest.mark.benchmark(group="redis-batch")
+def test_batch_tiered_get_many(benchmark, batch_setup):
+    fn = _batch_plans(*batch_setup)["get_many"]
+    assert benchmark.pedantic(fn, setup=_cold(batch_setup[2]), rounds=50) == N_BATCH
+
+
+@pytest.mark.benchmark(group="redis-batch")
+def test_batch_tiered_loop_get(benchmark, batch_setup):
+    fn = _batch_plans(*batch_setup)["loop of get"]
+    assert benchmark.pedantic(fn, setup=_cold(batch_setup[2]), rounds=5) == N_BATCH
+
+
+def _batch_main(rounds):
+    with tempfile.TemporaryDirectory(prefix="kvcache-bench-redis-") as d:
+        server = RedisServer(d).start()
+        try:
+            with _batch_state(server) as state:
+                plans = _batch_plans(*state)
+                times = {name: [] for name in plans}
+                order = list(plans)
+                for _ in range(rounds):
+                    random.shuffle(order)
+                    for name in order:
+                        state[2].local.clear()  # a cold local tier, outside the timing
+                        t0 = time.perf_counter()
+                        assert plans[name]() == N_BATCH
+                        times[name].append(time.perf_counter() - t0)
+        finally:
+            server.stop()
+    print(f"{rounds} interleaved rounds, {N_BATCH} keys, cold local tier, ms (min / median):")
+    for name, ts in times.items():
+        print(f"  {name:12} {min(ts) * 1e3:7.2f} / {statistics.median(ts) * 1e3:7.2f}")
+    ratio = sorted(g / m for g, m in zip(times["get_many"], times["raw MGET"]))
+    speedup = sorted(lp / g for lp, g in zip(times["loop of get"], times["get_many"]))
+    print(f"  get_many / raw MGET: ratio of mins {min(times['get_many']) / min(times['raw MGET']):.2f}x, "
+          f"per-round median {statistics.median(ratio):.2f}x [{ratio[0]:.2f}-{ratio[-1]:.2f}]")
+    print(f"  loop of get / get_many: ratio of mins {min(times['loop of get']) / min(times['get_many']):.1f}x, "
+          f"per-round median {statistics.median(speedup):.1f}x [{speedup[0]:.1f}-{speedup[-1]:.1f}]")
+
+
 # --- interleaved A/B of the local hit (run as a script) ------------------------------------
 
 
@@ -333,9 +428,12 @@ def _ab_main(argv=None):
     ap = argparse.ArgumentParser(description="Interleaved timing: TieredCache local hit vs LRUCache hit.")
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--reps", type=int, default=50, help="passes over the keys per timing")
+    ap.add_argument("--batch", action="store_true", help="time the redis-batch group instead")
     args = ap.parse_args(argv)
     if REDIS_SERVER is None:
         raise SystemExit(MISSING_REDIS)
+    if args.batch:
+        return _batch_main(args.rounds)
     loops = {"m[k]": _loop_getitem, "m.get(k)": _loop_get, "k in m": _loop_in}
     clock = time.process_time  # CPU time of this process: other load on the machine stays out
     with tempfile.TemporaryDirectory(prefix="kvcache-bench-redis-") as d:

@@ -393,6 +393,7 @@ GROUP_TITLES = {
     "redis-hit-in": "membership k in c: local tier",
     "redis-zipf": "Zipf read-mostly workload over Redis",
     "redis-invalidation": "write until the other process's copy is gone",
+    "redis-batch": "1,000 keys, cold local tier: batch vs MGET vs a loop",
 }
 
 #: Readable names of the rows whose benchmark file does not call kvbench.record(): their
@@ -430,6 +431,9 @@ ROW_NAMES = {
         "local100pct": "TieredCache, local tier 100% of keys",
         "test_zipf_redis_py": "redis-py alone",
         "test_invalidation_latency": "TieredCache invalidation",
+        "test_batch_raw_mget": "redis-py MGET (no local tier: the floor)",
+        "test_batch_tiered_get_many": "TieredCache.get_many",
+        "test_batch_tiered_loop_get": "loop of TieredCache.get",
         "test_embedding_stream": "embedding model behind VectorCache",
     },
 }

@@ -18,8 +18,8 @@ from kvcache._tiered import MISSING, TieredBase
 from kvcache.serialize import SerializationError, Serializer
 
 __all__ = [
-    "DEFAULT", "MISSING", "OUTAGE", "REJECTION", "Breaker", "NodeHealth", "TierCore", "TierStats",
-    "namespace_prefix",
+    "DEFAULT", "MISSING", "OUTAGE", "REJECTION", "Batch", "Breaker", "NodeHealth", "TierCore", "TierStats",
+    "batch_keys", "namespace_prefix",
 ]
 
 _monotonic = time.monotonic
@@ -191,6 +191,27 @@ class NodeHealth:
         return kind
 
 
+class Batch:
+    """The names of a batch in flight, and those of them invalidated meanwhile."""
+
+    __slots__ = ("order", "names", "dirty")
+
+    def __init__(self, names):
+        self.order = names
+        self.names = set(names)
+        self.dirty = set()
+
+    __eq__ = object.__eq__  # list.remove must find this very batch
+    __hash__ = object.__hash__
+
+
+def batch_keys(keys):
+    """Return `keys` as a list; a str or bytes is refused, as the engine's get_many does, not split."""
+    if isinstance(keys, (str, bytes, bytearray)):
+        raise TypeError("keys must be an iterable of keys, not a str or bytes")
+    return list(keys)
+
+
 class TierCore(TieredBase):
     """The state and the non-I/O steps every remote tier shares.
 
@@ -227,6 +248,8 @@ class TierCore(TieredBase):
         self.strict = bool(strict)
         self.lock_lease = float(lock_lease)
         self.lock_wait = float(lock_wait)
+        if not max_value_size > 0:
+            raise ValueError("max_value_size must be > 0")
         self.max_value_size = int(max_value_size)
         self._ser = serializer if serializer is not None else Serializer(compress_over=compress_over)
         self._prefix = namespace_prefix(namespace)
@@ -239,22 +262,36 @@ class TierCore(TieredBase):
         self._lock = threading.RLock()
         self._epoch = 0
         self._inflight = {}  # remote name -> [readers in flight, dirty]
+        self._batches = []  # _Batch in flight
         self._waiters = {}  # remote name -> Event woken by any change of name or its lock
         self._live = False
         self._counts = [0] * 7  # remote_hits misses sets deletes errors invalidations rejections
         self._stream_error = None
         self._owns_client = False
+        self._stream_error = None
+        self._owns_client = False
 
     def _error(self, exc, breaker):
         """Count `exc` (an outage or a rejection; `breaker` is the node's, or None); raise when strict."""
+        self._count_error(exc, breaker)
+        if self.strict:
+            raise exc
+
+    def _count_error(self, exc, breaker):
         if isinstance(exc, SerializationError) or breaker is None:
             self._counts[4] += 1
         elif self._health.record(exc, breaker) is OUTAGE:
             self._counts[4] += 1
         else:
             self._counts[6] += 1
-        if self.strict:
-            raise exc
+
+    def _too_large(self, key, blob):
+        """Return a ValueTooLargeError if `blob` may not be sent, else None."""
+        if len(blob) > self.max_value_size:
+            return self.ValueTooLargeError(
+                f"value of {key!r} is too large: it encodes to {len(blob)} bytes, over "
+                f"max_value_size={self.max_value_size} ({self.too_large_why})")
+        return None
 
     def _blocked(self, breaker):
         """Return True (or raise when strict) if `breaker` keeps us off its node."""
@@ -265,38 +302,48 @@ class TierCore(TieredBase):
         return True
 
     def _begin(self, name):
-        """Start an operation on `name` (a fill or a write); return the epoch to give `_end`."""
-        return self._begin_many((name,))
+        with self._lock:
+            slot = self._inflight.get(name)
+            if slot is None:
+                self._inflight[name] = [1, False]
+            else:
+                slot[0] += 1
+            return self._epoch
 
     def _end(self, name, epoch, key, entry):
         """Finish an in-flight operation; store `entry` locally if still valid."""
-        self._end_many((name,), epoch, (key,), (entry,))
+        with self._lock:
+            slot = self._inflight[name]
+            dirty = slot[1] or epoch != self._epoch
+            slot[0] -= 1
+            if not slot[0]:
+                del self._inflight[name]
+            if entry is not _MISSING:
+                if dirty:
+                    self._local.pop(key, None)
+                else:
+                    self._local[key] = entry
 
     def _begin_many(self, names):
-        """`_begin` for each of `names`; return their epoch."""
+        """Mark `names` in flight as one batch; return the token to hand to _end_many."""
+        batch = Batch(names)
         with self._lock:
-            inflight = self._inflight
-            for name in names:
-                slot = inflight.get(name)
-                if slot is None:
-                    inflight[name] = [1, False]
-                else:
-                    slot[0] += 1
-            return self._epoch
+            self._batches.append(batch)
+            return self._epoch, batch
 
-    def _end_many(self, names, epoch, keys, entries):
-        """`_end` for each of `names` (begun together by `_begin_many`), under one lock."""
+    def _end_many(self, token, keys, entries):
+        """Finish a batch; store each entry (not MISSING) locally if no invalidation raced it."""
+        epoch, batch = token
+        local = self._local
         with self._lock:
-            inflight = self._inflight
-            local = self._local
-            stale = epoch != self._epoch
-            for name, key, entry in zip(names, keys, entries):
-                slot = inflight[name]
-                slot[0] -= 1
-                if not slot[0]:
-                    del inflight[name]
+            self._batches.remove(batch)
+            if epoch != self._epoch:
+                dirty = None  # everything
+            else:
+                dirty = batch.dirty
+            for name, key, entry in zip(batch.order, keys, entries):
                 if entry is not _MISSING:
-                    if stale or slot[1]:
+                    if dirty is None or name in dirty:
                         local.pop(key, None)
                     else:
                         local[key] = entry
@@ -315,21 +362,6 @@ class TierCore(TieredBase):
         if v is _MISSING:
             self._counts[1] += 1
         return v
-
-    def _too_large(self, key, blob, breaker):
-        """Return whether `blob` is over max_value_size (then counted as a rejection, raised when strict)."""
-        if len(blob) <= self.max_value_size:
-            return False
-        self._error(self.ValueTooLargeError(
-            f"value of {key!r} encodes to {len(blob)} bytes, over max_value_size="
-            f"{self.max_value_size} ({self.too_large_why})"), breaker)
-        return True
-
-    def _batch(self, keys):
-        """Return `keys` as a list (a str or bytes is refused, not taken as a batch of characters)."""
-        if isinstance(keys, (str, bytes, bytearray)):
-            raise TypeError("keys must be an iterable of keys, not a str or bytes")
-        return list(keys)
 
     def _waiter(self, name, make):
         """Return the event woken by changes of `name` or its lock (made by `make` if none)."""
@@ -377,3 +409,12 @@ class TierCore(TieredBase):
             f"{type(self).__name__}({self._local!r}, namespace={self.namespace!r}, "
             f"ttl={self.ttl!r}, strict={self.strict!r})"
         )
+
+    def _mark_dirty(self, name):
+        """Keep what operations in flight on `name` read out of the local tier (hold _lock)."""
+        slot = self._inflight.get(name)
+        if slot is not None:
+            slot[1] = True
+        for batch in self._batches:
+            if name in batch.names:
+                batch.dirty.add(name)

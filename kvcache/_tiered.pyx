@@ -127,11 +127,12 @@ cdef class TieredBase:
         return _tier_hit(self, key) is not _tier_missing or self._fetch(key) is not _tier_missing
 
     def _local_hit(self, key):
-        """Return the value of `key` if the local tier may answer (counted as a local hit), else MISSING.
-
-        The whole hit of the asyncio tier: its coroutine awaits nothing when this answers.
-        """
+        """Return the value of `key` if the local tier may answer (counted as a local hit), else MISSING."""
         return _tier_hit(self, key)
+
+    def _hit_many(self, keys):
+        """Return a list: the local value of each of `keys` the local tier may answer (counted), else MISSING."""
+        return [_tier_hit(self, k) for k in keys]
 
     def _count_local_hit(self):
         """Count a read the local tier answered after the Python path validated it."""

@@ -42,9 +42,9 @@ from pymemcache.client.base import Client, PooledClient
 from pymemcache.client.hash import HashClient
 from pymemcache.exceptions import MemcacheError, MemcacheUnexpectedCloseError
 
-from kvcache._remote import DEFAULT as _DEFAULT, OUTAGE, REJECTION, NodeHealth, TierCore, TierStats
+from kvcache._remote import DEFAULT as _DEFAULT, OUTAGE, REJECTION, NodeHealth, TierCore, TierStats, batch_keys
 from kvcache._tiered import MISSING as _MISSING, Expiring
-from kvcache.serialize import Cipher, SerializationError, encode_key
+from kvcache.serialize import Cipher, SerializationError, encode_key, encode_keys
 
 __all__ = ["TieredCache", "TierStats", "CircuitOpenError", "ValueTooLargeError"]
 
@@ -214,7 +214,7 @@ class TieredCache(TierCore, MutableMapping):
     def _names_many(self, keys):
         """`_names` of each of `keys`."""
         prefix = self._prefix
-        return [(ekey, b"kv:" + _digest(prefix + ekey)) for ekey in map(encode_key, keys)]
+        return [(ekey, b"kv:" + _digest(prefix + ekey)) for ekey in encode_keys(keys)]
 
     def _lock_name(self, name):
         return b"kl:" + name[3:]
@@ -262,25 +262,21 @@ class TieredCache(TierCore, MutableMapping):
         seconds = max(1, math.ceil(ttl))
         return seconds if seconds <= _MAX_RELATIVE else int(time.time()) + seconds
 
-    # --- the fill guard for writes -----------------------------------------------------------
+    # --- writes and the fill guard ---------------------------------------------------------
 
-    def _begin_write(self, names):
-        """`_begin_many` for writes: reads of `names` in flight may hold the values they replace."""
-        with self._lock:
-            epoch = self._begin_many(names)
-            for name in names:
-                slot = self._inflight[name]
-                if slot[0] > 1:
-                    slot[1] = True
-            return epoch
+    def _wrote(self, names, keys, entries):
+        """Leave what writes of `names` did: each entry (or no copy), and no copy read meanwhile.
 
-    def _end_write(self, names, epoch, keys, entries):
-        """`_end_many` for writes: reads still in flight may have read the value replaced."""
+        Called once the writes returned: a read still in flight may have read the value a
+        write replaced, and a read that starts now sees the write.
+        """
         with self._lock:
-            others = [n for n in names if self._inflight[n][0] > 1]
-            self._end_many(names, epoch, keys, entries)
-            for name in others:
-                self._inflight[name][1] = True
+            for name, key, entry in zip(names, keys, entries):
+                self._mark_dirty(name)
+                if entry is _MISSING:
+                    self._local.pop(key, None)
+                else:
+                    self._local[key] = entry
 
     # --- reads --------------------------------------------------------------------------------
 
@@ -375,7 +371,7 @@ class TieredCache(TierCore, MutableMapping):
         Copies inside their trust window answer locally; the rest are read with one multi-get
         (``gets``) per node.
         """
-        keys = self._batch(keys)
+        keys = batch_keys(keys)
         out = [self._local_hit(k) for k in keys]
         todo = [i for i, v in enumerate(out) if v is _MISSING]
         if todo:
@@ -391,7 +387,7 @@ class TieredCache(TierCore, MutableMapping):
             gnames = [named[i][1] for i in idx]
             done = False
             if not self._blocked(node.breaker):
-                epoch = self._begin_many(gnames)
+                token = self._begin_many(gnames)
                 entries = [_MISSING] * len(idx)
                 try:
                     t0 = _monotonic()
@@ -404,7 +400,7 @@ class TieredCache(TierCore, MutableMapping):
                 except _MC_ERRORS as exc:
                     self._error(exc, node.breaker)
                 finally:
-                    self._end_many(gnames, epoch, [keys[i] for i in idx], entries)
+                    self._end_many(token, [keys[i] for i in idx], entries)
             if not done:
                 for i in idx:
                     out[i] = self._stale(keys[i], self._local.get(keys[i], _MISSING))
@@ -435,10 +431,12 @@ class TieredCache(TierCore, MutableMapping):
         ekey, name = self._names(key)
         frame = self._encode(value, ekey, ttl)
         node = self._route(name)
-        epoch = self._begin_write((name,))
         entry = _MISSING
         try:
-            if not self._too_large(key, frame, node.breaker) and not self._blocked(node.breaker):
+            too_large = self._too_large(key, frame)
+            if too_large is not None:
+                self._error(too_large, node.breaker)
+            elif not self._blocked(node.breaker):
                 try:
                     t0 = _monotonic()
                     node.call("set", name, frame, expire=self._expire(ttl), noreply=False)
@@ -446,9 +444,7 @@ class TieredCache(TierCore, MutableMapping):
                 except _MC_ERRORS as exc:
                     self._error(exc, node.breaker)
         finally:
-            if entry is _MISSING:
-                self._local.pop(key, None)
-            self._end_write((name,), epoch, (key,), (entry,))
+            self._wrote((name,), (key,), (entry,))
 
     def _written(self, value, ttl, t0, node):
         """Account a write Memcached took at `t0`; return the local entry it leaves."""
@@ -464,7 +460,7 @@ class TieredCache(TierCore, MutableMapping):
         Every value is serialized before anything is sent (bad input changes nothing); each
         write Memcached did not take leaves no local copy.
         """
-        keys = self._batch(keys)
+        keys = batch_keys(keys)
         values = list(values)
         if len(keys) != len(values):
             raise ValueError(f"{len(keys)} keys but {len(values)} values")
@@ -474,11 +470,19 @@ class TieredCache(TierCore, MutableMapping):
         if not keys:
             return
         names = [name for _, name in named]
-        epoch = self._begin_write(names)
         entries = [_MISSING] * len(keys)
+        first_error = None
         try:
             for node, idx in self._groups(named):
-                idx = [i for i in idx if not self._too_large(keys[i], frames[i], node.breaker)]
+                send = []
+                for i in idx:
+                    exc = self._too_large(keys[i], frames[i])
+                    if exc is None:
+                        send.append(i)
+                    else:
+                        self._count_error(exc, node.breaker)
+                        first_error = first_error or exc
+                idx = send
                 if not idx or self._blocked(node.breaker):
                     continue
                 try:
@@ -494,10 +498,9 @@ class TieredCache(TierCore, MutableMapping):
                     if named[i][1] not in failed:
                         entries[i] = self._written(values[i], ttl, t0, node)
         finally:
-            for key, entry in zip(keys, entries):
-                if entry is _MISSING:
-                    self._local.pop(key, None)
-            self._end_write(names, epoch, keys, entries)
+            self._wrote(names, keys, entries)
+        if first_error is not None and self.strict:
+            raise first_error
 
     def __delitem__(self, key):
         if not self.delete(key):
@@ -507,7 +510,6 @@ class TieredCache(TierCore, MutableMapping):
         """Remove `key` from Memcached and locally; return whether it existed."""
         _, name = self._names(key)
         node = self._route(name)
-        epoch = self._begin_write((name,))
         existed = False
         try:
             existed = self._local.pop(key, _MISSING) is not _MISSING
@@ -519,18 +521,15 @@ class TieredCache(TierCore, MutableMapping):
                 except _MC_ERRORS as exc:
                     self._error(exc, node.breaker)
         finally:
-            self._end_write((name,), epoch, (key,), (_MISSING,))
+            self._wrote((name,), (key,), (_MISSING,))
         return existed
 
     def delete_many(self, keys):
         """Remove `keys` from Memcached (one round trip per node) and locally."""
-        keys = self._batch(keys)
+        keys = batch_keys(keys)
         named = self._names_many(keys)
         names = [name for _, name in named]
-        epoch = self._begin_write(names)
         try:
-            for key in keys:
-                self._local.pop(key, None)
             for node, idx in self._groups(named):
                 if self._blocked(node.breaker):
                     continue
@@ -541,7 +540,7 @@ class TieredCache(TierCore, MutableMapping):
                 except _MC_ERRORS as exc:
                     self._error(exc, node.breaker)
         finally:
-            self._end_write(names, epoch, keys, [_MISSING] * len(keys))
+            self._wrote(names, keys, [_MISSING] * len(keys))
 
     def _unlistable(self, *args):
         raise TypeError(

@@ -27,6 +27,7 @@ Consistency rules (why the code looks the way it does):
 
 import asyncio
 import functools
+import hashlib
 import inspect
 import logging
 import os
@@ -48,10 +49,11 @@ from kvcache._remote import (
     NodeHealth as _NodeHealth,
     TierCore,
     TierStats,
+    batch_keys as _batch_keys,
     namespace_prefix,  # noqa: F401  (re-exported: part of this module's interface)
 )
 from kvcache._tiered import MISSING as _MISSING, AsyncTieredBase, Expiring
-from kvcache.serialize import SerializationError, decode_key, encode_key
+from kvcache.serialize import SerializationError, decode_key, encode_key, encode_keys
 
 __all__ = [
     "TieredCache", "AsyncTieredCache", "TierStats", "CircuitOpenError", "ValueTooLargeError",
@@ -60,7 +62,10 @@ __all__ = [
 
 _monotonic = time.monotonic
 # What a remote call may raise that fail-open absorbs (cluster topology errors are not RedisErrors).
-_REMOTE_ERRORS = (RedisError, _redis.exceptions.RedisClusterException, SerializationError)
+# redis.asyncio also lets OSError and asyncio's TimeoutError out of some connection paths.
+_REMOTE_ERRORS = (
+    RedisError, _redis.exceptions.RedisClusterException, SerializationError, OSError, asyncio.TimeoutError,
+)
 
 
 
@@ -93,20 +98,61 @@ local v = redis.call('get', KEYS[1])
 if not v then return false end
 return {v, redis.call('pttl', KEYS[1])}
 """
-# The same for many keys (of one slot on a cluster): the values as MGET gives them, then
-# one string of their PTTLs joined by commas.  One string rather than one integer per key:
-# the reply costs the client about what MGET's does to parse, and parsing is most of it.
-_LUA_GET_MANY = """
+
+
+# The batches, one call per chunk of keys (of one slot on a cluster).  Values with their
+# PTTL when they have one ({values, {index, pttl, ...}}), so a fill carries its TTL as in
+# _LUA_GET; SET and UNLINK through scripts rather than MSET so the minimal ACL suffices.
+_CHUNK = 1000  # keys per call: Lua's unpack() stops near 8,000 arguments
+_LUA_MGET = """
 local vals = redis.call('mget', unpack(KEYS))
-local ttls = {}
-for i, k in ipairs(KEYS) do
-  if vals[i] then ttls[i] = redis.call('pttl', k) else ttls[i] = -2 end
+local ttl = {}
+for i, v in ipairs(vals) do
+  if v then
+    local t = redis.call('pttl', KEYS[i])
+    if t >= 0 then ttl[#ttl + 1] = i; ttl[#ttl + 1] = t end
+  end
 end
-vals[#KEYS + 1] = table.concat(ttls, ',')
-return vals
+return {vals, ttl}
 """
-# Keys per _LUA_GET_MANY call: Lua's unpack() stops at about 8,000 values.
-_GET_MANY_CHUNK = 4000
+_LUA_MSET = """
+local px = ARGV[#KEYS + 1]
+for i, k in ipairs(KEYS) do
+  if px then redis.call('set', k, ARGV[i], 'px', px) else redis.call('set', k, ARGV[i]) end
+end
+return #KEYS
+"""
+_LUA_UNLINK = """
+return redis.call('unlink', unpack(KEYS))
+"""
+
+
+class _Script:
+    """A Lua script run by EVALSHA, falling back to EVAL (which caches it) on NOSCRIPT.
+
+    Not redis-py's Script: that one loads a missing script with SCRIPT LOAD, which on a
+    cluster goes to every primary, so one dead master made every key's first script call
+    fail; EVAL reaches the key's node only, and needs no ``script|load`` permission.
+    """
+
+    __slots__ = ("source", "sha")
+
+    def __init__(self, source):
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+    def __call__(self, keys=(), args=(), client=None):
+        try:
+            return client.evalsha(self.sha, len(keys), *keys, *args)
+        except _redis.exceptions.NoScriptError:
+            return client.eval(self.source, len(keys), *keys, *args)
+
+    async def acall(self, keys=(), args=(), client=None):
+        """Run the script on a ``redis.asyncio`` client."""
+        try:
+            return await client.evalsha(self.sha, len(keys), *keys, *args)
+        except _redis.exceptions.NoScriptError:
+            return await client.eval(self.source, len(keys), *keys, *args)
 
 
 def _glob_escape(data):
@@ -136,6 +182,7 @@ _OUTAGE_TYPES = (
     _redis.exceptions.InvalidResponse,  # the connection lost sync
     _redis.exceptions.RedisClusterException,  # slots not covered, topology unknown
     OSError,
+    asyncio.TimeoutError,  # not an OSError before 3.11
 )
 
 
@@ -214,12 +261,49 @@ class NodeHealth(_NodeHealth):
         except (KeyError, IndexError, TypeError, AttributeError):
             return "?"
 
+    def group(self, names):
+        """Return [(breaker, [positions in names])], one item per node serving some of `names`."""
+        if not self._cluster:
+            return [(self._single, list(range(len(names))))]
+        by_node = {}
+        for i, n in enumerate(names):
+            by_node.setdefault(self.node_name(n), []).append(i)
+        return [(self.node(node), pos) for node, pos in by_node.items()]
+
     def breakers(self):
         """Return every breaker in use."""
         if not self._cluster:
             return [self._single]
         return list(self._nodes.values()) or [self._single]
 
+
+def _drive(steps, tier):
+    """Run steps (see _TierCore) with blocking I/O: each call ``(name, *args)`` they yield is
+    ``getattr(tier, name)(*args)``; its result is sent back, its exception thrown in."""
+    reply = exc = None
+    while True:
+        try:
+            call = steps.send(reply) if exc is None else steps.throw(exc)
+        except StopIteration as stop:
+            return stop.value
+        try:
+            reply, exc = getattr(tier, call[0])(*call[1:]), None
+        except BaseException as e:  # raised where the steps made the call: their try blocks decide
+            reply, exc = None, e
+
+
+async def _adrive(steps, tier):
+    """Run steps with awaited I/O: each call ``(name, *args)`` is ``await getattr(tier, name)(*args)``."""
+    reply = exc = None
+    while True:
+        try:
+            call = steps.send(reply) if exc is None else steps.throw(exc)
+        except StopIteration as stop:
+            return stop.value
+        try:
+            reply, exc = await getattr(tier, call[0])(*call[1:]), None
+        except BaseException as e:
+            reply, exc = None, e
 
 
 class _TierCore(TierCore):
@@ -230,7 +314,7 @@ class _TierCore(TierCore):
     backend = "Redis"
     CircuitOpenError = CircuitOpenError
     ValueTooLargeError = ValueTooLargeError
-    too_large_why = "Redis refuses values over proto-max-bulk-len"
+    too_large_why = "Redis refuses a value over its proto-max-bulk-len by closing the connection"
 
     def _setup(
         self, local, client, namespace, ttl, serializer, compress_over, strict, lock_lease, lock_wait,
@@ -240,15 +324,21 @@ class _TierCore(TierCore):
         self._cluster = _is_cluster(client)
         if _connection_kwargs(client).get("decode_responses"):
             raise ValueError("the redis client must be created with decode_responses=False")
+        if max_value_size is None:
+            max_value_size = _server_max_bulk(client)  # the asyncio tier reads it on start instead
         self._setup_core(
             local, client, namespace, ttl, serializer, compress_over, strict, lock_lease, lock_wait,
             max_value_size, NodeHealth(client, failure_threshold, backoff, max_backoff),
         )
         self._vprefix = self._prefix + b"v:"
         self._lprefix = self._prefix + b"l:"
-        self._get_script = client.register_script(_LUA_GET)
-        self._release_script = client.register_script(_LUA_RELEASE)
-        self._renew_script = client.register_script(_LUA_RENEW)
+        self._get_script = _Script(_LUA_GET)
+        self._release_script = _Script(_LUA_RELEASE)
+        self._renew_script = _Script(_LUA_RENEW)
+        self._mget_script = _Script(_LUA_MGET)
+        self._mset_script = _Script(_LUA_MSET)
+        self._unlink_script = _Script(_LUA_UNLINK)
+
 
     def _setup_listeners(self, pools):
         """Set up the state of one invalidation listener per pool (a primary's)."""
@@ -274,9 +364,7 @@ class _TierCore(TierCore):
                 waiters = []
                 for name in names:
                     if name.startswith(self._vprefix):
-                        slot = self._inflight.get(name)
-                        if slot is not None:
-                            slot[1] = True
+                        self._mark_dirty(name)
                         try:
                             key = decode_key(name[len(self._vprefix) :])
                         except SerializationError:
@@ -342,41 +430,365 @@ class _TierCore(TierCore):
     def _px(self, ttl):
         return None if ttl is None else max(1, int(ttl * 1000))
 
-    def _groups(self, names):
-        """Group the indexes of `names` by what one command may carry: [(breaker, [i, ...])].
-
-        On a cluster a multi-key command needs one slot; elsewhere one group holds them all.
-        """
-        groups = {}
-        keyslot = self._client.keyslot if self._cluster else None
-        for i, name in enumerate(names):
-            g = keyslot(name) if keyslot is not None else 0
-            entry = groups.get(g)
-            if entry is None:
-                entry = groups[g] = (self._health.breaker(name), [])
-            entry[1].append(i)
-        return list(groups.values())
-
-    def _replies(self, reply, t0):
-        """Decode a `_LUA_GET_MANY` reply read at `t0`: a list of (value, local entry) per key, as `_reply`."""
-        loads = self._ser.loads
-        out = []
-        found = 0
-        for blob, pttl in zip(reply, reply[-1].split(b",")):
-            if blob is None:
-                out.append((_MISSING, _MISSING))
-                continue
-            value = loads(blob)
-            pttl = int(pttl)
-            found += 1
-            out.append((value, value if pttl < 0 else Expiring(value, t0 + pttl / 1000.0)))
-        self._counts[0] += found
-        self._counts[1] += len(out) - found
-        return out
-
     def _lock_name(self, name):
         """Return the Redis name of the lease lock of value name `name`."""
         return self._lprefix + name[len(self._vprefix) :]
+
+    # --- the operations, as steps ----------------------------------------------------
+    # Written once for both tiers: each operation is a generator of steps that yields the
+    # I/O it needs as (name of an I/O method of the tier, *args) and is sent its result (or
+    # thrown its exception) by _drive (TieredCache: blocking methods) or _adrive
+    # (AsyncTieredCache: coroutines of the same names: _eval, _set, _del, _run, _lookup,
+    # _wait, _compute, _renewal, _end_renewal).
+
+    def _remote_get_steps(self, key, name, breaker):
+        """Steps: return the value from Redis (filling local) or _MISSING; may raise RedisError."""
+        epoch = self._begin(name)
+        entry = _MISSING
+        try:
+            t0 = _monotonic()
+            reply = yield "_eval", self._get_script, [name], ()
+            breaker.success()
+            value, entry = self._reply(reply, t0)
+            return value
+        finally:
+            self._end(name, epoch, key, entry)
+
+    def _fetch_steps(self, key):
+        """Steps: read `key` the local tier did not answer: Redis, else the local tier; or _MISSING."""
+        name = self._name(key)
+        breaker = self._health.breaker(name)
+        if not self._blocked(breaker):
+            try:
+                return (yield from self._remote_get_steps(key, name, breaker))
+            except _REMOTE_ERRORS as exc:
+                self._error(exc, breaker)
+        return self._fallback(key)  # fail-open: the local tier is all we have
+
+    def _set_steps(self, key, value, ttl):
+        """Steps of set (see TieredCache.set)."""
+        ttl = self._ttl(ttl)
+        blob = self._ser.dumps(value)
+        name = self._name(key)
+        breaker = self._health.breaker(name)
+        epoch = self._begin(name)
+        entry = _MISSING
+        try:
+            too_large = self._too_large(key, blob)
+            if too_large is not None:
+                self._error(too_large, breaker)
+            elif not self._blocked(breaker):
+                try:
+                    t0 = _monotonic()
+                    yield "_set", name, blob, self._px(ttl)
+                    entry = self._written(value, ttl, t0, breaker)
+                except _REMOTE_ERRORS as exc:
+                    self._error(exc, breaker)
+        finally:
+            if entry is _MISSING:
+                # Redis may hold another value (or, after a timeout, maybe ours): trust neither.
+                self._local.pop(key, None)
+            self._end(name, epoch, key, entry)
+
+    def _delete_steps(self, key):
+        """Steps of delete (see TieredCache.delete)."""
+        name = self._name(key)
+        epoch = self._begin(name)
+        existed = False
+        try:
+            existed = self._local.pop(key, _MISSING) is not _MISSING
+            breaker = self._health.breaker(name)
+            if not self._blocked(breaker):
+                try:
+                    existed = bool((yield "_del", name)) or existed
+                    breaker.success()
+                    self._counts[3] += 1
+                except _REMOTE_ERRORS as exc:
+                    self._error(exc, breaker)
+        finally:
+            self._end(name, epoch, key, _MISSING)
+        return existed
+
+    def _get_or_set_steps(self, key, compute, ttl):
+        """Steps of get_or_set (see TieredCache.get_or_set)."""
+        v = yield "_lookup", key
+        if v is not _MISSING:
+            return v
+        name = self._name(key)
+        lname = self._lock_name(name)
+        token = os.urandom(16).hex().encode()
+        lease_ms = max(1, int(self.lock_lease * 1000))
+        give_up = _monotonic() + self.lock_wait
+        lbreaker = self._health.breaker(lname)
+        ev = self._waiter(name, self._Event)
+        try:
+            while True:
+                if self._blocked(lbreaker):
+                    return (yield from self._compute_and_set_steps(key, compute, ttl))
+                try:
+                    ev.clear()
+                    acquired = yield "_set", lname, token, lease_ms, True
+                    lbreaker.success()
+                except _REMOTE_ERRORS as exc:
+                    self._error(exc, lbreaker)
+                    return (yield from self._compute_and_set_steps(key, compute, ttl))
+                if acquired:
+                    return (yield from self._compute_locked_steps(key, name, lname, token, lease_ms, compute, ttl, lbreaker))
+                remaining = give_up - _monotonic()
+                if remaining <= 0:
+                    return (yield from self._compute_and_set_steps(key, compute, ttl))
+                # Woken by the value's or the lock's invalidation; the poll covers a
+                # lease that expires silently and a stream that is down.
+                yield "_wait", ev, min(remaining, 0.05)
+                v = yield "_lookup", key
+                if v is not _MISSING:
+                    return v
+        finally:
+            self._drop_waiter(name, ev)
+
+    def _compute_and_set_steps(self, key, compute, ttl):
+        value = yield "_compute", compute
+        yield from self._set_steps(key, value, ttl)
+        return value
+
+    def _compute_locked_steps(self, key, name, lname, token, lease_ms, compute, ttl, lbreaker):
+        try:
+            # The previous holder may have finished between our miss and our lock.
+            breaker = self._health.breaker(name)
+            try:
+                v = yield from self._remote_get_steps(key, name, breaker)
+            except _REMOTE_ERRORS as exc:
+                self._error(exc, breaker)
+                v = _MISSING
+            if v is not _MISSING:
+                return v
+            renewal = yield "_renewal", lname, token, lease_ms
+            try:
+                value = yield "_compute", compute
+            finally:
+                yield "_end_renewal", renewal
+            yield from self._set_steps(key, value, ttl)
+            return value
+        finally:
+            try:
+                yield "_eval", self._release_script, [lname], [token]
+            except _REMOTE_ERRORS as exc:
+                self._error(exc, lbreaker)
+
+    # The batches.
+
+    def _get_many_steps(self, keys, default):
+        """Steps of get_many (see TieredCache.get_many)."""
+        keys = _batch_keys(keys)
+        out = self._hit_many(keys)
+        todo = [i for i, v in enumerate(out) if v is _MISSING]
+        if todo:
+            tkeys = [keys[i] for i in todo]
+            found = yield from self._fetch_many_steps(tkeys)
+            for i, v in zip(todo, found):
+                out[i] = v
+        return [default if v is _MISSING else v for v in out]
+
+    def _fetch_many_steps(self, keys):
+        """Read `keys` the local tier did not answer (as _fetch, in batches); a list with _MISSING."""
+        names = encode_keys(keys, self._vprefix)
+        out = [_MISSING] * len(keys)
+        first_error = None
+        counts = self._counts
+        for breaker, pos in self._health.group(names):
+            if len(pos) == len(keys):
+                gnames, gkeys = names, keys  # one node: no regrouping
+            else:
+                gnames = [names[p] for p in pos]
+                gkeys = [keys[p] for p in pos]
+            values = None
+            if not self._blocked(breaker):
+                entries = ()
+                token = self._begin_many(gnames)
+                try:
+                    t0 = _monotonic()
+                    blobs, ttls = yield from self._remote_mget(gnames)
+                    breaker.success()
+                    values, bad = self._loads_many(blobs)
+                    for j, exc in bad:
+                        self._count_error(exc, breaker)
+                        first_error = first_error or exc
+                    entries = values
+                    if ttls:
+                        entries = list(values)
+                        for j, pttl in ttls.items():
+                            if values[j] is not _MISSING:
+                                entries[j] = Expiring(values[j], t0 + pttl / 1000.0)
+                    missing = values.count(_MISSING)
+                    counts[0] += len(values) - missing
+                    counts[1] += missing - len(bad)
+                    for j, exc in bad:  # undecodable: the local tier is all we have
+                        values[j] = self._local_fallback(gkeys[j])
+                        counts[1] += values[j] is _MISSING
+                except _REMOTE_ERRORS as exc:
+                    self._count_error(exc, breaker)
+                    first_error = first_error or exc
+                finally:
+                    self._end_many(token, gkeys, entries or [_MISSING] * len(gnames))
+            if values is None:
+                values = [self._local_fallback(k) for k in gkeys]
+                counts[1] += values.count(_MISSING)
+            if gkeys is keys:
+                out = values
+            else:
+                for p, v in zip(pos, values):
+                    out[p] = v
+        if first_error is not None and self.strict:
+            raise first_error
+        return out
+
+    def _loads_many(self, blobs):
+        """Decode `blobs` (None: _MISSING); return (values, [(index, SerializationError)])."""
+        many = getattr(self._ser, "loads_many", None)  # a serializer of the user's may lack it
+        try:
+            if many is not None:
+                return many(blobs, _MISSING), ()
+            loads = self._ser.loads
+            return [_MISSING if b is None else loads(b) for b in blobs], ()
+        except SerializationError:
+            pass
+        loads = self._ser.loads
+        values, bad = [], []
+        for j, b in enumerate(blobs):
+            try:
+                values.append(_MISSING if b is None else loads(b))
+            except SerializationError as exc:
+                values.append(_MISSING)
+                bad.append((j, exc))
+        return values, bad
+
+    def _set_many_steps(self, keys, values, ttl):
+        """Steps of set_many (see TieredCache.set_many)."""
+        keys = _batch_keys(keys)
+        values = list(values)
+        if len(keys) != len(values):
+            raise ValueError(f"{len(keys)} keys but {len(values)} values")
+        ttl = self._ttl(ttl)
+        dumps = self._ser.dumps
+        blobs = [dumps(v) for v in values]
+        names = encode_keys(keys, self._vprefix)
+        px = None if ttl is None else max(1, int(ttl * 1000))
+        first_error = None
+        for breaker, pos in self._health.group(names):
+            gnames = [names[p] for p in pos]
+            gkeys = [keys[p] for p in pos]
+            entries = [_MISSING] * len(pos)
+            token = self._begin_many(gnames)
+            try:
+                send = []
+                for j, p in enumerate(pos):
+                    exc = self._too_large(keys[p], blobs[p])
+                    if exc is None:
+                        send.append(j)
+                    else:
+                        self._count_error(exc, breaker)
+                        first_error = first_error or exc
+                if send and not self._blocked(breaker):
+                    t0 = _monotonic()
+                    try:
+                        yield from self._remote_mset([gnames[j] for j in send], [blobs[pos[j]] for j in send], px)
+                        breaker.success()
+                        self._counts[2] += len(send)
+                        for j in send:
+                            value = values[pos[j]]
+                            entries[j] = value if ttl is None else Expiring(value, t0 + ttl)
+                    except _REMOTE_ERRORS as exc:
+                        self._count_error(exc, breaker)
+                        first_error = first_error or exc
+            finally:
+                # As in set: a key Redis may not hold as written keeps no local copy.
+                pop = self._local.pop
+                for key, entry in zip(gkeys, entries):
+                    if entry is _MISSING:
+                        pop(key, None)
+                self._end_many(token, gkeys, entries)
+        if first_error is not None and self.strict:
+            raise first_error
+
+    def _delete_many_steps(self, keys):
+        """Steps of delete_many (see TieredCache.delete_many)."""
+        keys = _batch_keys(keys)
+        names = encode_keys(keys, self._vprefix)
+        pop = self._local.pop
+        existed_locally = [pop(k, _MISSING) is not _MISSING for k in keys]
+        removed = 0
+        first_error = None
+        for breaker, pos in self._health.group(names):
+            gnames = [names[p] for p in pos]
+            local = sum(existed_locally[p] for p in pos)
+            token = self._begin_many(gnames)
+            try:
+                if self._blocked(breaker):
+                    removed += local
+                    continue
+                try:
+                    removed += yield from self._remote_delete(gnames)
+                    breaker.success()
+                    self._counts[3] += len(gnames)
+                except _REMOTE_ERRORS as exc:
+                    self._count_error(exc, breaker)
+                    first_error = first_error or exc
+                    removed += local
+            finally:
+                self._end_many(token, (), ())
+        if first_error is not None and self.strict:
+            raise first_error
+        return removed
+
+    # The remote calls of the batches, as steps: one node's names, chunked (and slot-grouped
+    # on a cluster).
+
+    def _chunks(self, names):
+        """Yield lists of names one script call may take: same slot on a cluster, at most _CHUNK."""
+        if self._cluster:
+            by_slot = {}
+            keyslot = self._client.keyslot
+            for n in names:
+                by_slot.setdefault(keyslot(n), []).append(n)
+            groups = by_slot.values()
+        else:
+            groups = (names,)
+        for g in groups:
+            for i in range(0, len(g), _CHUNK):
+                yield g[i : i + _CHUNK]
+
+    def _run_chunks(self, script, names, args_of=None):
+        """Step: run `script` on each chunk of `names`; return [(chunk, reply)]."""
+        chunks = list(self._chunks(names))
+        replies = yield "_run", script, chunks, [args_of(c) if args_of else () for c in chunks]
+        return list(zip(chunks, replies))
+
+    def _remote_mget(self, names):
+        """Steps: return (blobs or None, {index: pttl} of those with a TTL) for `names`, in order."""
+        replies = yield from self._run_chunks(self._mget_script, names)
+        if not self._cluster:  # the chunks are consecutive slices of names
+            blobs, ttls, base = [], {}, 0
+            for chunk, (vals, tl) in replies:
+                blobs += vals
+                for i in range(0, len(tl), 2):
+                    ttls[base + tl[i] - 1] = tl[i + 1]
+                base += len(chunk)
+            return blobs, ttls
+        got, ttl_of = {}, {}
+        for chunk, (vals, tl) in replies:
+            got.update(zip(chunk, vals))
+            for i in range(0, len(tl), 2):
+                ttl_of[chunk[tl[i] - 1]] = tl[i + 1]
+        ttls = {j: ttl_of[n] for j, n in enumerate(names) if n in ttl_of} if ttl_of else {}
+        return [got[n] for n in names], ttls
+
+    def _remote_mset(self, names, blobs, px):
+        blob_of = dict(zip(names, blobs))
+        tail = [] if px is None else [px]
+        yield from self._run_chunks(self._mset_script, names, lambda c: [blob_of[n] for n in c] + tail)
+
+    def _remote_delete(self, names):
+        return sum(r for _, r in (yield from self._run_chunks(self._unlink_script, names)))
 
 
 
@@ -423,7 +835,7 @@ class TieredCache(_TierCore, MutableMapping):
         failure_threshold=3,
         backoff=0.05,
         max_backoff=5.0,
-        max_value_size=512 * 1024 * 1024,
+        max_value_size=None,
     ):
         self._setup(
             local, client, namespace, ttl, serializer, compress_over, strict, lock_lease, lock_wait,
@@ -479,19 +891,6 @@ class TieredCache(_TierCore, MutableMapping):
         tier._owns_client = True
         return tier
 
-    def _remote_get(self, key, name, breaker):
-        """Return the value from Redis (filling local) or _MISSING; may raise RedisError."""
-        epoch = self._begin(name)
-        entry = _MISSING
-        try:
-            t0 = _monotonic()
-            reply = self._get_script(keys=[name], client=self._client)
-            breaker.success()
-            value, entry = self._reply(reply, t0)
-            return value
-        finally:
-            self._end(name, epoch, key, entry)
-
     # --- the mapping -----------------------------------------------------------
 
     # __getitem__, get and __contains__ are compiled (TieredBase): they answer a local hit
@@ -499,14 +898,7 @@ class TieredCache(_TierCore, MutableMapping):
 
     def _fetch(self, key):
         """Read `key` the local tier did not answer: Redis, else the local tier; or _MISSING."""
-        name = self._name(key)
-        breaker = self._health.breaker(name)
-        if not self._blocked(breaker):
-            try:
-                return self._remote_get(key, name, breaker)
-            except _REMOTE_ERRORS as exc:
-                self._error(exc, breaker)
-        return self._fallback(key)  # fail-open: the local tier is all we have
+        return _drive(self._fetch_steps(key), self)
 
     def __setitem__(self, key, value):
         self.set(key, value)
@@ -518,25 +910,7 @@ class TieredCache(_TierCore, MutableMapping):
         not take (down, breaker open, rejected, too large) leaves no local copy either:
         every process then reads what Redis holds.
         """
-        ttl = self._ttl(ttl)
-        blob = self._ser.dumps(value)
-        name = self._name(key)
-        breaker = self._health.breaker(name)
-        epoch = self._begin(name)
-        entry = _MISSING
-        try:
-            if not self._too_large(key, blob, breaker) and not self._blocked(breaker):
-                try:
-                    t0 = _monotonic()
-                    self._client.set(name, blob, px=self._px(ttl))
-                    entry = self._written(value, ttl, t0, breaker)
-                except _REMOTE_ERRORS as exc:
-                    self._error(exc, breaker)
-        finally:
-            if entry is _MISSING:
-                # Redis may hold another value (or, after a timeout, maybe ours): trust neither.
-                self._local.pop(key, None)
-            self._end(name, epoch, key, entry)
+        _drive(self._set_steps(key, value, ttl), self)
 
     def __delitem__(self, key):
         if not self.delete(key):
@@ -544,22 +918,42 @@ class TieredCache(_TierCore, MutableMapping):
 
     def delete(self, key):
         """Remove `key` from Redis and locally; return whether it existed."""
-        name = self._name(key)
-        epoch = self._begin(name)
-        existed = False
-        try:
-            existed = self._local.pop(key, _MISSING) is not _MISSING
-            breaker = self._health.breaker(name)
-            if not self._blocked(breaker):
-                try:
-                    existed = bool(self._client.delete(name)) or existed
-                    breaker.success()
-                    self._counts[3] += 1
-                except _REMOTE_ERRORS as exc:
-                    self._error(exc, breaker)
-        finally:
-            self._end(name, epoch, key, _MISSING)
-        return existed
+        return _drive(self._delete_steps(key), self)
+
+    # --- batches (the steps are _TierCore's) ----------------------------------------
+
+    def get_many(self, keys, default=None):
+        """Return a list with the value of each of `keys`, `default` for those found nowhere.
+
+        The local tier answers what it may; the rest is read in one round trip per Redis
+        node (per 1,000 keys), filled locally under the rules of :meth:`get`.  Keys of a
+        node whose breaker is open, or that fails, fail open one by one.
+        """
+        return _drive(self._get_many_steps(keys, default), self)
+
+    def set_many(self, keys, values, ttl=_DEFAULT):
+        """Store each of `values` under the matching one of `keys`, in Redis and locally.
+
+        One round trip per Redis node (per 1,000 keys); as :meth:`set`, a value Redis did
+        not take leaves no local copy.  Every value is encoded before anything is written:
+        a TypeError writes nothing.
+        """
+        return _drive(self._set_many_steps(keys, values, ttl), self)
+
+    def delete_many(self, keys):
+        """Remove `keys` from Redis and locally; return how many existed (in Redis, else locally)."""
+        return _drive(self._delete_many_steps(keys), self)
+
+    def _run(self, script, chunks, args):
+        """Run `script` on each chunk of names with its arguments; return the replies."""
+        if not self._cluster:
+            return [script(keys=c, args=a, client=self._client) for c, a in zip(chunks, args)]
+        # The cluster pipeline sends each EVAL to its node; EVAL (not EVALSHA) needs no SCRIPT LOAD,
+        # which a minimal ACL user may not be allowed.
+        pipe = self._client.pipeline()
+        for c, a in zip(chunks, args):
+            pipe.execute_command("EVAL", script.source, len(c), *c, *a)
+        return pipe.execute()
 
     def _scan_names(self):
         return self._client.scan_iter(match=scan_pattern(self._vprefix), count=500)
@@ -607,82 +1001,45 @@ class TieredCache(_TierCore, MutableMapping):
         for the value up to `lock_wait` seconds, then compute themselves; a
         crashed holder blocks no one past `lock_lease` seconds.
         """
-        v = self._fetch_local_then_remote(key)
-        if v is not _MISSING:
-            return v
-        name = self._name(key)
-        lname = self._lock_name(name)
-        token = os.urandom(16).hex().encode()
-        lease_ms = max(1, int(self.lock_lease * 1000))
-        give_up = _monotonic() + self.lock_wait
-        lbreaker = self._health.breaker(lname)
-        ev = self._waiter(name, threading.Event)
-        try:
-            while True:
-                if self._blocked(lbreaker):
-                    return self._compute_and_set(key, compute, ttl)
-                try:
-                    ev.clear()
-                    acquired = self._client.set(lname, token, nx=True, px=lease_ms)
-                    lbreaker.success()
-                except _REMOTE_ERRORS as exc:
-                    self._error(exc, lbreaker)
-                    return self._compute_and_set(key, compute, ttl)
-                if acquired:
-                    return self._compute_locked(key, name, lname, token, lease_ms, compute, ttl, lbreaker)
-                remaining = give_up - _monotonic()
-                if remaining <= 0:
-                    return self._compute_and_set(key, compute, ttl)
-                # Woken by the value's or the lock's invalidation; the poll covers a
-                # lease that expires silently and a stream that is down.
-                ev.wait(min(remaining, 0.05))
-                v = self._fetch_local_then_remote(key)
-                if v is not _MISSING:
-                    return v
-        finally:
-            self._drop_waiter(name, ev)
+        return _drive(self._get_or_set_steps(key, compute, ttl), self)
 
-    def _fetch_local_then_remote(self, key):
+    # --- blocking I/O: what the steps yield ------------------------------------------
+
+    _Event = threading.Event
+
+    def _eval(self, script, keys, args):
+        return script(keys=keys, args=args, client=self._client)
+
+    def _set(self, name, blob, px, nx=False):
+        return self._client.set(name, blob, px=px, nx=nx)
+
+    def _del(self, name):
+        return self._client.delete(name)
+
+    def _lookup(self, key):
         try:
             return self[key]
         except KeyError:
             return _MISSING
 
-    def _compute_and_set(self, key, compute, ttl):
-        value = compute()
-        self.set(key, value, ttl)
-        return value
+    def _wait(self, ev, timeout):
+        ev.wait(timeout)
 
-    def _compute_locked(self, key, name, lname, token, lease_ms, compute, ttl, lbreaker):
+    def _compute(self, compute):
+        return compute()
+
+    def _renewal(self, lname, token, lease_ms):
         stop = threading.Event()
-        try:
-            # The previous holder may have finished between our miss and our lock.
-            breaker = self._health.breaker(name)
-            try:
-                v = self._remote_get(key, name, breaker)
-            except _REMOTE_ERRORS as exc:
-                self._error(exc, breaker)
-                v = _MISSING
-            if v is not _MISSING:
-                return v
-            renewer = threading.Thread(
-                target=_renew,
-                args=(self._renew_script, self._client, lname, token, lease_ms, stop),
-                daemon=True,
-            )
-            renewer.start()
-            try:
-                value = compute()
-            finally:
-                stop.set()
-                renewer.join()
-            self.set(key, value, ttl)
-            return value
-        finally:
-            try:
-                self._release_script(keys=[lname], args=[token], client=self._client)
-            except _REMOTE_ERRORS as exc:
-                self._error(exc, lbreaker)
+        renewer = threading.Thread(
+            target=_renew, args=(self._renew_script, self._client, lname, token, lease_ms, stop), daemon=True
+        )
+        renewer.start()
+        return stop, renewer
+
+    def _end_renewal(self, renewal):
+        stop, renewer = renewal
+        stop.set()
+        renewer.join()
 
     # --- misc ------------------------------------------------------------------
 
@@ -746,7 +1103,7 @@ class AsyncTieredCache(_TierCore, AsyncTieredBase):
         failure_threshold=3,
         backoff=0.05,
         max_backoff=5.0,
-        max_value_size=512 * 1024 * 1024,
+        max_value_size=None,
     ):
         import redis.asyncio
 
@@ -755,11 +1112,12 @@ class AsyncTieredCache(_TierCore, AsyncTieredBase):
                 "AsyncTieredCache needs a redis.asyncio.Redis client (for redis.Redis or a "
                 f"cluster use TieredCache), not {type(client).__name__}"
             )
+        # The server's limit cannot be read without a loop: _start reads it.
+        self._read_max_bulk = max_value_size is None
         self._setup(
             local, client, namespace, ttl, serializer, compress_over, strict, lock_lease, lock_wait,
-            failure_threshold, backoff, max_backoff, max_value_size,
+            failure_threshold, backoff, max_backoff, _MAX_BULK if max_value_size is None else max_value_size,
         )
-        self._get_many_script = client.register_script(_LUA_GET_MANY)
         self._pools = [client.connection_pool]
         self._setup_listeners(self._pools)
         self._tasks = None  # the listeners, started on the first slow-path call in a loop
@@ -794,6 +1152,12 @@ class AsyncTieredCache(_TierCore, AsyncTieredBase):
                 loop.create_task(_alisten(ref, i, pool, self._prefix), name=f"kvcache-invalidation-{ns}-{i}")
                 for i, pool in enumerate(self._pools)
             ]
+            if self._read_max_bulk:
+                self._read_max_bulk = False
+                self._tasks.append(loop.create_task(self._adopt_max_bulk()))
+
+    async def _adopt_max_bulk(self):
+        self.max_value_size = await _aserver_max_bulk(self._client)
 
     async def wait_live(self, timeout=5.0):
         """Wait until the invalidation stream is up (starting it); return whether it is.
@@ -840,75 +1204,17 @@ class AsyncTieredCache(_TierCore, AsyncTieredBase):
     async def _fetch(self, key):
         """Read `key` the local tier did not answer: Redis, else the local tier; or _MISSING."""
         self._start()
-        name = self._name(key)
-        breaker = self._health.breaker(name)
-        if not self._blocked(breaker):
-            try:
-                return await self._remote_get(key, name, breaker)
-            except _AREMOTE_ERRORS as exc:
-                self._error(exc, breaker)
-        return self._fallback(key)  # fail-open: the local tier is all we have
-
-    async def _remote_get(self, key, name, breaker):
-        """Return the value from Redis (filling local) or _MISSING; may raise RedisError."""
-        epoch = self._begin(name)
-        entry = _MISSING
-        try:
-            t0 = _monotonic()
-            reply = await self._get_script(keys=[name], client=self._client)
-            breaker.success()
-            value, entry = self._reply(reply, t0)
-            return value
-        finally:
-            self._end(name, epoch, key, entry)
+        return await _adrive(self._fetch_steps(key), self)
 
     async def get_many(self, keys, default=None):
-        """Return a list with ``await get(key, default)`` for each key.
+        """Return a list with ``await get(key, default)`` for each of `keys`.
 
-        Keys the local tier answers cost nothing; the rest are read in one round trip
-        (one Lua call carrying each value's TTL).
+        The local tier answers what it may; the rest is read in one round trip per 1,000
+        keys (one Lua call, values with their TTLs), filled locally under the rules of
+        :meth:`get`.  Fails open key by key as :meth:`get`.
         """
-        keys = self._batch(keys)
-        out = [self._local_hit(k) for k in keys]
-        todo = [i for i, v in enumerate(out) if v is _MISSING]
-        if todo:
-            self._start()
-            got = await self._fetch_many([keys[i] for i in todo])
-            for i, v in zip(todo, got):
-                out[i] = v
-        return [default if v is _MISSING else v for v in out]
-
-    async def _fetch_many(self, keys):
-        names = [self._name(k) for k in keys]
-        out = [_MISSING] * len(keys)
-        for breaker, idx in self._groups(names):
-            for c in range(0, len(idx), _GET_MANY_CHUNK):
-                chunk = idx[c : c + _GET_MANY_CHUNK]
-                if self._blocked(breaker):
-                    got = None
-                else:
-                    cnames = [names[i] for i in chunk]
-                    ckeys = [keys[i] for i in chunk]
-                    epoch = self._begin_many(cnames)
-                    entries = [_MISSING] * len(chunk)
-                    try:
-                        t0 = _monotonic()
-                        reply = await self._get_many_script(keys=cnames, client=self._client)
-                        breaker.success()
-                        got = self._replies(reply, t0)
-                        entries = [e for _, e in got]
-                    except _AREMOTE_ERRORS as exc:
-                        self._error(exc, breaker)
-                        got = None
-                    finally:
-                        self._end_many(cnames, epoch, ckeys, entries)
-                if got is None:
-                    for i in chunk:
-                        out[i] = self._fallback(keys[i])
-                else:
-                    for i, (value, _) in zip(chunk, got):
-                        out[i] = value
-        return out
+        self._start()
+        return await _adrive(self._get_many_steps(keys, default), self)
 
     # --- writes ------------------------------------------------------------------------------
 
@@ -918,115 +1224,28 @@ class AsyncTieredCache(_TierCore, AsyncTieredBase):
         Raises TypeError for a value the serializer cannot represent.  A write Redis did
         not take leaves no local copy either: every process then reads what Redis holds.
         """
-        ttl = self._ttl(ttl)
-        blob = self._ser.dumps(value)
         self._start()
-        name = self._name(key)
-        breaker = self._health.breaker(name)
-        epoch = self._begin(name)
-        entry = _MISSING
-        try:
-            if not self._too_large(key, blob, breaker) and not self._blocked(breaker):
-                try:
-                    t0 = _monotonic()
-                    await self._client.set(name, blob, px=self._px(ttl))
-                    entry = self._written(value, ttl, t0, breaker)
-                except _AREMOTE_ERRORS as exc:
-                    self._error(exc, breaker)
-        finally:
-            if entry is _MISSING:
-                self._local.pop(key, None)  # Redis may hold another value: trust neither
-            self._end(name, epoch, key, entry)
+        await _adrive(self._set_steps(key, value, ttl), self)
 
     async def set_many(self, keys, values, ttl=_DEFAULT):
-        """Store ``values[i]`` under ``keys[i]`` for every i, in one round trip (a pipeline).
+        """Store each of `values` under the matching one of `keys`, in Redis and locally.
 
-        Every value is serialized before anything is sent (bad input changes nothing);
-        each write Redis did not take leaves no local copy.
+        One round trip per 1,000 keys; as :meth:`set`, a value Redis did not take leaves no
+        local copy.  Every value is encoded before anything is written: a TypeError writes
+        nothing.
         """
-        keys = self._batch(keys)
-        values = list(values)
-        if len(keys) != len(values):
-            raise ValueError(f"{len(keys)} keys but {len(values)} values")
-        ttl = self._ttl(ttl)
-        blobs = [self._ser.dumps(v) for v in values]
-        if not keys:
-            return
         self._start()
-        names = [self._name(k) for k in keys]
-        px = self._px(ttl)
-        epochs = [self._begin(n) for n in names]
-        entries = [_MISSING] * len(keys)
-        try:
-            for breaker, idx in self._groups(names):
-                idx = [i for i in idx if not self._too_large(keys[i], blobs[i], breaker)]
-                if not idx or self._blocked(breaker):
-                    continue
-                try:
-                    async with self._client.pipeline(transaction=False) as pipe:
-                        for i in idx:
-                            pipe.set(names[i], blobs[i], px=px)
-                        t0 = _monotonic()
-                        results = await pipe.execute(raise_on_error=False)
-                except _AREMOTE_ERRORS as exc:
-                    self._error(exc, breaker)
-                    continue
-                for i, r in zip(idx, results):
-                    if isinstance(r, Exception):
-                        self._error(r, breaker)
-                    else:
-                        entries[i] = self._written(values[i], ttl, t0, breaker)
-        finally:
-            for i, key in enumerate(keys):
-                if entries[i] is _MISSING:
-                    self._local.pop(key, None)
-                self._end(names[i], epochs[i], key, entries[i])
+        return await _adrive(self._set_many_steps(keys, values, ttl), self)
 
     async def delete(self, key):
         """Remove `key` from Redis and locally; return whether it existed."""
         self._start()
-        name = self._name(key)
-        epoch = self._begin(name)
-        existed = False
-        try:
-            existed = self._local.pop(key, _MISSING) is not _MISSING
-            breaker = self._health.breaker(name)
-            if not self._blocked(breaker):
-                try:
-                    existed = bool(await self._client.delete(name)) or existed
-                    breaker.success()
-                    self._counts[3] += 1
-                except _AREMOTE_ERRORS as exc:
-                    self._error(exc, breaker)
-        finally:
-            self._end(name, epoch, key, _MISSING)
-        return existed
+        return await _adrive(self._delete_steps(key), self)
 
     async def delete_many(self, keys):
-        """Remove `keys` from Redis (one DEL per slot) and locally; return how many Redis held."""
-        keys = self._batch(keys)
-        if not keys:
-            return 0
+        """Remove `keys` from Redis and locally; return how many existed (in Redis, else locally)."""
         self._start()
-        names = [self._name(k) for k in keys]
-        epochs = [self._begin(n) for n in names]
-        removed = 0
-        try:
-            for key in keys:
-                self._local.pop(key, None)
-            for breaker, idx in self._groups(names):
-                if self._blocked(breaker):
-                    continue
-                try:
-                    removed += await self._client.delete(*[names[i] for i in idx])
-                    breaker.success()
-                    self._counts[3] += len(idx)
-                except _AREMOTE_ERRORS as exc:
-                    self._error(exc, breaker)
-        finally:
-            for i, key in enumerate(keys):
-                self._end(names[i], epochs[i], key, _MISSING)
-        return removed
+        return await _adrive(self._delete_many_steps(keys), self)
 
     async def clear(self):
         """Remove every key of the namespace from Redis and the local tier."""
@@ -1045,7 +1264,7 @@ class AsyncTieredCache(_TierCore, AsyncTieredBase):
                     batch.clear()
             if batch:
                 await self._client.unlink(*batch)
-        except _AREMOTE_ERRORS as exc:
+        except _REMOTE_ERRORS as exc:
             self._error(exc, None)
 
     # --- single flight -----------------------------------------------------------------------
@@ -1073,9 +1292,8 @@ class AsyncTieredCache(_TierCore, AsyncTieredBase):
         # No await between the check above and this: the flight is ours alone.
         flight = self._flights[name] = asyncio.get_running_loop().create_future()
         try:
-            v = await self._fetch(key)
-            if v is _MISSING:
-                v = await self._get_or_set_leased(key, name, compute, ttl)
+            self._start()
+            v = await _adrive(self._get_or_set_steps(key, compute, ttl), self)
         except asyncio.CancelledError:
             flight.set_result(_MISSING)
             raise
@@ -1090,69 +1308,42 @@ class AsyncTieredCache(_TierCore, AsyncTieredBase):
             if self._flights.get(name) is flight:
                 del self._flights[name]
 
-    async def _get_or_set_leased(self, key, name, compute, ttl):
-        lname = self._lock_name(name)
-        token = os.urandom(16).hex().encode()
-        lease_ms = max(1, int(self.lock_lease * 1000))
-        give_up = _monotonic() + self.lock_wait
-        lbreaker = self._health.breaker(lname)
-        ev = self._waiter(name, asyncio.Event)
-        try:
-            while True:
-                if self._blocked(lbreaker):
-                    return await self._compute_and_set(key, compute, ttl)
-                try:
-                    ev.clear()
-                    acquired = await self._client.set(lname, token, nx=True, px=lease_ms)
-                    lbreaker.success()
-                except _AREMOTE_ERRORS as exc:
-                    self._error(exc, lbreaker)
-                    return await self._compute_and_set(key, compute, ttl)
-                if acquired:
-                    return await self._compute_locked(key, name, lname, token, lease_ms, compute, ttl, lbreaker)
-                remaining = give_up - _monotonic()
-                if remaining <= 0:
-                    return await self._compute_and_set(key, compute, ttl)
-                # Woken by the value's or the lock's invalidation; the poll covers a
-                # lease that expires silently and a stream that is down.
-                try:
-                    await asyncio.wait_for(ev.wait(), min(remaining, 0.05))
-                except asyncio.TimeoutError:
-                    pass
-                v = await self.get(key, _MISSING)
-                if v is not _MISSING:
-                    return v
-        finally:
-            self._drop_waiter(name, ev)
+    # --- awaited I/O: what the steps yield (see _TierCore) ---------------------------------
 
-    async def _compute_and_set(self, key, compute, ttl):
+    _Event = asyncio.Event
+
+    async def _eval(self, script, keys, args):
+        return await script.acall(keys=keys, args=args, client=self._client)
+
+    async def _set(self, name, blob, px, nx=False):
+        return await self._client.set(name, blob, px=px, nx=nx)
+
+    async def _del(self, name):
+        return await self._client.delete(name)
+
+    async def _run(self, script, chunks, args):
+        return [await script.acall(keys=c, args=a, client=self._client) for c, a in zip(chunks, args)]
+
+    async def _lookup(self, key):
+        return await self.get(key, _MISSING)
+
+    async def _wait(self, ev, timeout):
+        try:
+            await asyncio.wait_for(ev.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+
+    async def _compute(self, compute):
         value = compute()
         if inspect.isawaitable(value):
             value = await value
-        await self.set(key, value, ttl)
         return value
 
-    async def _compute_locked(self, key, name, lname, token, lease_ms, compute, ttl, lbreaker):
-        try:
-            # The previous holder may have finished between our miss and our lock.
-            breaker = self._health.breaker(name)
-            try:
-                v = await self._remote_get(key, name, breaker)
-            except _AREMOTE_ERRORS as exc:
-                self._error(exc, breaker)
-                v = _MISSING
-            if v is not _MISSING:
-                return v
-            renewer = asyncio.ensure_future(_arenew(self._renew_script, self._client, lname, token, lease_ms))
-            try:
-                return await self._compute_and_set(key, compute, ttl)
-            finally:
-                renewer.cancel()
-        finally:
-            try:
-                await self._release_script(keys=[lname], args=[token], client=self._client)
-            except _AREMOTE_ERRORS as exc:
-                self._error(exc, lbreaker)
+    async def _renewal(self, lname, token, lease_ms):
+        return asyncio.ensure_future(_arenew(self._renew_script, self._client, lname, token, lease_ms))
+
+    async def _end_renewal(self, renewal):
+        renewal.cancel()
 
     def cached(self, ttl=_DEFAULT, key=None):
         """Decorate a coroutine function: cache its results in this tier, one call per key at a time.
@@ -1254,6 +1445,37 @@ def _check_client(client, tier="TieredCache"):
         )
 
 
+_MAX_BULK = 512 * 1024 * 1024  # Redis' default proto-max-bulk-len
+
+
+def _server_max_bulk(client):
+    """Return the server's proto-max-bulk-len, or Redis' default if it cannot be read (ACL, down)."""
+    try:
+        got = client.config_get("proto-max-bulk-len")
+    except Exception:  # NOPERM for most ACL users, down, a proxy without CONFIG: keep the default
+        return _MAX_BULK
+    return _max_bulk_of(client, got)
+
+
+async def _aserver_max_bulk(client):
+    """`_server_max_bulk` for a ``redis.asyncio`` client."""
+    try:
+        got = await client.config_get("proto-max-bulk-len")
+    except Exception:
+        return _MAX_BULK
+    return _max_bulk_of(client, got)
+
+
+def _max_bulk_of(client, got):
+    """Return proto-max-bulk-len from a CONFIG GET reply, or Redis' default."""
+    if _is_cluster(client) and got and all(isinstance(v, dict) for v in got.values()):
+        got = next(iter(got.values()))  # per node on some redis-py versions
+    try:
+        return int(got[b"proto-max-bulk-len"] if b"proto-max-bulk-len" in got else got["proto-max-bulk-len"])
+    except (KeyError, TypeError, ValueError):
+        return _MAX_BULK
+
+
 def _pool_node_name(pool):
     """Return ``host:port`` of a pool's server, as redis-py's cluster names its nodes."""
     kw = pool.connection_kwargs
@@ -1328,6 +1550,9 @@ class _Heartbeat:
 
 
 _PING_EVERY = 1.0
+# A restarted server is noticed within this; a refused connection costs nothing, so the
+# retries stay frequent (a longer cap kept the tier not-live for seconds after a restart).
+_LISTEN_RETRY_CAP = 0.5
 _SETUP_WAIT = 5.0  # strict construction waits this long at most for each stream's first attempt
 _PING_TIMEOUT = 2.0
 
@@ -1406,7 +1631,7 @@ def _listen(ref, index, pool, prefix, stop):
         tier._listener_state(index, False)
         del tier
         stop.wait(delay * random.uniform(0.5, 1.0))
-        delay = min(delay * 2, 2.0)
+        delay = min(delay * 2, _LISTEN_RETRY_CAP)
 
 
 def _renew(script, client, lname, token, lease_ms, stop):
@@ -1417,11 +1642,6 @@ def _renew(script, client, lname, token, lease_ms, stop):
                 return
         except RedisError:
             continue
-
-
-# What an awaited remote call may raise that fail-open absorbs: redis.asyncio also lets
-# OSError and asyncio's TimeoutError out of some connection paths.
-_AREMOTE_ERRORS = _REMOTE_ERRORS + (OSError, asyncio.TimeoutError)
 
 
 async def _alisten(ref, index, pool, prefix):
@@ -1478,7 +1698,7 @@ async def _alisten(ref, index, pool, prefix):
         tier._listener_state(index, False)
         del tier
         await asyncio.sleep(delay * random.uniform(0.5, 1.0))
-        delay = min(delay * 2, 2.0)
+        delay = min(delay * 2, _LISTEN_RETRY_CAP)
 
 
 async def _arenew(script, client, lname, token, lease_ms):
@@ -1486,7 +1706,7 @@ async def _arenew(script, client, lname, token, lease_ms):
     while True:
         await asyncio.sleep(lease_ms / 3000.0)
         try:
-            if not await script(keys=[lname], args=[token, lease_ms], client=client):
+            if not await script.acall(keys=[lname], args=[token, lease_ms], client=client):
                 return
-        except _AREMOTE_ERRORS:
+        except _REMOTE_ERRORS:
             continue

@@ -33,7 +33,10 @@ from itertools import chain, compress
 import msgpack
 import numpy as np
 
-__all__ = ["MAX_DEPTH", "Cipher", "Serializer", "SerializationError", "SignatureError", "encode_key", "decode_key"]
+__all__ = [
+    "MAX_DEPTH", "Cipher", "Serializer", "SerializationError", "SignatureError", "encode_key", "encode_keys",
+    "decode_key",
+]
 
 # Each level of tuples/sets/frozensets costs one nested msgpack call (about 2 KB of C
 # stack while decoding, more while encoding): 64 levels stay far below the smallest
@@ -298,18 +301,25 @@ def _packb_plain(obj):
 def _unpackb(data, budget=MAX_DEPTH):
     return msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=_HOOKS[budget])
 
+DEFAULT_MAX_SIZE = 64 << 20  # bytes a value may decompress to
+_PLAIN_HEAD = bytes((_FMT_MSGPACK, 0))
+_MAX_SNAPSHOT = 1 << 31
+
+
 class Serializer:
     """Turn values into bytes and back, safely.
 
     ``compress_over``: payloads larger than this many bytes are zstd-compressed
     (``None`` never compresses).  ``pickle_key``: bytes enabling signed pickle for
     values msgpack cannot represent; without it pickled payloads are refused on
-    load.  ``max_size`` bounds decompressed size (a guard against zstd bombs).
+    load.  ``max_size`` bounds the decompressed size of a payload (default 64 MiB, a
+    guard against zstd bombs): a larger one is a SerializationError, found without
+    allocating more than about ``max_size``.
     """
 
     __slots__ = ("compress_over", "compress_level", "max_size", "_pickle_key", "_cctx", "_dctx", "_depth")
 
-    def __init__(self, *, compress_over=None, compress_level=3, pickle_key=None, max_size=1 << 31,
+    def __init__(self, *, compress_over=None, compress_level=3, pickle_key=None, max_size=None,
                  _frame=False):
         if compress_over is not None and compress_over < 0:
             raise ValueError("compress_over must be >= 0 or None")
@@ -321,6 +331,11 @@ class Serializer:
             pickle_key = bytes(pickle_key)
         self.compress_over = compress_over
         self.compress_level = compress_level
+        if max_size is None:
+            # A snapshot (_frame) is one verified file holding a whole cache: keep its old bound.
+            max_size = _MAX_SNAPSHOT if _frame else DEFAULT_MAX_SIZE
+        if not (isinstance(max_size, int) and max_size > 0):
+            raise ValueError("max_size must be a positive int")
         self.max_size = max_size
         self._pickle_key = pickle_key
         self._cctx = None
@@ -349,7 +364,10 @@ class Serializer:
         except TypeError:
             if self._pickle_key is None:
                 raise
-            payload = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+            try:
+                payload = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+            except Exception as exc:  # PicklingError, TypeError, AttributeError: all "cannot represent"
+                raise TypeError(f"cannot pickle a value of type {type(obj).__qualname__!r}: {exc}") from exc
             fmt = _FMT_PICKLE
         flags = 0
         if self.compress_over is not None and len(payload) > self.compress_over:
@@ -363,6 +381,48 @@ class Serializer:
         if fmt == _FMT_PICKLE:
             return head + self._mac(head, payload) + payload
         return head + payload
+
+    def _decompress(self, payload):
+        import zstandard
+
+        # decompress() allocates the size written in the frame at once: check it first.
+        size = zstandard.frame_content_size(payload)
+        if size > self.max_size:
+            raise SerializationError(f"payload expands to {size} bytes, over max_size={self.max_size}")
+        if size >= 0:
+            return self._dctx.decompress(payload)
+        # No size written: stream it, so a bomb costs what it really expands to, up to the bound.
+        parts, total = [], 0
+        with self._dctx.stream_reader(payload) as reader:
+            while True:
+                chunk = reader.read(1 << 20)
+                if not chunk:
+                    return b"".join(parts)
+                total += len(chunk)
+                if total > self.max_size:
+                    raise SerializationError(f"payload expands past max_size={self.max_size} bytes")
+                parts.append(chunk)
+
+    def loads_many(self, blobs, missing=None):
+        """Return ``[self.loads(b) for b in blobs]`` with `missing` for each None; faster for short frames.
+
+        Stops at the first invalid frame with its SerializationError, as the loop would.
+        """
+        head, limit, unpack, loads = _PLAIN_HEAD, self._depth + 2, _unpackb, self.loads
+        out = []
+        append = out.append
+        for b in blobs:
+            if b is None:
+                append(missing)
+            elif len(b) <= limit and b[:2] == head:
+                # A plain frame too short to nest past the limit: what loads would do, minus its checks.
+                try:
+                    append(unpack(b[2:], MAX_DEPTH))
+                except Exception:
+                    append(loads(b))  # raises the SerializationError loads gives
+            else:
+                append(loads(b))
+        return out
 
     def loads(self, data):
         """Return the value encoded in `data`; raise SerializationError if it is not valid."""
@@ -392,11 +452,7 @@ class Serializer:
             if self._dctx is None:
                 self._dctx = zstandard.ZstdDecompressor()
             try:
-                # decompress() trusts a size written in the frame: check it first.
-                size = zstandard.frame_content_size(payload)
-                if size > self.max_size:
-                    raise SerializationError(f"payload expands to {size} bytes, over max_size={self.max_size}")
-                payload = self._dctx.decompress(payload, max_output_size=self.max_size)
+                payload = self._decompress(payload)
             except zstandard.ZstdError as exc:
                 raise SerializationError(f"corrupt compressed payload: {exc}") from None
         if fmt == _FMT_PICKLE:
@@ -587,6 +643,12 @@ def encode_key(key):
     frozensets nested more than MAX_DEPTH levels deep.
     """
     return _packb_plain(_canon(key))
+
+
+def encode_keys(keys, prefix=b""):
+    """Return ``[prefix + encode_key(k) for k in keys]``, faster (one packer for the batch)."""
+    pack = msgpack.Packer(use_bin_type=True, strict_types=True).pack
+    return [prefix + pack(_canon(k)) for k in keys]
 
 
 def _ext_hook_key(budget, code, data):

@@ -119,7 +119,7 @@ class RedisServer:
 class RedisClusterProcs:
     """Three cluster-enabled masters on loopback, slots assigned, no replicas."""
 
-    def __init__(self, directory, n=3):
+    def __init__(self, directory, n=3, extra=()):
         self.nodes = [
             RedisServer(
                 os.path.join(directory, f"node{i}"),
@@ -127,6 +127,7 @@ class RedisClusterProcs:
                     "--cluster-enabled", "yes",
                     "--cluster-config-file", "nodes.conf",
                     "--cluster-node-timeout", "2000",
+                    *extra,
                 ],
             )
             for i in range(n)

@@ -1,5 +1,6 @@
 """TieredCache against a real redis-server: semantics, invalidation, TTL, locks, faults."""
 
+import os
 import re
 import subprocess
 import sys
@@ -814,7 +815,7 @@ def test_errors_are_classified():
 
 
 def test_breaker_lets_one_probe_through_when_half_open():
-    b = _Breaker(threshold=2, base=0.01, cap=0.01)
+    b = _Breaker(threshold=2, base=0.01, cap=5.0)  # cap: an unreported probe expires after 2 * cap
     b.failure(redis.exceptions.ConnectionError())
     assert b.state == "closed" and b.allow()
     b.failure(redis.exceptions.ConnectionError())
@@ -873,10 +874,10 @@ def test_rejections_do_not_open_the_breaker(make_tier, own_redis_server, caplog)
 
 # --- a refused invalidation stream is loud; the minimal ACL works ---------------------------
 
-from kvcache.redis import SlowClientWarning, StreamRefusedError  # noqa: E402
+from kvcache.redis import SlowClientWarning, StreamRefusedError, ValueTooLargeError  # noqa: E402
 
 MINIMAL_ACL = (
-    "&__redis__:invalidate +get +set +del +unlink +scan +evalsha +eval +script|load +pttl +pexpire "
+    "&__redis__:invalidate +get +mget +set +del +unlink +scan +evalsha +eval +pttl +pexpire "
     "+client|id +client|tracking +subscribe +ping"
 )
 
@@ -897,6 +898,7 @@ def test_acl_user_stream_refused_is_loud(redis_server, missing, caplog):
         warnings.simplefilter("always")
         t = TieredCache(kvcache.LRUCache(maxsize=10), client, ns)
         try:
+            assert t.max_value_size == 512 * 1024 * 1024  # CONFIG GET refused: Redis' default
             if missing is None:
                 assert t.wait_live(5) and t.stats().stream_error is None
             else:
@@ -905,6 +907,11 @@ def test_acl_user_stream_refused_is_loud(redis_server, missing, caplog):
             # The tier works either way: through the local tier, or Redis on every read.
             t["k"] = [1, 2]
             assert t["k"] == [1, 2] and len(t) == 1 and t.get_or_set("g", lambda: 3) == 3
+            t.set_many(["m1", "m2"], [1, 2], ttl=60)
+            assert t.get_many(["m1", "m2", "m3"]) == [1, 2, None] and t.delete_many(["m1", "m2"]) == 2
+            t.clear()
+            assert len(t) == 0
+            t["k"] = [1, 2]
             del t["k"]
             assert t.get("k") is None and t.stats().errors == 0 and t.stats().rejections == 0
         finally:
@@ -934,3 +941,258 @@ def test_slow_client_warns_and_from_url_does_not(redis_server, ns):
         assert t.wait_live(5)
         t["k"] = 1
         assert t["k"] == 1
+
+
+# --- batches -----------------------------------------------------------------------------
+
+
+def test_batches_roundtrip(make_tier, redis_server):
+    a, b = make_tier(local=kvcache.LRUCache(maxsize=5000)), make_tier(local=kvcache.LRUCache(maxsize=5000))
+    keys = [f"k{i}" for i in range(2500)] + [("t", 1), 7]  # more than one script call's chunk
+    a.set_many(keys, [[i] for i in range(len(keys))])
+    assert wait_for(lambda: b.stats().invalidations == len(keys))  # fills after the notices stay
+    assert b.get_many(keys + ["nope", "k1"], default=-1) == [[i] for i in range(len(keys))] + [-1, [1]]
+    s = b.stats()
+    assert (s.remote_hits, s.misses, s.local_hits) == (len(keys) + 1, 1, 0)
+    assert b.get_many(["k0", "k1"]) == [[0], [1]] and b.stats().local_hits == 2  # filled locally
+    a.set_many(["k0", "k1"], ["x", "y"], ttl=30)
+    assert wait_for(lambda: "k0" not in b.local and "k1" not in b.local)
+    assert b.get_many(["k1", "k0"]) == ["y", "x"]
+    raw = redis_server.client()
+    assert 0 < raw.pttl(rname(a, "k0")) <= 30_000 and raw.pttl(rname(a, "k2")) == -1
+    assert all(type(e).__name__ == "Expiring" and e.value in ("x", "y") for e in
+               (b.local.get("k0"), b.local.get("k1")) if e is not None)
+    assert b.delete_many(["k0", "k1", "nope", "k1"]) == 2
+    assert a.get_many(["k0", "k1", "k2"]) == [None, None, [2]]
+    assert a.get_many([]) == [] and a.delete_many([]) == 0
+    a.set_many([], [])
+    with pytest.raises(ValueError):
+        a.set_many(["a"], [1, 2])
+    with pytest.raises(TypeError):
+        a.set_many(["w1", "w2"], [1, object()])
+    assert a.get_many(["w1", "w2"]) == [None, None]  # nothing written
+
+
+def test_batch_fill_racing_an_invalidation_is_not_stored(make_tier):
+    a, b = make_tier(), make_tier()
+    a.set_many(["k", "other"], ["v1", "o"])
+    assert wait_for(lambda: a.stats().invalidations == 2)
+    real = a._run  # the remote calls of the batches
+
+    def mget_then_concurrent_write(script, chunks, args):
+        reply = real(script, chunks, args)
+        before = a.stats().invalidations
+        b["k"] = "v2"  # lands after our read: our v1 is already stale
+        assert wait_for(lambda: a.stats().invalidations > before)
+        return reply
+
+    a.local.clear()
+    a._run = mget_then_concurrent_write
+    assert a.get_many(["k", "other"]) == ["v1", "o"]
+    del a._run
+    assert "k" not in a.local and a.local.get("other") == "o"
+    assert a["k"] == "v2"
+
+
+def test_batches_fail_open_and_strict(make_tier, own_redis_server):
+    t = make_tier(server=own_redis_server, failure_threshold=1, backoff=10)
+    t.set_many(["a", "b"], [1, 2])
+    assert wait_for(lambda: t.stats().invalidations == 2)  # the notices of our writes went by
+    assert t.get_many(["a", "b"]) == [1, 2] and "a" in t.local and "b" in t.local
+    own_redis_server.kill()
+    assert t.get_many(["a", "b", "c"], default=0) == [1, 2, 0]  # fail-open: the local tier
+    t.set_many(["a", "c"], [10, 30])  # not taken by Redis: no local copy kept
+    assert t.get_many(["a", "b", "c"]) == [None, 2, None]
+    assert t.delete_many(["b"]) == 1 and t.get("b") is None
+    assert t.stats().errors >= 1 and t.stats().circuit == "open"
+    s = TieredCache(kvcache.LRUCache(maxsize=10), own_redis_server.client(), "strict", strict=True)
+    try:
+        with pytest.raises(redis.exceptions.ConnectionError):
+            s.get_many(["a"])
+        with pytest.raises(redis.exceptions.ConnectionError):
+            s.set_many(["a"], [1])
+        with pytest.raises(redis.exceptions.ConnectionError):
+            s.delete_many(["a"])
+    finally:
+        s.close()
+
+
+def test_batch_rejections_counted_not_tripping(make_tier, own_redis_server):
+    t = make_tier(server=own_redis_server, max_value_size=100)
+    t.set_many(["small", "big"], ["x", "y" * 200])
+    assert t.get_many(["small", "big"]) == ["x", None]
+    assert t.stats().rejections == 1 and t.stats().circuit == "closed"
+    raw = own_redis_server.client()
+    raw.config_set("maxmemory-policy", "noeviction")
+    raw.config_set("maxmemory", 1)
+    try:
+        t.set_many(["small", "k2"], ["new", "new"])
+        assert t.stats().rejections == 2 and t.stats().errors == 0
+        assert t.get_many(["small", "k2"]) == ["x", None]  # what Redis holds
+    finally:
+        raw.config_set("maxmemory", 0)
+
+
+def test_oversized_value_says_so(make_tier, own_redis_server):
+    raw = own_redis_server.client()
+    raw.config_set("proto-max-bulk-len", 1024 * 1024)  # Redis' minimum
+    t = make_tier(server=own_redis_server)
+    strict = make_tier(server=own_redis_server, strict=True)
+    assert t.max_value_size == strict.max_value_size == 1024 * 1024  # read from the server
+    big = os.urandom(2 * 1024 * 1024)  # incompressible
+    t["k"] = "small"
+    with pytest.raises(ValueTooLargeError, match="too large"):
+        strict["k"] = big
+    t["k"] = big  # fail-open: counted, not sent, no local copy
+    s = t.stats()
+    assert s.rejections == 1 and s.errors == 0 and s.circuit == "closed"
+    assert t["k"] == "small" and strict["k"] == "small"
+    # An explicit bound wins (a user whose ACL forbids CONFIG gets Redis' default: see the ACL test).
+    assert make_tier(server=own_redis_server, max_value_size=10).max_value_size == 10
+    with pytest.raises(ValueError):
+        make_tier(server=own_redis_server, max_value_size=0)
+
+
+# --- faults: restart window, hung server --------------------------------------------------
+
+CHILD_SERVE = r"""
+import json, sys, kvcache
+from kvcache.redis import TieredCache
+port, ns = int(sys.argv[1]), sys.argv[2]
+t = TieredCache.from_url(f"redis://127.0.0.1:{port}/0", kvcache.LRUCache(maxsize=1000), ns, timeout=0.25,
+                         backoff=0.05, max_backoff=0.5)
+assert t.wait_live(5)
+print("ready", flush=True)
+for line in sys.stdin:
+    cmd, *args = line.split()
+    if cmd == "get":
+        print(json.dumps(t.get_many(args) if args[0] != "one" else [t.get(k) for k in args[1:]]), flush=True)
+    elif cmd == "live":
+        print(json.dumps(t.wait_live(10)), flush=True)
+"""
+
+
+class Child:
+    """A TieredCache in another process, read over a pipe."""
+
+    def __init__(self, port, ns):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", CHILD_SERVE, str(port), ns],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=child_env(), cwd=CHILD_CWD,
+        )
+        assert self.proc.stdout.readline().strip() == "ready"
+
+    def ask(self, *words):
+        import json
+
+        self.proc.stdin.write(" ".join(words) + "\n")
+        self.proc.stdin.flush()
+        return json.loads(self.proc.stdout.readline())
+
+    def close(self):
+        self.proc.kill()
+        self.proc.wait()
+
+
+def redis_holds(server, tier, keys):
+    raw = server.client()
+    ser = Serializer()
+    return [None if b is None else ser.loads(b) for b in raw.mget([rname(tier, k) for k in keys])]
+
+
+def test_restart_window_every_process_reads_what_redis_holds(own_redis_server, ns):
+    port = own_redis_server.port
+    # A long backoff: once open, the breaker would stay open well past the restart on its own.
+    a = TieredCache.from_url(f"redis://127.0.0.1:{port}/0", kvcache.LRUCache(maxsize=100), ns, timeout=0.25,
+                             failure_threshold=1, backoff=3.0, max_backoff=3.0)
+    child = Child(port, ns)
+    keys = [f"k{i}" for i in range(10)]
+    try:
+        assert a.wait_live(5)
+        a.set_many(keys, ["v1"] * 10)
+        assert a.get_many(keys) == child.ask("get", *keys) == ["v1"] * 10
+        own_redis_server.kill()
+        a["k0"] = "while down"  # fails: not kept
+        assert a.stats().circuit == "open"
+        own_redis_server.start()
+        assert a.wait_live(10) and child.ask("live") is True
+        for i in range(40):  # the window: stream live again, breaker had been open
+            a[keys[i % 10]] = f"w{i}"
+        assert wait_for(lambda: a.get_many(keys) == child.ask("get", *keys) == redis_holds(own_redis_server, a, keys))
+        assert child.ask("get", "one", *keys) == a.get_many(keys) == redis_holds(own_redis_server, a, keys)
+        assert redis_holds(own_redis_server, a, keys) != [None] * 10  # the writes reached Redis
+    finally:
+        child.close()
+        a.close()
+
+
+def test_hung_server_costs_one_timeout_per_probe(own_redis_server, ns):
+    import signal
+
+    port = own_redis_server.port
+    timeout = 0.2
+    t = TieredCache.from_url(f"redis://127.0.0.1:{port}/0", kvcache.LRUCache(maxsize=100), ns, timeout=timeout,
+                             backoff=0.05, max_backoff=0.4)
+    child = Child(port, ns)
+    keys = [f"k{i}" for i in range(20)]
+    try:
+        assert t.wait_live(5)
+        t.set_many(keys, ["before"] * 20)
+        own_redis_server.proc.send_signal(signal.SIGSTOP)
+        try:
+            assert t.get("absent") is None  # one call pays the timeout...
+            assert t.stats().errors == 1 and t.stats().circuit == "open"  # ...and opens the breaker
+            calls, exceptions = [0], []
+            start = time.monotonic()
+
+            def hammer(n):
+                try:
+                    end = time.monotonic() + 1.0
+                    while time.monotonic() < end:
+                        k = keys[calls[0] % 20]
+                        if calls[0] % 4:
+                            t.get(k)
+                        else:
+                            t[k] = f"hung{n}"
+                        calls[0] += 1
+                except Exception as exc:
+                    exceptions.append(exc)
+
+            threads = [threading.Thread(target=hammer, args=(n,)) for n in range(4)]
+            for th in threads:
+                th.start()
+            for th in threads:
+                th.join()
+            elapsed = time.monotonic() - start
+            paid = t.stats().errors - 1
+        finally:
+            own_redis_server.proc.send_signal(signal.SIGCONT)
+        assert exceptions == []
+        # Probes run one at a time and each costs at most one timeout; the other calls fail open at once.
+        assert paid <= elapsed / timeout + 1
+        assert calls[0] >= 20 * max(paid, 1)
+        # Writes that timed out may still land once the server runs again: everyone converges on Redis.
+        assert t.wait_live(10) and child.ask("live") is True
+        assert wait_for(lambda: t.get_many(keys) == child.ask("get", *keys) == redis_holds(own_redis_server, t, keys))
+    finally:
+        child.close()
+        t.close()
+
+
+def test_fault_run_script_short(own_redis_server):
+    """bench/redis_faults.py, short: 2 processes through kill -9, restart, SIGSTOP; nothing escapes."""
+    import json
+
+    del own_redis_server  # only for the binary check: the script starts its own server
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", "redis_faults.py")
+    out = subprocess.run(
+        [sys.executable, script, "--workers", "2", "--phase", "0.5", "--invalidations", "50", "--json"],
+        capture_output=True, text=True, env=child_env(), timeout=120,
+    )
+    assert out.returncode in (0, 1), out.stderr[-3000:]
+    figures = json.loads(out.stdout.strip().splitlines()[-1])
+    assert figures["exceptions"] == 0, figures["exception_samples"]
+    assert figures["reads_disagreeing_with_redis"] == 0 and figures["all_live"]
+    assert figures["served_while_down"] > 0 and figures["served_while_hung"] > 0
+    assert figures["recover_after_restart_s"] is not None and figures["recover_after_sigcont_s"] is not None
+    assert out.returncode == 0

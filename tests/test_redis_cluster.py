@@ -101,3 +101,72 @@ def test_get_or_set_single_flight(tiers):
     for th in threads:
         th.join(10)
     assert out == ["v"] * 6 and calls == [1]
+
+
+def test_batches_across_nodes(tiers, redis_cluster):
+    a, b = tiers(), tiers()
+    keys = [f"key{i}" for i in range(300)]
+    a.set_many(keys, list(range(300)), ttl=60)
+    raw = redis_cluster.client()
+    names = [a.namespace + b":v:" + encode_key(k) for k in keys]
+    assert len({raw.get_node_from_key(n).name for n in names}) == 3
+    assert 0 < raw.pttl(names[0]) <= 60_000
+    assert wait_for(lambda: b.stats().invalidations >= len(keys))
+    assert b.get_many(keys + ["nope"], default=-1) == list(range(300)) + [-1]
+    assert b.stats().remote_hits == 300 and b.get_many(keys[:5]) == [0, 1, 2, 3, 4]
+    assert b.stats().local_hits == 5
+    assert a.delete_many(keys[:100] + ["nope"]) == 100
+    assert wait_for(lambda: not any(k in b.local for k in keys[:5]))
+    assert b.get_many(keys[98:102]) == [None, None, 100, 101]
+    assert len(a) == 200
+
+
+@pytest.fixture
+def lonely_cluster(tmp_path):
+    """A cluster of its own whose masters keep serving their slots when another one dies."""
+    from tests.redis_fixtures import RedisClusterProcs, require_redis_binaries
+
+    require_redis_binaries(cluster=True)
+    c = RedisClusterProcs(str(tmp_path), extra=["--cluster-require-full-coverage", "no"]).start()
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+def test_dead_master_fails_open_only_its_slots(lonely_cluster):
+    c = lonely_cluster
+    t = TieredCache(kvcache.LRUCache(maxsize=1000), c.client(socket_timeout=0.25, socket_connect_timeout=0.25),
+                    "dead", failure_threshold=1, backoff=0.05, max_backoff=0.2)
+    try:
+        assert t.wait_live(10)
+        raw = c.client()
+        keys = [f"key{i}" for i in range(120)]
+        dead = c.nodes[1]
+        dead_name = f"127.0.0.1:{dead.port}"
+        on_dead = {k for k in keys if raw.get_node_from_key(t.namespace + b":v:" + encode_key(k)).name == dead_name}
+        assert 0 < len(on_dead) < len(keys)
+        dead.kill()
+        served = {"healthy": 0, "dead": 0}
+        failed_open = {"healthy": 0, "dead": 0}
+        for rnd in range(3):
+            for k in keys:
+                side = "dead" if k in on_dead else "healthy"
+                before = t.stats()
+                t[k] = rnd  # never raises
+                after_set = t.stats()
+                v = t.get(k)
+                after = t.stats()
+                ok = after_set.sets == before.sets + 1 and after.remote_hits == after_set.remote_hits + 1
+                (served if ok else failed_open)[side] += 1
+                assert v == (rnd if ok else None)
+        assert failed_open["healthy"] == 0 and served["healthy"] == 3 * (len(keys) - len(on_dead))
+        assert served["dead"] == 0
+        s = t.stats()
+        assert s.circuit in ("open", "half-open") and not s.live  # the dead node's stream is down
+        # Batches: the healthy nodes' keys still go to Redis, the dead node's fail open.
+        t.local.clear()
+        got = t.get_many(keys)
+        assert [k for k, v in zip(keys, got) if v is None] == [k for k in keys if k in on_dead]
+    finally:
+        t.close()

@@ -108,6 +108,36 @@ def test_decompression_bomb_bounded():
     frame = s.dumps(b"\x00" * 1_000_000)
     with pytest.raises(SerializationError):
         Serializer(max_size=1000).loads(frame)
+    assert Serializer().max_size == 64 << 20
+    with pytest.raises(ValueError):
+        Serializer(max_size=0)
+
+
+@pytest.mark.parametrize("declared", [True, False])
+def test_default_bound_refuses_a_frame_over_64_mib(declared):
+    import zstandard
+    from kvcache.serialize import _FLAG_ZSTD, _FMT_MSGPACK
+
+    # A bin 32 header claiming 100 MiB, then zeros: a few KB compressed.
+    n = 100 << 20
+    comp = zstandard.ZstdCompressor(write_content_size=declared).compressobj(size=n + 5 if declared else -1)
+    zeros = b"\0" * (1 << 20)
+    parts = [comp.compress(b"\xc6" + n.to_bytes(4, "big"))]
+    parts += [comp.compress(zeros) for _ in range(100)]
+    frame = bytes((_FMT_MSGPACK, _FLAG_ZSTD)) + b"".join(parts) + comp.flush()
+    assert len(frame) < 100_000
+    with pytest.raises(SerializationError, match="max_size"):
+        Serializer().loads(frame)
+    assert len(Serializer(max_size=n + 5).loads(frame)) == n
+
+
+def test_unpicklable_value_raises_type_error():
+    import threading
+
+    s = Serializer(pickle_key=b"k" * 16)
+    for value in (threading.Lock(), lambda: 1):
+        with pytest.raises(TypeError, match="cannot pickle"):
+            s.dumps(value)
 
 
 RAN = []

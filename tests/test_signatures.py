@@ -43,13 +43,13 @@ CLASSES = {
     kvcache.CachedEmbedder: "encode, cache, namespace",
     redis_mod.TieredCache: "local, client, namespace, ttl=None, serializer=None, compress_over=None, "
                            "strict=False, *, lock_lease=10.0, lock_wait=30.0, failure_threshold=3, "
-                           "backoff=0.05, max_backoff=5.0",
+                           "backoff=0.05, max_backoff=5.0, max_value_size=None",
     memcached_mod.TieredCache: "local, client, namespace, *, consistency='eventual', max_stale=1.0, "
                                "encryption_key=None, ttl=None, serializer=None, compress_over=None, "
                                "strict=False, timeout=0.25, lock_lease=10.0, lock_wait=30.0, "
                                "failure_threshold=3, backoff=0.05, max_backoff=5.0, max_value_size=1047552",
     redis_mod.TierStats: "local_hits, remote_hits, misses, sets, deletes, errors, invalidations, "
-                         "circuit, live",
+                         "circuit, live, rejections, stream_error",
     llm.BlockPool: "num_blocks, block_size, layers, kv_heads, head_dim, dtype=np.float16",
     llm.PrefixCache: "pool, salt=b'', *, _digest_bits=128",
     llm.Decoder: "vocab_size=512, d_model=128, n_heads=4, n_layers=4, d_ff=512, block_size=16, "
@@ -58,7 +58,7 @@ CLASSES = {
     llm.PrefixCacheStats: "queries, hit_blocks, hit_tokens, committed, evictions, cached, free, "
                           "evictable, in_use, num_blocks",
     serialize.Serializer: "*, compress_over=None, compress_level=3, pickle_key=None, "
-                          "max_size=2147483648, _frame=False",
+                          "max_size=None, _frame=False",
 }
 
 FUNCTIONS = {
@@ -82,6 +82,7 @@ FUNCTIONS = {
     snapshot.load_into: "cache, path, *, pickle_key=None",
     snapshot.read_header: "path, *, pickle_key=None",
     serialize.encode_key: "key",
+    serialize.encode_keys: "keys, prefix=b''",
     serialize.decode_key: "data",
     simulate.opt: "keys, maxsize",
     simulate.replay: "keys, policy, maxsize, *, seed=None, progress=None",
@@ -149,6 +150,11 @@ METHODS.update({
     (redis_mod.TieredCache, "get_or_set"): "self, key, compute, ttl=MISSING",
     (redis_mod.TieredCache, "delete"): "self, key",
     (redis_mod.TieredCache, "wait_live"): "self, timeout=5.0",
+    (redis_mod.TieredCache, "get_many"): "self, keys, default=None",
+    (redis_mod.TieredCache, "set_many"): "self, keys, values, ttl=MISSING",
+    (redis_mod.TieredCache, "delete_many"): "self, keys",
+    (redis_mod.TieredCache, "from_url"): "url, local, namespace, *, timeout=0.25, cluster=False, "
+                                         "client_kwargs=None, **kwargs",
     (llm.PrefixCache, "match"): "self, tokens",
     (llm.PrefixCache, "commit"): "self, tokens, block_ids",
     (llm.Decoder, "generate"): "self, prompt_ids, max_new_tokens, mode='prefix', *, "
