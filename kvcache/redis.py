@@ -19,10 +19,28 @@ Consistency rules (why the code looks the way it does):
   to Redis first and the local tier only answers when Redis cannot (fail-open).
   When the stream comes back the local tier is cleared, since any message
   sent meanwhile was lost, and only then trusted again.
+* A write Redis did not take (unreachable, breaker open, refused, timed out
+  and so maybe applied later) leaves no local copy: every process, the writer
+  included, converges on what Redis holds.
+* Outages and refusals differ: a connection-level failure opens the breaker of
+  the node serving the key (one per cluster primary, so a dead master fails
+  open only its slots); a server's answer (OOM, NOPERM, WRONGTYPE) proves the
+  node is up and is counted, logged and, in strict mode, raised.
+* Batches (get_many, set_many, delete_many) follow the same rules, key by key,
+  with one script call per node and 1,000 keys (per hash slot on a cluster).
 * A local copy never outlives its Redis TTL: entries with a TTL are stored
   locally together with a monotonic deadline (``SET ... PX`` for our writes,
   ``PTTL`` read atomically with the value for fills), so this works with any
   kvcache cache as ``local`` whether or not it supports per-entry TTLs.
+
+Two tiers, one logic: ``TieredCache`` (blocking, threads) and ``AsyncTieredCache``
+(asyncio) share ``_TierCore``, where every operation is written once as a
+generator of *steps* that yields the I/O it needs (``("_set", name, blob, px)``,
+``("_eval", script, keys, args)``, ...) and is sent the result.  ``_drive`` runs
+the steps with the blocking tier's methods of those names, ``_adrive`` awaits the
+asyncio tier's coroutines; the invalidation stream is a thread or a task over
+one ``_handshake``.  A local hit never enters the steps: it is compiled
+(``kvcache/_tiered.pyx``).
 """
 
 import asyncio
@@ -796,19 +814,29 @@ class TieredCache(_TierCore, MutableMapping):
     """Cache values locally in `local` (any kvcache cache) and shared in Redis.
 
     ``client`` is a ``redis.Redis`` or ``redis.cluster.RedisCluster`` created with
-    ``decode_responses=False``; keep its retries and socket timeouts short, as
-    the tier does its own backoff.  ``namespace`` prefixes every Redis key and
-    scopes invalidation.  ``ttl`` (seconds) is the default lifetime in Redis and
+    ``decode_responses=False``; :meth:`from_url` makes one with short timeouts and
+    no retries, and a client whose settings would block calls for seconds while
+    Redis is down gets a :class:`SlowClientWarning`.  ``namespace`` scopes the
+    Redis keys (``namespace:`` with ``\\`` and ``:`` escaped, so namespaces never
+    overlap) and invalidation.  ``ttl`` (seconds) is the default lifetime in Redis and
     bounds the local copy.  Values go through `serializer` (default: the safe
     msgpack :class:`~kvcache.serialize.Serializer`, zstd above ``compress_over``
     bytes).  Keys must be made of None/bool/int/float/str/bytes/tuples/frozensets
     (see :func:`kvcache.serialize.encode_key`).
 
-    Fail-open by default: when Redis is unreachable, reads and writes use the
-    local tier only, no exception reaches the caller and ``stats().errors``
-    counts the failures; a circuit breaker stops calling a dead server and
-    probes it again after an exponential backoff.  ``strict=True`` raises
-    instead.  Call :meth:`close` (or use ``with``) to stop the background
+    Fail-open by default: when a node is unreachable, reads of its keys use the
+    local tier, writes of its keys are dropped (locally too, so every process
+    reads what Redis holds), no exception reaches the caller and
+    ``stats().errors`` counts the failures.  A circuit breaker per node (per
+    cluster primary) stops calling a dead one after ``failure_threshold``
+    failures or one timeout and lets one probe through after an exponential
+    backoff.  A command the server refuses (OOM, NOPERM, WRONGTYPE, a value over
+    ``max_value_size``, by default the server's proto-max-bulk-len) is counted
+    in ``stats().rejections`` and logged once per kind, never opening the
+    breaker.  ``strict=True`` raises instead, and raises
+    :class:`StreamRefusedError` at construction if the ACL forbids invalidation
+    (otherwise a warning and ``stats().stream_error`` name the missing
+    permission).  Call :meth:`close` (or use ``with``) to stop the background
     invalidation threads.
 
     Entries with a TTL sit in `local` wrapped together with their deadline (so
@@ -1106,11 +1134,12 @@ class AsyncTieredCache(_TierCore, AsyncTieredBase):
         max_value_size=None,
     ):
         import redis.asyncio
+        import redis.asyncio.cluster
 
-        if not isinstance(client, redis.asyncio.Redis):
+        if not isinstance(client, (redis.asyncio.Redis, redis.asyncio.cluster.RedisCluster)):
             raise TypeError(
-                "AsyncTieredCache needs a redis.asyncio.Redis client (for redis.Redis or a "
-                f"cluster use TieredCache), not {type(client).__name__}"
+                "AsyncTieredCache needs a redis.asyncio.Redis or redis.asyncio.cluster.RedisCluster "
+                f"client (for redis.Redis use TieredCache), not {type(client).__name__}"
             )
         # The server's limit cannot be read without a loop: _start reads it.
         self._read_max_bulk = max_value_size is None
@@ -1118,7 +1147,8 @@ class AsyncTieredCache(_TierCore, AsyncTieredBase):
             local, client, namespace, ttl, serializer, compress_over, strict, lock_lease, lock_wait,
             failure_threshold, backoff, max_backoff, _MAX_BULK if max_value_size is None else max_value_size,
         )
-        self._pools = [client.connection_pool]
+        # A cluster's primaries are known only once the client has met it (_start_cluster).
+        self._pools = [] if self._cluster else [client.connection_pool]
         self._setup_listeners(self._pools)
         self._tasks = None  # the listeners, started on the first slow-path call in a loop
         self._flights = {}  # Redis name -> future of the get_or_set computing it in this process
@@ -1126,17 +1156,24 @@ class AsyncTieredCache(_TierCore, AsyncTieredBase):
         _check_client(client, "AsyncTieredCache")
 
     @classmethod
-    def from_url(cls, url, local, namespace, *, timeout=0.25, client_kwargs=None, **kwargs):
+    def from_url(cls, url, local, namespace, *, timeout=0.25, cluster=False, client_kwargs=None, **kwargs):
         """Build a tier on a new ``redis.asyncio`` client for `url` that gives up after `timeout` seconds.
 
-        The client never retries; ``client_kwargs`` go to it, the other keyword arguments to
-        the constructor.  The tier owns this client: :meth:`aclose` closes it.
+        The client never retries; ``cluster=True`` makes a ``redis.asyncio.cluster.RedisCluster``;
+        ``client_kwargs`` go to the client, the other keyword arguments to the constructor.
+        The tier owns this client: :meth:`aclose` closes it.
         """
         import redis.asyncio
         from redis.asyncio.retry import Retry
 
         ckw = _url_client_kwargs(timeout, client_kwargs, Retry(_redis.backoff.NoBackoff(), 0))
-        tier = cls(local, redis.asyncio.Redis.from_url(url, **ckw), namespace, **kwargs)
+        if cluster:
+            from redis.asyncio.cluster import RedisCluster
+
+            client = RedisCluster.from_url(url, **ckw)
+        else:
+            client = redis.asyncio.Redis.from_url(url, **ckw)
+        tier = cls(local, client, namespace, **kwargs)
         tier._owns_client = True
         return tier
 
@@ -1146,15 +1183,34 @@ class AsyncTieredCache(_TierCore, AsyncTieredBase):
         """Start the invalidation tasks in the running loop, once (every slow path calls this)."""
         if self._tasks is None and not self._closed:
             loop = asyncio.get_running_loop()
-            ref = weakref.ref(self)
-            ns = self.namespace.decode(errors="replace")
-            self._tasks = [
-                loop.create_task(_alisten(ref, i, pool, self._prefix), name=f"kvcache-invalidation-{ns}-{i}")
-                for i, pool in enumerate(self._pools)
-            ]
+            if self._cluster:
+                self._tasks = [loop.create_task(self._start_cluster())]
+            else:
+                self._tasks = [self._listener_task(0, self._pools[0])]
             if self._read_max_bulk:
                 self._read_max_bulk = False
                 self._tasks.append(loop.create_task(self._adopt_max_bulk()))
+
+    def _listener_task(self, index, pool):
+        ns = self.namespace.decode(errors="replace")
+        return asyncio.get_running_loop().create_task(
+            _alisten(weakref.ref(self), index, pool, self._prefix), name=f"kvcache-invalidation-{ns}-{index}"
+        )
+
+    async def _start_cluster(self):
+        """Meet the cluster (retrying while it is unreachable), then listen to each primary."""
+        delay = 0.02
+        while True:
+            try:
+                await self._client.initialize()
+                pools = self._client.get_primaries()
+                break
+            except _REMOTE_ERRORS:
+                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+                delay = min(delay * 2, _LISTEN_RETRY_CAP)
+        self._pools = pools
+        self._setup_listeners(pools)  # ClusterNode has what a pool gives a listener
+        self._tasks.extend(self._listener_task(i, node) for i, node in enumerate(pools))
 
     async def _adopt_max_bulk(self):
         self.max_value_size = await _aserver_max_bulk(self._client)
@@ -1322,7 +1378,12 @@ class AsyncTieredCache(_TierCore, AsyncTieredBase):
         return await self._client.delete(name)
 
     async def _run(self, script, chunks, args):
-        return [await script.acall(keys=c, args=a, client=self._client) for c, a in zip(chunks, args)]
+        if not self._cluster:
+            return [await script.acall(keys=c, args=a, client=self._client) for c, a in zip(chunks, args)]
+        pipe = self._client.pipeline()  # each EVAL to its node, as TieredCache._run
+        for c, a in zip(chunks, args):
+            pipe.execute_command("EVAL", script.source, len(c), *c, *a)
+        return await pipe.execute()
 
     async def _lookup(self, key):
         return await self.get(key, _MISSING)
@@ -1385,13 +1446,20 @@ class AsyncTieredCache(_TierCore, AsyncTieredBase):
 def _is_cluster(client):
     try:
         from redis.cluster import RedisCluster
+        from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
     except ImportError:  # pragma: no cover
         return False
-    return isinstance(client, RedisCluster)
+    return isinstance(client, (RedisCluster, AsyncRedisCluster))
+
+
+def _is_async(client):
+    return type(client).__module__.startswith("redis.asyncio")
 
 
 def _connection_kwargs(client):
     if _is_cluster(client):
+        if _is_async(client):  # nodes without pools, made when the client first connects
+            return client.get_connection_kwargs()
         node = client.get_default_node()
         return node.redis_connection.connection_pool.connection_kwargs
     return client.connection_pool.connection_kwargs
@@ -1425,7 +1493,7 @@ def _client_problems(client):
     if connect is None or connect > _SLOW:
         problems.append(f"socket_connect_timeout={connect}")
     for retry in (kw.get("retry"), getattr(client, "retry", None) if _is_cluster(client) else None):
-        n = retry.get_retries() if retry is not None else 0
+        n = 0 if retry is None else (retry.get_retries() if hasattr(retry, "get_retries") else retry._retries)
         if n:
             problems.append(f"{n} retries")
             break

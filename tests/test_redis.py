@@ -792,13 +792,19 @@ def test_len_and_clear_stay_in_their_namespace(make_tier, ns):
     outer = make_tier(namespace=ns)
     inner = make_tier(namespace=ns + ":v")
     glob = make_tier(namespace=ns + "*[")
+    slash = make_tier(namespace=ns + "\\")
+    slash_v = make_tier(namespace=ns + "\\:v")
     outer["a"] = 1
     inner["b"] = 2
     inner["c"] = 3
     glob["d"] = 4
+    slash["e"] = 5
+    slash_v["f"] = 6
     assert len(outer) == 1 and sorted(inner) == ["b", "c"] and len(glob) == 1
+    assert list(slash) == ["e"] and list(slash_v) == ["f"]
     outer.clear()
-    assert len(outer) == 0 and len(inner) == 2 and glob["d"] == 4
+    slash.clear()
+    assert len(outer) == 0 and len(inner) == 2 and glob["d"] == 4 and slash_v["f"] == 6
     assert inner["b"] == 2
 
 

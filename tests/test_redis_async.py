@@ -22,7 +22,7 @@ import kvcache  # noqa: E402
 import kvcache.redis  # noqa: E402
 from kvcache.redis import AsyncTieredCache, CircuitOpenError, StreamRefusedError  # noqa: E402
 from kvcache.serialize import Serializer  # noqa: E402
-from tests.redis_fixtures import child_env, own_redis_server, redis_server  # noqa: E402,F401
+from tests.redis_fixtures import child_env, own_redis_server, redis_cluster, redis_server  # noqa: E402,F401
 
 _ns_counter = iter(range(10**6))
 
@@ -760,3 +760,71 @@ def test_tier_made_before_the_loop_runs(redis_server, ns):
 
     asyncio.run(main())
     assert not t.live
+
+
+# --- Redis Cluster ------------------------------------------------------------------------
+
+
+def test_cluster(redis_cluster, ns):
+    url = f"redis://127.0.0.1:{redis_cluster.nodes[0].port}"
+
+    async def main():
+        local = kvcache.LRUCache
+        async with AsyncTieredCache.from_url(url, local(maxsize=1000), ns, cluster=True) as a, \
+                AsyncTieredCache.from_url(url, local(maxsize=1000), ns, cluster=True) as b:
+            assert await a.wait_live(10) and await b.wait_live(10)
+            assert len(a._pools) == 3  # one invalidation stream per primary
+            keys = [f"k{i}" for i in range(200)]  # spread over the three masters
+            await a.set_many(keys, range(200))
+            assert await b.get_many(keys + ["absent"]) == list(range(200)) + [None]
+            for k in ("k1", "k2", "k3"):
+                await settled_set(a, k, "v", [b])
+                await fill_locally(b, k, "v")
+                await a.set(k, "w")
+                assert await eventually(lambda: k not in b.local), "invalidation never arrived"
+                assert await b.get(k) == "w"
+            calls = []
+            got = await asyncio.gather(*[(a if i % 2 else b).get_or_set("g", lambda: calls.append(1) or 7)
+                                         for i in range(10)])
+            assert got == [7] * 10 and calls == [1]
+            assert await a.delete_many(keys[:100]) == 100
+            assert await b.get_many(keys[:100]) == [None] * 100
+            s = a.stats()
+            assert s.errors == 0 and s.rejections == 0 and s.circuit == "closed"
+
+    asyncio.run(main())
+
+
+def test_cluster_dead_master_fails_open_only_its_slots(tmp_path, ns):
+    from tests.redis_fixtures import RedisClusterProcs, require_redis_binaries
+
+    require_redis_binaries(cluster=True)
+    c = RedisClusterProcs(str(tmp_path), extra=["--cluster-require-full-coverage", "no"]).start()
+
+    async def main():
+        url = f"redis://127.0.0.1:{c.nodes[0].port}"
+        async with AsyncTieredCache.from_url(url, kvcache.LRUCache(maxsize=1000), ns, cluster=True,
+                                             failure_threshold=1, backoff=0.05, max_backoff=0.2) as t:
+            assert await t.wait_live(10)
+            keys = [f"key{i}" for i in range(60)]
+            dead = c.nodes[1]
+            node_of = {k: t._health.node_name(t._name(k)) for k in keys}
+            on_dead = {k for k in keys if node_of[k] == f"127.0.0.1:{dead.port}"}
+            assert 0 < len(on_dead) < len(keys)
+            dead.kill()
+            served = {"healthy": 0, "dead": 0}
+            for rnd in range(2):
+                for k in keys:
+                    before = t.stats()
+                    await t.set(k, rnd)  # never raises
+                    if t.stats().sets == before.sets + 1:
+                        served["dead" if k in on_dead else "healthy"] += 1
+                got = await t.get_many(keys)
+                assert [got[i] for i, k in enumerate(keys) if k not in on_dead] == [rnd] * (len(keys) - len(on_dead))
+            assert served == {"healthy": 2 * (len(keys) - len(on_dead)), "dead": 0}
+            assert t.stats().errors >= 1
+
+    try:
+        asyncio.run(main())
+    finally:
+        c.stop()

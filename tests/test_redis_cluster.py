@@ -170,3 +170,19 @@ def test_dead_master_fails_open_only_its_slots(lonely_cluster):
         assert [k for k, v in zip(keys, got) if v is None] == [k for k in keys if k in on_dead]
     finally:
         t.close()
+
+
+def test_from_url_cluster(redis_cluster, request):
+    import warnings
+
+    from kvcache.redis import SlowClientWarning
+
+    url = f"redis://127.0.0.1:{redis_cluster.nodes[0].port}/0"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SlowClientWarning)
+        t = TieredCache.from_url(url, kvcache.LRUCache(maxsize=100), request.node.name, cluster=True, timeout=0.3)
+    with t:
+        assert t.wait_live(10) and len(t._threads) == 3
+        assert t.client.retry.get_retries() == 0
+        t.set_many(["a", "b", "c"], [1, 2, 3])
+        assert t.get_many(["a", "b", "c", "d"]) == [1, 2, 3, None]
