@@ -15,7 +15,7 @@ import time
 from collections import namedtuple
 
 from kvcache._tiered import MISSING, TieredBase
-from kvcache.serialize import SerializationError, Serializer
+from kvcache.serialize import Cipher, SerializationError, Serializer
 
 __all__ = [
     "DEFAULT", "MISSING", "OUTAGE", "REJECTION", "Batch", "Breaker", "NodeHealth", "TierCore", "TierStats",
@@ -226,9 +226,10 @@ class TierCore(TieredBase):
 
     def _setup_core(
         self, local, client, namespace, ttl, serializer, compress_over, strict, lock_lease, lock_wait,
-        max_value_size, health,
+        max_value_size, health, encryption_key=None,
     ):
         """Check the arguments every tier takes and set up the state they all keep."""
+        self._cipher = None if encryption_key is None else Cipher(encryption_key)
         if serializer is not None and compress_over is not None:
             raise ValueError("give compress_over to the serializer, not both")
         if ttl is not None and not ttl > 0:
@@ -409,6 +410,14 @@ class TierCore(TieredBase):
             f"{type(self).__name__}({self._local!r}, namespace={self.namespace!r}, "
             f"ttl={self.ttl!r}, strict={self.strict!r})"
         )
+
+    def _seal(self, blob, name):
+        """Return `blob` encrypted and bound to `name` (namespace and key) if the tier has a key."""
+        return blob if self._cipher is None else self._cipher.seal(blob, name)
+
+    def _open(self, blob, name):
+        """Return the plaintext of what `_seal` made for `name`; raise SignatureError if it is not that."""
+        return blob if self._cipher is None else self._cipher.open(blob, name)
 
     def _mark_dirty(self, name):
         """Keep what operations in flight on `name` read out of the local tier (hold _lock)."""

@@ -184,7 +184,8 @@ class TieredCache(TierCore, MutableMapping):
             raise ValueError("max_stale must be a finite number of seconds >= 0")
         if not timeout > 0:
             raise ValueError("timeout must be > 0")
-        self._cipher = None if encryption_key is None else Cipher(encryption_key)
+        if encryption_key is not None:
+            Cipher(encryption_key)  # a bad key fails before any client is made
         clients, owns = _clients(client, timeout)
         nodes = [_Node(c) for c in clients]
         if len({n.name for n in nodes}) != len(nodes):
@@ -194,7 +195,7 @@ class TieredCache(TierCore, MutableMapping):
             n.breaker = health.node(n.name)
         self._setup_core(
             local, client, namespace, ttl, serializer, compress_over, strict, lock_lease, lock_wait,
-            max_value_size, health,
+            max_value_size, health, encryption_key,
         )
         self._nodes = nodes
         self._owns_client = owns
@@ -234,17 +235,14 @@ class TieredCache(TierCore, MutableMapping):
 
     def _encode(self, value, ekey, ttl):
         frame = _HEAD.pack(0.0 if ttl is None else time.time() + ttl) + self._ser.dumps(value)
-        if self._cipher is not None:
-            frame = self._cipher.seal(frame, self._prefix + ekey)
-        return frame
+        return self._seal(frame, self._prefix + ekey)
 
     def _decode(self, stored, ekey, t0):
         """Return (value, monotonic deadline of its TTL); (_MISSING, 0) if it expired.
 
         Raises SerializationError (SignatureError: tampered, foreign or not encrypted).
         """
-        if self._cipher is not None:
-            stored = self._cipher.open(stored, self._prefix + ekey)
+        stored = self._open(stored, self._prefix + ekey)
         if len(stored) < _HEAD.size:
             raise SerializationError("truncated value")
         (expiry,) = _HEAD.unpack_from(stored)

@@ -336,7 +336,7 @@ class _TierCore(TierCore):
 
     def _setup(
         self, local, client, namespace, ttl, serializer, compress_over, strict, lock_lease, lock_wait,
-        failure_threshold, backoff, max_backoff, max_value_size,
+        failure_threshold, backoff, max_backoff, max_value_size, encryption_key=None,
     ):
         """Check the arguments and set up the state both tiers keep (the constructors call it)."""
         self._cluster = _is_cluster(client)
@@ -346,7 +346,7 @@ class _TierCore(TierCore):
             max_value_size = _server_max_bulk(client)  # the asyncio tier reads it on start instead
         self._setup_core(
             local, client, namespace, ttl, serializer, compress_over, strict, lock_lease, lock_wait,
-            max_value_size, NodeHealth(client, failure_threshold, backoff, max_backoff),
+            max_value_size, NodeHealth(client, failure_threshold, backoff, max_backoff), encryption_key,
         )
         self._vprefix = self._prefix + b"v:"
         self._lprefix = self._prefix + b"l:"
@@ -429,13 +429,13 @@ class _TierCore(TierCore):
             # than after the backoff, or writes would keep missing a reachable Redis.
             self._health.reset(self._pool_nodes[index])
 
-    def _reply(self, reply, t0):
-        """Decode a `_LUA_GET` reply read at `t0`: return (value, local entry), both _MISSING if none."""
+    def _reply(self, reply, t0, name):
+        """Decode a `_LUA_GET` reply for `name` read at `t0`: return (value, local entry), both _MISSING if none."""
         if reply is None:
             self._counts[1] += 1
             return _MISSING, _MISSING
         blob, pttl = reply
-        value = self._ser.loads(blob)
+        value = self._ser.loads(self._open(blob, name))
         self._counts[0] += 1
         return value, (value if pttl < 0 else Expiring(value, t0 + pttl / 1000.0))
 
@@ -467,7 +467,7 @@ class _TierCore(TierCore):
             t0 = _monotonic()
             reply = yield "_eval", self._get_script, [name], ()
             breaker.success()
-            value, entry = self._reply(reply, t0)
+            value, entry = self._reply(reply, t0, name)
             return value
         finally:
             self._end(name, epoch, key, entry)
@@ -486,8 +486,8 @@ class _TierCore(TierCore):
     def _set_steps(self, key, value, ttl):
         """Steps of set (see TieredCache.set)."""
         ttl = self._ttl(ttl)
-        blob = self._ser.dumps(value)
         name = self._name(key)
+        blob = self._seal(self._ser.dumps(value), name)
         breaker = self._health.breaker(name)
         epoch = self._begin(name)
         entry = _MISSING
@@ -627,7 +627,7 @@ class _TierCore(TierCore):
                     t0 = _monotonic()
                     blobs, ttls = yield from self._remote_mget(gnames)
                     breaker.success()
-                    values, bad = self._loads_many(blobs)
+                    values, bad = self._loads_many(blobs, gnames)
                     for j, exc in bad:
                         self._count_error(exc, breaker)
                         first_error = first_error or exc
@@ -660,9 +660,25 @@ class _TierCore(TierCore):
             raise first_error
         return out
 
-    def _loads_many(self, blobs):
-        """Decode `blobs` (None: _MISSING); return (values, [(index, SerializationError)])."""
+    def _loads_many(self, blobs, names=None):
+        """Decode `blobs` of `names` (None: _MISSING); return (values, [(index, SerializationError)]).
+
+        With an encryption key, `names` are what each blob is bound to (None: already decrypted).
+        """
         many = getattr(self._ser, "loads_many", None)  # a serializer of the user's may lack it
+        if self._cipher is not None and names is not None:
+            blobs = list(blobs)
+            bad = []
+            for j, b in enumerate(blobs):
+                if b is not None:
+                    try:
+                        blobs[j] = self._open(b, names[j])
+                    except SerializationError as exc:
+                        blobs[j] = None
+                        bad.append((j, exc))
+            if bad:
+                values, more = self._loads_many(blobs)  # the rest, decrypted, as without a key
+                return values, sorted(bad + list(more))
         try:
             if many is not None:
                 return many(blobs, _MISSING), ()
@@ -687,9 +703,9 @@ class _TierCore(TierCore):
         if len(keys) != len(values):
             raise ValueError(f"{len(keys)} keys but {len(values)} values")
         ttl = self._ttl(ttl)
-        dumps = self._ser.dumps
-        blobs = [dumps(v) for v in values]
+        dumps, seal = self._ser.dumps, self._seal
         names = encode_keys(keys, self._vprefix)
+        blobs = [seal(dumps(v), n) for v, n in zip(values, names)]
         px = None if ttl is None else max(1, int(ttl * 1000))
         first_error = None
         for breaker, pos in self._health.group(names):
@@ -845,6 +861,11 @@ class TieredCache(_TierCore, MutableMapping):
     a concurrent one); the next read refills it from Redis.  ``len()`` and
     iteration SCAN the namespace in Redis and raise if it is unreachable.
 
+    ``encryption_key`` (16, 24 or 32 bytes, or a list of them, newest first) encrypts values
+    with AES-GCM bound to the namespace and the key (:class:`kvcache.serialize.Cipher`): a
+    tampered or foreign value is a miss (raised with ``strict=True``).  Key names stay readable
+    in Redis: invalidation maps them back to keys.
+
     Thread-safety: all methods may be called from many threads at once.
     """
 
@@ -864,10 +885,11 @@ class TieredCache(_TierCore, MutableMapping):
         backoff=0.05,
         max_backoff=5.0,
         max_value_size=None,
+        encryption_key=None,
     ):
         self._setup(
             local, client, namespace, ttl, serializer, compress_over, strict, lock_lease, lock_wait,
-            failure_threshold, backoff, max_backoff, max_value_size,
+            failure_threshold, backoff, max_backoff, max_value_size, encryption_key,
         )
 
         self._stop = threading.Event()
@@ -1132,6 +1154,7 @@ class AsyncTieredCache(_TierCore, AsyncTieredBase):
         backoff=0.05,
         max_backoff=5.0,
         max_value_size=None,
+        encryption_key=None,
     ):
         import redis.asyncio
         import redis.asyncio.cluster
@@ -1146,6 +1169,7 @@ class AsyncTieredCache(_TierCore, AsyncTieredBase):
         self._setup(
             local, client, namespace, ttl, serializer, compress_over, strict, lock_lease, lock_wait,
             failure_threshold, backoff, max_backoff, _MAX_BULK if max_value_size is None else max_value_size,
+            encryption_key,
         )
         # A cluster's primaries are known only once the client has met it (_start_cluster).
         self._pools = [] if self._cluster else [client.connection_pool]
