@@ -50,8 +50,9 @@ __all__ = ["TieredCache", "TierStats", "CircuitOpenError", "ValueTooLargeError"]
 
 _monotonic = time.monotonic
 _INF = float("inf")
-# What a Memcached call may raise that fail-open absorbs.
-_MC_ERRORS = (MemcacheError, OSError, SerializationError)
+# What a Memcached call may raise that fail-open absorbs (an undecodable value is counted where
+# it is decoded, as a miss).
+_MC_ERRORS = (MemcacheError, OSError)
 # Memcached reads a relative expiry over 30 days as a Unix time.
 _MAX_RELATIVE = 30 * 24 * 3600
 _HEAD = struct.Struct("<d")  # the value's wall-clock expiry (0: none), before its serialized bytes
