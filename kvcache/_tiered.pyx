@@ -1,5 +1,6 @@
 # cython: language_level=3, freethreading_compatible=False
-# The read path of kvcache.redis.TieredCache (issue 7) and AsyncTieredCache: a local-tier hit, compiled.
+# The read path of kvcache.redis.TieredCache (issue 7), AsyncTieredCache and
+# kvcache.memcached.TieredCache: a local-tier hit, compiled.
 #
 # Why this is compiled although the Redis tier is otherwise written against the public
 # API: a local hit is the tier's whole point, and the goal is "at most 2x a plain LRUCache hit".
@@ -8,8 +9,9 @@
 # Here the hit is one C call: when the local tier is one of the engine's caches (with the native
 # lookup) it goes straight through cache_lookup, exactly what `local.get` would run; any other
 # local tier is called through its bound `get`.  Everything else of the tier (Redis, locks,
-# invalidation, fail-open) stays in Python in kvcache/redis.py; this class only holds the state
-# the hit reads: the local tier, the live flag, the local-hit counter.
+# invalidation, fail-open) stays in Python in kvcache/redis.py and kvcache/memcached.py; this
+# class only holds the state the hit reads: the local tier, the live flag, the local-hit counter.
+# The Memcached tier's copies are Expiring entries whose deadline ends their trust window.
 #
 # Reentrancy and threads: the lookup is the engine's own (critical section on the local cache,
 # a key's __eq__ may run Python code); the counter is a C integer bumped while holding the GIL,
