@@ -442,3 +442,31 @@ def test_imports_without_the_redis_package():
         "assert 'kvcache.redis' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=CHILD_CWD, env=child_env(), timeout=60)
+
+
+_FLIGHT_CHILD = r"""
+import sys, time
+import kvcache
+from kvcache.memcached import TieredCache
+addr, ns, start = sys.argv[1], sys.argv[2], float(sys.argv[3])
+tier = TieredCache(kvcache.LRUCache(maxsize=10), [addr], ns)
+def compute():
+    print("computed", flush=True)
+    time.sleep(0.5)
+    return "value"
+time.sleep(max(0.0, start - time.monotonic()))
+print("result", tier.get_or_set("g", compute), flush=True)
+"""
+
+
+def test_get_or_set_single_flight_across_processes(memcached_server, ns):
+    start = time.monotonic() + 1.5  # every child imported and connected by then
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _FLIGHT_CHILD, memcached_server.address, ns, repr(start)],
+                         stdout=subprocess.PIPE, text=True, cwd=CHILD_CWD, env=child_env())
+        for _ in range(3)
+    ]
+    outs = [p.communicate(timeout=60)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert sum(o.count("computed") for o in outs) == 1
+    assert all("result value" in o for o in outs)
