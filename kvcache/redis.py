@@ -1122,7 +1122,8 @@ class AsyncTieredCache(_TierCore, AsyncTieredBase):
     """Cache values locally in `local` (any kvcache cache) and shared in Redis, for asyncio.
 
     The asyncio twin of :class:`TieredCache`, with the same arguments, consistency rules
-    and fail-open behaviour; ``client`` is a ``redis.asyncio.Redis`` (made with
+    and fail-open behaviour (the same code: see the module docstring); ``client`` is a
+    ``redis.asyncio.Redis`` or ``redis.asyncio.cluster.RedisCluster`` (made with
     ``decode_responses=False``, short timeouts, no retries: :meth:`from_url` builds one).
     Every operation is a coroutine: ``await tier.get(key)``, ``await tier.set(key, value)``,
     ``await tier.get_or_set(key, compute)``.  A local hit awaits nothing: the coroutine
@@ -1130,7 +1131,9 @@ class AsyncTieredCache(_TierCore, AsyncTieredBase):
 
     The invalidation stream runs as a task of the event loop the tier is first used in
     (or entered with ``async with``); use a tier in one loop only.  Until the stream is up
-    every read goes to Redis.  Close it with :meth:`aclose` or ``async with``.
+    every read goes to Redis; if Redis refuses it (ACL), a warning and
+    ``stats().stream_error`` say why, and with ``strict=True`` :meth:`wait_live` raises
+    :class:`StreamRefusedError`.  Close it with :meth:`aclose` or ``async with``.
 
     ``get_or_set`` runs one ``compute`` per key at a time across the tasks of this process
     (the others await its result) and across processes (a Redis lease, as TieredCache).
@@ -1262,7 +1265,10 @@ class AsyncTieredCache(_TierCore, AsyncTieredBase):
         tasks, self._tasks = self._tasks or [], None
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if tasks:
+            # Bounded: a cancellation racing a read's timeout can be lost (async_timeout on
+            # Python 3.10); such a listener ends at its next read, seeing the tier closed.
+            await asyncio.wait(tasks, timeout=1.0)
         self._tasks = tasks  # kept for inspection; _closed keeps them from restarting
         self._live = False
         if self._owns_client:
@@ -1757,7 +1763,7 @@ async def _alisten(ref, index, pool, prefix):
                 _refused(ref, index, prefix, exc, step)
                 raise
             tier = ref()
-            if tier is None:
+            if tier is None or tier._closed:
                 return
             tier._listener_state(index, True)
             del tier
@@ -1766,7 +1772,7 @@ async def _alisten(ref, index, pool, prefix):
             while True:
                 msg = await conn.read_response(timeout=0.1)  # None: nothing came meanwhile
                 tier = ref()
-                if tier is None:
+                if tier is None or tier._closed:
                     return
                 if msg is not None:
                     beat.heard()
@@ -1785,7 +1791,7 @@ async def _alisten(ref, index, pool, prefix):
                 except Exception:
                     pass
         tier = ref()
-        if tier is None:
+        if tier is None or tier._closed:
             return
         tier._listener_state(index, False)
         del tier
