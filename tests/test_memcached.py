@@ -470,3 +470,16 @@ def test_get_or_set_single_flight_across_processes(memcached_server, ns):
     assert all(p.returncode == 0 for p in procs)
     assert sum(o.count("computed") for o in outs) == 1
     assert all("result value" in o for o in outs)
+
+
+def test_oversized_value_is_a_rejection(make_tier):
+    from kvcache.memcached import ValueTooLargeError
+
+    a = make_tier()
+    a["big"] = "small"
+    a["big"] = "x" * (2 << 20)  # over max_value_size: refused before it is sent
+    s = a.stats()
+    assert s.rejections == 1 and s.errors == 0 and s.circuit == "closed"
+    assert a.get("big") == "small"  # no local copy of the refused write; memcached's value stands
+    with pytest.raises(ValueTooLargeError, match="too large"):
+        make_tier(strict=True)["big"] = "x" * (2 << 20)
