@@ -29,8 +29,10 @@ def require_memcached():
 class MemcachedServer:
     """One memcached subprocess on loopback (64 MB, no UDP)."""
 
-    def __init__(self, port=None):
+    def __init__(self, port=None, extra=(), ssl_context=None):
         self.port = port or free_port()
+        self.extra = list(extra)
+        self.ssl_context = ssl_context  # a TLS server: the readiness check speaks TLS too
         self.proc = None
 
     @property
@@ -41,13 +43,15 @@ class MemcachedServer:
         args = [MEMCACHED, "-l", "127.0.0.1", "-p", str(self.port), "-U", "0", "-m", "64", "-t", "2"]
         if os.geteuid() == 0:
             args += ["-u", "root"]  # memcached refuses to run as root without naming a user
+        args += self.extra
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"memcached exited: {self.proc.stderr.read().decode(errors='replace')[-2000:]}")
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as raw:
+                    s = raw if self.ssl_context is None else self.ssl_context.wrap_socket(raw, server_hostname="127.0.0.1")
                     s.sendall(b"version\r\n")
                     if s.recv(64).startswith(b"VERSION"):
                         return self

@@ -14,6 +14,7 @@ pytest.importorskip("msgpack")
 import kvcache  # noqa: E402
 from kvcache.memcached import TieredCache  # noqa: E402
 from kvcache.serialize import SerializationError  # noqa: E402
+from pymemcache.exceptions import MemcacheError  # noqa: E402
 from tests.memcached_fixtures import memcached_nodes, memcached_server  # noqa: E402,F401
 from tests.redis_fixtures import child_env  # noqa: E402
 
@@ -483,3 +484,34 @@ def test_oversized_value_is_a_rejection(make_tier):
     assert a.get("big") == "small"  # no local copy of the refused write; memcached's value stands
     with pytest.raises(ValueTooLargeError, match="too large"):
         make_tier(strict=True)["big"] = "x" * (2 << 20)
+
+
+def test_tier_over_tls(ns):
+    """A pymemcache client with a TLS context works as the tier's client (memcached -Z)."""
+    import ssl
+
+    from pymemcache.client.base import Client
+
+    from tests.certs import self_signed
+    from tests.memcached_fixtures import MemcachedServer, require_memcached
+
+    pytest.importorskip("cryptography")
+    require_memcached()
+    with tempfile.TemporaryDirectory(prefix="kvcache-mc-tls-") as d:
+        cert, key = self_signed(d)
+        ctx = ssl.create_default_context(cafile=cert)
+        server = MemcachedServer(extra=["-Z", "-o", f"ssl_chain_cert={cert},ssl_key={key}"], ssl_context=ctx)
+        try:
+            server.start()
+            tiers = [
+                TieredCache(kvcache.LRUCache(maxsize=10), Client(("127.0.0.1", server.port), tls_context=ctx,
+                                                                 connect_timeout=1, timeout=1), ns, encryption_key=KEY)
+                for _ in range(2)
+            ]
+            tiers[0]["k"] = SECRET
+            assert tiers[1]["k"] == SECRET and tiers[1].stats().errors == 0
+            plain = TieredCache(kvcache.LRUCache(maxsize=10), [server.address], ns, strict=True)
+            with pytest.raises((OSError, MemcacheError)):  # TLS only: a plain client gets nowhere
+                plain.get("k")
+        finally:
+            server.stop()
