@@ -1,6 +1,6 @@
 """Fault run of the Redis tier: worker processes through kill -9, SIGSTOP and restart.
 
-    PYTHONPATH=$PWD python bench/redis_faults.py [--workers 3] [--phase 2.0] [--json]
+    PYTHONPATH=$PWD python bench/redis_faults.py [--workers 3] [--asyncio 0] [--phase 2.0] [--json]
 
 Starts a throwaway redis-server and `--workers` processes, each with a TieredCache (made by
 ``TieredCache.from_url(..., timeout=0.25)``) running a read-mostly workload (90% get, 10% set)
@@ -11,7 +11,9 @@ compared with what Redis holds.  Printed: exceptions, operations served while th
 down or hung (fail-open), the slowest of them and how many took over 100 ms, time from restart / SIGCONT until a write
 reaches Redis again, invalidation latency (p50/p99: a write in one tier until another tier's
 local copy is gone) before the faults and after the restart, and the number of reads that
-disagree with Redis.  Exits 1 if any exception escaped or any read disagreed.
+disagree with Redis.  Exits 1 if any exception escaped or any read disagreed.  ``--asyncio N``
+makes N of the workers run an AsyncTieredCache (``AsyncTieredCache.from_url``) instead, one
+task doing the same workload.
 """
 
 import argparse
@@ -84,6 +86,55 @@ def worker(port):
     t.close()
 
 
+def worker_async(port):
+    """`worker` with an AsyncTieredCache: the same workload and answers, from one task."""
+    import asyncio
+    import random
+
+    import kvcache
+    from kvcache.redis import AsyncTieredCache
+
+    async def main():
+        t = AsyncTieredCache.from_url(f"redis://127.0.0.1:{port}/0", kvcache.LRUCache(maxsize=1000), NS,
+                                      timeout=0.25, backoff=0.05, max_backoff=1.0)
+        await t.wait_live(5)
+        loop = asyncio.get_running_loop()
+        stop = loop.run_in_executor(None, sys.stdin.readline)
+        print("ready", flush=True)
+        rng = random.Random(os.getpid())
+        ops, exceptions, n = [], [], 0
+        while not stop.done():
+            k = rng.choice(KEYS)
+            t0 = time.monotonic()
+            try:
+                if rng.random() < 0.1:
+                    await t.set(k, f"{os.getpid()}:{n}")
+                else:
+                    await t.get(k)
+            except Exception as exc:
+                exceptions.append(repr(exc))
+            ops.append((t0, time.monotonic() - t0))
+            n += 1
+            await asyncio.sleep(0)  # a local hit never suspends: let the invalidation task run
+        print(json.dumps({"ops": ops, "exceptions": exceptions}), flush=True)
+        await loop.run_in_executor(None, sys.stdin.readline)  # "check"
+        live = await t.wait_live(10)
+        deadline = time.monotonic() + 5
+        reads = await t.get_many(KEYS)
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+            again = await t.get_many(KEYS)
+            if again == reads:
+                break
+            reads = again
+        singles = [await t.get(k) for k in KEYS]
+        print(json.dumps({"live": live, "reads": reads, "singles": singles, "stats": t.stats()._asdict()}),
+              flush=True)
+        await t.aclose()
+
+    asyncio.run(main())
+
+
 # --- the parent ---------------------------------------------------------------------------
 
 
@@ -132,7 +183,7 @@ def time_to_recover(t, raw, since):
     return None
 
 
-def run(workers=3, phase=2.0, invalidations=500):
+def run(workers=3, phase=2.0, invalidations=500, asyncio_workers=0):
     sys.path.insert(0, HERE)
     from bench_redis import RedisServer
 
@@ -148,8 +199,9 @@ def run(workers=3, phase=2.0, invalidations=500):
             probe = _tier(port)  # lives through the faults, as the workers' tiers do
             probe.wait_live(5)
             env = dict(os.environ)
-            for _ in range(workers):
-                p = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--worker", str(port)],
+            for i in range(workers):
+                kind = "--async-worker" if i < asyncio_workers else "--worker"
+                p = subprocess.Popen([sys.executable, os.path.abspath(__file__), kind, str(port)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
                 procs.append(p)
             for p in procs:
@@ -205,6 +257,7 @@ def run(workers=3, phase=2.0, invalidations=500):
     )
     return {
         "workers": workers,
+        "asyncio_workers": asyncio_workers,
         "phase_s": phase,
         "ops": sum(len(r["ops"]) for r in runs),
         "exceptions": sum(len(r["exceptions"]) for r in runs),
@@ -232,12 +285,17 @@ def main(argv=None):
     ap.add_argument("--phase", type=float, default=2.0, help="seconds of each phase")
     ap.add_argument("--invalidations", type=int, default=500, help="writes timed before and after")
     ap.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+    ap.add_argument("--asyncio", type=int, default=0, help="how many workers run an AsyncTieredCache")
     ap.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # internal: run one worker on this port
+    ap.add_argument("--async-worker", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
         worker(args.worker)
         return 0
-    out = run(args.workers, args.phase, args.invalidations)
+    if args.async_worker:
+        worker_async(args.async_worker)
+        return 0
+    out = run(args.workers, args.phase, args.invalidations, args.asyncio)
     if args.json:
         print(json.dumps(out))
     else:

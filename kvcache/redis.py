@@ -326,8 +326,11 @@ async def _adrive(steps, tier):
 
 class _TierCore(TierCore):
     """What TieredCache and AsyncTieredCache share beyond kvcache._remote.TierCore: Redis names,
-    scripts, invalidation and the listeners' state.  No I/O here: each tier sends its own
-    commands (blocking or awaited) around these steps."""
+    scripts, invalidation, the listeners' state, and every operation as steps (see the module
+    docstring).
+
+    No I/O here: the steps yield it, and each tier performs it (blocking or awaited).
+    """
 
     backend = "Redis"
     CircuitOpenError = CircuitOpenError

@@ -1,6 +1,7 @@
 """AsyncTieredCache against a real redis-server: semantics, invalidation, single flight, faults."""
 
 import asyncio
+import os
 import signal
 import subprocess
 import sys
@@ -828,3 +829,23 @@ def test_cluster_dead_master_fails_open_only_its_slots(tmp_path, ns):
         asyncio.run(main())
     finally:
         c.stop()
+
+
+def test_fault_run_with_asyncio_workers(own_redis_server):
+    """bench/redis_faults.py, short, one sync and one asyncio process: kill -9, restart, SIGSTOP."""
+    import json
+
+    del own_redis_server  # only for the binary check: the script starts its own server
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", "redis_faults.py")
+    out = subprocess.run(
+        [sys.executable, script, "--workers", "2", "--asyncio", "1", "--phase", "0.5", "--invalidations", "50",
+         "--json"],
+        capture_output=True, text=True, env=child_env(), timeout=120,
+    )
+    assert out.returncode in (0, 1), out.stderr[-3000:]
+    figures = json.loads(out.stdout.strip().splitlines()[-1])
+    assert figures["asyncio_workers"] == 1
+    assert figures["exceptions"] == 0, figures["exception_samples"]
+    assert figures["reads_disagreeing_with_redis"] == 0 and figures["all_live"]
+    assert figures["served_while_down"] > 0 and figures["served_while_hung"] > 0
+    assert out.returncode == 0

@@ -44,6 +44,9 @@ CLASSES = {
     redis_mod.TieredCache: "local, client, namespace, ttl=None, serializer=None, compress_over=None, "
                            "strict=False, *, lock_lease=10.0, lock_wait=30.0, failure_threshold=3, "
                            "backoff=0.05, max_backoff=5.0, max_value_size=None, encryption_key=None",
+    redis_mod.AsyncTieredCache: "local, client, namespace, ttl=None, serializer=None, compress_over=None, "
+                                "strict=False, *, lock_lease=10.0, lock_wait=30.0, failure_threshold=3, "
+                                "backoff=0.05, max_backoff=5.0, max_value_size=None, encryption_key=None",
     memcached_mod.TieredCache: "local, client, namespace, *, consistency='eventual', max_stale=1.0, "
                                "encryption_key=None, ttl=None, serializer=None, compress_over=None, "
                                "strict=False, timeout=0.25, lock_lease=10.0, lock_wait=30.0, "
@@ -155,6 +158,17 @@ METHODS.update({
     (redis_mod.TieredCache, "delete_many"): "self, keys",
     (redis_mod.TieredCache, "from_url"): "url, local, namespace, *, timeout=0.25, cluster=False, "
                                          "client_kwargs=None, **kwargs",
+    (redis_mod.AsyncTieredCache, "get"): "self, key, default=None",
+    (redis_mod.AsyncTieredCache, "set"): "self, key, value, ttl=MISSING",
+    (redis_mod.AsyncTieredCache, "get_or_set"): "self, key, compute, ttl=MISSING",
+    (redis_mod.AsyncTieredCache, "delete"): "self, key",
+    (redis_mod.AsyncTieredCache, "wait_live"): "self, timeout=5.0",
+    (redis_mod.AsyncTieredCache, "get_many"): "self, keys, default=None",
+    (redis_mod.AsyncTieredCache, "set_many"): "self, keys, values, ttl=MISSING",
+    (redis_mod.AsyncTieredCache, "delete_many"): "self, keys",
+    (redis_mod.AsyncTieredCache, "cached"): "self, ttl=MISSING, key=None",
+    (redis_mod.AsyncTieredCache, "from_url"): "url, local, namespace, *, timeout=0.25, cluster=False, "
+                                              "client_kwargs=None, **kwargs",
     (llm.PrefixCache, "match"): "self, tokens",
     (llm.PrefixCache, "commit"): "self, tokens, block_ids",
     (llm.Decoder, "generate"): "self, prompt_ids, max_new_tokens, mode='prefix', *, "
