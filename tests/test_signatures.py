@@ -60,6 +60,7 @@ CLASSES = {
     llm.GenerationStats: "mode, prompt_tokens, cached_tokens, new_tokens, ttft, seconds",
     llm.PrefixCacheStats: "queries, hit_blocks, hit_tokens, committed, evictions, cached, free, "
                           "evictable, in_use, num_blocks",
+    serialize.Cipher: "keys",
     serialize.Serializer: "*, compress_over=None, compress_level=3, pickle_key=None, "
                           "max_size=None, _frame=False",
 }
