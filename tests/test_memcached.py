@@ -414,14 +414,14 @@ def test_tampered_foreign_or_plain_values_are_misses(make_tier, memcached_server
     enc = make_tier(encryption_key=KEY)
     enc["a"] = "A"
     enc["b"] = "B"
-    mc = memcached_server.client()
+    mc = memcached_server.client()  # its writes wait for the reply: the tiers read on other connections
     name_a, name_b = enc._names("a")[1], enc._names("b")[1]
-    mc.set(name_b, mc.get(name_a))  # a's value copied under b's name: does not authenticate
+    mc.set(name_b, mc.get(name_a), noreply=False)  # a's value copied under b's name: does not authenticate
     reader = make_tier(encryption_key=KEY)
     assert reader.get("b") is None
     stored = bytearray(mc.get(name_a))
     stored[-1] ^= 1
-    mc.set(name_a, bytes(stored))
+    mc.set(name_a, bytes(stored), noreply=False)
     assert reader.get("a") is None
     assert reader.stats().errors == 2
     other = make_tier(encryption_key=b"x" * 32)  # a foreign key
