@@ -168,7 +168,7 @@ def test_eventual_write_is_seen_after_max_stale(make_tier):
 def test_unchanged_copy_revalidates_without_the_value(make_tier, memcached_server):
     a = make_tier(max_stale=0.3)
     a["k"] = "v" * 1000
-    assert a["k"] == "v" * 1000  # the writer's copy: CAS unknown, refetched once
+    assert a["k"] == "v" * 1000  # the writer's copy, served locally; its CAS is unknown: refetched once
     time.sleep(0.35)
     before = a.stats()
     a["k"]
