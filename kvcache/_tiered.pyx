@@ -1,5 +1,6 @@
 # cython: language_level=3, freethreading_compatible=False
-# The read path of kvcache.redis.TieredCache (issue 7) and AsyncTieredCache: a local-tier hit, compiled.
+# The read path of kvcache.redis.TieredCache (issue 7), AsyncTieredCache and
+# kvcache.memcached.TieredCache: a local-tier hit, compiled.
 #
 # Why this is compiled although the Redis tier is otherwise written against the public
 # API: a local hit is the tier's whole point, and the goal is "at most 2x a plain LRUCache hit".
@@ -8,8 +9,9 @@
 # Here the hit is one C call: when the local tier is one of the engine's caches (with the native
 # lookup) it goes straight through cache_lookup, exactly what `local.get` would run; any other
 # local tier is called through its bound `get`.  Everything else of the tier (Redis, locks,
-# invalidation, fail-open) stays in Python in kvcache/redis.py; this class only holds the state
-# the hit reads: the local tier, the live flag, the local-hit counter.
+# invalidation, fail-open) stays in Python in kvcache/redis.py and kvcache/memcached.py; this
+# class only holds the state the hit reads: the local tier, the live flag, the local-hit counter.
+# The Memcached tier's copies are Expiring entries whose deadline ends their trust window.
 #
 # Reentrancy and threads: the lookup is the engine's own (critical section on the local cache,
 # a key's __eq__ may run Python code); the counter is a C integer bumped while holding the GIL,
@@ -32,20 +34,26 @@ cdef object _time_monotonic = time.monotonic
 @cython.final
 @cython.auto_pickle(False)
 cdef class Expiring:
-    """A local value with the monotonic deadline (time.monotonic) of its Redis TTL."""
+    """A local value with the monotonic deadline (time.monotonic) until which the local tier may answer.
+
+    The Redis tier's deadline is the value's TTL; the Memcached tier's is also the end of the
+    copy's trust window, and `token` carries what revalidating it needs (its CAS, its TTL).
+    """
 
     cdef readonly object value
     cdef readonly double deadline
+    cdef readonly object token
 
-    def __init__(self, value, double deadline):
+    def __init__(self, value, double deadline, token=None):
         self.value = value
         self.deadline = deadline
+        self.token = token
 
     def __reduce__(self):
-        return (Expiring, (self.value, self.deadline))
+        return (Expiring, (self.value, self.deadline, self.token))
 
     def __repr__(self):
-        return "Expiring(%r, deadline=%r)" % (self.value, self.deadline)
+        return "Expiring(%r, deadline=%r, token=%r)" % (self.value, self.deadline, self.token)
 
 
 # What a local lookup returns for "not there"; kvcache.redis uses the same object.
@@ -127,6 +135,10 @@ cdef class TieredBase:
     def _hit_many(self, keys):
         """Return a list: the local value of each of `keys` the local tier may answer (counted), else MISSING."""
         return [_tier_hit(self, k) for k in keys]
+
+    def _count_local_hit(self):
+        """Count a read the local tier answered after the Python path validated it."""
+        self._hits += 1
 
     def _local_fallback(self, key):
         """Return the live local value of `key` (counted as a local hit) or MISSING; drop an expired copy.

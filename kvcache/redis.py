@@ -54,14 +54,24 @@ import threading
 import time
 import warnings
 import weakref
-from collections import namedtuple
 from collections.abc import MutableMapping
 
 import redis as _redis
 from redis.exceptions import RedisError
 
-from kvcache._tiered import MISSING as _MISSING, AsyncTieredBase, Expiring, TieredBase
-from kvcache.serialize import SerializationError, Serializer, decode_key, encode_key, encode_keys
+from kvcache._remote import (
+    DEFAULT as _DEFAULT,
+    OUTAGE,
+    REJECTION,
+    Breaker,
+    NodeHealth as _NodeHealth,
+    TierCore,
+    TierStats,
+    batch_keys as _batch_keys,
+    namespace_prefix,  # noqa: F401  (re-exported: part of this module's interface)
+)
+from kvcache._tiered import MISSING as _MISSING, AsyncTieredBase, Expiring
+from kvcache.serialize import SerializationError, decode_key, encode_key, encode_keys
 
 __all__ = [
     "TieredCache", "AsyncTieredCache", "TierStats", "CircuitOpenError", "ValueTooLargeError",
@@ -69,31 +79,12 @@ __all__ = [
 ]
 
 _monotonic = time.monotonic
-_DEFAULT = object()
 # What a remote call may raise that fail-open absorbs (cluster topology errors are not RedisErrors).
 # redis.asyncio also lets OSError and asyncio's TimeoutError out of some connection paths.
 _REMOTE_ERRORS = (
     RedisError, _redis.exceptions.RedisClusterException, SerializationError, OSError, asyncio.TimeoutError,
 )
 
-TierStats = namedtuple(
-    "TierStats",
-    "local_hits remote_hits misses sets deletes errors invalidations circuit live rejections "
-    "stream_error",
-)
-TierStats.__doc__ = """Counters of a TieredCache.
-
-``local_hits``/``remote_hits``/``misses`` count reads answered by the local tier,
-by Redis, by nobody; ``errors`` counts outages (Redis unreachable, timed out) and
-decoding failures, swallowed or raised; ``rejections`` counts commands the server
-refused (OOM, NOPERM, WRONGTYPE, a value over ``max_value_size``), which never open
-the breaker; ``invalidations`` counts keys dropped on notice from Redis;
-``circuit`` is the worst breaker state over the nodes: ``"closed"``, ``"open"`` or
-``"half-open"``; ``live`` tells whether the invalidation stream is up (the local
-tier is trusted only then); ``stream_error`` is None, or why the server refuses the
-stream (a missing ACL permission, named): the tier then keeps reading Redis on every
-call.
-"""
 
 
 class CircuitOpenError(_redis.exceptions.ConnectionError):
@@ -191,16 +182,6 @@ def _glob_escape(data):
     return bytes(out)
 
 
-def namespace_prefix(namespace):
-    """Return the Redis key prefix of `namespace` (bytes): escaped, then ``:``.
-
-    ``\\`` becomes ``\\\\`` and ``:`` becomes ``\\:``, so the prefix ends at its first
-    unescaped ``:`` and no namespace's prefix starts another's (``app`` and ``app:v`` are
-    disjoint), while a plain namespace keeps its plain name (an ACL ``~app:*`` fits).
-    """
-    return namespace.replace(b"\\", b"\\\\").replace(b":", b"\\:") + b":"
-
-
 def scan_pattern(prefix):
     """Return the SCAN MATCH pattern of every Redis name under `prefix`."""
     return _glob_escape(prefix) + b"*"
@@ -210,9 +191,6 @@ def scan_pattern(prefix):
 # An outage (the node cannot be reached or cannot serve) trips that node's breaker; a
 # rejection (the server answered "no": OOM, NOPERM, WRONGTYPE, ...) proves the node is up,
 # so it is counted and logged instead, and calling again is the right thing to do.
-
-OUTAGE = "outage"
-REJECTION = "rejection"
 
 _OUTAGE_TYPES = (
     _redis.exceptions.ConnectionError,  # refused, reset, broken pipe, BusyLoading, auth, pool full
@@ -250,72 +228,12 @@ def rejection_kind(exc):
 _log = logging.getLogger("kvcache.redis")
 
 
-class _Breaker:
-    """Closed -> open after `threshold` consecutive outages (one timeout opens it at once).
-
-    Open: every call fails open at once until a jittered backoff has passed.  Half-open:
-    exactly one caller gets through as the probe; the others keep failing open until the
-    probe reports (success closes, failure reopens with a doubled backoff), so a hung server
-    costs one socket timeout per probe, not one per call.
-    """
-
-    __slots__ = ("threshold", "base", "cap", "failures", "open_until", "delay", "trial", "lock")
-
-    def __init__(self, threshold, base, cap):
-        self.threshold = threshold
-        self.base = base
-        self.cap = cap
-        self.failures = 0
-        self.open_until = 0.0
-        self.delay = base
-        self.trial = False
-        self.lock = threading.Lock()
-
-    @property
-    def state(self):
-        if self.failures < self.threshold:
-            return "closed"
-        return "half-open" if _monotonic() >= self.open_until else "open"
-
-    def allow(self):
-        """Return whether a call may go to the node now (True makes the caller the probe when half-open)."""
-        if self.failures < self.threshold:
-            return True
-        with self.lock:
-            if self.failures < self.threshold:
-                return True
-            now = _monotonic()
-            # A probe whose outcome was never reported (caller interrupted) expires.
-            if now < self.open_until or (self.trial and now < self.open_until + 2 * self.cap):
-                return False
-            self.trial = True
-            return True
-
-    def success(self):
-        if self.failures:
-            with self.lock:
-                self.failures = 0
-                self.delay = self.base
-                self.trial = False
-
-    def failure(self, exc=None):
-        with self.lock:
-            # Waiting is what a timeout costs: do not pay it `threshold` times.
-            if isinstance(exc, (_redis.exceptions.TimeoutError, TimeoutError)):
-                self.failures = max(self.failures + 1, self.threshold)
-            else:
-                self.failures += 1
-            if self.failures >= self.threshold:
-                # Jitter keeps a fleet of processes from probing a recovering server in lockstep.
-                self.open_until = _monotonic() + self.delay * random.uniform(0.5, 1.0)
-                self.delay = min(self.delay * 2, self.cap)
-                self.trial = False
+class _Breaker(Breaker):
+    __slots__ = ()
+    timeouts = (_redis.exceptions.TimeoutError, TimeoutError)
 
 
-_STATE_RANK = {"closed": 0, "half-open": 1, "open": 2}
-
-
-class NodeHealth:
+class NodeHealth(_NodeHealth):
     """One breaker per Redis node, and what to do with an error (sync and async tiers share it).
 
     On a cluster the breaker of a Redis name is that of the primary serving its slot, so a
@@ -323,24 +241,27 @@ class NodeHealth:
     ``redis.cluster.RedisCluster`` and their ``redis.asyncio`` twins.
     """
 
+    what = "Redis"
+    breaker_type = _Breaker
+    log = _log
+
     def __init__(self, client, threshold, base, cap):
-        self._args = (threshold, base, cap)
+        super().__init__(threshold, base, cap)
         self._client = client
         self._cluster = _is_cluster(client)
         self._single = _Breaker(*self._args)
-        self._nodes = {}  # "host:port" -> _Breaker
-        self._lock = threading.Lock()
-        self._seen = set()  # rejection kinds already logged
+
+    def classify(self, exc):
+        return classify_error(exc)
+
+    def rejection_kind(self, exc):
+        return rejection_kind(exc)
 
     def node(self, node_name):
         """Return the breaker of the node named ``host:port`` (the only one off a cluster)."""
         if not self._cluster:
             return self._single
-        b = self._nodes.get(node_name)
-        if b is None:
-            with self._lock:
-                b = self._nodes.setdefault(node_name, _Breaker(*self._args))
-        return b
+        return super().node(node_name)
 
     def breaker(self, name):
         """Return the breaker guarding Redis name `name`."""
@@ -373,50 +294,6 @@ class NodeHealth:
             return [self._single]
         return list(self._nodes.values()) or [self._single]
 
-    @property
-    def state(self):
-        """The worst breaker state over the nodes ("closed", "half-open" or "open")."""
-        return max((b.state for b in self.breakers()), key=_STATE_RANK.__getitem__)
-
-    def reset(self, node_name):
-        """Close the breaker of a node that just proved reachable (its invalidation stream came up)."""
-        self.node(node_name).success()
-
-    def record(self, exc, breaker, what="Redis"):
-        """Feed `exc` to `breaker`; return OUTAGE or REJECTION; log each rejection kind once."""
-        kind = classify_error(exc)
-        if kind is OUTAGE:
-            breaker.failure(exc)
-            return kind
-        breaker.success()  # the node answered
-        rk = rejection_kind(exc)
-        if rk not in self._seen:
-            self._seen.add(rk)
-            _log.warning("%s rejected a command (%s): %s; counted in stats().rejections, "
-                         "logged once per kind", what, rk, exc)
-        return kind
-
-
-class _Batch:
-    """The names of a batch in flight, and those of them invalidated meanwhile."""
-
-    __slots__ = ("order", "names", "dirty")
-
-    def __init__(self, names):
-        self.order = names
-        self.names = set(names)
-        self.dirty = set()
-
-    __eq__ = object.__eq__  # list.remove must find this very batch
-    __hash__ = object.__hash__
-
-
-def _batch_keys(keys):
-    """Return `keys` as a list; a str or bytes is refused, as the engine's get_many does, not split."""
-    if isinstance(keys, (str, bytes, bytearray)):
-        raise TypeError("keys must be an iterable of keys, not a str or bytes")
-    return list(keys)
-
 
 def _drive(steps, tier):
     """Run steps (see _TierCore) with blocking I/O: each call ``(name, *args)`` they yield is
@@ -447,50 +324,35 @@ async def _adrive(steps, tier):
             reply, exc = None, e
 
 
-class _TierCore(TieredBase):
-    """What TieredCache and AsyncTieredCache share: arguments, Redis names, the fill guard,
-    invalidation, breakers, counters, and every operation as steps (see the module docstring).
+class _TierCore(TierCore):
+    """What TieredCache and AsyncTieredCache share beyond kvcache._remote.TierCore: Redis names,
+    scripts, invalidation, the listeners' state, and every operation as steps (see the module
+    docstring).
 
     No I/O here: the steps yield it, and each tier performs it (blocking or awaited).
     """
 
+    backend = "Redis"
+    CircuitOpenError = CircuitOpenError
+    ValueTooLargeError = ValueTooLargeError
+    too_large_why = "Redis refuses a value over its proto-max-bulk-len by closing the connection"
+
     def _setup(
         self, local, client, namespace, ttl, serializer, compress_over, strict, lock_lease, lock_wait,
-        failure_threshold, backoff, max_backoff, max_value_size,
+        failure_threshold, backoff, max_backoff, max_value_size, encryption_key=None,
     ):
         """Check the arguments and set up the state both tiers keep (the constructors call it)."""
-        if serializer is not None and compress_over is not None:
-            raise ValueError("give compress_over to the serializer, not both")
-        if ttl is not None and not ttl > 0:
-            raise ValueError("ttl must be > 0 or None")
-        if not lock_lease > 0:
-            raise ValueError("lock_lease must be > 0")
-        if isinstance(namespace, str):
-            namespace = namespace.encode()
-        if not isinstance(namespace, bytes) or not namespace:
-            raise TypeError("namespace must be a non-empty str or bytes")
         self._cluster = _is_cluster(client)
         if _connection_kwargs(client).get("decode_responses"):
             raise ValueError("the redis client must be created with decode_responses=False")
-        # The local tier, the live flag and the local-hit counter live in the compiled base:
-        # __getitem__, get and __contains__ answer a local hit there (kvcache/_tiered.pyx).
-        self._bind_local(local)
-        self._client = client
-        self.namespace = namespace
-        self.ttl = ttl
-        self.strict = bool(strict)
-        self.lock_lease = float(lock_lease)
-        self.lock_wait = float(lock_wait)
         if max_value_size is None:
             max_value_size = _server_max_bulk(client)  # the asyncio tier reads it on start instead
-        elif not max_value_size > 0:
-            raise ValueError("max_value_size must be > 0 or None")
-        self.max_value_size = int(max_value_size)
-        self._ser = serializer if serializer is not None else Serializer(compress_over=compress_over)
-        self._prefix = namespace_prefix(namespace)
+        self._setup_core(
+            local, client, namespace, ttl, serializer, compress_over, strict, lock_lease, lock_wait,
+            max_value_size, NodeHealth(client, failure_threshold, backoff, max_backoff), encryption_key,
+        )
         self._vprefix = self._prefix + b"v:"
         self._lprefix = self._prefix + b"l:"
-        self._health = NodeHealth(client, failure_threshold, backoff, max_backoff)
         self._get_script = _Script(_LUA_GET)
         self._release_script = _Script(_LUA_RELEASE)
         self._renew_script = _Script(_LUA_RENEW)
@@ -498,19 +360,6 @@ class _TierCore(TieredBase):
         self._mset_script = _Script(_LUA_MSET)
         self._unlink_script = _Script(_LUA_UNLINK)
 
-        # Fill bookkeeping, guarded by _lock: a fill or write-through stores its
-        # copy only if _epoch did not move and its name was not marked dirty.
-        # Reentrant: storing into `local` may run the user's on_evict, which may
-        # call back into this tier.
-        self._lock = threading.RLock()
-        self._epoch = 0
-        self._inflight = {}  # Redis name -> [readers in flight, dirty]
-        self._batches = []  # _Batch in flight
-        self._waiters = {}  # Redis name -> Event woken by any change of name or its lock
-        self._live = False
-        self._counts = [0] * 7  # remote_hits misses sets deletes errors invalidations rejections
-        self._stream_error = None
-        self._owns_client = False
 
     def _setup_listeners(self, pools):
         """Set up the state of one invalidation listener per pool (a primary's)."""
@@ -522,84 +371,6 @@ class _TierCore(TieredBase):
 
     def _name(self, key):
         return self._vprefix + encode_key(key)
-
-    def _error(self, exc, breaker):
-        """Count `exc` (an outage or a rejection; `breaker` is the node's, or None); raise when strict."""
-        self._count_error(exc, breaker)
-        if self.strict:
-            raise exc
-
-    def _count_error(self, exc, breaker):
-        if isinstance(exc, SerializationError) or breaker is None:
-            self._counts[4] += 1
-        elif self._health.record(exc, breaker) is OUTAGE:
-            self._counts[4] += 1
-        else:
-            self._counts[6] += 1
-
-    def _too_large(self, key, blob):
-        """Return a ValueTooLargeError if `blob` may not be sent, else None."""
-        if len(blob) > self.max_value_size:
-            return ValueTooLargeError(
-                f"value of {key!r} is too large: it encodes to {len(blob)} bytes, over "
-                f"max_value_size={self.max_value_size} (Redis refuses a value over its "
-                "proto-max-bulk-len by closing the connection)")
-        return None
-
-    def _blocked(self, breaker):
-        """Return True (or raise when strict) if `breaker` keeps us off its node."""
-        if breaker.allow():
-            return False
-        if self.strict:
-            raise CircuitOpenError("circuit open: Redis failed repeatedly, retrying after backoff")
-        return True
-
-    def _begin(self, name):
-        with self._lock:
-            slot = self._inflight.get(name)
-            if slot is None:
-                self._inflight[name] = [1, False]
-            else:
-                slot[0] += 1
-            return self._epoch
-
-    def _end(self, name, epoch, key, entry):
-        """Finish an in-flight operation; store `entry` locally if still valid."""
-        with self._lock:
-            slot = self._inflight[name]
-            dirty = slot[1] or epoch != self._epoch
-            slot[0] -= 1
-            if not slot[0]:
-                del self._inflight[name]
-            if entry is not _MISSING:
-                if dirty:
-                    self._local.pop(key, None)
-                else:
-                    self._local[key] = entry
-
-    def _begin_many(self, names):
-        """Mark `names` in flight as one batch; return the token to hand to _end_many."""
-        batch = _Batch(names)
-        with self._lock:
-            self._batches.append(batch)
-            return self._epoch, batch
-
-    def _end_many(self, token, keys, entries):
-        """Finish a batch; store each entry (not MISSING) locally if no invalidation raced it."""
-        epoch, batch = token
-        local = self._local
-        with self._lock:
-            self._batches.remove(batch)
-            if epoch != self._epoch:
-                dirty = None  # everything
-            else:
-                dirty = batch.dirty
-            for name, key, entry in zip(batch.order, keys, entries):
-                if entry is not _MISSING:
-                    if dirty is None or name in dirty:
-                        local.pop(key, None)
-                    else:
-                        local[key] = entry
 
     def _invalidate(self, names):
         """Drop local copies of `names` (None: everything); called by listeners."""
@@ -614,12 +385,7 @@ class _TierCore(TieredBase):
                 waiters = []
                 for name in names:
                     if name.startswith(self._vprefix):
-                        slot = self._inflight.get(name)
-                        if slot is not None:
-                            slot[1] = True
-                        for batch in self._batches:
-                            if name in batch.names:
-                                batch.dirty.add(name)
+                        self._mark_dirty(name)
                         try:
                             key = decode_key(name[len(self._vprefix) :])
                         except SerializationError:
@@ -666,30 +432,15 @@ class _TierCore(TieredBase):
             # than after the backoff, or writes would keep missing a reachable Redis.
             self._health.reset(self._pool_nodes[index])
 
-    def _ttl(self, ttl):
-        """Return the TTL a write uses (`ttl` checked, or the tier's default)."""
-        if ttl is _DEFAULT:
-            return self.ttl
-        if ttl is not None and not ttl > 0:
-            raise ValueError("ttl must be > 0 or None")
-        return ttl
-
-    def _reply(self, reply, t0):
-        """Decode a `_LUA_GET` reply read at `t0`: return (value, local entry), both _MISSING if none."""
+    def _reply(self, reply, t0, name):
+        """Decode a `_LUA_GET` reply for `name` read at `t0`: return (value, local entry), both _MISSING if none."""
         if reply is None:
             self._counts[1] += 1
             return _MISSING, _MISSING
         blob, pttl = reply
-        value = self._ser.loads(blob)
+        value = self._ser.loads(self._open(blob, name))
         self._counts[0] += 1
         return value, (value if pttl < 0 else Expiring(value, t0 + pttl / 1000.0))
-
-    def _fallback(self, key):
-        """Fail-open read: the live local copy of `key` (counted as a local hit), else a miss."""
-        v = self._local_fallback(key)
-        if v is _MISSING:
-            self._counts[1] += 1
-        return v
 
     def _written(self, value, ttl, t0, breaker):
         """Account a write Redis took at `t0`; return the local entry it leaves."""
@@ -703,19 +454,6 @@ class _TierCore(TieredBase):
     def _lock_name(self, name):
         """Return the Redis name of the lease lock of value name `name`."""
         return self._lprefix + name[len(self._vprefix) :]
-
-    def _waiter(self, name, make):
-        """Return the event woken by changes of `name` or its lock (made by `make` if none)."""
-        with self._lock:
-            ev = self._waiters.get(name)
-            if ev is None:
-                ev = self._waiters[name] = make()
-            return ev
-
-    def _drop_waiter(self, name, ev):
-        with self._lock:
-            if self._waiters.get(name) is ev:
-                del self._waiters[name]
 
     # --- the operations, as steps ----------------------------------------------------
     # Written once for both tiers: each operation is a generator of steps that yields the
@@ -732,7 +470,7 @@ class _TierCore(TieredBase):
             t0 = _monotonic()
             reply = yield "_eval", self._get_script, [name], ()
             breaker.success()
-            value, entry = self._reply(reply, t0)
+            value, entry = self._reply(reply, t0, name)
             return value
         finally:
             self._end(name, epoch, key, entry)
@@ -751,8 +489,8 @@ class _TierCore(TieredBase):
     def _set_steps(self, key, value, ttl):
         """Steps of set (see TieredCache.set)."""
         ttl = self._ttl(ttl)
-        blob = self._ser.dumps(value)
         name = self._name(key)
+        blob = self._seal(self._ser.dumps(value), name)
         breaker = self._health.breaker(name)
         epoch = self._begin(name)
         entry = _MISSING
@@ -892,7 +630,7 @@ class _TierCore(TieredBase):
                     t0 = _monotonic()
                     blobs, ttls = yield from self._remote_mget(gnames)
                     breaker.success()
-                    values, bad = self._loads_many(blobs)
+                    values, bad = self._loads_many(blobs, gnames)
                     for j, exc in bad:
                         self._count_error(exc, breaker)
                         first_error = first_error or exc
@@ -925,9 +663,25 @@ class _TierCore(TieredBase):
             raise first_error
         return out
 
-    def _loads_many(self, blobs):
-        """Decode `blobs` (None: _MISSING); return (values, [(index, SerializationError)])."""
+    def _loads_many(self, blobs, names=None):
+        """Decode `blobs` of `names` (None: _MISSING); return (values, [(index, SerializationError)]).
+
+        With an encryption key, `names` are what each blob is bound to (None: already decrypted).
+        """
         many = getattr(self._ser, "loads_many", None)  # a serializer of the user's may lack it
+        if self._cipher is not None and names is not None:
+            blobs = list(blobs)
+            bad = []
+            for j, b in enumerate(blobs):
+                if b is not None:
+                    try:
+                        blobs[j] = self._open(b, names[j])
+                    except SerializationError as exc:
+                        blobs[j] = None
+                        bad.append((j, exc))
+            if bad:
+                values, more = self._loads_many(blobs)  # the rest, decrypted, as without a key
+                return values, sorted(bad + list(more))
         try:
             if many is not None:
                 return many(blobs, _MISSING), ()
@@ -952,9 +706,9 @@ class _TierCore(TieredBase):
         if len(keys) != len(values):
             raise ValueError(f"{len(keys)} keys but {len(values)} values")
         ttl = self._ttl(ttl)
-        dumps = self._ser.dumps
-        blobs = [dumps(v) for v in values]
+        dumps, seal = self._ser.dumps, self._seal
         names = encode_keys(keys, self._vprefix)
+        blobs = [seal(dumps(v), n) for v, n in zip(values, names)]
         px = None if ttl is None else max(1, int(ttl * 1000))
         first_error = None
         for breaker, pos in self._health.group(names):
@@ -1073,39 +827,6 @@ class _TierCore(TieredBase):
     def _remote_delete(self, names):
         return sum(r for _, r in (yield from self._run_chunks(self._unlink_script, names)))
 
-    # --- misc ------------------------------------------------------------------
-
-    @property
-    def local(self):
-        """The local tier."""
-        return self._local
-
-    @property
-    def client(self):
-        """The redis-py client."""
-        return self._client
-
-    def stats(self):
-        """Return a :class:`TierStats` snapshot of the counters."""
-        c = self._counts
-        return TierStats(
-            self._local_hits, c[0], c[1], c[2], c[3], c[4], c[5], self._health.state, self._live, c[6],
-            self._stream_error,
-        )
-
-    @property
-    def live(self):
-        """Whether invalidations are flowing (the local tier is trusted)."""
-        return self._live
-
-    def __reduce__(self):
-        raise TypeError(f"{type(self).__name__} cannot be pickled: it holds a Redis client and listeners")
-
-    def __repr__(self):
-        return (
-            f"{type(self).__name__}({self._local!r}, namespace={self.namespace!r}, "
-            f"ttl={self.ttl!r}, strict={self.strict!r})"
-        )
 
 
 class TieredCache(_TierCore, MutableMapping):
@@ -1143,6 +864,11 @@ class TieredCache(_TierCore, MutableMapping):
     a concurrent one); the next read refills it from Redis.  ``len()`` and
     iteration SCAN the namespace in Redis and raise if it is unreachable.
 
+    ``encryption_key`` (16, 24 or 32 bytes, or a list of them, newest first) encrypts values
+    with AES-GCM bound to the namespace and the key (:class:`kvcache.serialize.Cipher`): a
+    tampered or foreign value is a miss (raised with ``strict=True``).  Key names stay readable
+    in Redis: invalidation maps them back to keys.
+
     Thread-safety: all methods may be called from many threads at once.
     """
 
@@ -1162,10 +888,11 @@ class TieredCache(_TierCore, MutableMapping):
         backoff=0.05,
         max_backoff=5.0,
         max_value_size=None,
+        encryption_key=None,
     ):
         self._setup(
             local, client, namespace, ttl, serializer, compress_over, strict, lock_lease, lock_wait,
-            failure_threshold, backoff, max_backoff, max_value_size,
+            failure_threshold, backoff, max_backoff, max_value_size, encryption_key,
         )
 
         self._stop = threading.Event()
@@ -1433,6 +1160,7 @@ class AsyncTieredCache(_TierCore, AsyncTieredBase):
         backoff=0.05,
         max_backoff=5.0,
         max_value_size=None,
+        encryption_key=None,
     ):
         import redis.asyncio
         import redis.asyncio.cluster
@@ -1447,6 +1175,7 @@ class AsyncTieredCache(_TierCore, AsyncTieredBase):
         self._setup(
             local, client, namespace, ttl, serializer, compress_over, strict, lock_lease, lock_wait,
             failure_threshold, backoff, max_backoff, _MAX_BULK if max_value_size is None else max_value_size,
+            encryption_key,
         )
         # A cluster's primaries are known only once the client has met it (_start_cluster).
         self._pools = [] if self._cluster else [client.connection_pool]

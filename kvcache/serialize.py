@@ -26,13 +26,17 @@ import functools
 import hashlib
 import hmac
 import numbers
+import os
 import pickle
 from itertools import chain, compress
 
 import msgpack
 import numpy as np
 
-__all__ = ["MAX_DEPTH", "Serializer", "SerializationError", "SignatureError", "encode_key", "encode_keys", "decode_key"]
+__all__ = [
+    "MAX_DEPTH", "Cipher", "Serializer", "SerializationError", "SignatureError", "encode_key", "encode_keys",
+    "decode_key",
+]
 
 # Each level of tuples/sets/frozensets costs one nested msgpack call (about 2 KB of C
 # stack while decoding, more while encoding): 64 levels stay far below the smallest
@@ -465,6 +469,71 @@ class Serializer:
         except Exception as exc:  # msgpack raises several unrelated types on garbage
             raise SerializationError(f"corrupt payload: {exc!r}") from None
 
+
+
+class Cipher:
+    """Encrypt and authenticate values that leave the process with AES-GCM.
+
+    ``keys``: one key or a list, newest first (16, 24 or 32 bytes each; a str is
+    UTF-8 encoded and must have one of those lengths too).  :meth:`seal` always
+    uses the newest key; :meth:`open` accepts any of them, so keys rotate by
+    putting the new one in front and dropping the old one once every stored
+    value has been rewritten or has expired.  The associated data (the remote
+    tiers pass the namespace and the key) is authenticated, so a value copied to
+    another key does not decrypt.  Needs the ``cryptography`` package.
+
+    Frames are ``0xE1, 4-byte key id, 12-byte random nonce, ciphertext+tag``.
+    The key id is a digest prefix: it names the key without revealing it.
+    """
+
+    __slots__ = ("_aeads", "_new_id", "_new_aead")
+
+    def __init__(self, keys):
+        try:
+            from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+        except ImportError:
+            raise ImportError("encryption needs the cryptography package: pip install cryptography") from None
+        if isinstance(keys, (bytes, bytearray, str)):
+            keys = [keys]
+        try:
+            keys = list(keys)
+        except TypeError:
+            raise TypeError("encryption_key must be bytes, str or a list of them, newest first") from None
+        if not keys:
+            raise ValueError("encryption_key: give at least one key")
+        self._aeads = {}
+        for i, key in enumerate(keys):
+            if isinstance(key, str):
+                key = key.encode()
+            if not isinstance(key, (bytes, bytearray)):
+                raise TypeError(f"encryption key {i}: bytes or str expected, got {type(key).__name__}")
+            if len(key) not in (16, 24, 32):
+                raise ValueError(f"encryption key {i}: AES needs 16, 24 or 32 bytes, got {len(key)}")
+            kid = hashlib.sha256(b"kvcache-key-id" + bytes(key)).digest()[:4]
+            if kid in self._aeads:
+                raise ValueError(f"encryption key {i} is given twice")
+            self._aeads[kid] = AESGCM(bytes(key))
+            if i == 0:
+                self._new_id, self._new_aead = kid, self._aeads[kid]
+
+    def seal(self, data, aad):
+        """Return `data` encrypted with the newest key, bound to `aad`."""
+        nonce = os.urandom(12)     # random 96-bit nonces: safe for far more than 2**32 values per key
+        return b"\xe1" + self._new_id + nonce + self._new_aead.encrypt(nonce, data, aad)
+
+    def open(self, frame, aad):
+        """Return the plaintext of `frame`; raise SignatureError if it is not ours for `aad`."""
+        from cryptography.exceptions import InvalidTag
+
+        if len(frame) < 1 + 4 + 12 + 16 or frame[0] != 0xE1:
+            raise SignatureError("not an encrypted kvcache value")
+        aead = self._aeads.get(bytes(frame[1:5]))
+        if aead is None:
+            raise SignatureError("value encrypted with a key this cache does not hold")
+        try:
+            return aead.decrypt(bytes(frame[5:17]), bytes(frame[17:]), aad)
+        except InvalidTag:
+            raise SignatureError("encrypted value does not authenticate (tampered, or stored under another key)") from None
 
 # --- keys -------------------------------------------------------------------
 # Keys that leave the process need a *canonical* encoding: keys equal in

@@ -405,3 +405,67 @@ def test_decode_key_refuses_what_is_not_a_key(data):
 def test_numpy_complex_key_encodes_as_complex():
     assert encode_key(np.complex128(1 + 2j)) == encode_key(1 + 2j)
     assert decode_key(encode_key(np.complex128(1 + 2j))) == 1 + 2j
+
+
+# --- encryption ---------------------------------------------------------------
+
+from kvcache.serialize import Cipher  # noqa: E402  (cryptography: in the test extra)
+
+K1, K2 = b"k" * 32, b"second-key-16byt"
+
+
+def test_cipher_round_trip_hides_the_plaintext():
+    c = Cipher(K1)
+    secret = b"card 4111-1111-1111-1111"
+    frame = c.seal(secret, b"ns:v:k1")
+    assert secret not in frame and b"4111" not in frame
+    assert c.open(frame, b"ns:v:k1") == secret
+    assert c.seal(secret, b"ns:v:k1") != frame          # a fresh nonce every time
+
+
+@pytest.mark.parametrize("mutate", [
+    lambda f: f[:-1] + bytes([f[-1] ^ 1]),               # tag
+    lambda f: f[:20] + bytes([f[20] ^ 0x80]) + f[21:],   # ciphertext
+    lambda f: f[:8] + bytes([f[8] ^ 1]) + f[9:],         # nonce
+    lambda f: f[:-5],                                     # truncated
+    lambda f: b"",
+    lambda f: b"\x01\x00" + f[2:],                        # a plain serializer frame
+])
+def test_cipher_rejects_tampering(mutate):
+    c = Cipher(K1)
+    frame = c.seal(b"value", b"ns:v:k1")
+    with pytest.raises(SignatureError):
+        c.open(mutate(frame), b"ns:v:k1")
+
+
+def test_cipher_binds_the_associated_data():
+    c = Cipher(K1)
+    frame = c.seal(b"value", b"ns:v:k1")
+    with pytest.raises(SignatureError):
+        c.open(frame, b"ns:v:k2")                         # copied to another key
+    with pytest.raises(SignatureError):
+        c.open(frame, b"other:v:k1")                      # or another namespace
+
+
+def test_cipher_rotation_newest_first():
+    old = Cipher(K1)
+    rotated = Cipher([K2, K1])
+    frame_old = old.seal(b"v", b"a")
+    assert rotated.open(frame_old, b"a") == b"v"          # old values still read
+    frame_new = rotated.seal(b"v", b"a")
+    assert Cipher(K2).open(frame_new, b"a") == b"v"       # new values use the newest key
+    with pytest.raises(SignatureError, match="does not hold"):
+        old.open(frame_new, b"a")
+
+
+@pytest.mark.parametrize("keys, exc", [
+    (b"short", ValueError), ("x" * 20, ValueError), ([], ValueError), ([K1, K1], ValueError),
+    (123, TypeError), ([K1, 5], TypeError),
+])
+def test_cipher_rejects_bad_keys(keys, exc):
+    with pytest.raises(exc):
+        Cipher(keys)
+
+
+def test_cipher_str_key_is_its_utf8_bytes():
+    assert Cipher("s" * 24).open(Cipher(b"s" * 24).seal(b"v", b"a"), b"a") == b"v"

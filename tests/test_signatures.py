@@ -20,6 +20,7 @@ import kvcache
 from kvcache import embeddings, keys, llm, serialize, simulate, snapshot
 
 redis_mod = pytest.importorskip("kvcache.redis")
+memcached_mod = pytest.importorskip("kvcache.memcached")
 
 CACHE_ARGS = "maxsize, getsizeof=None, *, on_evict=None, seed=None, capacity=None"
 
@@ -42,10 +43,14 @@ CLASSES = {
     kvcache.CachedEmbedder: "encode, cache, namespace",
     redis_mod.TieredCache: "local, client, namespace, ttl=None, serializer=None, compress_over=None, "
                            "strict=False, *, lock_lease=10.0, lock_wait=30.0, failure_threshold=3, "
-                           "backoff=0.05, max_backoff=5.0, max_value_size=None",
+                           "backoff=0.05, max_backoff=5.0, max_value_size=None, encryption_key=None",
     redis_mod.AsyncTieredCache: "local, client, namespace, ttl=None, serializer=None, compress_over=None, "
                                 "strict=False, *, lock_lease=10.0, lock_wait=30.0, failure_threshold=3, "
-                                "backoff=0.05, max_backoff=5.0, max_value_size=None",
+                                "backoff=0.05, max_backoff=5.0, max_value_size=None, encryption_key=None",
+    memcached_mod.TieredCache: "local, client, namespace, *, consistency='eventual', max_stale=1.0, "
+                               "encryption_key=None, ttl=None, serializer=None, compress_over=None, "
+                               "strict=False, timeout=0.25, lock_lease=10.0, lock_wait=30.0, "
+                               "failure_threshold=3, backoff=0.05, max_backoff=5.0, max_value_size=1047552",
     redis_mod.TierStats: "local_hits, remote_hits, misses, sets, deletes, errors, invalidations, "
                          "circuit, live, rejections, stream_error",
     llm.BlockPool: "num_blocks, block_size, layers, kv_heads, head_dim, dtype=np.float16",
@@ -55,6 +60,7 @@ CLASSES = {
     llm.GenerationStats: "mode, prompt_tokens, cached_tokens, new_tokens, ttft, seconds",
     llm.PrefixCacheStats: "queries, hit_blocks, hit_tokens, committed, evictions, cached, free, "
                           "evictable, in_use, num_blocks",
+    serialize.Cipher: "keys",
     serialize.Serializer: "*, compress_over=None, compress_level=3, pickle_key=None, "
                           "max_size=None, _frame=False",
 }
@@ -224,7 +230,7 @@ def test_every_public_name_is_covered():
     # a new public callable must get an expected signature here (exceptions excepted: their
     # constructors are the built-in ones)
     covered = set(CLASSES) | set(FUNCTIONS)
-    for module in (kvcache, redis_mod, llm, keys, snapshot, serialize, simulate, embeddings):
+    for module in (kvcache, redis_mod, memcached_mod, llm, keys, snapshot, serialize, simulate, embeddings):
         for name in module.__all__:
             obj = getattr(module, name)
             if inspect.ismodule(obj) or not callable(obj):
