@@ -13,11 +13,13 @@ import importlib.util
 import os
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pytest
 
 from kvcache.llm import PoolExhaustedError
+from tests.redis_fixtures import child_env
 
 
 def _require(what, hint):
@@ -393,8 +395,9 @@ def test_llm_imports_without_the_model_extra():
             "import kvcache.llm\n"
             "try:\n    kvcache.llm.load_gguf()\n"
             "except ImportError as e:\n    print(e)\n")
+    # Outside the clone's root, whose unbuilt kvcache/ would shadow the kvcache under test.
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout
+                         check=True, cwd=tempfile.gettempdir(), env=child_env()).stdout
     assert "kvcache[models]" in out
 
 
