@@ -1,10 +1,8 @@
 """The Redis tiers over TLS and mutual TLS, against a real TLS-only redis-server.
 
-The certificates (a CA, the server's and a client's) are made here with `cryptography`.
+The certificates (a CA, the server's and a client's) are made by tests/certs.py.
 """
 import asyncio
-import datetime
-import ipaddress
 import os
 import socket
 import ssl
@@ -15,40 +13,10 @@ import pytest
 
 redis = pytest.importorskip("redis")
 
-from cryptography import x509  # noqa: E402  (cryptography: in the test extra)
-from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
-from cryptography.x509.oid import NameOID  # noqa: E402
-
 import kvcache  # noqa: E402
 from kvcache.redis import AsyncTieredCache, CircuitOpenError, TieredCache  # noqa: E402
+from tests.certs import ca_signed  # noqa: E402  (cryptography: in the test extra)
 from tests.redis_fixtures import RedisServer, free_port, require_redis_binaries  # noqa: E402
-
-
-def _cert(subject, issuer_name, issuer_key, key, ca=False):
-    now = datetime.datetime.now(datetime.timezone.utc)
-    b = (x509.CertificateBuilder()
-         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
-         .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer_name)]))
-         .public_key(key.public_key())
-         .serial_number(x509.random_serial_number())
-         .not_valid_before(now - datetime.timedelta(minutes=5))
-         .not_valid_after(now + datetime.timedelta(days=1))
-         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
-    if not ca:
-        b = b.add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
-                                                         x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                            critical=False)
-    return b.sign(issuer_key, hashes.SHA256())
-
-
-def _write(path, cert, key):
-    with open(path + ".crt", "wb") as f:
-        f.write(cert.public_bytes(serialization.Encoding.PEM))
-    with open(path + ".key", "wb") as f:
-        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                  serialization.NoEncryption()))
-    return path + ".crt", path + ".key"
 
 
 class TLSRedis(RedisServer):
@@ -84,14 +52,7 @@ class TLSRedis(RedisServer):
 @pytest.fixture(scope="module")
 def certs():
     with tempfile.TemporaryDirectory(prefix="kvcache-tls-") as d:
-        ca_key = ec.generate_private_key(ec.SECP256R1())
-        ca = _cert("kvcache test CA", "kvcache test CA", ca_key, ca_key, ca=True)
-        ca_path = _write(os.path.join(d, "ca"), ca, ca_key)[0]
-        out = {"ca": ca_path, "dir": d}
-        for name in ("server", "client"):
-            key = ec.generate_private_key(ec.SECP256R1())
-            out[name] = _write(os.path.join(d, name), _cert(name, "kvcache test CA", ca_key, key), key)
-        yield out
+        yield {**ca_signed(d), "dir": d}
 
 
 @pytest.fixture(scope="module", params=[False, True], ids=["tls", "mutual-tls"])
