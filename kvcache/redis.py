@@ -26,6 +26,13 @@ Consistency rules (why the code looks the way it does):
   the node serving the key (one per cluster primary, so a dead master fails
   open only its slots); a server's answer (OOM, NOPERM, WRONGTYPE) proves the
   node is up and is counted, logged and, in strict mode, raised.
+* ``consistency="strong"``: invalidation is asynchronous (a notice may arrive after a write
+  in another process returned), so a strong tier never lets the local tier answer alone.  Its
+  local copies carry the SHA-1 of the frame they were read or written as, and every read runs
+  ``_LUA_CHECK``: the value travels only if Redis holds another frame.  A copy Redis cannot
+  confirm (unreachable) is not served.
+* ``wait_replicas``: WAIT counts the writes of the connection it runs on, so it is sent in the
+  same pipeline as the write, never on another pooled connection.
 * Batches (get_many, set_many, delete_many) follow the same rules, key by key,
   with one script call per node and 1,000 keys (per hash slot on a cluster).
 * A local copy never outlives its Redis TTL: entries with a TTL are stored
@@ -123,6 +130,17 @@ local v = redis.call('get', KEYS[1])
 if not v then return false end
 if redis.sha1hex(v) == ARGV[1] then return 1 end
 return {v, redis.call('pttl', KEYS[1])}
+"""
+# The same for a batch (per key: false, 1 or the frame; a strong copy's own TTL is never used).
+_LUA_MCHECK = """
+local out = {}
+for i, k in ipairs(KEYS) do
+  local v = redis.call('get', k)
+  if not v then out[i] = false
+  elseif redis.sha1hex(v) == ARGV[i] then out[i] = 1
+  else out[i] = v end
+end
+return out
 """
 
 
@@ -382,6 +400,7 @@ class _TierCore(TierCore):
         self._mset_script = _Script(_LUA_MSET)
         self._unlink_script = _Script(_LUA_UNLINK)
         self._check_script = _Script(_LUA_CHECK)
+        self._mcheck_script = _Script(_LUA_MCHECK)
         self.consistency = consistency
         self._strong = consistency == "strong"
         self.wait_replicas = wait_replicas
@@ -705,7 +724,12 @@ class _TierCore(TierCore):
                 token = self._begin_many(gnames)
                 try:
                     t0 = _monotonic()
-                    blobs, ttls = yield from self._remote_mget(gnames)
+                    confirmed = ()
+                    if self._strong:
+                        blobs, confirmed = yield from self._remote_mcheck(gnames, gkeys)
+                        ttls = None
+                    else:
+                        blobs, ttls = yield from self._remote_mget(gnames)
                     breaker.success()
                     values, bad = self._loads_many(blobs, gnames)
                     for j, exc in bad:
@@ -719,8 +743,11 @@ class _TierCore(TierCore):
                         for j, pttl in ttls.items():
                             if values[j] is not _MISSING:
                                 entries[j] = Expiring(values[j], t0 + pttl / 1000.0)
+                    for j, value in confirmed:  # the local copy is what Redis holds
+                        values[j] = value
+                        self._count_local_hit()
                     missing = values.count(_MISSING)
-                    counts[0] += len(values) - missing
+                    counts[0] += len(values) - missing - len(confirmed)
                     counts[1] += missing - len(bad)
                     for j, exc in bad:  # undecodable: the local tier is all we have
                         values[j] = self._fail_open(gkeys[j])
@@ -898,6 +925,30 @@ class _TierCore(TierCore):
         ttls = {j: ttl_of[n] for j, n in enumerate(names) if n in ttl_of} if ttl_of else {}
         return [got[n] for n in names], ttls
 
+    def _remote_mcheck(self, names, keys):
+        """Steps: a strong tier's batch read of `names` (of `keys`): return (blobs or None, confirmed).
+
+        ``confirmed`` lists (index, local value) of the local copies Redis still holds (their
+        blob is None): only the other values travel.
+        """
+        get = self._local.get
+        local = [get(k, _MISSING) for k in keys]
+        digest_of = {}
+        for n, e in zip(names, local):
+            digest_of[n] = e.token if type(e) is Expiring and e.token is not None else ""
+        replies = yield from self._run_chunks(self._mcheck_script, names, lambda c: [digest_of[n] for n in c])
+        got = {}
+        for chunk, vals in replies:
+            got.update(zip(chunk, vals))
+        blobs, confirmed = [], []
+        for j, n in enumerate(names):
+            b = got[n]
+            if b == 1:
+                confirmed.append((j, local[j].value))
+                b = None
+            blobs.append(b)
+        return blobs, confirmed
+
     def _remote_mset(self, names, blobs, px):
         blob_of = dict(zip(names, blobs))
         tail = [] if px is None else [px]
@@ -958,7 +1009,7 @@ class TieredCache(_TierCore, MutableMapping):
     per hit).  ``"strong"``: a read started after a write returned, in any process, sees that
     write.  Every local hit is validated in one round trip (a read-only script compares the
     SHA-1 of the stored frame with the local copy's; the value travels only if it changed);
-    ``get_many`` reads every key from Redis; while Redis is unreachable a strong tier serves
+    ``get_many`` validates its copies the same way, one script call per node; while Redis is unreachable a strong tier serves
     no local copy (a miss; an error with ``strict=True``).
 
     ``wait_replicas=N`` (``redis.Redis`` clients only): ``set``, ``set_many`` and

@@ -84,9 +84,15 @@ def test_strong_validates_every_local_hit(make_tier, redis_server):
         assert b["k"] == i
     a.delete("k")
     assert b.get("k") is None
+    n = b.stats().invalidations
     a.set_many(["x", "y"], [1, 2])
+    assert wait_for(lambda: b.stats().invalidations >= n + 2)
     assert b.get_many(["x", "y", "z"]) == [1, 2, None]
-    assert b.get_many(["x", "y"]) == [1, 2]
+    st = b.stats()
+    before = round_trips(redis_server)
+    assert b.get_many(["x", "y", "z"]) == [1, 2, None]  # one script call: 2 copies confirmed, z absent
+    assert round_trips(redis_server) - before == 1
+    assert b.stats().local_hits == st.local_hits + 2 and b.stats().remote_hits == st.remote_hits
     a.set_many(["x", "y"], [3, 4])
     assert b.get_many(["x", "y"]) == [3, 4]
     assert b["x"] == 3
