@@ -10,8 +10,9 @@ tenth of that for the rows that make round trips, and 5 calls for get_many):
   miss           an absent key
   set            a write-through of a small value
   get_many 1000  1,000 present keys with a cold local tier
-Then the staleness bound across two processes (write-to-visible, p50/p99/max) for the
-memcached tier in eventual mode (max_stale as given) and strong mode (a write/read handshake).
+Then write-to-visible across two processes (p50/p99/max; a write/read handshake) for both tiers
+in both modes: memcached eventual is bounded by max_stale (as given), redis eventual by the
+invalidation notice's arrival.
 
 Run: PYTHONPATH=$PWD python bench/tiers.py [--n 20000] [--repeat 5] [--rounds 1000]
 """
@@ -196,9 +197,14 @@ def figures(mport, rport, n, repeat):
 _CHILD = r"""
 import sys, time
 import kvcache
-from kvcache.memcached import TieredCache
-addr, mode, max_stale = sys.argv[1:4]
-tier = TieredCache(kvcache.LRUCache(maxsize=100), [addr], "stale", consistency=mode, max_stale=float(max_stale))
+backend, addr, mode, max_stale = sys.argv[1:5]
+if backend == "memcached":
+    from kvcache.memcached import TieredCache
+    tier = TieredCache(kvcache.LRUCache(maxsize=100), [addr], "stale", consistency=mode, max_stale=float(max_stale))
+else:
+    from kvcache.redis import TieredCache
+    tier = TieredCache.from_url(addr, kvcache.LRUCache(maxsize=100), "stale", consistency=mode, timeout=1.0)
+    assert tier.wait_live(10)
 print("ready", flush=True)
 for line in sys.stdin:
     i = int(line.split()[0])
@@ -212,19 +218,25 @@ for line in sys.stdin:
 """
 
 
-def staleness(mport, mode, max_stale, rounds):
+def staleness(backend, port, mode, max_stale, rounds):
     """Write-to-visible across two processes: the first read (its start) that saw each write."""
-    from kvcache.memcached import TieredCache
+    if backend == "memcached":
+        from kvcache.memcached import TieredCache
 
-    addr = f"127.0.0.1:{mport}"
-    writer = TieredCache(kvcache.LRUCache(maxsize=100), [addr], "stale", consistency=mode, max_stale=max_stale)
+        addr = f"127.0.0.1:{port}"
+        writer = TieredCache(kvcache.LRUCache(maxsize=100), [addr], "stale", consistency=mode, max_stale=max_stale)
+    else:
+        from kvcache.redis import TieredCache
+
+        addr = f"redis://127.0.0.1:{port}"
+        writer = TieredCache.from_url(addr, kvcache.LRUCache(maxsize=100), "stale", consistency=mode, timeout=1.0)
     writer["k"] = -1
-    proc = subprocess.Popen([sys.executable, "-c", _CHILD, addr, mode, str(max_stale)],
+    proc = subprocess.Popen([sys.executable, "-c", _CHILD, backend, addr, mode, str(max_stale)],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "ready"
     delays = []
     for i in range(rounds):
-        if mode == "eventual":
+        if mode == "eventual" and max_stale:
             time.sleep(random.uniform(0, max_stale))
         writer["k"] = i
         t_w = time.monotonic()
@@ -254,9 +266,12 @@ def main():
             print("| operation (us) | " + " | ".join(f"{k}" for k in next(iter(rows.values()))) + " |")
             for name, cols in rows.items():
                 print(f"| {name} | " + " | ".join(f"{k}: {v:.2f}" for k, v in cols.items()) + " |")
-            for mode, ms in (("eventual", args.max_stale), ("strong", 0.0)):
-                p50, p99, worst = staleness(mport, mode, ms, args.rounds)
-                print(f"write-to-visible, {mode} (max_stale={ms}), {args.rounds} rounds: "
+            runs = [("memcached", mport, "eventual", args.max_stale), ("memcached", mport, "strong", 0.0),
+                    ("redis", rport, "eventual", 0.0), ("redis", rport, "strong", 0.0)]
+            for backend, port, mode, ms in runs:
+                p50, p99, worst = staleness(backend, port, mode, ms, args.rounds)
+                bound = f", max_stale={ms}" if backend == "memcached" and mode == "eventual" else ""
+                print(f"write-to-visible, {backend} {mode}{bound}, {args.rounds} rounds: "
                       f"p50 {p50:.3f} ms, p99 {p99:.3f} ms, max {worst:.3f} ms")
         finally:
             mc.kill()
