@@ -177,6 +177,11 @@ def test_async_strong(redis_server, ns):
                 assert await b.get("k") == i
             await a.delete("k")
             assert await b.get("k") is None
+            await a.set_many(["x", "y"], [1, 2])
+            assert await b.get_many(["x", "y", "z"]) == [1, 2, None]
+            assert await b.get_many(["x", "y"]) == [1, 2]
+            await a.set_many(["x", "y"], [3, 4])
+            assert await b.get_many(["x", "y"]) == [3, 4]
             assert await b.get_or_set("g", lambda: "computed") == "computed"
             assert await a.get("g") == "computed"
         finally:
