@@ -114,6 +114,7 @@ def test_strong_copy_written_by_someone_else(make_tier, redis_server, ns):
 def test_eventual_answers_locally_without_a_round_trip(make_tier, redis_server):
     a = make_tier()
     a["k"] = 1
+    assert wait_for(lambda: a.stats().invalidations == 1)  # its own notice drops the copy: let it pass
     assert a["k"] == 1
     before = round_trips(redis_server)
     hits = a.stats().local_hits
@@ -168,7 +169,11 @@ def test_async_strong(redis_server, ns):
         a = AsyncTieredCache.from_url(url, kvcache.LRUCache(maxsize=10), ns, consistency="strong", timeout=1.0)
         b = AsyncTieredCache.from_url(url, kvcache.LRUCache(maxsize=10), ns, consistency="strong", timeout=1.0)
         try:
+            # Live first: a stream coming up empties the local tier (a copy could then go remote).
+            assert await a.wait_live() and await b.wait_live()
             await a.set("k", 1)
+            while b.stats().invalidations < 1:  # the write's notice, which would drop b's fill
+                await asyncio.sleep(0.002)
             assert await b.get("k") == 1
             assert await b.get("k") == 1
             assert b.stats().local_hits == 1 and b.stats().remote_hits == 1
@@ -206,9 +211,15 @@ def primary_and_replica():
         try:
             replica.start()
             deadline = time.monotonic() + 20
-            while _info_replication(replica).get("master_link_status") != "up":
+            # The primary counts the replica (WAIT's acks) once it is online there, not only synced.
+            while (_info_replication(replica).get("master_link_status") != "up"
+                   or _info_replication(primary).get("slave0", {}).get("state") != "online"):
                 assert time.monotonic() < deadline, "the replica never synced"
                 time.sleep(0.05)
+            with primary.client() as warm:  # the first WAIT after a sync may still miss its ack
+                while warm.set("warm-up", 1) and warm.wait(1, 100) < 1:
+                    assert time.monotonic() < deadline, "the replica never acknowledged a write"
+                warm.delete("warm-up")
             yield primary, replica
         finally:
             replica.stop()
