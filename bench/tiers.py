@@ -4,13 +4,16 @@ raw pymemcache and raw redis-py, against a memcached and a redis-server started 
 Rows (microseconds per operation, the best of --repeat interleaved timings of --n operations; a
 tenth of that for the rows that make round trips, and 5 calls for get_many):
   local hit      a key whose local copy answers (memcached: inside its trust window)
-  strong hit     memcached consistency="strong": the local copy validated by one `mg k c`
+  strong hit     consistency="strong": the local copy validated in one round trip (memcached: `mg k c`;
+                 redis: a script comparing the stored frame's SHA-1), next to raw GETs of the value
   remote hit     the local tier holds one entry, the reads cycle over 1,000 keys
   miss           an absent key
   set            a write-through of a small value
-  get_many 1000  1,000 present keys with a cold local tier
-Then the staleness bound across two processes (write-to-visible, p50/p99/max) for the
-memcached tier in eventual mode (max_stale as given) and strong mode (a write/read handshake).
+  get_many 1000  1,000 present keys with a cold local tier; then, strong, with every copy local
+                 (validated: memcached by CAS, redis by one script call comparing digests)
+Then write-to-visible across two processes (p50/p99/max; a write/read handshake) for both tiers
+in both modes: memcached eventual is bounded by max_stale (as given), redis eventual by the
+invalidation notice's arrival.
 
 Run: PYTHONPATH=$PWD python bench/tiers.py [--n 20000] [--repeat 5] [--rounds 1000]
 """
@@ -113,24 +116,24 @@ def figures(mport, rport, n, repeat):
 
     spaces = iter(range(100))
 
-    def tiers(local_size, **kw):
+    def tiers(local_size, consistency="eventual", max_stale=3600):
         # A namespace each: a Redis tier's listener then hears only its own writes.
         ns = f"bench{next(spaces)}"
-        m = MemcachedTier(kvcache.LRUCache(maxsize=local_size), [f"127.0.0.1:{mport}"], ns, **kw)
-        r = RedisTier.from_url(f"redis://127.0.0.1:{rport}", kvcache.LRUCache(maxsize=local_size), ns, timeout=1.0)
+        m = MemcachedTier(kvcache.LRUCache(maxsize=local_size), [f"127.0.0.1:{mport}"], ns,
+                          consistency=consistency, max_stale=max_stale)
+        r = RedisTier.from_url(f"redis://127.0.0.1:{rport}", kvcache.LRUCache(maxsize=local_size), ns, timeout=1.0,
+                               consistency=consistency)
         assert r.wait_live(5)
         return m, r
 
-    big_m, big_r = tiers(10_000, max_stale=3600)
-    strong, _ = tiers(10_000, consistency="strong")
-    one_m, one_r = tiers(1, max_stale=3600)
-    strong.set_many(keys, [VALUE] * len(keys))
-    for t in (big_m, big_r, one_m, one_r):
-        for k in keys:
-            t[k] = VALUE
+    big_m, big_r = tiers(10_000)
+    strong_m, strong_r = tiers(10_000, consistency="strong")
+    one_m, one_r = tiers(1)
+    for t in (big_m, big_r, strong_m, strong_r, one_m, one_r):
+        t.set_many(keys, [VALUE] * len(keys))
     time.sleep(0.5)  # the Redis tiers' own notices drain before anything is timed
     for k in keys:  # local copies everywhere
-        big_m[k], big_r[k], strong[k]
+        big_m[k], big_r[k], strong_m[k], strong_r[k]
     big_lru = kvcache.LRUCache(maxsize=10_000)
     for k in keys:
         big_lru[k] = VALUE
@@ -140,7 +143,13 @@ def figures(mport, rport, n, repeat):
         "redis tier": loop(big_r.__getitem__, keys),
         "LRUCache": loop(big_lru.__getitem__, keys),
     }, n, repeat)
-    rows["strong hit"] = row({"memcached tier": loop(strong.__getitem__, keys)}, n // 10, repeat)
+    rows["strong hit"] = row({
+        "memcached tier": loop(strong_m.__getitem__, keys),
+        "redis tier": loop(strong_r.__getitem__, keys),
+        "raw pymemcache get": loop(lambda k: ser.loads(raw_mc.get(k)), mnames),
+        "raw redis-py GET": loop(lambda k: ser.loads(raw_rd.get(k)), rnames),
+    }, n // 10, repeat)
+    assert strong_r.stats().remote_hits == len(keys)  # every timed strong read was a validated local copy
     rows["remote hit"] = row({
         "memcached tier": loop(one_m.__getitem__, keys),
         "redis tier": loop(one_r.__getitem__, keys),
@@ -181,7 +190,13 @@ def figures(mport, rport, n, repeat):
     if hasattr(big_r, "get_many"):
         many["redis tier"] = batch(big_r)
     rows["get_many 1000 (per call)"] = row(many, 5, repeat)
-    for t in (big_m, big_r, strong, one_m, one_r):
+    hits = strong_r.stats().local_hits
+    rows["get_many 1000, strong, warm (per call)"] = row({
+        "memcached tier": lambda n: [strong_m.get_many(keys) for _ in range(n)],
+        "redis tier": lambda n: [strong_r.get_many(keys) for _ in range(n)],
+    }, 5, repeat)
+    assert strong_r.stats().local_hits - hits == 5 * repeat * len(keys)  # every copy confirmed, none sent
+    for t in (big_m, big_r, strong_m, strong_r, one_m, one_r):
         t.close()
     return rows
 
@@ -189,9 +204,14 @@ def figures(mport, rport, n, repeat):
 _CHILD = r"""
 import sys, time
 import kvcache
-from kvcache.memcached import TieredCache
-addr, mode, max_stale = sys.argv[1:4]
-tier = TieredCache(kvcache.LRUCache(maxsize=100), [addr], "stale", consistency=mode, max_stale=float(max_stale))
+backend, addr, mode, max_stale = sys.argv[1:5]
+if backend == "memcached":
+    from kvcache.memcached import TieredCache
+    tier = TieredCache(kvcache.LRUCache(maxsize=100), [addr], "stale", consistency=mode, max_stale=float(max_stale))
+else:
+    from kvcache.redis import TieredCache
+    tier = TieredCache.from_url(addr, kvcache.LRUCache(maxsize=100), "stale", consistency=mode, timeout=1.0)
+    assert tier.wait_live(10)
 print("ready", flush=True)
 for line in sys.stdin:
     i = int(line.split()[0])
@@ -205,19 +225,25 @@ for line in sys.stdin:
 """
 
 
-def staleness(mport, mode, max_stale, rounds):
+def staleness(backend, port, mode, max_stale, rounds):
     """Write-to-visible across two processes: the first read (its start) that saw each write."""
-    from kvcache.memcached import TieredCache
+    if backend == "memcached":
+        from kvcache.memcached import TieredCache
 
-    addr = f"127.0.0.1:{mport}"
-    writer = TieredCache(kvcache.LRUCache(maxsize=100), [addr], "stale", consistency=mode, max_stale=max_stale)
+        addr = f"127.0.0.1:{port}"
+        writer = TieredCache(kvcache.LRUCache(maxsize=100), [addr], "stale", consistency=mode, max_stale=max_stale)
+    else:
+        from kvcache.redis import TieredCache
+
+        addr = f"redis://127.0.0.1:{port}"
+        writer = TieredCache.from_url(addr, kvcache.LRUCache(maxsize=100), "stale", consistency=mode, timeout=1.0)
     writer["k"] = -1
-    proc = subprocess.Popen([sys.executable, "-c", _CHILD, addr, mode, str(max_stale)],
+    proc = subprocess.Popen([sys.executable, "-c", _CHILD, backend, addr, mode, str(max_stale)],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "ready"
     delays = []
     for i in range(rounds):
-        if mode == "eventual":
+        if mode == "eventual" and max_stale:
             time.sleep(random.uniform(0, max_stale))
         writer["k"] = i
         t_w = time.monotonic()
@@ -247,9 +273,12 @@ def main():
             print("| operation (us) | " + " | ".join(f"{k}" for k in next(iter(rows.values()))) + " |")
             for name, cols in rows.items():
                 print(f"| {name} | " + " | ".join(f"{k}: {v:.2f}" for k, v in cols.items()) + " |")
-            for mode, ms in (("eventual", args.max_stale), ("strong", 0.0)):
-                p50, p99, worst = staleness(mport, mode, ms, args.rounds)
-                print(f"write-to-visible, {mode} (max_stale={ms}), {args.rounds} rounds: "
+            runs = [("memcached", mport, "eventual", args.max_stale), ("memcached", mport, "strong", 0.0),
+                    ("redis", rport, "eventual", 0.0), ("redis", rport, "strong", 0.0)]
+            for backend, port, mode, ms in runs:
+                p50, p99, worst = staleness(backend, port, mode, ms, args.rounds)
+                bound = f", max_stale={ms}" if backend == "memcached" and mode == "eventual" else ""
+                print(f"write-to-visible, {backend} {mode}{bound}, {args.rounds} rounds: "
                       f"p50 {p50:.3f} ms, p99 {p99:.3f} ms, max {worst:.3f} ms")
         finally:
             mc.kill()

@@ -26,6 +26,13 @@ Consistency rules (why the code looks the way it does):
   the node serving the key (one per cluster primary, so a dead master fails
   open only its slots); a server's answer (OOM, NOPERM, WRONGTYPE) proves the
   node is up and is counted, logged and, in strict mode, raised.
+* ``consistency="strong"``: invalidation is asynchronous (a notice may arrive after a write
+  in another process returned), so a strong tier never lets the local tier answer alone.  Its
+  local copies carry the SHA-1 of the frame they were read or written as, and every read runs
+  ``_LUA_CHECK``: the value travels only if Redis holds another frame.  A copy Redis cannot
+  confirm (unreachable) is not served.
+* ``wait_replicas``: WAIT counts the writes of the connection it runs on, so it is sent in the
+  same pipeline as the write, never on another pooled connection.
 * Batches (get_many, set_many, delete_many) follow the same rules, key by key,
   with one script call per node and 1,000 keys (per hash slot on a cluster).
 * A local copy never outlives its Redis TTL: entries with a TTL are stored
@@ -75,7 +82,7 @@ from kvcache.serialize import SerializationError, decode_key, encode_key, encode
 
 __all__ = [
     "TieredCache", "AsyncTieredCache", "TierStats", "CircuitOpenError", "ValueTooLargeError",
-    "StreamRefusedError", "SlowClientWarning",
+    "StreamRefusedError", "SlowClientWarning", "ReplicationError",
 ]
 
 _monotonic = time.monotonic
@@ -115,6 +122,25 @@ _LUA_GET = """
 local v = redis.call('get', KEYS[1])
 if not v then return false end
 return {v, redis.call('pttl', KEYS[1])}
+"""
+# A strong tier's local hit, validated in one round trip: 1 while the stored frame still has the
+# digest of the local copy (nothing transferred), else what _LUA_GET returns.
+_LUA_CHECK = """
+local v = redis.call('get', KEYS[1])
+if not v then return false end
+if redis.sha1hex(v) == ARGV[1] then return 1 end
+return {v, redis.call('pttl', KEYS[1])}
+"""
+# The same for a batch (per key: false, 1 or the frame; a strong copy's own TTL is never used).
+_LUA_MCHECK = """
+local out = {}
+for i, k in ipairs(KEYS) do
+  local v = redis.call('get', k)
+  if not v then out[i] = false
+  elseif redis.sha1hex(v) == ARGV[i] then out[i] = 1
+  else out[i] = v end
+end
+return out
 """
 
 
@@ -202,6 +228,10 @@ _OUTAGE_TYPES = (
     OSError,
     asyncio.TimeoutError,  # not an OSError before 3.11
 )
+
+
+class ReplicationError(_redis.exceptions.ResponseError):
+    """Raised (strict mode) when fewer than ``wait_replicas`` replicas acknowledged a write in time."""
 
 
 class ValueTooLargeError(_redis.exceptions.DataError):
@@ -340,8 +370,18 @@ class _TierCore(TierCore):
     def _setup(
         self, local, client, namespace, ttl, serializer, compress_over, strict, lock_lease, lock_wait,
         failure_threshold, backoff, max_backoff, max_value_size, encryption_key=None,
+        consistency="eventual", wait_replicas=0, wait_timeout=1.0,
     ):
         """Check the arguments and set up the state both tiers keep (the constructors call it)."""
+        if consistency not in ("eventual", "strong"):
+            raise ValueError('consistency must be "eventual" or "strong"')
+        if not (isinstance(wait_replicas, int) and not isinstance(wait_replicas, bool) and wait_replicas >= 0):
+            raise ValueError("wait_replicas must be an int >= 0")
+        if not (isinstance(wait_timeout, (int, float)) and 0 < wait_timeout < float("inf")):
+            raise ValueError("wait_timeout must be a finite number of seconds > 0")
+        if wait_replicas and _is_cluster(client):
+            raise ValueError("wait_replicas needs a redis.Redis client (WAIT runs on the connection "
+                             "that wrote; cluster clients are not supported)")
         self._cluster = _is_cluster(client)
         if _connection_kwargs(client).get("decode_responses"):
             raise ValueError("the redis client must be created with decode_responses=False")
@@ -359,6 +399,12 @@ class _TierCore(TierCore):
         self._mget_script = _Script(_LUA_MGET)
         self._mset_script = _Script(_LUA_MSET)
         self._unlink_script = _Script(_LUA_UNLINK)
+        self._check_script = _Script(_LUA_CHECK)
+        self._mcheck_script = _Script(_LUA_MCHECK)
+        self.consistency = consistency
+        self._strong = consistency == "strong"
+        self.wait_replicas = wait_replicas
+        self.wait_timeout = float(wait_timeout)
 
 
     def _setup_listeners(self, pools):
@@ -432,6 +478,16 @@ class _TierCore(TierCore):
             # than after the backoff, or writes would keep missing a reachable Redis.
             self._health.reset(self._pool_nodes[index])
 
+    def _entry(self, value, deadline, blob):
+        """Return the local entry of `value`, stored in Redis as `blob` until `deadline` (None: no TTL).
+
+        A strong tier's entry is already expired for the compiled hit, which therefore never
+        answers; it carries the digest of `blob` that `_check_script` compares with Redis'.
+        """
+        if self._strong:
+            return Expiring(value, 0.0, hashlib.sha1(blob).hexdigest())
+        return value if deadline is None else Expiring(value, deadline)
+
     def _reply(self, reply, t0, name):
         """Decode a `_LUA_GET` reply for `name` read at `t0`: return (value, local entry), both _MISSING if none."""
         if reply is None:
@@ -440,13 +496,24 @@ class _TierCore(TierCore):
         blob, pttl = reply
         value = self._ser.loads(self._open(blob, name))
         self._counts[0] += 1
-        return value, (value if pttl < 0 else Expiring(value, t0 + pttl / 1000.0))
+        return value, self._entry(value, None if pttl < 0 else t0 + pttl / 1000.0, blob)
 
-    def _written(self, value, ttl, t0, breaker):
-        """Account a write Redis took at `t0`; return the local entry it leaves."""
+    def _written(self, value, ttl, t0, breaker, blob):
+        """Account a write of `blob` Redis took at `t0`; return the local entry it leaves."""
         breaker.success()
         self._counts[2] += 1
-        return value if ttl is None else Expiring(value, t0 + ttl)
+        return self._entry(value, None if ttl is None else t0 + ttl, blob)
+
+    def _replicated(self, acked):
+        """Raise ReplicationError unless `acked` (WAIT's reply) reaches ``wait_replicas``."""
+        if acked < self.wait_replicas:
+            raise ReplicationError(
+                f"WAIT {self.wait_replicas} {int(self.wait_timeout * 1000)}: only {acked} replica(s) "
+                "acknowledged the write in time; the primary holds it, replicas may not")
+
+    def _fail_open(self, key):
+        """The local copy of `key` while Redis cannot answer (an eventual tier's), else _MISSING, uncounted."""
+        return _MISSING if self._strong else self._local_fallback(key)
 
     def _px(self, ttl):
         return None if ttl is None else max(1, int(ttl * 1000))
@@ -475,15 +542,41 @@ class _TierCore(TierCore):
         finally:
             self._end(name, epoch, key, entry)
 
+    def _check_steps(self, key, name, breaker):
+        """Steps: a strong read: validate the local copy (or read Redis); return the value or _MISSING."""
+        entry = self._local.get(key, _MISSING)
+        if type(entry) is not Expiring or entry.token is None:
+            return (yield from self._remote_get_steps(key, name, breaker))
+        epoch = self._begin(name)
+        fresh = _MISSING
+        try:
+            t0 = _monotonic()
+            reply = yield "_eval", self._check_script, [name], [entry.token]
+            breaker.success()
+            if reply == 1:
+                self._count_local_hit()
+                return entry.value
+            value, fresh = self._reply(reply, t0, name)
+            if fresh is _MISSING:
+                self._local.pop(key, None)
+            return value
+        finally:
+            self._end(name, epoch, key, fresh)
+
     def _fetch_steps(self, key):
         """Steps: read `key` the local tier did not answer: Redis, else the local tier; or _MISSING."""
         name = self._name(key)
         breaker = self._health.breaker(name)
         if not self._blocked(breaker):
             try:
+                if self._strong:
+                    return (yield from self._check_steps(key, name, breaker))
                 return (yield from self._remote_get_steps(key, name, breaker))
             except _REMOTE_ERRORS as exc:
                 self._error(exc, breaker)
+        if self._strong:  # a local copy Redis did not confirm may be stale
+            self._counts[1] += 1
+            return _MISSING
         return self._fallback(key)  # fail-open: the local tier is all we have
 
     def _set_steps(self, key, value, ttl):
@@ -501,8 +594,11 @@ class _TierCore(TierCore):
             elif not self._blocked(breaker):
                 try:
                     t0 = _monotonic()
-                    yield "_set", name, blob, self._px(ttl)
-                    entry = self._written(value, ttl, t0, breaker)
+                    if self.wait_replicas:
+                        self._replicated((yield "_set_wait", name, blob, self._px(ttl)))
+                    else:
+                        yield "_set", name, blob, self._px(ttl)
+                    entry = self._written(value, ttl, t0, breaker, blob)
                 except _REMOTE_ERRORS as exc:
                     self._error(exc, breaker)
         finally:
@@ -628,23 +724,33 @@ class _TierCore(TierCore):
                 token = self._begin_many(gnames)
                 try:
                     t0 = _monotonic()
-                    blobs, ttls = yield from self._remote_mget(gnames)
+                    confirmed = ()
+                    if self._strong:
+                        blobs, confirmed = yield from self._remote_mcheck(gnames, gkeys)
+                        ttls = None
+                    else:
+                        blobs, ttls = yield from self._remote_mget(gnames)
                     breaker.success()
                     values, bad = self._loads_many(blobs, gnames)
                     for j, exc in bad:
                         self._count_error(exc, breaker)
                         first_error = first_error or exc
                     entries = values
-                    if ttls:
+                    if self._strong:
+                        entries = [v if v is _MISSING else self._entry(v, None, b) for v, b in zip(values, blobs)]
+                    elif ttls:
                         entries = list(values)
                         for j, pttl in ttls.items():
                             if values[j] is not _MISSING:
                                 entries[j] = Expiring(values[j], t0 + pttl / 1000.0)
+                    for j, value in confirmed:  # the local copy is what Redis holds
+                        values[j] = value
+                        self._count_local_hit()
                     missing = values.count(_MISSING)
-                    counts[0] += len(values) - missing
+                    counts[0] += len(values) - missing - len(confirmed)
                     counts[1] += missing - len(bad)
                     for j, exc in bad:  # undecodable: the local tier is all we have
-                        values[j] = self._local_fallback(gkeys[j])
+                        values[j] = self._fail_open(gkeys[j])
                         counts[1] += values[j] is _MISSING
                 except _REMOTE_ERRORS as exc:
                     self._count_error(exc, breaker)
@@ -652,7 +758,7 @@ class _TierCore(TierCore):
                 finally:
                     self._end_many(token, gkeys, entries or [_MISSING] * len(gnames))
             if values is None:
-                values = [self._local_fallback(k) for k in gkeys]
+                values = [self._fail_open(k) for k in gkeys]
                 counts[1] += values.count(_MISSING)
             if gkeys is keys:
                 out = values
@@ -733,7 +839,7 @@ class _TierCore(TierCore):
                         self._counts[2] += len(send)
                         for j in send:
                             value = values[pos[j]]
-                            entries[j] = value if ttl is None else Expiring(value, t0 + ttl)
+                            entries[j] = self._entry(value, None if ttl is None else t0 + ttl, blobs[pos[j]])
                     except _REMOTE_ERRORS as exc:
                         self._count_error(exc, breaker)
                         first_error = first_error or exc
@@ -819,10 +925,39 @@ class _TierCore(TierCore):
         ttls = {j: ttl_of[n] for j, n in enumerate(names) if n in ttl_of} if ttl_of else {}
         return [got[n] for n in names], ttls
 
+    def _remote_mcheck(self, names, keys):
+        """Steps: a strong tier's batch read of `names` (of `keys`): return (blobs or None, confirmed).
+
+        ``confirmed`` lists (index, local value) of the local copies Redis still holds (their
+        blob is None): only the other values travel.
+        """
+        get = self._local.get
+        local = [get(k, _MISSING) for k in keys]
+        digest_of = {}
+        for n, e in zip(names, local):
+            digest_of[n] = e.token if type(e) is Expiring and e.token is not None else ""
+        replies = yield from self._run_chunks(self._mcheck_script, names, lambda c: [digest_of[n] for n in c])
+        got = {}
+        for chunk, vals in replies:
+            got.update(zip(chunk, vals))
+        blobs, confirmed = [], []
+        for j, n in enumerate(names):
+            b = got[n]
+            if b == 1:
+                confirmed.append((j, local[j].value))
+                b = None
+            blobs.append(b)
+        return blobs, confirmed
+
     def _remote_mset(self, names, blobs, px):
         blob_of = dict(zip(names, blobs))
         tail = [] if px is None else [px]
-        yield from self._run_chunks(self._mset_script, names, lambda c: [blob_of[n] for n in c] + tail)
+        if self.wait_replicas:
+            chunks = list(self._chunks(names))
+            args = [[blob_of[n] for n in c] + tail for c in chunks]
+            self._replicated((yield "_run_wait", self._mset_script, chunks, args))
+        else:
+            yield from self._run_chunks(self._mset_script, names, lambda c: [blob_of[n] for n in c] + tail)
 
     def _remote_delete(self, names):
         return sum(r for _, r in (yield from self._run_chunks(self._unlink_script, names)))
@@ -869,6 +1004,20 @@ class TieredCache(_TierCore, MutableMapping):
     tampered or foreign value is a miss (raised with ``strict=True``).  Key names stay readable
     in Redis: invalidation maps them back to keys.
 
+    ``consistency="eventual"`` (the default): a local copy answers while the invalidation
+    stream is up, so another process's write is seen once its notice arrives (no round trip
+    per hit).  ``"strong"``: a read started after a write returned, in any process, sees that
+    write.  Every local hit is validated in one round trip (a read-only script compares the
+    SHA-1 of the stored frame with the local copy's; the value travels only if it changed);
+    ``get_many`` validates its copies the same way, one script call per node; while Redis is unreachable a strong tier serves
+    no local copy (a miss; an error with ``strict=True``).
+
+    ``wait_replicas=N`` (``redis.Redis`` clients only): ``set``, ``set_many`` and
+    ``get_or_set``'s write send ``WAIT N`` (``wait_timeout`` seconds) on the connection that
+    wrote; fewer acknowledgements is a rejection (:class:`ReplicationError`, counted in
+    ``stats().rejections``, raised with ``strict=True``) and the writer keeps no local copy.
+    The primary still holds the value: WAIT cannot undo a write.  Deletes do not wait.
+
     Thread-safety: all methods may be called from many threads at once.
     """
 
@@ -889,10 +1038,14 @@ class TieredCache(_TierCore, MutableMapping):
         max_backoff=5.0,
         max_value_size=None,
         encryption_key=None,
+        consistency="eventual",
+        wait_replicas=0,
+        wait_timeout=1.0,
     ):
         self._setup(
             local, client, namespace, ttl, serializer, compress_over, strict, lock_lease, lock_wait,
             failure_threshold, backoff, max_backoff, max_value_size, encryption_key,
+            consistency, wait_replicas, wait_timeout,
         )
 
         self._stop = threading.Event()
@@ -1008,6 +1161,14 @@ class TieredCache(_TierCore, MutableMapping):
             pipe.execute_command("EVAL", script.source, len(c), *c, *a)
         return pipe.execute()
 
+    def _run_wait(self, script, chunks, args):
+        """`_run` (on a redis.Redis), then WAIT on the same connection; return WAIT's reply."""
+        pipe = self._client.pipeline(transaction=False)
+        for c, a in zip(chunks, args):
+            pipe.execute_command("EVAL", script.source, len(c), *c, *a)
+        pipe.wait(self.wait_replicas, max(1, int(self.wait_timeout * 1000)))
+        return pipe.execute()[-1]
+
     def _scan_names(self):
         return self._client.scan_iter(match=scan_pattern(self._vprefix), count=500)
 
@@ -1065,6 +1226,13 @@ class TieredCache(_TierCore, MutableMapping):
 
     def _set(self, name, blob, px, nx=False):
         return self._client.set(name, blob, px=px, nx=nx)
+
+    def _set_wait(self, name, blob, px):
+        """SET, then WAIT on the same connection (WAIT counts that connection's writes); return WAIT's reply."""
+        pipe = self._client.pipeline(transaction=False)
+        pipe.set(name, blob, px=px)
+        pipe.wait(self.wait_replicas, max(1, int(self.wait_timeout * 1000)))
+        return pipe.execute()[1]
 
     def _del(self, name):
         return self._client.delete(name)
@@ -1161,6 +1329,9 @@ class AsyncTieredCache(_TierCore, AsyncTieredBase):
         max_backoff=5.0,
         max_value_size=None,
         encryption_key=None,
+        consistency="eventual",
+        wait_replicas=0,
+        wait_timeout=1.0,
     ):
         import redis.asyncio
         import redis.asyncio.cluster
@@ -1175,7 +1346,7 @@ class AsyncTieredCache(_TierCore, AsyncTieredBase):
         self._setup(
             local, client, namespace, ttl, serializer, compress_over, strict, lock_lease, lock_wait,
             failure_threshold, backoff, max_backoff, _MAX_BULK if max_value_size is None else max_value_size,
-            encryption_key,
+            encryption_key, consistency, wait_replicas, wait_timeout,
         )
         # A cluster's primaries are known only once the client has met it (_start_cluster).
         self._pools = [] if self._cluster else [client.connection_pool]
@@ -1407,6 +1578,12 @@ class AsyncTieredCache(_TierCore, AsyncTieredBase):
     async def _set(self, name, blob, px, nx=False):
         return await self._client.set(name, blob, px=px, nx=nx)
 
+    async def _set_wait(self, name, blob, px):
+        async with self._client.pipeline(transaction=False) as pipe:
+            pipe.set(name, blob, px=px)
+            pipe.wait(self.wait_replicas, max(1, int(self.wait_timeout * 1000)))
+            return (await pipe.execute())[1]
+
     async def _del(self, name):
         return await self._client.delete(name)
 
@@ -1417,6 +1594,13 @@ class AsyncTieredCache(_TierCore, AsyncTieredBase):
         for c, a in zip(chunks, args):
             pipe.execute_command("EVAL", script.source, len(c), *c, *a)
         return await pipe.execute()
+
+    async def _run_wait(self, script, chunks, args):
+        async with self._client.pipeline(transaction=False) as pipe:
+            for c, a in zip(chunks, args):
+                pipe.execute_command("EVAL", script.source, len(c), *c, *a)
+            pipe.wait(self.wait_replicas, max(1, int(self.wait_timeout * 1000)))
+            return (await pipe.execute())[-1]
 
     async def _lookup(self, key):
         return await self.get(key, _MISSING)

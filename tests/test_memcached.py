@@ -16,6 +16,7 @@ from kvcache.memcached import TieredCache  # noqa: E402
 from kvcache.serialize import SerializationError  # noqa: E402
 from pymemcache.exceptions import MemcacheError  # noqa: E402
 from tests.memcached_fixtures import memcached_nodes, memcached_server  # noqa: E402,F401
+from tests.handshake import start_reader, strong_rounds  # noqa: E402
 from tests.redis_fixtures import child_env  # noqa: E402
 
 CHILD_CWD = tempfile.gettempdir()
@@ -194,61 +195,13 @@ def test_strong_never_serves_a_changed_value(make_tier):
     assert b.get("k") is None
 
 
-_CHILD = r"""
-import sys, time
-import kvcache
-from kvcache.memcached import TieredCache
-addr, ns, mode, max_stale = sys.argv[1:5]
-tier = TieredCache(kvcache.LRUCache(maxsize=100), [addr], ns, consistency=mode, max_stale=float(max_stale))
-out = sys.stdout
-out.write("ready\n"); out.flush()
-for line in sys.stdin:
-    parts = line.split()
-    if parts[0] == "q":
-        break
-    i = int(parts[0])
-    if mode == "strong":
-        out.write("%d\n" % tier.get("k", -1))
-    else:
-        t_w = float(parts[1])
-        worst = -1.0
-        while True:
-            t_r = time.monotonic()      # before the read: the bound is about when a read starts
-            v = tier.get("k", -1)
-            if v == i:
-                break
-            if v != i - 1:
-                out.write("bad %r\n" % (v,)); out.flush(); sys.exit(1)
-            worst = max(worst, t_r - t_w)
-        out.write("%r %r\n" % (t_r - t_w, worst))
-    out.flush()
-"""
-
-
-def _child(addr, ns, mode, max_stale):
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _CHILD, addr, ns, mode, str(max_stale)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=CHILD_CWD, env=child_env(),
-    )
-    assert proc.stdout.readline().strip() == "ready"
-    return proc
-
-
 def test_strong_two_processes_zero_stale(memcached_server, ns):
     """10,000 handshakes: a write returns, the other process is told, its read must see it."""
     writer = TieredCache(kvcache.LRUCache(maxsize=100), [memcached_server.address], ns, consistency="strong")
-    proc = _child(memcached_server.address, ns, "strong", 0)
-    stale = 0
+    proc = start_reader("memcached", memcached_server.address, ns, "strong")
     try:
-        for i in range(10_000):
-            writer["k"] = i
-            proc.stdin.write(f"{i}\n")
-            proc.stdin.flush()
-            stale += int(proc.stdout.readline()) != i
+        stale, _, _ = strong_rounds(writer, proc, 10_000)
     finally:
-        proc.stdin.write("q\n")
-        proc.stdin.close()
-        proc.wait(10)
         writer.close()
     assert stale == 0
 
@@ -267,7 +220,7 @@ def test_eventual_two_processes_bounded(memcached_server, ns):
     rounds = 300
     writer = TieredCache(kvcache.LRUCache(maxsize=100), [memcached_server.address], ns, max_stale=max_stale)
     writer["k"] = -1
-    proc = _child(memcached_server.address, ns, "eventual", max_stale)
+    proc = start_reader("memcached", memcached_server.address, ns, "eventual", max_stale)
     visible, worst = [], []
     try:
         for i in range(rounds):

@@ -186,3 +186,21 @@ def test_from_url_cluster(redis_cluster, request):
         assert t.client.retry.get_retries() == 0
         t.set_many(["a", "b", "c"], [1, 2, 3])
         assert t.get_many(["a", "b", "c", "d"]) == [1, 2, 3, None]
+
+
+def test_strong_consistency_on_every_node(tiers, redis_cluster):
+    a, b = tiers(consistency="strong"), tiers(consistency="strong")
+    keys = [f"s{i}" for i in range(30)]
+    a.set_many(keys, list(range(30)))
+    assert b.get_many(keys) == list(range(30))
+    for round_ in range(3):
+        for i, k in enumerate(keys):
+            a[k] = (round_, i)  # no waiting for notices: strong reads see the write at once
+            assert b[k] == (round_, i)
+            assert b[k] == (round_, i)  # validated on the key's node
+    assert b.stats().local_hits > 0
+
+
+def test_wait_replicas_needs_a_plain_client(redis_cluster):
+    with pytest.raises(ValueError, match="wait_replicas"):
+        TieredCache(kvcache.LRUCache(maxsize=10), redis_cluster.client(), "w", wait_replicas=1)
