@@ -43,10 +43,12 @@ CLASSES = {
     kvcache.CachedEmbedder: "encode, cache, namespace",
     redis_mod.TieredCache: "local, client, namespace, ttl=None, serializer=None, compress_over=None, "
                            "strict=False, *, lock_lease=10.0, lock_wait=30.0, failure_threshold=3, "
-                           "backoff=0.05, max_backoff=5.0, max_value_size=None, encryption_key=None",
+                           "backoff=0.05, max_backoff=5.0, max_value_size=None, encryption_key=None, "
+                           "consistency='eventual', wait_replicas=0, wait_timeout=1.0",
     redis_mod.AsyncTieredCache: "local, client, namespace, ttl=None, serializer=None, compress_over=None, "
                                 "strict=False, *, lock_lease=10.0, lock_wait=30.0, failure_threshold=3, "
-                                "backoff=0.05, max_backoff=5.0, max_value_size=None, encryption_key=None",
+                                "backoff=0.05, max_backoff=5.0, max_value_size=None, encryption_key=None, "
+                                "consistency='eventual', wait_replicas=0, wait_timeout=1.0",
     memcached_mod.TieredCache: "local, client, namespace, *, consistency='eventual', max_stale=1.0, "
                                "encryption_key=None, ttl=None, serializer=None, compress_over=None, "
                                "strict=False, timeout=0.25, lock_lease=10.0, lock_wait=30.0, "
