@@ -177,22 +177,35 @@ class _Script:
     Not redis-py's Script: that one loads a missing script with SCRIPT LOAD, which on a
     cluster goes to every primary, so one dead master made every key's first script call
     fail; EVAL reaches the key's node only, and needs no ``script|load`` permission.
+    ``ro=True`` sends EVALSHA_RO / EVAL_RO (a `readonly` script on a replica) through
+    `client`'s ``execute_command``: a single node's client (sync) or ClusterNode (asyncio).
     """
 
-    __slots__ = ("source", "sha")
+    __slots__ = ("source", "sha", "readonly")
 
-    def __init__(self, source):
+    def __init__(self, source, readonly=False):
         self.source = source
         self.sha = hashlib.sha1(source.encode()).hexdigest()
+        self.readonly = readonly
 
-    def __call__(self, keys=(), args=(), client=None):
+    def __call__(self, keys=(), args=(), client=None, ro=False):
+        if ro:
+            try:
+                return client.execute_command("EVALSHA_RO", self.sha, len(keys), *keys, *args)
+            except _redis.exceptions.NoScriptError:
+                return client.execute_command("EVAL_RO", self.source, len(keys), *keys, *args)
         try:
             return client.evalsha(self.sha, len(keys), *keys, *args)
         except _redis.exceptions.NoScriptError:
             return client.eval(self.source, len(keys), *keys, *args)
 
-    async def acall(self, keys=(), args=(), client=None):
-        """Run the script on a ``redis.asyncio`` client."""
+    async def acall(self, keys=(), args=(), client=None, ro=False):
+        """Run the script on a ``redis.asyncio`` client (or ClusterNode, with `ro`)."""
+        if ro:
+            try:
+                return await client.execute_command("EVALSHA_RO", self.sha, len(keys), *keys, *args)
+            except _redis.exceptions.NoScriptError:
+                return await client.execute_command("EVAL_RO", self.source, len(keys), *keys, *args)
         try:
             return await client.evalsha(self.sha, len(keys), *keys, *args)
         except _redis.exceptions.NoScriptError:
@@ -393,23 +406,30 @@ class _TierCore(TierCore):
         )
         self._vprefix = self._prefix + b"v:"
         self._lprefix = self._prefix + b"l:"
-        self._get_script = _Script(_LUA_GET)
+        self._get_script = _Script(_LUA_GET, readonly=True)
         self._release_script = _Script(_LUA_RELEASE)
         self._renew_script = _Script(_LUA_RENEW)
-        self._mget_script = _Script(_LUA_MGET)
+        self._mget_script = _Script(_LUA_MGET, readonly=True)
         self._mset_script = _Script(_LUA_MSET)
         self._unlink_script = _Script(_LUA_UNLINK)
         self._check_script = _Script(_LUA_CHECK)
         self._mcheck_script = _Script(_LUA_MCHECK)
         self.consistency = consistency
         self._strong = consistency == "strong"
+        # A strong read must see the last write: only a primary is sure to hold it.
+        self._replica_reads = not self._strong and _reads_replicas(client)
+        self._replica_up = {}
         self.wait_replicas = wait_replicas
         self.wait_timeout = float(wait_timeout)
 
 
-    def _setup_listeners(self, pools):
-        """Set up the state of one invalidation listener per pool (a primary's)."""
+    def _setup_listeners(self, pools, primaries):
+        """Set up the state of one invalidation listener per pool: the first `primaries` are the
+        primaries' (the tier is live while they all listen), the others replicas' (read from
+        only while their own listener is up)."""
         self._pool_nodes = [_pool_node_name(p) for p in pools]
+        self._primaries = primaries
+        self._replica_up = dict.fromkeys(self._pool_nodes[primaries:], False)
         self._listeners_up = [False] * len(pools)
         self._tried = [threading.Event() for _ in pools]  # each listener made its first attempt
 
@@ -465,7 +485,16 @@ class _TierCore(TierCore):
             self._stream_error = None
         with self._lock:
             self._listeners_up[index] = up
-            live = all(self._listeners_up)
+            if index >= self._primaries:
+                name = self._pool_nodes[index]
+                if self._replica_up[name] and not up:
+                    # A copy read from it may be dropped only by a notice we would now miss.
+                    self._epoch += 1
+                    self._local.clear()
+                    for slot in self._inflight.values():
+                        slot[1] = True
+                self._replica_up[name] = up
+            live = all(self._listeners_up[: self._primaries])
             if live and not self._live:
                 # Messages sent while we were deaf are lost: start from nothing.
                 self._epoch += 1
@@ -529,13 +558,84 @@ class _TierCore(TierCore):
     # (AsyncTieredCache: coroutines of the same names: _eval, _set, _del, _run, _lookup,
     # _wait, _compute, _renewal, _end_renewal).
 
+    def _read_node(self, name):
+        """Return (node, its breaker or None) to read `name` from, balanced as the client's reads.
+
+        The breaker is a replica's: one that keeps failing is skipped for the slot's primary.
+        """
+        c = self._client
+        node = c.nodes_manager.get_node_from_slot(c.keyslot(name), c.read_from_replicas, c.load_balancing_strategy)
+        if node.server_type != "replica":
+            return node, None
+        if not self._replica_up.get(node.name):  # its notices would not reach us
+            return self._primary(name), None
+        breaker = self._health.node(node.name)
+        if breaker.allow():
+            return node, breaker
+        return self._primary(name), None
+
+    def _primary(self, name):
+        c = self._client
+        return c.nodes_manager.get_node_from_slot(c.keyslot(name))
+
+    def _read_steps(self, script, keys, args):
+        """Steps: run read-only `script`; with replica reads, on the node _read_node picks.
+
+        Only a replica is asked directly (redis-py would ask the server for the keys of every
+        _RO call it routes, an extra round trip); one that fails (down, hung, loading) is
+        charged to its own breaker, never the primary's, and the primary answers instead.
+        """
+        if self._replica_reads:
+            node, breaker = self._read_node(keys[0])
+            if breaker is not None:
+                try:
+                    reply = yield "_eval_on", script, keys, args, node
+                except _REMOTE_ERRORS as exc:
+                    breaker.failure(exc)
+                else:
+                    breaker.success()
+                    return reply
+        return (yield "_eval", script, keys, args)
+
+    def _read_run_steps(self, script, chunks, args):
+        """Steps: `_run` of read-only `script`; with replica reads, each chunk on the node
+        _read_node picks, one pipeline per node; a failed replica's chunks as in _read_steps."""
+        if not self._replica_reads:
+            return (yield "_run", script, chunks, args)
+        groups = {}
+        for i, c in enumerate(chunks):
+            node, breaker = self._read_node(c[0])
+            if breaker is None:
+                node = None  # primaries: through the cluster client, as without replicas
+            groups.setdefault(None if node is None else node.name, (node, breaker, []))[2].append(i)
+        replies = [None] * len(chunks)
+        todo = groups.pop(None, (None, None, []))[2]
+        groups = list(groups.values())
+        if groups:
+            got = yield "_run_nodes", script, [([chunks[i] for i in pos], [args[i] for i in pos], node)
+                                               for node, _, pos in groups]
+            for (node, breaker, pos), res in zip(groups, got):
+                if isinstance(res, BaseException):
+                    breaker.failure(res)
+                    todo += pos
+                else:
+                    breaker.success()
+                    for i, r in zip(pos, res):
+                        replies[i] = r
+        if todo:
+            todo.sort()
+            got = yield "_run", script, [chunks[i] for i in todo], [args[i] for i in todo]
+            for i, r in zip(todo, got):
+                replies[i] = r
+        return replies
+
     def _remote_get_steps(self, key, name, breaker):
         """Steps: return the value from Redis (filling local) or _MISSING; may raise RedisError."""
         epoch = self._begin(name)
         entry = _MISSING
         try:
             t0 = _monotonic()
-            reply = yield "_eval", self._get_script, [name], ()
+            reply = yield from self._read_steps(self._get_script, [name], ())
             breaker.success()
             value, entry = self._reply(reply, t0, name)
             return value
@@ -903,7 +1003,11 @@ class _TierCore(TierCore):
     def _run_chunks(self, script, names, args_of=None):
         """Step: run `script` on each chunk of `names`; return [(chunk, reply)]."""
         chunks = list(self._chunks(names))
-        replies = yield "_run", script, chunks, [args_of(c) if args_of else () for c in chunks]
+        args = [args_of(c) if args_of else () for c in chunks]
+        if script.readonly:
+            replies = yield from self._read_run_steps(script, chunks, args)
+        else:
+            replies = yield "_run", script, chunks, args
         return list(zip(chunks, replies))
 
     def _remote_mget(self, names):
@@ -1049,8 +1153,8 @@ class TieredCache(_TierCore, MutableMapping):
         )
 
         self._stop = threading.Event()
-        pools = _pools(client)
-        self._setup_listeners(pools)
+        pools = _pools(client, self._replica_reads)
+        self._setup_listeners(pools, len(client.get_primaries()) if self._cluster else 1)
         self._threads = []
         ref = weakref.ref(self)
         for i, pool in enumerate(pools):
@@ -1159,12 +1263,23 @@ class TieredCache(_TierCore, MutableMapping):
         # command: redis-py's pipeline asks the server (COMMAND GETKEYS) for the keys of any
         # command it was not told the node of; a MOVED reply still takes its redirection path.
         pipe = self._client.pipeline()
-        nodes = self._client.nodes_manager
-        keyslot = self._client.keyslot
         for c, a in zip(chunks, args):
-            node = nodes.get_node_from_slot(keyslot(c[0]))
-            pipe.execute_command("EVAL", script.source, len(c), *c, *a, target_nodes=node)
+            pipe.execute_command("EVAL", script.source, len(c), *c, *a, target_nodes=self._primary(c[0]))
         return pipe.execute()
+
+    def _run_nodes(self, script, work):
+        """Run read-only `script` on [(chunks, args, node)]: one plain pipeline per node (no
+        cluster client in the way: a failure is that node's); per node, its replies or its error."""
+        out = []
+        for chunks, args, node in work:
+            try:
+                pipe = self._client.get_redis_connection(node).pipeline(transaction=False)
+                for c, a in zip(chunks, args):
+                    pipe.execute_command("EVAL_RO", script.source, len(c), *c, *a)
+                out.append(pipe.execute())
+            except _REMOTE_ERRORS as exc:
+                out.append(exc)
+        return out
 
     def _run_wait(self, script, chunks, args):
         """`_run` (on a redis.Redis), then WAIT on the same connection; return WAIT's reply."""
@@ -1228,6 +1343,9 @@ class TieredCache(_TierCore, MutableMapping):
 
     def _eval(self, script, keys, args):
         return script(keys=keys, args=args, client=self._client)
+
+    def _eval_on(self, script, keys, args, node):
+        return script(keys, args, self._client.get_redis_connection(node), ro=True)
 
     def _set(self, name, blob, px, nx=False):
         return self._client.set(name, blob, px=px, nx=nx)
@@ -1355,7 +1473,7 @@ class AsyncTieredCache(_TierCore, AsyncTieredBase):
         )
         # A cluster's primaries are known only once the client has met it (_start_cluster).
         self._pools = [] if self._cluster else [client.connection_pool]
-        self._setup_listeners(self._pools)
+        self._setup_listeners(self._pools, len(self._pools))
         self._tasks = None  # the listeners, started on the first slow-path call in a loop
         self._flights = {}  # Redis name -> future of the get_or_set computing it in this process
         self._closed = False
@@ -1409,13 +1527,13 @@ class AsyncTieredCache(_TierCore, AsyncTieredBase):
         while True:
             try:
                 await self._client.initialize()
-                pools = self._client.get_primaries()
+                pools = _listened_nodes(self._client, self._replica_reads)
                 break
             except _REMOTE_ERRORS:
                 await asyncio.sleep(delay * random.uniform(0.5, 1.0))
                 delay = min(delay * 2, _LISTEN_RETRY_CAP)
         self._pools = pools
-        self._setup_listeners(pools)  # ClusterNode has what a pool gives a listener
+        self._setup_listeners(pools, len(self._client.get_primaries()))  # ClusterNode has what a pool gives a listener
         self._tasks.extend(self._listener_task(i, node) for i, node in enumerate(pools))
 
     async def _adopt_max_bulk(self):
@@ -1580,6 +1698,9 @@ class AsyncTieredCache(_TierCore, AsyncTieredBase):
     async def _eval(self, script, keys, args):
         return await script.acall(keys=keys, args=args, client=self._client)
 
+    async def _eval_on(self, script, keys, args, node):
+        return await script.acall(keys, args, node, ro=True)
+
     async def _set(self, name, blob, px, nx=False):
         return await self._client.set(name, blob, px=px, nx=nx)
 
@@ -1599,6 +1720,24 @@ class AsyncTieredCache(_TierCore, AsyncTieredBase):
         for c, a in zip(chunks, args):
             pipe.execute_command("EVAL", script.source, len(c), *c, *a)
         return await pipe.execute()
+
+    async def _run_nodes(self, script, work):
+        # One cluster pipeline to all the nodes at once; no raising and no redirections, so that
+        # redis-py neither retries (rerouting by asking the server for keys) nor hides whose error.
+        pipe = self._client.pipeline()
+        for chunks, args, node in work:
+            for c, a in zip(chunks, args):
+                pipe.execute_command("EVAL_RO", script.source, len(c), *c, *a, target_nodes=node)
+        try:
+            got = await pipe.execute(raise_on_error=False, allow_redirections=False)
+        except _REMOTE_ERRORS as exc:
+            return [exc] * len(work)
+        out, k = [], 0
+        for chunks, _, _ in work:
+            res = got[k : k + len(chunks)]
+            k += len(chunks)
+            out.append(next((r for r in res if isinstance(r, BaseException)), res))
+        return out
 
     async def _run_wait(self, script, chunks, args):
         async with self._client.pipeline(transaction=False) as pipe:
@@ -1772,10 +1911,26 @@ def _pool_node_name(pool):
     return f"{kw.get('host')}:{kw.get('port')}"
 
 
-def _pools(client):
+def _reads_replicas(client):
+    """Return whether a cluster client balances reads over replicas too."""
+    return _is_cluster(client) and bool(
+        getattr(client, "read_from_replicas", False) or getattr(client, "load_balancing_strategy", None))
+
+
+def _listened_nodes(client, replicas):
+    """Return the cluster nodes whose invalidations the tier needs: the primaries, and the
+    replicas when it reads from them (a copy read from a lagging replica is dropped only by
+    that replica's own notice, sent once it has applied the write)."""
+    nodes = client.get_primaries()
+    if replicas:
+        nodes = nodes + client.get_replicas()
+    return nodes
+
+
+def _pools(client, replicas=False):
     if _is_cluster(client):
         pools = []
-        for node in client.get_primaries():
+        for node in _listened_nodes(client, replicas):
             if node.redis_connection is None:
                 client.get_redis_connection(node)
             pools.append(node.redis_connection.connection_pool)

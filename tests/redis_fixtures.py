@@ -124,9 +124,14 @@ class RedisServer:
 
 
 class RedisClusterProcs:
-    """Three cluster-enabled masters on loopback, slots assigned, no replicas."""
+    """Cluster-enabled nodes on loopback, slots assigned: `n` masters (3), no replicas by default.
 
-    def __init__(self, directory, n=3, extra=()):
+    ``replicas=1`` adds one replica per master (2n processes), synced before start() returns.
+    """
+
+    def __init__(self, directory, n=3, extra=(), replicas=0):
+        self.replicas = replicas
+        n *= 1 + replicas
         self.nodes = [
             RedisServer(
                 os.path.join(directory, f"node{i}"),
@@ -145,7 +150,7 @@ class RedisClusterProcs:
             node.start()
         addrs = [f"127.0.0.1:{n.port}" for n in self.nodes]
         subprocess.run(
-            [REDIS_CLI, "--cluster", "create", *addrs, "--cluster-replicas", "0", "--cluster-yes"],
+            [REDIS_CLI, "--cluster", "create", *addrs, "--cluster-replicas", str(self.replicas), "--cluster-yes"],
             check=True,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -159,10 +164,26 @@ class RedisClusterProcs:
                     [REDIS_CLI, "-p", str(n.port), "cluster", "info"], capture_output=True, text=True
                 ).stdout
                 ok += "cluster_state:ok" in out
-            if ok == len(self.nodes):
+            if ok == len(self.nodes) and self._replicas_synced():
                 return self
             time.sleep(0.1)
         raise RuntimeError("cluster did not reach cluster_state:ok")
+
+    def _replicas_synced(self):
+        """Whether every node lists a replica for every slot range (clients learn replicas there)."""
+        if not self.replicas:
+            return True
+        import redis
+
+        for n in self.nodes:
+            with redis.Redis(port=n.port) as r:
+                # Redis hides a replica whose offset is still 0: a write on each master moves it.
+                if r.info("replication")["role"] == "master":
+                    r.flushall()
+                ranges = r.execute_command("CLUSTER SLOTS")
+            if not ranges or any(len(rng) < 3 + self.replicas for rng in ranges):
+                return False
+        return True
 
     def client(self, **kwargs):
         import redis
@@ -200,6 +221,18 @@ def own_redis_server():
             yield server
         finally:
             server.stop()
+
+
+@pytest.fixture(scope="module")
+def redis_cluster_with_replicas():
+    """A Redis Cluster of 3 masters with one replica each, on loopback."""
+    require_redis_binaries(cluster=True)
+    with tempfile.TemporaryDirectory(prefix="kvcache-cluster-") as d:
+        cluster = RedisClusterProcs(d, replicas=1)
+        try:
+            yield cluster.start()
+        finally:
+            cluster.stop()
 
 
 @pytest.fixture(scope="module")

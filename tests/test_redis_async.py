@@ -23,7 +23,13 @@ import kvcache  # noqa: E402
 import kvcache.redis  # noqa: E402
 from kvcache.redis import AsyncTieredCache, CircuitOpenError, StreamRefusedError  # noqa: E402
 from kvcache.serialize import Serializer  # noqa: E402
-from tests.redis_fixtures import child_env, own_redis_server, redis_cluster, redis_server  # noqa: E402,F401
+from tests.redis_fixtures import (  # noqa: E402,F401
+    child_env,
+    own_redis_server,
+    redis_cluster,
+    redis_cluster_with_replicas,
+    redis_server,
+)
 
 _ns_counter = iter(range(10**6))
 
@@ -849,3 +855,49 @@ def test_fault_run_with_asyncio_workers(own_redis_server):
     assert figures["reads_disagreeing_with_redis"] == 0 and figures["all_live"]
     assert figures["served_while_down"] > 0 and figures["served_while_hung"] > 0
     assert out.returncode == 0
+
+
+def test_cluster_reads_from_replicas(redis_cluster_with_replicas, ns):
+    """A client that balances reads over replicas: the asyncio tier reads from them (one pipeline
+    to all nodes for a batch) and listens to them, so every copy ends up the last write."""
+    from redis.cluster import LoadBalancingStrategy
+
+    from tests.test_redis_cluster import _script_calls
+
+    cluster = redis_cluster_with_replicas
+    roles = {n.port: n.client().info("replication")["role"] for n in cluster.nodes}
+    keys = [f"r{i}" for i in range(200)]
+
+    async def main():
+        url = f"redis://127.0.0.1:{cluster.nodes[0].port}"
+        balanced = {"load_balancing_strategy": LoadBalancingStrategy.ROUND_ROBIN_REPLICAS}
+        async with AsyncTieredCache.from_url(url, kvcache.LRUCache(maxsize=1000), ns, cluster=True) as w, \
+                AsyncTieredCache.from_url(url, kvcache.LRUCache(maxsize=1000), ns, cluster=True,
+                                          timeout=1.0, client_kwargs=balanced) as r:
+            assert await w.wait_live(10) and await r.wait_live(10)
+            assert len(w._pools) == 3 and len(r._pools) == 6
+            assert await eventually(lambda: all(r._listeners_up), 10)  # the replicas' streams too
+            for round_ in range(3):
+                await w.set_many(keys, [(round_, i) for i in range(200)])
+                for i, k in enumerate(keys):
+                    assert await eventually(lambda: _eq(r.get(k), (round_, i))), (round_, k)
+                r.local.clear()
+                assert await r.get_many(keys) == [(round_, i) for i in range(200)]
+            before = {n.port: _script_calls(n) for n in cluster.nodes}
+            r.local.clear()
+            assert [await r.get(k) for k in keys] == [(2, i) for i in range(200)]
+            r.local.clear()
+            assert await r.get_many(keys) == [(2, i) for i in range(200)]
+            spread = {n.port: _script_calls(n) - before[n.port] for n in cluster.nodes}
+            assert sorted(v for p, v in spread.items() if roles[p] == "master") == [0, 0, 0]
+            replica_calls = [v for p, v in spread.items() if roles[p] == "slave"]
+            assert len(replica_calls) == 3 and min(replica_calls) > 0.5 * max(replica_calls)
+            await asyncio.sleep(0.2)  # every notice in
+            assert [await r.get(k) for k in keys] == [(2, i) for i in range(200)]
+            assert r.stats().errors == 0
+
+    asyncio.run(main())
+
+
+async def _eq(awaitable, expected):
+    return (await awaitable) == expected

@@ -1,7 +1,10 @@
 """TieredCache on a real 3-master Redis Cluster on loopback."""
 
+import os
+import signal
 import threading
 import time
+import warnings
 
 import pytest
 
@@ -10,8 +13,9 @@ pytest.importorskip("msgpack")
 
 import kvcache  # noqa: E402
 from kvcache.redis import TieredCache  # noqa: E402
+from redis.cluster import LoadBalancingStrategy  # noqa: E402
 from kvcache.serialize import Serializer, encode_key  # noqa: E402
-from tests.redis_fixtures import redis_cluster  # noqa: E402,F401
+from tests.redis_fixtures import redis_cluster, redis_cluster_with_replicas  # noqa: E402,F401
 
 
 def wait_for(pred, timeout=5.0):
@@ -204,3 +208,151 @@ def test_strong_consistency_on_every_node(tiers, redis_cluster):
 def test_wait_replicas_needs_a_plain_client(redis_cluster):
     with pytest.raises(ValueError, match="wait_replicas"):
         TieredCache(kvcache.LRUCache(maxsize=10), redis_cluster.client(), "w", wait_replicas=1)
+
+
+def _script_calls(node):
+    """Return how many script calls (EVALSHA, EVAL and their _RO twins) `node` has served."""
+    stats = node.client().info("commandstats")
+    return sum(stats.get(f"cmdstat_{c}", {}).get("calls", 0) for c in ("evalsha_ro", "eval_ro", "evalsha", "eval"))
+
+
+def _replica_client(cluster, how):
+    """A cluster client that reads from replicas: redis-py's deprecated flag (round-robin over each
+    slot's primary and replicas) or the replicas-only round-robin strategy."""
+    if how == "read_from_replicas":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return cluster.client(read_from_replicas=True)
+    return cluster.client(load_balancing_strategy=LoadBalancingStrategy.ROUND_ROBIN_REPLICAS)
+
+
+def _all_listening(tier):
+    return wait_for(lambda: all(tier._listeners_up), 10)  # replicas' streams too, not only wait_live's
+
+
+@pytest.mark.parametrize("how", ["read_from_replicas", "replicas_only"])
+def test_reads_from_replicas_spread_and_stay_fresh(redis_cluster_with_replicas, request, how):
+    """Reads go round-robin over each slot's nodes, as the client balances them, and a copy read
+    from a lagging replica is dropped by that replica's notice (it is listened to)."""
+    cluster = redis_cluster_with_replicas
+    ns = request.node.name
+    writer = TieredCache(kvcache.LRUCache(maxsize=1000), cluster.client(), ns)
+    reader = TieredCache(kvcache.LRUCache(maxsize=1000), _replica_client(cluster, how), ns)
+    try:
+        assert len(reader._threads) == 6 and len(writer._threads) == 3  # a stream per node read from
+        assert writer.wait_live(10) and _all_listening(reader)
+        keys = [f"r{i}" for i in range(300)]
+        roles = {n.port: n.client().info("replication")["role"] for n in cluster.nodes}
+        for round_ in range(3):
+            writer.set_many(keys, [(round_, i) for i in range(300)])
+            for i, k in enumerate(keys):  # once the notices are in, every read sees the write
+                assert wait_for(lambda: reader.get(k) == (round_, i)), (round_, k)
+            reader.local.clear()
+            assert reader.get_many(keys) == [(round_, i) for i in range(300)]
+        before = {n.port: _script_calls(n) for n in cluster.nodes}  # from here on, only reads
+        for _ in range(2):
+            reader.local.clear()
+            assert [reader.get(k) for k in keys] == [(2, i) for i in range(300)]
+            reader.local.clear()
+            assert reader.get_many(keys) == [(2, i) for i in range(300)]
+        spread = {n.port: _script_calls(n) - before[n.port] for n in cluster.nodes}
+        print(how, "script calls per node (port, role, calls):",
+              sorted((port, roles[port], v) for port, v in spread.items()))
+        replicas = [v for port, v in spread.items() if roles[port] == "slave"]
+        primaries = [v for port, v in spread.items() if roles[port] == "master"]
+        assert len(replicas) == 3 and min(replicas) > 0
+        if how == "replicas_only":
+            assert primaries == [0, 0, 0]
+        else:
+            assert min(primaries) > 0.5 * max(replicas)  # round-robin: a primary takes its share
+        assert min(replicas) > 0.5 * max(replicas)
+        time.sleep(0.2)  # every notice in: the local copies are the last writes, wherever they came from
+        assert [reader.get(k) for k in keys] == [(2, i) for i in range(300)]
+        assert reader.stats().errors == 0
+    finally:
+        writer.close()
+        reader.close()
+
+
+def test_strong_tier_reads_only_primaries(redis_cluster_with_replicas, request):
+    """consistency="strong" ignores the client's replica reads: a replica may not have the write yet."""
+    cluster = redis_cluster_with_replicas
+    ns = request.node.name
+    a = TieredCache(kvcache.LRUCache(maxsize=100), cluster.client(), ns, consistency="strong")
+    b = TieredCache(kvcache.LRUCache(maxsize=100), _replica_client(cluster, "replicas_only"), ns,
+                    consistency="strong")
+    try:
+        assert len(b._threads) == 3
+        replicas = [n for n in cluster.nodes if n.client().info("replication")["role"] == "slave"]
+        before = [_script_calls(n) for n in replicas]
+        keys = [f"s{i}" for i in range(30)]
+        for round_ in range(3):
+            a.set_many(keys, [round_] * 30)
+            assert [b[k] for k in keys] == [round_] * 30  # no wait for notices or replication
+            assert b.get_many(keys) == [round_] * 30
+        assert [_script_calls(n) for n in replicas] == before
+    finally:
+        a.close()
+        b.close()
+
+
+def test_replica_gone_reads_go_to_its_primary(tmp_path, request):
+    """A dead replica costs nothing but its share of reads: its primary answers them, no read fails,
+    the local tier keeps answering; once it is back it serves reads again."""
+    from tests.redis_fixtures import RedisClusterProcs, require_redis_binaries
+
+    require_redis_binaries(cluster=True)
+    cluster = RedisClusterProcs(str(tmp_path), replicas=1).start()
+    ns = request.node.name
+    try:
+        writer = TieredCache(kvcache.LRUCache(maxsize=1000), cluster.client(), ns)
+        reader = TieredCache(kvcache.LRUCache(maxsize=1000), _replica_client(cluster, "replicas_only"), ns)
+        with writer, reader:
+            assert writer.wait_live(10) and _all_listening(reader)
+            keys = [f"g{i}" for i in range(300)]
+            writer.set_many(keys, range(300))
+            dead = next(n for n in cluster.nodes if n.client().info("replication")["role"] == "slave")
+            assert reader.get_many(keys) == list(range(300)) and len(reader.local) == 300
+            dead.kill()
+            # A copy read from it would miss its notice now: the local tier is emptied, once.
+            assert wait_for(lambda: len(reader.local) == 0)
+            for round_ in range(3):
+                writer.set_many(keys, [(round_, i) for i in range(300)])
+                time.sleep(0.05)
+                for i, k in enumerate(keys):
+                    assert wait_for(lambda: reader.get(k) == (round_, i)), (round_, k)
+                reader.local.clear()
+                assert reader.get_many(keys) == [(round_, i) for i in range(300)]
+            s = reader.stats()
+            assert s.live and s.errors == 0  # the primaries' streams are what the local tier needs
+            hits = s.local_hits
+            assert [reader.get(k) for k in keys] == [(2, i) for i in range(300)]
+            assert reader.stats().local_hits == hits + 300
+            dead.start()
+            assert _all_listening(reader)
+            before = _script_calls(dead)
+            reader.local.clear()
+            assert reader.get_many(keys) == [(2, i) for i in range(300)]
+            assert wait_for(lambda: [reader.get(k) for k in keys] == [(2, i) for i in range(300)])
+            assert _script_calls(dead) > before  # back in the rotation
+            # Hung rather than dead: a read sent to it times out, once, and its primary answers:
+            # single reads first, then a batch (whose replicas are all charged: it cannot tell).
+            for round_, batch in ((3, False), (4, True)):
+                # Remote reads (the local tier cleared) until one probes the replica and closes its breaker.
+                assert wait_for(lambda: _all_listening(reader) and reader.local.clear() is None
+                                and reader.get_many(keys) is not None
+                                and reader._health.node(f"127.0.0.1:{dead.port}").state == "closed")
+                os.kill(dead.proc.pid, signal.SIGSTOP)
+                try:
+                    writer.set_many(keys, [(round_, i) for i in range(300)])
+                    reader.local.clear()
+                    t0 = time.monotonic()
+                    got = reader.get_many(keys) if batch else [reader.get(k) for k in keys]
+                    print("hung replica:", "batch" if batch else "singles", time.monotonic() - t0)
+                    assert got == [(round_, i) for i in range(300)]
+                    assert reader._health.node(f"127.0.0.1:{dead.port}").state != "closed"
+                    assert reader.stats().errors == 0
+                finally:
+                    os.kill(dead.proc.pid, signal.SIGCONT)
+    finally:
+        cluster.stop()
