@@ -61,8 +61,9 @@ class RedisServer:
     The benchmarks keep their own launcher: bench/ imports nothing from tests/.
     """
 
-    def __init__(self, directory):
+    def __init__(self, directory, extra=()):
         self.directory = directory
+        self.extra = list(extra)
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
@@ -72,7 +73,7 @@ class RedisServer:
         log = os.path.join(self.directory, "redis.log")
         self.proc = subprocess.Popen(
             [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", self.directory, "--logfile", log],
+             "--appendonly", "no", "--dir", self.directory, "--logfile", log, *self.extra],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 10
