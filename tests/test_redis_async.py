@@ -901,3 +901,49 @@ def test_cluster_reads_from_replicas(redis_cluster_with_replicas, ns):
 
 async def _eq(awaitable, expected):
     return (await awaitable) == expected
+
+
+def test_cluster_replica_gone_and_hung(tmp_path, ns):
+    """The asyncio tier's batch to a dead or hung replica: its primary answers, no read fails."""
+    import signal
+
+    from redis.cluster import LoadBalancingStrategy
+
+    from tests.redis_fixtures import RedisClusterProcs, require_redis_binaries
+
+    require_redis_binaries(cluster=True)
+    c = RedisClusterProcs(str(tmp_path), replicas=1).start()
+    keys = [f"g{i}" for i in range(200)]
+
+    async def main():
+        url = f"redis://127.0.0.1:{c.nodes[0].port}"
+        balanced = {"load_balancing_strategy": LoadBalancingStrategy.ROUND_ROBIN_REPLICAS}
+        async with AsyncTieredCache.from_url(url, kvcache.LRUCache(maxsize=1000), ns, cluster=True) as w, \
+                AsyncTieredCache.from_url(url, kvcache.LRUCache(maxsize=1000), ns, cluster=True,
+                                          timeout=1.0, client_kwargs=balanced) as r:
+            assert await w.wait_live(10) and await eventually(lambda: all(r._listeners_up), 10)
+            await w.set_many(keys, range(200))
+            assert await r.get_many(keys) == list(range(200))
+            replica = next(n for n in c.nodes if n.client().info("replication")["role"] == "slave")
+            name = f"127.0.0.1:{replica.port}"
+            os.kill(replica.proc.pid, signal.SIGSTOP)  # hung: the first read sent to it times out
+            try:
+                await w.set_many(keys, [(1, i) for i in range(200)])
+                r.local.clear()
+                assert await r.get_many(keys) == [(1, i) for i in range(200)]
+                assert r._health.node(name).state != "closed"
+                r.local.clear()
+                assert [await r.get(k) for k in keys] == [(1, i) for i in range(200)]
+            finally:
+                os.kill(replica.proc.pid, signal.SIGCONT)
+            replica.kill()
+            assert await eventually(lambda: len(r.local) == 0)  # its copies could miss its notices
+            await w.set_many(keys, [(2, i) for i in range(200)])
+            assert await eventually(lambda: _eq(r.get_many(keys), [(2, i) for i in range(200)]))
+            assert [await r.get(k) for k in keys] == [(2, i) for i in range(200)]
+            assert r.stats().errors == 0 and r.stats().live
+
+    try:
+        asyncio.run(main())
+    finally:
+        c.stop()
