@@ -17,10 +17,19 @@ backend, addr, ns, mode, max_stale = sys.argv[1:6]
 if backend == "memcached":
     from kvcache.memcached import TieredCache
     tier = TieredCache(kvcache.LRUCache(maxsize=100), [addr], ns, consistency=mode, max_stale=float(max_stale))
-else:
+elif backend == "redis":
     from kvcache.redis import TieredCache
     tier = TieredCache.from_url(addr, kvcache.LRUCache(maxsize=100), ns, consistency=mode, timeout=1.0)
     assert tier.wait_live(10.0)
+else:  # redis-async: reads awaited on a loop that runs all along, as a server's would
+    import asyncio, threading
+    from kvcache.redis import AsyncTieredCache
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    tier = AsyncTieredCache.from_url(addr, kvcache.LRUCache(maxsize=100), ns, consistency=mode, timeout=1.0)
+    assert asyncio.run_coroutine_threadsafe(tier.wait_live(10.0), loop).result()
+get = tier.get if backend != "redis-async" else (
+    lambda k, d: asyncio.run_coroutine_threadsafe(tier.get(k, d), loop).result())
 out = sys.stdout
 out.write("ready\n"); out.flush()
 for line in sys.stdin:
@@ -29,13 +38,13 @@ for line in sys.stdin:
         break
     i = int(parts[0])
     if mode == "strong":
-        out.write("%d\n" % tier.get("k", -1))
+        out.write("%d\n" % get("k", -1))
     else:
         t_w = float(parts[1])
         worst = -1.0
         while True:
             t_r = time.monotonic()      # before the read: the bound is about when a read starts
-            v = tier.get("k", -1)
+            v = get("k", -1)
             if v == i:
                 break
             if v != i - 1:
@@ -46,11 +55,14 @@ for line in sys.stdin:
 if mode == "strong":
     s = tier.stats()
     out.write("%d %d\n" % (s.local_hits, s.remote_hits)); out.flush()
+if backend == "redis-async":
+    asyncio.run_coroutine_threadsafe(tier.aclose(), loop).result(5)
 """
 
 
 def start_reader(backend, addr, ns, mode, max_stale=0.0):
-    """Start the reader of key "k" (`backend`: "memcached" or "redis", `addr` its address or URL)."""
+    """Start the reader of key "k" (`backend`: "memcached", "redis" or "redis-async" (an
+    AsyncTieredCache), `addr` its address or URL)."""
     proc = subprocess.Popen(
         [sys.executable, "-c", _CHILD, backend, addr, ns, mode, str(max_stale)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=CHILD_CWD, env=child_env(),

@@ -145,13 +145,15 @@ def test_strong_serves_no_local_copy_while_redis_is_down(own_redis_server, ns):
             t.close()
 
 
-def test_strong_two_processes_zero_stale(redis_server, ns):
-    """10,000 handshakes: a write returns, the other process is told, its reads must see it.
+@pytest.mark.parametrize("reader", ["redis", "redis-async"])
+def test_strong_two_processes_zero_stale(redis_server, ns, reader):
+    """10,000 handshakes: a write returns, the other process (a TieredCache, or an
+    AsyncTieredCache) is told, its reads must see it.
 
     Each value is read twice: the second read validates the local copy the first one filled.
     """
     writer = TieredCache(kvcache.LRUCache(maxsize=100), redis_server.client(), ns, consistency="strong")
-    proc = start_reader("redis", f"redis://127.0.0.1:{redis_server.port}", ns, "strong")
+    proc = start_reader(reader, f"redis://127.0.0.1:{redis_server.port}", ns, "strong")
     try:
         stale, local_hits, remote_hits = strong_rounds(writer, proc, 10_000, reads_per_write=2)
     finally:
