@@ -629,13 +629,19 @@ class _TierCore(TierCore):
                 replies[i] = r
         return replies
 
-    def _remote_get_steps(self, key, name, breaker):
-        """Steps: return the value from Redis (filling local) or _MISSING; may raise RedisError."""
+    def _remote_get_steps(self, key, name, breaker, primary=False):
+        """Steps: return the value from Redis (filling local) or _MISSING; may raise RedisError.
+
+        `primary`: read the primary even when the client reads replicas.
+        """
         epoch = self._begin(name)
         entry = _MISSING
         try:
             t0 = _monotonic()
-            reply = yield from self._read_steps(self._get_script, [name], ())
+            if primary:
+                reply = yield "_eval", self._get_script, [name], ()
+            else:
+                reply = yield from self._read_steps(self._get_script, [name], ())
             breaker.success()
             value, entry = self._reply(reply, t0, name)
             return value
@@ -770,10 +776,11 @@ class _TierCore(TierCore):
 
     def _compute_locked_steps(self, key, name, lname, token, lease_ms, compute, ttl, lbreaker):
         try:
-            # The previous holder may have finished between our miss and our lock.
+            # The previous holder may have finished between our miss and our lock: its write is
+            # on the primary (a replica may not have it yet, and we would compute again).
             breaker = self._health.breaker(name)
             try:
-                v = yield from self._remote_get_steps(key, name, breaker)
+                v = yield from self._remote_get_steps(key, name, breaker, primary=True)
             except _REMOTE_ERRORS as exc:
                 self._error(exc, breaker)
                 v = _MISSING

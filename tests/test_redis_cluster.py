@@ -274,6 +274,36 @@ def test_reads_from_replicas_spread_and_stay_fresh(redis_cluster_with_replicas, 
         reader.close()
 
 
+def test_get_or_set_single_flight_with_lagging_replicas(redis_cluster_with_replicas, request):
+    """The lease holder's write is on the primary: the next holder's check reads it there, so a
+    replica that has not got the write yet (here: every replica read misses) costs no second compute."""
+    cluster = redis_cluster_with_replicas
+    ns = request.node.name
+    tiers = [TieredCache(kvcache.LRUCache(maxsize=10), _replica_client(cluster, "replicas_only"), ns)
+             for _ in range(3)]
+    try:
+        for t in tiers:
+            assert _all_listening(t)
+            t._eval_on = lambda *args: None  # a lagging replica: not there yet
+        calls = []
+
+        def compute():
+            calls.append(1)
+            time.sleep(0.2)
+            return "v"
+
+        results = []
+        threads = [threading.Thread(target=lambda t=t: results.append(t.get_or_set("k", compute))) for t in tiers]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(10)
+        assert results == ["v"] * 3 and calls == [1]
+    finally:
+        for t in tiers:
+            t.close()
+
+
 def test_strong_tier_reads_only_primaries(redis_cluster_with_replicas, request):
     """consistency="strong" ignores the client's replica reads: a replica may not have the write yet."""
     cluster = redis_cluster_with_replicas
