@@ -50,15 +50,25 @@ def cluster_port():
 
 def start_cluster(directory, masters=3):
     """Start `masters` primaries with one replica each; return the servers once every node knows them."""
-    import redis
-
     nodes = [RedisServer(os.path.join(directory, f"n{i}"),
                          ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"])
              for i in range(2 * masters)]
-    for n in nodes:
-        os.makedirs(n.directory)
-        n.port = cluster_port()
-        n.start()
+    try:
+        for n in nodes:
+            os.makedirs(n.directory)
+            n.port = cluster_port()
+            n.start()
+        return _form_cluster(nodes)
+    except BaseException:
+        for n in nodes:
+            n.stop()
+        raise
+
+
+def _form_cluster(nodes):
+    """Assign the slots and replicas with redis-cli; wait until every node lists a replica per range."""
+    import redis
+
     subprocess.run([REDIS_CLI, "--cluster", "create", *[f"127.0.0.1:{n.port}" for n in nodes],
                     "--cluster-replicas", "1", "--cluster-yes"],
                    check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=30)
