@@ -936,6 +936,9 @@ def test_cluster_replica_gone_and_hung(tmp_path, ns):
                 assert [await r.get(k) for k in keys] == [(1, i) for i in range(200)]
             finally:
                 os.kill(replica.proc.pid, signal.SIGCONT)
+            # Its stream back (it may have gone down while hung), copies in the local tier; then killed.
+            assert await eventually(lambda: all(r._listeners_up), 10)
+            assert await r.get_many(keys) == [(1, i) for i in range(200)] and len(r.local) == 200
             replica.kill()
             assert await eventually(lambda: len(r.local) == 0)  # its copies could miss its notices
             await w.set_many(keys, [(2, i) for i in range(200)])
