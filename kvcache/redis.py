@@ -428,6 +428,11 @@ class _TierCore(TierCore):
         primaries' (the tier is live while they all listen), the others replicas' (read from
         only while their own listener is up)."""
         self._pool_nodes = [_pool_node_name(p) for p in pools]
+        self._listen_targets = list(pools)
+        # A cluster primary's listener follows the primary of a slot it served (its home slot):
+        # after a failover it listens to the promoted replica.
+        self._home_slots = _home_slots(self._client, self._pool_nodes[:primaries]) if self._cluster else []
+        self._next_refresh = 0.0
         self._primaries = primaries
         self._replica_up = dict.fromkeys(self._pool_nodes[primaries:], False)
         self._listeners_up = [False] * len(pools)
@@ -468,6 +473,28 @@ class _TierCore(TierCore):
                         waiters.append(ev)
         for ev in waiters:
             ev.set()
+
+    def _listener_target(self, index):
+        """Return what listener `index` connects to next: a pool (asyncio: a ClusterNode)."""
+        slot = self._home_slots[index] if index < len(self._home_slots) else None
+        if slot is not None:
+            try:
+                node = self._client.nodes_manager.get_node_from_slot(slot)
+            except _REMOTE_ERRORS:
+                node = None
+            if node is not None and node.name != self._pool_nodes[index]:
+                self._listen_targets[index] = self._target_of(node)
+                self._pool_nodes[index] = node.name
+        return self._listen_targets[index]
+
+    def _refresh_due(self):
+        """Return whether a listener that lost its node should have the cluster's slot map re-read
+        (a failover may have promoted a replica); at most once a second per tier."""
+        now = _monotonic()
+        if not self._cluster or now < self._next_refresh:
+            return False
+        self._next_refresh = now + 1.0
+        return True
 
     def _stream_refused(self, index, message):
         """A listener's setup was refused by the server (ACL, unsupported command): make it loud."""
@@ -1167,7 +1194,7 @@ class TieredCache(_TierCore, MutableMapping):
         for i, pool in enumerate(pools):
             t = threading.Thread(
                 target=_listen,
-                args=(ref, i, pool, self._prefix, self._stop),
+                args=(ref, i, self._prefix, self._stop),
                 name=f"kvcache-invalidation-{self.namespace.decode(errors='replace')}-{i}",
                 daemon=True,
             )
@@ -1354,6 +1381,16 @@ class TieredCache(_TierCore, MutableMapping):
     def _eval_on(self, script, keys, args, node):
         return script(keys, args, self._client.get_redis_connection(node), ro=True)
 
+    def _target_of(self, node):
+        return self._client.get_redis_connection(node).connection_pool
+
+    def _refresh_topology(self):
+        if self._refresh_due():
+            try:
+                self._client.nodes_manager.initialize()
+            except Exception:  # the next attempt, or the next failed call, reads it again
+                pass
+
     def _set(self, name, blob, px, nx=False):
         return self._client.set(name, blob, px=px, nx=nx)
 
@@ -1517,15 +1554,15 @@ class AsyncTieredCache(_TierCore, AsyncTieredBase):
             if self._cluster:
                 self._tasks = [loop.create_task(self._start_cluster())]
             else:
-                self._tasks = [self._listener_task(0, self._pools[0])]
+                self._tasks = [self._listener_task(0)]
             if self._read_max_bulk:
                 self._read_max_bulk = False
                 self._tasks.append(loop.create_task(self._adopt_max_bulk()))
 
-    def _listener_task(self, index, pool):
+    def _listener_task(self, index):
         ns = self.namespace.decode(errors="replace")
         return asyncio.get_running_loop().create_task(
-            _alisten(weakref.ref(self), index, pool, self._prefix), name=f"kvcache-invalidation-{ns}-{index}"
+            _alisten(weakref.ref(self), index, self._prefix), name=f"kvcache-invalidation-{ns}-{index}"
         )
 
     async def _start_cluster(self):
@@ -1541,7 +1578,7 @@ class AsyncTieredCache(_TierCore, AsyncTieredBase):
                 delay = min(delay * 2, _LISTEN_RETRY_CAP)
         self._pools = pools
         self._setup_listeners(pools, len(self._client.get_primaries()))  # ClusterNode has what a pool gives a listener
-        self._tasks.extend(self._listener_task(i, node) for i, node in enumerate(pools))
+        self._tasks.extend(self._listener_task(i) for i in range(len(pools)))
 
     async def _adopt_max_bulk(self):
         self.max_value_size = await _aserver_max_bulk(self._client)
@@ -1707,6 +1744,16 @@ class AsyncTieredCache(_TierCore, AsyncTieredBase):
 
     async def _eval_on(self, script, keys, args, node):
         return await script.acall(keys, args, node, ro=True)
+
+    def _target_of(self, node):
+        return node  # a ClusterNode has what a pool gives a listener
+
+    async def _refresh_topology(self):
+        if self._refresh_due():
+            try:
+                await self._client.nodes_manager.initialize()
+            except Exception:
+                pass
 
     async def _set(self, name, blob, px, nx=False):
         return await self._client.set(name, blob, px=px, nx=nx)
@@ -1934,6 +1981,19 @@ def _listened_nodes(client, replicas):
     return nodes
 
 
+def _home_slots(client, names):
+    """Return a slot that each primary of `names` serves (None for one that serves none)."""
+    found = {}
+    want = set(names)
+    for slot, nodes in client.nodes_manager.slots_cache.items():
+        name = nodes[0].name if nodes else None
+        if name in want and name not in found:
+            found[name] = slot
+            if len(found) == len(want):
+                break
+    return [found.get(n) for n in names]
+
+
 def _pools(client, replicas=False):
     if _is_cluster(client):
         pools = []
@@ -2031,11 +2091,16 @@ def _refused(ref, index, prefix, exc, step):
             f"the ACL user needs {step}. Until then every read goes to Redis"))
 
 
-def _listen(ref, index, pool, prefix, stop):
-    """Keep one tracking connection to one primary; report changes to the tier."""
+def _listen(ref, index, prefix, stop):
+    """Keep one tracking connection to one node (the tier says which); report changes to the tier."""
     delay = 0.02
     while not stop.is_set():
         conn = None
+        tier = ref()
+        if tier is None:
+            return
+        pool = tier._listener_target(index)
+        del tier
         try:
             conn = _make_listener_connection(pool)
             conn.connect()
@@ -2081,6 +2146,7 @@ def _listen(ref, index, pool, prefix, stop):
         if tier is None:
             return
         tier._listener_state(index, False)
+        tier._refresh_topology()
         del tier
         stop.wait(delay * random.uniform(0.5, 1.0))
         delay = min(delay * 2, _LISTEN_RETRY_CAP)
@@ -2096,13 +2162,18 @@ def _renew(script, client, lname, token, lease_ms, stop):
             continue
 
 
-async def _alisten(ref, index, pool, prefix):
-    """Keep one tracking connection to one primary; report changes to the tier (asyncio)."""
+async def _alisten(ref, index, prefix):
+    """Keep one tracking connection to one node (the tier says which); report changes to the tier (asyncio)."""
     from redis.asyncio.retry import Retry
 
     delay = 0.02
     while True:
         conn = None
+        tier = ref()
+        if tier is None or tier._closed:
+            return
+        pool = tier._listener_target(index)
+        del tier
         try:
             conn = pool.connection_class(**_listener_kwargs(pool, Retry(_redis.backoff.NoBackoff(), 0)))
             await conn.connect()
@@ -2148,6 +2219,7 @@ async def _alisten(ref, index, pool, prefix):
         if tier is None or tier._closed:
             return
         tier._listener_state(index, False)
+        await tier._refresh_topology()
         del tier
         await asyncio.sleep(delay * random.uniform(0.5, 1.0))
         delay = min(delay * 2, _LISTEN_RETRY_CAP)

@@ -950,3 +950,47 @@ def test_cluster_replica_gone_and_hung(tmp_path, ns):
         asyncio.run(main())
     finally:
         c.stop()
+
+
+def test_cluster_failover_listeners_follow_the_promoted_replica(tmp_path, ns):
+    """As tests/test_redis_cluster.py's failover test, for the asyncio tier."""
+    from tests.redis_fixtures import RedisClusterProcs, require_redis_binaries
+
+    require_redis_binaries(cluster=True)
+    c = RedisClusterProcs(str(tmp_path), replicas=1).start()
+    keys = [f"f{i}" for i in range(200)]
+
+    async def main():
+        url = f"redis://127.0.0.1:{c.nodes[0].port}"
+        async with AsyncTieredCache.from_url(url, kvcache.LRUCache(maxsize=1000), ns, cluster=True) as w, \
+                AsyncTieredCache.from_url(url, kvcache.LRUCache(maxsize=1000), ns, cluster=True) as r:
+            assert await w.wait_live(10) and await r.wait_live(10)
+            await w.set_many(keys, range(200))
+            victim = next(n for n in c.nodes[1:] if n.client().info("replication")["role"] == "master")
+            gone = f"127.0.0.1:{victim.port}"
+            on_victim = [k for k in keys if r._health.node_name(r._name(k)) == gone]
+            assert on_victim
+            victim.kill()
+
+            async def recovered():
+                await w.set_many(keys, range(200))
+                await r.get_many(keys)
+                return (w.stats().live and r.stats().live
+                        and all(t._health.node_name(t._name(on_victim[0])) not in ("?", gone) for t in (w, r)))
+
+            assert await eventually(recovered, 40), "the tier did not follow the failover"
+            for round_ in range(3):
+                before = w.stats().sets
+                await w.set_many(keys, [(round_, i) for i in range(200)])
+                assert w.stats().sets == before + 200
+                for i, k in enumerate(keys):
+                    assert await eventually(lambda: _eq(r.get(k), (round_, i))), (round_, k)
+            await asyncio.sleep(0.2)
+            hits = r.stats().local_hits
+            assert [await r.get(k) for k in keys] == [(2, i) for i in range(200)]
+            assert r.stats().local_hits == hits + 200
+
+    try:
+        asyncio.run(main())
+    finally:
+        c.stop()

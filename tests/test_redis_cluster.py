@@ -386,3 +386,47 @@ def test_replica_gone_reads_go_to_its_primary(tmp_path, request):
                     os.kill(dead.proc.pid, signal.SIGCONT)
     finally:
         cluster.stop()
+
+
+def test_failover_listeners_follow_the_promoted_replica(tmp_path, request):
+    """A primary dies and its replica takes over: the tier then listens to the new primary, so the
+    local tier answers again and writes there still drop the copies (else the reads below never
+    see the new values)."""
+    from tests.redis_fixtures import RedisClusterProcs, require_redis_binaries
+
+    require_redis_binaries(cluster=True)
+    cluster = RedisClusterProcs(str(tmp_path), replicas=1).start()
+    ns = request.node.name
+    try:
+        writer = TieredCache(kvcache.LRUCache(maxsize=1000), cluster.client(), ns)
+        reader = TieredCache(kvcache.LRUCache(maxsize=1000), cluster.client(), ns)
+        with writer, reader:
+            assert writer.wait_live(10) and reader.wait_live(10)
+            keys = [f"f{i}" for i in range(300)]
+            writer.set_many(keys, range(300))
+            victim = next(n for n in cluster.nodes[1:] if n.client().info("replication")["role"] == "master")
+            gone = f"127.0.0.1:{victim.port}"
+            on_victim = [k for k in keys if reader._health.node_name(reader._name(k)) == gone]
+            assert on_victim
+            victim.kill()
+
+            def recovered():  # traffic lets the clients learn the new slot map
+                writer.set_many(keys, range(300))
+                reader.get_many(keys)
+                return (writer.stats().live and reader.stats().live
+                        and all(t._health.node_name(t._name(on_victim[0])) not in ("?", gone) for t in (writer, reader)))
+
+            assert wait_for(recovered, 40), "the tiers did not follow the failover"
+            for round_ in range(3):
+                before = writer.stats()
+                writer.set_many(keys, [(round_, i) for i in range(300)])
+                after = writer.stats()
+                assert after.sets == before.sets + 300, (before, after)  # Redis took every write
+                for i, k in enumerate(keys):
+                    assert wait_for(lambda: reader.get(k) == (round_, i)), (round_, k)
+            time.sleep(0.2)
+            hits = reader.stats().local_hits
+            assert [reader.get(k) for k in keys] == [(2, i) for i in range(300)]
+            assert reader.stats().local_hits == hits + 300  # the local tier answers again
+    finally:
+        cluster.stop()
