@@ -235,6 +235,17 @@ def redis_cluster_with_replicas():
             cluster.stop()
 
 
+@pytest.fixture
+def own_cluster_with_replicas(tmp_path):
+    """A Redis Cluster of 3 masters with one replica each, for one test (which may kill nodes)."""
+    require_redis_binaries(cluster=True)
+    cluster = RedisClusterProcs(str(tmp_path), replicas=1).start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
 @pytest.fixture(scope="module")
 def redis_cluster():
     """A 3-master Redis Cluster on loopback."""

@@ -25,6 +25,7 @@ from kvcache.redis import AsyncTieredCache, CircuitOpenError, StreamRefusedError
 from kvcache.serialize import Serializer  # noqa: E402
 from tests.redis_fixtures import (  # noqa: E402,F401
     child_env,
+    own_cluster_with_replicas,
     own_redis_server,
     redis_cluster,
     redis_cluster_with_replicas,
@@ -903,16 +904,13 @@ async def _eq(awaitable, expected):
     return (await awaitable) == expected
 
 
-def test_cluster_replica_gone_and_hung(tmp_path, ns):
+def test_cluster_replica_gone_and_hung(own_cluster_with_replicas, ns):
     """The asyncio tier's batch to a dead or hung replica: its primary answers, no read fails."""
     import signal
 
     from redis.cluster import LoadBalancingStrategy
 
-    from tests.redis_fixtures import RedisClusterProcs, require_redis_binaries
-
-    require_redis_binaries(cluster=True)
-    c = RedisClusterProcs(str(tmp_path), replicas=1).start()
+    c = own_cluster_with_replicas
     keys = [f"g{i}" for i in range(200)]
 
     async def main():
@@ -946,18 +944,12 @@ def test_cluster_replica_gone_and_hung(tmp_path, ns):
             assert [await r.get(k) for k in keys] == [(2, i) for i in range(200)]
             assert r.stats().errors == 0 and r.stats().live
 
-    try:
-        asyncio.run(main())
-    finally:
-        c.stop()
+    asyncio.run(main())
 
 
-def test_cluster_failover_listeners_follow_the_promoted_replica(tmp_path, ns):
+def test_cluster_failover_listeners_follow_the_promoted_replica(own_cluster_with_replicas, ns):
     """As tests/test_redis_cluster.py's failover test, for the asyncio tier."""
-    from tests.redis_fixtures import RedisClusterProcs, require_redis_binaries
-
-    require_redis_binaries(cluster=True)
-    c = RedisClusterProcs(str(tmp_path), replicas=1).start()
+    c = own_cluster_with_replicas
     keys = [f"f{i}" for i in range(200)]
 
     async def main():
@@ -990,7 +982,4 @@ def test_cluster_failover_listeners_follow_the_promoted_replica(tmp_path, ns):
             assert [await r.get(k) for k in keys] == [(2, i) for i in range(200)]
             assert r.stats().local_hits == hits + 200
 
-    try:
-        asyncio.run(main())
-    finally:
-        c.stop()
+    asyncio.run(main())

@@ -15,7 +15,11 @@ import kvcache  # noqa: E402
 from kvcache.redis import TieredCache  # noqa: E402
 from redis.cluster import LoadBalancingStrategy  # noqa: E402
 from kvcache.serialize import Serializer, encode_key  # noqa: E402
-from tests.redis_fixtures import redis_cluster, redis_cluster_with_replicas  # noqa: E402,F401
+from tests.redis_fixtures import (  # noqa: E402,F401
+    own_cluster_with_replicas,
+    redis_cluster,
+    redis_cluster_with_replicas,
+)
 
 
 def wait_for(pred, timeout=5.0):
@@ -326,107 +330,95 @@ def test_strong_tier_reads_only_primaries(redis_cluster_with_replicas, request):
         b.close()
 
 
-def test_replica_gone_reads_go_to_its_primary(tmp_path, request):
+def test_replica_gone_reads_go_to_its_primary(own_cluster_with_replicas, request):
     """A dead replica costs nothing but its share of reads: its primary answers them, no read fails,
     the local tier keeps answering; once it is back it serves reads again."""
-    from tests.redis_fixtures import RedisClusterProcs, require_redis_binaries
-
-    require_redis_binaries(cluster=True)
-    cluster = RedisClusterProcs(str(tmp_path), replicas=1).start()
+    cluster = own_cluster_with_replicas
     ns = request.node.name
-    try:
-        writer = TieredCache(kvcache.LRUCache(maxsize=1000), cluster.client(), ns)
-        reader = TieredCache(kvcache.LRUCache(maxsize=1000), _replica_client(cluster, "replicas_only"), ns)
-        with writer, reader:
-            assert writer.wait_live(10) and _all_listening(reader)
-            keys = [f"g{i}" for i in range(300)]
-            writer.set_many(keys, range(300))
-            dead = next(n for n in cluster.nodes if n.client().info("replication")["role"] == "slave")
-            assert reader.get_many(keys) == list(range(300)) and len(reader.local) == 300
-            dead.kill()
-            # A copy read from it would miss its notice now: the local tier is emptied, once.
-            assert wait_for(lambda: len(reader.local) == 0)
-            for round_ in range(3):
-                writer.set_many(keys, [(round_, i) for i in range(300)])
-                time.sleep(0.05)
-                for i, k in enumerate(keys):
-                    assert wait_for(lambda: reader.get(k) == (round_, i)), (round_, k)
-                reader.local.clear()
-                assert reader.get_many(keys) == [(round_, i) for i in range(300)]
-            s = reader.stats()
-            assert s.live and s.errors == 0  # the primaries' streams are what the local tier needs
-            hits = s.local_hits
-            assert [reader.get(k) for k in keys] == [(2, i) for i in range(300)]
-            assert reader.stats().local_hits == hits + 300
-            dead.start()
-            assert _all_listening(reader)
-            before = _script_calls(dead)
+    writer = TieredCache(kvcache.LRUCache(maxsize=1000), cluster.client(), ns)
+    reader = TieredCache(kvcache.LRUCache(maxsize=1000), _replica_client(cluster, "replicas_only"), ns)
+    with writer, reader:
+        assert writer.wait_live(10) and _all_listening(reader)
+        keys = [f"g{i}" for i in range(300)]
+        writer.set_many(keys, range(300))
+        dead = next(n for n in cluster.nodes if n.client().info("replication")["role"] == "slave")
+        assert reader.get_many(keys) == list(range(300)) and len(reader.local) == 300
+        dead.kill()
+        # A copy read from it would miss its notice now: the local tier is emptied, once.
+        assert wait_for(lambda: len(reader.local) == 0)
+        for round_ in range(3):
+            writer.set_many(keys, [(round_, i) for i in range(300)])
+            time.sleep(0.05)
+            for i, k in enumerate(keys):
+                assert wait_for(lambda: reader.get(k) == (round_, i)), (round_, k)
             reader.local.clear()
-            assert reader.get_many(keys) == [(2, i) for i in range(300)]
-            assert wait_for(lambda: [reader.get(k) for k in keys] == [(2, i) for i in range(300)])
-            assert _script_calls(dead) > before  # back in the rotation
-            # Hung rather than dead: a read sent to it times out, once, and its primary answers:
-            # single reads first, then a batch (whose replicas are all charged: it cannot tell).
-            for round_, batch in ((3, False), (4, True)):
-                # Remote reads (the local tier cleared) until one probes the replica and closes its breaker.
-                assert wait_for(lambda: _all_listening(reader) and reader.local.clear() is None
-                                and reader.get_many(keys) is not None
-                                and reader._health.node(f"127.0.0.1:{dead.port}").state == "closed")
-                os.kill(dead.proc.pid, signal.SIGSTOP)
-                try:
-                    writer.set_many(keys, [(round_, i) for i in range(300)])
-                    reader.local.clear()
-                    t0 = time.monotonic()
-                    got = reader.get_many(keys) if batch else [reader.get(k) for k in keys]
-                    print("hung replica:", "batch" if batch else "singles", time.monotonic() - t0)
-                    assert got == [(round_, i) for i in range(300)]
-                    assert reader._health.node(f"127.0.0.1:{dead.port}").state != "closed"
-                    assert reader.stats().errors == 0
-                finally:
-                    os.kill(dead.proc.pid, signal.SIGCONT)
-    finally:
-        cluster.stop()
+            assert reader.get_many(keys) == [(round_, i) for i in range(300)]
+        s = reader.stats()
+        assert s.live and s.errors == 0  # the primaries' streams are what the local tier needs
+        hits = s.local_hits
+        assert [reader.get(k) for k in keys] == [(2, i) for i in range(300)]
+        assert reader.stats().local_hits == hits + 300
+        dead.start()
+        assert _all_listening(reader)
+        before = _script_calls(dead)
+        reader.local.clear()
+        assert reader.get_many(keys) == [(2, i) for i in range(300)]
+        assert wait_for(lambda: [reader.get(k) for k in keys] == [(2, i) for i in range(300)])
+        assert _script_calls(dead) > before  # back in the rotation
+        # Hung rather than dead: a read sent to it times out, once, and its primary answers:
+        # single reads first, then a batch (whose replicas are all charged: it cannot tell).
+        for round_, batch in ((3, False), (4, True)):
+            # Remote reads (the local tier cleared) until one probes the replica and closes its breaker.
+            assert wait_for(lambda: _all_listening(reader) and reader.local.clear() is None
+                            and reader.get_many(keys) is not None
+                            and reader._health.node(f"127.0.0.1:{dead.port}").state == "closed")
+            os.kill(dead.proc.pid, signal.SIGSTOP)
+            try:
+                writer.set_many(keys, [(round_, i) for i in range(300)])
+                reader.local.clear()
+                t0 = time.monotonic()
+                got = reader.get_many(keys) if batch else [reader.get(k) for k in keys]
+                print("hung replica:", "batch" if batch else "singles", time.monotonic() - t0)
+                assert got == [(round_, i) for i in range(300)]
+                assert reader._health.node(f"127.0.0.1:{dead.port}").state != "closed"
+                assert reader.stats().errors == 0
+            finally:
+                os.kill(dead.proc.pid, signal.SIGCONT)
 
 
-def test_failover_listeners_follow_the_promoted_replica(tmp_path, request):
+def test_failover_listeners_follow_the_promoted_replica(own_cluster_with_replicas, request):
     """A primary dies and its replica takes over: the tier then listens to the new primary, so the
     local tier answers again and writes there still drop the copies (else the reads below never
     see the new values)."""
-    from tests.redis_fixtures import RedisClusterProcs, require_redis_binaries
-
-    require_redis_binaries(cluster=True)
-    cluster = RedisClusterProcs(str(tmp_path), replicas=1).start()
+    cluster = own_cluster_with_replicas
     ns = request.node.name
-    try:
-        writer = TieredCache(kvcache.LRUCache(maxsize=1000), cluster.client(), ns)
-        reader = TieredCache(kvcache.LRUCache(maxsize=1000), cluster.client(), ns)
-        with writer, reader:
-            assert writer.wait_live(10) and reader.wait_live(10)
-            keys = [f"f{i}" for i in range(300)]
+    writer = TieredCache(kvcache.LRUCache(maxsize=1000), cluster.client(), ns)
+    reader = TieredCache(kvcache.LRUCache(maxsize=1000), cluster.client(), ns)
+    with writer, reader:
+        assert writer.wait_live(10) and reader.wait_live(10)
+        keys = [f"f{i}" for i in range(300)]
+        writer.set_many(keys, range(300))
+        victim = next(n for n in cluster.nodes[1:] if n.client().info("replication")["role"] == "master")
+        gone = f"127.0.0.1:{victim.port}"
+        on_victim = [k for k in keys if reader._health.node_name(reader._name(k)) == gone]
+        assert on_victim
+        victim.kill()
+
+        def recovered():  # traffic lets the clients learn the new slot map
             writer.set_many(keys, range(300))
-            victim = next(n for n in cluster.nodes[1:] if n.client().info("replication")["role"] == "master")
-            gone = f"127.0.0.1:{victim.port}"
-            on_victim = [k for k in keys if reader._health.node_name(reader._name(k)) == gone]
-            assert on_victim
-            victim.kill()
+            reader.get_many(keys)
+            return (writer.stats().live and reader.stats().live
+                    and all(t._health.node_name(t._name(on_victim[0])) not in ("?", gone) for t in (writer, reader)))
 
-            def recovered():  # traffic lets the clients learn the new slot map
-                writer.set_many(keys, range(300))
-                reader.get_many(keys)
-                return (writer.stats().live and reader.stats().live
-                        and all(t._health.node_name(t._name(on_victim[0])) not in ("?", gone) for t in (writer, reader)))
-
-            assert wait_for(recovered, 40), "the tiers did not follow the failover"
-            for round_ in range(3):
-                before = writer.stats()
-                writer.set_many(keys, [(round_, i) for i in range(300)])
-                after = writer.stats()
-                assert after.sets == before.sets + 300, (before, after)  # Redis took every write
-                for i, k in enumerate(keys):
-                    assert wait_for(lambda: reader.get(k) == (round_, i)), (round_, k)
-            time.sleep(0.2)
-            hits = reader.stats().local_hits
-            assert [reader.get(k) for k in keys] == [(2, i) for i in range(300)]
-            assert reader.stats().local_hits == hits + 300  # the local tier answers again
-    finally:
-        cluster.stop()
+        assert wait_for(recovered, 40), "the tiers did not follow the failover"
+        for round_ in range(3):
+            before = writer.stats()
+            writer.set_many(keys, [(round_, i) for i in range(300)])
+            after = writer.stats()
+            assert after.sets == before.sets + 300, (before, after)  # Redis took every write
+            for i, k in enumerate(keys):
+                assert wait_for(lambda: reader.get(k) == (round_, i)), (round_, k)
+        time.sleep(0.2)
+        hits = reader.stats().local_hits
+        assert [reader.get(k) for k in keys] == [(2, i) for i in range(300)]
+        assert reader.stats().local_hits == hits + 300  # the local tier answers again
