@@ -1,6 +1,7 @@
 """AsyncTieredCache against a real redis-server: semantics, invalidation, single flight, faults."""
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -861,8 +862,6 @@ def test_fault_run_with_asyncio_workers(own_redis_server):
 def test_cluster_reads_from_replicas(redis_cluster_with_replicas, ns):
     """A client that balances reads over replicas: the asyncio tier reads from them (one pipeline
     to all nodes for a batch) and listens to them, so every copy ends up the last write."""
-    from redis.cluster import LoadBalancingStrategy
-
     from tests.test_redis_cluster import _script_calls
 
     cluster = redis_cluster_with_replicas
@@ -870,14 +869,8 @@ def test_cluster_reads_from_replicas(redis_cluster_with_replicas, ns):
     keys = [f"r{i}" for i in range(200)]
 
     async def main():
-        url = f"redis://127.0.0.1:{cluster.nodes[0].port}"
-        balanced = {"load_balancing_strategy": LoadBalancingStrategy.ROUND_ROBIN_REPLICAS}
-        async with AsyncTieredCache.from_url(url, kvcache.LRUCache(maxsize=1000), ns, cluster=True) as w, \
-                AsyncTieredCache.from_url(url, kvcache.LRUCache(maxsize=1000), ns, cluster=True,
-                                          timeout=1.0, client_kwargs=balanced) as r:
-            assert await w.wait_live(10) and await r.wait_live(10)
+        async with replica_reading_pair(cluster, ns) as (w, r):
             assert len(w._pools) == 3 and len(r._pools) == 6
-            assert await eventually(lambda: all(r._listeners_up), 10)  # the replicas' streams too
             for round_ in range(3):
                 await w.set_many(keys, [(round_, i) for i in range(200)])
                 for i, k in enumerate(keys):
@@ -904,22 +897,29 @@ async def _eq(awaitable, expected):
     return (await awaitable) == expected
 
 
+@contextlib.asynccontextmanager
+async def replica_reading_pair(cluster, ns):
+    """Yield (writer, reader): two tiers on `cluster`, the reader's client reading replicas only,
+    once every stream of both is up (the replicas' too)."""
+    from redis.cluster import LoadBalancingStrategy
+
+    url = f"redis://127.0.0.1:{cluster.nodes[0].port}"
+    balanced = {"load_balancing_strategy": LoadBalancingStrategy.ROUND_ROBIN_REPLICAS}
+    async with AsyncTieredCache.from_url(url, kvcache.LRUCache(maxsize=1000), ns, cluster=True) as w, \
+            AsyncTieredCache.from_url(url, kvcache.LRUCache(maxsize=1000), ns, cluster=True,
+                                      timeout=1.0, client_kwargs=balanced) as r:
+        assert await w.wait_live(10) and await eventually(lambda: all(r._listeners_up), 10)
+        yield w, r
+
+
 def test_cluster_replica_gone_and_hung(own_cluster_with_replicas, ns):
     """The asyncio tier's batch to a dead or hung replica: its primary answers, no read fails."""
-    import signal
-
-    from redis.cluster import LoadBalancingStrategy
 
     c = own_cluster_with_replicas
     keys = [f"g{i}" for i in range(200)]
 
     async def main():
-        url = f"redis://127.0.0.1:{c.nodes[0].port}"
-        balanced = {"load_balancing_strategy": LoadBalancingStrategy.ROUND_ROBIN_REPLICAS}
-        async with AsyncTieredCache.from_url(url, kvcache.LRUCache(maxsize=1000), ns, cluster=True) as w, \
-                AsyncTieredCache.from_url(url, kvcache.LRUCache(maxsize=1000), ns, cluster=True,
-                                          timeout=1.0, client_kwargs=balanced) as r:
-            assert await w.wait_live(10) and await eventually(lambda: all(r._listeners_up), 10)
+        async with replica_reading_pair(c, ns) as (w, r):
             await w.set_many(keys, range(200))
             assert await r.get_many(keys) == list(range(200))
             replica = next(n for n in c.nodes if n.client().info("replication")["role"] == "slave")
