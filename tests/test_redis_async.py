@@ -914,7 +914,6 @@ async def replica_reading_pair(cluster, ns):
 
 def test_cluster_replica_gone_and_hung(own_cluster_with_replicas, ns):
     """The asyncio tier's batch to a dead or hung replica: its primary answers, no read fails."""
-
     c = own_cluster_with_replicas
     keys = [f"g{i}" for i in range(200)]
 
