@@ -475,16 +475,21 @@ class _TierCore(TierCore):
             ev.set()
 
     def _listener_target(self, index):
-        """Return what listener `index` connects to next: a pool (asyncio: a ClusterNode)."""
+        """Return what listener `index` connects to next: a pool (asyncio: a ClusterNode).
+
+        A primary's listener moves only once its node is no longer a primary in the slot map
+        (failed over, removed): a node still serving slots keeps its listener, even when the
+        home slot was moved elsewhere.
+        """
         slot = self._home_slots[index] if index < len(self._home_slots) else None
         if slot is not None:
             try:
-                node = self._client.nodes_manager.get_node_from_slot(slot)
+                if self._pool_nodes[index] not in {n.name for n in self._client.get_primaries()}:
+                    node = self._client.nodes_manager.get_node_from_slot(slot)
+                    self._listen_targets[index] = self._target_of(node)
+                    self._pool_nodes[index] = node.name
             except _REMOTE_ERRORS:
-                node = None
-            if node is not None and node.name != self._pool_nodes[index]:
-                self._listen_targets[index] = self._target_of(node)
-                self._pool_nodes[index] = node.name
+                pass
         return self._listen_targets[index]
 
     def _refresh_due(self):

@@ -386,6 +386,17 @@ def test_replica_gone_reads_go_to_its_primary(own_cluster_with_replicas, request
                 os.kill(dead.proc.pid, signal.SIGCONT)
 
 
+def test_a_listener_stays_with_a_primary_that_still_serves_slots(tiers, redis_cluster):
+    """Only a node gone from the primaries moves its listener: after resharding took its home slot,
+    a reconnecting listener must stay, or that node's notices would be lost."""
+    t = tiers()
+    first = t._pool_nodes[0]
+    t._home_slots[0] = t._home_slots[1]  # as if resharding moved node 0's home slot to node 1
+    t._listener_target(0)
+    assert t._pool_nodes[0] == first
+    assert len(set(t._pool_nodes)) == 3
+
+
 def test_failover_listeners_follow_the_promoted_replica(own_cluster_with_replicas, request):
     """A primary dies and its replica takes over: the tier then listens to the new primary, so the
     local tier answers again and writes there still drop the copies (else the reads below never
