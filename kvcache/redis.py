@@ -492,6 +492,13 @@ class _TierCore(TierCore):
                 pass
         return self._listen_targets[index]
 
+    def _unwatched(self, name):
+        """Return whether no stream watches the primary serving `name` (a node the cluster gained
+        after the tier was built): an eventual tier keeps no copy of it, as nothing would drop it."""
+        if not self._cluster or self._strong:
+            return False
+        return self._health.node_name(name) not in self._pool_nodes[: self._primaries]
+
     def _refresh_due(self):
         """Return whether a listener that lost its node should have the cluster's slot map re-read
         (a failover may have promoted a replica); at most once a second per tier."""
@@ -676,6 +683,9 @@ class _TierCore(TierCore):
                 reply = yield from self._read_steps(self._get_script, [name], ())
             breaker.success()
             value, entry = self._reply(reply, t0, name)
+            if entry is not _MISSING and self._unwatched(name):
+                entry = _MISSING
+                self._local.pop(key, None)
             return value
         finally:
             self._end(name, epoch, key, entry)
@@ -737,6 +747,8 @@ class _TierCore(TierCore):
                     else:
                         yield "_set", name, blob, self._px(ttl)
                     entry = self._written(value, ttl, t0, breaker, blob)
+                    if self._unwatched(name):
+                        entry = _MISSING
                 except _REMOTE_ERRORS as exc:
                     self._error(exc, breaker)
         finally:
@@ -875,7 +887,11 @@ class _TierCore(TierCore):
                         self._count_error(exc, breaker)
                         first_error = first_error or exc
                     entries = values
-                    if self._strong:
+                    if self._unwatched(gnames[0]):
+                        entries = ()
+                        for k in gkeys:
+                            self._local.pop(k, None)
+                    elif self._strong:
                         entries = [v if v is _MISSING else self._entry(v, None, b) for v, b in zip(values, blobs)]
                     elif ttls:
                         entries = list(values)
@@ -976,7 +992,7 @@ class _TierCore(TierCore):
                         yield from self._remote_mset([gnames[j] for j in send], [blobs[pos[j]] for j in send], px)
                         breaker.success()
                         self._counts[2] += len(send)
-                        for j in send:
+                        for j in send if not self._unwatched(gnames[0]) else ():
                             value = values[pos[j]]
                             entries[j] = self._entry(value, None if ttl is None else t0 + ttl, blobs[pos[j]])
                     except _REMOTE_ERRORS as exc:

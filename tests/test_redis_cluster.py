@@ -433,3 +433,59 @@ def test_failover_listeners_follow_the_promoted_replica(own_cluster_with_replica
         hits = reader.stats().local_hits
         assert [reader.get(k) for k in keys] == [(2, i) for i in range(300)]
         assert reader.stats().local_hits == hits + 300  # the local tier answers again
+
+
+def test_a_primary_added_later_keeps_no_copies(tmp_path, request):
+    """Slots resharded to a primary the tier has no stream from: nothing would drop a copy of its
+    keys, so an eventual tier keeps none (reads and writes there go to Redis) and never serves a
+    stale value; the other nodes' keys are cached as before."""
+    import subprocess
+
+    from tests.redis_fixtures import REDIS_CLI, RedisClusterProcs, RedisServer, require_redis_binaries
+
+    require_redis_binaries(cluster=True)
+    cluster = RedisClusterProcs(str(tmp_path / "c")).start()
+    new = RedisServer(str(tmp_path / "new"), extra=cluster.nodes[0].extra).start()
+    ns = request.node.name
+    try:
+        writer = TieredCache(kvcache.LRUCache(maxsize=1000), cluster.client(), ns)
+        reader = TieredCache(kvcache.LRUCache(maxsize=1000), cluster.client(), ns)
+        with writer, reader:
+            assert writer.wait_live(10) and reader.wait_live(10)
+            keys = [f"n{i}" for i in range(300)]
+            writer.set_many(keys, range(300))
+            assert reader.get_many(keys) == list(range(300))
+            src = f"127.0.0.1:{cluster.nodes[0].port}"
+
+            def cli(*args):
+                return subprocess.run([REDIS_CLI, *args], check=True, capture_output=True, text=True, timeout=60).stdout
+
+            cli("--cluster", "add-node", f"127.0.0.1:{new.port}", src)
+            ids = {p: cli("-p", str(p), "cluster", "myid").strip() for p in (cluster.nodes[0].port, new.port)}
+            assert wait_for(lambda: "cluster_state:ok" in cli("-p", str(new.port), "cluster", "info"), 20)
+            cli("--cluster", "reshard", src, "--cluster-from", ids[cluster.nodes[0].port],
+                "--cluster-to", ids[new.port], "--cluster-slots", "2000", "--cluster-yes")
+            moved = f"127.0.0.1:{new.port}"
+
+            def on_new():  # traffic lets the clients learn the new slot map
+                reader.local.clear()
+                reader.get_many(keys)
+                writer.get_many(keys)
+                return [k for k in keys if reader._health.node_name(reader._name(k)) == moved
+                        and writer._health.node_name(writer._name(k)) == moved]
+
+            assert wait_for(on_new, 20)
+            there = on_new()
+            for round_ in range(3):
+                writer.set_many(keys, [(round_, i) for i in range(300)])
+                for k in keys:  # the old primary's notice of the migration, or no copy at all
+                    i = keys.index(k)
+                    assert wait_for(lambda: reader.get(k) == (round_, i)), (round_, k)
+                for k in there:
+                    writer[k] = ("single", round_)
+                    assert reader[k] == ("single", round_)  # no copy kept, so never stale
+            assert not any(k in reader.local or k in writer.local for k in there)
+            assert sum(k in reader.local for k in keys) == len(keys) - len(there)  # the rest cached
+    finally:
+        new.stop()
+        cluster.stop()
