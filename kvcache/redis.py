@@ -429,14 +429,43 @@ class _TierCore(TierCore):
         only while their own listener is up)."""
         self._pool_nodes = [_pool_node_name(p) for p in pools]
         self._listen_targets = list(pools)
+        self._is_replica = [i >= primaries for i in range(len(pools))]
         # A cluster primary's listener follows the primary of a slot it served (its home slot):
         # after a failover it listens to the promoted replica.
         self._home_slots = _home_slots(self._client, self._pool_nodes[:primaries]) if self._cluster else []
-        self._next_refresh = 0.0
-        self._primaries = primaries
+        self._home_slots += [None] * (len(pools) - primaries)
+        self._watched = frozenset(self._pool_nodes[:primaries])
+        self._next_refresh = self._next_watch = 0.0
         self._replica_up = dict.fromkeys(self._pool_nodes[primaries:], False)
         self._listeners_up = [False] * len(pools)
         self._tried = [threading.Event() for _ in pools]  # each listener made its first attempt
+        self._listening = bool(pools)
+
+    def _watch_new_primaries(self):
+        """Start a listener for each primary the cluster gained since the tier was built (slots
+        resharded to a new node), at most once a second; the tier is not live until it is up."""
+        now = _monotonic()
+        if now < self._next_watch or not self._listening:
+            return
+        self._next_watch = now + 1.0
+        try:
+            new = [n for n in self._client.get_primaries() if n.name not in self._watched]
+        except _REMOTE_ERRORS:
+            return
+        for node in new:
+            with self._lock:
+                if node.name in self._watched:
+                    continue
+                index = len(self._pool_nodes)
+                self._pool_nodes.append(node.name)
+                self._listen_targets.append(self._target_of(node))
+                self._is_replica.append(False)
+                self._home_slots.append(_home_slots(self._client, [node.name])[0])
+                self._listeners_up.append(False)
+                self._tried.append(threading.Event())
+                self._watched = self._watched | {node.name}
+                self._live = False
+            self._spawn_listener(index)
 
     # --- plumbing --------------------------------------------------------------
 
@@ -481,13 +510,15 @@ class _TierCore(TierCore):
         (failed over, removed): a node still serving slots keeps its listener, even when the
         home slot was moved elsewhere.
         """
-        slot = self._home_slots[index] if index < len(self._home_slots) else None
+        slot = self._home_slots[index] if self._home_slots else None
         if slot is not None:
             try:
                 if self._pool_nodes[index] not in {n.name for n in self._client.get_primaries()}:
                     node = self._client.nodes_manager.get_node_from_slot(slot)
                     self._listen_targets[index] = self._target_of(node)
-                    self._pool_nodes[index] = node.name
+                    with self._lock:
+                        self._pool_nodes[index] = node.name
+                        self._watched = frozenset(n for n, r in zip(self._pool_nodes, self._is_replica) if not r)
             except _REMOTE_ERRORS:
                 pass
         return self._listen_targets[index]
@@ -497,7 +528,10 @@ class _TierCore(TierCore):
         after the tier was built): an eventual tier keeps no copy of it, as nothing would drop it."""
         if not self._cluster or self._strong:
             return False
-        return self._health.node_name(name) not in self._pool_nodes[: self._primaries]
+        if self._health.node_name(name) in self._watched:
+            return False
+        self._watch_new_primaries()
+        return True
 
     def _refresh_due(self):
         """Return whether a listener that lost its node should have the cluster's slot map re-read
@@ -524,7 +558,7 @@ class _TierCore(TierCore):
             self._stream_error = None
         with self._lock:
             self._listeners_up[index] = up
-            if index >= self._primaries:
+            if self._is_replica[index]:
                 name = self._pool_nodes[index]
                 if self._replica_up[name] and not up:
                     # A copy read from it may be dropped only by a notice we would now miss.
@@ -533,7 +567,7 @@ class _TierCore(TierCore):
                     for slot in self._inflight.values():
                         slot[1] = True
                 self._replica_up[name] = up
-            live = all(self._listeners_up[: self._primaries])
+            live = all(up for up, replica in zip(self._listeners_up, self._is_replica) if not replica)
             if live and not self._live:
                 # Messages sent while we were deaf are lost: start from nothing.
                 self._epoch += 1
@@ -1211,18 +1245,9 @@ class TieredCache(_TierCore, MutableMapping):
         pools = _pools(client, self._replica_reads)
         self._setup_listeners(pools, len(client.get_primaries()) if self._cluster else 1)
         self._threads = []
-        ref = weakref.ref(self)
-        for i, pool in enumerate(pools):
-            t = threading.Thread(
-                target=_listen,
-                args=(ref, i, self._prefix, self._stop),
-                name=f"kvcache-invalidation-{self.namespace.decode(errors='replace')}-{i}",
-                daemon=True,
-            )
-            self._threads.append(t)
         self._finalizer = weakref.finalize(self, self._stop.set)
-        for t in self._threads:
-            t.start()
+        for i in range(len(pools)):
+            self._spawn_listener(i)
         if self.strict:
             # A refused stream is a configuration error: report it now, not as slow reads later.
             for ev in self._tried:
@@ -1405,6 +1430,16 @@ class TieredCache(_TierCore, MutableMapping):
     def _target_of(self, node):
         return self._client.get_redis_connection(node).connection_pool
 
+    def _spawn_listener(self, index):
+        t = threading.Thread(
+            target=_listen,
+            args=(weakref.ref(self), index, self._prefix, self._stop),
+            name=f"kvcache-invalidation-{self.namespace.decode(errors='replace')}-{index}",
+            daemon=True,
+        )
+        self._threads.append(t)
+        t.start()
+
     def _refresh_topology(self):
         if self._refresh_due():
             try:
@@ -1462,7 +1497,7 @@ class TieredCache(_TierCore, MutableMapping):
     def close(self):
         """Stop the invalidation threads; close the client only if :meth:`from_url` made it."""
         self._stop.set()
-        for t in self._threads:
+        for t in list(self._threads):
             if t is not threading.current_thread():
                 t.join(timeout=2.0)
         self._live = False
@@ -1768,6 +1803,10 @@ class AsyncTieredCache(_TierCore, AsyncTieredBase):
 
     def _target_of(self, node):
         return node  # a ClusterNode has what a pool gives a listener
+
+    def _spawn_listener(self, index):
+        if self._tasks is not None and not self._closed:
+            self._tasks.append(self._listener_task(index))
 
     async def _refresh_topology(self):
         if self._refresh_due():

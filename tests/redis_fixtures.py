@@ -185,6 +185,27 @@ class RedisClusterProcs:
                 return False
         return True
 
+    def add_primary(self, directory, slots):
+        """Start one more master, join it, move `slots` slots (and their keys) from the first
+        master to it; return its RedisServer (stopped by stop())."""
+        new = RedisServer(directory, extra=self.nodes[0].extra).start()
+        self.nodes.append(new)
+        src = f"127.0.0.1:{self.nodes[0].port}"
+
+        def cli(*args):
+            return subprocess.run([REDIS_CLI, *args], check=True, capture_output=True, text=True, timeout=60).stdout
+
+        cli("--cluster", "add-node", f"127.0.0.1:{new.port}", src)
+        deadline = time.monotonic() + 20
+        while "cluster_state:ok" not in cli("-p", str(new.port), "cluster", "info"):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the new node did not join the cluster")
+            time.sleep(0.1)
+        ids = [cli("-p", str(n.port), "cluster", "myid").strip() for n in (self.nodes[0], new)]
+        cli("--cluster", "reshard", src, "--cluster-from", ids[0], "--cluster-to", ids[1],
+            "--cluster-slots", str(slots), "--cluster-yes")
+        return new
+
     def client(self, **kwargs):
         import redis
         from redis.cluster import RedisCluster

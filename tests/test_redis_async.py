@@ -982,3 +982,46 @@ def test_cluster_failover_listeners_follow_the_promoted_replica(own_cluster_with
             assert r.stats().local_hits == hits + 200
 
     asyncio.run(main())
+
+
+def test_cluster_primary_added_later_is_listened_to(tmp_path, ns):
+    """As tests/test_redis_cluster.py's resharding test, for the asyncio tier: a primary added to
+    the cluster gets a stream, and the copies of its keys stay fresh."""
+    from tests.redis_fixtures import RedisClusterProcs, require_redis_binaries
+
+    require_redis_binaries(cluster=True)
+    c = RedisClusterProcs(str(tmp_path / "c")).start()
+    keys = [f"n{i}" for i in range(200)]
+
+    async def main():
+        url = f"redis://127.0.0.1:{c.nodes[0].port}"
+        async with AsyncTieredCache.from_url(url, kvcache.LRUCache(maxsize=1000), ns, cluster=True) as w, \
+                AsyncTieredCache.from_url(url, kvcache.LRUCache(maxsize=1000), ns, cluster=True) as r:
+            assert await w.wait_live(10) and await r.wait_live(10)
+            await w.set_many(keys, range(200))
+            assert await r.get_many(keys) == list(range(200))
+            new = await asyncio.to_thread(c.add_primary, str(tmp_path / "new"), 2000)
+            moved = f"127.0.0.1:{new.port}"
+
+            async def learned():
+                for t in (w, r):
+                    t.local.clear()
+                    await t.get_many(keys)
+                return r.stats().live and moved in r._watched and len(r._pool_nodes) == 4
+
+            assert await eventually(learned, 20)
+            on_new = [k for k in keys if r._health.node_name(r._name(k)) == moved]
+            assert on_new
+            for round_ in range(3):
+                await w.set_many(keys, [(round_, i) for i in range(200)])
+                for i, k in enumerate(keys):
+                    assert await eventually(lambda: _eq(r.get(k), (round_, i))), (round_, k)
+                for k in on_new:
+                    await w.set(k, ("single", round_))
+                    assert await eventually(lambda: _eq(r.get(k), ("single", round_)))
+            assert all(k in r.local for k in keys)
+
+    try:
+        asyncio.run(main())
+    finally:
+        c.stop()

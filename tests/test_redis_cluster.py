@@ -435,57 +435,50 @@ def test_failover_listeners_follow_the_promoted_replica(own_cluster_with_replica
         assert reader.stats().local_hits == hits + 300  # the local tier answers again
 
 
-def test_a_primary_added_later_keeps_no_copies(tmp_path, request):
-    """Slots resharded to a primary the tier has no stream from: nothing would drop a copy of its
-    keys, so an eventual tier keeps none (reads and writes there go to Redis) and never serves a
-    stale value; the other nodes' keys are cached as before."""
-    import subprocess
-
-    from tests.redis_fixtures import REDIS_CLI, RedisClusterProcs, RedisServer, require_redis_binaries
+def test_a_primary_added_later_is_listened_to(tmp_path, request):
+    """Slots resharded to a primary the tier did not know: it starts a stream from it, and until
+    that is up keeps no copy of its keys (nothing would drop one). `blind` cannot start streams,
+    so it shows the second half: it keeps no copy of those keys and never serves a stale value."""
+    from tests.redis_fixtures import RedisClusterProcs, require_redis_binaries
 
     require_redis_binaries(cluster=True)
     cluster = RedisClusterProcs(str(tmp_path / "c")).start()
-    new = RedisServer(str(tmp_path / "new"), extra=cluster.nodes[0].extra).start()
     ns = request.node.name
     try:
-        writer = TieredCache(kvcache.LRUCache(maxsize=1000), cluster.client(), ns)
-        reader = TieredCache(kvcache.LRUCache(maxsize=1000), cluster.client(), ns)
-        with writer, reader:
-            assert writer.wait_live(10) and reader.wait_live(10)
+        writer, reader, blind = (TieredCache(kvcache.LRUCache(maxsize=1000), cluster.client(), ns) for _ in range(3))
+        blind._watch_new_primaries = lambda: None
+        with writer, reader, blind:
+            assert all(t.wait_live(10) for t in (writer, reader, blind))
             keys = [f"n{i}" for i in range(300)]
             writer.set_many(keys, range(300))
-            assert reader.get_many(keys) == list(range(300))
-            src = f"127.0.0.1:{cluster.nodes[0].port}"
-
-            def cli(*args):
-                return subprocess.run([REDIS_CLI, *args], check=True, capture_output=True, text=True, timeout=60).stdout
-
-            cli("--cluster", "add-node", f"127.0.0.1:{new.port}", src)
-            ids = {p: cli("-p", str(p), "cluster", "myid").strip() for p in (cluster.nodes[0].port, new.port)}
-            assert wait_for(lambda: "cluster_state:ok" in cli("-p", str(new.port), "cluster", "info"), 20)
-            cli("--cluster", "reshard", src, "--cluster-from", ids[cluster.nodes[0].port],
-                "--cluster-to", ids[new.port], "--cluster-slots", "2000", "--cluster-yes")
+            assert reader.get_many(keys) == blind.get_many(keys) == list(range(300))
+            new = cluster.add_primary(str(tmp_path / "new"), 2000)
             moved = f"127.0.0.1:{new.port}"
 
-            def on_new():  # traffic lets the clients learn the new slot map
-                reader.local.clear()
-                reader.get_many(keys)
-                writer.get_many(keys)
-                return [k for k in keys if reader._health.node_name(reader._name(k)) == moved
-                        and writer._health.node_name(writer._name(k)) == moved]
+            def learned():  # traffic lets the clients learn the new slot map and the tier the new node
+                for t in (writer, reader, blind):
+                    t.local.clear()
+                    t.get_many(keys)
+                return (all(t._health.node_name(t._name(k)) == moved for t in (writer, reader, blind) for k in there())
+                        and there() and reader.stats().live and moved in reader._watched)
 
-            assert wait_for(on_new, 20)
-            there = on_new()
+            def there():
+                return [k for k in keys if reader._health.node_name(reader._name(k)) == moved]
+
+            assert wait_for(learned, 20)
+            assert moved not in blind._watched and len(reader._threads) == 4 and len(blind._threads) == 3
+            on_new = there()
             for round_ in range(3):
                 writer.set_many(keys, [(round_, i) for i in range(300)])
-                for k in keys:  # the old primary's notice of the migration, or no copy at all
-                    i = keys.index(k)
+                for i, k in enumerate(keys):  # copies kept, and dropped by the new node's notices too
                     assert wait_for(lambda: reader.get(k) == (round_, i)), (round_, k)
-                for k in there:
+                    assert wait_for(lambda: blind.get(k) == (round_, i)), (round_, k)
+                for k in on_new:
                     writer[k] = ("single", round_)
-                    assert reader[k] == ("single", round_)  # no copy kept, so never stale
-            assert not any(k in reader.local or k in writer.local for k in there)
-            assert sum(k in reader.local for k in keys) == len(keys) - len(there)  # the rest cached
+                    assert blind[k] == ("single", round_)  # no copy kept, so never stale
+                    assert wait_for(lambda: reader.get(k) == ("single", round_))
+            assert all(k in reader.local for k in keys)
+            assert not any(k in blind.local for k in on_new)
+            assert sum(k in blind.local for k in keys) == len(keys) - len(on_new)  # the rest cached
     finally:
-        new.stop()
         cluster.stop()
