@@ -468,3 +468,43 @@ def test_tier_over_tls(ns):
                 plain.get("k")
         finally:
             server.stop()
+
+
+@pytest.mark.parametrize("encrypted", [False, True])
+def test_get_many_agrees_with_get(make_tier, memcached_server, encrypted):
+    """get_many decodes a batch in one pass: it must answer and count what get does, key by key,
+    for good, expired, corrupt, truncated and absent values (strict: raise as get does)."""
+    import struct
+
+    kw = {"encryption_key": KEY} if encrypted else {}
+    a = make_tier(**kw)
+    good = [f"g{i}" for i in range(20)]
+    a.set_many(good, [{"i": i} for i in range(20)])
+    a.set("ttl", "short", ttl=30)
+    raw = memcached_server.client()
+    head = struct.Struct("<d")
+    if not encrypted:
+        dumps = a._ser.dumps
+        raw.set(a._names("expired")[1], head.pack(time.time() - 5) + dumps("old"), noreply=False)
+        raw.set(a._names("corrupt")[1], head.pack(0.0) + b"\xff\xfenot a frame", noreply=False)
+    raw.set(a._names("short")[1], b"abc", noreply=False)
+    keys = good + ["ttl", "expired", "corrupt", "short", "absent"]
+    batch, single = make_tier(**kw), make_tier(**kw)
+    got = batch.get_many(keys, default="D")
+    assert got == [single.get(k, "D") for k in keys]
+    assert got[:21] == [{"i": i} for i in range(20)] + ["short"]
+    s, b = single.stats(), batch.stats()
+    assert (b.remote_hits, b.misses, b.errors) == (s.remote_hits, s.misses, s.errors)
+    assert [k in batch.local for k in keys] == [k in single.local for k in keys]
+    # Without the bad frames the batch decodes in one pass: the same answers and counts again.
+    clean = good + ["ttl", "expired", "absent"]
+    batch, single = make_tier(**kw), make_tier(**kw)
+    assert batch.get_many(clean, default="D") == [single.get(k, "D") for k in clean]
+    s, b = single.stats(), batch.stats()
+    assert (b.remote_hits, b.misses, b.errors) == (s.remote_hits, s.misses, s.errors) == (21, 2, 0)
+    assert [k in batch.local for k in clean] == [k in single.local for k in clean]
+    assert make_tier(**kw).get_many(good[:3] * 2) == [{"i": i} for i in range(3)] * 2
+    strict = make_tier(strict=True, **kw)
+    with pytest.raises(SerializationError):
+        strict.get_many(keys)
+    assert strict.get_many(good) == [{"i": i} for i in range(20)]
