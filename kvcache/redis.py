@@ -426,7 +426,7 @@ class _TierCore(TierCore):
     def _setup_listeners(self, pools, primaries):
         """Set up the state of one invalidation listener per pool: the first `primaries` are the
         primaries' (the tier is live while they all listen), the others replicas' (read from
-        only while their own listener is up)."""
+        only while their own listener is up); _watch_new_primaries appends primaries later."""
         self._pool_nodes = [_pool_node_name(p) for p in pools]
         self._listen_targets = list(pools)
         self._is_replica = [i >= primaries for i in range(len(pools))]
@@ -1026,9 +1026,10 @@ class _TierCore(TierCore):
                         yield from self._remote_mset([gnames[j] for j in send], [blobs[pos[j]] for j in send], px)
                         breaker.success()
                         self._counts[2] += len(send)
-                        for j in send if not self._unwatched(gnames[0]) else ():
-                            value = values[pos[j]]
-                            entries[j] = self._entry(value, None if ttl is None else t0 + ttl, blobs[pos[j]])
+                        if not self._unwatched(gnames[0]):
+                            for j in send:
+                                value = values[pos[j]]
+                                entries[j] = self._entry(value, None if ttl is None else t0 + ttl, blobs[pos[j]])
                     except _REMOTE_ERRORS as exc:
                         self._count_error(exc, breaker)
                         first_error = first_error or exc
