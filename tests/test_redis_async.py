@@ -869,7 +869,7 @@ def test_cluster_reads_from_replicas(redis_cluster_with_replicas, ns):
     keys = [f"r{i}" for i in range(200)]
 
     async def main():
-        async with replica_reading_pair(cluster, ns) as (w, r):
+        async with cluster_pair(cluster, ns, replica_reads=True) as (w, r):
             assert len(w._pools) == 3 and len(r._pools) == 6
             for round_ in range(3):
                 await w.set_many(keys, [(round_, i) for i in range(200)])
@@ -898,17 +898,18 @@ async def _eq(awaitable, expected):
 
 
 @contextlib.asynccontextmanager
-async def replica_reading_pair(cluster, ns):
-    """Yield (writer, reader): two tiers on `cluster`, the reader's client reading replicas only,
-    once every stream of both is up (the replicas' too)."""
+async def cluster_pair(cluster, ns, replica_reads=False):
+    """Yield (writer, reader): two tiers on `cluster` (with `replica_reads`, the reader's client
+    reads replicas only), once every stream of both is up (replicas' too)."""
     from redis.cluster import LoadBalancingStrategy
 
     url = f"redis://127.0.0.1:{cluster.nodes[0].port}"
-    balanced = {"load_balancing_strategy": LoadBalancingStrategy.ROUND_ROBIN_REPLICAS}
+    balanced = {"load_balancing_strategy": LoadBalancingStrategy.ROUND_ROBIN_REPLICAS} if replica_reads else None
     async with AsyncTieredCache.from_url(url, kvcache.LRUCache(maxsize=1000), ns, cluster=True) as w, \
             AsyncTieredCache.from_url(url, kvcache.LRUCache(maxsize=1000), ns, cluster=True,
                                       timeout=1.0, client_kwargs=balanced) as r:
-        assert await w.wait_live(10) and await eventually(lambda: all(r._listeners_up), 10)
+        assert await w.wait_live(10) and await r.wait_live(10)
+        assert await eventually(lambda: all(r._listeners_up), 10)
         yield w, r
 
 
@@ -918,7 +919,7 @@ def test_cluster_replica_gone_and_hung(own_cluster_with_replicas, ns):
     keys = [f"g{i}" for i in range(200)]
 
     async def main():
-        async with replica_reading_pair(c, ns) as (w, r):
+        async with cluster_pair(c, ns, replica_reads=True) as (w, r):
             await w.set_many(keys, range(200))
             assert await r.get_many(keys) == list(range(200))
             replica = next(n for n in c.nodes if n.client().info("replication")["role"] == "slave")
@@ -952,10 +953,7 @@ def test_cluster_failover_listeners_follow_the_promoted_replica(own_cluster_with
     keys = [f"f{i}" for i in range(200)]
 
     async def main():
-        url = f"redis://127.0.0.1:{c.nodes[0].port}"
-        async with AsyncTieredCache.from_url(url, kvcache.LRUCache(maxsize=1000), ns, cluster=True) as w, \
-                AsyncTieredCache.from_url(url, kvcache.LRUCache(maxsize=1000), ns, cluster=True) as r:
-            assert await w.wait_live(10) and await r.wait_live(10)
+        async with cluster_pair(c, ns) as (w, r):
             await w.set_many(keys, range(200))
             victim = next(n for n in c.nodes[1:] if n.client().info("replication")["role"] == "master")
             gone = f"127.0.0.1:{victim.port}"
@@ -994,10 +992,7 @@ def test_cluster_primary_added_later_is_listened_to(tmp_path, ns):
     keys = [f"n{i}" for i in range(200)]
 
     async def main():
-        url = f"redis://127.0.0.1:{c.nodes[0].port}"
-        async with AsyncTieredCache.from_url(url, kvcache.LRUCache(maxsize=1000), ns, cluster=True) as w, \
-                AsyncTieredCache.from_url(url, kvcache.LRUCache(maxsize=1000), ns, cluster=True) as r:
-            assert await w.wait_live(10) and await r.wait_live(10)
+        async with cluster_pair(c, ns) as (w, r):
             await w.set_many(keys, range(200))
             assert await r.get_many(keys) == list(range(200))
             new = await asyncio.to_thread(c.add_primary, str(tmp_path / "new"), 2000)
