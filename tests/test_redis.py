@@ -669,8 +669,9 @@ def test_strict_raises_when_server_down(make_tier, own_redis_server):
 
 def test_lost_stream_makes_local_suspect_then_cleared(make_tier, redis_server):
     t = make_tier()
-    t["k"] = "old"
-    t["untouched"] = 1
+    # Each write's own notice waited out: a late one would drop a copy and fake the clearing below.
+    write_and_settle(t, [t], "k", "old")
+    write_and_settle(t, [t], "untouched", 1)
     assert wait_for(lambda: t["k"] == "old" and "k" in t.local)
     assert wait_for(lambda: t["untouched"] == 1 and "untouched" in t.local)
     raw = redis_server.client()

@@ -131,8 +131,15 @@ def test_strong_serves_no_local_copy_while_redis_is_down(own_redis_server, ns):
     try:
         for t in (strong, strict, eventual):
             assert t.wait_live(5.0)
-        strong["k"] = strict["k"] = eventual["k"] = 1
+        for t in (strong, strict, eventual):
+            n = eventual.stats().invalidations
+            t["k"] = 1
+            deadline = time.monotonic() + 5  # its notice in: a late one would drop the copy read below
+            while eventual.stats().invalidations == n:
+                assert time.monotonic() < deadline, "notice of the write never arrived"
+                time.sleep(0.002)
         assert strong["k"] == strict["k"] == eventual["k"] == 1
+        assert "k" in eventual.local
         s.kill()
         assert eventual.get("k") == 1  # fail-open: its local copy
         assert strong.get("k") is None
